@@ -1,0 +1,162 @@
+//! Running another plugin (the IPAM plugin) the way a runtime would: found
+//! in `CNI_PATH`, the same stdin, the `CNI_*` environment of this call.
+
+use super::env::{CniEnv, Command};
+use super::error::{code, CniError};
+use super::result::CniResult;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command as Process, Stdio};
+
+/// Find `plugin_type` in the `CNI_PATH` directories.
+pub fn find_plugin(plugin_type: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type.starts_with('.') {
+        return Err(CniError::invalid_config(format!(
+            "invalid plugin type \"{plugin_type}\""
+        )));
+    }
+    path.iter()
+        .map(|dir| dir.join(plugin_type))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                code::DELEGATE,
+                format!("failed to find plugin \"{plugin_type}\" in path {:?}", path),
+            )
+        })
+}
+
+/// Run `plugin_type` for `command` with `stdin`. ADD returns the plugin's
+/// result; the other verbs return `None`. A plugin's CNI error is passed
+/// through with its code.
+pub fn delegate(
+    plugin_type: &str,
+    command: Command,
+    env: &CniEnv,
+    stdin: &[u8],
+) -> Result<Option<CniResult>, CniError> {
+    let binary = find_plugin(plugin_type, &env.path)?;
+    let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let path = std::env::join_paths(&env.path)
+        .map_err(|e| CniError::invalid_env(format!("CNI_PATH: {e}")))?;
+    let mut proc = Process::new(&binary);
+    proc.env("CNI_COMMAND", command.as_str())
+        .env("CNI_CONTAINERID", &env.container_id)
+        .env("CNI_IFNAME", &env.ifname)
+        .env("CNI_ARGS", args.join(";"))
+        .env("CNI_PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    match &env.netns {
+        Some(ns) => proc.env("CNI_NETNS", ns),
+        None => proc.env_remove("CNI_NETNS"),
+    };
+    let mut child = proc.spawn().map_err(|e| {
+        CniError::new(
+            code::DELEGATE,
+            format!("cannot run {}: {e}", binary.display()),
+        )
+    })?;
+    let write = child.stdin.take().expect("stdin is piped").write_all(stdin);
+    let output = child.wait_with_output().map_err(|e| {
+        CniError::new(
+            code::DELEGATE,
+            format!("waiting for {}: {e}", binary.display()),
+        )
+    })?;
+    if let Err(e) = write {
+        // A plugin may exit before reading all input; only report when it failed.
+        if !output.status.success() {
+            log::warn!("writing stdin of {}: {e}", binary.display());
+        }
+    }
+    if !output.status.success() {
+        return Err(match serde_json::from_slice::<CniError>(&output.stdout) {
+            Ok(e) => e,
+            Err(_) => CniError::new(
+                code::DELEGATE,
+                format!("{plugin_type} failed ({})", output.status),
+            )
+            .with_details(String::from_utf8_lossy(&output.stdout).trim().to_string()),
+        }
+        .context(format!("{plugin_type} {command}")));
+    }
+    if command != Command::Add {
+        return Ok(None);
+    }
+    CniResult::from_slice(&output.stdout)
+        .map(Some)
+        .map_err(|e| {
+            CniError::new(code::DELEGATE, e.msg).context(format!("{plugin_type} ADD result"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn env_for(dir: &std::path::Path) -> CniEnv {
+        CniEnv {
+            command: Command::Add,
+            container_id: "c1".into(),
+            netns: Some("/run/netns/x".into()),
+            ifname: "eth0".into(),
+            args: vec![("IP".into(), "10.0.0.9".into())],
+            path: vec!["/nonexistent".into(), dir.to_path_buf()],
+        }
+    }
+
+    #[test]
+    fn runs_the_plugin_with_the_cni_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        script(
+            dir.path(),
+            "ipam",
+            r#"cat >/dev/null
+printf '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.9/24","gateway":"10.0.0.1"}],"note":"%s %s %s %s"}' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_IFNAME" "$CNI_ARGS""#,
+        );
+        let r = delegate("ipam", Command::Add, &env_for(dir.path()), b"{}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.0.0.9/24");
+        assert_eq!(
+            delegate("ipam", Command::Del, &env_for(dir.path()), b"{}").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn passes_through_the_plugins_error_code() {
+        let dir = tempfile::tempdir().unwrap();
+        script(
+            dir.path(),
+            "ipam",
+            r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"etcd down"}'; exit 1"#,
+        );
+        let e = delegate("ipam", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("etcd down"));
+        script(dir.path(), "broken", "echo garbage; exit 3");
+        let e = delegate("broken", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
+        assert_eq!(e.code, code::DELEGATE);
+        assert_eq!(e.details, "garbage");
+    }
+
+    #[test]
+    fn missing_or_unsafe_plugin_names_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = delegate("nope", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
+        assert_eq!(e.code, code::DELEGATE);
+        assert!(e.msg.contains("failed to find plugin \"nope\""));
+        let e = find_plugin("../bin/sh", &[dir.path().to_path_buf()]).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+}

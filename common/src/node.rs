@@ -1,0 +1,226 @@
+//! The cluster configuration (`<prefix>/config`) and the node record the
+//! agent publishes in etcd (`<prefix>/nodes/<name>`) and in `stateDir`
+//! (`<stateDir>/node.json`) for the CNI plugins.
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+/// Bytes VXLAN over IPv4 adds to every frame (outer IP 20 + UDP 8 + VXLAN 8
+/// + inner Ethernet 14).
+pub const VXLAN_V4_OVERHEAD: u32 = 50;
+
+pub const DEFAULT_STATE_DIR: &str = "/run/trellis";
+pub const DEFAULT_BRIDGE: &str = "trellis0";
+pub const DEFAULT_ETCD_PREFIX: &str = "/trellis";
+pub const NODE_RECORD_FILE: &str = "node.json";
+
+/// `<prefix>/config`, written by the operator before agents start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// The whole pod network, e.g. 10.244.0.0/16.
+    pub network: Ipv4Network,
+    #[serde(default = "default_subnet_len")]
+    pub subnet_len: u8,
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_subnet_len() -> u8 {
+    24
+}
+fn default_vni() -> u32 {
+    1
+}
+fn default_port() -> u16 {
+    8472
+}
+
+impl ClusterConfig {
+    /// Check what JSON alone cannot: sizes that leave room for nodes and pods.
+    pub fn validate(&self) -> Result<(), String> {
+        let net_len = self.network.prefix();
+        if self.subnet_len <= net_len || self.subnet_len > 30 {
+            return Err(format!(
+                "subnetLen {} must be longer than the network's /{} and at most 30",
+                self.subnet_len, net_len
+            ));
+        }
+        if self.vni == 0 || self.vni > 0x00ff_ffff {
+            return Err(format!("vni {} must be between 1 and 16777215", self.vni));
+        }
+        if self.port == 0 {
+            return Err("port must not be 0".into());
+        }
+        Ok(())
+    }
+
+    /// How many node subnets the network holds.
+    pub fn subnet_count(&self) -> u64 {
+        1u64 << (self.subnet_len - self.network.prefix())
+    }
+
+    /// The `index`-th node subnet of the network.
+    pub fn subnet_at(&self, index: u64) -> Option<Ipv4Network> {
+        if index >= self.subnet_count() {
+            return None;
+        }
+        let base = u32::from(self.network.network()) as u64;
+        let size = 1u64 << (32 - self.subnet_len);
+        let addr = Ipv4Addr::from((base + index * size) as u32);
+        Ipv4Network::new(addr, self.subnet_len).ok()
+    }
+}
+
+/// What the agent publishes about its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// This node's pod subnet, e.g. 10.244.3.0/24.
+    pub subnet: Ipv4Network,
+    /// The underlay address remote VTEPs send to.
+    #[serde(rename = "publicIP")]
+    pub public_ip: IpAddr,
+    /// The MAC of this node's VXLAN device.
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: String,
+    /// The cluster network (for masquerade decisions in the plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Ipv4Network>,
+    /// The MTU pods should use (underlay minus the VXLAN overhead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+impl NodeRecord {
+    /// The node's gateway: the first address of its subnet, held by the bridge
+    /// and the VXLAN device.
+    pub fn gateway(&self) -> Ipv4Addr {
+        gateway_of(self.subnet)
+    }
+
+    pub fn gateway_network(&self) -> IpNetwork {
+        IpNetwork::V4(
+            Ipv4Network::new(self.gateway(), self.subnet.prefix()).expect("prefix is valid"),
+        )
+    }
+}
+
+/// The first usable address of a subnet, the gateway by convention.
+pub fn gateway_of(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+pub fn record_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(NODE_RECORD_FILE)
+}
+
+/// Read `<stateDir>/node.json`; `Ok(None)` when the agent has not written it.
+pub fn read_node_record(state_dir: &Path) -> std::io::Result<Option<NodeRecord>> {
+    match std::fs::read(record_path(state_dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `path` so that readers see the old or the new content, never a part:
+/// a temporary file in the same directory, fsync, rename.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn write_node_record(state_dir: &Path, record: &NodeRecord) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(record).expect("node record serializes");
+    write_atomically(&record_path(state_dir), &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_config_defaults_and_subnets() {
+        let c: ClusterConfig = serde_json::from_str(r#"{"network":"10.244.0.0/16"}"#).unwrap();
+        assert_eq!((c.subnet_len, c.vni, c.port), (24, 1, 8472));
+        c.validate().unwrap();
+        assert_eq!(c.subnet_count(), 256);
+        assert_eq!(c.subnet_at(3).unwrap().to_string(), "10.244.3.0/24");
+        assert_eq!(c.subnet_at(255).unwrap().to_string(), "10.244.255.0/24");
+        assert!(c.subnet_at(256).is_none());
+    }
+
+    #[test]
+    fn cluster_config_rejects_impossible_sizes() {
+        for bad in [
+            r#"{"network":"10.244.0.0/16","subnetLen":16}"#,
+            r#"{"network":"10.244.0.0/16","subnetLen":31}"#,
+            r#"{"network":"10.244.0.0/16","vni":0}"#,
+            r#"{"network":"10.244.0.0/16","vni":16777216}"#,
+        ] {
+            let c: ClusterConfig = serde_json::from_str(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<ClusterConfig>(r#"{"network":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn node_record_uses_the_documented_keys() {
+        let r = NodeRecord {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            public_ip: "192.0.2.3".parse().unwrap(),
+            vtep_mac: "02:aa:bb:cc:dd:ee".into(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
+            mtu: Some(1450),
+            node_name: Some("n3".into()),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["subnet"], "10.244.3.0/24");
+        assert_eq!(v["publicIP"], "192.0.2.3");
+        assert_eq!(v["vtepMAC"], "02:aa:bb:cc:dd:ee");
+        assert_eq!(r.gateway().to_string(), "10.244.3.1");
+        assert_eq!(r.gateway_network().to_string(), "10.244.3.1/24");
+    }
+
+    #[test]
+    fn node_record_file_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_node_record(dir.path()).unwrap(), None);
+        let r: NodeRecord = serde_json::from_str(
+            r#"{"subnet":"10.244.1.0/24","publicIP":"192.0.2.1","vtepMAC":"02:00:00:00:00:01"}"#,
+        )
+        .unwrap();
+        write_node_record(dir.path(), &r).unwrap();
+        assert_eq!(read_node_record(dir.path()).unwrap(), Some(r));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("node.json")]);
+    }
+}
