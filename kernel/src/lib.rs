@@ -1,3 +1,15 @@
 //! Kernel networking for trellis. Everything that talks to the kernel lives
 //! here: rtnetlink for links, addresses, routes, FDB and neighbours; setns
-//! (on a dedicated thread) for network namespaces; nftables for masquerade.
+//! (on a dedicated thread, never a tokio worker) for network namespaces;
+//! nftables for masquerade.
+//!
+//! One [`Netlink`] per namespace, opened once and reused for every request
+//! of an invocation. Operations are added as `impl Netlink` blocks, a module
+//! per concept.
+
+mod error;
+mod handle;
+pub mod netns;
+
+pub use error::{KernelError, Result};
+pub use handle::Netlink;
