@@ -1,0 +1,1 @@
+//! (being written: copies the plugins into the CNI bin dir and writes the conflist)
