@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every test suite, as CI runs it: installs what is missing, checks format and
+# lints, builds the workspace, runs the unit and root integration tests, then
+# the end-to-end suites. Exits non-zero on the first failure. As root.
+#
+#   sudo scripts/test.sh            # everything
+#   TRELLIS_TEST_THREADS=1 scripts/test.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+threads=${TRELLIS_TEST_THREADS:-2}
+start=$(date +%s)
+
+step() { printf '\n==> %s (%ss)\n' "$*" "$(($(date +%s) - start))" >&2; }
+
+step "setup"
+bash scripts/setup.sh
+[[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+target=${CARGO_TARGET_DIR:-$root/target}
+
+step "leftovers of killed runs"
+# Namespaces named trl-<tag>-<pid>-<n> whose test process is gone.
+for ns in $(ip netns list | awk '{print $1}' | grep '^trl-' || true); do
+    pid=$(sed -E 's/^trl-.*-([0-9]+)-[0-9]+$/\1/' <<<"$ns")
+    if [[ $pid =~ ^[0-9]+$ ]] && ! kill -0 "$pid" 2>/dev/null; then
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    fi
+done
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --bins
+GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$target/go-build-cache} \
+    go vet ./tests/libcni-driver
+test -z "$(gofmt -l tests/libcni-driver)" || { gofmt -l tests/libcni-driver; echo "gofmt: reformat the files above" >&2; exit 1; }
+
+step "unit and root integration tests"
+timeout --foreground 30m cargo test --workspace --exclude trellis-tests -- --test-threads="$threads"
+
+step "test harness"
+harness_targets=()
+for file in tests/tests/*.rs; do
+    name=$(basename "$file" .rs)
+    [[ $name == e2e_* ]] || harness_targets+=(--test "$name")
+done
+timeout --foreground 10m cargo test -p trellis-tests --lib "${harness_targets[@]}" -- --test-threads="$threads"
+cargo test -p trellis-tests --doc
+
+e2e=()
+for file in tests/tests/e2e_*.rs; do
+    [[ -e $file ]] && e2e+=("$(basename "$file" .rs)")
+done
+for suite in "${e2e[@]}"; do
+    step "end-to-end: $suite"
+    # One suite at a time, its tests one at a time: each builds a whole
+    # cluster, and two cores are shared with the build.
+    timeout --foreground 20m cargo test -p trellis-tests --test "$suite" -- --test-threads=1
+done
+
+step "all suites passed"
