@@ -3,6 +3,7 @@
 //! real libcni client, simulated clusters.
 
 pub mod bins;
+pub mod cluster;
 pub mod etcd;
 pub mod libcni;
 pub mod netns;

@@ -1,0 +1,685 @@
+//! A simulated cluster in network namespaces.
+//!
+//! ```text
+//!                 outside (198.51.100.2)          a host beyond the cluster
+//!                    |
+//!  underlay ns: br0 192.0.2.254 + 198.51.100.1, forwarding, etcd on :2379
+//!        |              |              |
+//!   node1 eth0     node2 eth0     node3 eth0      192.0.2.1, .2, .3
+//!   trellis-agent  trellis-agent  trellis-agent   own state dir, conf dir
+//!     pods           pods           pods          namespaces, via libcni
+//! ```
+//!
+//! The outside host has a route back to the underlay (192.0.2.0/24) but none
+//! to the pod network: pods reach it only masqueraded behind their node.
+//! Everything lives in namespaces named `trl-...-<pid>-<n>` and temporary
+//! directories; dropping the [`Cluster`] (also on panic) stops the agents,
+//! etcd and every namespace. Pods are owned by the test; dropping a [`Pod`]
+//! removes its namespace (without a CNI DEL: use [`Cluster::del_pod`]).
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use trellis_common::node::{ClusterConfig, NodeRecord, NODE_RECORD_FILE};
+
+use crate::bins::{self, CniBinDir};
+use crate::etcd::Etcd;
+use crate::libcni::{write_conflist, Attachment, CniFailure, Driver};
+use crate::netns::{attach_to_bridge, veth_pair, Netns};
+
+/// The underlay bridge's address, where etcd listens.
+pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The prefix length of the underlay network 192.0.2.0/24.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// The outside host, beyond the cluster.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The underlay namespace's address on the outside link.
+pub const OUTSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The CNI network name of the cluster's conflists.
+pub const NETWORK_NAME: &str = "trellis";
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    /// Written to `<prefix>/config` before the agents start.
+    pub config: ClusterConfig,
+    pub etcd_prefix: String,
+    /// `ipMasq` in the conflists and `--ip-masq` of the agents.
+    pub ip_masq: bool,
+    /// Start a `trellis-agent` on every node (off: the test plays the agent).
+    pub agents: bool,
+    /// Extra agent flags, e.g. `--ipam-gc-interval 1`.
+    pub agent_args: Vec<String>,
+    /// The conflists' cniVersion. The runtimes of Debian 12 (libcni 1.1.x)
+    /// speak up to 1.0.0.
+    pub cni_version: String,
+    /// Plugins chained after `trellis` in the conflists.
+    pub chain: Vec<Value>,
+    /// MTU of the node's underlay interfaces.
+    pub underlay_mtu: u32,
+    /// How long to wait for every agent to publish its node and for every
+    /// node to have a route to every other node's subnet.
+    pub converge_timeout: Duration,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            config: ClusterConfig {
+                network: "10.244.0.0/16".parse().expect("valid network"),
+                subnet_len: 24,
+                vni: 1,
+                port: 8472,
+            },
+            etcd_prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_owned(),
+            ip_masq: true,
+            agents: true,
+            agent_args: Vec::new(),
+            cni_version: "1.0.0".to_owned(),
+            chain: vec![json!({"type": "portmap", "capabilities": {"portMappings": true}})],
+            underlay_mtu: 1500,
+            converge_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ClusterSpec {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn ip_masq(mut self, on: bool) -> Self {
+        self.ip_masq = on;
+        self
+    }
+
+    pub fn agents(mut self, on: bool) -> Self {
+        self.agents = on;
+        self
+    }
+}
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct Node {
+    /// The node name (`node1`, `node2`, ...), as registered in etcd.
+    pub name: String,
+    pub netns: Netns,
+    /// Its address on the underlay, 192.0.2.<index+1>.
+    pub underlay_ip: Ipv4Addr,
+    /// The agent's `--state-dir`, the conflist's `stateDir`.
+    pub state_dir: PathBuf,
+    /// The CNI conf dir holding [`Node::conflist`].
+    pub conf_dir: PathBuf,
+    pub conflist: PathBuf,
+    /// The libcni client of this node, with its own result cache.
+    pub driver: Driver,
+    agent: Option<Child>,
+    agent_log: PathBuf,
+    agent_cmd: Vec<String>,
+}
+
+impl Node {
+    /// The record the agent published in `<stateDir>/node.json`.
+    pub fn record(&self) -> Result<NodeRecord> {
+        let path = self.state_dir.join(NODE_RECORD_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        serde_json::from_str(&text).with_context(|| path.display().to_string())
+    }
+
+    /// This node's pod subnet (from its record).
+    pub fn subnet(&self) -> Result<Ipv4Network> {
+        Ok(self.record()?.subnet)
+    }
+
+    /// What the agent logged so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+
+    /// Whether the agent process is running.
+    pub fn agent_running(&mut self) -> bool {
+        matches!(self.agent.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Starts the agent (again), appending to its log.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent_running() {
+            bail!("the agent of {} is already running", self.name);
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.agent_log)?;
+        let mut cmd = self.netns.command(&self.agent_cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_LOG", agent_log_level());
+        self.agent = Some(self.netns.spawn_command(cmd)?);
+        Ok(())
+    }
+
+    /// Stops the agent: SIGTERM (a graceful stop), SIGKILL after `grace`.
+    pub fn stop_agent(&mut self, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.agent.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Kills the agent at once (SIGKILL), as a crash would.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// A pod: a namespace attached to a node's network through the libcni
+/// driver.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    /// Index of its node in [`Cluster::nodes`].
+    pub node: usize,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: Netns,
+    /// Its address, from the CNI result.
+    pub ip: IpAddr,
+    /// The CNI result the runtime got.
+    pub result: Value,
+}
+
+impl Pod {
+    /// The attachment as the runtime passes it to every verb.
+    pub fn attachment(&self) -> Attachment {
+        pod_attachment(
+            &self.container_id,
+            &self.netns.path(),
+            &self.ifname,
+            &self.name,
+        )
+    }
+}
+
+fn pod_attachment(container_id: &str, netns: &Path, ifname: &str, name: &str) -> Attachment {
+    Attachment::new(container_id, netns, ifname)
+        .arg("IgnoreUnknown", "1")
+        .arg("K8S_POD_NAMESPACE", "default")
+        .arg("K8S_POD_NAME", name)
+        .arg("K8S_POD_INFRA_CONTAINER_ID", container_id)
+}
+
+/// The simulated cluster. Field order is drop order: nodes (agents) first,
+/// then the outside host, etcd, the underlay, the plugin dir, the files.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    outside: Netns,
+    outside_server: Mutex<Option<Child>>,
+    etcd: Etcd,
+    underlay: Netns,
+    bins: CniBinDir,
+    spec: ClusterSpec,
+    pods_made: AtomicUsize,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// The default cluster: 3 nodes with agents, ipMasq on.
+    pub fn start_default() -> Result<Cluster> {
+        Cluster::start(ClusterSpec::default())
+    }
+
+    /// Builds the topology, starts etcd, writes the cluster config, starts
+    /// the agents and waits until every node knows every other.
+    pub fn start(spec: ClusterSpec) -> Result<Cluster> {
+        if spec.nodes == 0 || spec.nodes > 200 {
+            bail!("a cluster has 1 to 200 nodes, not {}", spec.nodes);
+        }
+        let dir = tempfile::Builder::new().prefix("trl-cluster-").tempdir()?;
+        let bins = CniBinDir::new()?;
+
+        let underlay = Netns::new("ul")?;
+        underlay.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        underlay.add_bridge("br0", Some(v4net(UNDERLAY_GATEWAY, UNDERLAY_PREFIX)))?;
+        let outside = Netns::new("out")?;
+        veth_pair(
+            &underlay,
+            "out0",
+            Some(v4net(OUTSIDE_GATEWAY, 24)),
+            &outside,
+            "eth0",
+            Some(v4net(OUTSIDE_IP, 24)),
+        )?;
+        // Back to the underlay, not to the pod network.
+        outside.ok(&[
+            "ip",
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            &OUTSIDE_GATEWAY.to_string(),
+        ])?;
+
+        let etcd = Etcd::start_in_named(underlay.name(), IpAddr::V4(UNDERLAY_GATEWAY))
+            .context("starting etcd in the underlay namespace")?;
+
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            outside,
+            outside_server: Mutex::new(None),
+            etcd,
+            underlay,
+            bins,
+            spec: spec.clone(),
+            pods_made: AtomicUsize::new(0),
+            dir,
+        };
+        cluster.etcdctl(&[
+            "put",
+            &format!("{}/config", spec.etcd_prefix),
+            &serde_json::to_string(&spec.config)?,
+        ])?;
+        for index in 0..spec.nodes {
+            let node = cluster.make_node(index)?;
+            cluster.nodes.push(node);
+        }
+        if spec.agents {
+            for node in &mut cluster.nodes {
+                node.start_agent()?;
+            }
+            cluster.wait_converged(spec.converge_timeout)?;
+        }
+        Ok(cluster)
+    }
+
+    fn make_node(&self, index: usize) -> Result<Node> {
+        let name = format!("node{}", index + 1);
+        let underlay_ip = Ipv4Addr::new(192, 0, 2, (index + 1) as u8);
+        let netns = Netns::new(&name)?;
+        attach_to_bridge(
+            &self.underlay,
+            "br0",
+            &format!("n{}", index + 1),
+            &netns,
+            "eth0",
+            None,
+        )?;
+        let mtu = self.spec.underlay_mtu.to_string();
+        self.underlay
+            .ok(&["ip", "link", "set", &format!("n{}", index + 1), "mtu", &mtu])?;
+        netns.ok(&["ip", "link", "set", "eth0", "mtu", &mtu])?;
+        netns.add_addr("eth0", v4net(underlay_ip, UNDERLAY_PREFIX))?;
+        netns.ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &UNDERLAY_GATEWAY.to_string(),
+        ])?;
+
+        let root = self.dir.path().join(&name);
+        let state_dir = root.join("state");
+        let conf_dir = root.join("net.d");
+        std::fs::create_dir_all(&state_dir)?;
+        std::fs::create_dir_all(&conf_dir)?;
+        let conflist = write_conflist(&conf_dir, "10-trellis", &self.conflist_for(&state_dir))?;
+        let driver = Driver::new(&netns, &[self.bins.path()])?;
+
+        let mut agent_cmd = vec![
+            bins::bin("trellis-agent").display().to_string(),
+            "--etcd-endpoints".into(),
+            self.etcd.endpoint(),
+            "--etcd-prefix".into(),
+            self.spec.etcd_prefix.clone(),
+            "--node-name".into(),
+            name.clone(),
+            "--iface".into(),
+            "eth0".into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            format!("--ip-masq={}", self.spec.ip_masq),
+        ];
+        agent_cmd.extend(self.spec.agent_args.iter().cloned());
+        Ok(Node {
+            agent_log: root.join("agent.log"),
+            name,
+            netns,
+            underlay_ip,
+            state_dir,
+            conf_dir,
+            conflist,
+            driver,
+            agent: None,
+            agent_cmd,
+        })
+    }
+
+    /// The conflist of a node whose agent publishes in `state_dir`.
+    pub fn conflist_for(&self, state_dir: &Path) -> Value {
+        let mut plugins = vec![json!({
+            "type": "trellis",
+            "bridge": trellis_common::node::DEFAULT_BRIDGE,
+            "stateDir": state_dir,
+            "ipMasq": self.spec.ip_masq,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "trellis-ipam",
+                "etcdEndpoints": [self.etcd.endpoint()],
+                "etcdPrefix": self.spec.etcd_prefix,
+            },
+        })];
+        plugins.extend(self.spec.chain.iter().cloned());
+        json!({"cniVersion": self.spec.cni_version, "name": NETWORK_NAME, "plugins": plugins})
+    }
+
+    /// Waits until every agent published its record and every node has a
+    /// route to every other node's subnet.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.converged() {
+                Ok(()) => return Ok(()),
+                Err(err) => last = format!("{err:#}"),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "cluster not converged after {timeout:?}: {last}\n{}",
+            self.agent_logs()
+        )
+    }
+
+    fn converged(&self) -> Result<()> {
+        let subnets = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.subnet()
+                    .with_context(|| format!("{} has no record", n.name))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let routes: Vec<Value> =
+                serde_json::from_str(&node.netns.ok(&["ip", "-j", "route", "show"])?)?;
+            for (j, subnet) in subnets.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let dst = subnet.to_string();
+                if !routes.iter().any(|r| r["dst"] == dst.as_str()) {
+                    bail!(
+                        "{} has no route to {} ({dst})",
+                        node.name,
+                        self.nodes[j].name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every agent's log, for failure messages.
+    pub fn agent_logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} agent log ---\n{}", n.name, tail(&n.agent_log(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Attaches a new pod to node `node` through the libcni driver.
+    pub fn add_pod(&self, node: usize, name: &str) -> Result<Pod> {
+        let n = self.pods_made.fetch_add(1, Ordering::Relaxed);
+        let container_id = format!("{name}-{}-{n}", std::process::id());
+        let netns = Netns::new("pod")?;
+        let ifname = "eth0".to_owned();
+        let att = pod_attachment(&container_id, &netns.path(), &ifname, name);
+        let node_ref = self.node(node)?;
+        let result = node_ref
+            .driver
+            .add(&node_ref.conflist, &att)
+            .map_err(|e| anyhow::anyhow!("ADD of pod {name} on {}: {e}", node_ref.name))?;
+        let ip = result_ip(&result)
+            .with_context(|| format!("ADD of pod {name}: no address in {result}"))?;
+        Ok(Pod {
+            name: name.to_owned(),
+            node,
+            container_id,
+            ifname,
+            netns,
+            ip,
+            result,
+        })
+    }
+
+    /// CNI DEL of a pod, then its namespace goes.
+    pub fn del_pod(&self, pod: Pod) -> Result<(), CniFailure> {
+        let node = &self.nodes[pod.node];
+        node.driver.del(&node.conflist, &pod.attachment())?;
+        Ok(())
+    }
+
+    /// CNI CHECK of a pod.
+    pub fn check_pod(&self, pod: &Pod) -> Result<(), CniFailure> {
+        let node = &self.nodes[pod.node];
+        node.driver.check(&node.conflist, &pod.attachment())?;
+        Ok(())
+    }
+
+    pub fn node(&self, index: usize) -> Result<&Node> {
+        self.nodes
+            .get(index)
+            .with_context(|| format!("no node {index} in a {}-node cluster", self.nodes.len()))
+    }
+
+    /// The namespace holding the underlay bridge and etcd.
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+
+    /// The host beyond the cluster, at [`OUTSIDE_IP`].
+    pub fn outside(&self) -> &Netns {
+        &self.outside
+    }
+
+    /// Starts (once) the `trl-peer-addr` service on the outside host, port
+    /// 7777: it answers every TCP connection with the source address it saw.
+    pub fn outside_peer_addr_service(&self) -> Result<std::net::SocketAddr> {
+        let addr = std::net::SocketAddr::new(IpAddr::V4(OUTSIDE_IP), 7777);
+        let mut server = self
+            .outside_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if server.is_none() {
+            let bin = bins::bin("trl-peer-addr");
+            let child = self.outside.spawn(&[
+                bin.display().to_string(),
+                "serve".into(),
+                addr.to_string(),
+            ])?;
+            *server = Some(child);
+            // Listening once `ask` from the outside host itself answers.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let out =
+                    self.outside
+                        .exec(&[bin.display().to_string(), "ask".into(), addr.to_string()]);
+                if out.status.success() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("trl-peer-addr did not start on the outside host");
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(addr)
+    }
+
+    /// The source address the outside host sees for a TCP connection from
+    /// `from` (a pod or node namespace).
+    pub fn source_seen_outside(&self, from: &Netns) -> Result<IpAddr> {
+        let addr = self.outside_peer_addr_service()?;
+        let bin = bins::bin("trl-peer-addr");
+        let answer = from.ok(&[bin.display().to_string(), "ask".into(), addr.to_string()])?;
+        answer
+            .trim()
+            .parse()
+            .with_context(|| format!("trl-peer-addr answered {answer:?}"))
+    }
+
+    /// etcd's client URL, as reachable from the nodes.
+    pub fn etcd_endpoint(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// Runs `etcdctl` (v3) against the cluster's etcd, from the underlay.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.underlay.command(&["etcdctl"]);
+        cmd.args(["--endpoints", &self.etcd.endpoint()])
+            .args(["--dial-timeout", "3s", "--command-timeout", "5s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null());
+        let out = cmd.output().context("running etcdctl")?;
+        crate::netns::check(&out).with_context(|| format!("etcdctl {}", args.join(" ")))
+    }
+
+    /// Every key (with value) under `<etcd prefix>/<sub>`.
+    pub fn etcd_entries(&self, sub: &str) -> Result<Vec<(String, String)>> {
+        let prefix = format!("{}/{sub}", self.spec.etcd_prefix);
+        let out = self.etcdctl(&["get", "--prefix", &prefix])?;
+        let lines: Vec<&str> = out.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
+            .collect())
+    }
+
+    /// The allocated pod addresses (`<prefix>/ipam/ips/<ip>` keys).
+    pub fn allocations(&self) -> Result<Vec<IpAddr>> {
+        let prefix = format!("{}/ipam/ips/", self.spec.etcd_prefix);
+        self.etcd_entries("ipam/ips/")?
+            .into_iter()
+            .map(|(key, _)| {
+                key.strip_prefix(&prefix)
+                    .unwrap_or(&key)
+                    .parse()
+                    .with_context(|| format!("allocation key {key}"))
+            })
+            .collect()
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// The plugin directory (CNI_PATH) shared by the nodes.
+    pub fn cni_bin_dir(&self) -> &Path {
+        self.bins.path()
+    }
+
+    /// A directory removed with the cluster, for a test's own files.
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("nodes", &self.nodes)
+            .field("underlay", &self.underlay)
+            .field("outside", &self.outside)
+            .field("etcd", &self.etcd.endpoint())
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.agent_logs());
+        }
+        for node in &mut self.nodes {
+            let _ = node.stop_agent(Duration::from_secs(5));
+        }
+        let server = self
+            .outside_server
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(mut server) = server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        // The fields drop next, in order: nodes, outside, etcd, underlay.
+    }
+}
+
+/// The first address of a CNI result.
+pub fn result_ip(result: &Value) -> Option<IpAddr> {
+    let addr = result["ips"].get(0)?["address"].as_str()?;
+    addr.parse::<IpNetwork>().ok().map(|n| n.ip())
+}
+
+/// Pings `to` from inside `from`: one echo at a time, 1 s each, at most 5
+/// tries (the first packets may wait for neighbour resolution).
+pub fn ping(from: &Netns, to: IpAddr) -> Result<()> {
+    let to = to.to_string();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = from.exec(&["ping", "-n", "-c", "1", "-W", "1", &to]);
+        if out.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    bail!("{} cannot ping {to}:\n{last}", from.name())
+}
+
+/// The agent's log level: `$TRELLIS_AGENT_LOG` or `info`.
+fn agent_log_level() -> String {
+    std::env::var("TRELLIS_AGENT_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
+fn v4net(addr: Ipv4Addr, prefix: u8) -> IpNetwork {
+    IpNetwork::V4(Ipv4Network::new(addr, prefix).expect("prefix <= 32"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
