@@ -67,6 +67,12 @@ impl Etcd {
         Err(last_err.expect("at least one attempt"))
     }
 
+    /// Start etcd inside the test namespace `ns`, listening on `bind_ip`
+    /// (an address of that namespace) on ports 2379/2380.
+    pub fn start_in(ns: &crate::netns::Netns, bind_ip: IpAddr) -> Result<Etcd> {
+        Self::start_in_named(ns.name(), bind_ip)
+    }
+
     /// Start etcd inside the network namespace `netns_name` (as listed by
     /// `ip netns`), listening on `bind_ip`, which must be an address of that
     /// namespace. Fixed ports 2379/2380: the namespace is the test's own.

@@ -1,0 +1,65 @@
+//! An allocated address and who holds it.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// The attachment an address belongs to: container ID + interface name, the
+/// CNI's own key for an attachment (and what GC's valid-attachments lists).
+pub use trellis_common::cni::Attachment as Handle;
+
+/// The owner of an address: the value of `<prefix>/ipam/ips/<ip>` in etcd
+/// (`{"containerID","ifname","node","network"}`) and of a local-store entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    /// The node the container runs on (empty in the local store).
+    #[serde(default)]
+    pub node: String,
+    /// The CNI network name (GC of one network never frees another's).
+    #[serde(default)]
+    pub network: String,
+}
+
+impl Owner {
+    pub fn handle(&self) -> Handle {
+        Handle {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+
+    pub fn holds(&self, handle: &Handle) -> bool {
+        self.container_id == handle.container_id && self.ifname == handle.ifname
+    }
+}
+
+/// One allocated address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub owner: Owner,
+    /// The etcd revision that wrote this allocation (address key and handle
+    /// key share it); `release_exact` frees it only if nothing rewrote it
+    /// since. 0 in the local store.
+    pub revision: i64,
+}
+
+impl Allocation {
+    pub fn handle(&self) -> Handle {
+        self.owner.handle()
+    }
+}
+
+/// What claiming an address for a handle came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The address is now this handle's.
+    Claimed(Allocation),
+    /// The handle already held an address (a repeated ADD): that one.
+    AlreadyHeld(Allocation),
+    /// Somebody else holds the address (`None` when its record does not
+    /// decode: the address is taken all the same).
+    Taken { ip: Ipv4Addr, owner: Option<Owner> },
+}

@@ -1,0 +1,112 @@
+//! What can go wrong while allocating, and the CNI code each failure maps to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use trellis_common::cni::{code, CniError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The `ipam` configuration cannot work (code 7).
+    #[error("invalid IPAM configuration: {0}")]
+    Config(String),
+
+    /// etcd did not answer in time (code 11: the runtime retries).
+    #[error("etcd ({endpoints}) did not answer within {after:?} while {doing}")]
+    EtcdTimeout {
+        endpoints: String,
+        doing: &'static str,
+        after: Duration,
+    },
+
+    /// etcd answered with an error or could not be reached (code 11).
+    #[error("etcd ({endpoints}) failed while {doing}: {detail}")]
+    Etcd {
+        endpoints: String,
+        doing: &'static str,
+        detail: String,
+    },
+
+    /// Cluster mode before the agent has leased this node's subnet (code 11).
+    #[error("no node record in {}: trellis-agent has not published this node's subnet yet (is trellis-agent running on this node?)", state_dir.display())]
+    NoNodeRecord { state_dir: PathBuf },
+
+    /// Another allocation on this node held the lock for too long (code 11).
+    #[error("timed out after {after:?} waiting for the allocation lock {}", path.display())]
+    LockTimeout { path: PathBuf, after: Duration },
+
+    /// No free address left (code 102).
+    #[error("no free address left in {pool}")]
+    Exhausted { pool: String },
+
+    /// A requested static address cannot be given (code 103).
+    #[error("{0}")]
+    AddressUnavailable(String),
+
+    /// CHECK found no allocation or a different one (code 104).
+    #[error("{0}")]
+    CheckFailed(String),
+
+    /// The local store could not be read or written (code 105).
+    #[error("local store {}: {source}", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A stored record does not decode (code 105).
+    #[error("corrupt allocation record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl IpamError {
+    /// The CNI error code for this failure.
+    pub fn code(&self) -> u32 {
+        match self {
+            IpamError::Config(_) => code::INVALID_CONFIG,
+            IpamError::EtcdTimeout { .. }
+            | IpamError::Etcd { .. }
+            | IpamError::NoNodeRecord { .. }
+            | IpamError::LockTimeout { .. } => code::TRY_AGAIN_LATER,
+            IpamError::Exhausted { .. } => code::POOL_EXHAUSTED,
+            IpamError::AddressUnavailable(_) => code::ADDRESS_UNAVAILABLE,
+            IpamError::CheckFailed(_) => code::CHECK_FAILED,
+            IpamError::Store { .. } | IpamError::Corrupt { .. } => code::STORE,
+        }
+    }
+
+    /// Whether the store could not be reached (as opposed to answering no).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            IpamError::EtcdTimeout { .. } | IpamError::Etcd { .. } | IpamError::LockTimeout { .. }
+        )
+    }
+
+    pub(crate) fn store(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IpamError {
+        let path = path.into();
+        move |source| IpamError::Store { path, source }
+    }
+}
+
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> CniError {
+        CniError::new(e.code(), e.to_string())
+    }
+}
+
+/// An error and all its causes on one line (tonic hides the useful part,
+/// e.g. a TLS handshake failure, two levels down).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out
+}

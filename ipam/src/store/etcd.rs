@@ -1,0 +1,703 @@
+//! Allocations in etcd v3.
+//!
+//! Keys (prefix default `/trellis`):
+//! - `<prefix>/ipam/ips/<ip>`: `{"containerID","ifname","node","network"}`,
+//!   exactly one per allocated address;
+//! - `<prefix>/ipam/handles/<containerID>/<ifname>`: `{"ip","node","network"}`,
+//!   which address an attachment holds.
+//!
+//! Both keys are written by one transaction that requires both to be absent,
+//! and removed by one transaction that requires both to be unchanged, so an
+//! address and its owner never disagree and a stale release never frees an
+//! address that somebody else holds now. Every call has a deadline.
+
+use crate::allocation::{Allocation, Claim, Handle, Owner};
+use crate::error::{chain, IpamError};
+use crate::store::Store;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use trellis_common::node::NodeRecord;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port` URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix, default `/trellis` (a trailing `/` is ignored).
+    pub prefix: String,
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The longest any single etcd call may take.
+    pub timeout: Duration,
+}
+
+impl EtcdSettings {
+    pub fn new(endpoints: Vec<String>) -> EtcdSettings {
+        EtcdSettings {
+            endpoints,
+            prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_string(),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Check what can be checked without contacting etcd: URLs, TLS files
+    /// present and paired with https endpoints.
+    pub fn validate(&self) -> Result<(), IpamError> {
+        if self.endpoints.is_empty() {
+            return Err(IpamError::Config("etcdEndpoints is empty".into()));
+        }
+        let mut https = 0;
+        for e in &self.endpoints {
+            if e.starts_with("https://") {
+                https += 1;
+            } else if !e.starts_with("http://") {
+                return Err(IpamError::Config(format!(
+                    "etcd endpoint \"{e}\" must start with http:// or https://"
+                )));
+            }
+        }
+        let uses_tls = self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some();
+        if https > 0 && https < self.endpoints.len() {
+            return Err(IpamError::Config(
+                "etcdEndpoints mixes http:// and https:// URLs".into(),
+            ));
+        }
+        if uses_tls && https == 0 {
+            return Err(IpamError::Config(
+                "etcdCACert/etcdCert/etcdKey are set but the etcdEndpoints are http://; use https:// URLs".into(),
+            ));
+        }
+        if https > 0 && self.ca_cert.is_none() {
+            return Err(IpamError::Config(
+                "https:// etcd endpoints need etcdCACert (the CA that signed etcd's certificate)"
+                    .into(),
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(IpamError::Config(
+                "etcdCert and etcdKey must be given together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn tls_options(&self) -> Result<Option<TlsOptions>, IpamError> {
+        let Some(ca) = &self.ca_cert else {
+            return Ok(None);
+        };
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| IpamError::Config(format!("cannot read {what} {}: {e}", p.display())))
+        };
+        let ca_pem = read("etcdCACert", ca)?;
+        if !looks_like_pem(&ca_pem, "CERTIFICATE") {
+            return Err(IpamError::Config(format!(
+                "etcdCACert {} holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let cert_pem = read("etcdCert", cert)?;
+            let key_pem = read("etcdKey", key)?;
+            if !looks_like_pem(&cert_pem, "CERTIFICATE") {
+                return Err(IpamError::Config(format!(
+                    "etcdCert {} holds no PEM certificate",
+                    cert.display()
+                )));
+            }
+            if !looks_like_pem(&key_pem, "PRIVATE KEY") {
+                return Err(IpamError::Config(format!(
+                    "etcdKey {} holds no PEM private key",
+                    key.display()
+                )));
+            }
+            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+        }
+        Ok(Some(tls))
+    }
+}
+
+fn looks_like_pem(bytes: &[u8], label: &str) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    text.contains("-----BEGIN ") && text.contains(label)
+}
+
+/// The value of a handle key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HandleRecord {
+    ip: Ipv4Addr,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    network: String,
+}
+
+/// etcd as an allocation store.
+#[derive(Clone)]
+pub struct EtcdStore {
+    kv: KvClient,
+    prefix: String,
+    endpoints: String,
+    timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl EtcdStore {
+    /// Connect (lazily: the first call opens the connection, within its
+    /// deadline). Bad TLS files are a configuration error (code 7).
+    pub async fn connect(settings: &EtcdSettings) -> Result<EtcdStore, IpamError> {
+        settings.validate()?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(settings.timeout)
+            .with_timeout(settings.timeout);
+        if let Some(tls) = settings.tls_options()? {
+            options = options.with_tls(tls);
+        }
+        let endpoints = settings.endpoints.join(",");
+        let client = tokio::time::timeout(
+            settings.timeout,
+            Client::connect(&settings.endpoints, Some(options)),
+        )
+        .await
+        .map_err(|_| IpamError::EtcdTimeout {
+            endpoints: endpoints.clone(),
+            doing: "connecting",
+            after: settings.timeout,
+        })?
+        .map_err(|e| match e {
+            etcd_client::Error::InvalidArgs(_)
+            | etcd_client::Error::InvalidUri(_)
+            | etcd_client::Error::TransportError(_) => {
+                IpamError::Config(format!("etcd client for {endpoints}: {}", chain(&e)))
+            }
+            other => IpamError::Etcd {
+                endpoints: endpoints.clone(),
+                doing: "connecting",
+                detail: chain(&other),
+            },
+        })?;
+        Ok(Self::from_client(&client, &settings.prefix, settings.timeout).named(endpoints))
+    }
+
+    /// A store over an existing client (the agent's), each call bounded by
+    /// `timeout`.
+    pub fn from_client(client: &Client, prefix: &str, timeout: Duration) -> EtcdStore {
+        EtcdStore {
+            kv: client.kv_client(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: "etcd".to_string(),
+            timeout,
+            deadline: None,
+        }
+    }
+
+    fn named(mut self, endpoints: String) -> EtcdStore {
+        self.endpoints = endpoints;
+        self
+    }
+
+    /// Bound every later call by `deadline` too (a CNI verb's whole budget).
+    pub fn with_deadline(mut self, deadline: Instant) -> EtcdStore {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn ip_key(&self, ip: Ipv4Addr) -> String {
+        format!("{}/ipam/ips/{ip}", self.prefix)
+    }
+
+    pub fn handle_key(&self, handle: &Handle) -> String {
+        format!(
+            "{}/ipam/handles/{}/{}",
+            self.prefix, handle.container_id, handle.ifname
+        )
+    }
+
+    fn ips_dir(&self) -> String {
+        format!("{}/ipam/ips/", self.prefix)
+    }
+
+    /// The narrowest key prefix covering every address of `subnet`: its
+    /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
+    fn scan_prefix(&self, subnet: Ipv4Network) -> String {
+        let whole = (subnet.prefix() / 8) as usize;
+        let octets = subnet.network().octets();
+        let mut p = self.ips_dir();
+        for o in &octets[..whole] {
+            p.push_str(&o.to_string());
+            p.push('.');
+        }
+        p
+    }
+
+    /// Run one etcd call within the per-call timeout and the deadline.
+    async fn call<T>(
+        &self,
+        doing: &'static str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, IpamError> {
+        let mut budget = self.timeout;
+        if let Some(d) = self.deadline {
+            budget = budget.min(d.saturating_duration_since(Instant::now()));
+        }
+        match tokio::time::timeout(budget, fut).await {
+            Err(_) => Err(IpamError::EtcdTimeout {
+                endpoints: self.endpoints.clone(),
+                doing,
+                after: budget,
+            }),
+            Ok(Err(e)) => Err(IpamError::Etcd {
+                endpoints: self.endpoints.clone(),
+                doing,
+                detail: chain(&e),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    async fn txn(&self, doing: &'static str, txn: Txn) -> Result<TxnResponse, IpamError> {
+        let mut kv = self.kv.clone();
+        self.call(doing, async move { kv.txn(txn).await }).await
+    }
+
+    async fn get(
+        &self,
+        doing: &'static str,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<Vec<KeyValue>, IpamError> {
+        let mut kv = self.kv.clone();
+        let mut resp = self
+            .call(doing, async move { kv.get(key, options).await })
+            .await?;
+        Ok(resp.take_kvs())
+    }
+
+    /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
+    pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
+        let key = format!("{}/nodes/{node}", self.prefix);
+        let kvs = self
+            .get("reading the node record", key.clone(), None)
+            .await?;
+        kvs.first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| IpamError::Corrupt {
+                    key,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every allocation held by containers of `node` (for leak GC).
+    pub async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
+        let kvs = self
+            .get(
+                "listing allocations",
+                self.ips_dir(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(self
+            .decode_allocations(kvs, |_| true)
+            .into_iter()
+            .filter(|a| a.owner.node == node)
+            .collect())
+    }
+
+    /// Every allocation in the cluster.
+    pub async fn list_all(&self) -> Result<Vec<Allocation>, IpamError> {
+        let kvs = self
+            .get(
+                "listing allocations",
+                self.ips_dir(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(self.decode_allocations(kvs, |_| true))
+    }
+
+    fn decode_allocations(
+        &self,
+        kvs: Vec<KeyValue>,
+        keep: impl Fn(Ipv4Addr) -> bool,
+    ) -> Vec<Allocation> {
+        let dir = self.ips_dir();
+        kvs.iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let ip: Ipv4Addr = key.strip_prefix(&dir)?.parse().ok()?;
+                if !keep(ip) {
+                    return None;
+                }
+                match serde_json::from_slice::<Owner>(kv.value()) {
+                    Ok(owner) => Some(Allocation {
+                        ip,
+                        owner,
+                        revision: kv.mod_revision(),
+                    }),
+                    Err(e) => {
+                        log::warn!("ignoring undecodable allocation {key}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// What the handle key says, with its revision.
+    async fn read_handle(
+        &self,
+        handle: &Handle,
+    ) -> Result<Option<(Result<HandleRecord, String>, i64)>, IpamError> {
+        let kvs = self
+            .get(
+                "reading the attachment's handle",
+                self.handle_key(handle),
+                None,
+            )
+            .await?;
+        Ok(kvs.first().map(|kv| {
+            (
+                serde_json::from_slice::<HandleRecord>(kv.value()).map_err(|e| e.to_string()),
+                kv.mod_revision(),
+            )
+        }))
+    }
+
+    /// Free whatever `handle` holds (DEL). Idempotent: a handle that holds
+    /// nothing is `Ok(None)`. An address now owned by another attachment is
+    /// left alone; only the stale handle goes.
+    pub async fn release(&self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        let hkey = self.handle_key(handle);
+        for _ in 0..3 {
+            let Some((record, hrev)) = self.read_handle(handle).await? else {
+                return Ok(None);
+            };
+            let Ok(record) = record else {
+                self.delete_handle_if(&hkey, hrev).await?;
+                return Ok(None);
+            };
+            let ikey = self.ip_key(record.ip);
+            let resp = self
+                .txn(
+                    "releasing the address",
+                    Txn::new()
+                        .when([
+                            Compare::mod_revision(hkey.as_str(), CompareOp::Equal, hrev),
+                            Compare::mod_revision(ikey.as_str(), CompareOp::Equal, hrev),
+                        ])
+                        .and_then([
+                            TxnOp::delete(hkey.as_str(), None),
+                            TxnOp::delete(ikey.as_str(), None),
+                        ])
+                        .or_else([
+                            TxnOp::get(hkey.as_str(), None),
+                            TxnOp::get(ikey.as_str(), None),
+                        ]),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(Some(Allocation {
+                    ip: record.ip,
+                    owner: Owner {
+                        container_id: handle.container_id.clone(),
+                        ifname: handle.ifname.clone(),
+                        node: record.node,
+                        network: record.network,
+                    },
+                    revision: hrev,
+                }));
+            }
+            let got = gets(&resp);
+            match got.first().and_then(|kv| kv.as_ref()) {
+                Some(h) if h.mod_revision() == hrev => {}
+                _ => continue, // the handle changed under us: read again
+            }
+            match got.get(1).and_then(|kv| kv.as_ref()) {
+                Some(ip_kv) if owner_of(ip_kv).is_some_and(|o| o.holds(handle)) => {
+                    // Ours, written separately (a restored backup): free it exactly.
+                    let a = Allocation {
+                        ip: record.ip,
+                        owner: owner_of(ip_kv).expect("checked"),
+                        revision: ip_kv.mod_revision(),
+                    };
+                    if self.release_pair(&a, hrev).await? {
+                        return Ok(Some(a));
+                    }
+                }
+                _ => {
+                    log::warn!(
+                        "handle {hkey} points at {} which {} holds: removing only the stale handle",
+                        record.ip,
+                        if got.get(1).is_some_and(Option::is_some) {
+                            "another attachment"
+                        } else {
+                            "nobody"
+                        }
+                    );
+                    self.delete_handle_if(&hkey, hrev).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Err(IpamError::Etcd {
+            endpoints: self.endpoints.clone(),
+            doing: "releasing the address",
+            detail: format!("{hkey} kept changing; try again"),
+        })
+    }
+
+    /// Free `allocation` only if its address key is unchanged since it was
+    /// read (its handle goes with it when it was written together). `false`
+    /// when something rewrote or removed it meanwhile.
+    pub async fn release_exact(&self, allocation: &Allocation) -> Result<bool, IpamError> {
+        self.release_pair(allocation, allocation.revision).await
+    }
+
+    async fn release_pair(&self, a: &Allocation, handle_rev: i64) -> Result<bool, IpamError> {
+        let ikey = self.ip_key(a.ip);
+        let hkey = self.handle_key(&a.handle());
+        let resp = self
+            .txn(
+                "releasing the address",
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        ikey.as_str(),
+                        CompareOp::Equal,
+                        a.revision,
+                    )])
+                    .and_then([
+                        TxnOp::delete(ikey.as_str(), None),
+                        TxnOp::txn(
+                            Txn::new()
+                                .when([Compare::mod_revision(
+                                    hkey.as_str(),
+                                    CompareOp::Equal,
+                                    handle_rev,
+                                )])
+                                .and_then([TxnOp::delete(hkey.as_str(), None)]),
+                        ),
+                    ]),
+            )
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
+        self.txn(
+            "removing a stale handle",
+            Txn::new()
+                .when([Compare::mod_revision(hkey, CompareOp::Equal, hrev)])
+                .and_then([TxnOp::delete(hkey, None)]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The allocation `handle` holds, checked against its address key.
+    pub async fn lookup(&self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        Ok(match self.lookup_raw(handle).await? {
+            HandleState::Holds(a) => Some(a),
+            HandleState::Absent | HandleState::Dangling(_) => None,
+        })
+    }
+
+    async fn lookup_raw(&self, handle: &Handle) -> Result<HandleState, IpamError> {
+        let Some((record, hrev)) = self.read_handle(handle).await? else {
+            return Ok(HandleState::Absent);
+        };
+        let Ok(record) = record else {
+            return Ok(HandleState::Dangling(hrev));
+        };
+        let kvs = self
+            .get("reading the address", self.ip_key(record.ip), None)
+            .await?;
+        Ok(match kvs.first() {
+            Some(kv) if owner_of(kv).is_some_and(|o| o.holds(handle)) => {
+                HandleState::Holds(Allocation {
+                    ip: record.ip,
+                    owner: owner_of(kv).expect("checked"),
+                    revision: kv.mod_revision(),
+                })
+            }
+            _ => HandleState::Dangling(hrev),
+        })
+    }
+
+    /// Give `ip` to `owner` in one transaction: the address key and the
+    /// handle key are created together, only if both are absent.
+    pub async fn claim(&self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+        let handle = owner.handle();
+        let ikey = self.ip_key(ip);
+        let hkey = self.handle_key(&handle);
+        let ivalue = serde_json::to_vec(owner).expect("owner serializes");
+        let hvalue = serde_json::to_vec(&HandleRecord {
+            ip,
+            node: owner.node.clone(),
+            network: owner.network.clone(),
+        })
+        .expect("handle serializes");
+        for _ in 0..2 {
+            let mut resp = self
+                .txn(
+                    "allocating an address",
+                    Txn::new()
+                        .when([
+                            Compare::create_revision(ikey.as_str(), CompareOp::Equal, 0),
+                            Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
+                        ])
+                        .and_then([
+                            TxnOp::put(ikey.as_str(), ivalue.clone(), None),
+                            TxnOp::put(hkey.as_str(), hvalue.clone(), None),
+                        ])
+                        .or_else([
+                            TxnOp::get(hkey.as_str(), None),
+                            TxnOp::get(ikey.as_str(), None),
+                        ]),
+                )
+                .await?;
+            if resp.succeeded() {
+                let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
+                return Ok(Claim::Claimed(Allocation {
+                    ip,
+                    owner: owner.clone(),
+                    revision,
+                }));
+            }
+            let got = gets(&resp);
+            if got.first().is_some_and(Option::is_some) {
+                // A repeated ADD, or a handle left dangling: look closer.
+                match self.lookup_raw(&handle).await? {
+                    HandleState::Holds(a) => return Ok(Claim::AlreadyHeld(a)),
+                    HandleState::Absent => continue,
+                    HandleState::Dangling(hrev) => {
+                        log::warn!("removing dangling handle {hkey}");
+                        self.delete_handle_if(&hkey, hrev).await?;
+                        continue;
+                    }
+                }
+            }
+            let owner = got.get(1).and_then(|kv| kv.as_ref()).and_then(owner_of);
+            if owner.is_none() && !got.get(1).is_some_and(Option::is_some) {
+                continue; // freed between our compare and the read: try again
+            }
+            return Ok(Claim::Taken { ip, owner });
+        }
+        Err(IpamError::Etcd {
+            endpoints: self.endpoints.clone(),
+            doing: "allocating an address",
+            detail: format!("{ikey} and {hkey} kept changing; try again"),
+        })
+    }
+
+    /// The addresses held inside `subnet` (keys only: one cheap range read).
+    pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        let dir = self.ips_dir();
+        let kvs = self
+            .get(
+                "listing allocated addresses",
+                self.scan_prefix(subnet),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .strip_prefix(&dir)?
+                    .parse::<Ipv4Addr>()
+                    .ok()
+            })
+            .filter(|ip| subnet.contains(*ip))
+            .collect())
+    }
+
+    /// Every decodable allocation inside `subnet`.
+    pub async fn list_in(&self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+        let kvs = self
+            .get(
+                "listing allocations",
+                self.scan_prefix(subnet),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(self.decode_allocations(kvs, |ip| subnet.contains(ip)))
+    }
+
+    /// One linearizable read: etcd has a leader and answers.
+    pub async fn ping(&self) -> Result<(), IpamError> {
+        self.get(
+            "checking etcd",
+            format!("{}/config", self.prefix),
+            Some(GetOptions::new().with_count_only()),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+enum HandleState {
+    Absent,
+    Holds(Allocation),
+    /// The handle exists (at this revision) but its address record is
+    /// missing, undecodable or someone else's.
+    Dangling(i64),
+}
+
+fn owner_of(kv: &KeyValue) -> Option<Owner> {
+    serde_json::from_slice(kv.value()).ok()
+}
+
+/// The first key of each `get` in a transaction's responses.
+fn gets(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
+    resp.op_responses()
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Store for EtcdStore {
+    async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        EtcdStore::lookup(self, handle).await
+    }
+    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+        EtcdStore::claim(self, ip, owner).await
+    }
+    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        EtcdStore::used_in(self, subnet).await
+    }
+    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+        EtcdStore::list_in(self, subnet).await
+    }
+    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        EtcdStore::release(self, handle).await
+    }
+    async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {
+        EtcdStore::release_exact(self, allocation).await
+    }
+    async fn ping(&mut self) -> Result<(), IpamError> {
+        EtcdStore::ping(self).await
+    }
+}

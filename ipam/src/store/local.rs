@@ -1,0 +1,273 @@
+//! Allocations on a single host with no etcd: one JSON file per network,
+//! `<dataDir>/<network>/allocations.json`, read and rewritten (temporary
+//! file, fsync, rename) while holding an exclusive lock on
+//! `<dataDir>/<network>/lock`. Concurrent plugin processes queue on the
+//! lock; readers never see a half-written file.
+
+use crate::allocation::{Allocation, Claim, Handle, Owner};
+use crate::error::IpamError;
+use crate::lock::FileLock;
+use crate::store::Store;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const ALLOCATIONS_FILE: &str = "allocations.json";
+pub const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    /// The last address handed out: the next search starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_allocated: Option<Ipv4Addr>,
+    #[serde(default)]
+    allocations: BTreeMap<Ipv4Addr, Owner>,
+}
+
+/// An open, locked local store. The lock is held until it is dropped.
+pub struct LocalStore {
+    dir: PathBuf,
+    state: State,
+    _lock: FileLock,
+}
+
+impl LocalStore {
+    /// The store of network `network` under `data_dir`.
+    pub fn dir_for(data_dir: &Path, network: &str) -> PathBuf {
+        data_dir.join(network)
+    }
+
+    /// Lock and load the store in `dir`, creating it if needed.
+    pub fn open(dir: &Path, deadline: Instant) -> Result<LocalStore, IpamError> {
+        let lock = FileLock::acquire(&dir.join(LOCK_FILE), deadline)?;
+        let file = dir.join(ALLOCATIONS_FILE);
+        let state = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+                key: file.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(IpamError::store(&file)(e)),
+        };
+        Ok(LocalStore {
+            dir: dir.to_path_buf(),
+            state,
+            _lock: lock,
+        })
+    }
+
+    /// Like `open`, but `None` when the store was never created (DEL of
+    /// something that cannot exist must not create directories).
+    pub fn open_existing(dir: &Path, deadline: Instant) -> Result<Option<LocalStore>, IpamError> {
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        Self::open(dir, deadline).map(Some)
+    }
+
+    /// The last address handed out.
+    pub fn cursor(&self) -> Option<Ipv4Addr> {
+        self.state.last_allocated
+    }
+
+    fn save(&self) -> Result<(), IpamError> {
+        let file = self.dir.join(ALLOCATIONS_FILE);
+        let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
+        trellis_common::node::write_atomically(&file, &json).map_err(IpamError::store(file))
+    }
+
+    fn find(&self, handle: &Handle) -> Option<Allocation> {
+        self.state
+            .allocations
+            .iter()
+            .find(|(_, o)| o.holds(handle))
+            .map(|(ip, o)| Allocation {
+                ip: *ip,
+                owner: o.clone(),
+                revision: 0,
+            })
+    }
+
+    pub fn lookup(&self, handle: &Handle) -> Option<Allocation> {
+        self.find(handle)
+    }
+
+    pub fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+        if let Some(held) = self.find(&owner.handle()) {
+            return Ok(Claim::AlreadyHeld(held));
+        }
+        if let Some(other) = self.state.allocations.get(&ip) {
+            return Ok(Claim::Taken {
+                ip,
+                owner: Some(other.clone()),
+            });
+        }
+        self.state.allocations.insert(ip, owner.clone());
+        self.state.last_allocated = Some(ip);
+        if let Err(e) = self.save() {
+            self.state.allocations.remove(&ip);
+            return Err(e);
+        }
+        Ok(Claim::Claimed(Allocation {
+            ip,
+            owner: owner.clone(),
+            revision: 0,
+        }))
+    }
+
+    pub fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        let Some(a) = self.find(handle) else {
+            return Ok(None);
+        };
+        self.state.allocations.remove(&a.ip);
+        if let Err(e) = self.save() {
+            self.state.allocations.insert(a.ip, a.owner);
+            return Err(e);
+        }
+        Ok(Some(a))
+    }
+
+    pub fn release_exact(&mut self, a: &Allocation) -> Result<bool, IpamError> {
+        if self.state.allocations.get(&a.ip) != Some(&a.owner) {
+            return Ok(false);
+        }
+        self.release(&a.handle()).map(|r| r.is_some())
+    }
+
+    pub fn list_in(&self, subnet: Ipv4Network) -> Vec<Allocation> {
+        self.state
+            .allocations
+            .iter()
+            .filter(|(ip, _)| subnet.contains(**ip))
+            .map(|(ip, o)| Allocation {
+                ip: *ip,
+                owner: o.clone(),
+                revision: 0,
+            })
+            .collect()
+    }
+
+    /// Whether the store directory can be written (STATUS).
+    pub fn check_writable(&self) -> Result<(), IpamError> {
+        let probe = self.dir.join(format!(".probe.{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(IpamError::store(&self.dir))
+    }
+}
+
+impl Store for LocalStore {
+    async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        Ok(LocalStore::lookup(self, handle))
+    }
+    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+        LocalStore::claim(self, ip, owner)
+    }
+    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        Ok(self
+            .state
+            .allocations
+            .keys()
+            .copied()
+            .filter(|ip| subnet.contains(*ip))
+            .collect())
+    }
+    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+        Ok(LocalStore::list_in(self, subnet))
+    }
+    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
+        LocalStore::release(self, handle)
+    }
+    async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {
+        LocalStore::release_exact(self, allocation)
+    }
+    async fn ping(&mut self) -> Result<(), IpamError> {
+        self.check_writable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn owner(id: &str) -> Owner {
+        Owner {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            node: String::new(),
+            network: "net".into(),
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(2)
+    }
+
+    #[test]
+    fn claims_persist_and_release_by_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        {
+            let mut s = LocalStore::open(dir.path(), soon()).unwrap();
+            assert!(matches!(
+                s.claim(ip, &owner("a")).unwrap(),
+                Claim::Claimed(_)
+            ));
+            assert!(matches!(
+                s.claim(ip, &owner("b")).unwrap(),
+                Claim::Taken { owner: Some(o), .. } if o.container_id == "a"
+            ));
+            let other: Ipv4Addr = "10.88.0.3".parse().unwrap();
+            assert!(matches!(
+                s.claim(other, &owner("a")).unwrap(),
+                Claim::AlreadyHeld(a) if a.ip == ip
+            ));
+        }
+        let mut s = LocalStore::open(dir.path(), soon()).unwrap();
+        assert_eq!(s.cursor(), Some(ip));
+        assert_eq!(s.lookup(&owner("a").handle()).unwrap().ip, ip);
+        assert_eq!(s.release(&owner("a").handle()).unwrap().unwrap().ip, ip);
+        assert_eq!(s.release(&owner("a").handle()).unwrap(), None);
+        drop(s);
+        let s = LocalStore::open(dir.path(), soon()).unwrap();
+        assert!(s.list_in("10.88.0.0/16".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn release_exact_spares_a_new_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        let mut s = LocalStore::open(dir.path(), soon()).unwrap();
+        let Claim::Claimed(old) = s.claim(ip, &owner("a")).unwrap() else {
+            panic!()
+        };
+        s.release(&old.handle()).unwrap();
+        s.claim(ip, &owner("b")).unwrap();
+        assert!(!s.release_exact(&old).unwrap());
+        assert_eq!(s.lookup(&owner("b").handle()).unwrap().ip, ip);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_store_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ALLOCATIONS_FILE), b"{nope").unwrap();
+        let err = LocalStore::open(dir.path(), soon()).err().unwrap();
+        assert_eq!(err.code(), 105);
+        assert!(err.to_string().contains(ALLOCATIONS_FILE), "{err}");
+    }
+
+    #[test]
+    fn open_existing_does_not_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert!(LocalStore::open_existing(&missing, soon())
+            .unwrap()
+            .is_none());
+        assert!(!missing.exists());
+    }
+}

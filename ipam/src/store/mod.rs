@@ -1,0 +1,40 @@
+//! Where allocations live: etcd for clusters, a file under `dataDir` for a
+//! single host. Both give the same atomic operations, so the allocator and
+//! the CNI verbs are written once against this trait.
+
+pub mod etcd;
+pub mod local;
+
+use crate::allocation::{Allocation, Claim, Handle, Owner};
+use crate::error::IpamError;
+use ipnetwork::Ipv4Network;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// The atomic operations an allocation store offers.
+#[allow(async_fn_in_trait)] // used generically inside this crate only
+pub trait Store {
+    /// The allocation `handle` holds, if any (and only if the address record
+    /// agrees that it belongs to that handle).
+    async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError>;
+
+    /// Atomically give `ip` to `owner` if neither the address nor the owner's
+    /// handle is taken.
+    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError>;
+
+    /// The addresses held inside `subnet`, by anyone.
+    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError>;
+
+    /// Every decodable allocation inside `subnet`.
+    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError>;
+
+    /// Free whatever `handle` holds; `None` when it held nothing. Never frees
+    /// an address that now belongs to another handle.
+    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError>;
+
+    /// Free `allocation` only if it is unchanged since it was read (GC).
+    async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError>;
+
+    /// Whether the store can serve requests now (STATUS).
+    async fn ping(&mut self) -> Result<(), IpamError>;
+}
