@@ -11,5 +11,15 @@ mod error;
 mod handle;
 pub mod netns;
 
+// The overlay: VXLAN device, its forwarding and neighbour entries, routes
+// to remote subnets, the underlay it rides on.
+pub mod fdb;
+pub mod mac;
+pub mod neigh;
+pub mod overlay_route;
+pub mod underlay;
+pub mod vxlan;
+
 pub use error::{KernelError, Result};
 pub use handle::Netlink;
+pub use mac::MacAddr;
