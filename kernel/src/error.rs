@@ -25,6 +25,14 @@ pub enum KernelError {
     NotFound(String),
     #[error("nftables: {0}")]
     Nftables(String),
+    /// A device with the wanted name exists but is of another kind (a veth
+    /// where a bridge is wanted, ...).
+    #[error("{name} already exists and is not a {expected} (it is {found})")]
+    WrongKind {
+        name: String,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

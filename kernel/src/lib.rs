@@ -11,6 +11,16 @@ mod error;
 mod handle;
 pub mod netns;
 
+// The node side of a container attachment: links, veth pairs, the bridge,
+// addresses, routes, sysctls, masquerade.
+pub mod address;
+pub mod bridge;
+pub mod link;
+pub mod masquerade;
+pub mod route;
+pub mod sysctl;
+pub mod veth;
+
 // The overlay: VXLAN device, its forwarding and neighbour entries, routes
 // to remote subnets, the underlay it rides on.
 pub mod fdb;
@@ -22,4 +32,8 @@ pub mod vxlan;
 
 pub use error::{KernelError, Result};
 pub use handle::Netlink;
+pub use link::Link;
 pub use mac::MacAddr;
+pub use masquerade::Masquerade;
+pub use route::Route;
+pub use veth::VethPair;
