@@ -1,0 +1,264 @@
+//! The plugin's own configuration keys, validated before anything is done,
+//! and the mode the node runs in (cluster or single host).
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use trellis_common::cni::env::validate_ifname;
+use trellis_common::cni::{CniError, Request};
+use trellis_common::node::{self, NodeRecord, DEFAULT_BRIDGE, DEFAULT_STATE_DIR};
+
+/// The smallest MTU IPv4 allows; veth accepts up to 65535.
+pub const MIN_MTU: u32 = 68;
+pub const MAX_MTU: u32 = 65535;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    ip_masq: Option<bool>,
+    #[serde(default)]
+    hairpin_mode: Option<bool>,
+}
+
+/// The validated `trellis` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub bridge: String,
+    pub state_dir: PathBuf,
+    pub mtu: Option<u32>,
+    pub ip_masq: bool,
+    pub hairpin_mode: bool,
+    /// The IPAM plugin's `type`.
+    pub ipam_type: String,
+    /// `ipam.subnet` when given: single-host mode.
+    pub ipam_subnet: Option<IpNetwork>,
+}
+
+/// Where the node's addressing comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// No agent, no etcd: the IPAM config names the subnet, the plugin owns
+    /// the masquerade rule.
+    SingleHost { subnet: IpNetwork },
+    /// The agent leased this node's subnet and published it in `stateDir`;
+    /// it owns masquerade.
+    Cluster { record: NodeRecord },
+}
+
+impl Config {
+    /// Decode and check the configuration: every problem is code 7.
+    pub fn from_request(req: &Request) -> Result<Config, CniError> {
+        let raw: RawConfig = req.plugin_config()?;
+        Self::from_parts(raw, req.conf.ipam.as_ref())
+    }
+
+    fn from_parts(raw: RawConfig, ipam: Option<&Value>) -> Result<Config, CniError> {
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        validate_ifname(&bridge).map_err(|e| {
+            CniError::invalid_config(format!(
+                "bridge: {}",
+                e.msg.trim_start_matches("CNI_IFNAME: ")
+            ))
+            .with_details(bridge.clone())
+        })?;
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(CniError::invalid_config(format!(
+                "stateDir must be an absolute path, not {:?}",
+                state_dir
+            )));
+        }
+        if let Some(mtu) = raw.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(CniError::invalid_config(format!(
+                    "mtu {mtu} is out of range ({MIN_MTU}-{MAX_MTU})"
+                )));
+            }
+        }
+        let ipam = match ipam {
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err(CniError::invalid_config("ipam must be an object")),
+            None => {
+                return Err(CniError::invalid_config(
+                    "missing ipam: trellis needs an IPAM plugin, e.g. \"ipam\": {\"type\": \"trellis-ipam\"}",
+                ))
+            }
+        };
+        let ipam_type = match ipam.get("type") {
+            Some(Value::String(t)) if !t.is_empty() => t.clone(),
+            _ => return Err(CniError::invalid_config("ipam.type is missing")),
+        };
+        let ipam_subnet = match ipam.get("subnet") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.parse::<IpNetwork>().map_err(|e| {
+                CniError::invalid_config(format!("ipam.subnet {s:?} is not a subnet: {e}"))
+            })?),
+            Some(other) => {
+                return Err(CniError::invalid_config(format!(
+                    "ipam.subnet must be a string like \"10.88.0.0/16\", not {other}"
+                )))
+            }
+        };
+        Ok(Config {
+            bridge,
+            state_dir,
+            mtu: raw.mtu,
+            ip_masq: raw.ip_masq.unwrap_or(true),
+            hairpin_mode: raw.hairpin_mode.unwrap_or(true),
+            ipam_type,
+            ipam_subnet,
+        })
+    }
+
+    /// Single host when the IPAM config names a subnet; otherwise the
+    /// node record the agent publishes (missing: try again later, 11).
+    pub fn mode(&self) -> Result<Mode, CniError> {
+        if let Some(subnet) = self.ipam_subnet {
+            return Ok(Mode::SingleHost { subnet });
+        }
+        match self.node_record()? {
+            Some(record) => Ok(Mode::Cluster { record }),
+            None => Err(CniError::try_again(format!(
+                "no node record at {}: is trellis-agent running on this node? \
+                 (or name a subnet in ipam for single-host mode)",
+                node::record_path(&self.state_dir).display()
+            ))),
+        }
+    }
+
+    /// `<stateDir>/node.json`; unreadable or corrupt is code 11 (the agent
+    /// rewrites it).
+    pub fn node_record(&self) -> Result<Option<NodeRecord>, CniError> {
+        node::read_node_record(&self.state_dir).map_err(|e| {
+            CniError::try_again(format!(
+                "cannot read the node record {}: {e}",
+                node::record_path(&self.state_dir).display()
+            ))
+        })
+    }
+
+    /// The nftables table of this bridge's single-host masquerade rule.
+    pub fn masquerade_table(&self) -> String {
+        format!("trellis-{}", self.bridge)
+    }
+
+    /// The lock file serializing masquerade changes on this node.
+    pub fn lock_path(&self) -> PathBuf {
+        lock_path(&self.state_dir, &self.bridge)
+    }
+}
+
+pub fn lock_path(state_dir: &Path, bridge: &str) -> PathBuf {
+    state_dir.join(format!("{bridge}.lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(conf: Value) -> Result<Config, CniError> {
+        let raw: RawConfig = serde_json::from_value(conf.clone())
+            .map_err(|e| CniError::invalid_config(e.to_string()))?;
+        Config::from_parts(raw, conf.get("ipam"))
+    }
+
+    #[test]
+    fn defaults_follow_the_interface_document() {
+        let c = parse(json!({"ipam": {"type": "trellis-ipam"}})).unwrap();
+        assert_eq!(c.bridge, "trellis0");
+        assert_eq!(c.state_dir, PathBuf::from("/run/trellis"));
+        assert_eq!(c.mtu, None);
+        assert!(c.ip_masq && c.hairpin_mode);
+        assert_eq!(c.ipam_type, "trellis-ipam");
+        assert_eq!(c.ipam_subnet, None);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(json!({"bridge": "br-x", "stateDir": "/tmp/s", "mtu": 1400,
+            "ipMasq": false, "hairpinMode": false,
+            "ipam": {"type": "host-local", "subnet": "10.88.0.0/16"}}))
+        .unwrap();
+        assert_eq!(c.bridge, "br-x");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(c.mtu, Some(1400));
+        assert!(!c.ip_masq && !c.hairpin_mode);
+        assert_eq!(c.ipam_subnet, Some("10.88.0.0/16".parse().unwrap()));
+        assert_eq!(
+            c.mode().unwrap(),
+            Mode::SingleHost {
+                subnet: "10.88.0.0/16".parse().unwrap()
+            }
+        );
+        assert_eq!(c.masquerade_table(), "trellis-br-x");
+    }
+
+    #[test]
+    fn bad_values_are_code_7_and_say_why() {
+        let cases = [
+            (json!({"ipam": {"type": "x"}, "mtu": 0}), "mtu 0"),
+            (json!({"ipam": {"type": "x"}, "mtu": 65536}), "mtu 65536"),
+            (json!({"ipam": {"type": "x"}, "mtu": "big"}), "invalid type"),
+            (json!({"ipam": {"type": "x"}, "mtu": -1}), "invalid value"),
+            (json!({"ipam": {"type": "x"}, "bridge": "a/b"}), "bridge"),
+            (
+                json!({"ipam": {"type": "x"}, "bridge": "much-too-long-name"}),
+                "bridge",
+            ),
+            (json!({"ipam": {"type": "x"}, "bridge": ""}), "bridge"),
+            (
+                json!({"ipam": {"type": "x"}, "stateDir": "rel/dir"}),
+                "absolute",
+            ),
+            (
+                json!({"ipam": {"type": "x"}, "ipMasq": "yes"}),
+                "invalid type",
+            ),
+            (json!({}), "missing ipam"),
+            (json!({"ipam": "host-local"}), "object"),
+            (json!({"ipam": {}}), "ipam.type"),
+            (json!({"ipam": {"type": ""}}), "ipam.type"),
+            (
+                json!({"ipam": {"type": "x", "subnet": "nope"}}),
+                "ipam.subnet",
+            ),
+            (json!({"ipam": {"type": "x", "subnet": 5}}), "ipam.subnet"),
+        ];
+        for (conf, needle) in cases {
+            let e = parse(conf.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{conf}");
+            assert!(
+                e.msg.contains(needle),
+                "{conf}: {:?} should mention {needle:?}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_mode_needs_the_agents_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(json!({"stateDir": dir.path(), "ipam": {"type": "trellis-ipam"}})).unwrap();
+        let e = c.mode().unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("trellis-agent"), "{}", e.msg);
+        std::fs::write(dir.path().join("node.json"), "{garbage").unwrap();
+        assert_eq!(c.mode().unwrap_err().code, 11);
+        let record: NodeRecord = serde_json::from_value(json!({"subnet": "10.244.3.0/24",
+            "publicIP": "192.0.2.3", "vtepMAC": "02:00:00:00:00:03", "mtu": 1450}))
+        .unwrap();
+        node::write_node_record(dir.path(), &record).unwrap();
+        assert_eq!(c.mode().unwrap(), Mode::Cluster { record });
+    }
+}

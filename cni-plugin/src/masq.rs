@@ -1,0 +1,78 @@
+//! Single-host masquerade: one nftables rule set per bridge, present while
+//! the bridge has containers (and `ipMasq` is on), changed under a node-local
+//! lock so that a DEL removing it never races an ADD installing it.
+
+use crate::config::Config;
+use crate::plugin::kernel_error;
+use ipnetwork::IpNetwork;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use trellis_common::cni::{code, CniError};
+use trellis_kernel::{Masquerade, Netlink};
+
+use crate::naming::is_host_veth_name;
+
+/// An exclusive flock on `<stateDir>/<bridge>.lock`, released on drop.
+pub struct NodeLock {
+    _lock: Flock<File>,
+}
+
+impl NodeLock {
+    pub fn acquire(cfg: &Config) -> Result<NodeLock, CniError> {
+        let io = |what: &str, e: std::io::Error| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("{what} {}: {e}", cfg.lock_path().display()),
+            )
+        };
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| io("creating the directory of", e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cfg.lock_path())
+            .map_err(|e| io("opening", e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io("locking", errno.into()))?;
+        Ok(NodeLock { _lock: lock })
+    }
+}
+
+/// The rule for the single-host `subnet`: its traffic to anywhere but the
+/// subnet itself leaves masqueraded.
+pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
+    Masquerade::new(cfg.masquerade_table(), subnet, vec![subnet])
+}
+
+/// Install (or refresh) the rule: after ADD attached a container.
+pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
+    let _lock = NodeLock::acquire(cfg)?;
+    masquerade(cfg, subnet).ensure().map_err(kernel_error)
+}
+
+/// Make the rule match the node: present when `ipMasq` is on and the bridge
+/// has containers, absent otherwise. After DEL and GC.
+pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
+    let _lock = NodeLock::acquire(cfg)?;
+    let containers = match node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {
+        Some(bridge) => node
+            .links_with_master(bridge.index)
+            .await
+            .map_err(kernel_error)?
+            .iter()
+            .filter(|l| is_host_veth_name(&l.name))
+            .count(),
+        None => 0,
+    };
+    let rule = masquerade(cfg, subnet);
+    if cfg.ip_masq && containers > 0 {
+        rule.ensure().map_err(kernel_error)
+    } else {
+        log::info!(
+            "removing masquerade table {} ({containers} containers on {})",
+            rule.table,
+            cfg.bridge
+        );
+        rule.remove().map_err(kernel_error)
+    }
+}
