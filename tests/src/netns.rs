@@ -76,6 +76,17 @@ impl Netns {
         cmd
     }
 
+    /// A command that will run inside the namespace with the host's mounts
+    /// untouched (`nsenter --net`): for container runtimes, which need the
+    /// host's /sys/fs/cgroup that `ip netns exec` hides behind a fresh /sys.
+    pub fn nsenter<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .args(argv);
+        cmd
+    }
+
     /// Runs `argv` inside the namespace and returns its output, whatever the
     /// exit status. Panics only if `ip` itself cannot be started.
     pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Output {
