@@ -2,4 +2,5 @@
 //! node record the agent publishes for the plugins (`node`).
 
 pub mod cni;
+pub mod naming;
 pub mod node;

@@ -145,6 +145,20 @@ impl Netlink {
         }
     }
 
+    /// Every VXLAN device of the namespace.
+    pub async fn vxlan_devices(&self) -> Result<Vec<VxlanDevice>> {
+        let mut dump = self.handle().link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .map_err(KernelError::netlink("listing links"))?
+        {
+            out.extend(VxlanDevice::from_message(&msg));
+        }
+        Ok(out)
+    }
+
     /// Make the VXLAN device match `spec`: create it when absent, replace it
     /// when its tunnel settings differ, otherwise fix MTU, MAC and state in
     /// place (which keeps every FDB, neighbour and route entry on it).

@@ -1,4 +1,27 @@
 //! trellis-agent: the node agent, as a library so that its parts are tested
 //! on their own. `main.rs` is the command line.
+//!
+//! - [`lease`]: the node subnet, leased in etcd; [`membership`] keeps the
+//!   lease alive and the node record published.
+//! - [`node_network`]: this node's VXLAN device and bridge.
+//! - [`registry`]: every node record, listed and watched.
+//! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
+//!   desired vs actual, reconciled.
+//! - [`masquerade`], [`ipam_gc`], [`metrics`] + [`status_server`].
+//! - [`agent`] (`run`), [`cleanup`] (`cleanup`), [`install_cni`] (`install-cni`).
 
+pub mod agent;
+pub mod backoff;
+pub mod cleanup;
+pub mod etcd;
+pub mod flags;
 pub mod install_cni;
+pub mod ipam_gc;
+pub mod lease;
+pub mod masquerade;
+pub mod membership;
+pub mod metrics;
+pub mod node_network;
+pub mod overlay;
+pub mod registry;
+pub mod status_server;

@@ -1,0 +1,286 @@
+//! `trellis-agent run`: lease the subnet, set up the node's devices,
+//! publish the node, then keep the overlay in step with etcd until SIGTERM
+//! (which leaves the data path as it is, so a restart does not touch pods).
+
+use crate::backoff::Backoff;
+use crate::etcd::{self, EtcdError, Keys};
+use crate::flags::{node_name_or_hostname, RunArgs};
+use crate::lease::{self, LeaseError, Leased};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
+use crate::overlay::{KernelDataplane, Reconciler};
+use crate::registry::{self, LocalView, RegistryChannels};
+use crate::{ipam_gc, masquerade, status_server};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
+use trellis_kernel::{KernelError, Netlink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node name: {0}")]
+    NodeName(std::io::Error),
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    NodeNetwork(#[from] NodeNetworkError),
+    #[error("setting up the node: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("writing {path}: {source}")]
+    StateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("--lease-ttl must be at least 5 seconds (got {0})")]
+    LeaseTtl(i64),
+}
+
+/// Run the agent until SIGTERM or SIGINT (`Ok`) or a fatal error.
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    if args.lease_ttl < 5 {
+        return Err(AgentError::LeaseTtl(args.lease_ttl));
+    }
+    let node = node_name_or_hostname(args.node_name.as_deref()).map_err(AgentError::NodeName)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = args.metrics_addr {
+        let listener = status_server::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        log::info!("serving /healthz and /metrics on {addr}");
+        tokio::spawn(status_server::serve(listener, metrics.clone()));
+    }
+    let nl = Netlink::current()?;
+    let (underlay, public_ip) =
+        resolve_underlay(&nl, args.iface.as_deref(), args.public_ip).await?;
+    log::info!(
+        "node {node}: underlay {} (MTU {}), public IP {public_ip}",
+        underlay.name,
+        underlay.mtu
+    );
+    let keys = Keys::new(&args.etcd.etcd_prefix);
+    let client = etcd::connect(&args.etcd).await?;
+
+    let start = async {
+        let mut client = client.clone();
+        let config = retry("reading the cluster configuration", &metrics, || {
+            let (mut client, keys) = (client.clone(), keys.clone());
+            async move { lease::read_config(&mut client, &keys).await }
+        })
+        .await?;
+        let preferred = read_node_record(&args.state_dir)
+            .ok()
+            .flatten()
+            .filter(|r| r.node_name.as_deref().is_none_or(|n| n == node))
+            .map(|r| r.subnet);
+        let leased = retry("leasing a node subnet", &metrics, || {
+            let (mut client, keys, config, node) =
+                (client.clone(), keys.clone(), config.clone(), node.clone());
+            async move {
+                lease::acquire(
+                    &mut client,
+                    &keys,
+                    &config,
+                    &node,
+                    preferred,
+                    false,
+                    args.lease_ttl,
+                )
+                .await
+            }
+        })
+        .await?;
+        log::info!(
+            "node {node}: subnet {} ({}), etcd lease {:x}",
+            leased.subnet,
+            if leased.reused {
+                "kept from before"
+            } else {
+                "newly leased"
+            },
+            leased.lease_id
+        );
+        let net = NodeNetwork::new(
+            &node,
+            &config,
+            leased.subnet,
+            &underlay,
+            public_ip,
+            &args.bridge,
+        );
+        let setup = set_up_node(&nl, &net, &args).await;
+        if let Err(e) = setup {
+            // Nothing uses a subnet whose node could not be set up: give a
+            // fresh lease back (a kept one stays: pods may hold its addresses).
+            if !leased.reused {
+                let _ = client.lease_revoke(leased.lease_id).await;
+            }
+            return Err(e);
+        }
+        let record = net.record();
+        retry("publishing the node record", &metrics, || {
+            let (mut client, keys, node, record) =
+                (client.clone(), keys.clone(), node.clone(), record.clone());
+            async move {
+                lease::publish_record(&mut client, &keys, &node, &record, leased.lease_id).await
+            }
+        })
+        .await?;
+        metrics.leased.store(true, Ordering::Relaxed);
+        Ok::<(ClusterConfig, Leased, NodeNetwork), AgentError>((config, leased, net))
+    };
+    let (config, leased, net) = tokio::select! {
+        r = start => r?,
+        _ = sigterm.recv() => { log::info!("SIGTERM during start-up; stopping"); return Ok(()); }
+        _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
+    };
+
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (own_tx, own_rx) = watch::channel(None);
+    let view = LocalView {
+        node: node.clone(),
+        subnet: net.subnet,
+        network: config.network,
+    };
+    let registry = tokio::spawn(registry::run(
+        client.clone(),
+        keys.clone(),
+        view,
+        RegistryChannels {
+            desired: desired_tx,
+            own_record: own_tx,
+        },
+        metrics.clone(),
+    ));
+    let (ifindex, _) = net.ensure_vxlan(&nl).await?;
+    let dataplane = KernelDataplane::new(nl.clone(), net.clone(), ifindex);
+    let reconciler = tokio::spawn(
+        Reconciler::new(dataplane, metrics.clone())
+            .run(desired_rx, Duration::from_secs(args.resync_interval.max(1))),
+    );
+    let membership = Membership {
+        client: client.clone(),
+        keys: keys.clone(),
+        config: config.clone(),
+        node: node.clone(),
+        record: net.record(),
+        lease_id: leased.lease_id,
+        ttl: args.lease_ttl,
+        metrics: metrics.clone(),
+    };
+    let mut membership = tokio::spawn(membership.run(own_rx));
+    let mut background = vec![registry, reconciler];
+    if args.ipam_gc_interval > 0 {
+        let store = trellis_ipam::EtcdStore::from_client(
+            &client,
+            &args.etcd.etcd_prefix,
+            etcd::REQUEST_TIMEOUT,
+        );
+        background.push(tokio::spawn(ipam_gc::run(
+            store,
+            nl.clone(),
+            node.clone(),
+            Duration::from_secs(args.ipam_gc_interval),
+            metrics.clone(),
+        )));
+    }
+    if args.ip_masq {
+        let rule = masquerade::rule_set(net.subnet, config.network);
+        let every = Duration::from_secs(args.resync_interval.max(1));
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match masquerade::keep(rule.clone()).await {
+                    Ok(true) => log::warn!(
+                        "masquerade table {} was missing; re-installed",
+                        masquerade::TABLE
+                    ),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("masquerade: {e}"),
+                }
+            }
+        }));
+    }
+    log::info!(
+        "node {node} is up: subnet {}, overlay MTU {}",
+        net.subnet,
+        net.mtu()
+    );
+
+    let result = tokio::select! {
+        _ = sigterm.recv() => { log::info!("SIGTERM: stopping; the data path stays as it is"); Ok(()) }
+        _ = sigint.recv() => { log::info!("SIGINT: stopping; the data path stays as it is"); Ok(()) }
+        r = &mut membership => match r {
+            Ok(Err(e)) => Err(AgentError::Lease(e)),
+            _ => Ok(()),
+        },
+    };
+    membership.abort();
+    for task in background {
+        task.abort();
+    }
+    result
+}
+
+/// Forwarding, the VXLAN device, the bridge, masquerade and the state file
+/// for the plugins.
+async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<(), AgentError> {
+    if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
+        log::info!("turned on IPv4 forwarding");
+    }
+    net.ensure_vxlan(nl).await?;
+    net.ensure_bridge(nl).await?;
+    if args.ip_masq {
+        masquerade::ensure(masquerade::rule_set(net.subnet, net.network)).await?;
+    } else {
+        masquerade::remove().await?;
+    }
+    write_node_record(&args.state_dir, &net.record()).map_err(|source| AgentError::StateFile {
+        path: trellis_common::node::record_path(&args.state_dir)
+            .display()
+            .to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Retry `op` with backoff while it fails with a transient error (etcd
+/// unreachable, a missing config the operator has yet to write, an
+/// exhausted network some node may free); permanent errors return.
+async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut op: F) -> Result<T, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LeaseError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_permanent() => return Err(e.into()),
+            Err(e) => {
+                if matches!(e, LeaseError::Etcd(_)) {
+                    metrics.etcd_errors.inc();
+                }
+                let delay = backoff.next_delay();
+                log::warn!("{what}: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `trellis-agent cleanup`: remove everything the agent created on this
+//! node (VXLAN device and with it every overlay entry, the bridge, the
+//! nftables table, the state file) and, with `--release`, its record and
+//! subnet lease in etcd.
+
+use crate::etcd::{self, EtcdError, Keys};
+use crate::flags::{node_name_or_hostname, CleanupArgs};
+use crate::lease::{self, LeaseError};
+use crate::masquerade;
+use trellis_kernel::{KernelError, Netlink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("releasing this node in etcd: {0}")]
+    Lease(#[from] LeaseError),
+    #[error("node name: {0}")]
+    NodeName(std::io::Error),
+    #[error("removing {path}: {source}")]
+    StateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether `name` is a VXLAN device name the agent gives.
+pub fn is_agent_vxlan_name(name: &str) -> bool {
+    let digits = name
+        .strip_prefix("trellis.")
+        .or_else(|| name.strip_prefix("trellis"));
+    digits
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u32>().ok())
+        .is_some_and(|vni| (1..=0x00ff_ffff).contains(&vni))
+}
+
+pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
+    let nl = Netlink::current()?;
+    for dev in nl.vxlan_devices().await? {
+        if is_agent_vxlan_name(&dev.name) && nl.delete_vxlan(&dev.name).await? {
+            log::info!("deleted VXLAN device {} and its entries", dev.name);
+        }
+    }
+    if nl.delete_link_by_name(&args.bridge).await? {
+        log::info!("deleted bridge {}", args.bridge);
+    }
+    masquerade::remove().await?;
+    let path = trellis_common::node::record_path(&args.state_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => log::info!("removed {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(CleanupError::StateFile {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    }
+    if args.release {
+        let node =
+            node_name_or_hostname(args.node_name.as_deref()).map_err(CleanupError::NodeName)?;
+        let mut client = etcd::connect(&args.etcd).await?;
+        let keys = Keys::new(&args.etcd.etcd_prefix);
+        let released = lease::release(&mut client, &keys, &node).await?;
+        log::info!("node {node} left the cluster (released {released:?})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_agent_devices_are_matched() {
+        for n in ["trellis.1", "trellis.4096", "trellis16777215"] {
+            assert!(is_agent_vxlan_name(n), "{n}");
+        }
+        for n in [
+            "trellis0",
+            "trellis.",
+            "trellis",
+            "flannel.1",
+            "trellis.1a",
+            "vxlan0",
+        ] {
+            assert!(!is_agent_vxlan_name(n), "{n}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Staying a member of the cluster: the etcd lease behind this node's
+//! subnet key and record is kept alive, and the record is put back when it
+//! goes missing or is changed by someone else. A lease that expired anyway
+//! (etcd kept running while this agent could not reach it for a whole TTL)
+//! is taken again for the same subnet, or the agent stops with a clear
+//! error when another node has it by then.
+
+use crate::backoff::Backoff;
+use crate::etcd::Keys;
+use crate::lease::{self, LeaseError};
+use crate::metrics::Metrics;
+use etcd_client::Client;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use trellis_common::node::{ClusterConfig, NodeRecord};
+
+/// Everything the membership task needs.
+pub struct Membership {
+    pub client: Client,
+    pub keys: Keys,
+    pub config: ClusterConfig,
+    pub node: String,
+    pub record: NodeRecord,
+    pub lease_id: i64,
+    pub ttl: i64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How often the lease is renewed: a third of its TTL, at most a minute.
+pub fn renew_interval(ttl: i64) -> Duration {
+    Duration::from_secs((ttl / 3).clamp(1, 60) as u64)
+}
+
+impl Membership {
+    /// Run until a permanent error (returned) or until `own_record` closes.
+    pub async fn run(
+        mut self,
+        mut own_record: watch::Receiver<Option<Option<NodeRecord>>>,
+    ) -> Result<(), LeaseError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let mut next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
+        loop {
+            tokio::select! {
+                changed = own_record.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let seen = own_record.borrow_and_update().clone();
+                    if let Some(seen) = seen {
+                        if seen.as_ref() != Some(&self.record) {
+                            log::warn!(
+                                "this node's record in etcd is {}; publishing it again",
+                                if seen.is_some() { "not ours" } else { "gone" }
+                            );
+                            if let Err(e) = self.republish().await {
+                                self.metrics.etcd_errors.inc();
+                                log::warn!("re-publishing the node record: {e}");
+                                next_renew = tokio::time::Instant::now() + backoff.next_delay();
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_renew) => {
+                    match self.renew().await {
+                        Ok(()) => {
+                            backoff.reset();
+                            next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
+                        }
+                        Err(e) if e.is_permanent() => return Err(e),
+                        Err(e) => {
+                            self.metrics.etcd_errors.inc();
+                            let delay = backoff.next_delay();
+                            log::warn!("renewing the subnet lease: {e}; again in {delay:?}");
+                            next_renew = tokio::time::Instant::now() + delay;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn republish(&mut self) -> Result<(), LeaseError> {
+        lease::publish_record(
+            &mut self.client,
+            &self.keys,
+            &self.node,
+            &self.record,
+            self.lease_id,
+        )
+        .await
+    }
+
+    /// One keep-alive; when etcd says the lease is gone, lease the same
+    /// subnet again and publish the record under the new lease.
+    async fn renew(&mut self) -> Result<(), LeaseError> {
+        let alive = match self.client.lease_keep_alive(self.lease_id).await {
+            Ok((mut keeper, mut stream)) => {
+                keeper.keep_alive().await?;
+                match tokio::time::timeout(crate::etcd::REQUEST_TIMEOUT, stream.message()).await {
+                    Ok(Ok(Some(resp))) => resp.ttl() > 0,
+                    Ok(Ok(None)) => lease::lease_alive(&mut self.client, self.lease_id).await?,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(LeaseError::Etcd(etcd_client::Error::LeaseKeepAliveError(
+                            "no keep-alive answer in time".into(),
+                        )))
+                    }
+                }
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
+                lease::lease_alive(&mut self.client, self.lease_id).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if alive {
+            self.metrics.leased.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.metrics.leased.store(false, Ordering::Relaxed);
+        log::warn!(
+            "the etcd lease of subnet {} expired; leasing it again",
+            self.record.subnet
+        );
+        let leased = lease::acquire(
+            &mut self.client,
+            &self.keys,
+            &self.config,
+            &self.node,
+            Some(self.record.subnet),
+            true,
+            self.ttl,
+        )
+        .await?;
+        self.lease_id = leased.lease_id;
+        self.republish().await?;
+        self.metrics.leased.store(true, Ordering::Relaxed);
+        log::info!("subnet {} leased again", leased.subnet);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_frequent_enough_and_not_chatty() {
+        assert_eq!(renew_interval(3), Duration::from_secs(1));
+        assert_eq!(renew_interval(1), Duration::from_secs(1));
+        assert_eq!(renew_interval(30), Duration::from_secs(10));
+        assert_eq!(renew_interval(86_400), Duration::from_secs(60));
+    }
+}

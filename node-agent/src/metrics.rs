@@ -1,0 +1,191 @@
+//! The agent's figures, served as Prometheus text on `/metrics`, and its
+//! health on `/healthz`.
+
+use crate::overlay::ReconcileOutcome;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A number that only goes up.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A number that is set.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Remote nodes in the desired state.
+    pub remote_nodes: Gauge,
+    /// FDB + neighbour + route entries in place after the last reconcile.
+    pub entries_programmed: Gauge,
+    pub reconciles: Counter,
+    pub reconcile_errors: Counter,
+    pub failed_writes: Counter,
+    pub reconcile_micros_sum: Counter,
+    pub last_reconcile_micros: Gauge,
+    /// This node's allocations in etcd at the last reclaim pass.
+    pub allocations: Gauge,
+    pub gc_releases: Counter,
+    pub etcd_errors: Counter,
+    /// The subnet lease is held and the node record published.
+    pub leased: AtomicBool,
+    /// The last reconcile wrote everything it planned.
+    pub converged: AtomicBool,
+}
+
+impl Metrics {
+    pub fn record_reconcile(&self, o: &ReconcileOutcome, desired_nodes: usize) {
+        self.reconciles.inc();
+        self.failed_writes.add(o.failed as u64);
+        let micros = o.duration.as_micros() as u64;
+        self.reconcile_micros_sum.add(micros);
+        self.last_reconcile_micros.set(micros);
+        self.remote_nodes.set(desired_nodes as u64);
+        let wanted = 3 * desired_nodes as u64;
+        self.entries_programmed
+            .set(wanted.saturating_sub(o.failed as u64));
+        self.converged.store(o.failed == 0, Ordering::Relaxed);
+    }
+
+    /// Healthy: the lease is held and the overlay was programmed at least once.
+    pub fn healthy(&self) -> bool {
+        self.leased.load(Ordering::Relaxed) && self.reconciles.get() > 0
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        let secs = |micros: u64| format!("{:.6}", micros as f64 / 1e6);
+        metric(
+            "trellis_agent_remote_nodes",
+            "gauge",
+            "Remote nodes the overlay reaches.",
+            self.remote_nodes.get().to_string(),
+        );
+        metric(
+            "trellis_agent_overlay_entries",
+            "gauge",
+            "FDB, neighbour and route entries programmed for remote nodes.",
+            self.entries_programmed.get().to_string(),
+        );
+        metric(
+            "trellis_agent_reconciles_total",
+            "counter",
+            "Reconciles of the overlay entries.",
+            self.reconciles.get().to_string(),
+        );
+        metric(
+            "trellis_agent_reconcile_errors_total",
+            "counter",
+            "Reconciles that failed before writing (dump or device errors).",
+            self.reconcile_errors.get().to_string(),
+        );
+        metric(
+            "trellis_agent_failed_writes_total",
+            "counter",
+            "Netlink writes that failed (and were retried).",
+            self.failed_writes.get().to_string(),
+        );
+        metric(
+            "trellis_agent_reconcile_duration_seconds_sum",
+            "counter",
+            "Total time spent reconciling.",
+            secs(self.reconcile_micros_sum.get()),
+        );
+        metric(
+            "trellis_agent_last_reconcile_duration_seconds",
+            "gauge",
+            "Duration of the last reconcile.",
+            secs(self.last_reconcile_micros.get()),
+        );
+        metric(
+            "trellis_agent_ipam_allocations",
+            "gauge",
+            "This node's IP allocations in etcd at the last reclaim pass.",
+            self.allocations.get().to_string(),
+        );
+        metric(
+            "trellis_agent_ipam_gc_releases_total",
+            "counter",
+            "Leaked IP allocations released.",
+            self.gc_releases.get().to_string(),
+        );
+        metric(
+            "trellis_agent_etcd_errors_total",
+            "counter",
+            "etcd requests, watches and keep-alives that failed.",
+            self.etcd_errors.get().to_string(),
+        );
+        metric(
+            "trellis_agent_subnet_leased",
+            "gauge",
+            "1 while the node subnet lease is held.",
+            u8::from(self.leased.load(Ordering::Relaxed)).to_string(),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        assert!(!m.healthy());
+        m.record_reconcile(
+            &ReconcileOutcome {
+                added: 6,
+                duration: Duration::from_millis(12),
+                ..Default::default()
+            },
+            2,
+        );
+        m.leased.store(true, Ordering::Relaxed);
+        m.gc_releases.add(3);
+        assert!(m.healthy());
+        let text = m.render();
+        assert!(
+            text.contains("\ntrellis_agent_overlay_entries 6\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ntrellis_agent_remote_nodes 2\n"));
+        assert!(text.contains("\ntrellis_agent_ipam_gc_releases_total 3\n"));
+        assert!(text.contains("\ntrellis_agent_last_reconcile_duration_seconds 0.012000\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split(' ');
+            let (name, value) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(name.starts_with("trellis_agent_"), "{line}");
+            value.parse::<f64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! This node's own devices: the VXLAN device (VTEP) holding the subnet's
+//! network address /32 (the gateway remote nodes route through, as in
+//! flannel), and the bridge holding the subnet's first address (the pods'
+//! gateway). Both are made idempotently and kept across restarts.
+
+use crate::overlay::dataplane::DeviceSetup;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use std::net::{IpAddr, Ipv4Addr};
+use trellis_common::node::{gateway_of, ClusterConfig, NodeRecord, VXLAN_V4_OVERHEAD};
+use trellis_kernel::underlay::UnderlayLink;
+use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
+use trellis_kernel::{KernelError, MacAddr, Netlink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeNetworkError {
+    #[error("underlay: {0}")]
+    Underlay(#[source] KernelError),
+    #[error("underlay interface {iface} has no IPv4 address; pass --public-ip")]
+    NoAddress { iface: String },
+    #[error(
+        "underlay interface {iface} MTU {mtu} leaves no room for VXLAN ({VXLAN_V4_OVERHEAD} bytes)"
+    )]
+    MtuTooSmall { iface: String, mtu: u32 },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// The name of the VXLAN device for `vni`: `trellis.<vni>`, or
+/// `trellis<vni>` for VNIs too long for the kernel's 15 characters.
+pub fn vxlan_name(vni: u32) -> String {
+    let dotted = format!("trellis.{vni}");
+    if dotted.len() <= 15 {
+        dotted
+    } else {
+        format!("trellis{vni}")
+    }
+}
+
+/// The underlay interface and the public IP: `--iface` when given, else
+/// the interface holding `--public-ip`, else the default route's.
+pub async fn resolve_underlay(
+    nl: &Netlink,
+    iface: Option<&str>,
+    public_ip: Option<Ipv4Addr>,
+) -> Result<(UnderlayLink, Ipv4Addr), NodeNetworkError> {
+    let link = match (iface, public_ip) {
+        (Some(name), _) => nl.underlay_by_name(name).await,
+        (None, Some(ip)) => nl.underlay_holding(ip).await,
+        (None, None) => nl.underlay_of_default_route().await,
+    }
+    .map_err(NodeNetworkError::Underlay)?;
+    let ip = match public_ip.or_else(|| link.ipv4.first().copied()) {
+        Some(ip) => ip,
+        None => return Err(NodeNetworkError::NoAddress { iface: link.name }),
+    };
+    if link.mtu <= VXLAN_V4_OVERHEAD + 68 {
+        return Err(NodeNetworkError::MtuTooSmall {
+            iface: link.name,
+            mtu: link.mtu,
+        });
+    }
+    Ok((link, ip))
+}
+
+/// What this node's devices look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNetwork {
+    pub node_name: String,
+    pub network: Ipv4Network,
+    pub subnet: Ipv4Network,
+    pub public_ip: Ipv4Addr,
+    pub vxlan: VxlanSpec,
+    pub bridge: String,
+}
+
+impl NodeNetwork {
+    pub fn new(
+        node_name: &str,
+        config: &ClusterConfig,
+        subnet: Ipv4Network,
+        underlay: &UnderlayLink,
+        public_ip: Ipv4Addr,
+        bridge: &str,
+    ) -> NodeNetwork {
+        NodeNetwork {
+            node_name: node_name.to_string(),
+            network: config.network,
+            subnet,
+            public_ip,
+            vxlan: VxlanSpec {
+                name: vxlan_name(config.vni),
+                vni: config.vni,
+                port: config.port,
+                local: public_ip,
+                underlay_index: underlay.index,
+                mtu: underlay.mtu - VXLAN_V4_OVERHEAD,
+                mac: MacAddr::derived_from(node_name),
+            },
+            bridge: bridge.to_string(),
+        }
+    }
+
+    /// The MTU of the overlay: the VXLAN device, the bridge, the pods.
+    pub fn mtu(&self) -> u32 {
+        self.vxlan.mtu
+    }
+
+    /// The VXLAN device's address: the subnet's network address /32.
+    pub fn vtep_address(&self) -> IpNetwork {
+        IpNetwork::V4(Ipv4Network::new(self.subnet.network(), 32).expect("/32 is valid"))
+    }
+
+    /// The bridge's address: the pods' gateway, the subnet's first address.
+    pub fn bridge_address(&self) -> IpNetwork {
+        IpNetwork::V4(
+            Ipv4Network::new(gateway_of(self.subnet), self.subnet.prefix()).expect("valid prefix"),
+        )
+    }
+
+    /// The record published in etcd and in `<stateDir>/node.json`.
+    pub fn record(&self) -> NodeRecord {
+        NodeRecord {
+            subnet: self.subnet,
+            public_ip: IpAddr::V4(self.public_ip),
+            vtep_mac: self.vxlan.mac.to_string(),
+            network: Some(self.network),
+            mtu: Some(self.mtu()),
+            node_name: Some(self.node_name.clone()),
+        }
+    }
+
+    /// The VXLAN device with exactly its address; its index and whether it
+    /// had to be (re)created.
+    pub async fn ensure_vxlan(&self, nl: &Netlink) -> Result<(u32, bool), KernelError> {
+        let (dev, change) = nl.ensure_vxlan(&self.vxlan).await?;
+        if change != VxlanChange::Kept {
+            log::info!(
+                "{} VXLAN device {} (VNI {}, port {}, local {}, MAC {}, MTU {})",
+                if change == VxlanChange::Created {
+                    "created"
+                } else {
+                    "re-created"
+                },
+                self.vxlan.name,
+                self.vxlan.vni,
+                self.vxlan.port,
+                self.vxlan.local,
+                self.vxlan.mac,
+                self.vxlan.mtu
+            );
+        }
+        self.keep_only_address(nl, dev.index, self.vtep_address(), |_| true)
+            .await?;
+        Ok((dev.index, change != VxlanChange::Kept))
+    }
+
+    /// The bridge, up, with the overlay MTU and the gateway address; other
+    /// addresses of the cluster network on it (an earlier subnet) removed.
+    pub async fn ensure_bridge(&self, nl: &Netlink) -> Result<u32, KernelError> {
+        let link = nl.ensure_bridge(&self.bridge, Some(self.mtu())).await?;
+        if link.mtu != self.mtu() {
+            nl.set_link_mtu(link.index, self.mtu()).await?;
+        }
+        let network = self.network;
+        self.keep_only_address(
+            nl,
+            link.index,
+            self.bridge_address(),
+            move |a| matches!(a, IpNetwork::V4(v4) if network.contains(v4.ip())),
+        )
+        .await?;
+        Ok(link.index)
+    }
+
+    /// Make `want` an address of `index` and remove the IPv4 addresses for
+    /// which `stale` holds.
+    async fn keep_only_address(
+        &self,
+        nl: &Netlink,
+        index: u32,
+        want: IpNetwork,
+        stale: impl Fn(&IpNetwork) -> bool,
+    ) -> Result<(), KernelError> {
+        let current = nl.addresses(index).await?;
+        for addr in current
+            .iter()
+            .filter(|a| a.is_ipv4() && **a != want && stale(a))
+        {
+            log::info!("removing stale address {addr} from link #{index}");
+            nl.delete_address(index, *addr).await?;
+        }
+        if !current.contains(&want) {
+            nl.ensure_address(index, want).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DeviceSetup for NodeNetwork {
+    async fn ensure(&self, nl: &Netlink) -> Result<(u32, bool), KernelError> {
+        self.ensure_vxlan(nl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_follow_flannel_layout() {
+        let config = ClusterConfig {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            vni: 1,
+            port: 8472,
+        };
+        let underlay = UnderlayLink {
+            index: 7,
+            name: "eth0".into(),
+            mtu: 1500,
+            ipv4: vec!["192.0.2.10".parse().unwrap()],
+        };
+        let n = NodeNetwork::new(
+            "node-a",
+            &config,
+            "10.244.3.0/24".parse().unwrap(),
+            &underlay,
+            "192.0.2.10".parse().unwrap(),
+            "trellis0",
+        );
+        assert_eq!(n.vxlan.name, "trellis.1");
+        assert_eq!(n.mtu(), 1450);
+        assert_eq!(n.vtep_address().to_string(), "10.244.3.0/32");
+        assert_eq!(n.bridge_address().to_string(), "10.244.3.1/24");
+        let r = n.record();
+        assert_eq!(r.vtep_mac, MacAddr::derived_from("node-a").to_string());
+        assert_eq!(r.mtu, Some(1450));
+        assert_eq!(r.network, Some(config.network));
+        assert_eq!(r.gateway().to_string(), "10.244.3.1");
+    }
+
+    #[test]
+    fn vxlan_names_fit_the_kernel_limit() {
+        assert_eq!(vxlan_name(1), "trellis.1");
+        assert_eq!(vxlan_name(9_999_999), "trellis.9999999");
+        assert_eq!(vxlan_name(16_777_215), "trellis16777215");
+        assert!(vxlan_name(16_777_215).len() <= 15);
+    }
+}

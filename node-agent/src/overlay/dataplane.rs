@@ -1,0 +1,174 @@
+//! Where plans are applied: the kernel (one rtnetlink socket, many requests
+//! in flight) or, in unit tests, a fake.
+
+use super::plan::{ActualOverlay, Op};
+use futures::StreamExt;
+use std::future::Future;
+use std::net::IpAddr;
+use trellis_kernel::{KernelError, Netlink};
+
+/// Requests kept in flight on the netlink socket while applying a plan.
+pub const IN_FLIGHT: usize = 128;
+
+/// The overlay's kernel state, as the reconciler needs it.
+pub trait Dataplane: Send {
+    /// Make sure the VXLAN device is there (re-creating it when it vanished
+    /// or changed); `true` when it had to be made.
+    fn ensure_device(&mut self) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// The entries on the VXLAN device, one dump per kind.
+    fn dump(&mut self) -> impl Future<Output = Result<ActualOverlay, KernelError>> + Send;
+
+    /// Apply `ops` (in any order among themselves); the ones that failed.
+    fn apply(&mut self, ops: &[Op]) -> impl Future<Output = Vec<(Op, KernelError)>> + Send;
+}
+
+/// Something that (re)creates the VXLAN device and returns its index.
+pub trait DeviceSetup: Send + Sync {
+    fn ensure(&self, nl: &Netlink)
+        -> impl Future<Output = Result<(u32, bool), KernelError>> + Send;
+}
+
+/// The real dataplane: the VXLAN device of this namespace.
+pub struct KernelDataplane<S: DeviceSetup> {
+    nl: Netlink,
+    setup: S,
+    ifindex: u32,
+}
+
+impl<S: DeviceSetup> KernelDataplane<S> {
+    pub fn new(nl: Netlink, setup: S, ifindex: u32) -> Self {
+        KernelDataplane { nl, setup, ifindex }
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+}
+
+async fn execute(nl: &Netlink, ifindex: u32, op: Op) -> Result<(), KernelError> {
+    match op {
+        Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
+        Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
+        Op::DelRoute(r) => nl.device_route_delete(ifindex, &r).await,
+        Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
+        Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
+        Op::SetRoute { dst, via } => nl.onlink_route_replace(ifindex, dst, via).await,
+    }
+}
+
+impl<S: DeviceSetup> Dataplane for KernelDataplane<S> {
+    async fn ensure_device(&mut self) -> Result<bool, KernelError> {
+        let (ifindex, made) = self.setup.ensure(&self.nl).await?;
+        self.ifindex = ifindex;
+        Ok(made)
+    }
+
+    async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
+        let (fdb, neighbours, routes) = futures::try_join!(
+            self.nl.fdb_entries(self.ifindex),
+            self.nl.neighbours_on(self.ifindex),
+            self.nl.routes_on_device(self.ifindex),
+        )?;
+        Ok(ActualOverlay {
+            fdb,
+            neighbours,
+            routes,
+        })
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
+        let nl = &self.nl;
+        let ifindex = self.ifindex;
+        futures::stream::iter(ops.iter().copied())
+            .map(|op| async move { (op, execute(nl, ifindex, op).await) })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|(op, r)| async move { r.err().map(|e| (op, e)) })
+            .collect()
+            .await
+    }
+}
+
+/// A dataplane in memory, for unit tests: applies ops like the kernel
+/// would, and fails the ones it is told to.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[derive(Default)]
+    pub struct FakeDataplane {
+        pub state: ActualOverlay,
+        /// Ops that fail (each once, then succeed) with ENOBUFS-like errors.
+        pub fail_once: HashSet<Op>,
+        pub dumps: usize,
+        pub applied: Vec<Op>,
+        pub device_missing: bool,
+        pub devices_made: usize,
+    }
+
+    impl Dataplane for FakeDataplane {
+        async fn ensure_device(&mut self) -> Result<bool, KernelError> {
+            if self.device_missing {
+                self.device_missing = false;
+                self.devices_made += 1;
+                self.state = ActualOverlay::default();
+                return Ok(true);
+            }
+            Ok(false)
+        }
+
+        async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
+            self.dumps += 1;
+            Ok(self.state.clone())
+        }
+
+        async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
+            let mut failed = Vec::new();
+            for op in ops {
+                if self.fail_once.remove(op) {
+                    failed.push((
+                        *op,
+                        KernelError::Io {
+                            op: format!("{op:?}"),
+                            source: std::io::Error::from_raw_os_error(105),
+                        },
+                    ));
+                    continue;
+                }
+                self.applied.push(*op);
+                let s = &mut self.state;
+                match *op {
+                    Op::DelFdb(e) => s.fdb.retain(|x| *x != e),
+                    Op::DelNeighbour(ip) => s.neighbours.retain(|x| x.ip != ip),
+                    Op::DelRoute(r) => s.routes.retain(|x| *x != r),
+                    Op::SetFdb { mac, dst } => {
+                        s.fdb.retain(|x| x.mac != mac);
+                        s.fdb.push(trellis_kernel::fdb::FdbEntry {
+                            mac,
+                            dst: Some(IpAddr::V4(dst)),
+                        });
+                    }
+                    Op::SetNeighbour { ip, mac } => {
+                        s.neighbours.retain(|x| x.ip != ip);
+                        s.neighbours.push(trellis_kernel::neigh::NeighbourEntry {
+                            ip,
+                            mac: Some(mac),
+                            permanent: true,
+                        });
+                    }
+                    Op::SetRoute { dst, via } => {
+                        s.routes.retain(|x| x.dst != dst);
+                        s.routes.push(trellis_kernel::overlay_route::DeviceRoute {
+                            dst,
+                            gateway: Some(via),
+                            onlink: true,
+                            metric: 0,
+                        });
+                    }
+                }
+            }
+            failed
+        }
+    }
+}

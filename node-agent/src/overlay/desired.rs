@@ -1,0 +1,214 @@
+//! What the kernel should hold for the remote nodes: from the node records
+//! in etcd, minus this node and records that would break the overlay.
+
+use ipnetwork::Ipv4Network;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use trellis_common::node::NodeRecord;
+use trellis_kernel::MacAddr;
+
+/// A remote node as the overlay sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub subnet: Ipv4Network,
+    /// The address of its VXLAN device (its subnet's network address, as in
+    /// flannel): the gateway our route to its subnet goes through.
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// Its underlay address: where the VXLAN packets are sent.
+    pub public_ip: Ipv4Addr,
+}
+
+/// The desired overlay entries, by node name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredOverlay {
+    pub nodes: BTreeMap<String, RemoteNode>,
+}
+
+/// The address a node's VXLAN device holds: its subnet's network address.
+pub fn vtep_ip_of(subnet: Ipv4Network) -> Ipv4Addr {
+    subnet.network()
+}
+
+impl DesiredOverlay {
+    /// The entries for `records` as seen from node `local` (which holds
+    /// `local_subnet` in `network`). Records that cannot be programmed are
+    /// left out with a warning: outside the network, overlapping this node
+    /// or another node, a MAC or public IP already used by another node, an
+    /// unparsable MAC, an IPv6 underlay.
+    pub fn from_records(
+        local: &str,
+        local_subnet: Option<Ipv4Network>,
+        network: Ipv4Network,
+        records: &BTreeMap<String, NodeRecord>,
+    ) -> (DesiredOverlay, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut nodes = BTreeMap::new();
+        let mut subnets: Vec<(Ipv4Network, &str)> = Vec::new();
+        let mut macs: HashMap<MacAddr, &str> = HashMap::new();
+        for (name, rec) in records {
+            if name == local {
+                continue;
+            }
+            let subnet = rec.subnet;
+            if subnet.network() != subnet.ip() || !network.contains(subnet.network()) {
+                warnings.push(format!(
+                    "node {name}: subnet {subnet} is not a subnet of the cluster network {network}; ignored"
+                ));
+                continue;
+            }
+            if let Some(own) = local_subnet.filter(|own| overlaps(*own, subnet)) {
+                warnings.push(format!(
+                    "node {name}: subnet {subnet} overlaps this node's {own}; ignored"
+                ));
+                continue;
+            }
+            if let Some((other, other_name)) = subnets.iter().find(|(s, _)| overlaps(*s, subnet)) {
+                warnings.push(format!(
+                    "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
+                ));
+                continue;
+            }
+            let mac: MacAddr = match rec.vtep_mac.parse() {
+                Ok(m) => m,
+                Err(e) => {
+                    warnings.push(format!("node {name}: {e}; ignored"));
+                    continue;
+                }
+            };
+            if let Some(other) = macs.get(&mac) {
+                warnings.push(format!(
+                    "node {name}: VTEP MAC {mac} is already node {other}'s; ignored"
+                ));
+                continue;
+            }
+            let public_ip = match rec.public_ip {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(v6) => {
+                    warnings.push(format!(
+                        "node {name}: IPv6 public IP {v6} on an IPv4 overlay; ignored"
+                    ));
+                    continue;
+                }
+            };
+            subnets.push((subnet, name));
+            macs.insert(mac, name);
+            nodes.insert(
+                name.clone(),
+                RemoteNode {
+                    subnet,
+                    vtep_ip: vtep_ip_of(subnet),
+                    vtep_mac: mac,
+                    public_ip,
+                },
+            );
+        }
+        (DesiredOverlay { nodes }, warnings)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(subnet: &str, ip: &str, mac: &str) -> NodeRecord {
+        NodeRecord {
+            subnet: subnet.parse().unwrap(),
+            public_ip: ip.parse().unwrap(),
+            vtep_mac: mac.into(),
+            network: None,
+            mtu: None,
+            node_name: None,
+        }
+    }
+
+    #[test]
+    fn remote_nodes_become_entries_and_self_is_skipped() {
+        let records: BTreeMap<_, _> = [
+            (
+                "a".to_string(),
+                rec("10.244.1.0/24", "192.0.2.1", "02:00:00:00:00:01"),
+            ),
+            (
+                "b".to_string(),
+                rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+            ),
+        ]
+        .into();
+        let (d, warnings) = DesiredOverlay::from_records(
+            "a",
+            Some("10.244.1.0/24".parse().unwrap()),
+            "10.244.0.0/16".parse().unwrap(),
+            &records,
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(d.len(), 1);
+        let b = d.nodes["b"];
+        assert_eq!(b.vtep_ip.to_string(), "10.244.2.0");
+        assert_eq!(b.public_ip.to_string(), "192.0.2.2");
+        assert_eq!(b.vtep_mac.to_string(), "02:00:00:00:00:02");
+    }
+
+    #[test]
+    fn records_that_would_break_the_overlay_are_left_out() {
+        let records: BTreeMap<_, _> = [
+            (
+                "b".to_string(),
+                rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+            ),
+            (
+                "c-outside".to_string(),
+                rec("10.99.0.0/24", "192.0.2.3", "02:00:00:00:00:03"),
+            ),
+            (
+                "d-mine".to_string(),
+                rec("10.244.1.0/24", "192.0.2.4", "02:00:00:00:00:04"),
+            ),
+            (
+                "e-dup-subnet".to_string(),
+                rec("10.244.2.0/24", "192.0.2.5", "02:00:00:00:00:05"),
+            ),
+            (
+                "f-dup-mac".to_string(),
+                rec("10.244.6.0/24", "192.0.2.6", "02:00:00:00:00:02"),
+            ),
+            (
+                "g-bad-mac".to_string(),
+                rec("10.244.7.0/24", "192.0.2.7", "nope"),
+            ),
+            (
+                "h-v6".to_string(),
+                rec("10.244.8.0/24", "2001:db8::8", "02:00:00:00:00:08"),
+            ),
+            (
+                "i-ok".to_string(),
+                rec("10.244.9.0/24", "192.0.2.9", "02:00:00:00:00:09"),
+            ),
+        ]
+        .into();
+        let (d, warnings) = DesiredOverlay::from_records(
+            "a",
+            Some("10.244.1.0/24".parse().unwrap()),
+            "10.244.0.0/16".parse().unwrap(),
+            &records,
+        );
+        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), vec!["b", "i-ok"]);
+        assert_eq!(warnings.len(), 6, "{warnings:#?}");
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("overlaps this node's 10.244.1.0/24")));
+        assert!(warnings.iter().any(|w| w.contains("already node b's")));
+    }
+}

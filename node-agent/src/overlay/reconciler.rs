@@ -1,0 +1,221 @@
+//! The reconcile loop: at start, after every change of the desired state,
+//! on a retry timer after a failed write and on a periodic resync, it dumps
+//! the kernel once, diffs in memory and applies the plan.
+
+use super::dataplane::Dataplane;
+use super::desired::DesiredOverlay;
+use super::plan::plan;
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use trellis_kernel::KernelError;
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileOutcome {
+    pub removed: usize,
+    pub added: usize,
+    pub failed: usize,
+    /// The VXLAN device had to be (re)created first.
+    pub device_made: bool,
+    pub duration: Duration,
+}
+
+pub struct Reconciler<D: Dataplane> {
+    dataplane: D,
+    metrics: Arc<Metrics>,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    pub fn new(dataplane: D, metrics: Arc<Metrics>) -> Self {
+        Reconciler { dataplane, metrics }
+    }
+
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// Bring the kernel to `desired` once: ensure the device, one dump,
+    /// removals, then additions. Failed writes are counted, not retried here.
+    pub async fn reconcile_once(
+        &mut self,
+        desired: &DesiredOverlay,
+    ) -> Result<ReconcileOutcome, KernelError> {
+        let started = Instant::now();
+        let device_made = self.dataplane.ensure_device().await?;
+        let actual = self.dataplane.dump().await?;
+        let p = plan(desired, &actual);
+        let mut failed = self.dataplane.apply(&p.removals).await;
+        failed.extend(self.dataplane.apply(&p.additions).await);
+        for (op, err) in failed.iter().take(5) {
+            log::warn!("overlay: {op:?} failed: {err}");
+        }
+        if failed.len() > 5 {
+            log::warn!("overlay: and {} more writes failed", failed.len() - 5);
+        }
+        let outcome = ReconcileOutcome {
+            removed: p.removals.len(),
+            added: p.additions.len(),
+            failed: failed.len(),
+            device_made,
+            duration: started.elapsed(),
+        };
+        self.metrics.record_reconcile(&outcome, desired.len());
+        Ok(outcome)
+    }
+
+    /// Reconcile whenever `desired` changes (a `None` value means "not known
+    /// yet": nothing is touched until the first full listing), retrying
+    /// failures with backoff and resyncing every `resync`. Returns when the
+    /// sender is dropped.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Option<Arc<DesiredOverlay>>>,
+        resync: Duration,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut next_resync = tokio::time::Instant::now() + resync;
+        loop {
+            let wake = retry_at.map_or(next_resync, |r| r.min(next_resync));
+            tokio::select! {
+                changed = desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            let Some(snapshot) = desired.borrow_and_update().clone() else {
+                continue;
+            };
+            next_resync = tokio::time::Instant::now() + resync;
+            match self.reconcile_once(&snapshot).await {
+                Ok(o) if o.failed == 0 => {
+                    if o.removed + o.added > 0 || o.device_made {
+                        log::info!(
+                            "overlay: {} remote nodes; removed {} and set {} entries in {:?}{}",
+                            snapshot.len(),
+                            o.removed,
+                            o.added,
+                            o.duration,
+                            if o.device_made {
+                                " (VXLAN device re-created)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    backoff.reset();
+                    retry_at = None;
+                }
+                Ok(o) => {
+                    let delay = backoff.next_delay();
+                    log::warn!(
+                        "overlay: {} of {} writes failed; retrying in {delay:?}",
+                        o.failed,
+                        o.removed + o.added
+                    );
+                    retry_at = Some(tokio::time::Instant::now() + delay);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    self.metrics.reconcile_errors.inc();
+                    log::warn!("overlay: reconcile failed: {e}; retrying in {delay:?}");
+                    retry_at = Some(tokio::time::Instant::now() + delay);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::dataplane::fake::FakeDataplane;
+    use crate::overlay::desired::{vtep_ip_of, RemoteNode};
+    use crate::overlay::plan::Op;
+    use std::net::Ipv4Addr;
+    use trellis_kernel::MacAddr;
+
+    fn desired(ids: &[u8]) -> DesiredOverlay {
+        DesiredOverlay {
+            nodes: ids
+                .iter()
+                .map(|i| {
+                    let subnet = format!("10.244.{i}.0/24").parse().unwrap();
+                    (
+                        format!("n{i}"),
+                        RemoteNode {
+                            subnet,
+                            vtep_ip: vtep_ip_of(subnet),
+                            vtep_mac: MacAddr([2, 0, 0, 0, 0, *i]),
+                            public_ip: Ipv4Addr::new(192, 0, 2, *i),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn converges_and_then_does_nothing() {
+        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
+        let o = r.reconcile_once(&desired(&[1, 2, 3])).await.unwrap();
+        assert_eq!((o.added, o.removed, o.failed), (9, 0, 0));
+        let o = r.reconcile_once(&desired(&[1, 2, 3])).await.unwrap();
+        assert_eq!((o.added, o.removed), (0, 0));
+        let o = r.reconcile_once(&desired(&[1, 3])).await.unwrap();
+        assert_eq!((o.added, o.removed), (0, 3));
+        assert_eq!(r.dataplane().state.fdb.len(), 2);
+        assert_eq!(r.metrics.entries_programmed.get(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_device_is_remade_and_refilled() {
+        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
+        r.reconcile_once(&desired(&[1, 2])).await.unwrap();
+        r.dataplane.device_missing = true;
+        let o = r.reconcile_once(&desired(&[1, 2])).await.unwrap();
+        assert!(o.device_made);
+        assert_eq!(o.added, 6);
+        assert_eq!(r.dataplane().devices_made, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_writes_are_retried_and_changes_applied_by_the_loop() {
+        let mut dp = FakeDataplane::default();
+        let d = desired(&[1, 2]);
+        let n1 = d.nodes["n1"];
+        dp.fail_once.insert(Op::SetFdb {
+            mac: n1.vtep_mac,
+            dst: n1.public_ip,
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = watch::channel(None);
+        let r = Reconciler::new(dp, metrics.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            r.run(rx, Duration::from_secs(3600)).await;
+            let _ = done_tx.send(());
+        });
+        // Nothing known yet: nothing happens.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(metrics.reconciles.get(), 0);
+        tx.send(Some(Arc::new(d))).unwrap();
+        // First pass: one failure; the retry (100 ms later) completes it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(metrics.reconciles.get(), 2, "first pass and one retry");
+        assert_eq!(metrics.entries_programmed.get(), 6);
+        assert_eq!(metrics.failed_writes.get(), 1);
+        // A node leaves: its entries go at once.
+        tx.send(Some(Arc::new(desired(&[2])))).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(metrics.entries_programmed.get(), 3);
+        drop(tx);
+        done_rx.await.unwrap();
+        task.await.unwrap();
+    }
+}
