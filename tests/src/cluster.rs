@@ -71,6 +71,9 @@ pub struct ClusterSpec {
     /// How long to wait for every agent to publish its node and for every
     /// node to have a route to every other node's subnet.
     pub converge_timeout: Duration,
+    /// Name the namespaces `<prefix>-underlay`, `<prefix>-node1`,
+    /// `<prefix>-<pod>` instead of unique test names (the demo).
+    pub name_prefix: Option<String>,
 }
 
 impl Default for ClusterSpec {
@@ -91,6 +94,7 @@ impl Default for ClusterSpec {
             chain: vec![json!({"type": "portmap", "capabilities": {"portMappings": true}})],
             underlay_mtu: 1500,
             converge_timeout: Duration::from_secs(60),
+            name_prefix: None,
         }
     }
 }
@@ -109,6 +113,14 @@ impl ClusterSpec {
     pub fn agents(mut self, on: bool) -> Self {
         self.agents = on;
         self
+    }
+
+    /// A namespace for `tag`: unique test name, or `<prefix>-<tag>`.
+    fn netns(&self, tag: &str) -> Result<Netns> {
+        match &self.name_prefix {
+            Some(prefix) => Netns::named(&format!("{prefix}-{tag}")),
+            None => Netns::new(tag),
+        }
     }
 }
 
@@ -143,6 +155,21 @@ impl Node {
     /// This node's pod subnet (from its record).
     pub fn subnet(&self) -> Result<Ipv4Network> {
         Ok(self.record()?.subnet)
+    }
+
+    /// The host ends of pod veths on this node (every veth but the
+    /// node's own underlay `eth0`).
+    pub fn host_veths(&self) -> Result<Vec<String>> {
+        let out = self
+            .netns
+            .ok(&["ip", "-j", "link", "show", "type", "veth"])?;
+        let links: Vec<Value> = serde_json::from_str(&out)?;
+        Ok(links
+            .iter()
+            .filter_map(|l| l["ifname"].as_str())
+            .filter(|n| *n != "eth0")
+            .map(str::to_owned)
+            .collect())
     }
 
     /// What the agent logged so far.
@@ -267,10 +294,10 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("trl-cluster-").tempdir()?;
         let bins = CniBinDir::new()?;
 
-        let underlay = Netns::new("ul")?;
+        let underlay = spec.netns("underlay")?;
         underlay.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         underlay.add_bridge("br0", Some(v4net(UNDERLAY_GATEWAY, UNDERLAY_PREFIX)))?;
-        let outside = Netns::new("out")?;
+        let outside = spec.netns("outside")?;
         veth_pair(
             &underlay,
             "out0",
@@ -324,7 +351,7 @@ impl Cluster {
     fn make_node(&self, index: usize) -> Result<Node> {
         let name = format!("node{}", index + 1);
         let underlay_ip = Ipv4Addr::new(192, 0, 2, (index + 1) as u8);
-        let netns = Netns::new(&name)?;
+        let netns = self.spec.netns(&name)?;
         attach_to_bridge(
             &self.underlay,
             "br0",
@@ -462,7 +489,10 @@ impl Cluster {
     pub fn add_pod(&self, node: usize, name: &str) -> Result<Pod> {
         let n = self.pods_made.fetch_add(1, Ordering::Relaxed);
         let container_id = format!("{name}-{}-{n}", std::process::id());
-        let netns = Netns::new("pod")?;
+        let netns = match self.spec.name_prefix {
+            Some(_) => self.spec.netns(name)?,
+            None => Netns::new("pod")?,
+        };
         let ifname = "eth0".to_owned();
         let att = pod_attachment(&container_id, &netns.path(), &ifname, name);
         let node_ref = self.node(node)?;
@@ -617,6 +647,95 @@ impl Cluster {
     }
 }
 
+/// What a kept cluster leaves behind, to remove it later
+/// ([`remove_kept`]): its namespaces (every process in them is part of it)
+/// and its directories.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    pub namespaces: Vec<String>,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// Leaves the cluster (and `pods`) running after this process exits:
+    /// nothing is stopped or removed. Returns what [`remove_kept`] needs.
+    pub fn keep(self, pods: Vec<Pod>) -> Kept {
+        let mut namespaces: Vec<String> = pods.iter().map(|p| p.netns.name().to_owned()).collect();
+        namespaces.extend(self.nodes.iter().map(|n| n.netns.name().to_owned()));
+        namespaces.push(self.outside.name().to_owned());
+        namespaces.push(self.underlay.name().to_owned());
+        let mut dirs = vec![self.dir.path().to_owned(), self.bins.path().to_owned()];
+        dirs.extend(self.nodes.iter().map(|n| n.driver.cache_dir().to_owned()));
+        if let Some(etcd_dir) = self.etcd.data_dir().parent() {
+            dirs.push(etcd_dir.to_owned());
+        }
+        std::mem::forget(pods);
+        std::mem::forget(self);
+        Kept { namespaces, dirs }
+    }
+}
+
+/// Removes a kept cluster: kills every process in its namespaces, deletes
+/// them (pods first, the underlay last) and its directories.
+pub fn remove_kept(kept: &Kept) -> Result<()> {
+    let mut failed = Vec::new();
+    for name in &kept.namespaces {
+        let path = Path::new("/run/netns").join(name);
+        if !path.exists() {
+            continue;
+        }
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", name])
+                .output()?;
+            let left: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                for pid in left {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .output()?;
+        if !out.status.success() {
+            failed.push(name.clone());
+        }
+    }
+    for dir in &kept.dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if !failed.is_empty() {
+        bail!("could not delete namespaces {failed:?}");
+    }
+    Ok(())
+}
+
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
@@ -658,16 +777,43 @@ pub fn result_ip(result: &Value) -> Option<IpAddr> {
 /// Pings `to` from inside `from`: one echo at a time, 1 s each, at most 5
 /// tries (the first packets may wait for neighbour resolution).
 pub fn ping(from: &Netns, to: IpAddr) -> Result<()> {
+    ping_from_path(&from.path(), to)
+}
+
+/// [`ping`] from a namespace known by its path (a runtime's sandbox).
+pub fn ping_from_path(netns: &Path, to: IpAddr) -> Result<()> {
     let to = to.to_string();
     let mut last = String::new();
     for _ in 0..5 {
-        let out = from.exec(&["ping", "-n", "-c", "1", "-W", "1", &to]);
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["--", "ping", "-n", "-c", "1", "-W", "1", &to])
+            .stdin(Stdio::null())
+            .output()?;
         if out.status.success() {
             return Ok(());
         }
         last = String::from_utf8_lossy(&out.stdout).into_owned();
     }
-    bail!("{} cannot ping {to}:\n{last}", from.name())
+    bail!("{} cannot ping {to}:\n{last}", netns.display())
+}
+
+/// The source address the outside host sees for a TCP connection from the
+/// namespace at `netns` (see [`Cluster::source_seen_outside`]).
+pub fn source_seen_outside_from_path(cluster: &Cluster, netns: &Path) -> Result<IpAddr> {
+    let addr = cluster.outside_peer_addr_service()?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(bins::bin("trl-peer-addr"))
+        .args(["ask", &addr.to_string()])
+        .stdin(Stdio::null())
+        .output()?;
+    let answer = crate::netns::check(&out)?;
+    answer
+        .trim()
+        .parse()
+        .with_context(|| format!("trl-peer-addr answered {answer:?}"))
 }
 
 /// The agent's log level: `$TRELLIS_AGENT_LOG` or `info`.

@@ -57,6 +57,30 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates a namespace with exactly this name (for the demo, whose
+    /// namespaces should read well in `ip netns list`); fails if it exists.
+    /// Such names are never swept as leftovers of dead test processes.
+    pub fn named(name: &str) -> Result<Netns> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("namespace name {name:?}: use letters, digits, '-' and '_'");
+        }
+        if Path::new("/run/netns").join(name).exists() {
+            bail!("namespace {name} already exists");
+        }
+        run_ok(Command::new("ip").args(["netns", "add", name]))
+            .with_context(|| format!("creating namespace {name}"))?;
+        let ns = Netns {
+            name: name.to_owned(),
+            children: Mutex::new(Vec::new()),
+        };
+        ns.ok(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// The namespace's name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name

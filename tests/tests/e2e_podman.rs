@@ -1,0 +1,112 @@
+//! End to end with podman's CNI backend as the client: containers from a
+//! local busybox root file system on two nodes of a simulated cluster.
+
+use std::net::IpAddr;
+
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, NETWORK_NAME, OUTSIDE_IP};
+use trellis_tests::podman::Podman;
+use trellis_tests::rootfs::Rootfs;
+
+/// A shell loop pinging `ip` at most 5 times, 1 s each.
+fn ping_script(ip: IpAddr) -> String {
+    format!("for i in 1 2 3 4 5; do ping -c 1 -W 1 {ip} >/dev/null && exit 0; done; exit 1")
+}
+
+fn podman_on(cluster: &Cluster, node: usize, rootfs: &Rootfs) -> Podman {
+    let n = &cluster.nodes[node];
+    Podman::new(
+        &n.netns,
+        cluster.cni_bin_dir(),
+        &n.conf_dir,
+        NETWORK_NAME,
+        rootfs,
+    )
+    .unwrap()
+}
+
+#[test]
+fn podman_containers_reach_across_nodes_their_node_and_the_outside() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let rootfs = Rootfs::busybox().unwrap();
+    let podmen = [
+        podman_on(&cluster, 0, &rootfs),
+        podman_on(&cluster, 1, &rootfs),
+    ];
+
+    let a = podmen[0].start("pm-a").unwrap();
+    let b = podmen[1].start("pm-b").unwrap();
+    for (node, ip) in [(0, a), (1, b)] {
+        let IpAddr::V4(v4) = ip else { panic!("{ip}") };
+        assert!(cluster.nodes[node].subnet().unwrap().contains(v4));
+    }
+    let mut allocated = cluster.allocations().unwrap();
+    allocated.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(allocated, expected);
+
+    // Across nodes, both ways.
+    let out = podmen[0].exec("pm-a", &ping_script(b)).unwrap();
+    assert!(
+        out.status.success(),
+        "pm-a -> pm-b: {out:?}\n{}",
+        cluster.agent_logs()
+    );
+    let out = podmen[1].exec("pm-b", &ping_script(a)).unwrap();
+    assert!(out.status.success(), "pm-b -> pm-a: {out:?}");
+    // A libcni pod on node 2 and a podman container on node 1 see each other.
+    let pod = cluster.add_pod(1, "pm-peer").unwrap();
+    let out = podmen[0].exec("pm-a", &ping_script(pod.ip)).unwrap();
+    assert!(out.status.success(), "pm-a -> libcni pod: {out:?}");
+    ping(&pod.netns, a).unwrap();
+
+    // The container and its node.
+    let node_ip = IpAddr::V4(cluster.nodes[0].underlay_ip);
+    let out = podmen[0].exec("pm-a", &ping_script(node_ip)).unwrap();
+    assert!(out.status.success(), "pm-a -> node1: {out:?}");
+    ping(&cluster.nodes[0].netns, a).unwrap();
+
+    // Egress, masqueraded behind the node.
+    let service = cluster.outside_peer_addr_service().unwrap();
+    assert_eq!(service.ip(), IpAddr::V4(OUTSIDE_IP));
+    let out = podmen[0]
+        .exec(
+            "pm-a",
+            &format!("nc -w 3 {} {}", service.ip(), service.port()),
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        node_ip.to_string()
+    );
+
+    // podman rm is a CNI DEL: the address and the veth go.
+    podmen[0].remove("pm-a").unwrap();
+    podmen[1].remove("pm-b").unwrap();
+    cluster.del_pod(pod).unwrap();
+    assert!(cluster.allocations().unwrap().is_empty());
+    for node in &cluster.nodes {
+        assert!(
+            node.host_veths().unwrap().is_empty(),
+            "veth left on {}",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn podman_run_rm_attaches_and_releases() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(1)).unwrap();
+    let rootfs = Rootfs::busybox().unwrap();
+    let podman = podman_on(&cluster, 0, &rootfs);
+    let gateway = cluster.nodes[0].record().unwrap().gateway();
+    for i in 0..3 {
+        let out = podman
+            .run_once(&format!("pm-once-{i}"), &ping_script(IpAddr::V4(gateway)))
+            .unwrap();
+        assert!(out.status.success(), "run {i}: {out:?}");
+    }
+    assert!(cluster.allocations().unwrap().is_empty());
+    assert!(cluster.nodes[0].host_veths().unwrap().is_empty());
+}
