@@ -41,10 +41,21 @@ pub fn open_netns(req: &Request) -> Result<NetnsFile, CniError> {
         .netns
         .as_deref()
         .ok_or_else(|| CniError::invalid_env("required env variables [CNI_NETNS] missing"))?;
-    NetnsFile::open(path).map_err(|e| {
+    let netns = NetnsFile::open(path).map_err(|e| {
         CniError::invalid_env(format!("CNI_NETNS: cannot open {}", path.display()))
             .with_details(e.to_string())
-    })
+    })?;
+    match nix::sys::statfs::fstatfs(&netns.file) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => Ok(netns),
+        Ok(_) => Err(CniError::invalid_env(format!(
+            "CNI_NETNS: {} is not a network namespace",
+            path.display()
+        ))),
+        Err(e) => Err(CniError::invalid_env(format!(
+            "CNI_NETNS: cannot inspect {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 struct Add<'a> {

@@ -2,7 +2,7 @@
 //! and the mode the node runs in (cluster or single host).
 
 use ipnetwork::IpNetwork;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use trellis_common::cni::env::validate_ifname;
@@ -13,19 +13,37 @@ use trellis_common::node::{self, NodeRecord, DEFAULT_BRIDGE, DEFAULT_STATE_DIR};
 pub const MIN_MTU: u32 = 68;
 pub const MAX_MTU: u32 = 65535;
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The plugin's keys as they are in the configuration; a key of the wrong
+/// type is code 7 naming the key.
+#[derive(Debug, Default)]
 struct RawConfig {
-    #[serde(default)]
     bridge: Option<String>,
-    #[serde(default)]
     state_dir: Option<PathBuf>,
-    #[serde(default)]
     mtu: Option<u32>,
-    #[serde(default)]
     ip_masq: Option<bool>,
-    #[serde(default)]
     hairpin_mode: Option<bool>,
+}
+
+impl RawConfig {
+    fn from_value(conf: &Value) -> Result<RawConfig, CniError> {
+        Ok(RawConfig {
+            bridge: field(conf, "bridge")?,
+            state_dir: field(conf, "stateDir")?,
+            mtu: field(conf, "mtu")?,
+            ip_masq: field(conf, "ipMasq")?,
+            hairpin_mode: field(conf, "hairpinMode")?,
+        })
+    }
+}
+
+/// One key of the configuration (`None` when absent or null).
+fn field<T: DeserializeOwned>(conf: &Value, key: &str) -> Result<Option<T>, CniError> {
+    match conf.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| CniError::invalid_config(format!("{key}: {e}"))),
+    }
 }
 
 /// The validated `trellis` configuration.
@@ -56,7 +74,7 @@ pub enum Mode {
 impl Config {
     /// Decode and check the configuration: every problem is code 7.
     pub fn from_request(req: &Request) -> Result<Config, CniError> {
-        let raw: RawConfig = req.plugin_config()?;
+        let raw = RawConfig::from_value(&req.conf.raw)?;
         Self::from_parts(raw, req.conf.ipam.as_ref())
     }
 
@@ -168,9 +186,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(conf: Value) -> Result<Config, CniError> {
-        let raw: RawConfig = serde_json::from_value(conf.clone())
-            .map_err(|e| CniError::invalid_config(e.to_string()))?;
-        Config::from_parts(raw, conf.get("ipam"))
+        Config::from_parts(RawConfig::from_value(&conf)?, conf.get("ipam"))
     }
 
     #[test]
@@ -209,8 +225,14 @@ mod tests {
         let cases = [
             (json!({"ipam": {"type": "x"}, "mtu": 0}), "mtu 0"),
             (json!({"ipam": {"type": "x"}, "mtu": 65536}), "mtu 65536"),
-            (json!({"ipam": {"type": "x"}, "mtu": "big"}), "invalid type"),
-            (json!({"ipam": {"type": "x"}, "mtu": -1}), "invalid value"),
+            (
+                json!({"ipam": {"type": "x"}, "mtu": "big"}),
+                "mtu: invalid type",
+            ),
+            (
+                json!({"ipam": {"type": "x"}, "mtu": -1}),
+                "mtu: invalid value",
+            ),
             (json!({"ipam": {"type": "x"}, "bridge": "a/b"}), "bridge"),
             (
                 json!({"ipam": {"type": "x"}, "bridge": "much-too-long-name"}),
