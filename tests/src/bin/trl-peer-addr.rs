@@ -26,7 +26,6 @@ fn main() -> Result<()> {
 
 fn serve(addr: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    eprintln!("trl-peer-addr: serving on {addr}");
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         if let Ok(peer) = stream.peer_addr() {
