@@ -281,7 +281,7 @@ fn a_failure_after_allocation_rolls_back_the_veth_and_the_address() {
     let node = Node::new("roll-node");
     let pod = node.pod("roll-pod");
     let list = node.single_host("1.0.0");
-    // host-local hands out a route whose gateway is unreachable from the
+    // The IPAM hands out a route whose gateway is unreachable from the
     // container: installing it fails after the veth and the address exist.
     let plugin = node.trellis(
         ONE_ADDRESS,

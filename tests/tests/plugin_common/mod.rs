@@ -21,6 +21,13 @@ pub const ONE_ADDRESS: &str = "10.88.0.0/30";
 pub const ONE_ADDRESS_IP: &str = "10.88.0.2/30";
 pub const ONE_ADDRESS_GW: &str = "10.88.0.1";
 
+/// The IPAM plugin of the single-host tests: trellis' own (local store),
+/// or another one named by `TRELLIS_TEST_IPAM` (e.g. the reference
+/// `host-local`, which takes the same `subnet` and `dataDir` keys).
+pub fn ipam_type() -> String {
+    std::env::var("TRELLIS_TEST_IPAM").unwrap_or_else(|_| "trellis-ipam".into())
+}
+
 /// A node: its namespace, CNI plugin directory, libcni client and files.
 pub struct Node {
     pub ns: Netns,
@@ -38,6 +45,9 @@ impl Node {
             .unwrap();
         let bins = CniBinDir::reference_only().unwrap();
         bins.link("trellis", &bin("trellis")).unwrap();
+        if ipam_type() == "trellis-ipam" {
+            bins.link("trellis-ipam", &bin("trellis-ipam")).unwrap();
+        }
         let driver = Driver::new(&ns, &[bins.path()])
             .unwrap()
             .env("TRELLIS_LOG", "info");
@@ -63,7 +73,7 @@ impl Node {
         let mut plugin = json!({
             "type": "trellis",
             "stateDir": self.state_dir(),
-            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": self.ipam_dir()},
+            "ipam": {"type": ipam_type(), "subnet": subnet, "dataDir": self.ipam_dir()},
         });
         merge(&mut plugin, extra);
         plugin
