@@ -33,7 +33,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # --- 1. the combined file -------------------------------------------------
 combined() {
-    python3 - "$MANIFESTS/base" <<'EOF'
+    "$PY" - "$MANIFESTS/base" <<'EOF'
 import sys, yaml, pathlib
 base = pathlib.Path(sys.argv[1])
 resources = yaml.safe_load((base / "kustomization.yaml").read_text())["resources"]
@@ -48,8 +48,19 @@ sys.stdout.write("".join(out))
 EOF
 }
 
-if ! python3 -c 'import yaml' 2>/dev/null; then
-    python3 -m pip install --quiet PyYAML
+# kubernetes-validate (and PyYAML, which it depends on): the installed one,
+# else a virtualenv of our own under the target dir.
+KV=$(command -v kubernetes-validate || true)
+PY=python3
+if [[ -z $KV ]] || ! python3 -c 'import yaml' 2>/dev/null; then
+    venv=${CARGO_TARGET_DIR:-$ROOT/target}/validate-manifests-venv
+    if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+        echo "installing kubernetes-validate $KV_VERSION from PyPI into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet "kubernetes-validate==$KV_VERSION"
+    fi
+    KV=$venv/bin/kubernetes-validate
+    PY=$venv/bin/python
 fi
 combined >"$WORK/trellis.yaml"
 if [[ ${1:-} == --write ]]; then
@@ -64,10 +75,6 @@ else
 fi
 
 # --- 2. schemas -----------------------------------------------------------
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-    echo "installing kubernetes-validate $KV_VERSION from PyPI"
-    python3 -m pip install --quiet "kubernetes-validate==$KV_VERSION"
-fi
 documents=("$MANIFESTS/trellis.yaml" "$MANIFESTS/etcd.yaml" "$MANIFESTS/cleanup.yaml")
 if command -v kubectl >/dev/null 2>&1; then
     for overlay in base etcd-tls; do
@@ -79,7 +86,7 @@ if command -v kubectl >/dev/null 2>&1; then
         fi
     done
     # kustomize's output of base/ holds the same objects as trellis.yaml.
-    if python3 - "$WORK/kustomize-base.yaml" "$MANIFESTS/trellis.yaml" <<'EOF'
+    if "$PY" - "$WORK/kustomize-base.yaml" "$MANIFESTS/trellis.yaml" <<'EOF'
 import sys, yaml
 def objects(path):
     with open(path) as f:
@@ -99,7 +106,7 @@ for version in "${K8S_VERSIONS[@]}"; do
     for doc in "${documents[@]}"; do
         shown=${doc#"$ROOT"/}
         shown=${shown#"$WORK"/}
-        if kubernetes-validate --strict --quiet -k "$version" "$doc" >"$WORK/kv.out" 2>&1; then
+        if "$KV" --strict --quiet -k "$version" "$doc" >"$WORK/kv.out" 2>&1; then
             pass "$shown validates (strict) against Kubernetes $version"
         else
             fail "$shown against Kubernetes $version"
@@ -117,7 +124,7 @@ fi
 for sub in run install-cni cleanup; do
     "$agent" "$sub" --help >"$WORK/help-$sub.txt"
 done
-if python3 - "$WORK" "${documents[@]}" <<'EOF'; then
+if "$PY" - "$WORK" "${documents[@]}" <<'EOF'; then
 import re, sys, yaml, pathlib
 work = pathlib.Path(sys.argv[1])
 # Variables the containers use that are not agent flags.
@@ -177,7 +184,7 @@ fi
 # what it copies exists, that it copies every workspace member (cargo
 # --locked needs them all) and that the binaries it builds are the
 # workspace's.
-if python3 - "$ROOT" <<'EOF'; then
+if "$PY" - "$ROOT" <<'EOF'; then
 import re, sys, pathlib, tomllib
 root = pathlib.Path(sys.argv[1])
 text = (root / "Containerfile").read_text()
