@@ -36,7 +36,8 @@ pub fn target_dir() -> PathBuf {
 /// `$TRELLIS_BIN_DIR`, or `<target>/debug`.
 pub fn bin_dir() -> PathBuf {
     match std::env::var_os("TRELLIS_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        // Absolute, since plugin directories hold symlinks to these.
+        Some(dir) if !dir.is_empty() => std::path::absolute(&dir).unwrap_or_else(|_| dir.into()),
         _ => target_dir().join("debug"),
     }
 }
