@@ -44,16 +44,16 @@ GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$target/go-build-cac
     go vet ./tests/libcni-driver
 test -z "$(gofmt -l tests/libcni-driver)" || { gofmt -l tests/libcni-driver; echo "gofmt: reformat the files above" >&2; exit 1; }
 
-step "unit and root integration tests"
+step "unit tests (every crate but the harness)"
 timeout --foreground 30m cargo test --workspace --exclude trellis-tests -- --test-threads="$threads"
 
-step "test harness"
-harness_targets=()
+step "root integration suites and harness self-tests (tests/tests, but e2e_*)"
+suites=()
 for file in tests/tests/*.rs; do
     name=$(basename "$file" .rs)
-    [[ $name == e2e_* ]] || harness_targets+=(--test "$name")
+    [[ $name == e2e_* ]] || suites+=(--test "$name")
 done
-timeout --foreground 10m cargo test -p trellis-tests --lib "${harness_targets[@]}" -- --test-threads="$threads"
+timeout --foreground 30m cargo test -p trellis-tests --lib --bins "${suites[@]}" -- --test-threads="$threads"
 cargo test -p trellis-tests --doc
 
 e2e=()
