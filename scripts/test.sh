@@ -43,6 +43,7 @@ cargo build --workspace --bins
 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$target/go-build-cache} \
     go vet ./tests/libcni-driver
 test -z "$(gofmt -l tests/libcni-driver)" || { gofmt -l tests/libcni-driver; echo "gofmt: reformat the files above" >&2; exit 1; }
+step "Kubernetes manifests" && bash scripts/validate-manifests.sh
 
 step "unit tests (every crate but the harness)"
 timeout --foreground 30m cargo test --workspace --exclude trellis-tests -- --test-threads="$threads"
