@@ -10,6 +10,10 @@ pub enum IpamError {
     #[error("invalid IPAM configuration: {0}")]
     Config(String),
 
+    /// A malformed `CNI_ARGS` value (code 4).
+    #[error("CNI_ARGS: {0}")]
+    InvalidArgs(String),
+
     /// etcd did not answer in time (code 11: the runtime retries).
     #[error("etcd ({endpoints}) did not answer within {after:?} while {doing}")]
     EtcdTimeout {
@@ -27,8 +31,8 @@ pub enum IpamError {
     },
 
     /// Cluster mode before the agent has leased this node's subnet (code 11).
-    #[error("no node record in {}: trellis-agent has not published this node's subnet yet (is trellis-agent running on this node?)", state_dir.display())]
-    NoNodeRecord { state_dir: PathBuf },
+    #[error("no node record for node \"{node}\" (neither {} nor in etcd): trellis-agent has not leased this node's subnet yet; is trellis-agent running on this node?", state_dir.join(trellis_common::node::NODE_RECORD_FILE).display())]
+    NoNodeRecord { state_dir: PathBuf, node: String },
 
     /// Another allocation on this node held the lock for too long (code 11).
     #[error("timed out after {after:?} waiting for the allocation lock {}", path.display())]
@@ -64,6 +68,7 @@ impl IpamError {
     pub fn code(&self) -> u32 {
         match self {
             IpamError::Config(_) => code::INVALID_CONFIG,
+            IpamError::InvalidArgs(_) => code::INVALID_ENVIRONMENT,
             IpamError::EtcdTimeout { .. }
             | IpamError::Etcd { .. }
             | IpamError::NoNodeRecord { .. }

@@ -23,13 +23,19 @@
 //! (idempotent, never an address owned by another attachment).
 
 pub mod allocation;
+pub mod allocator;
+pub mod config;
 pub mod error;
 pub mod lock;
+pub mod placement;
+pub mod plugin;
 pub mod pool;
+pub mod request;
 pub mod store;
 
 pub use allocation::{Allocation, Claim, Handle, Owner};
 pub use error::IpamError;
+pub use plugin::IpamPlugin;
 pub use pool::Pool;
 pub use store::etcd::{EtcdSettings, EtcdStore};
 pub use store::local::LocalStore;

@@ -146,6 +146,33 @@ struct HandleRecord {
     network: String,
 }
 
+/// The value a fence leaves on a handle key when a claim may still be in
+/// flight: it holds no address, and its presence makes the late claim's
+/// "handle absent" condition fail. DEL, a retried ADD or GC removes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CancelledRecord {
+    cancelled: bool,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    network: String,
+}
+
+/// Any handle value, for the GC sweep.
+#[derive(Debug, Clone, Deserialize)]
+struct AnyHandleRecord {
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    network: String,
+}
+
+/// How long a fence request is given to reach etcd's socket before the
+/// caller gives up on it (it is not waited for beyond that).
+const FENCE_GRACE: Duration = Duration::from_millis(150);
+
 /// etcd as an allocation store.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -163,7 +190,8 @@ impl EtcdStore {
         settings.validate()?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.timeout)
-            .with_timeout(settings.timeout);
+            // Our own deadline (`call`) fires first, with a clearer error.
+            .with_timeout(settings.timeout + Duration::from_secs(1));
         if let Some(tls) = settings.tls_options()? {
             options = options.with_tls(tls);
         }
@@ -557,24 +585,27 @@ impl EtcdStore {
         })
         .expect("handle serializes");
         for _ in 0..2 {
-            let mut resp = self
-                .txn(
-                    "allocating an address",
-                    Txn::new()
-                        .when([
-                            Compare::create_revision(ikey.as_str(), CompareOp::Equal, 0),
-                            Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
-                        ])
-                        .and_then([
-                            TxnOp::put(ikey.as_str(), ivalue.clone(), None),
-                            TxnOp::put(hkey.as_str(), hvalue.clone(), None),
-                        ])
-                        .or_else([
-                            TxnOp::get(hkey.as_str(), None),
-                            TxnOp::get(ikey.as_str(), None),
-                        ]),
-                )
-                .await?;
+            let claim = Txn::new()
+                .when([
+                    Compare::create_revision(ikey.as_str(), CompareOp::Equal, 0),
+                    Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(ikey.as_str(), ivalue.clone(), None),
+                    TxnOp::put(hkey.as_str(), hvalue.clone(), None),
+                ])
+                .or_else([
+                    TxnOp::get(hkey.as_str(), None),
+                    TxnOp::get(ikey.as_str(), None),
+                ]);
+            let mut resp = match self.txn("allocating an address", claim).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.fence_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue))
+                        .await;
+                    return Err(e);
+                }
+            };
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(Claim::Claimed(Allocation {
@@ -607,6 +638,102 @@ impl EtcdStore {
             doing: "allocating an address",
             detail: format!("{ikey} and {hkey} kept changing; try again"),
         })
+    }
+
+    /// A claim failed without an answer (timeout, lost connection): it may
+    /// still sit unread in a stopped etcd's socket and apply when etcd
+    /// resumes, after we told the runtime nothing was allocated. Queue behind
+    /// it a transaction that undoes it if it applied first (both keys exactly
+    /// as we wrote them) or, if the handle is still absent, fences the handle
+    /// so the late claim cannot apply. Not waited for beyond a short grace.
+    async fn fence_claim(&self, owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) {
+        let cancelled = serde_json::to_vec(&CancelledRecord {
+            cancelled: true,
+            node: owner.node.clone(),
+            network: owner.network.clone(),
+        })
+        .expect("record serializes");
+        let fence = Txn::new()
+            .when([
+                Compare::value(ip.0, CompareOp::Equal, ip.1),
+                Compare::value(handle.0, CompareOp::Equal, handle.1),
+            ])
+            .and_then([TxnOp::delete(ip.0, None), TxnOp::delete(handle.0, None)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(handle.0, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(handle.0, cancelled, None)]),
+            )]);
+        let mut kv = self.kv.clone();
+        match tokio::time::timeout(FENCE_GRACE, kv.txn(fence)).await {
+            Ok(Ok(r)) => log::info!(
+                "claim of {} for {} fenced ({})",
+                ip.0,
+                handle.0,
+                if r.succeeded() {
+                    "undone"
+                } else {
+                    "handle fenced"
+                }
+            ),
+            Ok(Err(e)) => log::warn!("fencing the claim of {}: {}", ip.0, chain(&e)),
+            Err(_) => log::warn!(
+                "fence for the claim of {} queued; etcd applies it when it answers again",
+                ip.0
+            ),
+        }
+    }
+
+    /// Remove the handle keys of `node` in `network` that hold no address
+    /// (fences, or handles whose address record is gone or someone else's)
+    /// and whose attachment `keep` does not claim. Returns how many went.
+    pub async fn sweep_handles(
+        &self,
+        node: &str,
+        network: &str,
+        keep: impl Fn(&Handle) -> bool,
+    ) -> Result<usize, IpamError> {
+        let dir = format!("{}/ipam/handles/", self.prefix);
+        let kvs = self
+            .get(
+                "listing handles",
+                dir.clone(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let mut removed = 0;
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some((container_id, ifname)) =
+                key.strip_prefix(&dir).and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let handle = Handle {
+                container_id: container_id.to_string(),
+                ifname: ifname.to_string(),
+            };
+            let Ok(record) = serde_json::from_slice::<AnyHandleRecord>(kv.value()) else {
+                continue;
+            };
+            if record.node != node || record.network != network || keep(&handle) {
+                continue;
+            }
+            let holds = match record.ip {
+                None => false,
+                Some(ip) => self
+                    .get("reading the address", self.ip_key(ip), None)
+                    .await?
+                    .first()
+                    .and_then(owner_of)
+                    .is_some_and(|o| o.holds(&handle)),
+            };
+            if !holds {
+                self.delete_handle_if(&key, kv.mod_revision()).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The addresses held inside `subnet` (keys only: one cheap range read).

@@ -151,6 +151,11 @@ impl LocalStore {
             .collect()
     }
 
+    /// Every allocation in the store.
+    pub fn list_all(&self) -> Vec<Allocation> {
+        self.list_in(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"))
+    }
+
     /// Whether the store directory can be written (STATUS).
     pub fn check_writable(&self) -> Result<(), IpamError> {
         let probe = self.dir.join(format!(".probe.{}", std::process::id()));

@@ -1,0 +1,291 @@
+//! Choosing an address: one store round trip in the common case.
+//!
+//! The caller holds the node's lock, so no other process of this node is
+//! allocating meanwhile, and passes the cursor (the last address handed
+//! out). The first candidate after the cursor is claimed directly; only if
+//! it turns out taken (addresses freed out of order, a lost cursor) is the
+//! subnet's used set read once and the first free candidate claimed. The
+//! claim itself is atomic in the store, so even writers that bypass the
+//! lock can never produce a duplicate.
+
+use crate::allocation::{Allocation, Claim, Owner};
+use crate::error::IpamError;
+use crate::pool::Pool;
+use crate::store::Store;
+use std::net::Ipv4Addr;
+
+/// How many times the used set is re-read when claims keep losing races
+/// (only possible with writers that do not share our lock).
+const ROUNDS: usize = 4;
+
+/// How the address was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub allocation: Allocation,
+    /// False when the attachment already held it (a repeated ADD).
+    pub fresh: bool,
+}
+
+/// Allocate an address of `pool` for `owner`: `requested` if given, else the
+/// next free one after `cursor`.
+pub async fn allocate<S: Store>(
+    store: &mut S,
+    pool: &Pool,
+    owner: &Owner,
+    requested: Option<Ipv4Addr>,
+    cursor: Option<Ipv4Addr>,
+) -> Result<Outcome, IpamError> {
+    if let Some(ip) = requested {
+        return allocate_static(store, pool, owner, ip).await;
+    }
+    let Some(first) = pool.candidates_after(cursor).next() else {
+        return held_or_exhausted(store, pool, owner).await;
+    };
+    match store.claim(first, owner).await? {
+        Claim::Claimed(a) => return Ok(fresh(a)),
+        Claim::AlreadyHeld(a) => return Ok(held(a)),
+        Claim::Taken { .. } => {}
+    }
+    for _ in 0..ROUNDS {
+        let used = store.used_in(pool.subnet()).await?;
+        let Some(ip) = pool.candidates_after(cursor).find(|ip| !used.contains(ip)) else {
+            return held_or_exhausted(store, pool, owner).await;
+        };
+        match store.claim(ip, owner).await? {
+            Claim::Claimed(a) => return Ok(fresh(a)),
+            Claim::AlreadyHeld(a) => return Ok(held(a)),
+            Claim::Taken { .. } => continue,
+        }
+    }
+    Err(IpamError::Etcd {
+        endpoints: "the allocation store".into(),
+        doing: "allocating an address",
+        detail: format!("every free address of {pool} was taken by a concurrent writer; try again"),
+    })
+}
+
+async fn allocate_static<S: Store>(
+    store: &mut S,
+    pool: &Pool,
+    owner: &Owner,
+    ip: Ipv4Addr,
+) -> Result<Outcome, IpamError> {
+    if let Some(why) = pool.why_unusable(ip) {
+        return Err(IpamError::AddressUnavailable(format!(
+            "requested address {ip} cannot be allocated: {why}"
+        )));
+    }
+    match store.claim(ip, owner).await? {
+        Claim::Claimed(a) => Ok(fresh(a)),
+        Claim::AlreadyHeld(a) if a.ip == ip => Ok(held(a)),
+        Claim::AlreadyHeld(a) => Err(IpamError::AddressUnavailable(format!(
+            "requested address {ip}, but container {} interface {} already holds {}",
+            owner.container_id, owner.ifname, a.ip
+        ))),
+        Claim::Taken { owner: other, .. } => Err(IpamError::AddressUnavailable(match other {
+            Some(o) => format!(
+                "requested address {ip} is already allocated to container {} interface {}{}",
+                o.container_id,
+                o.ifname,
+                if o.node.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on node {}", o.node)
+                }
+            ),
+            None => format!("requested address {ip} is already allocated"),
+        })),
+    }
+}
+
+/// A full pool: still answer a repeated ADD with the address it holds.
+async fn held_or_exhausted<S: Store>(
+    store: &mut S,
+    pool: &Pool,
+    owner: &Owner,
+) -> Result<Outcome, IpamError> {
+    match store.lookup(&owner.handle()).await? {
+        Some(a) => Ok(held(a)),
+        None => Err(IpamError::Exhausted {
+            pool: pool.to_string(),
+        }),
+    }
+}
+
+fn fresh(allocation: Allocation) -> Outcome {
+    Outcome {
+        allocation,
+        fresh: true,
+    }
+}
+
+fn held(allocation: Allocation) -> Outcome {
+    Outcome {
+        allocation,
+        fresh: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    fn owner(id: &str) -> Owner {
+        Owner {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            node: String::new(),
+            network: "net".into(),
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn pool(subnet: &str) -> Pool {
+        Pool::new(subnet.parse().unwrap(), None, None, vec![], None).unwrap()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn open(dir: &std::path::Path) -> LocalStore {
+        LocalStore::open(dir, Instant::now() + Duration::from_secs(5)).unwrap()
+    }
+
+    /// Allocate for `id` the way the plugin does: cursor from the store.
+    fn add(dir: &std::path::Path, p: &Pool, id: &str) -> Result<Outcome, IpamError> {
+        let mut s = open(dir);
+        let cursor = s.cursor();
+        run(allocate(&mut s, p, &owner(id), None, cursor))
+    }
+
+    #[test]
+    fn hands_out_in_order_and_reuses_freed_addresses_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/29"); // .2 .. .6 usable
+        let got: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| add(dir.path(), &p, id).unwrap().allocation.ip)
+            .collect();
+        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4"].map(ip));
+        open(dir.path()).release(&owner("a").handle()).unwrap();
+        // .2 is free again, but the cursor moves on first.
+        assert_eq!(
+            add(dir.path(), &p, "d").unwrap().allocation.ip,
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            add(dir.path(), &p, "e").unwrap().allocation.ip,
+            ip("10.0.0.6")
+        );
+        // Wrap-around: the freed .2 after the end of the range.
+        assert_eq!(
+            add(dir.path(), &p, "f").unwrap().allocation.ip,
+            ip("10.0.0.2")
+        );
+        let e = add(dir.path(), &p, "g").unwrap_err();
+        assert_eq!(e.code(), 102);
+        assert!(e.to_string().contains("10.0.0.0/29"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_add_returns_the_same_address_even_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/30"); // only .2
+        let first = add(dir.path(), &p, "a").unwrap();
+        assert!(first.fresh);
+        let again = add(dir.path(), &p, "a").unwrap();
+        assert!(!again.fresh);
+        assert_eq!(again.allocation.ip, first.allocation.ip);
+        assert_eq!(add(dir.path(), &p, "b").unwrap_err().code(), 102);
+    }
+
+    #[test]
+    fn skips_taken_addresses_after_a_lost_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/24");
+        for id in ["a", "b", "c"] {
+            add(dir.path(), &p, id).unwrap();
+        }
+        // A cursor that points before taken addresses (state lost).
+        let mut s = open(dir.path());
+        let got = run(allocate(&mut s, &p, &owner("d"), None, None)).unwrap();
+        assert_eq!(got.allocation.ip, ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn static_requests_are_honoured_or_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pool::new(
+            "10.0.0.0/24".parse().unwrap(),
+            Some(ip("10.0.0.10")),
+            Some(ip("10.0.0.20")),
+            vec!["10.0.0.15/32".parse().unwrap()],
+            None,
+        )
+        .unwrap();
+        let mut s = open(dir.path());
+        let mut want =
+            |id: &str, addr: &str| run(allocate(&mut s, &p, &owner(id), Some(ip(addr)), None));
+        assert_eq!(
+            want("a", "10.0.0.12").unwrap().allocation.ip,
+            ip("10.0.0.12")
+        );
+        assert_eq!(
+            want("a", "10.0.0.12").unwrap().allocation.ip,
+            ip("10.0.0.12")
+        );
+        for (id, addr, needle) in [
+            (
+                "b",
+                "10.0.0.12",
+                "already allocated to container a interface eth0",
+            ),
+            ("a", "10.0.0.13", "already holds 10.0.0.12"),
+            ("b", "10.0.0.15", "excluded"),
+            ("b", "10.0.0.21", "outside the range"),
+            ("b", "10.0.0.1", "gateway"),
+            ("b", "10.0.1.5", "outside the subnet"),
+        ] {
+            let e = want(id, addr).unwrap_err();
+            assert_eq!(e.code(), 103, "{addr}: {e}");
+            assert!(e.to_string().contains(needle), "{addr}: {e}");
+        }
+    }
+
+    #[test]
+    fn concurrent_processes_never_duplicate() {
+        // Separate opens of the store contend on the file lock exactly like
+        // separate plugin processes do.
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/24");
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let dir = dir.path().to_path_buf();
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    (0..10)
+                        .map(|i| add(&dir, &p, &format!("t{t}-{i}")).unwrap().allocation.ip)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<Ipv4Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 160);
+        assert_eq!(distinct.len(), 160);
+        assert_eq!(open(dir.path()).list_in(p.subnet()).len(), 160);
+    }
+}

@@ -1,0 +1,323 @@
+//! The `ipam` object of the network configuration, plus the top-level keys
+//! the IPAM plugin reads from the whole (delegated) configuration.
+//!
+//! ```json
+//! {"stateDir": "/run/trellis",
+//!  "ipam": {"type": "trellis-ipam",
+//!           "etcdEndpoints": ["https://10.0.0.10:2379"], "etcdPrefix": "/trellis",
+//!           "etcdCACert": "...", "etcdCert": "...", "etcdKey": "...",
+//!           "subnet": "10.88.0.0/16", "dataDir": "/var/lib/trellis",
+//!           "rangeStart": "10.88.0.10", "rangeEnd": "10.88.0.200",
+//!           "exclude": ["10.88.0.64/28", "10.88.0.99"], "gateway": "10.88.0.1",
+//!           "routes": [{"dst": "0.0.0.0/0"}], "nodeName": "node-1"}}
+//! ```
+//! With `etcdEndpoints` allocations live in etcd (cluster mode) and the
+//! subnet is this node's, from the agent's record, unless `subnet` pins it.
+//! Without, they live in a local store under `dataDir` and `subnet` is
+//! required (single-host mode).
+
+use crate::error::IpamError;
+use crate::pool::Pool;
+use crate::store::etcd::EtcdSettings;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+use trellis_common::cni::{Dns, Route};
+use trellis_common::node::{DEFAULT_ETCD_PREFIX, DEFAULT_STATE_DIR};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/trellis";
+
+/// etcd endpoints as a list or as one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Endpoints {
+    List(Vec<String>),
+    Joined(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIpam {
+    #[serde(default)]
+    etcd_endpoints: Option<Endpoints>,
+    #[serde(default)]
+    etcd_prefix: Option<String>,
+    #[serde(default, rename = "etcdCACert")]
+    etcd_ca_cert: Option<PathBuf>,
+    #[serde(default)]
+    etcd_cert: Option<PathBuf>,
+    #[serde(default)]
+    etcd_key: Option<PathBuf>,
+    /// Milliseconds any one etcd call may take (default 3000).
+    #[serde(default)]
+    etcd_timeout_ms: Option<u64>,
+    #[serde(default)]
+    subnet: Option<IpNetwork>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    range_start: Option<IpAddr>,
+    #[serde(default)]
+    range_end: Option<IpAddr>,
+    #[serde(default)]
+    exclude: Vec<IpNetwork>,
+    #[serde(default)]
+    gateway: Option<IpAddr>,
+    #[serde(default)]
+    routes: Option<Vec<Route>>,
+    #[serde(default)]
+    dns: Option<Dns>,
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTop {
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+}
+
+/// Where allocations are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Etcd(EtcdSettings),
+    Local { data_dir: PathBuf },
+}
+
+/// The decoded and checked IPAM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamConf {
+    /// The CNI network name (allocations are per network).
+    pub network: String,
+    pub backend: Backend,
+    /// A pinned subnet; in cluster mode `None` means the node's subnet.
+    pub subnet: Option<Ipv4Network>,
+    pub range_start: Option<Ipv4Addr>,
+    pub range_end: Option<Ipv4Addr>,
+    pub exclude: Vec<Ipv4Network>,
+    pub gateway: Option<Ipv4Addr>,
+    /// Routes for the result; `None` means a default route via the gateway.
+    pub routes: Option<Vec<Route>>,
+    pub dns: Dns,
+    /// Where the agent publishes the node record (`stateDir`).
+    pub state_dir: PathBuf,
+    pub node_name: Option<String>,
+}
+
+fn v4(what: &str, ip: IpAddr) -> Result<Ipv4Addr, IpamError> {
+    match ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(IpamError::Config(format!(
+            "{what} {ip}: trellis-ipam allocates IPv4 addresses only"
+        ))),
+    }
+}
+
+fn v4_net(what: &str, net: IpNetwork) -> Result<Ipv4Network, IpamError> {
+    match net {
+        IpNetwork::V4(n) => Ok(n),
+        IpNetwork::V6(_) => Err(IpamError::Config(format!(
+            "{what} {net}: trellis-ipam allocates IPv4 addresses only"
+        ))),
+    }
+}
+
+impl IpamConf {
+    /// Decode from the whole network configuration (`raw`) of network
+    /// `network`. Missing or malformed keys are code 7.
+    pub fn from_netconf(network: &str, raw: &serde_json::Value) -> Result<IpamConf, IpamError> {
+        let ipam = raw.get("ipam").filter(|v| v.is_object()).ok_or_else(|| {
+            IpamError::Config("the network configuration has no \"ipam\" object".into())
+        })?;
+        let r: RawIpam = serde_json::from_value(ipam.clone())
+            .map_err(|e| IpamError::Config(format!("ipam: {e}")))?;
+        let top: RawTop = serde_json::from_value(raw.clone())
+            .map_err(|e| IpamError::Config(format!("stateDir: {e}")))?;
+
+        let endpoints: Vec<String> = match r.etcd_endpoints {
+            None => Vec::new(),
+            Some(Endpoints::List(l)) => l,
+            Some(Endpoints::Joined(s)) => s.split(',').map(str::to_string).collect(),
+        }
+        .into_iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+        let backend = if endpoints.is_empty() {
+            if r.etcd_ca_cert.is_some() || r.etcd_cert.is_some() || r.etcd_key.is_some() {
+                return Err(IpamError::Config(
+                    "etcdCACert/etcdCert/etcdKey are set but etcdEndpoints is missing".into(),
+                ));
+            }
+            if r.subnet.is_none() {
+                return Err(IpamError::Config(
+                    "ipam needs \"etcdEndpoints\" (cluster mode) or \"subnet\" (single-host mode)"
+                        .into(),
+                ));
+            }
+            Backend::Local {
+                data_dir: r.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            }
+        } else {
+            let prefix = r.etcd_prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
+            if !prefix.starts_with('/') {
+                return Err(IpamError::Config(format!(
+                    "etcdPrefix \"{prefix}\" must start with /"
+                )));
+            }
+            let settings = EtcdSettings {
+                endpoints,
+                prefix,
+                ca_cert: r.etcd_ca_cert,
+                cert: r.etcd_cert,
+                key: r.etcd_key,
+                timeout: Duration::from_millis(
+                    r.etcd_timeout_ms.unwrap_or(3000).clamp(100, 60_000),
+                ),
+            };
+            settings.validate()?;
+            Backend::Etcd(settings)
+        };
+
+        let conf = IpamConf {
+            network: network.to_string(),
+            backend,
+            subnet: r.subnet.map(|s| v4_net("subnet", s)).transpose()?,
+            range_start: r.range_start.map(|ip| v4("rangeStart", ip)).transpose()?,
+            range_end: r.range_end.map(|ip| v4("rangeEnd", ip)).transpose()?,
+            exclude: r
+                .exclude
+                .into_iter()
+                .map(|n| v4_net("exclude", n))
+                .collect::<Result<_, _>>()?,
+            gateway: r.gateway.map(|ip| v4("gateway", ip)).transpose()?,
+            routes: r.routes,
+            dns: r.dns.unwrap_or_default(),
+            state_dir: top.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            node_name: r.node_name.filter(|n| !n.is_empty()),
+        };
+        if let Some(subnet) = conf.subnet {
+            // Fail early on a pool that can never work.
+            conf.pool(subnet)?;
+        }
+        Ok(conf)
+    }
+
+    /// The pool over `subnet` with this configuration's range and exclusions.
+    pub fn pool(&self, subnet: Ipv4Network) -> Result<Pool, IpamError> {
+        Pool::new(
+            subnet,
+            self.range_start,
+            self.range_end,
+            self.exclude.clone(),
+            self.gateway,
+        )
+    }
+
+    /// The per-node allocation lock and cursor (cluster mode).
+    pub fn node_lock_path(&self) -> PathBuf {
+        self.state_dir
+            .join("ipam")
+            .join(format!("{}.lock", self.network))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: serde_json::Value) -> Result<IpamConf, IpamError> {
+        IpamConf::from_netconf("net", &v)
+    }
+
+    #[test]
+    fn cluster_mode_with_defaults() {
+        let c = conf(json!({"ipam": {"type": "trellis-ipam",
+            "etcdEndpoints": ["http://127.0.0.1:2379"]}}))
+        .unwrap();
+        let Backend::Etcd(s) = &c.backend else {
+            panic!()
+        };
+        assert_eq!(s.prefix, "/trellis");
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        assert_eq!(c.state_dir, PathBuf::from("/run/trellis"));
+        assert_eq!(c.subnet, None);
+        assert_eq!(
+            c.node_lock_path(),
+            PathBuf::from("/run/trellis/ipam/net.lock")
+        );
+    }
+
+    #[test]
+    fn single_host_mode_and_pool_keys() {
+        let c = conf(
+            json!({"stateDir": "/tmp/x", "ipam": {"type": "trellis-ipam",
+            "subnet": "10.88.0.0/16", "rangeStart": "10.88.0.10", "rangeEnd": "10.88.0.20",
+            "exclude": ["10.88.0.12", "10.88.0.16/30"]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backend,
+            Backend::Local {
+                data_dir: "/var/lib/trellis".into()
+            }
+        );
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        let pool = c.pool(c.subnet.unwrap()).unwrap();
+        assert!(!pool.is_usable("10.88.0.12".parse().unwrap()));
+        assert!(!pool.is_usable("10.88.0.17".parse().unwrap()));
+        assert!(pool.is_usable("10.88.0.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn endpoints_may_be_one_comma_separated_string() {
+        let c = conf(json!({"ipam": {"etcdEndpoints": "http://a:2379, http://b:2379"}})).unwrap();
+        let Backend::Etcd(s) = &c.backend else {
+            panic!()
+        };
+        assert_eq!(s.endpoints, vec!["http://a:2379", "http://b:2379"]);
+    }
+
+    #[test]
+    fn bad_configurations_are_code_7_with_a_reason() {
+        for (v, needle) in [
+            (json!({}), "no \"ipam\""),
+            (json!({"ipam": {}}), "etcdEndpoints"),
+            (json!({"ipam": {"subnet": "nope"}}), "ipam:"),
+            (json!({"ipam": {"subnet": "fd00::/64"}}), "IPv4"),
+            (json!({"ipam": {"subnet": "10.0.0.0/31"}}), "too small"),
+            (
+                json!({"ipam": {"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1"}}),
+                "rangeStart",
+            ),
+            (
+                json!({"ipam": {"etcdEndpoints": ["127.0.0.1:2379"]}}),
+                "http://",
+            ),
+            (
+                json!({"ipam": {"etcdEndpoints": ["https://e:2379"]}}),
+                "etcdCACert",
+            ),
+            (
+                json!({"ipam": {"subnet": "10.0.0.0/24", "etcdCACert": "/ca"}}),
+                "etcdEndpoints",
+            ),
+            (
+                json!({"ipam": {"etcdEndpoints": ["http://e:2379"], "etcdPrefix": "x"}}),
+                "etcdPrefix",
+            ),
+            (
+                json!({"stateDir": 5, "ipam": {"subnet": "10.0.0.0/24"}}),
+                "stateDir",
+            ),
+        ] {
+            let e = conf(v.clone()).unwrap_err();
+            assert_eq!(e.code(), 7, "{v}: {e}");
+            assert!(e.to_string().contains(needle), "{v}: {e}");
+        }
+    }
+}

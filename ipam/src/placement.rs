@@ -1,0 +1,54 @@
+//! Which node this is and which subnet its containers get (cluster mode):
+//! the record the agent publishes in `stateDir`, else the one it keeps in
+//! etcd, unless the configuration pins a `subnet`.
+
+use crate::config::IpamConf;
+use crate::error::IpamError;
+use crate::pool::Pool;
+use crate::store::etcd::EtcdStore;
+use trellis_common::node::{read_node_record, record_path, NodeRecord};
+
+/// `<stateDir>/node.json`, if the agent wrote it.
+pub fn local_record(conf: &IpamConf) -> Result<Option<NodeRecord>, IpamError> {
+    read_node_record(&conf.state_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => IpamError::Corrupt {
+            key: record_path(&conf.state_dir).display().to_string(),
+            reason: e.to_string(),
+        },
+        _ => IpamError::store(record_path(&conf.state_dir))(e),
+    })
+}
+
+/// This node's name: `ipam.nodeName`, else the agent's record, else
+/// `NODE_NAME`, else the host name (the agent's own default).
+pub fn node_name(conf: &IpamConf, record: Option<&NodeRecord>) -> String {
+    conf.node_name
+        .clone()
+        .or_else(|| record.and_then(|r| r.node_name.clone()))
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// The pool this node allocates from and the node's name.
+pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, String), IpamError> {
+    let record = local_record(conf)?;
+    let node = node_name(conf, record.as_ref());
+    if let Some(subnet) = conf.subnet {
+        return Ok((conf.pool(subnet)?, node));
+    }
+    let record = match record {
+        Some(r) => r,
+        None => store
+            .node_record(&node)
+            .await?
+            .ok_or_else(|| IpamError::NoNodeRecord {
+                state_dir: conf.state_dir.clone(),
+                node: node.clone(),
+            })?,
+    };
+    Ok((conf.pool(record.subnet)?, node))
+}

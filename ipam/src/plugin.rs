@@ -1,0 +1,311 @@
+//! The CNI verbs of `trellis-ipam`. Each invocation is one short process:
+//! a single-threaded runtime, one etcd connection, one overall deadline.
+
+use crate::allocation::{Allocation, Handle, Owner};
+use crate::allocator::allocate;
+use crate::config::{Backend, IpamConf};
+use crate::error::IpamError;
+use crate::lock::FileLock;
+use crate::placement::{cluster_pool, local_record, node_name};
+use crate::pool::Pool;
+use crate::request::requested_address;
+use crate::store::etcd::{EtcdSettings, EtcdStore};
+use crate::store::local::LocalStore;
+use crate::store::Store;
+use ipnetwork::IpNetwork;
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use trellis_common::cni::{code, CniError, CniResult, IpConfig, Plugin, Request, Route};
+
+/// The most any verb spends waiting for etcd and for the node's lock, so a
+/// stuck etcd turns into code 11 well within the runtime's patience.
+pub const VERB_BUDGET: Duration = Duration::from_secs(3);
+
+/// The `trellis-ipam` plugin.
+pub struct IpamPlugin;
+
+fn block_on<T>(f: impl Future<Output = Result<T, IpamError>>) -> Result<T, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| CniError::new(code::IO_FAILURE, format!("cannot start a runtime: {e}")))?;
+    rt.block_on(f).map_err(CniError::from)
+}
+
+fn conf_of(req: &Request) -> Result<IpamConf, CniError> {
+    IpamConf::from_netconf(&req.conf.name, &req.conf.raw).map_err(CniError::from)
+}
+
+fn handle_of(req: &Request) -> Handle {
+    Handle {
+        container_id: req.env.container_id.clone(),
+        ifname: req.env.ifname.clone(),
+    }
+}
+
+async fn connect(settings: &EtcdSettings, deadline: Instant) -> Result<EtcdStore, IpamError> {
+    Ok(EtcdStore::connect(settings).await?.with_deadline(deadline))
+}
+
+fn local_dir(conf: &IpamConf, data_dir: &Path) -> std::path::PathBuf {
+    LocalStore::dir_for(data_dir, &conf.network)
+}
+
+/// The ADD result: the address with the subnet's prefix, the gateway, and a
+/// default route via the gateway unless `routes` is configured.
+fn result_for(conf: &IpamConf, pool: &Pool, a: &Allocation) -> CniResult {
+    let gw = IpAddr::V4(pool.gateway());
+    CniResult {
+        ips: vec![IpConfig {
+            address: IpNetwork::V4(pool.address_of(a.ip)),
+            gateway: Some(gw),
+            interface: None,
+        }],
+        routes: conf.routes.clone().unwrap_or_else(|| {
+            vec![Route::new(
+                "0.0.0.0/0".parse().expect("valid network"),
+                Some(gw),
+            )]
+        }),
+        dns: conf.dns.clone(),
+        interfaces: Vec::new(),
+    }
+}
+
+async fn add_etcd(
+    conf: &IpamConf,
+    settings: &EtcdSettings,
+    req: &Request,
+    deadline: Instant,
+) -> Result<CniResult, IpamError> {
+    let requested = requested_address(req)?;
+    let mut store = connect(settings, deadline).await?;
+    let (pool, node) = cluster_pool(conf, &store).await?;
+    let owner = Owner {
+        container_id: req.env.container_id.clone(),
+        ifname: req.env.ifname.clone(),
+        node,
+        network: conf.network.clone(),
+    };
+    let mut lock = FileLock::acquire(&conf.node_lock_path(), deadline)?;
+    let cursor = lock.read_cursor();
+    let out = allocate(&mut store, &pool, &owner, requested, cursor).await?;
+    if out.fresh && requested.is_none() {
+        if let Err(e) = lock.write_cursor(out.allocation.ip) {
+            log::warn!("allocation cursor not saved: {e}");
+        }
+    }
+    Ok(result_for(conf, &pool, &out.allocation))
+}
+
+fn add_local(
+    conf: &IpamConf,
+    data_dir: &Path,
+    req: &Request,
+    deadline: Instant,
+) -> Result<CniResult, IpamError> {
+    let requested = requested_address(req)?;
+    let subnet = conf
+        .subnet
+        .ok_or_else(|| IpamError::Config("single-host mode needs \"subnet\"".into()))?;
+    let pool = conf.pool(subnet)?;
+    let owner = Owner {
+        container_id: req.env.container_id.clone(),
+        ifname: req.env.ifname.clone(),
+        node: String::new(),
+        network: conf.network.clone(),
+    };
+    let mut store = LocalStore::open(&local_dir(conf, data_dir), deadline)?;
+    let cursor = store.cursor();
+    let out = now_or_never(allocate(&mut store, &pool, &owner, requested, cursor))?;
+    Ok(result_for(conf, &pool, &out.allocation))
+}
+
+/// The local store never awaits anything: drive its futures to completion
+/// without a runtime.
+fn now_or_never<T>(f: impl Future<Output = T>) -> T {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("local store futures complete immediately"),
+    }
+}
+
+/// CHECK: the attachment holds an address, and it is the one in prevResult.
+fn verify(held: Option<Allocation>, req: &Request, store: &str) -> Result<(), IpamError> {
+    let handle = handle_of(req);
+    let a = held.ok_or_else(|| {
+        IpamError::CheckFailed(format!(
+            "no address is allocated to container {} interface {} in {store}",
+            handle.container_id, handle.ifname
+        ))
+    })?;
+    if let Some(prev) = &req.conf.prev_result {
+        if !prev.ips.is_empty() && !prev.ips.iter().any(|c| c.address.ip() == IpAddr::V4(a.ip)) {
+            return Err(IpamError::CheckFailed(format!(
+                "container {} interface {} holds {} in {store}, but prevResult shows {}",
+                handle.container_id,
+                handle.ifname,
+                a.ip,
+                prev.ips
+                    .iter()
+                    .map(|c| c.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// GC: free every allocation of ours whose attachment the runtime no longer
+/// lists. Each is freed only if unchanged since it was listed.
+async fn collect_garbage<S: Store>(
+    store: &mut S,
+    ours: Vec<Allocation>,
+    valid: &HashSet<Handle>,
+) -> Result<(), IpamError> {
+    let mut first_error = None;
+    let mut freed = 0;
+    for a in ours.iter().filter(|a| !valid.contains(&a.handle())) {
+        match store.release_exact(a).await {
+            Ok(true) => freed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("GC: freeing {} failed: {e}", a.ip);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    log::info!("GC: freed {freed} of {} allocations", ours.len());
+    first_error.map_or(Ok(()), Err)
+}
+
+fn valid_attachments(req: &Request) -> Result<HashSet<Handle>, CniError> {
+    req.conf
+        .valid_attachments
+        .as_ref()
+        .map(|v| v.iter().cloned().collect())
+        .ok_or_else(|| {
+            CniError::invalid_config(
+                "GC needs \"cni.dev/valid-attachments\": refusing to guess which allocations are in use",
+            )
+        })
+}
+
+fn not_ready(e: IpamError) -> CniError {
+    match e.code() {
+        code::INVALID_CONFIG => e.into(),
+        _ => CniError::not_ready(e.to_string()),
+    }
+}
+
+impl Plugin for IpamPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let deadline = Instant::now() + VERB_BUDGET;
+        let conf = conf_of(req)?;
+        match &conf.backend {
+            Backend::Etcd(s) => block_on(add_etcd(&conf, s, req, deadline)),
+            Backend::Local { data_dir } => Ok(add_local(&conf, data_dir, req, deadline)?),
+        }
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let deadline = Instant::now() + VERB_BUDGET;
+        let conf = conf_of(req)?;
+        let handle = handle_of(req);
+        match &conf.backend {
+            Backend::Etcd(s) => block_on(async {
+                let store = connect(s, deadline).await?;
+                store.release(&handle).await.map(|_| ())
+            }),
+            Backend::Local { data_dir } => {
+                match LocalStore::open_existing(&local_dir(&conf, data_dir), deadline)? {
+                    Some(mut store) => store.release(&handle).map(|_| ()).map_err(Into::into),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let deadline = Instant::now() + VERB_BUDGET;
+        let conf = conf_of(req)?;
+        let handle = handle_of(req);
+        match &conf.backend {
+            Backend::Etcd(s) => block_on(async {
+                let store = connect(s, deadline).await?;
+                verify(store.lookup(&handle).await?, req, "etcd")
+            }),
+            Backend::Local { data_dir } => {
+                let dir = local_dir(&conf, data_dir);
+                let held =
+                    LocalStore::open_existing(&dir, deadline)?.and_then(|s| s.lookup(&handle));
+                Ok(verify(held, req, &dir.display().to_string())?)
+            }
+        }
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let deadline = Instant::now() + VERB_BUDGET;
+        let conf = conf_of(req)?;
+        let valid = valid_attachments(req)?;
+        match &conf.backend {
+            Backend::Etcd(s) => block_on(async {
+                let mut store = connect(s, deadline).await?;
+                let node = node_name(&conf, local_record(&conf)?.as_ref());
+                let _lock = FileLock::acquire(&conf.node_lock_path(), deadline)?;
+                let ours: Vec<Allocation> = store
+                    .list_node(&node)
+                    .await?
+                    .into_iter()
+                    .filter(|a| a.owner.network == conf.network)
+                    .collect();
+                collect_garbage(&mut store, ours, &valid).await?;
+                let swept = store
+                    .sweep_handles(&node, &conf.network, |h| valid.contains(h))
+                    .await?;
+                if swept > 0 {
+                    log::info!("GC: removed {swept} handles that held no address");
+                }
+                Ok(())
+            }),
+            Backend::Local { data_dir } => {
+                let Some(mut store) =
+                    LocalStore::open_existing(&local_dir(&conf, data_dir), deadline)?
+                else {
+                    return Ok(());
+                };
+                let ours = store.list_all();
+                Ok(now_or_never(collect_garbage(&mut store, ours, &valid))?)
+            }
+        }
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let deadline = Instant::now() + VERB_BUDGET;
+        let conf = conf_of(req)?;
+        match &conf.backend {
+            Backend::Etcd(s) => block_on(async {
+                let store = connect(s, deadline).await?;
+                store.ping().await?;
+                cluster_pool(&conf, &store).await.map(|_| ())
+            })
+            .map_err(|e| match e.code {
+                code::INVALID_CONFIG => e,
+                _ => CniError::not_ready(e.msg),
+            }),
+            Backend::Local { data_dir } => {
+                let store =
+                    LocalStore::open(&local_dir(&conf, data_dir), deadline).map_err(not_ready)?;
+                store.check_writable().map_err(not_ready)
+            }
+        }
+    }
+}
