@@ -40,13 +40,122 @@ pub struct Etcd {
     peer_port: u16,
     /// `ip netns exec <name>` prefix when etcd runs inside a namespace.
     netns: Option<String>,
+    tls: Option<EtcdTls>,
     paused: bool,
+}
+
+/// The PKI of a TLS etcd: a throwaway CA, etcd's server certificate (for
+/// 127.0.0.1) and a client certificate, all PEM files in etcd's temp dir.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// Make a CA and certificates with `openssl` in `dir`.
+    pub fn generate(dir: &Path, server_ip: IpAddr) -> Result<EtcdTls> {
+        let f = |name: &str| dir.join(name);
+        let tls = EtcdTls {
+            ca: f("ca.pem"),
+            server_cert: f("server.pem"),
+            server_key: f("server-key.pem"),
+            client_cert: f("client.pem"),
+            client_key: f("client-key.pem"),
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-x509"])
+                .args(ec)
+                .args(["-days", "2", "-subj", "/CN=trellis-test-ca"])
+                .arg("-keyout")
+                .arg(f("ca-key.pem"))
+                .arg("-out")
+                .arg(&tls.ca),
+        )?;
+        for (cert, key, cn, ext) in [
+            (
+                &tls.server_cert,
+                &tls.server_key,
+                "etcd",
+                format!(
+                    "subjectAltName=IP:{server_ip},DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+                ),
+            ),
+            (
+                &tls.client_cert,
+                &tls.client_key,
+                "trellis",
+                "extendedKeyUsage=clientAuth\n".to_string(),
+            ),
+        ] {
+            let csr = dir.join(format!("{cn}.csr"));
+            let extfile = dir.join(format!("{cn}.ext"));
+            std::fs::write(&extfile, ext)?;
+            openssl(
+                Command::new("openssl")
+                    .arg("req")
+                    .args(ec)
+                    .args(["-subj", &format!("/CN={cn}")])
+                    .arg("-keyout")
+                    .arg(key)
+                    .arg("-out")
+                    .arg(&csr),
+            )?;
+            openssl(
+                Command::new("openssl")
+                    .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                    .arg("-in")
+                    .arg(&csr)
+                    .arg("-CA")
+                    .arg(&tls.ca)
+                    .arg("-CAkey")
+                    .arg(f("ca-key.pem"))
+                    .arg("-extfile")
+                    .arg(&extfile)
+                    .arg("-out")
+                    .arg(cert),
+            )?;
+        }
+        Ok(tls)
+    }
+}
+
+fn openssl(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().context("running openssl")?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Etcd {
     /// Start etcd on 127.0.0.1 with free client and peer ports and wait
     /// (bounded) until it serves.
     pub fn start() -> Result<Etcd> {
+        Self::start_on_localhost(false)
+    }
+
+    /// Like `start`, but serving only `https://` and requiring client
+    /// certificates signed by its own throwaway CA (see `tls()`).
+    pub fn start_tls() -> Result<Etcd> {
+        Self::start_on_localhost(true)
+    }
+
+    fn start_on_localhost(with_tls: bool) -> Result<Etcd> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let (client_port, peer_port) = (free_port()?, free_port()?);
@@ -57,8 +166,12 @@ impl Etcd {
                 client_port,
                 peer_port,
                 netns: None,
+                tls: None,
                 paused: false,
             };
+            if with_tls {
+                etcd.tls = Some(EtcdTls::generate(etcd.dir.path(), etcd.bind_ip)?);
+            }
             match etcd.spawn_and_wait() {
                 Ok(()) => return Ok(etcd),
                 Err(e) => last_err = Some(e),
@@ -84,15 +197,104 @@ impl Etcd {
             client_port: 2379,
             peer_port: 2380,
             netns: Some(netns_name.to_string()),
+            tls: None,
             paused: false,
         };
         etcd.spawn_and_wait()?;
         Ok(etcd)
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr())
+    }
+
+    /// The certificates of a TLS etcd.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// An `etcdctl` (v3 API) command aimed at this etcd, with its TLS files
+    /// and inside its namespace when it has one; add the subcommand.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = match &self.netns {
+            None => Command::new("etcdctl"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcdctl"]);
+                c
+            }
+        };
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint()])
+            .args(["--dial-timeout", "2s", "--command-timeout", "3s"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        cmd
+    }
+
+    /// Every key under `prefix`, in etcd's order.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = self
+            .etcdctl()
+            .args(["get", "--prefix", "--keys-only", prefix])
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl get {prefix}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let out = self
+            .etcdctl()
+            .args(["get", "--print-value-only", key])
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl get {key}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let text = text.trim_end_matches('\n');
+        Ok((!text.is_empty()).then(|| text.to_string()))
+    }
+
+    /// Write `key` (as an operator or agent would).
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        let out = self
+            .etcdctl()
+            .args(["put", key, value])
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl put {key}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -158,21 +360,18 @@ impl Etcd {
 
     /// Whether `/health` answers healthy right now (1 s budget).
     pub fn is_healthy(&self) -> bool {
-        match &self.netns {
-            None => http_health(self.client_addr(), Duration::from_secs(1)),
-            Some(ns) => Command::new("ip")
-                .args(["netns", "exec", ns])
-                .arg("etcdctl")
-                .args(["--endpoints", &self.endpoint()])
-                .args(["--dial-timeout", "1s", "--command-timeout", "1s"])
-                .args(["endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false),
+        if self.netns.is_none() && self.tls.is_none() {
+            return http_health(self.client_addr(), Duration::from_secs(1));
         }
+        self.etcdctl()
+            .args(["--dial-timeout", "1s", "--command-timeout", "1s"])
+            .args(["endpoint", "health"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 
     fn signal(&self, sig: Signal) -> Result<()> {
@@ -186,7 +385,7 @@ impl Etcd {
             .append(true)
             .open(self.log_path())
             .context("creating etcd log")?;
-        let client = format!("http://{}", self.client_addr());
+        let client = self.endpoint();
         let peer = format!("http://{}", SocketAddr::new(self.bind_ip, self.peer_port));
         let mut cmd = match &self.netns {
             None => Command::new(etcd_binary()),
@@ -206,8 +405,17 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("trellis-test={peer}")])
             .args(["--initial-cluster-state", "new"])
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
+            .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some(arch) = unsupported_arch() {
@@ -325,6 +533,14 @@ mod tests {
         assert_eq!(etcd.endpoint(), endpoint);
         assert!(etcd.is_healthy());
 
+        etcd.put("/trellis/x", "{\"a\":1}").unwrap();
+        assert_eq!(etcd.keys("/trellis/").unwrap(), vec!["/trellis/x"]);
+        assert_eq!(
+            etcd.get("/trellis/x").unwrap().as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(etcd.get("/trellis/none").unwrap(), None);
+
         let pid = etcd.pid().unwrap();
         drop(etcd);
         assert!(!dir.exists(), "data directory removed");
@@ -332,5 +548,24 @@ mod tests {
             !Path::new(&format!("/proc/{pid}")).exists(),
             "etcd process gone"
         );
+    }
+
+    #[test]
+    fn tls_etcd_requires_client_certificates() {
+        let etcd = Etcd::start_tls().unwrap();
+        assert!(etcd.endpoint().starts_with("https://127.0.0.1:"));
+        assert!(etcd.is_healthy());
+        etcd.put("/k", "v").unwrap();
+        assert_eq!(etcd.get("/k").unwrap().as_deref(), Some("v"));
+        let tls = etcd.tls().unwrap();
+        let no_client_cert = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint(), "--dial-timeout", "1s"])
+            .args(["--command-timeout", "1s", "--cacert"])
+            .arg(&tls.ca)
+            .args(["get", "/k"])
+            .output()
+            .unwrap();
+        assert!(!no_client_cert.status.success());
     }
 }
