@@ -27,6 +27,9 @@ pub enum Command {
     /// Remove everything the agent created on this node: VXLAN device, bridge,
     /// entries, nftables table, state file; with --release also its etcd record.
     Cleanup(CleanupArgs),
+    /// Install the CNI plugins, their conflist and etcd TLS files on this
+    /// node (what the DaemonSet's init container runs).
+    InstallCni(crate::install_cni::InstallOptions),
 }
 
 #[derive(Debug, Clone, Args)]

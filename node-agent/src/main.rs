@@ -18,6 +18,14 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(trellis_agent::agent::run(cli.run))?,
         Some(Command::Run(args)) => runtime.block_on(trellis_agent::agent::run(args))?,
         Some(Command::Cleanup(args)) => runtime.block_on(trellis_agent::cleanup::run(args))?,
+        Some(Command::InstallCni(opts)) => {
+            let report = if opts.uninstall {
+                trellis_agent::install_cni::uninstall(&opts)?
+            } else {
+                runtime.block_on(trellis_agent::install_cni::run(&opts))?
+            };
+            eprintln!("{report}");
+        }
     }
     Ok(())
 }

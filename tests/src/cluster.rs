@@ -589,6 +589,11 @@ impl Cluster {
             .with_context(|| format!("trl-peer-addr answered {answer:?}"))
     }
 
+    /// The cluster's etcd, to stop, pause or restart it.
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
     /// etcd's client URL, as reachable from the nodes.
     pub fn etcd_endpoint(&self) -> String {
         self.etcd.endpoint()

@@ -1,0 +1,190 @@
+//! Root tests of `trellis-agent` against etcd trouble and contention: etcd
+//! stopped or restarted under running agents, and many agents leasing
+//! subnets at the same moment.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+use trellis_common::node::ClusterConfig;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
+
+fn routes_on_vxlan(node: &Node) -> Result<BTreeSet<String>> {
+    let out = node
+        .netns
+        .ok(&["ip", "-j", "route", "show", "dev", "trellis.1"])?;
+    let routes: Vec<Value> = serde_json::from_str(&out)?;
+    Ok(routes
+        .iter()
+        .filter_map(|r| r["dst"].as_str().map(str::to_owned))
+        .collect())
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A record for a node that exists only in etcd.
+fn ghost_record(i: u8) -> String {
+    format!(
+        r#"{{"subnet":"10.244.{i}.0/24","publicIP":"192.0.2.{i}","vtepMAC":"02:00:00:00:aa:{i:02x}"}}"#
+    )
+}
+
+#[test]
+fn etcd_down_leaves_the_data_path_and_watches_recover_after_a_restart() {
+    let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
+    let p1 = cluster.add_pod(0, "p1").unwrap();
+    let p2 = cluster.add_pod(1, "p2").unwrap();
+    let before: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| routes_on_vxlan(n).unwrap())
+        .collect();
+
+    // etcd gone for a while: agents keep running, nothing is removed.
+    cluster.etcd_mut().stop().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    ping(&p1.netns, p2.ip).unwrap();
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        assert!(
+            node.agent_running(),
+            "{} exited:\n{}",
+            node.name,
+            node.agent_log()
+        );
+        assert_eq!(routes_on_vxlan(node).unwrap(), before[i], "{}", node.name);
+    }
+
+    // Back, with its data: the watches follow new changes again.
+    cluster.etcd_mut().restart().unwrap();
+    cluster
+        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(200)])
+        .unwrap();
+    for node in &cluster.nodes {
+        wait_until(
+            Duration::from_secs(20),
+            "ghost route after etcd restart",
+            || Ok(routes_on_vxlan(node)?.contains("10.244.200.0/24")),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
+    }
+    cluster.etcdctl(&["del", "/trellis/nodes/ghost"]).unwrap();
+    for node in &cluster.nodes {
+        wait_until(Duration::from_secs(5), "ghost route removed", || {
+            Ok(!routes_on_vxlan(node)?.contains("10.244.200.0/24"))
+        })
+        .unwrap();
+    }
+    // The agents' own records and leases survived.
+    let nodes = cluster.etcd_entries("nodes/").unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    ping(&p2.netns, p1.ip).unwrap();
+}
+
+#[test]
+fn restarted_agent_lists_the_latest_records_after_compaction() {
+    let mut cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    // While node2's agent is stopped, history moves on and is compacted.
+    cluster.nodes[1].kill_agent().unwrap();
+    for i in 0..20u8 {
+        cluster
+            .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(100 + i)])
+            .unwrap();
+    }
+    let rev: Value = serde_json::from_str(
+        &cluster
+            .etcdctl(&["get", "-w", "json", "/trellis/nodes/ghost"])
+            .unwrap(),
+    )
+    .unwrap();
+    let rev = rev["header"]["revision"].as_i64().unwrap();
+    cluster.etcdctl(&["compact", &rev.to_string()]).unwrap();
+    cluster.nodes[1].start_agent().unwrap();
+    let node1 = &cluster.nodes[0];
+    wait_until(
+        Duration::from_secs(10),
+        "latest ghost subnet on node1",
+        || {
+            let r = routes_on_vxlan(node1)?;
+            Ok(r.contains("10.244.119.0/24") && !r.contains("10.244.118.0/24"))
+        },
+    )
+    .unwrap();
+    let node2 = &cluster.nodes[1];
+    wait_until(
+        Duration::from_secs(10),
+        "latest ghost subnet on node2",
+        || Ok(routes_on_vxlan(node2)?.contains("10.244.119.0/24")),
+    )
+    .unwrap();
+}
+
+#[test]
+fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
+    // 8 subnets for 9 nodes: 8 agents must each find one of their own, the
+    // ninth must say the network is exhausted (and keep trying).
+    let spec = ClusterSpec {
+        nodes: 9,
+        config: ClusterConfig {
+            network: "10.244.0.0/26".parse().unwrap(),
+            subnet_len: 29,
+            vni: 1,
+            port: 8472,
+        },
+        agents: false,
+        ..ClusterSpec::default()
+    };
+    let mut cluster = Cluster::start(spec).unwrap();
+    for node in &mut cluster.nodes {
+        node.start_agent().unwrap();
+    }
+    wait_until(Duration::from_secs(30), "8 subnets leased", || {
+        Ok(cluster.etcd_entries("subnets/")?.len() == 8
+            && cluster.etcd_entries("nodes/")?.len() == 8)
+    })
+    .unwrap();
+    let with_record: Vec<_> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.record().is_ok())
+        .collect();
+    assert_eq!(with_record.len(), 8);
+    let subnets: BTreeSet<_> = with_record.iter().map(|n| n.subnet().unwrap()).collect();
+    assert_eq!(subnets.len(), 8, "{subnets:?}");
+    let waiting: Vec<_> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.record().is_err())
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    let extra = waiting[0];
+    wait_until(Duration::from_secs(10), "exhaustion reported", || {
+        Ok(extra
+            .agent_log()
+            .contains("network 10.244.0.0/26 has no free /29 subnet left: all 8 are leased"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", extra.agent_log()));
+    // The leased nodes reach each other.
+    let (a, b) = (with_record[0], with_record[7]);
+    ping(&a.netns, b.record().unwrap().subnet.network().into()).unwrap();
+    let name = extra.name.clone();
+    let extra = cluster.nodes.iter_mut().find(|n| n.name == name).unwrap();
+    assert!(
+        extra.agent_running(),
+        "the agent of a full network must keep waiting"
+    );
+}

@@ -1,0 +1,283 @@
+//! Root tests of `trellis-agent` in a simulated three-node cluster (network
+//! namespaces, a real etcd in the underlay namespace, pods through the CNI
+//! plugins): the overlay carries pod traffic between every pair of nodes,
+//! and the kernel entries follow etcd.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
+use trellis_tests::netns::Netns;
+
+/// What the kernel of a node holds on its VXLAN device.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct OverlayEntries {
+    /// (MAC, dst)
+    fdb: BTreeSet<(String, String)>,
+    /// (IP, MAC) of permanent entries
+    neigh: BTreeSet<(String, String)>,
+    /// (dst, gateway)
+    routes: BTreeSet<(String, String)>,
+}
+
+fn json(ns: &Netns, argv: &[&str]) -> Result<Vec<Value>> {
+    let out = ns.ok(argv)?;
+    if out.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_str(&out)?)
+}
+
+fn entries(node: &Node) -> Result<OverlayEntries> {
+    let dev = "trellis.1";
+    let ns = &node.netns;
+    let mut e = OverlayEntries::default();
+    for f in json(ns, &["bridge", "-j", "fdb", "show", "dev", dev])? {
+        if let (Some(mac), Some(dst)) = (f["mac"].as_str(), f["dst"].as_str()) {
+            e.fdb.insert((mac.to_owned(), dst.to_owned()));
+        }
+    }
+    for n in json(ns, &["ip", "-j", "neigh", "show", "dev", dev])? {
+        let permanent = n["state"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "PERMANENT"));
+        if let (Some(ip), Some(mac), true) = (n["dst"].as_str(), n["lladdr"].as_str(), permanent) {
+            e.neigh.insert((ip.to_owned(), mac.to_owned()));
+        }
+    }
+    for r in json(ns, &["ip", "-j", "route", "show", "dev", dev])? {
+        if let (Some(dst), Some(gw)) = (r["dst"].as_str(), r["gateway"].as_str()) {
+            e.routes.insert((dst.to_owned(), gw.to_owned()));
+        }
+    }
+    Ok(e)
+}
+
+/// The entries `node` should hold for the other nodes of `cluster`.
+fn expected(cluster: &Cluster, node: usize) -> Result<OverlayEntries> {
+    let mut e = OverlayEntries::default();
+    for (i, other) in cluster.nodes.iter().enumerate() {
+        if i == node {
+            continue;
+        }
+        let rec = other.record()?;
+        let vtep = rec.subnet.network().to_string();
+        e.fdb
+            .insert((rec.vtep_mac.clone(), rec.public_ip.to_string()));
+        e.neigh.insert((vtep.clone(), rec.vtep_mac.clone()));
+        e.routes.insert((rec.subnet.to_string(), vtep));
+    }
+    Ok(e)
+}
+
+fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn full_mesh_ping(pods: &[trellis_tests::cluster::Pod]) {
+    for a in pods {
+        for b in pods {
+            if a.node != b.node {
+                ping(&a.netns, b.ip).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn three_nodes_full_mesh_and_exact_entries() {
+    let cluster = Cluster::start(ClusterSpec::default()).unwrap();
+    let pods: Vec<_> = (0..3)
+        .map(|n| cluster.add_pod(n, &format!("p{n}")).unwrap())
+        .collect();
+    // Distinct subnets, the pods inside their node's.
+    let subnets: BTreeSet<_> = cluster.nodes.iter().map(|n| n.subnet().unwrap()).collect();
+    assert_eq!(subnets.len(), 3);
+    for p in &pods {
+        let subnet = cluster.nodes[p.node].subnet().unwrap();
+        assert!(
+            matches!(p.ip, IpAddr::V4(v4) if subnet.contains(v4)),
+            "{} not in {subnet}",
+            p.ip
+        );
+    }
+    full_mesh_ping(&pods);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(
+            entries(node).unwrap(),
+            expected(&cluster, i).unwrap(),
+            "{}",
+            node.name
+        );
+        // The record: MAC of the VXLAN device, MTU underlay - 50.
+        let rec = node.record().unwrap();
+        let link = json(
+            &node.netns,
+            &["ip", "-j", "-d", "link", "show", "trellis.1"],
+        )
+        .unwrap();
+        assert_eq!(link[0]["address"], rec.vtep_mac.as_str());
+        assert_eq!(link[0]["mtu"], 1450);
+        assert_eq!(rec.mtu, Some(1450));
+        let info = &link[0]["linkinfo"]["info_data"];
+        assert_eq!(info["id"], 1);
+        assert_eq!(info["port"], 8472);
+        assert_eq!(info["local"], node.underlay_ip.to_string());
+        assert_eq!(info["learning"], false);
+    }
+}
+
+/// Packets sent and received by a finished `ping` run.
+fn ping_counts(output: &str) -> (u32, u32) {
+    let line = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {output:?}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn ifindex(node: &Node, dev: &str) -> u64 {
+    json(&node.netns, &["ip", "-j", "link", "show", dev]).unwrap()[0]["ifindex"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn sigkilled_agent_restarts_with_same_mac_and_subnet_without_interrupting_pods() {
+    let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
+    let p1 = cluster.add_pod(0, "p1").unwrap();
+    let p2 = cluster.add_pod(1, "p2").unwrap();
+    ping(&p2.netns, p1.ip).unwrap();
+    let before = cluster.nodes[0].record().unwrap();
+    let vxlan_index = ifindex(&cluster.nodes[0], "trellis.1");
+
+    // 200 echoes, 25 ms apart (5 s), across the restart.
+    let pinger = p2
+        .netns
+        .command(&[
+            "ping",
+            "-n",
+            "-i",
+            "0.025",
+            "-c",
+            "200",
+            "-W",
+            "1",
+            &p1.ip.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.nodes[0].kill_agent().unwrap();
+
+    // Leftovers of a departed node and a stale MAC, planted while it is down.
+    let n1 = &cluster.nodes[0].netns;
+    for cmd in [
+        "bridge fdb add 02:de:ad:be:ef:01 dev trellis.1 dst 192.0.2.99 self permanent",
+        "bridge fdb add 02:de:ad:be:ef:02 dev trellis.1 dst 192.0.2.2 self permanent",
+        "ip neigh add 10.244.222.0 lladdr 02:de:ad:be:ef:01 dev trellis.1 nud permanent",
+        "ip route add 10.244.222.0/24 via 10.244.222.0 dev trellis.1 onlink",
+    ] {
+        n1.sh_ok(cmd).unwrap();
+    }
+    assert_eq!(entries(&cluster.nodes[0]).unwrap().fdb.len(), 4);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.nodes[0].start_agent().unwrap();
+
+    let want = expected(&cluster, 0).unwrap();
+    wait_for(Duration::from_secs(10), "stale entries removed", || {
+        Ok((entries(&cluster.nodes[0])? == want).then_some(()))
+    })
+    .unwrap();
+    let out = pinger.wait_with_output().unwrap();
+    let (sent, received) = ping_counts(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sent, 200);
+    assert_eq!(received, sent, "echoes lost across the agent restart");
+
+    let node = &cluster.nodes[0];
+    let after = node.record().unwrap();
+    assert_eq!(after, before, "node.json changed across the restart");
+    let in_etcd = cluster
+        .etcdctl(&["get", "--print-value-only", "/trellis/nodes/node1"])
+        .unwrap();
+    let in_etcd: trellis_common::node::NodeRecord = serde_json::from_str(in_etcd.trim()).unwrap();
+    assert_eq!(in_etcd, before);
+    assert_eq!(
+        ifindex(node, "trellis.1"),
+        vxlan_index,
+        "VXLAN device was re-created"
+    );
+    assert!(
+        node.agent_log().contains("kept from before"),
+        "{}",
+        node.agent_log()
+    );
+    ping(&p1.netns, p2.ip).unwrap();
+}
+
+#[test]
+fn sigterm_leaves_the_data_path_and_a_deleted_record_goes_within_a_second() {
+    let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
+    let p1 = cluster.add_pod(0, "p1").unwrap();
+    let p3 = cluster.add_pod(2, "p3").unwrap();
+    ping(&p1.netns, p3.ip).unwrap();
+
+    // A graceful stop keeps everything in place.
+    cluster.nodes[2].stop_agent(Duration::from_secs(5)).unwrap();
+    assert!(cluster.nodes[2].agent_log().contains("SIGTERM"));
+    ping(&p1.netns, p3.ip).unwrap();
+    ping(&p3.netns, p1.ip).unwrap();
+    assert_eq!(
+        entries(&cluster.nodes[2]).unwrap(),
+        expected(&cluster, 2).unwrap()
+    );
+
+    // The node leaves: its record goes, the others drop its entries.
+    let gone = cluster.nodes[2].record().unwrap();
+    cluster.etcdctl(&["del", "/trellis/nodes/node3"]).unwrap();
+    let started = Instant::now();
+    let vtep = gone.subnet.network().to_string();
+    for node in &cluster.nodes[..2] {
+        wait_for(Duration::from_secs(5), "entries of node3 removed", || {
+            let e = entries(node)?;
+            let left = e.fdb.iter().any(|(mac, _)| *mac == gone.vtep_mac)
+                || e.neigh.iter().any(|(ip, _)| *ip == vtep)
+                || e.routes
+                    .iter()
+                    .any(|(dst, _)| *dst == gone.subnet.to_string());
+            Ok((!left).then_some(()))
+        })
+        .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The two remaining nodes still reach each other.
+    let p2 = cluster.add_pod(1, "p2").unwrap();
+    ping(&p1.netns, p2.ip).unwrap();
+}
