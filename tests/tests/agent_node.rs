@@ -1,0 +1,239 @@
+//! Root tests of what `trellis-agent` does on its own node: masquerade,
+//! leaked-IP reclaim, /healthz and /metrics, `cleanup`, and a lease that
+//! expired under a frozen agent.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use trellis_tests::bins;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec};
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spec(args: &[&str]) -> ClusterSpec {
+    ClusterSpec {
+        agent_args: args.iter().map(|s| s.to_string()).collect(),
+        ..ClusterSpec::default().nodes(2)
+    }
+}
+
+#[test]
+fn pods_leave_the_cluster_masqueraded_but_keep_their_address_inside() {
+    let cluster = Cluster::start(spec(&[])).unwrap();
+    let p1 = cluster.add_pod(0, "p1").unwrap();
+    let p2 = cluster.add_pod(1, "p2").unwrap();
+    // To the outside host: the node's underlay address.
+    let seen = cluster.source_seen_outside(&p1.netns).unwrap();
+    assert_eq!(seen, IpAddr::V4(cluster.nodes[0].underlay_ip));
+    // Pod to pod across nodes: the pod's own address.
+    let peer = bins::bin("trl-peer-addr").display().to_string();
+    let addr = format!("{}:7777", p2.ip);
+    let mut server = p2
+        .netns
+        .spawn(&[peer.clone(), "serve".into(), addr.clone()])
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..50 {
+        if let Ok(a) = p1.netns.ok(&[peer.clone(), "ask".into(), addr.clone()]) {
+            answer = a;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(answer.trim(), p1.ip.to_string());
+    // One node-level table, owned by the agent.
+    let table = cluster.nodes[0]
+        .netns
+        .ok(&["nft", "list", "table", "ip", "trellis-agent"])
+        .unwrap();
+    let subnet = cluster.nodes[0].subnet().unwrap();
+    assert!(table.contains(&format!("ip saddr {subnet}")), "{table}");
+    assert!(
+        table.contains("10.244.0.0/16") && table.contains("masquerade"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_leaked_address_is_released_after_a_full_interval() {
+    let cluster = Cluster::start(spec(&["--ipam-gc-interval", "1"])).unwrap();
+    let kept = cluster.add_pod(0, "kept").unwrap();
+    let leaked = cluster.add_pod(0, "leaked").unwrap();
+    assert!(cluster.allocations().unwrap().contains(&leaked.ip));
+    // The container dies without a CNI DEL: its namespace (and veth) go.
+    let leaked_ip = leaked.ip;
+    drop(leaked);
+    wait_until(Duration::from_secs(10), "leaked address released", || {
+        Ok(!cluster.allocations()?.contains(&leaked_ip))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent_logs()));
+    assert!(
+        cluster.allocations().unwrap().contains(&kept.ip),
+        "a live pod lost its address"
+    );
+    assert!(cluster.nodes[0]
+        .agent_log()
+        .contains(&format!("released leaked address {leaked_ip}")));
+    ping(&kept.netns, IpAddr::V4(cluster.nodes[1].underlay_ip)).unwrap();
+}
+
+#[test]
+fn healthz_and_metrics() {
+    let cluster = Cluster::start(spec(&["--metrics-addr", "127.0.0.1:9464"])).unwrap();
+    let node = &cluster.nodes[0];
+    let get = |path: &str| {
+        node.netns.ok(&[
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://127.0.0.1:9464{path}"),
+        ])
+    };
+    assert_eq!(get("/healthz").unwrap().trim(), "ok");
+    let metrics = get("/metrics").unwrap();
+    for want in [
+        "trellis_agent_remote_nodes 1\n",
+        "trellis_agent_overlay_entries 3\n",
+        "trellis_agent_subnet_leased 1\n",
+        "trellis_agent_etcd_errors_total 0\n",
+        "# TYPE trellis_agent_reconcile_duration_seconds_sum counter\n",
+        "trellis_agent_ipam_gc_releases_total 0\n",
+    ] {
+        assert!(metrics.contains(want), "{want:?} missing in\n{metrics}");
+    }
+}
+
+#[test]
+fn cleanup_removes_everything_the_agent_made() {
+    let mut cluster = Cluster::start(spec(&[])).unwrap();
+    let gone_subnet = cluster.nodes[1].subnet().unwrap();
+    cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
+    let node = &cluster.nodes[1];
+    let out = node
+        .netns
+        .command(&[
+            bins::bin("trellis-agent").display().to_string(),
+            "cleanup".into(),
+            "--release".into(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--etcd-endpoints".into(),
+            cluster.etcd_endpoint(),
+            "--state-dir".into(),
+            node.state_dir.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = node.netns.links().unwrap();
+    assert!(
+        !links.iter().any(|l| l == "trellis.1" || l == "trellis0"),
+        "{links:?}"
+    );
+    let tables = node.netns.ok(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("trellis-agent"), "{tables}");
+    assert!(node.record().is_err(), "node.json left behind");
+    assert!(cluster.etcd_entries("nodes/node2").unwrap().is_empty());
+    assert!(cluster.etcd_entries("subnets/").unwrap().len() == 1);
+    // The other node dropped node2's route.
+    wait_until(Duration::from_secs(5), "route to node2 removed", || {
+        let routes = cluster.nodes[0]
+            .netns
+            .ok(&["ip", "route", "show", "dev", "trellis.1"])?;
+        Ok(!routes.contains(&gone_subnet.to_string()))
+    })
+    .unwrap();
+    // Cleaning a clean node is fine.
+    let again = node
+        .netns
+        .command(&[
+            bins::bin("trellis-agent").display().to_string(),
+            "cleanup".into(),
+            "--state-dir".into(),
+            node.state_dir.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn an_expired_lease_is_taken_again_for_the_same_subnet() {
+    let cluster = Cluster::start(spec(&["--lease-ttl", "5"])).unwrap();
+    let node = &cluster.nodes[1];
+    let subnet = node.subnet().unwrap();
+    let pid = nix::unistd::Pid::from_raw(
+        node.netns
+            .pids()
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "trellis-agent")
+            })
+            .expect("agent pid"),
+    );
+    // Frozen longer than the TTL: etcd drops its subnet and record.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let thawed = scopeguard(pid);
+    wait_until(Duration::from_secs(20), "node2's record expired", || {
+        Ok(cluster.etcd_entries("nodes/node2")?.is_empty())
+    })
+    .unwrap();
+    drop(thawed);
+    wait_until(
+        Duration::from_secs(20),
+        "node2 back with its subnet",
+        || {
+            let entries = cluster.etcd_entries("nodes/node2")?;
+            Ok(entries.len() == 1 && entries[0].1.contains(&subnet.to_string()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent_logs()));
+    assert!(cluster
+        .etcd_entries("subnets/")
+        .unwrap()
+        .iter()
+        .any(
+            |(k, v)| k.ends_with(&format!("{}-{}", subnet.network(), subnet.prefix()))
+                && v.contains("node2")
+        ));
+    cluster.wait_converged(Duration::from_secs(10)).unwrap();
+}
+
+/// SIGCONT for `pid` when dropped (also when the test fails).
+fn scopeguard(pid: nix::unistd::Pid) -> impl Drop {
+    struct Thaw(nix::unistd::Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    Thaw(pid)
+}
