@@ -51,6 +51,7 @@ pub struct EtcdArgs {
     /// Client certificate for etcd (with --etcd-keyfile).
     #[arg(long, env = "TRELLIS_ETCD_CERTFILE")]
     pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-certfile).
     #[arg(long, env = "TRELLIS_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
 }

@@ -44,7 +44,7 @@ impl DesiredOverlay {
     ) -> (DesiredOverlay, Vec<String>) {
         let mut warnings = Vec::new();
         let mut nodes = BTreeMap::new();
-        let mut subnets: Vec<(Ipv4Network, &str)> = Vec::new();
+        let mut subnets = SubnetSet::default();
         let mut macs: HashMap<MacAddr, &str> = HashMap::new();
         for (name, rec) in records {
             if name == local {
@@ -63,7 +63,7 @@ impl DesiredOverlay {
                 ));
                 continue;
             }
-            if let Some((other, other_name)) = subnets.iter().find(|(s, _)| overlaps(*s, subnet)) {
+            if let Some((other, other_name)) = subnets.overlapping(subnet) {
                 warnings.push(format!(
                     "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
                 ));
@@ -91,7 +91,7 @@ impl DesiredOverlay {
                     continue;
                 }
             };
-            subnets.push((subnet, name));
+            subnets.insert(subnet, name);
             macs.insert(mac, name);
             nodes.insert(
                 name.clone(),
@@ -117,6 +117,31 @@ impl DesiredOverlay {
 
 fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
     a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Non-overlapping subnets by first address: an overlap check looks at the
+/// two neighbours only, so building the desired state stays O(n log n).
+#[derive(Default)]
+struct SubnetSet<'a> {
+    by_start: BTreeMap<u32, (Ipv4Network, &'a str)>,
+}
+
+impl<'a> SubnetSet<'a> {
+    fn overlapping(&self, subnet: Ipv4Network) -> Option<(Ipv4Network, &'a str)> {
+        let start = u32::from(subnet.network());
+        let before = self.by_start.range(..=start).next_back();
+        let after = self.by_start.range(start..).next();
+        before
+            .into_iter()
+            .chain(after)
+            .map(|(_, v)| *v)
+            .find(|(other, _)| overlaps(*other, subnet))
+    }
+
+    fn insert(&mut self, subnet: Ipv4Network, name: &'a str) {
+        self.by_start
+            .insert(u32::from(subnet.network()), (subnet, name));
+    }
 }
 
 #[cfg(test)]
@@ -210,5 +235,35 @@ mod tests {
             .iter()
             .any(|w| w.contains("overlaps this node's 10.244.1.0/24")));
         assert!(warnings.iter().any(|w| w.contains("already node b's")));
+    }
+
+    #[test]
+    fn overlaps_of_other_sizes_are_caught() {
+        let records: BTreeMap<_, _> = [
+            (
+                "b".to_string(),
+                rec("10.244.4.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+            ),
+            (
+                "c-wide".to_string(),
+                rec("10.244.4.0/22", "192.0.2.3", "02:00:00:00:00:03"),
+            ),
+            (
+                "d-inside".to_string(),
+                rec("10.244.4.128/25", "192.0.2.4", "02:00:00:00:00:04"),
+            ),
+            (
+                "e".to_string(),
+                rec("10.244.5.0/24", "192.0.2.5", "02:00:00:00:00:05"),
+            ),
+        ]
+        .into();
+        let (d, warnings) =
+            DesiredOverlay::from_records("a", None, "10.244.0.0/16".parse().unwrap(), &records);
+        assert_eq!(
+            d.nodes.keys().collect::<Vec<_>>(),
+            vec!["b", "e"],
+            "{warnings:?}"
+        );
     }
 }
