@@ -8,7 +8,7 @@ use crate::naming::host_veth_name;
 use crate::plugin::{kernel_error, mode_gateway, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr};
-use trellis_common::cni::delegate::delegate;
+use trellis_common::cni::delegate::{delegate, Delegation};
 use trellis_common::cni::result::{Interface, IpConfig, Route as CniRoute};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
 use trellis_common::node::VXLAN_V4_OVERHEAD;
@@ -65,9 +65,28 @@ struct Add<'a> {
     netns: &'a NetnsFile,
 }
 
+/// The sockets and devices of one ADD.
+struct Wiring<'a> {
+    node: Netlink,
+    pod: Netlink,
+    bridge: Link,
+    host_name: &'a str,
+    mtu: u32,
+}
+
+/// Where the IPAM allocation stands, for the rollback.
+enum Ipam {
+    /// IPAM ADD is running: a rollback waits for it, then releases.
+    Running(Delegation),
+    /// IPAM ADD succeeded: a rollback releases the address.
+    Allocated,
+    /// IPAM ADD failed: it kept nothing.
+    Failed,
+}
+
 /// What a failed ADD has to undo.
-#[derive(Default)]
 struct Undo {
+    ipam: Ipam,
     veth_created: bool,
 }
 
@@ -95,22 +114,39 @@ impl Add<'_> {
                 env.container_id, env.ifname
             )));
         }
-        let mtu = self.mtu(&node).await?;
-        let bridge = node
-            .ensure_bridge(&self.cfg.bridge, Some(mtu))
-            .await
-            .map_err(kernel_error)?;
-
-        let ipam = delegate(&self.cfg.ipam_type, Command::Add, env, &self.req.stdin)?
-            .ok_or_else(|| CniError::new(code::DELEGATE, "IPAM ADD returned no result"))?;
-        let mut undo = Undo::default();
-        match self
-            .wire(&node, &pod, &bridge, &host_name, mtu, ipam, &mut undo)
-            .await
-        {
+        // The IPAM plugin allocates while the bridge and the veth are made.
+        let ipam = Delegation::start(&self.cfg.ipam_type, Command::Add, env, &self.req.stdin)?;
+        let mut undo = Undo {
+            ipam: Ipam::Running(ipam),
+            veth_created: false,
+        };
+        let prepared = async {
+            let mtu = self.mtu(&node).await?;
+            let bridge = node
+                .ensure_bridge(&self.cfg.bridge, Some(mtu))
+                .await
+                .map_err(kernel_error)?;
+            Ok::<_, CniError>((mtu, bridge))
+        }
+        .await;
+        let (mtu, bridge) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.release(undo.ipam);
+                return Err(e);
+            }
+        };
+        let wiring = Wiring {
+            node,
+            pod,
+            bridge,
+            host_name: &host_name,
+            mtu,
+        };
+        match self.wire(&wiring, &mut undo).await {
             Ok(result) => Ok(result),
             Err(e) => {
-                self.roll_back(&node, &host_name, &undo).await;
+                self.roll_back(&wiring, undo).await;
                 Err(e)
             }
         }
@@ -134,58 +170,59 @@ impl Add<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn wire(
-        &self,
-        node: &Netlink,
-        pod: &Netlink,
-        bridge: &Link,
-        host_name: &str,
-        mtu: u32,
-        ipam: CniResult,
-        undo: &mut Undo,
-    ) -> Result<CniResult, CniError> {
+    async fn wire(&self, w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult, CniError> {
         let env = &self.req.env;
-        let ips = self.addresses(&ipam)?;
-
-        // The gateways live on the bridge (EEXIST from a concurrent ADD is fine).
-        for (ip, gateway) in &ips {
-            let on_bridge =
-                IpNetwork::new(*gateway, ip.prefix()).expect("prefix of a valid network");
-            node.ensure_address(bridge.index, on_bridge)
-                .await
-                .map_err(kernel_error)?;
-        }
-
+        let (node, pod) = (&w.node, &w.pod);
         node.create_veth(&VethPair {
-            name: host_name,
+            name: w.host_name,
             peer_name: &env.ifname,
             peer_netns: self.netns,
-            mtu: Some(mtu),
-            master: Some(bridge.index),
+            mtu: Some(w.mtu),
+            master: Some(w.bridge.index),
             peer_mac: None,
         })
         .await
         .map_err(kernel_error)?;
         undo.veth_created = true;
 
-        let (host, container) =
-            tokio::join!(node.link_by_name(host_name), pod.link_by_name(&env.ifname));
+        let (host, container) = tokio::join!(
+            node.link_by_name(w.host_name),
+            pod.link_by_name(&env.ifname)
+        );
         let host = host
             .map_err(kernel_error)?
-            .ok_or_else(|| CniError::kernel(format!("host veth {host_name} vanished")))?;
+            .ok_or_else(|| CniError::kernel(format!("host veth {} vanished", w.host_name)))?;
         let container = container.map_err(kernel_error)?.ok_or_else(|| {
             CniError::kernel(format!("{} vanished from the container", env.ifname))
         })?;
-        if self.cfg.hairpin_mode {
-            node.set_bridge_port_hairpin(host.index, true)
+        let hairpin = async {
+            if self.cfg.hairpin_mode {
+                node.set_bridge_port_hairpin(host.index, true).await
+            } else {
+                Ok(())
+            }
+        };
+        let (hairpin, up) = tokio::join!(hairpin, pod.set_link_up(container.index));
+        hairpin.map_err(kernel_error)?;
+        up.map_err(kernel_error)?;
+
+        let ipam = match std::mem::replace(&mut undo.ipam, Ipam::Failed) {
+            Ipam::Running(running) => running.finish()?,
+            _ => unreachable!("IPAM ADD is collected once"),
+        };
+        undo.ipam = Ipam::Allocated;
+        let ipam =
+            ipam.ok_or_else(|| CniError::new(code::DELEGATE, "IPAM ADD returned no result"))?;
+        let ips = self.addresses(&ipam)?;
+
+        // The gateways live on the bridge (EEXIST from a concurrent ADD is fine).
+        for (ip, gateway) in &ips {
+            let on_bridge =
+                IpNetwork::new(*gateway, ip.prefix()).expect("prefix of a valid network");
+            node.ensure_address(w.bridge.index, on_bridge)
                 .await
                 .map_err(kernel_error)?;
         }
-
-        pod.set_link_up(container.index)
-            .await
-            .map_err(kernel_error)?;
         for (ip, _) in &ips {
             pod.add_address(container.index, *ip)
                 .await
@@ -220,8 +257,8 @@ impl Add<'_> {
 
         let interfaces = vec![
             Interface {
-                name: bridge.name.clone(),
-                mac: bridge.mac.map(|m| m.to_string()),
+                name: w.bridge.name.clone(),
+                mac: w.bridge.mac.map(|m| m.to_string()),
                 ..Default::default()
             },
             Interface {
@@ -292,21 +329,41 @@ impl Add<'_> {
             .collect()
     }
 
-    /// Undo a half-done ADD: the veth (both ends go together), then the
-    /// allocation. Failures are logged: the original error is what counts.
-    async fn roll_back(&self, node: &Netlink, host_name: &str, undo: &Undo) {
-        if undo.veth_created {
-            if let Err(e) = node.delete_link_by_name(host_name).await {
-                log::error!("rollback: removing veth {host_name}: {e}");
+    /// Give back what IPAM ADD allocated (waiting for it when it still
+    /// runs); nothing when it failed.
+    fn release(&self, ipam: Ipam) {
+        let allocated = match ipam {
+            Ipam::Running(running) => running.finish().is_ok(),
+            Ipam::Allocated => true,
+            Ipam::Failed => false,
+        };
+        if allocated {
+            if let Err(e) = delegate(
+                &self.cfg.ipam_type,
+                Command::Del,
+                &self.req.env,
+                &self.req.stdin,
+            ) {
+                log::error!("rollback: releasing the address through IPAM DEL: {e}");
             }
         }
-        if let Err(e) = delegate(
-            &self.cfg.ipam_type,
-            Command::Del,
-            &self.req.env,
-            &self.req.stdin,
-        ) {
-            log::error!("rollback: releasing the address through IPAM DEL: {e}");
+    }
+
+    /// Undo a half-done ADD: the veth (both ends go together), then the
+    /// allocation (waiting for a still running IPAM ADD first), then the
+    /// masquerade rule if no container is left. Failures are logged: the
+    /// original error is what counts.
+    async fn roll_back(&self, w: &Wiring<'_>, undo: Undo) {
+        if undo.veth_created {
+            if let Err(e) = w.node.delete_link_by_name(w.host_name).await {
+                log::error!("rollback: removing veth {}: {e}", w.host_name);
+            }
+        }
+        self.release(undo.ipam);
+        if let (Mode::SingleHost { subnet }, true) = (self.mode, undo.veth_created) {
+            if let Err(e) = masq::reconcile(&w.node, self.cfg, *subnet).await {
+                log::error!("rollback: masquerade: {e}");
+            }
         }
     }
 }

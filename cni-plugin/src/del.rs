@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::masq;
 use crate::naming::host_veth_name;
 use crate::plugin::{kernel_error, runtime};
-use trellis_common::cni::delegate::delegate;
+use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_kernel::Netlink;
 
@@ -17,11 +17,13 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     runtime()?.block_on(async {
         let node = Netlink::current().map_err(kernel_error)?;
-        // The address goes back to the pool only once nothing uses it.
-        let removed = node
-            .delete_link_by_name(&host_name)
-            .await
-            .map_err(kernel_error)?;
+        // The IPAM plugin releases the address while the kernel removes the
+        // veth (the reference bridge plugin releases first, then removes).
+        let ipam = Delegation::start(&cfg.ipam_type, Command::Del, env, &req.stdin)?;
+        let removed = node.delete_link_by_name(&host_name).await;
+        let released = ipam.finish();
+        let removed = removed.map_err(kernel_error)?;
+        released?;
         if removed {
             log::info!(
                 "removed veth {host_name} of {}/{}",
@@ -29,9 +31,10 @@ pub fn del(req: &Request) -> Result<(), CniError> {
                 env.ifname
             );
         }
-        delegate(&cfg.ipam_type, Command::Del, env, &req.stdin)?;
-        if let (Some(subnet), true) = (cfg.ipam_subnet, removed) {
-            masq::reconcile(&node, &cfg, subnet).await?;
+        // Also when nothing was removed here: the veth vanished with its
+        // namespace, and this may have been the last container.
+        if let (Some(subnet), true) = (cfg.ipam_subnet, cfg.ip_masq) {
+            masq::remove_if_unused(&node, &cfg, subnet).await?;
         }
         Ok(())
     })

@@ -44,35 +44,75 @@ pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
     Masquerade::new(cfg.masquerade_table(), subnet, vec![subnet])
 }
 
-/// Install (or refresh) the rule: after ADD attached a container.
+/// Make sure the rule is there after ADD attached a container: a read of
+/// the table (cheap), and a write only when it is missing or differs.
 pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
     let _lock = NodeLock::acquire(cfg)?;
-    masquerade(cfg, subnet).ensure().map_err(kernel_error)
+    let rule = masquerade(cfg, subnet);
+    if !rule.is_installed().map_err(kernel_error)? {
+        log::info!("installing masquerade table {} for {subnet}", rule.table);
+        rule.ensure().map_err(kernel_error)?;
+    }
+    Ok(())
+}
+
+/// Drop the rule once the bridge has no container left: after DEL.
+pub async fn remove_if_unused(
+    node: &Netlink,
+    cfg: &Config,
+    subnet: IpNetwork,
+) -> Result<(), CniError> {
+    let _lock = NodeLock::acquire(cfg)?;
+    if containers_on_bridge(node, cfg).await? > 0 {
+        return Ok(());
+    }
+    let rule = masquerade(cfg, subnet);
+    if rule.is_installed().map_err(kernel_error)? {
+        log::info!(
+            "removing masquerade table {}: no container left",
+            rule.table
+        );
+        rule.remove().map_err(kernel_error)?;
+    }
+    Ok(())
 }
 
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
-/// has containers, absent otherwise. After DEL and GC.
+/// has containers, absent otherwise. After GC and a failed ADD.
 pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
     let _lock = NodeLock::acquire(cfg)?;
-    let containers = match node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {
-        Some(bridge) => node
-            .links_with_master(bridge.index)
-            .await
-            .map_err(kernel_error)?
-            .iter()
-            .filter(|l| is_host_veth_name(&l.name))
-            .count(),
-        None => 0,
-    };
+    let containers = containers_on_bridge(node, cfg).await?;
     let rule = masquerade(cfg, subnet);
-    if cfg.ip_masq && containers > 0 {
-        rule.ensure().map_err(kernel_error)
-    } else {
-        log::info!(
-            "removing masquerade table {} ({containers} containers on {})",
-            rule.table,
-            cfg.bridge
-        );
-        rule.remove().map_err(kernel_error)
+    let installed = rule.is_installed().map_err(kernel_error)?;
+    match (cfg.ip_masq && containers > 0, installed) {
+        (true, false) => {
+            log::info!("installing masquerade table {} for {subnet}", rule.table);
+            rule.ensure().map_err(kernel_error)
+        }
+        (false, true) => {
+            log::info!(
+                "removing masquerade table {} ({containers} containers on {})",
+                rule.table,
+                cfg.bridge
+            );
+            rule.remove().map_err(kernel_error)
+        }
+        _ => Ok(()),
     }
+}
+
+/// How many host veths of trellis the bridge has.
+async fn containers_on_bridge(node: &Netlink, cfg: &Config) -> Result<usize, CniError> {
+    Ok(
+        match node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {
+            Some(bridge) => node
+                .links_with_master(bridge.index)
+                .await
+                .map_err(kernel_error)?
+                .iter()
+                .filter(|l| is_host_veth_name(&l.name))
+                .count(),
+            None => 0,
+        },
+    )
 }

@@ -1,23 +1,9 @@
 //! The host-side veth name of an attachment, derived from container ID and
-//! interface name so that DEL, CHECK and GC find it without a cached result.
+//! interface name so that DEL, CHECK and GC find it without a cached result
+//! (the derivation lives in `trellis_common::naming`, shared with the
+//! agent's leak reclaim).
 
-use std::hash::Hasher;
-
-/// Every host veth trellis creates starts with this.
-pub const HOST_VETH_PREFIX: &str = "trl";
-
-/// `trl` + 12 hex digits of a stable hash (FNV-1a, independent of the Rust
-/// version) of `<containerID>/<ifname>`; `/` appears in neither, so two
-/// attachments never hash the same text. 15 characters, the kernel's limit.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h = fnv::FnvHasher::default();
-    h.write(container_id.as_bytes());
-    h.write(b"/");
-    h.write(ifname.as_bytes());
-    let hash = h.finish();
-    let folded = (hash ^ (hash >> 48)) & 0xffff_ffff_ffff;
-    format!("{HOST_VETH_PREFIX}{folded:012x}")
-}
+pub use trellis_common::naming::{host_veth_name, HOST_VETH_PREFIX};
 
 /// Whether `name` looks like a host veth trellis made.
 pub fn is_host_veth_name(name: &str) -> bool {
@@ -38,9 +24,8 @@ mod tests {
         let n = host_veth_name("abc123", "eth0");
         assert_eq!(n.len(), 15);
         assert!(is_host_veth_name(&n), "{n}");
-        assert_eq!(n, host_veth_name("abc123", "eth0"));
         // Pinned: a change would orphan every attachment on upgrade.
-        assert_eq!(host_veth_name("abc123", "eth0"), "trl18d26ad53bbe");
+        assert_eq!(n, "trl18d26ad53bbe");
     }
 
     #[test]
@@ -48,7 +33,7 @@ mod tests {
         let a = host_veth_name("c1", "eth0");
         assert_ne!(a, host_veth_name("c2", "eth0"));
         assert_ne!(a, host_veth_name("c1", "eth1"));
-        assert_ne!(host_veth_name("c1e", "th0"), host_veth_name("c1", "eth0"));
+        assert_ne!(host_veth_name("c1e", "th0"), a);
     }
 
     #[test]
@@ -65,9 +50,9 @@ mod tests {
             "trellis0",
             "eth0",
             "trl",
-            "trl1bbfa8c0ab2",
-            "trl1bbfa8c0ab2g",
-            "veth1bbfa8c0ab",
+            "trl18d26ad53bb",
+            "trl18d26ad53bbg",
+            "veth18d26ad53bb",
         ] {
             assert!(!is_host_veth_name(other), "{other}");
         }

@@ -51,24 +51,24 @@ impl Masquerade {
         }
     }
 
-    fn table(&self) -> Table<'_> {
+    fn table(&self) -> Table<'static> {
         Table {
             family: self.family(),
-            name: Cow::Borrowed(&self.table),
+            name: Cow::Owned(self.table.clone()),
             handle: None,
         }
     }
 
-    fn chain(&self) -> Chain<'_> {
+    fn chain(&self) -> Chain<'static> {
         Chain {
             family: self.family(),
-            table: Cow::Borrowed(&self.table),
+            table: Cow::Owned(self.table.clone()),
             name: Cow::Borrowed(CHAIN),
             ..Default::default()
         }
     }
 
-    fn rule(&self) -> Rule<'_> {
+    fn rule(&self) -> Rule<'static> {
         let proto = if self.source.is_ipv4() { "ip" } else { "ip6" };
         let field = |f: &'static str| {
             Expression::Named(NamedExpression::Payload(Payload::PayloadField(
@@ -106,7 +106,7 @@ impl Masquerade {
         expr.push(Statement::Masquerade(None));
         Rule {
             family: self.family(),
-            table: Cow::Borrowed(&self.table),
+            table: Cow::Owned(self.table.clone()),
             chain: Cow::Borrowed(CHAIN),
             expr: Cow::Owned(expr),
             comment: Some(Cow::Owned(format!(
@@ -119,7 +119,7 @@ impl Masquerade {
 
     /// The transaction [`Masquerade::ensure`] applies: create the table
     /// and chain when missing, replace the chain's rules with ours.
-    pub fn ensure_ruleset(&self) -> Nftables<'_> {
+    pub fn ensure_ruleset(&self) -> Nftables<'static> {
         let mut batch = Batch::new();
         batch.add(NfListObject::Table(self.table()));
         batch.add(NfListObject::Chain(Chain {
@@ -136,7 +136,7 @@ impl Masquerade {
 
     /// The transaction [`Masquerade::remove`] applies: creating the table
     /// first makes the deletion succeed when it is already gone.
-    pub fn remove_ruleset(&self) -> Nftables<'_> {
+    pub fn remove_ruleset(&self) -> Nftables<'static> {
         let mut batch = Batch::new();
         batch.add(NfListObject::Table(self.table()));
         batch.delete(NfListObject::Table(self.table()));
@@ -159,7 +159,8 @@ impl Masquerade {
         )
     }
 
-    /// Whether the kernel holds the table with our rule in it.
+    /// Whether the kernel holds the table with our rule, and only it, in its
+    /// chain (a read: no transaction, no commit).
     pub fn is_installed(&self) -> Result<bool> {
         let nft = nft_binary();
         let family = if self.source.is_ipv4() { "ip" } else { "ip6" };
@@ -179,12 +180,16 @@ impl Masquerade {
             }
         };
         let want = self.rule();
-        Ok(current.objects.iter().any(|o| match o {
-            NfObject::ListObject(NfListObject::Rule(r)) => {
-                r.chain == CHAIN && r.expr.len() == want.expr.len() && r.expr[0] == want.expr[0]
-            }
-            _ => false,
-        }))
+        let rules: Vec<&Rule> = current
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::ListObject(NfListObject::Rule(r)) if r.chain == CHAIN => Some(r),
+                _ => None,
+            })
+            .collect();
+        // Exactly our rule, as nft prints it back.
+        Ok(matches!(rules.as_slice(), [r] if r.expr == want.expr))
     }
 }
 

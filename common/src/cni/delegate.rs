@@ -35,61 +35,104 @@ pub fn delegate(
     env: &CniEnv,
     stdin: &[u8],
 ) -> Result<Option<CniResult>, CniError> {
-    let binary = find_plugin(plugin_type, &env.path)?;
-    let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let path = std::env::join_paths(&env.path)
-        .map_err(|e| CniError::invalid_env(format!("CNI_PATH: {e}")))?;
-    let mut proc = Process::new(&binary);
-    proc.env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &env.container_id)
-        .env("CNI_IFNAME", &env.ifname)
-        .env("CNI_ARGS", args.join(";"))
-        .env("CNI_PATH", path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    match &env.netns {
-        Some(ns) => proc.env("CNI_NETNS", ns),
-        None => proc.env_remove("CNI_NETNS"),
-    };
-    let mut child = proc.spawn().map_err(|e| {
-        CniError::new(
-            code::DELEGATE,
-            format!("cannot run {}: {e}", binary.display()),
-        )
-    })?;
-    let write = child.stdin.take().expect("stdin is piped").write_all(stdin);
-    let output = child.wait_with_output().map_err(|e| {
-        CniError::new(
-            code::DELEGATE,
-            format!("waiting for {}: {e}", binary.display()),
-        )
-    })?;
-    if let Err(e) = write {
-        // A plugin may exit before reading all input; only report when it failed.
-        if !output.status.success() {
-            log::warn!("writing stdin of {}: {e}", binary.display());
-        }
-    }
-    if !output.status.success() {
-        return Err(match serde_json::from_slice::<CniError>(&output.stdout) {
-            Ok(e) => e,
-            Err(_) => CniError::new(
+    Delegation::start(plugin_type, command, env, stdin)?.finish()
+}
+
+/// A delegated plugin that is running: started with [`Delegation::start`],
+/// so that the caller can do other work (kernel requests) while it runs,
+/// and collected with [`Delegation::finish`].
+#[derive(Debug)]
+pub struct Delegation {
+    plugin_type: String,
+    command: Command,
+    binary: PathBuf,
+    child: std::process::Child,
+    write: std::io::Result<()>,
+}
+
+impl Delegation {
+    /// Start the plugin and hand it `stdin` (closed afterwards).
+    pub fn start(
+        plugin_type: &str,
+        command: Command,
+        env: &CniEnv,
+        stdin: &[u8],
+    ) -> Result<Delegation, CniError> {
+        let binary = find_plugin(plugin_type, &env.path)?;
+        let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let path = std::env::join_paths(&env.path)
+            .map_err(|e| CniError::invalid_env(format!("CNI_PATH: {e}")))?;
+        let mut proc = Process::new(&binary);
+        proc.env("CNI_COMMAND", command.as_str())
+            .env("CNI_CONTAINERID", &env.container_id)
+            .env("CNI_IFNAME", &env.ifname)
+            .env("CNI_ARGS", args.join(";"))
+            .env("CNI_PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match &env.netns {
+            Some(ns) => proc.env("CNI_NETNS", ns),
+            None => proc.env_remove("CNI_NETNS"),
+        };
+        let mut child = proc.spawn().map_err(|e| {
+            CniError::new(
                 code::DELEGATE,
-                format!("{plugin_type} failed ({})", output.status),
+                format!("cannot run {}: {e}", binary.display()),
             )
-            .with_details(String::from_utf8_lossy(&output.stdout).trim().to_string()),
-        }
-        .context(format!("{plugin_type} {command}")));
-    }
-    if command != Command::Add {
-        return Ok(None);
-    }
-    CniResult::from_slice(&output.stdout)
-        .map(Some)
-        .map_err(|e| {
-            CniError::new(code::DELEGATE, e.msg).context(format!("{plugin_type} ADD result"))
+        })?;
+        // Dropping the pipe closes the plugin's stdin.
+        let write = child.stdin.take().expect("stdin is piped").write_all(stdin);
+        Ok(Delegation {
+            plugin_type: plugin_type.to_string(),
+            command,
+            binary,
+            child,
+            write,
         })
+    }
+
+    /// Wait for the plugin and read its answer, as [`delegate`] does.
+    pub fn finish(self) -> Result<Option<CniResult>, CniError> {
+        let Delegation {
+            plugin_type,
+            command,
+            binary,
+            child,
+            write,
+        } = self;
+        let output = child.wait_with_output().map_err(|e| {
+            CniError::new(
+                code::DELEGATE,
+                format!("waiting for {}: {e}", binary.display()),
+            )
+        })?;
+        if let Err(e) = write {
+            // A plugin may exit before reading all input; only report when it failed.
+            if !output.status.success() {
+                log::warn!("writing stdin of {}: {e}", binary.display());
+            }
+        }
+        if !output.status.success() {
+            return Err(match serde_json::from_slice::<CniError>(&output.stdout) {
+                Ok(e) => e,
+                Err(_) => CniError::new(
+                    code::DELEGATE,
+                    format!("{plugin_type} failed ({})", output.status),
+                )
+                .with_details(String::from_utf8_lossy(&output.stdout).trim().to_string()),
+            }
+            .context(format!("{plugin_type} {command}")));
+        }
+        if command != Command::Add {
+            return Ok(None);
+        }
+        CniResult::from_slice(&output.stdout)
+            .map(Some)
+            .map_err(|e| {
+                CniError::new(code::DELEGATE, e.msg).context(format!("{plugin_type} ADD result"))
+            })
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +191,32 @@ printf '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.9/24","gateway":"10.0.0.
         let e = delegate("broken", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
         assert_eq!(e.code, code::DELEGATE);
         assert_eq!(e.details, "garbage");
+    }
+
+    #[test]
+    fn a_started_plugin_runs_while_the_caller_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        script(
+            dir.path(),
+            "ipam",
+            &format!(
+                r#"cat >/dev/null; touch {}
+printf '{{"cniVersion":"1.0.0","ips":[{{"address":"10.0.0.9/24"}}]}}'"#,
+                marker.display()
+            ),
+        );
+        let running = Delegation::start("ipam", Command::Add, &env_for(dir.path()), b"{}").unwrap();
+        // The plugin runs on its own: wait (bounded) for its side effect.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !marker.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(marker.exists(), "the plugin did not run before finish()");
+        let r = running.finish().unwrap().unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.0.0.9/24");
+        let e = Delegation::start("nope", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
+        assert_eq!(e.code, code::DELEGATE);
     }
 
     #[test]

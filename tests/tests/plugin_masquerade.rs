@@ -1,0 +1,128 @@
+//! Single-host `ipMasq`: what a server outside the pod network sees of a
+//! container's connection (the node's address with masquerade, the
+//! container's without), and that traffic inside the pod network keeps its
+//! source. The "outside" is a namespace of this test behind the node.
+
+mod plugin_common;
+
+use plugin_common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use trellis_tests::bins::bin;
+use trellis_tests::libcni::Attachment;
+use trellis_tests::netns::{veth_pair, Netns};
+
+/// A `trl-peer-addr serve` in a namespace, stopped and reaped on drop.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(ns: &Netns, addr: &str) -> Server {
+        Server(
+            ns.spawn(&[bin("trl-peer-addr").to_str().unwrap(), "serve", addr])
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asks the `trl-peer-addr` server at `addr` from `ns` which source address
+/// it saw, retrying (bounded) while the server starts.
+fn seen_source(ns: &Netns, addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.exec(&[bin("trl-peer-addr").to_str().unwrap(), "ask", addr]);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from {addr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn containers_leave_the_node_masqueraded_unless_ip_masq_is_off() {
+    let node = Node::new("masq-node");
+    let outside = Netns::new("masq-out").unwrap();
+    veth_pair(
+        &node.ns,
+        "uplink",
+        Some("192.0.2.1/24".parse().unwrap()),
+        &outside,
+        "eth0",
+        Some("192.0.2.2/24".parse().unwrap()),
+    )
+    .unwrap();
+    node.ns
+        .ok(&["ip", "route", "add", "default", "via", "192.0.2.2"])
+        .unwrap();
+    // The outside knows the way back to the unmasqueraded network only.
+    outside
+        .ok(&["ip", "route", "add", "10.89.0.0/24", "via", "192.0.2.1"])
+        .unwrap();
+    let _outside_server = Server::start(&outside, "192.0.2.2:7000");
+
+    let masq = node.conflist(
+        "masq",
+        "1.0.0",
+        vec![node.trellis("10.88.0.0/24", json!({}))],
+    );
+    let plain = node.conflist(
+        "plain",
+        "1.0.0",
+        vec![node.trellis(
+            "10.89.0.0/24",
+            json!({"bridge": "trlplain", "ipMasq": false}),
+        )],
+    );
+    let (a, b, c) = (node.pod("masq-a"), node.pod("masq-b"), node.pod("masq-c"));
+    let att_a = Attachment::new("masq-a", a.path(), "eth0");
+    let att_b = Attachment::new("masq-b", b.path(), "eth0");
+    let att_c = Attachment::new("masq-c", c.path(), "eth0");
+    let ra = node.driver.add(&masq, &att_a).unwrap();
+    let rb = node.driver.add(&masq, &att_b).unwrap();
+    let rc = node.driver.add(&plain, &att_c).unwrap();
+
+    assert_eq!(seen_source(&a, "192.0.2.2:7000"), "192.0.2.1");
+    let c_ip = rc["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    assert_eq!(seen_source(&c, "192.0.2.2:7000"), c_ip);
+    assert!(!node.has_masquerade("trlplain"));
+
+    // Inside the pod network the source is the container's own.
+    let b_ip = rb["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let _b_server = Server::start(&b, &format!("{b_ip}:7000"));
+    let a_ip = ra["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    assert_eq!(seen_source(&a, &format!("{b_ip}:7000")), a_ip);
+
+    // The rule stays while a container is left, goes with the last one.
+    node.driver.del(&masq, &att_a).unwrap();
+    assert!(node.has_masquerade("trellis0"));
+    node.driver.del(&masq, &att_b).unwrap();
+    assert!(!node.has_masquerade("trellis0"));
+    node.driver.del(&plain, &att_c).unwrap();
+    assert_eq!(node.host_veths(), Vec::<String>::new());
+}
