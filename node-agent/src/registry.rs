@@ -28,8 +28,11 @@ pub struct LocalView {
 #[derive(Debug, Default)]
 pub struct Registry {
     records: BTreeMap<String, NodeRecord>,
-    /// Record texts that did not parse, by node (warned about once).
+    /// Record texts that did not parse, by node.
     unreadable: BTreeMap<String, String>,
+    /// Records left out of the overlay at the last computation (each is
+    /// warned about when it starts being left out, not on every change).
+    left_out: std::collections::BTreeSet<String>,
 }
 
 impl Registry {
@@ -73,16 +76,18 @@ impl Registry {
         self.records.is_empty()
     }
 
-    pub fn desired(&self, view: &LocalView) -> DesiredOverlay {
+    pub fn desired(&mut self, view: &LocalView) -> DesiredOverlay {
         let (desired, warnings) = DesiredOverlay::from_records(
             &view.node,
             Some(view.subnet),
             view.network,
             &self.records,
         );
-        for w in warnings {
+        let warnings: std::collections::BTreeSet<String> = warnings.into_iter().collect();
+        for w in warnings.difference(&self.left_out) {
             log::warn!("{w}");
         }
+        self.left_out = warnings;
         desired
     }
 }
@@ -191,7 +196,7 @@ async fn list_and_watch(
     Ok(())
 }
 
-fn publish(registry: &Registry, view: &LocalView, out: &RegistryChannels) {
+fn publish(registry: &mut Registry, view: &LocalView, out: &RegistryChannels) {
     let desired = registry.desired(view);
     out.desired.send_if_modified(|cur| {
         if cur.as_deref() == Some(&desired) {
@@ -268,14 +273,14 @@ mod tests {
         };
         let mut r = Registry::default();
         r.replace([("a".into(), rec(1)), ("b".into(), rec(2))]);
-        publish(&r, &view(), &out);
+        publish(&mut r, &view(), &out);
         assert!(drx.has_changed().unwrap() && orx.has_changed().unwrap());
         drx.borrow_and_update();
         orx.borrow_and_update();
-        publish(&r, &view(), &out);
+        publish(&mut r, &view(), &out);
         assert!(!drx.has_changed().unwrap() && !orx.has_changed().unwrap());
         r.delete("a");
-        publish(&r, &view(), &out);
+        publish(&mut r, &view(), &out);
         assert!(!drx.has_changed().unwrap());
         assert_eq!(*orx.borrow_and_update(), Some(None));
     }
