@@ -165,7 +165,11 @@ mod tests {
     fn add(dir: &std::path::Path, p: &Pool, id: &str) -> Result<Outcome, IpamError> {
         let mut s = open(dir);
         let cursor = s.cursor();
-        run(allocate(&mut s, p, &owner(id), None, cursor))
+        let out = run(allocate(&mut s, p, &owner(id), None, cursor))?;
+        if out.fresh {
+            s.set_cursor(out.allocation.ip).unwrap();
+        }
+        Ok(out)
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod allocation;
 pub mod allocator;
 pub mod config;
 pub mod error;
+pub mod fence_keeper;
 pub mod lock;
 pub mod placement;
 pub mod plugin;

@@ -5,6 +5,7 @@ use crate::allocation::{Allocation, Handle, Owner};
 use crate::allocator::allocate;
 use crate::config::{Backend, IpamConf};
 use crate::error::IpamError;
+use crate::fence_keeper;
 use crate::lock::FileLock;
 use crate::placement::{cluster_pool, local_record, node_name};
 use crate::pool::Pool;
@@ -93,7 +94,15 @@ async fn add_etcd(
     };
     let mut lock = FileLock::acquire(&conf.node_lock_path(), deadline)?;
     let cursor = lock.read_cursor();
-    let out = allocate(&mut store, &pool, &owner, requested, cursor).await?;
+    let out = match allocate(&mut store, &pool, &owner, requested, cursor).await {
+        Ok(out) => out,
+        Err(e) => {
+            if let Some(fence) = store.unanswered_claim() {
+                fence_keeper::spawn(settings, fence);
+            }
+            return Err(e);
+        }
+    };
     if out.fresh && requested.is_none() {
         if let Err(e) = lock.write_cursor(out.allocation.ip) {
             log::warn!("allocation cursor not saved: {e}");
@@ -122,6 +131,11 @@ fn add_local(
     let mut store = LocalStore::open(&local_dir(conf, data_dir), deadline)?;
     let cursor = store.cursor();
     let out = now_or_never(allocate(&mut store, &pool, &owner, requested, cursor))?;
+    if out.fresh && requested.is_none() {
+        if let Err(e) = store.set_cursor(out.allocation.ip) {
+            log::warn!("allocation cursor not saved: {e}");
+        }
+    }
     Ok(result_for(conf, &pool, &out.allocation))
 }
 

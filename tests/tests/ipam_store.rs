@@ -32,27 +32,8 @@ async fn store(etcd: &Etcd) -> EtcdStore {
     EtcdStore::connect(&s).await.unwrap()
 }
 
-/// Every key under the prefix, as `etcdctl get --prefix` shows them.
 fn keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.endpoint(),
-            "get",
-            "--prefix",
-            "--keys-only",
-            prefix,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    etcd.keys(prefix).unwrap()
 }
 
 #[test]
@@ -73,13 +54,8 @@ fn claim_lookup_release_keep_address_and_handle_together() {
             ]
         );
         // The address key carries the documented owner fields.
-        let value = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &etcd.endpoint(), "get", "--print-value-only"])
-            .arg("/trellis/ipam/ips/10.244.1.5")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&value.stdout).unwrap();
+        let value = etcd.get("/trellis/ipam/ips/10.244.1.5").unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&value).unwrap();
         assert_eq!(v["containerID"], "c1");
         assert_eq!(v["ifname"], "eth0");
         assert_eq!(v["node"], "n1");

@@ -12,7 +12,8 @@
 //! address that somebody else holds now. Every call has a deadline.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
-use crate::error::{chain, IpamError};
+use crate::error::{chain, describe_etcd, IpamError};
+use crate::store::fence::Fence;
 use crate::store::Store;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
@@ -24,11 +25,12 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_common::node::NodeRecord;
 
 /// How to reach etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdSettings {
     /// `http://host:port` or `https://host:port` URLs.
     pub endpoints: Vec<String>,
@@ -146,18 +148,6 @@ struct HandleRecord {
     network: String,
 }
 
-/// The value a fence leaves on a handle key when a claim may still be in
-/// flight: it holds no address, and its presence makes the late claim's
-/// "handle absent" condition fail. DEL, a retried ADD or GC removes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CancelledRecord {
-    cancelled: bool,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-}
-
 /// Any handle value, for the GC sweep.
 #[derive(Debug, Clone, Deserialize)]
 struct AnyHandleRecord {
@@ -169,10 +159,6 @@ struct AnyHandleRecord {
     network: String,
 }
 
-/// How long a fence request is given to reach etcd's socket before the
-/// caller gives up on it (it is not waited for beyond that).
-const FENCE_GRACE: Duration = Duration::from_millis(150);
-
 /// etcd as an allocation store.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -181,6 +167,8 @@ pub struct EtcdStore {
     endpoints: String,
     timeout: Duration,
     deadline: Option<Instant>,
+    /// The last claim that got no answer (see `unanswered_claim`).
+    unanswered: Arc<Mutex<Option<Fence>>>,
 }
 
 impl EtcdStore {
@@ -215,7 +203,7 @@ impl EtcdStore {
             other => IpamError::Etcd {
                 endpoints: endpoints.clone(),
                 doing: "connecting",
-                detail: chain(&other),
+                detail: describe_etcd(&other),
             },
         })?;
         Ok(Self::from_client(&client, &settings.prefix, settings.timeout).named(endpoints))
@@ -230,6 +218,7 @@ impl EtcdStore {
             endpoints: "etcd".to_string(),
             timeout,
             deadline: None,
+            unanswered: Arc::default(),
         }
     }
 
@@ -295,13 +284,17 @@ impl EtcdStore {
             Ok(Err(e)) => Err(IpamError::Etcd {
                 endpoints: self.endpoints.clone(),
                 doing,
-                detail: chain(&e),
+                detail: describe_etcd(&e),
             }),
             Ok(Ok(v)) => Ok(v),
         }
     }
 
-    async fn txn(&self, doing: &'static str, txn: Txn) -> Result<TxnResponse, IpamError> {
+    pub(crate) async fn txn(
+        &self,
+        doing: &'static str,
+        txn: Txn,
+    ) -> Result<TxnResponse, IpamError> {
         let mut kv = self.kv.clone();
         self.call(doing, async move { kv.txn(txn).await }).await
     }
@@ -600,11 +593,12 @@ impl EtcdStore {
                 ]);
             let mut resp = match self.txn("allocating an address", claim).await {
                 Ok(resp) => resp,
-                Err(e) => {
-                    self.fence_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue))
-                        .await;
+                Err(e @ IpamError::EtcdTimeout { .. }) => {
+                    *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Fence::for_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
                     return Err(e);
                 }
+                Err(e) => return Err(e),
             };
             if resp.succeeded() {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
@@ -640,48 +634,15 @@ impl EtcdStore {
         })
     }
 
-    /// A claim failed without an answer (timeout, lost connection): it may
-    /// still sit unread in a stopped etcd's socket and apply when etcd
-    /// resumes, after we told the runtime nothing was allocated. Queue behind
-    /// it a transaction that undoes it if it applied first (both keys exactly
-    /// as we wrote them) or, if the handle is still absent, fences the handle
-    /// so the late claim cannot apply. Not waited for beyond a short grace.
-    async fn fence_claim(&self, owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) {
-        let cancelled = serde_json::to_vec(&CancelledRecord {
-            cancelled: true,
-            node: owner.node.clone(),
-            network: owner.network.clone(),
-        })
-        .expect("record serializes");
-        let fence = Txn::new()
-            .when([
-                Compare::value(ip.0, CompareOp::Equal, ip.1),
-                Compare::value(handle.0, CompareOp::Equal, handle.1),
-            ])
-            .and_then([TxnOp::delete(ip.0, None), TxnOp::delete(handle.0, None)])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([Compare::create_revision(handle.0, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(handle.0, cancelled, None)]),
-            )]);
-        let mut kv = self.kv.clone();
-        match tokio::time::timeout(FENCE_GRACE, kv.txn(fence)).await {
-            Ok(Ok(r)) => log::info!(
-                "claim of {} for {} fenced ({})",
-                ip.0,
-                handle.0,
-                if r.succeeded() {
-                    "undone"
-                } else {
-                    "handle fenced"
-                }
-            ),
-            Ok(Err(e)) => log::warn!("fencing the claim of {}: {}", ip.0, chain(&e)),
-            Err(_) => log::warn!(
-                "fence for the claim of {} queued; etcd applies it when it answers again",
-                ip.0
-            ),
-        }
+    /// The claim that timed out without an answer, if one did. It may still
+    /// sit unread in a stopped etcd's socket and apply when etcd resumes,
+    /// after the runtime was told nothing was allocated: apply its `Fence`
+    /// (from a process that waits for the answer) to make sure it cannot.
+    pub fn unanswered_claim(&self) -> Option<Fence> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Remove the handle keys of `node` in `network` that hold no address

@@ -1,8 +1,9 @@
 //! Allocations on a single host with no etcd: one JSON file per network,
 //! `<dataDir>/<network>/allocations.json`, read and rewritten (temporary
 //! file, fsync, rename) while holding an exclusive lock on
-//! `<dataDir>/<network>/lock`. Concurrent plugin processes queue on the
-//! lock; readers never see a half-written file.
+//! `<dataDir>/<network>/lock`, which also keeps the allocation cursor.
+//! Concurrent plugin processes queue on the lock; readers never see a
+//! half-written file.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
@@ -21,9 +22,6 @@ pub const LOCK_FILE: &str = "lock";
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct State {
-    /// The last address handed out: the next search starts after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_allocated: Option<Ipv4Addr>,
     #[serde(default)]
     allocations: BTreeMap<Ipv4Addr, Owner>,
 }
@@ -32,7 +30,7 @@ struct State {
 pub struct LocalStore {
     dir: PathBuf,
     state: State,
-    _lock: FileLock,
+    lock: FileLock,
 }
 
 impl LocalStore {
@@ -56,7 +54,7 @@ impl LocalStore {
         Ok(LocalStore {
             dir: dir.to_path_buf(),
             state,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -69,9 +67,14 @@ impl LocalStore {
         Self::open(dir, deadline).map(Some)
     }
 
-    /// The last address handed out.
-    pub fn cursor(&self) -> Option<Ipv4Addr> {
-        self.state.last_allocated
+    /// The last address handed out dynamically (kept in the lock file).
+    pub fn cursor(&mut self) -> Option<Ipv4Addr> {
+        self.lock.read_cursor()
+    }
+
+    /// Remember `ip` as the last address handed out dynamically.
+    pub fn set_cursor(&mut self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        self.lock.write_cursor(ip)
     }
 
     fn save(&self) -> Result<(), IpamError> {
@@ -107,7 +110,6 @@ impl LocalStore {
             });
         }
         self.state.allocations.insert(ip, owner.clone());
-        self.state.last_allocated = Some(ip);
         if let Err(e) = self.save() {
             self.state.allocations.remove(&ip);
             return Err(e);
@@ -234,6 +236,8 @@ mod tests {
             ));
         }
         let mut s = LocalStore::open(dir.path(), soon()).unwrap();
+        assert_eq!(s.cursor(), None, "claims do not move the cursor");
+        s.set_cursor(ip).unwrap();
         assert_eq!(s.cursor(), Some(ip));
         assert_eq!(s.lookup(&owner("a").handle()).unwrap().ip, ip);
         assert_eq!(s.release(&owner("a").handle()).unwrap().unwrap().ip, ip);

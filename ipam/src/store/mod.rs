@@ -3,6 +3,7 @@
 //! the CNI verbs are written once against this trait.
 
 pub mod etcd;
+pub mod fence;
 pub mod local;
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};

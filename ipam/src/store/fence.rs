@@ -1,0 +1,106 @@
+//! Fencing a claim that got no answer.
+//!
+//! When etcd stops answering (SIGSTOP, a stall) while a claim transaction
+//! is in flight, the request may sit unread in etcd's socket and apply when
+//! etcd resumes, after the runtime was told the ADD failed. The fence is the
+//! transaction that makes sure it leaves nothing behind, whichever of the
+//! two etcd applies first:
+//! - the claim applied already: both keys hold exactly what the claim wrote,
+//!   so the fence deletes them;
+//! - the claim has not applied: the handle key is absent, so the fence puts
+//!   a "cancelled" record there, and the claim's "handle absent" condition
+//!   fails when it arrives. DEL, a retried ADD or GC removes that record.
+//!
+//! The fence must be sent by a process that waits for its answer: etcd
+//! cancels the requests of a client that went away, so a fence queued by an
+//! exiting plugin could be dropped while the claim goes through.
+
+use crate::allocation::Owner;
+use crate::error::IpamError;
+use crate::store::etcd::EtcdStore;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+/// The value a fence leaves on a handle key: it holds no address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CancelledRecord {
+    pub cancelled: bool,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub network: String,
+}
+
+/// Everything needed to fence one claim: the keys and the exact values it
+/// wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fence {
+    pub ip_key: String,
+    pub ip_value: String,
+    pub handle_key: String,
+    pub handle_value: String,
+    pub cancelled_value: String,
+}
+
+/// What applying a fence found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceOutcome {
+    /// The claim had applied; its keys are gone now.
+    Undone,
+    /// The claim had not applied; the handle is fenced so it cannot.
+    Fenced,
+    /// The handle holds something else (another claim of the same
+    /// attachment won): nothing to do.
+    NotOurs,
+}
+
+impl Fence {
+    pub(crate) fn for_claim(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) -> Fence {
+        let cancelled = serde_json::to_string(&CancelledRecord {
+            cancelled: true,
+            node: owner.node.clone(),
+            network: owner.network.clone(),
+        })
+        .expect("record serializes");
+        Fence {
+            ip_key: ip.0.to_string(),
+            ip_value: String::from_utf8_lossy(ip.1).into_owned(),
+            handle_key: handle.0.to_string(),
+            handle_value: String::from_utf8_lossy(handle.1).into_owned(),
+            cancelled_value: cancelled,
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Apply `fence` and wait for etcd's answer (within this store's
+    /// timeout and deadline).
+    pub async fn apply_fence(&self, fence: &Fence) -> Result<FenceOutcome, IpamError> {
+        let (ikey, hkey) = (fence.ip_key.as_str(), fence.handle_key.as_str());
+        let txn = Txn::new()
+            .when([
+                Compare::value(ikey, CompareOp::Equal, fence.ip_value.as_bytes()),
+                Compare::value(hkey, CompareOp::Equal, fence.handle_value.as_bytes()),
+            ])
+            .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
+            )]);
+        let resp = self.txn("fencing an unanswered claim", txn).await?;
+        if resp.succeeded() {
+            return Ok(FenceOutcome::Undone);
+        }
+        let nested_succeeded = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded()));
+        Ok(if nested_succeeded {
+            FenceOutcome::Fenced
+        } else {
+            FenceOutcome::NotOurs
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! Running the built `trellis-ipam` binary the way a runtime does: the
+//! `CNI_*` environment, the network configuration on stdin, the result or
+//! error JSON on stdout.
+
+#![allow(dead_code)] // each suite uses a part
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use trellis_common::node::{write_node_record, NodeRecord};
+use trellis_tests::bins;
+use trellis_tests::etcd::Etcd;
+
+/// What one invocation printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub success: bool,
+    pub stdout: Value,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Reply {
+    /// The CNI error code, if it failed.
+    pub fn code(&self) -> Option<u64> {
+        (!self.success).then(|| self.stdout["code"].as_u64().unwrap_or(0))
+    }
+
+    pub fn msg(&self) -> String {
+        self.stdout["msg"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The allocated address of a successful ADD.
+    pub fn ip(&self) -> Ipv4Addr {
+        assert!(self.success, "ADD failed: {self:?}");
+        let addr = self.stdout["ips"][0]["address"]
+            .as_str()
+            .expect("an address");
+        addr.split('/').next().unwrap().parse().unwrap()
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Reply {
+        assert!(self.success, "expected success: {self:?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(self, code: u64, needle: &str) -> Reply {
+        assert_eq!(self.code(), Some(code), "{self:?}");
+        assert!(
+            self.msg().contains(needle),
+            "{needle:?} not in {:?}",
+            self.msg()
+        );
+        self
+    }
+}
+
+/// One attachment.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub cni_args: &'a str,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: &'a str, container_id: &'a str) -> Call<'a> {
+        Call {
+            command,
+            container_id,
+            ifname: "eth0",
+            cni_args: "",
+        }
+    }
+
+    pub fn args(mut self, cni_args: &'a str) -> Call<'a> {
+        self.cni_args = cni_args;
+        self
+    }
+}
+
+/// Run the plugin once.
+pub fn invoke(call: &Call, conf: &Value) -> Reply {
+    let bin = bins::bin("trellis-ipam");
+    let mut cmd = Command::new(&bin);
+    cmd.env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_NETNS", "/var/run/netns/unused-by-ipam")
+        .env("CNI_PATH", bin.parent().unwrap())
+        .env("CNI_ARGS", call.cni_args)
+        .env_remove("NODE_NAME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("trellis-ipam starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stdout = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+    };
+    Reply {
+        success: out.status.success(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took,
+    }
+}
+
+/// Run `calls` all at once, one process each; replies in the same order.
+pub fn invoke_all(calls: &[(String, &str)], conf: &Value) -> Vec<Reply> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = calls
+            .iter()
+            .map(|(id, command)| s.spawn(move || invoke(&Call::new(command, id), conf)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A node's state directory holding the record its agent would publish.
+pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("trellis-ipam-state-")
+        .tempdir()
+        .unwrap();
+    let record = NodeRecord {
+        subnet: subnet.parse().unwrap(),
+        public_ip: "192.0.2.10".parse().unwrap(),
+        vtep_mac: "02:00:00:00:00:01".into(),
+        network: Some("10.244.0.0/16".parse().unwrap()),
+        mtu: Some(1450),
+        node_name: Some(node.into()),
+    };
+    write_node_record(dir.path(), &record).unwrap();
+    dir
+}
+
+/// A cluster-mode network configuration as the trellis plugin delegates it.
+pub fn cluster_conf(endpoint: &str, state_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "trellis",
+        "type": "trellis",
+        "stateDir": state_dir,
+        "ipam": {"type": "trellis-ipam", "etcdEndpoints": [endpoint], "etcdPrefix": "/trellis"}
+    })
+}
+
+/// A single-host network configuration.
+pub fn local_conf(subnet: &str, data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "trellis",
+        "type": "trellis",
+        "ipam": {"type": "trellis-ipam", "subnet": subnet, "dataDir": data_dir}
+    })
+}
+
+/// Set `ipam.<key>` in a configuration.
+pub fn with_ipam(mut conf: Value, key: &str, value: Value) -> Value {
+    conf["ipam"][key] = value;
+    conf
+}
+
+/// The addresses allocated in etcd: `(ip, containerID)`.
+pub fn etcd_allocations(etcd: &Etcd) -> Vec<(Ipv4Addr, String)> {
+    etcd.keys("/trellis/ipam/ips/")
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let ip = k.rsplit('/').next().unwrap().parse().unwrap();
+            let v: Value = serde_json::from_str(&etcd.get(k).unwrap().unwrap()).unwrap();
+            (ip, v["containerID"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The local store's allocations file.
+pub fn local_allocations(data_dir: &Path, network: &str) -> Vec<(Ipv4Addr, String)> {
+    let file: PathBuf = data_dir.join(network).join("allocations.json");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["allocations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(ip, o)| {
+            (
+                ip.parse().unwrap(),
+                o["containerID"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
