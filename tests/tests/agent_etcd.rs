@@ -188,3 +188,40 @@ fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
         "the agent of a full network must keep waiting"
     );
 }
+
+#[test]
+fn a_hung_etcd_leaves_the_data_path_and_changes_flow_again_after_it() {
+    let mut cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let p1 = cluster.add_pod(0, "p1").unwrap();
+    let p2 = cluster.add_pod(1, "p2").unwrap();
+    let before: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| routes_on_vxlan(n).unwrap())
+        .collect();
+    // SIGSTOP: connections stay open, nothing answers (keep-alives notice).
+    cluster.etcd_mut().pause().unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    ping(&p1.netns, p2.ip).unwrap();
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        assert!(
+            node.agent_running(),
+            "{} exited:\n{}",
+            node.name,
+            node.agent_log()
+        );
+        assert_eq!(routes_on_vxlan(node).unwrap(), before[i]);
+    }
+    cluster.etcd_mut().resume().unwrap();
+    cluster
+        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(201)])
+        .unwrap();
+    for node in &cluster.nodes {
+        wait_until(
+            Duration::from_secs(20),
+            "ghost route after etcd resumed",
+            || Ok(routes_on_vxlan(node)?.contains("10.244.201.0/24")),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
+    }
+}
