@@ -100,8 +100,9 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// The node's gateway: the first address of its subnet, held by the bridge
-    /// and the VXLAN device.
+    /// The pods' gateway: the first address of the node's subnet, held by the
+    /// node bridge. (The VXLAN device holds the subnet's network address /32,
+    /// as flannel's does: remote nodes route the subnet through it.)
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.subnet)
     }
