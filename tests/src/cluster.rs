@@ -553,11 +553,16 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner());
         if server.is_none() {
             let bin = bins::bin("trl-peer-addr");
-            let child = self.outside.spawn(&[
+            // Its own stdio: a kept demo must not hold the caller's pipes.
+            let mut cmd = self.outside.command(&[
                 bin.display().to_string(),
                 "serve".into(),
                 addr.to_string(),
-            ])?;
+            ]);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = self.outside.spawn_command(cmd)?;
             *server = Some(child);
             // Listening once `ask` from the outside host itself answers.
             let deadline = Instant::now() + Duration::from_secs(5);
