@@ -84,10 +84,14 @@ enum Ipam {
     Failed,
 }
 
+/// A masquerade check running on its own thread (it waits for `nft`).
+type MasqueradeCheck = std::thread::JoinHandle<Result<(), CniError>>;
+
 /// What a failed ADD has to undo.
 struct Undo {
     ipam: Ipam,
     veth_created: bool,
+    masquerade: Option<MasqueradeCheck>,
 }
 
 impl Add<'_> {
@@ -119,6 +123,7 @@ impl Add<'_> {
         let mut undo = Undo {
             ipam: Ipam::Running(ipam),
             veth_created: false,
+            masquerade: None,
         };
         let prepared = async {
             let mtu = self.mtu(&node).await?;
@@ -184,6 +189,13 @@ impl Add<'_> {
         .await
         .map_err(kernel_error)?;
         undo.veth_created = true;
+        // With the veth on the bridge, a concurrent DEL no longer takes
+        // this node for empty: the rule can be checked (a read by `nft`,
+        // a write only when missing) while the container is configured.
+        if let (Mode::SingleHost { subnet }, true) = (self.mode, self.cfg.ip_masq) {
+            let (cfg, subnet) = (self.cfg.clone(), *subnet);
+            undo.masquerade = Some(std::thread::spawn(move || masq::install(&cfg, subnet)));
+        }
 
         let (host, container) = tokio::join!(
             node.link_by_name(w.host_name),
@@ -251,8 +263,8 @@ impl Add<'_> {
         if ips.iter().any(|(ip, _)| ip.is_ipv6()) {
             sysctl::enable_ipv6_forwarding().map_err(kernel_error)?;
         }
-        if let (Mode::SingleHost { subnet }, true) = (self.mode, self.cfg.ip_masq) {
-            masq::install(self.cfg, *subnet)?;
+        if let Some(check) = undo.masquerade.take() {
+            check.join().expect("masquerade thread panicked")?;
         }
 
         let interfaces = vec![
@@ -360,6 +372,10 @@ impl Add<'_> {
             }
         }
         self.release(undo.ipam);
+        if let Some(check) = undo.masquerade {
+            // Let it finish (it holds the lock) before the reconcile below.
+            let _ = check.join();
+        }
         if let (Mode::SingleHost { subnet }, true) = (self.mode, undo.veth_created) {
             if let Err(e) = masq::reconcile(&w.node, self.cfg, *subnet).await {
                 log::error!("rollback: masquerade: {e}");
