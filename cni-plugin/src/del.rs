@@ -19,9 +19,10 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         let node = Netlink::current().map_err(kernel_error)?;
         // The IPAM plugin releases the address while the kernel removes the
         // veth (the reference bridge plugin releases first, then removes).
-        let ipam = Delegation::start(&cfg.ipam_type, Command::Del, env, &req.stdin)?;
+        // The veth goes even when the IPAM plugin cannot be run.
+        let ipam = Delegation::start(&cfg.ipam_type, Command::Del, env, &req.stdin);
         let removed = node.delete_link_by_name(&host_name).await;
-        let released = ipam.finish();
+        let released = ipam.and_then(Delegation::finish);
         let removed = removed.map_err(kernel_error)?;
         released?;
         if removed {

@@ -12,7 +12,8 @@ use trellis_kernel::Netlink;
 
 pub fn gc(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;
-    delegate(&cfg.ipam_type, Command::Gc, &req.env, &req.stdin)?;
+    // Stale veths go even when the IPAM plugin fails; its error is returned.
+    let released = delegate(&cfg.ipam_type, Command::Gc, &req.env, &req.stdin);
     // No list means no attachment is valid any more, as for the IPAM plugin.
     let valid: HashSet<String> = req
         .conf
@@ -47,6 +48,6 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         if let Some(subnet) = cfg.ipam_subnet {
             masq::reconcile(&node, &cfg, subnet).await?;
         }
-        Ok(())
+        released.map(|_| ())
     })
 }

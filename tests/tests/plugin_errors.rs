@@ -334,3 +334,28 @@ fn verbs_their_version_does_not_have_are_refused_with_code_1() {
         assert_eq!(out.json()["cniVersion"], version);
     }
 }
+
+#[test]
+fn del_removes_the_veth_even_when_the_ipam_plugin_is_missing() {
+    let node = Node::new("delipam-node");
+    let pod = node.pod("delipam-pod");
+    let list = node.single_host("1.0.0");
+    let att = Attachment::new("delipam-1", pod.path(), "eth0");
+    node.driver.add(&list, &att).unwrap();
+
+    let broken = network_config(
+        "net",
+        "1.0.0",
+        &node.trellis(ONE_ADDRESS, json!({"ipam": {"type": "no-such-ipam"}})),
+    );
+    let netns = pod.path().to_str().unwrap().to_string();
+    let out = node.invoke(&node.cni_env("DEL", "delipam-1", &netns, "eth0"), &broken);
+    assert_eq!(out.error_code(), 101, "{out:?}");
+    assert_eq!(node.host_veths(), Vec::<String>::new());
+    assert!(pod.links().unwrap().is_empty());
+
+    // The runtime retries with the right configuration: the address goes.
+    node.driver.del(&list, &att).unwrap();
+    node.assert_no_attachment_left();
+    node.assert_address_free(&list);
+}
