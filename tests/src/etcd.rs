@@ -3,7 +3,7 @@
 //! removed when dropped.
 //!
 //! ```no_run
-//! let etcd = trellis_tests::etcd::Etcd::start()?;
+//! let mut etcd = trellis_tests::etcd::Etcd::start()?;
 //! let url = etcd.endpoint(); // "http://127.0.0.1:NNNNN"
 //! etcd.pause()?; // SIGSTOP: connections hang, as with a stuck server
 //! etcd.resume()?;
