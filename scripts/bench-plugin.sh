@@ -88,13 +88,14 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 summary() { # plugin -> "addMedian delMedian roundMedian" (ms)
+    local files=()
+    for r in $(seq 1 "$ROUNDS"); do files+=("$work/$1-$r.json"); done
     jq -s -r '
         def median: sort | if length % 2 == 1 then .[length/2|floor]
                            else (.[length/2-1] + .[length/2]) / 2 end;
         [.[].addMs[]] as $add | [.[].delMs[]] as $del |
         [.[] | (.addMs | add) + (.delMs | add)] as $rounds |
-        "\($add | median) \($del | median) \($rounds | median)"' \
-        $(for r in $(seq 1 "$ROUNDS"); do echo "$work/$1-$r.json"; done)
+        "\($add | median) \($del | median) \($rounds | median)"' "${files[@]}"
 }
 read -r t_add t_del t_round < <(summary trellis)
 read -r r_add r_del r_round < <(summary reference)
