@@ -77,7 +77,7 @@ impl CniBinDir {
     pub fn new() -> Result<CniBinDir> {
         let dir = Self::reference_only()?;
         for name in ["trellis", "trellis-ipam"] {
-            dir.link(name, &bin(name))?;
+            dir.snapshot(name, &bin(name))?;
         }
         Ok(dir)
     }
@@ -113,6 +113,17 @@ impl CniBinDir {
             .with_context(|| format!("linking {} -> {}", path.display(), target.display()))
     }
 
+    /// Adds `name` as a hard link to (or, across file systems, a copy of)
+    /// `target` as it is now: a rebuild of the workspace during the test
+    /// replaces the file under `target/`, not the one the test runs.
+    pub fn snapshot(&self, name: &str, target: &Path) -> Result<()> {
+        let path = self.dir.path().join(name);
+        if path.symlink_metadata().is_ok() {
+            std::fs::remove_file(&path)?;
+        }
+        snapshot_file(target, &path)
+    }
+
     /// The directory, for `CNI_PATH` / `--cni-path`.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -122,4 +133,24 @@ impl CniBinDir {
     pub fn plugin(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// Hard-links `from` to `to`, or copies it across file systems. Retries
+/// briefly: cargo replaces a binary by unlinking it first.
+pub fn snapshot_file(from: &Path, to: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..20 {
+        match std::fs::hard_link(from, to) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::CrossesDevices => {
+                std::fs::copy(from, to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+                return Ok(());
+            }
+            Err(err) => last = Some(err),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(last.expect("at least one attempt"))
+        .with_context(|| format!("linking {} to {}", from.display(), to.display()))
 }

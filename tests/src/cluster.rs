@@ -382,8 +382,14 @@ impl Cluster {
         let conflist = write_conflist(&conf_dir, "10-trellis", &self.conflist_for(&state_dir))?;
         let driver = Driver::new(&netns, &[self.bins.path()])?;
 
+        // The agent as built now (a rebuild during the test must not swap
+        // it under a restart).
+        let agent = self.dir.path().join("trellis-agent");
+        if !agent.exists() {
+            bins::snapshot_file(&bins::bin("trellis-agent"), &agent)?;
+        }
         let mut agent_cmd = vec![
-            bins::bin("trellis-agent").display().to_string(),
+            agent.display().to_string(),
             "--etcd-endpoints".into(),
             self.etcd.endpoint(),
             "--etcd-prefix".into(),
