@@ -20,6 +20,8 @@ PACKAGES=(
     iproute2 nftables iperf3 iputils-ping ethtool jq procps
     # rootfs of the test containers and of the CRI sandbox image
     busybox-static
+    # certificates for the TLS etcd of the IPAM suites
+    openssl
 )
 
 if [[ $(id -u) -ne 0 ]]; then

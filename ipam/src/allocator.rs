@@ -1,21 +1,23 @@
 //! Choosing an address: one store round trip in the common case.
 //!
-//! The caller holds the node's lock, so no other process of this node is
-//! allocating meanwhile, and passes the cursor (the last address handed
-//! out). The first candidate after the cursor is claimed directly; only if
-//! it turns out taken (addresses freed out of order, a lost cursor) is the
-//! subnet's used set read once and the first free candidate claimed. The
-//! claim itself is atomic in the store, so even writers that bypass the
-//! lock can never produce a duplicate.
+//! The candidate is reserved from the node's cursor (the last address handed
+//! out, advanced under a short lock), so concurrent ADDs of one node pick
+//! different addresses and their claims run in parallel instead of queueing
+//! or colliding. The candidate is then claimed directly; only if it turns
+//! out taken (addresses freed out of order, a lost cursor) is the subnet's
+//! used set read and the first free candidate after the cursor reserved and
+//! claimed. The claim itself is atomic in the store, so even writers that
+//! share no cursor can never produce a duplicate.
 
 use crate::allocation::{Allocation, Claim, Owner};
+use crate::cursor::Cursor;
 use crate::error::IpamError;
 use crate::pool::Pool;
 use crate::store::Store;
 use std::net::Ipv4Addr;
 
 /// How many times the used set is re-read when claims keep losing races
-/// (only possible with writers that do not share our lock).
+/// (only possible with writers that do not share our cursor).
 const ROUNDS: usize = 4;
 
 /// How the address was obtained.
@@ -27,18 +29,18 @@ pub struct Outcome {
 }
 
 /// Allocate an address of `pool` for `owner`: `requested` if given, else the
-/// next free one after `cursor`.
-pub async fn allocate<S: Store>(
+/// next free one after the cursor.
+pub async fn allocate<S: Store, C: Cursor>(
     store: &mut S,
+    cursor: &mut C,
     pool: &Pool,
     owner: &Owner,
     requested: Option<Ipv4Addr>,
-    cursor: Option<Ipv4Addr>,
 ) -> Result<Outcome, IpamError> {
     if let Some(ip) = requested {
         return allocate_static(store, pool, owner, ip).await;
     }
-    let Some(first) = pool.candidates_after(cursor).next() else {
+    let Some(first) = cursor.reserve(&mut |c| pool.candidates_after(c).next())? else {
         return held_or_exhausted(store, pool, owner).await;
     };
     match store.claim(first, owner).await? {
@@ -48,7 +50,9 @@ pub async fn allocate<S: Store>(
     }
     for _ in 0..ROUNDS {
         let used = store.used_in(pool.subnet()).await?;
-        let Some(ip) = pool.candidates_after(cursor).find(|ip| !used.contains(ip)) else {
+        let free =
+            cursor.reserve(&mut |c| pool.candidates_after(c).find(|ip| !used.contains(ip)))?;
+        let Some(ip) = free else {
             return held_or_exhausted(store, pool, owner).await;
         };
         match store.claim(ip, owner).await? {
@@ -129,6 +133,7 @@ fn held(allocation: Allocation) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::FileCursor;
     use crate::store::local::LocalStore;
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
@@ -161,15 +166,11 @@ mod tests {
         LocalStore::open(dir, Instant::now() + Duration::from_secs(5)).unwrap()
     }
 
-    /// Allocate for `id` the way the plugin does: cursor from the store.
+    /// Allocate for `id` the way the plugin does.
     fn add(dir: &std::path::Path, p: &Pool, id: &str) -> Result<Outcome, IpamError> {
         let mut s = open(dir);
-        let cursor = s.cursor();
-        let out = run(allocate(&mut s, p, &owner(id), None, cursor))?;
-        if out.fresh {
-            s.set_cursor(out.allocation.ip).unwrap();
-        }
-        Ok(out)
+        let mut cursor = FileCursor::new(s.cursor_path());
+        run(allocate(&mut s, &mut cursor, p, &owner(id), None))
     }
 
     #[test]
@@ -222,7 +223,9 @@ mod tests {
         }
         // A cursor that points before taken addresses (state lost).
         let mut s = open(dir.path());
-        let got = run(allocate(&mut s, &p, &owner("d"), None, None)).unwrap();
+        std::fs::remove_file(s.cursor_path()).unwrap();
+        let mut cursor = FileCursor::new(s.cursor_path());
+        let got = run(allocate(&mut s, &mut cursor, &p, &owner("d"), None)).unwrap();
         assert_eq!(got.allocation.ip, ip("10.0.0.5"));
     }
 
@@ -238,8 +241,16 @@ mod tests {
         )
         .unwrap();
         let mut s = open(dir.path());
-        let mut want =
-            |id: &str, addr: &str| run(allocate(&mut s, &p, &owner(id), Some(ip(addr)), None));
+        let mut cursor = FileCursor::new(s.cursor_path());
+        let mut want = |id: &str, addr: &str| {
+            run(allocate(
+                &mut s,
+                &mut cursor,
+                &p,
+                &owner(id),
+                Some(ip(addr)),
+            ))
+        };
         assert_eq!(
             want("a", "10.0.0.12").unwrap().allocation.ip,
             ip("10.0.0.12")

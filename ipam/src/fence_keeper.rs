@@ -1,26 +1,37 @@
-//! The fence keeper: a short-lived background copy of `trellis-ipam`
-//! (`trellis-ipam --fence`, the fence as JSON on stdin) that applies the
-//! fence of a claim which got no answer and waits until etcd confirms it,
-//! so the plugin itself can report code 11 to the runtime at once.
+//! The fence keeper: applies the fences of claims that got no answer (see
+//! `store::fence`) and waits until etcd confirms each, so the plugin itself
+//! can report code 11 to the runtime at once.
 //!
-//! It is detached from the runtime: its own process group, stdout and
+//! The plugin drops the fence as a job file in `<stateDir>/ipam/fences/`
+//! and starts `trellis-ipam --fence <that dir>` in the background. One
+//! keeper per node works the queue (it holds `fences/.keeper` locked); a
+//! keeper started while another runs leaves at once, and the running one
+//! looks at the queue again before it exits, so no job is left behind. The
+//! keeper is detached from the runtime: its own process group, stdout and
 //! stderr on /dev/null (a runtime reads the plugin's pipes until every
-//! holder closes them). It gives up after `KEEP_TRYING`.
+//! holder closes them). It gives up after `KEEP_TRYING`; the attachment's
+//! DEL, a retried ADD or GC clean up after that.
 
+use crate::lock::FileLock;
 use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::store::fence::Fence;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The flag that starts `trellis-ipam` as a fence keeper.
 pub const FENCE_FLAG: &str = "--fence";
 
-/// How long the keeper retries before giving up (the attachment's DEL, a
-/// retried ADD or GC still clean up after that).
+/// How long a keeper keeps retrying a job.
 pub const KEEP_TRYING: Duration = Duration::from_secs(600);
+
+/// Each attempt waits this long for an answer: a stopped etcd answers the
+/// pending request as soon as it resumes, so there is no gap to retry in.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const KEEPER_LOCK: &str = ".keeper";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -28,14 +39,29 @@ struct Job {
     fence: Fence,
 }
 
-/// Start a keeper for `fence`. Failing to start one is logged, not fatal:
-/// the ADD fails with code 11 either way.
-pub fn spawn(settings: &EtcdSettings, fence: Fence) {
+/// The queue directory of a node.
+pub fn queue_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("ipam").join("fences")
+}
+
+/// Queue `fence` and make sure a keeper runs. Failures are logged, not
+/// fatal: the ADD fails with code 11 either way.
+pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence) {
+    let dir = queue_dir(state_dir);
     let job = serde_json::to_vec(&Job {
         settings: settings.clone(),
         fence,
     })
     .expect("job serializes");
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let file = dir.join(format!("{stamp}-{}.json", std::process::id()));
+    if let Err(e) = trellis_common::node::write_atomically(&file, &job) {
+        log::warn!("cannot queue the fence in {}: {e}", dir.display());
+        return;
+    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -43,62 +69,88 @@ pub fn spawn(settings: &EtcdSettings, fence: Fence) {
             return;
         }
     };
-    let child = Command::new(exe)
+    let started = Command::new(exe)
         .arg(FENCE_FLAG)
+        .arg(&dir)
         .env_clear()
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn();
-    match child {
-        Ok(mut child) => {
-            if let Some(mut stdin) = child.stdin.take() {
-                if let Err(e) = stdin.write_all(&job) {
-                    log::warn!("handing the fence to its keeper: {e}");
-                }
-            }
-            log::info!("fence keeper {} started", child.id());
-            // Not waited for: it outlives this process and is reaped by init.
-        }
+    match started {
+        // Not waited for: it outlives this process and init reaps it.
+        Ok(child) => log::info!("fence queued in {}; keeper {}", file.display(), child.id()),
         Err(e) => log::warn!("cannot start the fence keeper: {e}"),
     }
 }
 
-/// The keeper's `main`: read the job, apply the fence until etcd answers.
-pub fn run_from_stdin() -> i32 {
-    let mut input = Vec::new();
-    if std::io::stdin().read_to_end(&mut input).is_err() {
-        return 2;
-    }
-    let Ok(job) = serde_json::from_slice::<Job>(&input) else {
-        return 2;
-    };
+/// The keeper's `main`: work the queue in `dir` until it is empty.
+pub fn run(dir: &Path) -> i32 {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     else {
         return 2;
     };
-    rt.block_on(keep(job))
+    let give_up = Instant::now() + KEEP_TRYING;
+    loop {
+        // Another keeper works the queue: it re-checks before it leaves.
+        let Ok(lock) = FileLock::acquire(&dir.join(KEEPER_LOCK), Instant::now()) else {
+            return 0;
+        };
+        rt.block_on(work(dir, give_up));
+        drop(lock);
+        if jobs(dir).is_empty() || Instant::now() >= give_up {
+            return 0;
+        }
+    }
 }
 
-/// Each attempt waits this long for an answer: a stopped etcd answers the
-/// pending request as soon as it resumes, so there is no gap to retry in.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+fn jobs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+}
 
-async fn keep(mut job: Job) -> i32 {
-    job.settings.timeout = ATTEMPT_TIMEOUT;
-    let give_up = Instant::now() + KEEP_TRYING;
+async fn work(dir: &Path, give_up: Instant) {
     let mut pause = Duration::from_millis(200);
-    while Instant::now() < give_up {
-        if let Ok(store) = EtcdStore::connect(&job.settings).await {
-            if store.apply_fence(&job.fence).await.is_ok() {
-                return 0;
+    loop {
+        let pending = jobs(dir);
+        if pending.is_empty() || Instant::now() >= give_up {
+            return;
+        }
+        let mut progress = false;
+        for file in pending {
+            let Ok(job) = std::fs::read(&file)
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice::<Job>(&b).map_err(|_| ()))
+            else {
+                let _ = std::fs::remove_file(&file);
+                continue;
+            };
+            if apply(job).await {
+                let _ = std::fs::remove_file(&file);
+                progress = true;
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        if !progress {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
-    1
+}
+
+async fn apply(mut job: Job) -> bool {
+    job.settings.timeout = ATTEMPT_TIMEOUT;
+    match EtcdStore::connect(&job.settings).await {
+        Ok(store) => store.apply_fence(&job.fence).await.is_ok(),
+        Err(_) => false,
+    }
 }

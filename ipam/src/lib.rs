@@ -25,6 +25,7 @@
 pub mod allocation;
 pub mod allocator;
 pub mod config;
+pub mod cursor;
 pub mod error;
 pub mod fence_keeper;
 pub mod lock;

@@ -4,9 +4,9 @@
 use crate::allocation::{Allocation, Handle, Owner};
 use crate::allocator::allocate;
 use crate::config::{Backend, IpamConf};
+use crate::cursor::{FileCursor, NodeCursor};
 use crate::error::IpamError;
 use crate::fence_keeper;
-use crate::lock::FileLock;
 use crate::placement::{cluster_pool, local_record, node_name};
 use crate::pool::Pool;
 use crate::request::requested_address;
@@ -83,6 +83,7 @@ async fn add_etcd(
     req: &Request,
     deadline: Instant,
 ) -> Result<CniResult, IpamError> {
+    let started = Instant::now();
     let requested = requested_address(req)?;
     let mut store = connect(settings, deadline).await?;
     let (pool, node) = cluster_pool(conf, &store).await?;
@@ -92,22 +93,25 @@ async fn add_etcd(
         node,
         network: conf.network.clone(),
     };
-    let mut lock = FileLock::acquire(&conf.node_lock_path(), deadline)?;
-    let cursor = lock.read_cursor();
-    let out = match allocate(&mut store, &pool, &owner, requested, cursor).await {
+    let ready = Instant::now();
+    let mut cursor = NodeCursor::new(conf.node_lock_path(), deadline);
+    let out = match allocate(&mut store, &mut cursor, &pool, &owner, requested).await {
         Ok(out) => out,
         Err(e) => {
             if let Some(fence) = store.unanswered_claim() {
-                fence_keeper::spawn(settings, fence);
+                fence_keeper::hand_over(&conf.state_dir, settings, fence);
             }
             return Err(e);
         }
     };
-    if out.fresh && requested.is_none() {
-        if let Err(e) = lock.write_cursor(out.allocation.ip) {
-            log::warn!("allocation cursor not saved: {e}");
-        }
-    }
+    log::debug!(
+        "ADD {}: {} in {:?} (configuration {:?}, allocation {:?})",
+        owner.container_id,
+        out.allocation.ip,
+        started.elapsed(),
+        ready - started,
+        ready.elapsed()
+    );
     Ok(result_for(conf, &pool, &out.allocation))
 }
 
@@ -129,13 +133,14 @@ fn add_local(
         network: conf.network.clone(),
     };
     let mut store = LocalStore::open(&local_dir(conf, data_dir), deadline)?;
-    let cursor = store.cursor();
-    let out = now_or_never(allocate(&mut store, &pool, &owner, requested, cursor))?;
-    if out.fresh && requested.is_none() {
-        if let Err(e) = store.set_cursor(out.allocation.ip) {
-            log::warn!("allocation cursor not saved: {e}");
+    if requested.is_none() {
+        // A repeated ADD: answered from memory, the cursor stays put.
+        if let Some(held) = store.lookup(&owner.handle()) {
+            return Ok(result_for(conf, &pool, &held));
         }
     }
+    let mut cursor = FileCursor::new(store.cursor_path());
+    let out = now_or_never(allocate(&mut store, &mut cursor, &pool, &owner, requested))?;
     Ok(result_for(conf, &pool, &out.allocation))
 }
 
@@ -274,7 +279,6 @@ impl Plugin for IpamPlugin {
             Backend::Etcd(s) => block_on(async {
                 let mut store = connect(s, deadline).await?;
                 let node = node_name(&conf, local_record(&conf)?.as_ref());
-                let _lock = FileLock::acquire(&conf.node_lock_path(), deadline)?;
                 let ours: Vec<Allocation> = store
                     .list_node(&node)
                     .await?

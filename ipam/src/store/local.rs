@@ -1,9 +1,9 @@
 //! Allocations on a single host with no etcd: one JSON file per network,
 //! `<dataDir>/<network>/allocations.json`, read and rewritten (temporary
 //! file, fsync, rename) while holding an exclusive lock on
-//! `<dataDir>/<network>/lock`, which also keeps the allocation cursor.
-//! Concurrent plugin processes queue on the lock; readers never see a
-//! half-written file.
+//! `<dataDir>/<network>/lock`. The allocation cursor is
+//! `<dataDir>/<network>/cursor`, used under the same lock. Concurrent plugin
+//! processes queue on the lock; readers never see a half-written file.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
@@ -18,6 +18,7 @@ use std::time::Instant;
 
 pub const ALLOCATIONS_FILE: &str = "allocations.json";
 pub const LOCK_FILE: &str = "lock";
+pub const CURSOR_FILE: &str = "cursor";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,7 +31,7 @@ struct State {
 pub struct LocalStore {
     dir: PathBuf,
     state: State,
-    lock: FileLock,
+    _lock: FileLock,
 }
 
 impl LocalStore {
@@ -54,7 +55,7 @@ impl LocalStore {
         Ok(LocalStore {
             dir: dir.to_path_buf(),
             state,
-            lock,
+            _lock: lock,
         })
     }
 
@@ -67,14 +68,9 @@ impl LocalStore {
         Self::open(dir, deadline).map(Some)
     }
 
-    /// The last address handed out dynamically (kept in the lock file).
-    pub fn cursor(&mut self) -> Option<Ipv4Addr> {
-        self.lock.read_cursor()
-    }
-
-    /// Remember `ip` as the last address handed out dynamically.
-    pub fn set_cursor(&mut self, ip: Ipv4Addr) -> Result<(), IpamError> {
-        self.lock.write_cursor(ip)
+    /// The cursor file, to be used only while this store is open (locked).
+    pub fn cursor_path(&self) -> PathBuf {
+        self.dir.join(CURSOR_FILE)
     }
 
     fn save(&self) -> Result<(), IpamError> {
@@ -236,9 +232,6 @@ mod tests {
             ));
         }
         let mut s = LocalStore::open(dir.path(), soon()).unwrap();
-        assert_eq!(s.cursor(), None, "claims do not move the cursor");
-        s.set_cursor(ip).unwrap();
-        assert_eq!(s.cursor(), Some(ip));
         assert_eq!(s.lookup(&owner("a").handle()).unwrap().ip, ip);
         assert_eq!(s.release(&owner("a").handle()).unwrap().unwrap().ip, ip);
         assert_eq!(s.release(&owner("a").handle()).unwrap(), None);
