@@ -25,13 +25,14 @@ fn dels(ids: &[String]) -> Vec<(String, &'static str)> {
 
 #[test]
 fn two_hundred_concurrent_adds_on_one_node_then_all_dels() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
     let pods = ids("pod", 200);
 
     let start = Instant::now();
-    let replies = invoke_all(&adds(&pods), &conf);
+    let replies = p.invoke_all(&adds(&pods), &conf);
     let burst = start.elapsed();
     let subnet: ipnetwork::Ipv4Network = "10.244.3.0/24".parse().unwrap();
     let mut seen = HashSet::new();
@@ -62,16 +63,17 @@ fn two_hundred_concurrent_adds_on_one_node_then_all_dels() {
     assert_eq!(v["ifname"], "eth0");
     eprintln!("200 concurrent ADDs on one node: {burst:?}");
 
-    for r in invoke_all(&dels(&pods), &conf) {
+    for r in p.invoke_all(&dels(&pods), &conf) {
         r.ok();
     }
     assert_eq!(etcd.keys("/trellis/ipam/").unwrap(), Vec::<String>::new());
     // DEL again: nothing left, still success.
-    invoke(&Call::new("DEL", &pods[0]), &conf).ok();
+    p.invoke(&Call::new("DEL", &pods[0]), &conf).ok();
 }
 
 #[test]
 fn concurrent_adds_on_four_nodes_stay_in_their_subnets() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let nodes: Vec<_> = (0..4)
         .map(|n| {
@@ -80,10 +82,11 @@ fn concurrent_adds_on_four_nodes_stay_in_their_subnets() {
             (state, conf, ids(&format!("n{n}-pod"), 50))
         })
         .collect();
+    let plugin = &p;
     let replies: Vec<Vec<Reply>> = std::thread::scope(|s| {
         let hs: Vec<_> = nodes
             .iter()
-            .map(|(_, conf, pods)| s.spawn(move || invoke_all(&adds(pods), conf)))
+            .map(|(_, conf, pods)| s.spawn(move || plugin.invoke_all(&adds(pods), conf)))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -99,7 +102,7 @@ fn concurrent_adds_on_four_nodes_stay_in_their_subnets() {
     assert_eq!(all.len(), 200);
     assert_eq!(etcd_allocations(&etcd).len(), 200);
     for (_, conf, pods) in &nodes {
-        for r in invoke_all(&dels(pods), conf) {
+        for r in p.invoke_all(&dels(pods), conf) {
             r.ok();
         }
     }
@@ -108,81 +111,91 @@ fn concurrent_adds_on_four_nodes_stay_in_their_subnets() {
 
 #[test]
 fn repeated_add_check_and_del_are_consistent() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
-    let first = invoke(&Call::new("ADD", "c1"), &conf).ok();
-    let again = invoke(&Call::new("ADD", "c1"), &conf).ok();
+    let first = p.invoke(&Call::new("ADD", "c1"), &conf).ok();
+    let again = p.invoke(&Call::new("ADD", "c1"), &conf).ok();
     assert_eq!(first.ip(), again.ip());
     assert_eq!(etcd_allocations(&etcd).len(), 1);
     // A second interface of the same container is another attachment.
-    let net1 = invoke(
-        &Call {
-            ifname: "net1",
-            ..Call::new("ADD", "c1")
-        },
-        &conf,
-    )
-    .ok();
+    let net1 = p
+        .invoke(
+            &Call {
+                ifname: "net1",
+                ..Call::new("ADD", "c1")
+            },
+            &conf,
+        )
+        .ok();
     assert_ne!(net1.ip(), first.ip());
 
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = first.stdout.clone();
-    invoke(&Call::new("CHECK", "c1"), &with_prev).ok();
+    p.invoke(&Call::new("CHECK", "c1"), &with_prev).ok();
     let mut wrong_prev = conf.clone();
     wrong_prev["prevResult"] = json!({"cniVersion": "1.1.0",
         "ips": [{"address": "10.244.3.200/24"}]});
-    invoke(&Call::new("CHECK", "c1"), &wrong_prev)
+    p.invoke(&Call::new("CHECK", "c1"), &wrong_prev)
         .fails_with(104, "prevResult shows 10.244.3.200/24");
-    invoke(&Call::new("CHECK", "nobody"), &conf).fails_with(104, "no address is allocated");
+    p.invoke(&Call::new("CHECK", "nobody"), &conf)
+        .fails_with(104, "no address is allocated");
 
-    invoke(&Call::new("DEL", "c1"), &conf).ok();
-    invoke(&Call::new("DEL", "c1"), &conf).ok();
-    invoke(&Call::new("CHECK", "c1"), &conf).fails_with(104, "container c1 interface eth0");
+    p.invoke(&Call::new("DEL", "c1"), &conf).ok();
+    p.invoke(&Call::new("DEL", "c1"), &conf).ok();
+    p.invoke(&Call::new("CHECK", "c1"), &conf)
+        .fails_with(104, "container c1 interface eth0");
     // net1 still holds its address.
     assert_eq!(etcd_allocations(&etcd), vec![(net1.ip(), "c1".to_string())]);
 }
 
 #[test]
 fn static_requests_are_honoured_and_conflicts_refused() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
-    let r = invoke(
-        &Call::new("ADD", "s1").args("IgnoreUnknown=1;IP=10.244.3.77"),
-        &conf,
-    )
-    .ok();
+    let r = p
+        .invoke(
+            &Call::new("ADD", "s1").args("IgnoreUnknown=1;IP=10.244.3.77"),
+            &conf,
+        )
+        .ok();
     assert_eq!(r.ip(), ip("10.244.3.77"));
     assert_eq!(r.stdout["ips"][0]["address"], "10.244.3.77/24");
-    invoke(&Call::new("ADD", "s2").args("IP=10.244.3.77"), &conf).fails_with(
-        103,
-        "already allocated to container s1 interface eth0 on node node-a",
-    );
-    invoke(&Call::new("ADD", "s2").args("IP=10.244.4.7"), &conf)
+    p.invoke(&Call::new("ADD", "s2").args("IP=10.244.3.77"), &conf)
+        .fails_with(
+            103,
+            "already allocated to container s1 interface eth0 on node node-a",
+        );
+    p.invoke(&Call::new("ADD", "s2").args("IP=10.244.4.7"), &conf)
         .fails_with(103, "outside the subnet 10.244.3.0/24");
-    invoke(&Call::new("ADD", "s2").args("IP=10.244.3.1"), &conf).fails_with(103, "gateway");
+    p.invoke(&Call::new("ADD", "s2").args("IP=10.244.3.1"), &conf)
+        .fails_with(103, "gateway");
     let mut rc = conf.clone();
     rc["runtimeConfig"] = json!({"ips": ["10.244.3.78/24"]});
     assert_eq!(
-        invoke(&Call::new("ADD", "s3"), &rc).ok().ip(),
+        p.invoke(&Call::new("ADD", "s3"), &rc).ok().ip(),
         ip("10.244.3.78")
     );
     let mut args = conf.clone();
     args["args"] = json!({"cni": {"ips": ["10.244.3.79"]}});
     assert_eq!(
-        invoke(&Call::new("ADD", "s4"), &args).ok().ip(),
+        p.invoke(&Call::new("ADD", "s4"), &args).ok().ip(),
         ip("10.244.3.79")
     );
-    invoke(&Call::new("ADD", "s5").args("IP=nonsense"), &conf).fails_with(4, "IP=nonsense");
+    p.invoke(&Call::new("ADD", "s5").args("IP=nonsense"), &conf)
+        .fails_with(4, "IP=nonsense");
     // Dynamic allocation goes around the static ones.
-    let dynamic = invoke(&Call::new("ADD", "d1"), &conf).ok().ip();
+    let dynamic = p.invoke(&Call::new("ADD", "d1"), &conf).ok().ip();
     assert!(![ip("10.244.3.77"), ip("10.244.3.78"), ip("10.244.3.79")].contains(&dynamic));
     assert_eq!(etcd_allocations(&etcd).len(), 4);
 }
 
 #[test]
 fn exhaustion_names_the_subnet_and_freed_addresses_come_back() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = with_ipam(
@@ -196,22 +209,23 @@ fn exhaustion_names_the_subnet_and_freed_addresses_come_back() {
     );
     let got: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|id| invoke(&Call::new("ADD", id), &conf).ok().ip())
+        .map(|id| p.invoke(&Call::new("ADD", id), &conf).ok().ip())
         .collect();
     assert_eq!(got, ["10.244.3.10", "10.244.3.11", "10.244.3.12"].map(ip));
-    invoke(&Call::new("ADD", "d"), &conf).fails_with(
+    p.invoke(&Call::new("ADD", "d"), &conf).fails_with(
         102,
         "no free address left in 10.244.3.0/24 (range 10.244.3.10-10.244.3.12)",
     );
-    invoke(&Call::new("DEL", "b"), &conf).ok();
+    p.invoke(&Call::new("DEL", "b"), &conf).ok();
     assert_eq!(
-        invoke(&Call::new("ADD", "d"), &conf).ok().ip(),
+        p.invoke(&Call::new("ADD", "d"), &conf).ok().ip(),
         ip("10.244.3.11")
     );
 }
 
 #[test]
 fn without_a_node_record_add_is_code_11_naming_the_agent() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let conf = with_ipam(
@@ -219,8 +233,10 @@ fn without_a_node_record_add_is_code_11_naming_the_agent() {
         "nodeName",
         json!("node-x"),
     );
-    invoke(&Call::new("ADD", "c1"), &conf).fails_with(11, "trellis-agent");
-    invoke(&Call::new("STATUS", "-"), &conf).fails_with(50, "trellis-agent");
+    p.invoke(&Call::new("ADD", "c1"), &conf)
+        .fails_with(11, "trellis-agent");
+    p.invoke(&Call::new("STATUS", "-"), &conf)
+        .fails_with(50, "trellis-agent");
     assert!(etcd.keys("/trellis/").unwrap().is_empty());
     // The record the agent keeps in etcd is enough.
     etcd.put(
@@ -229,26 +245,27 @@ fn without_a_node_record_add_is_code_11_naming_the_agent() {
     )
     .unwrap();
     assert_eq!(
-        invoke(&Call::new("ADD", "c1"), &conf).ok().ip(),
+        p.invoke(&Call::new("ADD", "c1"), &conf).ok().ip(),
         ip("10.244.9.2")
     );
-    invoke(&Call::new("STATUS", "-"), &conf).ok();
+    p.invoke(&Call::new("STATUS", "-"), &conf).ok();
 }
 
 #[test]
 fn gc_frees_only_attachments_that_are_not_valid() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let other = node_state("10.244.4.0/24", "node-b");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
     let conf_b = cluster_conf(&etcd.endpoint(), other.path());
     for id in ["keep", "leak1", "leak2"] {
-        invoke(&Call::new("ADD", id), &conf).ok();
+        p.invoke(&Call::new("ADD", id), &conf).ok();
     }
-    let b = invoke(&Call::new("ADD", "other-node"), &conf_b).ok().ip();
+    let b = p.invoke(&Call::new("ADD", "other-node"), &conf_b).ok().ip();
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
-    invoke(&Call::new("GC", "-"), &gc).ok();
+    p.invoke(&Call::new("GC", "-"), &gc).ok();
     let mut left = etcd_allocations(&etcd);
     left.sort();
     assert_eq!(left.len(), 2, "{left:?}");
@@ -263,11 +280,13 @@ fn gc_frees_only_attachments_that_are_not_valid() {
         "handles of freed addresses are gone too"
     );
     // GC without the list is refused rather than guessed.
-    invoke(&Call::new("GC", "-"), &conf).fails_with(7, "valid-attachments");
+    p.invoke(&Call::new("GC", "-"), &conf)
+        .fails_with(7, "valid-attachments");
 }
 
 #[test]
 fn unreachable_etcd_is_code_11_within_five_seconds() {
+    let p = Plugin::snapshot();
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -277,7 +296,7 @@ fn unreachable_etcd_is_code_11_within_five_seconds() {
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = cluster_conf(&format!("http://127.0.0.1:{port}"), state.path());
     for cmd in ["ADD", "DEL", "CHECK"] {
-        let r = invoke(&Call::new(cmd, "c1"), &conf);
+        let r = p.invoke(&Call::new(cmd, "c1"), &conf);
         assert_eq!(r.code(), Some(11), "{cmd}: {r:?}");
         assert!(r.took < Duration::from_secs(5), "{cmd} took {:?}", r.took);
         assert!(
@@ -286,20 +305,21 @@ fn unreachable_etcd_is_code_11_within_five_seconds() {
             r.msg()
         );
     }
-    let r = invoke(&Call::new("STATUS", "-"), &conf);
+    let r = p.invoke(&Call::new("STATUS", "-"), &conf);
     assert_eq!(r.code(), Some(50), "{r:?}");
 }
 
 #[test]
 fn paused_etcd_add_fails_in_time_and_allocates_nothing() {
+    let p = Plugin::snapshot();
     let mut etcd = Etcd::start().unwrap();
     let state = node_state("10.244.3.0/24", "node-a");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
-    let before = invoke(&Call::new("ADD", "before"), &conf).ok().ip();
+    let before = p.invoke(&Call::new("ADD", "before"), &conf).ok().ip();
     etcd.pause().unwrap();
-    let r = invoke(&Call::new("ADD", "during"), &conf);
-    let d = invoke(&Call::new("DEL", "before"), &conf);
-    let s = invoke(&Call::new("STATUS", "-"), &conf);
+    let r = p.invoke(&Call::new("ADD", "during"), &conf);
+    let d = p.invoke(&Call::new("DEL", "before"), &conf);
+    let s = p.invoke(&Call::new("STATUS", "-"), &conf);
     etcd.resume().unwrap();
     assert_eq!(r.code(), Some(11), "{r:?}");
     assert!(r.took < Duration::from_secs(5), "ADD took {:?}", r.took);
@@ -316,13 +336,14 @@ fn paused_etcd_add_fails_in_time_and_allocates_nothing() {
         "the failed ADD left no address behind"
     );
     // The runtime retries the DEL once etcd is back.
-    invoke(&Call::new("DEL", "before"), &conf).ok();
-    invoke(&Call::new("DEL", "during"), &conf).ok();
+    p.invoke(&Call::new("DEL", "before"), &conf).ok();
+    p.invoke(&Call::new("DEL", "during"), &conf).ok();
     assert!(etcd.keys("/trellis/ipam/").unwrap().is_empty());
 }
 
 #[test]
 fn tls_etcd_works_and_tls_mistakes_are_explained() {
+    let p = Plugin::snapshot();
     let etcd = Etcd::start_tls().unwrap();
     let tls = etcd.tls().unwrap().clone();
     let state = node_state("10.244.3.0/24", "node-a");
@@ -331,24 +352,28 @@ fn tls_etcd_works_and_tls_mistakes_are_explained() {
     conf["ipam"]["etcdCACert"] = json!(tls.ca);
     conf["ipam"]["etcdCert"] = json!(tls.client_cert);
     conf["ipam"]["etcdKey"] = json!(tls.client_key);
-    let a = invoke(&Call::new("ADD", "c1"), &conf).ok().ip();
+    let a = p.invoke(&Call::new("ADD", "c1"), &conf).ok().ip();
     assert_eq!(etcd_allocations(&etcd), vec![(a, "c1".to_string())]);
-    invoke(&Call::new("DEL", "c1"), &conf).ok();
+    p.invoke(&Call::new("DEL", "c1"), &conf).ok();
 
-    invoke(&Call::new("ADD", "c2"), &base).fails_with(7, "etcdCACert");
+    p.invoke(&Call::new("ADD", "c2"), &base)
+        .fails_with(7, "etcdCACert");
     let mut no_key = conf.clone();
     no_key["ipam"].as_object_mut().unwrap().remove("etcdKey");
-    invoke(&Call::new("ADD", "c2"), &no_key).fails_with(7, "etcdCert and etcdKey");
+    p.invoke(&Call::new("ADD", "c2"), &no_key)
+        .fails_with(7, "etcdCert and etcdKey");
     let mut missing = conf.clone();
     missing["ipam"]["etcdCACert"] = json!("/nonexistent/ca.pem");
-    invoke(&Call::new("ADD", "c2"), &missing)
+    p.invoke(&Call::new("ADD", "c2"), &missing)
         .fails_with(7, "cannot read etcdCACert /nonexistent/ca.pem");
     let mut swapped = conf.clone();
     swapped["ipam"]["etcdKey"] = json!(tls.client_cert);
-    invoke(&Call::new("ADD", "c2"), &swapped).fails_with(7, "holds no PEM private key");
+    p.invoke(&Call::new("ADD", "c2"), &swapped)
+        .fails_with(7, "holds no PEM private key");
     let mut http = conf.clone();
     http["ipam"]["etcdEndpoints"] = json!([etcd.endpoint().replace("https://", "http://")]);
-    invoke(&Call::new("ADD", "c2"), &http).fails_with(7, "use https:// URLs");
+    p.invoke(&Call::new("ADD", "c2"), &http)
+        .fails_with(7, "use https:// URLs");
     // Without a client certificate etcd refuses the connection: code 11.
     let mut anonymous = conf.clone();
     anonymous["ipam"]
@@ -356,7 +381,7 @@ fn tls_etcd_works_and_tls_mistakes_are_explained() {
         .unwrap()
         .remove("etcdCert");
     anonymous["ipam"].as_object_mut().unwrap().remove("etcdKey");
-    let r = invoke(&Call::new("ADD", "c2"), &anonymous);
+    let r = p.invoke(&Call::new("ADD", "c2"), &anonymous);
     assert_eq!(r.code(), Some(11), "{r:?}");
     assert!(r.took < Duration::from_secs(5));
     assert!(etcd.keys("/trellis/ipam/").unwrap().is_empty());

@@ -15,11 +15,12 @@ fn ip(s: &str) -> Ipv4Addr {
 
 #[test]
 fn two_hundred_concurrent_processes_never_duplicate() {
+    let p = Plugin::snapshot();
     let data = tempfile::tempdir().unwrap();
     let conf = local_conf("10.88.0.0/16", data.path());
     let pods = ids("pod", 200);
     let start = Instant::now();
-    let replies = invoke_all(
+    let replies = p.invoke_all(
         &pods.iter().map(|p| (p.clone(), "ADD")).collect::<Vec<_>>(),
         &conf,
     );
@@ -40,7 +41,7 @@ fn two_hundred_concurrent_processes_never_duplicate() {
     for (pod, r) in pods.iter().zip(&replies) {
         assert!(stored.contains(&(r.ip(), pod.clone())));
     }
-    for r in invoke_all(
+    for r in p.invoke_all(
         &pods.iter().map(|p| (p.clone(), "DEL")).collect::<Vec<_>>(),
         &conf,
     ) {
@@ -51,6 +52,7 @@ fn two_hundred_concurrent_processes_never_duplicate() {
 
 #[test]
 fn add_check_del_gc_and_static_requests() {
+    let p = Plugin::snapshot();
     let data = tempfile::tempdir().unwrap();
     let conf = with_ipam(
         with_ipam(
@@ -61,40 +63,41 @@ fn add_check_del_gc_and_static_requests() {
         "rangeEnd",
         json!("10.88.0.13"),
     );
-    let a = invoke(&Call::new("ADD", "a"), &conf).ok();
+    let a = p.invoke(&Call::new("ADD", "a"), &conf).ok();
     assert_eq!(a.ip(), ip("10.88.0.10"));
-    assert_eq!(invoke(&Call::new("ADD", "a"), &conf).ok().ip(), a.ip());
+    assert_eq!(p.invoke(&Call::new("ADD", "a"), &conf).ok().ip(), a.ip());
     let mut prev = conf.clone();
     prev["prevResult"] = a.stdout.clone();
-    invoke(&Call::new("CHECK", "a"), &prev).ok();
-    invoke(&Call::new("CHECK", "zz"), &conf).fails_with(104, "no address is allocated");
+    p.invoke(&Call::new("CHECK", "a"), &prev).ok();
+    p.invoke(&Call::new("CHECK", "zz"), &conf)
+        .fails_with(104, "no address is allocated");
 
     assert_eq!(
-        invoke(&Call::new("ADD", "s").args("IP=10.88.0.12"), &conf)
+        p.invoke(&Call::new("ADD", "s").args("IP=10.88.0.12"), &conf)
             .ok()
             .ip(),
         ip("10.88.0.12")
     );
-    invoke(&Call::new("ADD", "t").args("IP=10.88.0.12"), &conf)
+    p.invoke(&Call::new("ADD", "t").args("IP=10.88.0.12"), &conf)
         .fails_with(103, "already allocated to container s");
-    invoke(&Call::new("ADD", "t").args("IP=10.88.0.200"), &conf)
+    p.invoke(&Call::new("ADD", "t").args("IP=10.88.0.200"), &conf)
         .fails_with(103, "outside the range 10.88.0.10-10.88.0.13");
     assert_eq!(
-        invoke(&Call::new("ADD", "b"), &conf).ok().ip(),
+        p.invoke(&Call::new("ADD", "b"), &conf).ok().ip(),
         ip("10.88.0.11")
     );
     assert_eq!(
-        invoke(&Call::new("ADD", "c"), &conf).ok().ip(),
+        p.invoke(&Call::new("ADD", "c"), &conf).ok().ip(),
         ip("10.88.0.13")
     );
-    invoke(&Call::new("ADD", "d"), &conf)
+    p.invoke(&Call::new("ADD", "d"), &conf)
         .fails_with(102, "10.88.0.0/24 (range 10.88.0.10-10.88.0.13)");
 
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([
         {"containerID": "a", "ifname": "eth0"},
         {"containerID": "s", "ifname": "eth0"}]);
-    invoke(&Call::new("GC", "-"), &gc).ok();
+    p.invoke(&Call::new("GC", "-"), &gc).ok();
     let mut left: Vec<_> = local_allocations(data.path(), "trellis")
         .into_iter()
         .map(|(_, id)| id)
@@ -102,40 +105,46 @@ fn add_check_del_gc_and_static_requests() {
     left.sort();
     assert_eq!(left, ["a", "s"]);
 
-    invoke(&Call::new("DEL", "a"), &conf).ok();
-    invoke(&Call::new("DEL", "a"), &conf).ok();
-    invoke(&Call::new("STATUS", "-"), &conf).ok();
+    p.invoke(&Call::new("DEL", "a"), &conf).ok();
+    p.invoke(&Call::new("DEL", "a"), &conf).ok();
+    p.invoke(&Call::new("STATUS", "-"), &conf).ok();
 }
 
 #[test]
 fn del_of_an_unknown_network_creates_nothing() {
+    let p = Plugin::snapshot();
     let data = tempfile::tempdir().unwrap();
     let conf = local_conf("10.88.0.0/16", data.path());
-    invoke(&Call::new("DEL", "never-added"), &conf).ok();
+    p.invoke(&Call::new("DEL", "never-added"), &conf).ok();
     assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
 }
 
 #[test]
 fn store_problems_have_clear_codes() {
+    let p = Plugin::snapshot();
     let data = tempfile::tempdir().unwrap();
     // dataDir is a file: the store cannot be created.
     let file = data.path().join("not-a-dir");
     std::fs::write(&file, b"").unwrap();
     let conf = local_conf("10.88.0.0/16", &file);
-    invoke(&Call::new("ADD", "a"), &conf).fails_with(105, "not-a-dir");
-    invoke(&Call::new("STATUS", "-"), &conf).fails_with(50, "not-a-dir");
+    p.invoke(&Call::new("ADD", "a"), &conf)
+        .fails_with(105, "not-a-dir");
+    p.invoke(&Call::new("STATUS", "-"), &conf)
+        .fails_with(50, "not-a-dir");
 
     let conf = local_conf("10.88.0.0/16", data.path());
     std::fs::create_dir_all(data.path().join("trellis")).unwrap();
     std::fs::write(data.path().join("trellis/allocations.json"), b"{garbage").unwrap();
-    invoke(&Call::new("ADD", "a"), &conf).fails_with(105, "allocations.json");
+    p.invoke(&Call::new("ADD", "a"), &conf)
+        .fails_with(105, "allocations.json");
 
-    invoke(
+    p.invoke(
         &Call::new("ADD", "a"),
         &local_conf("10.88.0.0/31", data.path()),
     )
     .fails_with(7, "too small");
     let mut no_subnet = local_conf("10.88.0.0/16", data.path());
     no_subnet["ipam"].as_object_mut().unwrap().remove("subnet");
-    invoke(&Call::new("ADD", "a"), &no_subnet).fails_with(7, "etcdEndpoints");
+    p.invoke(&Call::new("ADD", "a"), &no_subnet)
+        .fails_with(7, "etcdEndpoints");
 }

@@ -12,6 +12,7 @@ use trellis_tests::etcd::Etcd;
 
 #[test]
 fn etcd_paused_mid_burst() {
+    let p = Plugin::snapshot();
     let mut etcd = Etcd::start().unwrap();
     let state = node_state("10.244.5.0/24", "node-p");
     let conf = cluster_conf(&etcd.endpoint(), state.path());
@@ -21,7 +22,7 @@ fn etcd_paused_mid_burst() {
     let late_calls: Vec<_> = late.iter().map(|p| (p.clone(), "ADD")).collect();
 
     let replies = std::thread::scope(|s| {
-        let burst = s.spawn(|| invoke_all(&calls, &conf));
+        let burst = s.spawn(|| p.invoke_all(&calls, &conf));
         // Pause once the burst is under way (bounded wait).
         let waiting = Instant::now();
         while etcd.keys("/trellis/ipam/ips/").unwrap().len() < 5
@@ -31,7 +32,7 @@ fn etcd_paused_mid_burst() {
         }
         etcd.pause().unwrap();
         // More pods arrive while etcd is frozen.
-        let late = s.spawn(|| invoke_all(&late_calls, &conf));
+        let late = s.spawn(|| p.invoke_all(&late_calls, &conf));
         std::thread::sleep(Duration::from_secs(4));
         etcd.resume().unwrap();
         let mut replies = burst.join().unwrap();
@@ -77,7 +78,7 @@ fn etcd_paused_mid_burst() {
     assert_eq!(held, ok, "nothing lost, nothing allocated for failed ADDs");
 
     // The runtime cleans up the failed ones and retries them.
-    for r in invoke_all(
+    for r in p.invoke_all(
         &failed
             .iter()
             .map(|p| (p.clone(), "DEL"))
@@ -86,7 +87,7 @@ fn etcd_paused_mid_burst() {
     ) {
         r.ok();
     }
-    let retried = invoke_all(
+    let retried = p.invoke_all(
         &failed
             .iter()
             .map(|p| (p.clone(), "ADD"))
@@ -100,7 +101,7 @@ fn etcd_paused_mid_burst() {
     assert_eq!(all.len(), pods.len());
     assert_eq!(etcd_allocations(&etcd).len(), pods.len());
 
-    for r in invoke_all(
+    for r in p.invoke_all(
         &pods.iter().map(|p| (p.clone(), "DEL")).collect::<Vec<_>>(),
         &conf,
     ) {

@@ -85,10 +85,50 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Run the plugin once.
-pub fn invoke(call: &Call, conf: &Value) -> Reply {
-    let bin = bins::bin("trellis-ipam");
-    let mut cmd = Command::new(&bin);
+/// The built `trellis-ipam`, hard-linked into a directory of the test's own
+/// (which is also its `CNI_PATH`): a rebuild of `target/` while the test
+/// runs cannot pull the binary from under it. Removed on drop.
+pub struct Plugin {
+    dir: tempfile::TempDir,
+}
+
+impl Plugin {
+    pub fn snapshot() -> Plugin {
+        let dir = tempfile::Builder::new()
+            .prefix("trl-ipam-bin-")
+            .tempdir()
+            .unwrap();
+        bins::snapshot_file(&bins::bin("trellis-ipam"), &dir.path().join("trellis-ipam")).unwrap();
+        Plugin { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("trellis-ipam")
+    }
+
+    /// Run the plugin once.
+    pub fn invoke(&self, call: &Call, conf: &Value) -> Reply {
+        invoke_bin(&self.path(), call, conf)
+    }
+
+    /// Run `calls` all at once, one process each; replies in the same order.
+    pub fn invoke_all(&self, calls: &[(String, &str)], conf: &Value) -> Vec<Reply> {
+        let bin = self.path();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = calls
+                .iter()
+                .map(|(id, command)| {
+                    let bin = &bin;
+                    s.spawn(move || invoke_bin(bin, &Call::new(command, id), conf))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+}
+
+fn invoke_bin(bin: &Path, call: &Call, conf: &Value) -> Reply {
+    let mut cmd = Command::new(bin);
     cmd.env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container_id)
         .env("CNI_IFNAME", call.ifname)
@@ -121,17 +161,6 @@ pub fn invoke(call: &Call, conf: &Value) -> Reply {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         took,
     }
-}
-
-/// Run `calls` all at once, one process each; replies in the same order.
-pub fn invoke_all(calls: &[(String, &str)], conf: &Value) -> Vec<Reply> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = calls
-            .iter()
-            .map(|(id, command)| s.spawn(move || invoke(&Call::new(command, id), conf)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
 }
 
 /// A node's state directory holding the record its agent would publish.
