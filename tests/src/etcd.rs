@@ -261,6 +261,30 @@ impl Etcd {
             .collect())
     }
 
+    /// Every key under `prefix` with its value, read in one request (one
+    /// consistent snapshot). Values must be single-line (JSON is).
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let out = self
+            .etcdctl()
+            .args(["get", "--prefix", prefix])
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl get --prefix {prefix}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+            .collect())
+    }
+
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         let out = self
@@ -535,6 +559,10 @@ mod tests {
 
         etcd.put("/trellis/x", "{\"a\":1}").unwrap();
         assert_eq!(etcd.keys("/trellis/").unwrap(), vec!["/trellis/x"]);
+        assert_eq!(
+            etcd.get_prefix("/trellis/").unwrap(),
+            vec![("/trellis/x".to_string(), "{\"a\":1}".to_string())]
+        );
         assert_eq!(
             etcd.get("/trellis/x").unwrap().as_deref(),
             Some("{\"a\":1}")

@@ -329,10 +329,10 @@ fn paused_etcd_add_fails_in_time_and_allocates_nothing() {
         "DEL with etcd down must be retried: {d:?}"
     );
     assert_eq!(s.code(), Some(50), "{s:?}");
-    std::thread::sleep(Duration::from_millis(500));
+    let want = vec![(before, "before".to_string())];
     assert_eq!(
-        etcd_allocations(&etcd),
-        vec![(before, "before".to_string())],
+        settled_allocations(&etcd, &want, Duration::from_secs(5)),
+        want,
         "the failed ADD left no address behind"
     );
     // The runtime retries the DEL once etcd is back.

@@ -210,15 +210,36 @@ pub fn with_ipam(mut conf: Value, key: &str, value: Value) -> Value {
 
 /// The addresses allocated in etcd: `(ip, containerID)`.
 pub fn etcd_allocations(etcd: &Etcd) -> Vec<(Ipv4Addr, String)> {
-    etcd.keys("/trellis/ipam/ips/")
+    etcd.get_prefix("/trellis/ipam/ips/")
         .unwrap()
         .iter()
-        .map(|k| {
+        .map(|(k, v)| {
             let ip = k.rsplit('/').next().unwrap().parse().unwrap();
-            let v: Value = serde_json::from_str(&etcd.get(k).unwrap().unwrap()).unwrap();
+            let v: Value = serde_json::from_str(v).unwrap();
             (ip, v["containerID"].as_str().unwrap().to_string())
         })
         .collect()
+}
+
+/// The allocations once they equal `want`, or as they are after `within`:
+/// a claim that a frozen etcd applies late is undone by its fence moments
+/// after etcd resumes.
+pub fn settled_allocations(
+    etcd: &Etcd,
+    want: &[(Ipv4Addr, String)],
+    within: Duration,
+) -> Vec<(Ipv4Addr, String)> {
+    let start = Instant::now();
+    loop {
+        let mut got = etcd_allocations(etcd);
+        got.sort();
+        let mut sorted = want.to_vec();
+        sorted.sort();
+        if got == sorted || start.elapsed() > within {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The local store's allocations file.
