@@ -45,9 +45,9 @@ pub fn open_netns(req: &Request) -> Result<NetnsFile, CniError> {
         CniError::invalid_env(format!("CNI_NETNS: cannot open {}", path.display()))
             .with_details(e.to_string())
     })?;
-    match nix::sys::statfs::fstatfs(&netns.file) {
-        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => Ok(netns),
-        Ok(_) => Err(CniError::invalid_env(format!(
+    match netns.is_namespace() {
+        Ok(true) => Ok(netns),
+        Ok(false) => Err(CniError::invalid_env(format!(
             "CNI_NETNS: {} is not a network namespace",
             path.display()
         ))),

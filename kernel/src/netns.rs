@@ -25,6 +25,17 @@ impl NetnsFile {
             file,
         })
     }
+
+    /// Whether the open file is a namespace (nsfs), not any other file a
+    /// caller may have been handed as a namespace path.
+    pub fn is_namespace(&self) -> Result<bool> {
+        use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+        let fs = fstatfs(&self.file).map_err(|source| KernelError::Netns {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(fs.filesystem_type() == NSFS_MAGIC)
+    }
 }
 
 /// Run `f` on a fresh thread that has joined the namespace `ns`, and return
