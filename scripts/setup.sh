@@ -16,8 +16,8 @@ PACKAGES=(
     podman containerd runc uidmap
     # protoc, for the CRI client's gRPC code
     protobuf-compiler
-    # test topologies, traffic and inspection
-    iproute2 nftables iperf3 iputils-ping ethtool jq procps
+    # test topologies (ip, nsenter, sysctl), traffic and inspection
+    iproute2 nftables iperf3 iputils-ping jq procps
     # rootfs of the test containers and of the CRI sandbox image
     busybox-static
     # certificates for the TLS etcd of the IPAM suites
