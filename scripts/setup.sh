@@ -22,6 +22,8 @@ PACKAGES=(
     busybox-static
     # certificates for the TLS etcd of the IPAM suites
     openssl
+    # scripts/validate-manifests.sh: shell scripts of the kind recipe
+    shellcheck
 )
 
 if [[ $(id -u) -ne 0 ]]; then
