@@ -17,15 +17,17 @@ pub mod address;
 pub mod bridge;
 pub mod link;
 pub mod masquerade;
+pub mod node_table;
 pub mod route;
 pub mod sysctl;
 pub mod veth;
 
 // The overlay: VXLAN device, its forwarding and neighbour entries, routes
-// to remote subnets, the underlay it rides on.
+// to remote subnets, the underlay it rides on, its untracked tunnel packets.
 pub mod fdb;
 pub mod mac;
 pub mod neigh;
+pub mod notrack;
 pub mod overlay_route;
 pub mod underlay;
 pub mod vxlan;
@@ -35,5 +37,7 @@ pub use handle::Netlink;
 pub use link::Link;
 pub use mac::MacAddr;
 pub use masquerade::Masquerade;
+pub use node_table::NodeTable;
+pub use notrack::TunnelNotrack;
 pub use route::Route;
 pub use veth::VethPair;

@@ -213,7 +213,7 @@ fn apply(ruleset: &Nftables<'_>, what: &str) -> Result<()> {
 
 /// The `nft` binary: from PATH, else the usual sbin directories (runtimes
 /// may call plugins with a short PATH).
-fn nft_binary() -> PathBuf {
+pub(crate) fn nft_binary() -> PathBuf {
     let from_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{ipam_gc, masquerade, status_server};
+use crate::{ipam_gc, node_table, status_server};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,19 +200,19 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             metrics.clone(),
         )));
     }
-    if args.ip_masq {
-        let rule = masquerade::rule_set(net.subnet, config.network);
+    {
+        let table = node_table::for_node(&net, args.ip_masq, args.vxlan_notrack);
         let every = Duration::from_secs(args.resync_interval.max(1));
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match masquerade::keep(rule.clone()).await {
+                match node_table::keep(table.clone()).await {
                     Ok(true) => log::warn!(
-                        "masquerade table {} was missing; re-installed",
-                        masquerade::TABLE
+                        "nftables table {} was missing or changed; re-installed",
+                        node_table::TABLE
                     ),
                     Ok(false) => {}
-                    Err(e) => log::warn!("masquerade: {e}"),
+                    Err(e) => log::warn!("nftables table {}: {e}", node_table::TABLE),
                 }
             }
         }));
@@ -238,7 +238,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     result
 }
 
-/// Forwarding, the VXLAN device, the bridge, masquerade and the state file
+/// Forwarding, the VXLAN device, the bridge, the nftables table (masquerade,
+/// untracked tunnel packets) and the state file
 /// for the plugins.
 async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<(), AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
@@ -246,11 +247,7 @@ async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<
     }
     net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
-    if args.ip_masq {
-        masquerade::ensure(masquerade::rule_set(net.subnet, net.network)).await?;
-    } else {
-        masquerade::remove().await?;
-    }
+    node_table::ensure(node_table::for_node(net, args.ip_masq, args.vxlan_notrack)).await?;
     write_node_record(&args.state_dir, &net.record()).map_err(|source| AgentError::StateFile {
         path: trellis_common::node::record_path(&args.state_dir)
             .display()

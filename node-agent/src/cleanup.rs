@@ -6,7 +6,7 @@
 use crate::etcd::{self, EtcdError, Keys};
 use crate::flags::{node_name_or_hostname, CleanupArgs};
 use crate::lease::{self, LeaseError};
-use crate::masquerade;
+use crate::node_table;
 use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     if nl.delete_link_by_name(&args.bridge).await? {
         log::info!("deleted bridge {}", args.bridge);
     }
-    masquerade::remove().await?;
+    node_table::remove().await?;
     let path = trellis_common::node::record_path(&args.state_dir);
     match std::fs::remove_file(&path) {
         Ok(()) => log::info!("removed {}", path.display()),

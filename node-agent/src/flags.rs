@@ -88,6 +88,18 @@ pub struct RunArgs {
         default_missing_value = "true"
     )]
     pub ip_masq: bool,
+    /// Leave the outer VXLAN packets (UDP to the cluster's VXLAN port, to and
+    /// from this node's public IP) out of conntrack; the pods' connections
+    /// stay tracked.
+    #[arg(
+        long,
+        env = "TRELLIS_VXLAN_NOTRACK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub vxlan_notrack: bool,
     /// How often (seconds) this node's leaked IP allocations are reclaimed;
     /// 0 turns the reclaim off.
     #[arg(long, env = "TRELLIS_IPAM_GC_INTERVAL", default_value_t = 300)]

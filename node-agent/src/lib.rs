@@ -7,7 +7,7 @@
 //! - [`registry`]: every node record, listed and watched.
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
-//! - [`masquerade`], [`ipam_gc`], [`metrics`] + [`status_server`].
+//! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
 //! - [`agent`] (`run`), [`cleanup`] (`cleanup`), [`install_cni`] (`install-cni`).
 
 pub mod agent;
@@ -18,10 +18,10 @@ pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;
 pub mod lease;
-pub mod masquerade;
 pub mod membership;
 pub mod metrics;
 pub mod node_network;
+pub mod node_table;
 pub mod overlay;
 pub mod registry;
 pub mod status_server;
