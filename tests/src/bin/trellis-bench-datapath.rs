@@ -3,7 +3,17 @@
 //! two node namespaces directly over the underlay, in the same run, on a
 //! simulated cluster. Prints medians and the overlay/underlay ratio.
 //!
-//!   trellis-bench-datapath [--seconds N] [--reps N] [--streams N]
+//!   trellis-bench-datapath [--seconds N] [--reps N] [--streams N] [--ab-notrack] [--no-pin]
+//!
+//! The iperf3 client runs on CPU 0 and the server on CPU 1 (`iperf3 -A 0,1`),
+//! as on two machines, unless `--no-pin` (or a single CPU): left to the
+//! scheduler, the placement changes from run to run and with it the
+//! underlay figure by up to 40%.
+//!
+//! `--ab-notrack` measures the agent's untracked tunnel packets
+//! (`--vxlan-notrack`) against tracked ones in the same run: every rep runs
+//! the overlay once with the notrack chains filled and once with them
+//! emptied (the order alternating), then the underlay.
 //!
 //! Wrapped by scripts/bench-datapath.sh (which builds in release first).
 
@@ -21,6 +31,9 @@ struct Options {
     seconds: u32,
     reps: usize,
     streams: u32,
+    ab_notrack: bool,
+    /// CPUs of the iperf3 client and server (`iperf3 -A c,s`).
+    pin: Option<(usize, usize)>,
 }
 
 fn parse_args() -> Result<Options> {
@@ -28,6 +41,8 @@ fn parse_args() -> Result<Options> {
         seconds: 3,
         reps: 7,
         streams: 1,
+        ab_notrack: false,
+        pin: (std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2).then_some((0, 1)),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -41,15 +56,19 @@ fn parse_args() -> Result<Options> {
             "--seconds" => opts.seconds = value("--seconds")?,
             "--reps" => opts.reps = value("--reps")? as usize,
             "--streams" => opts.streams = value("--streams")?,
+            "--ab-notrack" => opts.ab_notrack = true,
+            "--no-pin" => opts.pin = None,
             "-h" | "--help" => {
-                println!("usage: trellis-bench-datapath [--seconds N] [--reps N] [--streams N]");
+                println!(
+                    "usage: trellis-bench-datapath [--seconds N] [--reps N] [--streams N] [--ab-notrack] [--no-pin]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
         }
     }
-    if !(1..=60).contains(&opts.seconds) || !(1..=10).contains(&opts.reps) {
-        bail!("--seconds is 1 to 60 and --reps 1 to 10");
+    if !(1..=60).contains(&opts.seconds) || !(1..=30).contains(&opts.reps) {
+        bail!("--seconds is 1 to 60 and --reps 1 to 30");
     }
     if !(1..=8).contains(&opts.streams) {
         bail!("--streams is 1 to 8");
@@ -67,7 +86,14 @@ fn main() {
 fn run() -> Result<()> {
     let opts = parse_args()?;
     eprintln!("starting a 2-node cluster...");
-    let cluster = Cluster::start(ClusterSpec::default().nodes(2))?;
+    let mut spec = ClusterSpec::default().nodes(2);
+    if opts.ab_notrack {
+        // The bench empties and fills the notrack chains itself: no resync
+        // may put them back in between.
+        spec.agent_args = vec!["--resync-interval".into(), "86400".into()];
+    }
+    let port = spec.config.port;
+    let cluster = Cluster::start(spec)?;
     let pod_a = cluster.add_pod(0, "bench-a")?;
     let pod_b = cluster.add_pod(1, "bench-b")?;
     let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
@@ -83,11 +109,18 @@ fn run() -> Result<()> {
         "data path: {} s TCP per run, {} stream(s), {} runs each, alternating",
         opts.seconds, opts.streams, opts.reps
     );
+    match opts.pin {
+        Some((c, s)) => println!("iperf3 client on CPU {c}, server on CPU {s}"),
+        None => println!("iperf3 placement left to the scheduler"),
+    }
     println!(
         "mtu: underlay {} / pod {}",
         link_mtu(&node_a.netns, "eth0")?,
         link_mtu(&pod_a.netns, "eth0")?
     );
+    if opts.ab_notrack {
+        return ab_notrack(&cluster, &pod_a.netns, pod_b.ip, node_b_ip, port, &opts);
+    }
     let mut overlay = Vec::new();
     let mut underlay = Vec::new();
     for rep in 0..opts.reps {
@@ -129,6 +162,84 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// Overlay with the tunnel packets untracked and tracked, alternating, and
+/// the underlay; medians and ratios.
+fn ab_notrack(
+    cluster: &Cluster,
+    pod_a: &Netns,
+    pod_b: IpAddr,
+    node_b: IpAddr,
+    port: u16,
+    opts: &Options,
+) -> Result<()> {
+    let set = |on: bool| -> Result<()> {
+        for node in &cluster.nodes {
+            set_notrack(node, on, port)?;
+        }
+        Ok(())
+    };
+    let (mut untracked, mut tracked, mut underlay) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..opts.reps {
+        let mut pair = [(true, 0.0), (false, 0.0)];
+        if rep % 2 == 1 {
+            pair.reverse();
+        }
+        for (on, bps) in pair.iter_mut() {
+            set(*on)?;
+            *bps = iperf(pod_a, pod_b, opts)?;
+        }
+        let u = iperf(&cluster.nodes[0].netns, node_b, opts)?;
+        let get = |on: bool| pair.iter().find(|(o, _)| *o == on).map_or(0.0, |p| p.1);
+        let (n, t) = (get(true), get(false));
+        println!(
+            "  run {}: overlay untracked {:>6.2}  tracked {:>6.2}  underlay {:>6.2} Gbit/s",
+            rep + 1,
+            n / 1e9,
+            t / 1e9,
+            u / 1e9
+        );
+        untracked.push(n);
+        tracked.push(t);
+        underlay.push(u);
+    }
+    set(true)?;
+    let (n, t, u) = (median(&untracked), median(&tracked), median(&underlay));
+    println!(
+        "throughput (median): overlay untracked {:.2}, tracked {:.2}, underlay {:.2} Gbit/s",
+        n / 1e9,
+        t / 1e9,
+        u / 1e9
+    );
+    println!(
+        "ratio to the underlay: untracked {:.2}, tracked {:.2}; untracked/tracked {:.3}",
+        n / u,
+        t / u,
+        n / t
+    );
+    Ok(())
+}
+
+/// Fill (or empty) the agent's notrack chains on `node` by hand.
+fn set_notrack(node: &trellis_tests::cluster::Node, on: bool, port: u16) -> Result<()> {
+    let table = "ip trellis-agent";
+    let mut script =
+        format!("nft flush chain {table} tunnel-in && nft flush chain {table} tunnel-out");
+    if on {
+        let ip = node.underlay_ip;
+        script += &format!(
+            " && nft add rule {table} tunnel-in ip daddr {ip} udp dport {port} notrack \
+             && nft add rule {table} tunnel-out ip saddr {ip} udp dport {port} notrack"
+        );
+    }
+    node.netns.sh_ok(&script).with_context(|| {
+        format!(
+            "notrack chains on {} (is the agent's table there?)",
+            node.name
+        )
+    })?;
+    Ok(())
+}
+
 /// An iperf3 server in a namespace, stopped with it.
 struct IperfServer;
 
@@ -160,20 +271,24 @@ fn iperf(client: &Netns, server: IpAddr, opts: &Options) -> Result<f64> {
     let server = server.to_string();
     let seconds = opts.seconds.to_string();
     let streams = opts.streams.to_string();
-    let out: Output = client.exec(&[
-        "timeout",
-        &(opts.seconds + 20).to_string(),
-        "iperf3",
-        "-c",
-        &server,
-        "-p",
-        "5201",
-        "-t",
-        &seconds,
-        "-P",
-        &streams,
-        "-J",
-    ]);
+    let mut argv = vec![
+        "timeout".to_string(),
+        (opts.seconds + 20).to_string(),
+        "iperf3".into(),
+        "-c".into(),
+        server.clone(),
+        "-p".into(),
+        "5201".into(),
+        "-t".into(),
+        seconds,
+        "-P".into(),
+        streams,
+        "-J".into(),
+    ];
+    if let Some((c, s)) = opts.pin {
+        argv.extend(["-A".into(), format!("{c},{s}")]);
+    }
+    let out: Output = client.exec(&argv);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(err) = report["error"].as_str() {
