@@ -162,35 +162,42 @@ impl Masquerade {
     /// Whether the kernel holds the table with our rule, and only it, in its
     /// chain (a read: no transaction, no commit).
     pub fn is_installed(&self) -> Result<bool> {
-        let nft = nft_binary();
         let family = if self.source.is_ipv4() { "ip" } else { "ip6" };
-        let args = ["list", "table", family, self.table.as_str()];
-        let current = match nftables::helper::get_current_ruleset_with_args(Some(&nft), args) {
-            Ok(c) => c,
-            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                return Ok(false)
-            }
-            Err(e) => {
-                return Err(KernelError::Nftables(format!(
-                    "listing {}: {e}",
-                    self.table
-                )))
-            }
-        };
-        let want = self.rule();
-        let rules: Vec<&Rule> = current
-            .objects
-            .iter()
-            .filter_map(|o| match o {
-                NfObject::ListObject(NfListObject::Rule(r)) if r.chain == CHAIN => Some(r),
-                _ => None,
-            })
-            .collect();
-        // Exactly our rule, as nft prints it back.
-        Ok(matches!(rules.as_slice(), [r] if r.expr == want.expr))
+        Ok(list_table(family, &self.table)?
+            .is_some_and(|current| chain_holds_only(&current, CHAIN, &self.rule())))
     }
+}
+
+/// The table as the kernel holds it (`nft list table`), `None` when absent:
+/// a read, no transaction.
+pub(crate) fn list_table(family: &str, table: &str) -> Result<Option<Nftables<'static>>> {
+    let nft = nft_binary();
+    match nftables::helper::get_current_ruleset_with_args(
+        Some(&nft),
+        ["list", "table", family, table],
+    ) {
+        Ok(current) => Ok(Some(current)),
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(KernelError::Nftables(format!("listing {table}: {e}"))),
+    }
+}
+
+/// Whether `chain` of a listed table holds exactly `want`, as nft prints it
+/// back, and nothing else.
+pub(crate) fn chain_holds_only<'a>(current: &Nftables<'a>, chain: &str, want: &Rule<'a>) -> bool {
+    let rules: Vec<&Rule> = current
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            NfObject::ListObject(NfListObject::Rule(r)) if r.chain == chain => Some(r),
+            _ => None,
+        })
+        .collect();
+    matches!(rules.as_slice(), [r] if r.expr == want.expr)
 }
 
 fn prefix(net: IpNetwork) -> Expression<'static> {

@@ -17,10 +17,10 @@
 //! `nft` takes.
 
 use crate::error::{KernelError, Result};
-use crate::masquerade::nft_binary;
+use crate::masquerade::{chain_holds_only, list_table, nft_binary};
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField};
-use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
+use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
@@ -171,33 +171,10 @@ impl TunnelNotrack {
     /// Whether the kernel holds both chains with our rule, and only it, in
     /// each (a read: no transaction).
     pub fn is_installed(&self) -> Result<bool> {
-        let nft = nft_binary();
-        let args = ["list", "table", "ip", self.table.as_str()];
-        let current = match nftables::helper::get_current_ruleset_with_args(Some(&nft), args) {
-            Ok(c) => c,
-            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                return Ok(false)
-            }
-            Err(e) => {
-                return Err(KernelError::Nftables(format!(
-                    "listing {}: {e}",
-                    self.table
-                )))
-            }
-        };
-        Ok([IN_CHAIN, OUT_CHAIN].into_iter().all(|chain| {
-            let want = self.rule(chain);
-            let rules: Vec<&Rule> = current
-                .objects
-                .iter()
-                .filter_map(|o| match o {
-                    NfObject::ListObject(NfListObject::Rule(r)) if r.chain == chain => Some(r),
-                    _ => None,
-                })
-                .collect();
-            matches!(rules.as_slice(), [r] if r.expr == want.expr)
+        Ok(list_table("ip", &self.table)?.is_some_and(|current| {
+            [IN_CHAIN, OUT_CHAIN]
+                .into_iter()
+                .all(|chain| chain_holds_only(&current, chain, &self.rule(chain)))
         }))
     }
 }
