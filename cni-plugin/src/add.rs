@@ -4,13 +4,13 @@
 
 use crate::config::{Config, Mode};
 use crate::masq;
-use crate::naming::host_veth_name;
 use crate::plugin::{kernel_error, mode_gateway, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_common::cni::delegate::{delegate, Delegation};
 use trellis_common::cni::result::{Interface, IpConfig, Route as CniRoute};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
+use trellis_common::naming::host_veth_name;
 use trellis_common::node::VXLAN_V4_OVERHEAD;
 use trellis_kernel::netns::NetnsFile;
 use trellis_kernel::route::MAIN_TABLE;

@@ -4,12 +4,12 @@
 
 use crate::add::open_netns;
 use crate::config::Config;
-use crate::naming::host_veth_name;
 use crate::plugin::{kernel_error, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trellis_common::cni::delegate::delegate;
 use trellis_common::cni::{CniError, CniResult, Command, Request};
+use trellis_common::naming::host_veth_name;
 use trellis_kernel::route::MAIN_TABLE;
 use trellis_kernel::{Link, Netlink, Route};
 

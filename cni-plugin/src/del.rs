@@ -5,10 +5,10 @@
 
 use crate::config::Config;
 use crate::masq;
-use crate::naming::host_veth_name;
 use crate::plugin::{kernel_error, runtime};
 use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::{CniError, Command, Request};
+use trellis_common::naming::host_veth_name;
 use trellis_kernel::Netlink;
 
 pub fn del(req: &Request) -> Result<(), CniError> {

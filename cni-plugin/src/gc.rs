@@ -3,11 +3,11 @@
 
 use crate::config::Config;
 use crate::masq;
-use crate::naming::{host_veth_name, is_host_veth_name};
 use crate::plugin::{kernel_error, runtime};
 use std::collections::HashSet;
 use trellis_common::cni::delegate::delegate;
 use trellis_common::cni::{CniError, Command, Request};
+use trellis_common::naming::{host_veth_name, is_host_veth_name};
 use trellis_kernel::Netlink;
 
 pub fn gc(req: &Request) -> Result<(), CniError> {

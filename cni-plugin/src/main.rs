@@ -12,7 +12,6 @@ mod config;
 mod del;
 mod gc;
 mod masq;
-mod naming;
 mod plugin;
 
 fn main() {

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use trellis_common::cni::{code, CniError};
 use trellis_kernel::{Masquerade, Netlink};
 
-use crate::naming::is_host_veth_name;
+use trellis_common::naming::is_host_veth_name;
 
 /// An exclusive flock on `<stateDir>/<bridge>.lock`, released on drop.
 pub struct NodeLock {
