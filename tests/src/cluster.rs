@@ -200,6 +200,27 @@ impl Node {
         Ok(())
     }
 
+    /// Runs `trellis-agent cleanup --state-dir <this node's> <extra...>` in
+    /// the node; an error carries the command's stderr.
+    pub fn agent_cleanup(&self, extra: &[String]) -> Result<()> {
+        let mut args = vec![
+            bins::bin("trellis-agent").display().to_string(),
+            "cleanup".into(),
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let out = self.netns.command(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "trellis-agent cleanup on {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the agent: SIGTERM (a graceful stop), SIGKILL after `grace`.
     pub fn stop_agent(&mut self, grace: Duration) -> Result<()> {
         let Some(mut child) = self.agent.take() else {

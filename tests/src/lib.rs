@@ -12,3 +12,4 @@ pub mod libcni;
 pub mod netns;
 pub mod podman;
 pub mod rootfs;
+pub mod wait;

@@ -3,12 +3,13 @@
 //! subnets at the same moment.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::Value;
 use trellis_common::node::ClusterConfig;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
+use trellis_tests::wait::wait_until;
 
 fn routes_on_vxlan(node: &Node) -> Result<BTreeSet<String>> {
     let out = node
@@ -19,22 +20,6 @@ fn routes_on_vxlan(node: &Node) -> Result<BTreeSet<String>> {
         .iter()
         .filter_map(|r| r["dst"].as_str().map(str::to_owned))
         .collect())
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A record for a node that exists only in etcd.

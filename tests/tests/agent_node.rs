@@ -3,27 +3,11 @@
 //! expired under a frozen agent.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
 use trellis_tests::bins;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec};
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use trellis_tests::wait::wait_until;
 
 fn spec(args: &[&str]) -> ClusterSpec {
     ClusterSpec {
@@ -128,26 +112,14 @@ fn cleanup_removes_everything_the_agent_made() {
     let gone_subnet = cluster.nodes[1].subnet().unwrap();
     cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
     let node = &cluster.nodes[1];
-    let out = node
-        .netns
-        .command(&[
-            bins::bin("trellis-agent").display().to_string(),
-            "cleanup".into(),
-            "--release".into(),
-            "--node-name".into(),
-            node.name.clone(),
-            "--etcd-endpoints".into(),
-            cluster.etcd_endpoint(),
-            "--state-dir".into(),
-            node.state_dir.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.agent_cleanup(&[
+        "--release".into(),
+        "--node-name".into(),
+        node.name.clone(),
+        "--etcd-endpoints".into(),
+        cluster.etcd_endpoint(),
+    ])
+    .unwrap();
     let links = node.netns.links().unwrap();
     assert!(
         !links.iter().any(|l| l == "trellis.1" || l == "trellis0"),
@@ -167,21 +139,7 @@ fn cleanup_removes_everything_the_agent_made() {
     })
     .unwrap();
     // Cleaning a clean node is fine.
-    let again = node
-        .netns
-        .command(&[
-            bins::bin("trellis-agent").display().to_string(),
-            "cleanup".into(),
-            "--state-dir".into(),
-            node.state_dir.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    node.agent_cleanup(&[]).unwrap();
 }
 
 #[test]

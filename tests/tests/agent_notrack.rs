@@ -4,29 +4,16 @@
 //! someone flushes the ruleset and go with `trellis-agent cleanup`.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
 use trellis_tests::bins;
 use trellis_tests::cluster::{Cluster, ClusterSpec, Node, Pod};
+use trellis_tests::wait::wait_until;
 
 fn spec(args: &[&str]) -> ClusterSpec {
     ClusterSpec {
         agent_args: args.iter().map(|s| s.to_string()).collect(),
         ..ClusterSpec::default().nodes(2)
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -148,21 +135,7 @@ fn tunnel_packets_are_untracked_and_pod_connections_still_tracked() {
     // `cleanup` removes them with the agent's table.
     cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
     let node = &cluster.nodes[0];
-    let out = node
-        .netns
-        .command(&[
-            bins::bin("trellis-agent").display().to_string(),
-            "cleanup".into(),
-            "--state-dir".into(),
-            node.state_dir.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.agent_cleanup(&[]).unwrap();
     let tables = node.netns.ok(&["nft", "list", "tables"]).unwrap();
     assert!(!tables.contains("trellis-agent"), "{tables}");
 }

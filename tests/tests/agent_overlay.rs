@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::Value;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
 use trellis_tests::netns::Netns;
+use trellis_tests::wait::wait_for;
 
 /// What the kernel of a node holds on its VXLAN device.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -71,26 +72,6 @@ fn expected(cluster: &Cluster, node: usize) -> Result<OverlayEntries> {
         e.routes.insert((rec.subnet.to_string(), vtep));
     }
     Ok(e)
-}
-
-fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} {last}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn full_mesh_ping(pods: &[trellis_tests::cluster::Pod]) {
