@@ -213,140 +213,136 @@ pub async fn acquire(
     require: bool,
     ttl: i64,
 ) -> Result<Leased, LeaseError> {
-    let mut granted: Option<i64> = None;
-    let result = acquire_with(
+    let mut attempt = Acquisition {
         client,
         keys,
         config,
         node,
-        preferred,
-        require,
         ttl,
-        &mut granted,
-    )
-    .await;
+        granted: None,
+    };
+    let result = attempt.run(preferred, require).await;
     // A lease granted for a lost race (or an error) holds nothing: give it back.
-    if let Some(id) = granted {
+    if let Some(id) = attempt.granted {
         if result.as_ref().ok().map(|l| l.lease_id) != Some(id) {
-            let _ = client.lease_revoke(id).await;
+            let _ = attempt.client.lease_revoke(id).await;
         }
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn acquire_with(
-    client: &mut Client,
-    keys: &Keys,
-    config: &ClusterConfig,
-    node: &str,
-    preferred: Option<Ipv4Network>,
-    require: bool,
+/// One call of [`acquire`]: its inputs and the etcd lease it granted, if any
+/// (granted at most once, reused over lost races, revoked unless kept).
+struct Acquisition<'a> {
+    client: &'a mut Client,
+    keys: &'a Keys,
+    config: &'a ClusterConfig,
+    node: &'a str,
     ttl: i64,
-    granted: &mut Option<i64>,
-) -> Result<Leased, LeaseError> {
-    let claim = serde_json::to_string(&SubnetClaim {
-        node: node.to_string(),
-    })
-    .expect("claim serializes");
-    for attempt in 0..MAX_ATTEMPTS {
-        let listing = list_subnets(client, keys).await?;
-        let (own, stale) = own_subnet(config, &listing, node, preferred);
-        for s in stale {
-            if Some(s.subnet) == own.map(|o| o.subnet) {
-                continue;
-            }
-            log::info!("releasing {} (no longer this node's subnet)", s.subnet);
-            let key = keys.subnet(s.subnet);
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    s.mod_revision,
-                )])
-                .and_then([TxnOp::delete(key.as_str(), None)]);
-            client.txn(txn).await?;
-        }
-        if let Some(own) = own.filter(|o| !require || Some(o.subnet) == preferred) {
-            if own.lease != 0 {
-                return Ok(Leased {
-                    subnet: own.subnet,
-                    lease_id: own.lease,
-                    reused: true,
-                });
-            }
-            // Ours but bound to no lease (written by hand?): bind it to one.
-            let lease = grant(client, ttl, granted).await?;
-            let key = keys.subnet(own.subnet);
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    own.mod_revision,
-                )])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    claim.as_str(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
-            if client.txn(txn).await?.succeeded() {
-                return Ok(Leased {
-                    subnet: own.subnet,
-                    lease_id: lease,
-                    reused: true,
-                });
-            }
-            continue;
-        }
-        let taken: HashSet<Ipv4Network> = listing.iter().map(|s| s.subnet).collect();
-        if require {
-            let wanted = preferred.expect("require comes with a preferred subnet");
-            if let Some(holder) = listing.iter().find(|s| s.subnet == wanted) {
-                return Err(LeaseError::SubnetTaken {
-                    wanted,
-                    owner: holder.owner.clone().unwrap_or_else(|| "?".into()),
-                });
-            }
-        }
-        let candidate = choose_subnet(config, &taken, preferred, seed(node, attempt)).ok_or(
-            LeaseError::Exhausted {
-                network: config.network,
-                subnet_len: config.subnet_len,
-                count: config.subnet_count(),
-            },
-        )?;
-        let lease = grant(client, ttl, granted).await?;
-        let key = keys.subnet(candidate);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                claim.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        if client.txn(txn).await?.succeeded() {
-            return Ok(Leased {
-                subnet: candidate,
-                lease_id: lease,
-                reused: false,
-            });
-        }
-        log::debug!("{candidate} was taken by another agent first; trying again");
-    }
-    Err(LeaseError::Contention)
+    granted: Option<i64>,
 }
 
-async fn grant(
-    client: &mut Client,
-    ttl: i64,
-    granted: &mut Option<i64>,
-) -> Result<i64, LeaseError> {
-    if let Some(id) = *granted {
-        return Ok(id);
+impl Acquisition<'_> {
+    async fn run(
+        &mut self,
+        preferred: Option<Ipv4Network>,
+        require: bool,
+    ) -> Result<Leased, LeaseError> {
+        let (keys, config, node) = (self.keys, self.config, self.node);
+        for attempt in 0..MAX_ATTEMPTS {
+            let listing = list_subnets(self.client, keys).await?;
+            let (own, stale) = own_subnet(config, &listing, node, preferred);
+            for s in stale {
+                log::info!("releasing {} (no longer this node's subnet)", s.subnet);
+                let key = keys.subnet(s.subnet);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        s.mod_revision,
+                    )])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                self.client.txn(txn).await?;
+            }
+            if let Some(own) = own.filter(|o| !require || Some(o.subnet) == preferred) {
+                if own.lease != 0 {
+                    return Ok(Leased {
+                        subnet: own.subnet,
+                        lease_id: own.lease,
+                        reused: true,
+                    });
+                }
+                // Ours but bound to no lease (written by hand?): bind it to one.
+                let unchanged = Compare::mod_revision(
+                    keys.subnet(own.subnet),
+                    CompareOp::Equal,
+                    own.mod_revision,
+                );
+                if let Some(lease_id) = self.claim(own.subnet, unchanged).await? {
+                    return Ok(Leased {
+                        subnet: own.subnet,
+                        lease_id,
+                        reused: true,
+                    });
+                }
+                continue;
+            }
+            if require {
+                let wanted = preferred.expect("require comes with a preferred subnet");
+                if let Some(holder) = listing.iter().find(|s| s.subnet == wanted) {
+                    return Err(LeaseError::SubnetTaken {
+                        wanted,
+                        owner: holder.owner.clone().unwrap_or_else(|| "?".into()),
+                    });
+                }
+            }
+            let taken: HashSet<Ipv4Network> = listing.iter().map(|s| s.subnet).collect();
+            let candidate = choose_subnet(config, &taken, preferred, seed(node, attempt)).ok_or(
+                LeaseError::Exhausted {
+                    network: config.network,
+                    subnet_len: config.subnet_len,
+                    count: config.subnet_count(),
+                },
+            )?;
+            let absent = Compare::create_revision(keys.subnet(candidate), CompareOp::Equal, 0);
+            if let Some(lease_id) = self.claim(candidate, absent).await? {
+                return Ok(Leased {
+                    subnet: candidate,
+                    lease_id,
+                    reused: false,
+                });
+            }
+            log::debug!("{candidate} was taken by another agent first; trying again");
+        }
+        Err(LeaseError::Contention)
     }
-    let id = client.lease_grant(ttl, None).await?.id();
-    *granted = Some(id);
-    Ok(id)
+
+    /// Write this node's claim on `subnet`, bound to the lease of this call,
+    /// if `when` holds; the lease id when it did.
+    async fn claim(
+        &mut self,
+        subnet: Ipv4Network,
+        when: Compare,
+    ) -> Result<Option<i64>, LeaseError> {
+        let lease = match self.granted {
+            Some(id) => id,
+            None => {
+                let id = self.client.lease_grant(self.ttl, None).await?.id();
+                self.granted = Some(id);
+                id
+            }
+        };
+        let claim = serde_json::to_string(&SubnetClaim {
+            node: self.node.to_string(),
+        })
+        .expect("claim serializes");
+        let txn = Txn::new().when([when]).and_then([TxnOp::put(
+            self.keys.subnet(subnet),
+            claim,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        Ok(self.client.txn(txn).await?.succeeded().then_some(lease))
+    }
 }
 
 /// Write this node's record under its lease.
