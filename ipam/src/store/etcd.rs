@@ -384,11 +384,8 @@ impl EtcdStore {
             .collect()
     }
 
-    /// What the handle key says, with its revision.
-    async fn read_handle(
-        &self,
-        handle: &Handle,
-    ) -> Result<Option<(Result<HandleRecord, String>, i64)>, IpamError> {
+    /// The handle key of `handle`, as stored.
+    async fn read_handle(&self, handle: &Handle) -> Result<Option<KeyValue>, IpamError> {
         let kvs = self
             .get(
                 "reading the attachment's handle",
@@ -396,12 +393,7 @@ impl EtcdStore {
                 None,
             )
             .await?;
-        Ok(kvs.first().map(|kv| {
-            (
-                serde_json::from_slice::<HandleRecord>(kv.value()).map_err(|e| e.to_string()),
-                kv.mod_revision(),
-            )
-        }))
+        Ok(kvs.into_iter().next())
     }
 
     /// Free whatever `handle` holds (DEL). Idempotent: a handle that holds
@@ -410,10 +402,11 @@ impl EtcdStore {
     pub async fn release(&self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
         let hkey = self.handle_key(handle);
         for _ in 0..3 {
-            let Some((record, hrev)) = self.read_handle(handle).await? else {
+            let Some(hkv) = self.read_handle(handle).await? else {
                 return Ok(None);
             };
-            let Ok(record) = record else {
+            let hrev = hkv.mod_revision();
+            let Some(record) = handle_record(&hkv) else {
                 self.delete_handle_if(&hkey, hrev).await?;
                 return Ok(None);
             };
@@ -543,10 +536,22 @@ impl EtcdStore {
     }
 
     async fn lookup_raw(&self, handle: &Handle) -> Result<HandleState, IpamError> {
-        let Some((record, hrev)) = self.read_handle(handle).await? else {
+        let hkv = self.read_handle(handle).await?;
+        self.resolve(handle, hkv.as_ref()).await
+    }
+
+    /// What the handle key `hkv` (as read) holds, checked against its
+    /// address key.
+    async fn resolve(
+        &self,
+        handle: &Handle,
+        hkv: Option<&KeyValue>,
+    ) -> Result<HandleState, IpamError> {
+        let Some(hkv) = hkv else {
             return Ok(HandleState::Absent);
         };
-        let Ok(record) = record else {
+        let hrev = hkv.mod_revision();
+        let Some(record) = handle_record(hkv) else {
             return Ok(HandleState::Dangling(hrev));
         };
         let kvs = self
@@ -609,9 +614,10 @@ impl EtcdStore {
                 }));
             }
             let got = gets(&resp);
-            if got.first().is_some_and(Option::is_some) {
-                // A repeated ADD, or a handle left dangling: look closer.
-                match self.lookup_raw(&handle).await? {
+            if let Some(hkv) = got.first().and_then(Option::as_ref) {
+                // A repeated ADD, or a handle left dangling: look closer at
+                // the handle the failed transaction read already.
+                match self.resolve(&handle, Some(hkv)).await? {
                     HandleState::Holds(a) => return Ok(Claim::AlreadyHeld(a)),
                     HandleState::Absent => continue,
                     HandleState::Dangling(hrev) => {
@@ -749,6 +755,10 @@ enum HandleState {
     /// The handle exists (at this revision) but its address record is
     /// missing, undecodable or someone else's.
     Dangling(i64),
+}
+
+fn handle_record(kv: &KeyValue) -> Option<HandleRecord> {
+    serde_json::from_slice(kv.value()).ok()
 }
 
 fn owner_of(kv: &KeyValue) -> Option<Owner> {
