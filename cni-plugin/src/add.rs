@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Mode};
 use crate::masq;
-use crate::plugin::{kernel_error, mode_gateway, runtime};
+use crate::plugin::{container_route, kernel_error, mode_gateway, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_common::cni::delegate::{delegate, Delegation};
@@ -242,14 +242,7 @@ impl Add<'_> {
         }
         let routes = container_routes(&ipam.routes, &ips);
         for route in &routes {
-            let gateway = route.gw.or_else(|| family_gateway(&ips, route.dst.ip()));
-            let kernel_route = Route {
-                gateway,
-                oif: Some(container.index),
-                metric: route.priority,
-                table: route.table.unwrap_or(MAIN_TABLE),
-                ..Route::to(route.dst)
-            };
+            let kernel_route = container_route(route, container.index, ips.iter().map(|(_, g)| *g));
             match pod.add_route(&kernel_route).await {
                 Ok(()) => {}
                 Err(e) if e.is_exists() => {}
@@ -400,12 +393,6 @@ fn container_routes(ipam_routes: &[CniRoute], ips: &[(IpNetwork, IpAddr)]) -> Ve
     routes
 }
 
-fn family_gateway(ips: &[(IpNetwork, IpAddr)], dst: IpAddr) -> Option<IpAddr> {
-    ips.iter()
-        .find(|(ip, _)| ip.is_ipv4() == dst.is_ipv4())
-        .map(|(_, gw)| *gw)
-}
-
 /// The MTU of the interface of the IPv4 default route (lowest metric), if
 /// the node has one.
 async fn default_route_mtu(node: &Netlink) -> Result<Option<u32>, CniError> {
@@ -451,10 +438,5 @@ mod tests {
         assert_eq!(container_routes(&ipam, &ips), ipam);
         let ipam = vec![CniRoute::new("192.168.0.0/16".parse().unwrap(), None)];
         assert_eq!(container_routes(&ipam, &ips).len(), 2);
-        assert_eq!(
-            family_gateway(&ips, "192.168.0.0".parse().unwrap()),
-            Some("10.88.0.1".parse().unwrap())
-        );
-        assert_eq!(family_gateway(&ips, "fd00::".parse().unwrap()), None);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::add::open_netns;
 use crate::config::Config;
-use crate::plugin::{kernel_error, runtime};
+use crate::plugin::{container_route, kernel_error, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trellis_common::cni::delegate::delegate;
@@ -188,13 +188,6 @@ impl Checker<'_> {
     }
 
     async fn check_routes(&self, container: &Link) -> Result<(), CniError> {
-        let gateway_of = |family_of: IpAddr| {
-            self.prev
-                .ips
-                .iter()
-                .find(|ip| ip.address.is_ipv4() == family_of.is_ipv4())
-                .and_then(|ip| ip.gateway)
-        };
         let mut have: Vec<Route> = Vec::new();
         for family in [
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -218,11 +211,8 @@ impl Checker<'_> {
             if route.table.is_some_and(|t| t != MAIN_TABLE) {
                 continue;
             }
-            let want = Route {
-                gateway: route.gw.or_else(|| gateway_of(route.dst.ip())),
-                oif: Some(container.index),
-                ..Route::to(route.dst)
-            };
+            let gateways = self.prev.ips.iter().filter_map(|ip| ip.gateway);
+            let want = container_route(route, container.index, gateways);
             if !have.iter().any(|r| r.same_path(&want)) {
                 return Err(failed(format!(
                     "the container lacks its route to {}{}",

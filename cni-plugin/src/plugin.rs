@@ -1,9 +1,12 @@
 //! The verbs, and what they share: the runtime, the error mapping.
 
 use crate::config::{Config, Mode};
+use std::net::IpAddr;
 use trellis_common::cni::delegate::delegate;
+use trellis_common::cni::result::Route as CniRoute;
 use trellis_common::cni::{code, CniError, CniResult, Command, Plugin, Request};
-use trellis_kernel::KernelError;
+use trellis_kernel::route::MAIN_TABLE;
+use trellis_kernel::{KernelError, Route};
 
 pub struct Trellis;
 
@@ -75,9 +78,52 @@ pub fn mode_gateway(mode: &Mode, address: ipnetwork::IpNetwork) -> Option<std::n
     }
 }
 
+/// The kernel route ADD installs in the container for a CNI route, and
+/// CHECK looks for: out of the container interface `oif`, via the route's
+/// own gateway or else the first of `gateways` of the destination's family.
+pub fn container_route(
+    route: &CniRoute,
+    oif: u32,
+    gateways: impl IntoIterator<Item = IpAddr>,
+) -> Route {
+    let gateway = route.gw.or_else(|| {
+        gateways
+            .into_iter()
+            .find(|g| g.is_ipv4() == route.dst.is_ipv4())
+    });
+    Route {
+        gateway,
+        oif: Some(oif),
+        metric: route.priority,
+        table: route.table.unwrap_or(MAIN_TABLE),
+        ..Route::to(route.dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_routes_take_the_gateway_of_their_family() {
+        let gateways = || ["10.88.0.1".parse::<IpAddr>().unwrap()];
+        let to = |dst: &str| CniRoute::new(dst.parse().unwrap(), None);
+        let r = container_route(&to("192.168.0.0/16"), 7, gateways());
+        assert_eq!(r.gateway, Some("10.88.0.1".parse().unwrap()));
+        assert_eq!((r.oif, r.table), (Some(7), MAIN_TABLE));
+        assert_eq!(
+            container_route(&to("fd00::/8"), 7, gateways()).gateway,
+            None
+        );
+        let own = CniRoute::new(
+            "0.0.0.0/0".parse().unwrap(),
+            Some("10.88.0.254".parse().unwrap()),
+        );
+        assert_eq!(
+            container_route(&own, 7, gateways()).gateway,
+            Some("10.88.0.254".parse().unwrap())
+        );
+    }
 
     #[test]
     fn gateways_are_the_first_address_of_the_subnet() {
