@@ -48,12 +48,7 @@ pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
 /// the table (cheap), and a write only when it is missing or differs.
 pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
     let _lock = NodeLock::acquire(cfg)?;
-    let rule = masquerade(cfg, subnet);
-    if !rule.is_installed().map_err(kernel_error)? {
-        log::info!("installing masquerade table {} for {subnet}", rule.table);
-        rule.ensure().map_err(kernel_error)?;
-    }
-    Ok(())
+    converge(&masquerade(cfg, subnet), true, "a container is attached")
 }
 
 /// Drop the rule once the bridge has no container left: after DEL.
@@ -66,15 +61,7 @@ pub async fn remove_if_unused(
     if containers_on_bridge(node, cfg).await? > 0 {
         return Ok(());
     }
-    let rule = masquerade(cfg, subnet);
-    if rule.is_installed().map_err(kernel_error)? {
-        log::info!(
-            "removing masquerade table {}: no container left",
-            rule.table
-        );
-        rule.remove().map_err(kernel_error)?;
-    }
-    Ok(())
+    converge(&masquerade(cfg, subnet), false, "no container left")
 }
 
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
@@ -82,19 +69,30 @@ pub async fn remove_if_unused(
 pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
     let _lock = NodeLock::acquire(cfg)?;
     let containers = containers_on_bridge(node, cfg).await?;
-    let rule = masquerade(cfg, subnet);
+    let why = format!("{containers} containers on {}", cfg.bridge);
+    converge(
+        &masquerade(cfg, subnet),
+        cfg.ip_masq && containers > 0,
+        &why,
+    )
+}
+
+/// Install or remove the rule so that it is there exactly when `wanted`:
+/// one read of the table, a write only when it has to change. Under the
+/// node lock.
+fn converge(rule: &Masquerade, wanted: bool, why: &str) -> Result<(), CniError> {
     let installed = rule.is_installed().map_err(kernel_error)?;
-    match (cfg.ip_masq && containers > 0, installed) {
+    match (wanted, installed) {
         (true, false) => {
-            log::info!("installing masquerade table {} for {subnet}", rule.table);
+            log::info!(
+                "installing masquerade table {} for {} ({why})",
+                rule.table,
+                rule.source
+            );
             rule.ensure().map_err(kernel_error)
         }
         (false, true) => {
-            log::info!(
-                "removing masquerade table {} ({containers} containers on {})",
-                rule.table,
-                cfg.bridge
-            );
+            log::info!("removing masquerade table {} ({why})", rule.table);
             rule.remove().map_err(kernel_error)
         }
         _ => Ok(()),
