@@ -2,6 +2,7 @@
 //! underlay address the frames for a remote VTEP MAC are sent to.
 
 use crate::error::{KernelError, Result};
+use crate::link::absent;
 use crate::mac::MacAddr;
 use crate::Netlink;
 use futures::TryStreamExt;
@@ -99,16 +100,11 @@ impl Netlink {
             msg.attributes
                 .push(NeighbourAttribute::Destination(neighbour_address(dst)));
         }
-        match self.handle().neighbours().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = KernelError::netlink(format!("deleting FDB entry {}", entry.mac))(e);
-                if err.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let r = self.handle().neighbours().del(msg).execute().await;
+        absent(r.map_err(KernelError::netlink(format!(
+            "deleting FDB entry {}",
+            entry.mac
+        ))))?;
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! node's VXLAN address pinned to its VTEP MAC, so no ARP crosses the tunnel.
 
 use crate::error::{KernelError, Result};
+use crate::link::absent;
 use crate::mac::MacAddr;
 use crate::Netlink;
 use futures::TryStreamExt;
@@ -84,16 +85,8 @@ impl Netlink {
         msg.header.ifindex = ifindex;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self.handle().neighbours().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = KernelError::netlink(format!("deleting neighbour {ip}"))(e);
-                if err.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let r = self.handle().neighbours().del(msg).execute().await;
+        absent(r.map_err(KernelError::netlink(format!("deleting neighbour {ip}"))))?;
+        Ok(())
     }
 }

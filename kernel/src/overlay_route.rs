@@ -2,6 +2,7 @@
 //! `<subnet> via <gateway> dev <vxlan> onlink`, in the main table.
 
 use crate::error::{KernelError, Result};
+use crate::link::absent;
 use crate::Netlink;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
@@ -114,16 +115,8 @@ impl Netlink {
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.scope = RouteScope::NoWhere;
         msg.header.kind = RouteType::Unspec;
-        match self.handle().route().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = KernelError::netlink(format!("deleting route {dst}"))(e);
-                if err.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let r = self.handle().route().del(msg).execute().await;
+        absent(r.map_err(KernelError::netlink(format!("deleting route {dst}"))))?;
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! that the entries programmed on it (and the pods' traffic) survive.
 
 use crate::error::{KernelError, Result};
+use crate::link::absent;
 use crate::mac::MacAddr;
 use crate::Netlink;
 use futures::TryStreamExt;
@@ -113,7 +114,7 @@ impl Netlink {
     /// The VXLAN device called `name`; `Ok(None)` when no link has that name.
     /// A link of another kind with that name is an error: it is not ours.
     pub async fn vxlan_device(&self, name: &str) -> Result<Option<VxlanDevice>> {
-        let msg = match self
+        let r = self
             .handle()
             .link()
             .get()
@@ -121,17 +122,9 @@ impl Netlink {
             .execute()
             .try_next()
             .await
-        {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                let err = KernelError::netlink(format!("looking up link {name}"))(e);
-                return if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                };
-            }
+            .map_err(KernelError::netlink(format!("looking up link {name}")));
+        let Some(msg) = absent(r)?.flatten() else {
+            return Ok(None);
         };
         match VxlanDevice::from_message(&msg) {
             Some(dev) => Ok(Some(dev)),
@@ -223,16 +216,7 @@ impl Netlink {
         let Some(dev) = self.vxlan_device(name).await? else {
             return Ok(false);
         };
-        match self.handle().link().del(dev.index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = KernelError::netlink(format!("deleting {name}"))(e);
-                if err.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let r = self.handle().link().del(dev.index).execute().await;
+        Ok(absent(r.map_err(KernelError::netlink(format!("deleting {name}"))))?.is_some())
     }
 }
