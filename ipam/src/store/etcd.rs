@@ -330,18 +330,9 @@ impl EtcdStore {
 
     /// Every allocation held by containers of `node` (for leak GC).
     pub async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
-        let kvs = self
-            .get(
-                "listing allocations",
-                self.ips_dir(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(self
-            .decode_allocations(kvs, |_| true)
-            .into_iter()
-            .filter(|a| a.owner.node == node)
-            .collect())
+        let mut all = self.list_all().await?;
+        all.retain(|a| a.owner.node == node);
+        Ok(all)
     }
 
     /// Every allocation in the cluster.
