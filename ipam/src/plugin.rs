@@ -41,6 +41,16 @@ fn conf_of(req: &Request) -> Result<IpamConf, CniError> {
     IpamConf::from_netconf(&req.conf.name, &req.conf.raw).map_err(CniError::from)
 }
 
+/// The attachment of `req` as the owner of an address of `node`.
+fn owner_of(req: &Request, conf: &IpamConf, node: String) -> Owner {
+    Owner {
+        container_id: req.env.container_id.clone(),
+        ifname: req.env.ifname.clone(),
+        node,
+        network: conf.network.clone(),
+    }
+}
+
 fn handle_of(req: &Request) -> Handle {
     Handle {
         container_id: req.env.container_id.clone(),
@@ -87,12 +97,7 @@ async fn add_etcd(
     let requested = requested_address(req)?;
     let mut store = connect(settings, deadline).await?;
     let (pool, node) = cluster_pool(conf, &store).await?;
-    let owner = Owner {
-        container_id: req.env.container_id.clone(),
-        ifname: req.env.ifname.clone(),
-        node,
-        network: conf.network.clone(),
-    };
+    let owner = owner_of(req, conf, node);
     let ready = Instant::now();
     let mut cursor = NodeCursor::new(conf.node_lock_path(), deadline);
     let out = match allocate(&mut store, &mut cursor, &pool, &owner, requested).await {
@@ -126,12 +131,7 @@ fn add_local(
         .subnet
         .ok_or_else(|| IpamError::Config("single-host mode needs \"subnet\"".into()))?;
     let pool = conf.pool(subnet)?;
-    let owner = Owner {
-        container_id: req.env.container_id.clone(),
-        ifname: req.env.ifname.clone(),
-        node: String::new(),
-        network: conf.network.clone(),
-    };
+    let owner = owner_of(req, conf, String::new());
     let mut store = LocalStore::open(&local_dir(conf, data_dir), deadline)?;
     if requested.is_none() {
         // A repeated ADD: answered from memory, the cursor stays put.
@@ -218,10 +218,12 @@ fn valid_attachments(req: &Request) -> Result<HashSet<Handle>, CniError> {
         })
 }
 
-fn not_ready(e: IpamError) -> CniError {
-    match e.code() {
-        code::INVALID_CONFIG => e.into(),
-        _ => CniError::not_ready(e.to_string()),
+/// STATUS: anything but a configuration error means "not ready yet".
+fn not_ready(e: impl Into<CniError>) -> CniError {
+    let e = e.into();
+    match e.code {
+        code::INVALID_CONFIG => e,
+        _ => CniError::not_ready(e.msg),
     }
 }
 
@@ -315,10 +317,7 @@ impl Plugin for IpamPlugin {
                 store.ping().await?;
                 cluster_pool(&conf, &store).await.map(|_| ())
             })
-            .map_err(|e| match e.code {
-                code::INVALID_CONFIG => e,
-                _ => CniError::not_ready(e.msg),
-            }),
+            .map_err(not_ready),
             Backend::Local { data_dir } => {
                 let store =
                     LocalStore::open(&local_dir(&conf, data_dir), deadline).map_err(not_ready)?;
