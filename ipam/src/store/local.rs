@@ -79,24 +79,16 @@ impl LocalStore {
         trellis_common::node::write_atomically(&file, &json).map_err(IpamError::store(file))
     }
 
-    fn find(&self, handle: &Handle) -> Option<Allocation> {
+    pub fn lookup(&self, handle: &Handle) -> Option<Allocation> {
         self.state
             .allocations
             .iter()
             .find(|(_, o)| o.holds(handle))
-            .map(|(ip, o)| Allocation {
-                ip: *ip,
-                owner: o.clone(),
-                revision: 0,
-            })
-    }
-
-    pub fn lookup(&self, handle: &Handle) -> Option<Allocation> {
-        self.find(handle)
+            .map(|(ip, o)| allocation(*ip, o))
     }
 
     pub fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
-        if let Some(held) = self.find(&owner.handle()) {
+        if let Some(held) = LocalStore::lookup(self, &owner.handle()) {
             return Ok(Claim::AlreadyHeld(held));
         }
         if let Some(other) = self.state.allocations.get(&ip) {
@@ -110,15 +102,11 @@ impl LocalStore {
             self.state.allocations.remove(&ip);
             return Err(e);
         }
-        Ok(Claim::Claimed(Allocation {
-            ip,
-            owner: owner.clone(),
-            revision: 0,
-        }))
+        Ok(Claim::Claimed(allocation(ip, owner)))
     }
 
     pub fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        let Some(a) = self.find(handle) else {
+        let Some(a) = LocalStore::lookup(self, handle) else {
             return Ok(None);
         };
         self.state.allocations.remove(&a.ip);
@@ -141,17 +129,17 @@ impl LocalStore {
             .allocations
             .iter()
             .filter(|(ip, _)| subnet.contains(**ip))
-            .map(|(ip, o)| Allocation {
-                ip: *ip,
-                owner: o.clone(),
-                revision: 0,
-            })
+            .map(|(ip, o)| allocation(*ip, o))
             .collect()
     }
 
     /// Every allocation in the store.
     pub fn list_all(&self) -> Vec<Allocation> {
-        self.list_in(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"))
+        self.state
+            .allocations
+            .iter()
+            .map(|(ip, o)| allocation(*ip, o))
+            .collect()
     }
 
     /// Whether the store directory can be written (STATUS).
@@ -160,6 +148,15 @@ impl LocalStore {
         std::fs::write(&probe, b"")
             .and_then(|()| std::fs::remove_file(&probe))
             .map_err(IpamError::store(&self.dir))
+    }
+}
+
+/// A local allocation: the file keeps no revisions.
+fn allocation(ip: Ipv4Addr, owner: &Owner) -> Allocation {
+    Allocation {
+        ip,
+        owner: owner.clone(),
+        revision: 0,
     }
 }
 
