@@ -2,7 +2,6 @@
 
 use crate::error::{KernelError, Result};
 use crate::netns::{run_in_netns, NetnsFile};
-use std::path::Path;
 
 /// A netlink socket in one namespace. Operations are `impl Netlink` blocks
 /// in the module of their concept (links, addresses, routes, ...).
@@ -35,11 +34,6 @@ impl Netlink {
         )))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
-    }
-
-    /// Same as [`Netlink::in_netns`] from a path.
-    pub fn in_netns_path(path: &Path) -> Result<Netlink> {
-        Self::in_netns(&NetnsFile::open(path)?)
     }
 
     pub fn handle(&self) -> &rtnetlink::Handle {

@@ -140,27 +140,6 @@ impl Netlink {
             )))
     }
 
-    /// Make `index` a port of `master`.
-    pub async fn set_link_master(&self, index: u32, master: u32) -> Result<()> {
-        self.handle()
-            .link()
-            .change(LinkUnspec::new_with_index(index).controller(master).build())
-            .execute()
-            .await
-            .map_err(KernelError::netlink(format!(
-                "attaching link #{index} to #{master}"
-            )))
-    }
-
-    pub async fn delete_link(&self, index: u32) -> Result<()> {
-        self.handle()
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(KernelError::netlink(format!("deleting link #{index}")))
-    }
-
     /// Delete the link called `name` in one request. `Ok(false)` when there
     /// was none. Deleting one end of a veth pair deletes both.
     pub async fn delete_link_by_name(&self, name: &str) -> Result<bool> {

@@ -227,36 +227,6 @@ impl Netlink {
             .filter(|r| r.table == table)
             .collect())
     }
-
-    /// The route the kernel would use to reach `dst` (`ip route get`), or
-    /// `None` when it is unreachable. Sends no packet.
-    pub async fn route_lookup(&self, dst: IpAddr) -> Result<Option<Route>> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family_of(dst);
-        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-        msg.attributes.push(RouteAttribute::Destination(dst.into()));
-        let r = self
-            .handle()
-            .route()
-            .get(msg)
-            .execute()
-            .try_next()
-            .await
-            .map_err(KernelError::netlink(format!(
-                "looking up the route to {dst}"
-            )));
-        match r {
-            Ok(m) => Ok(m.as_ref().and_then(Route::from_message)),
-            Err(e)
-                if e.is_not_found()
-                    || e.errno() == Some(nix::errno::Errno::ENETUNREACH as i32)
-                    || e.errno() == Some(nix::errno::Errno::EHOSTUNREACH as i32) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
