@@ -14,10 +14,12 @@ use crate::cursor::Cursor;
 use crate::error::IpamError;
 use crate::pool::Pool;
 use crate::store::Store;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 /// How many times the used set is re-read when claims keep losing races
-/// (only possible with writers that do not share our cursor).
+/// (only possible with writers that do not share our cursor): at most
+/// `ROUNDS + 1` claims per allocation.
 const ROUNDS: usize = 4;
 
 /// How the address was obtained.
@@ -40,25 +42,24 @@ pub async fn allocate<S: Store, C: Cursor>(
     if let Some(ip) = requested {
         return allocate_static(store, pool, owner, ip).await;
     }
-    let Some(first) = cursor.reserve(&mut |c| pool.candidates_after(c).next())? else {
-        return held_or_exhausted(store, pool, owner).await;
-    };
-    match store.claim(first, owner).await? {
-        Claim::Claimed(a) => return Ok(fresh(a)),
-        Claim::AlreadyHeld(a) => return Ok(held(a)),
-        Claim::Taken { .. } => {}
-    }
-    for _ in 0..ROUNDS {
-        let used = store.used_in(pool.subnet()).await?;
-        let free =
-            cursor.reserve(&mut |c| pool.candidates_after(c).find(|ip| !used.contains(ip)))?;
+    // The first candidate is the cursor's next; only after a lost race is
+    // the used set read, and then re-read before every further candidate.
+    let mut used: Option<HashSet<Ipv4Addr>> = None;
+    for round in 0..=ROUNDS {
+        if round > 0 {
+            used = Some(store.used_in(pool.subnet()).await?);
+        }
+        let free = cursor.reserve(&mut |c| {
+            pool.candidates_after(c)
+                .find(|ip| used.as_ref().is_none_or(|u| !u.contains(ip)))
+        })?;
         let Some(ip) = free else {
             return held_or_exhausted(store, pool, owner).await;
         };
         match store.claim(ip, owner).await? {
             Claim::Claimed(a) => return Ok(fresh(a)),
             Claim::AlreadyHeld(a) => return Ok(held(a)),
-            Claim::Taken { .. } => continue,
+            Claim::Taken { .. } => {}
         }
     }
     Err(IpamError::Etcd {
@@ -133,9 +134,10 @@ fn held(allocation: Allocation) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::allocation::Handle;
     use crate::cursor::FileCursor;
     use crate::store::local::LocalStore;
-    use std::collections::HashSet;
+    use ipnetwork::Ipv4Network;
     use std::time::{Duration, Instant};
 
     fn owner(id: &str) -> Owner {
@@ -275,6 +277,56 @@ mod tests {
             assert_eq!(e.code(), 103, "{addr}: {e}");
             assert!(e.to_string().contains(needle), "{addr}: {e}");
         }
+    }
+
+    /// A store whose every claim loses to a writer that shares no cursor.
+    #[derive(Default)]
+    struct AlwaysTaken {
+        claims: Vec<Ipv4Addr>,
+        used_reads: usize,
+    }
+
+    impl Store for AlwaysTaken {
+        async fn lookup(&mut self, _: &Handle) -> Result<Option<Allocation>, IpamError> {
+            Ok(None)
+        }
+        async fn claim(&mut self, ip: Ipv4Addr, _: &Owner) -> Result<Claim, IpamError> {
+            self.claims.push(ip);
+            Ok(Claim::Taken { ip, owner: None })
+        }
+        async fn used_in(&mut self, _: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+            self.used_reads += 1;
+            Ok(self.claims.iter().copied().collect())
+        }
+        async fn list_in(&mut self, _: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+            Ok(vec![])
+        }
+        async fn release(&mut self, _: &Handle) -> Result<Option<Allocation>, IpamError> {
+            Ok(None)
+        }
+        async fn release_exact(&mut self, _: &Allocation) -> Result<bool, IpamError> {
+            Ok(false)
+        }
+        async fn ping(&mut self) -> Result<(), IpamError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lost_races_are_bounded_and_skip_what_was_seen_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/24");
+        let mut store = AlwaysTaken::default();
+        let mut cursor = FileCursor::new(dir.path().join("cursor"));
+        let e = run(allocate(&mut store, &mut cursor, &p, &owner("a"), None)).unwrap_err();
+        assert_eq!(e.code(), 11, "{e}");
+        assert!(e.to_string().contains("concurrent writer"), "{e}");
+        // The cursor's candidate, then one re-read of the used set before
+        // each further claim.
+        assert_eq!(store.claims.len(), ROUNDS + 1);
+        assert_eq!(store.used_reads, ROUNDS);
+        let distinct: HashSet<_> = store.claims.iter().collect();
+        assert_eq!(distinct.len(), store.claims.len(), "{:?}", store.claims);
     }
 
     #[test]
