@@ -5,7 +5,7 @@ use ipnetwork::IpNetwork;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use trellis_common::cni::env::validate_ifname;
+use trellis_common::cni::env::ifname_problem;
 use trellis_common::cni::{CniError, Request};
 use trellis_common::node::{self, NodeRecord, DEFAULT_BRIDGE, DEFAULT_STATE_DIR};
 
@@ -80,13 +80,9 @@ impl Config {
 
     fn from_parts(raw: RawConfig, ipam: Option<&Value>) -> Result<Config, CniError> {
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
-        validate_ifname(&bridge).map_err(|e| {
-            CniError::invalid_config(format!(
-                "bridge: {}",
-                e.msg.trim_start_matches("CNI_IFNAME: ")
-            ))
-            .with_details(bridge.clone())
-        })?;
+        if let Some(why) = ifname_problem(&bridge) {
+            return Err(CniError::invalid_config(format!("bridge: {why}")).with_details(bridge));
+        }
         let state_dir = raw
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -218,6 +214,17 @@ mod tests {
             }
         );
         assert_eq!(c.masquerade_table(), "trellis-br-x");
+    }
+
+    #[test]
+    fn a_bad_bridge_name_is_reported_under_its_key() {
+        let e = parse(json!({"ipam": {"type": "x"}, "bridge": "a/b"})).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert_eq!(
+            e.msg,
+            "bridge: interface name contains / or : or whitespace"
+        );
+        assert_eq!(e.details, "a/b");
     }
 
     #[test]

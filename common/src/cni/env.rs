@@ -182,27 +182,34 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Linux interface names: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+/// A valid `CNI_IFNAME` (see [`ifname_problem`]); code 4 otherwise.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad = |why: &str| {
-        Err(CniError::invalid_env(format!("CNI_IFNAME: {why}")).with_details(name.to_string()))
-    };
+    match ifname_problem(name) {
+        Some(why) => {
+            Err(CniError::invalid_env(format!("CNI_IFNAME: {why}")).with_details(name.to_string()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Why `name` cannot be a Linux interface name (1-15 bytes, not `.`/`..`,
+/// no `/`, `:` or whitespace), `None` when it can: for callers that report
+/// it under their own key and code.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
-        return bad("interface name is empty");
-    }
-    if name.len() > 15 {
-        return bad("interface name is longer than 15 characters");
-    }
-    if name == "." || name == ".." {
-        return bad("interface name is . or ..");
-    }
-    if name
+        Some("interface name is empty")
+    } else if name.len() > 15 {
+        Some("interface name is longer than 15 characters")
+    } else if name == "." || name == ".." {
+        Some("interface name is . or ..")
+    } else if name
         .chars()
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return bad("interface name contains / or : or whitespace");
+        Some("interface name contains / or : or whitespace")
+    } else {
+        None
     }
-    Ok(())
 }
 
 #[cfg(test)]
