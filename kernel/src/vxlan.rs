@@ -172,10 +172,13 @@ impl Netlink {
                         .await
                         .map_err(KernelError::netlink(format!("updating {}", spec.name)))?;
                 }
-                let dev = self
-                    .vxlan_device(&spec.name)
-                    .await?
-                    .ok_or_else(|| KernelError::NotFound(format!("VXLAN device {}", spec.name)))?;
+                // What the kernel holds now, without asking it again.
+                let dev = VxlanDevice {
+                    mtu: Some(spec.mtu),
+                    mac: Some(spec.mac),
+                    up: true,
+                    ..dev
+                };
                 return Ok((dev, VxlanChange::Kept));
             }
             log::warn!(

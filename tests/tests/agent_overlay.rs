@@ -263,3 +263,40 @@ fn sigterm_leaves_the_data_path_and_a_deleted_record_goes_within_a_second() {
     let p2 = cluster.add_pod(1, "p2").unwrap();
     ping(&p1.netns, p2.ip).unwrap();
 }
+
+#[test]
+fn a_vxlan_device_set_down_with_another_mtu_is_fixed_in_place_on_resync() {
+    let cluster = Cluster::start(ClusterSpec {
+        agent_args: vec!["--resync-interval".into(), "1".into()],
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let p0 = cluster.add_pod(0, "p0").unwrap();
+    let p1 = cluster.add_pod(1, "p1").unwrap();
+    ping(&p1.netns, p0.ip).unwrap();
+    let node = &cluster.nodes[0];
+    let index = ifindex(node, "trellis.1");
+    let want = expected(&cluster, 0).unwrap();
+    node.netns
+        .sh_ok("ip link set trellis.1 down mtu 1400")
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "trellis.1 up with MTU 1450",
+        || {
+            let link = json(&node.netns, &["ip", "-j", "link", "show", "trellis.1"])?;
+            let up = link[0]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            Ok((up && link[0]["mtu"] == 1450).then_some(()))
+        },
+    )
+    .unwrap();
+    // Fixed in place: the same device; what going down flushed is set again.
+    assert_eq!(ifindex(node, "trellis.1"), index);
+    wait_for(Duration::from_secs(10), "entries back", || {
+        Ok((entries(node)? == want).then_some(()))
+    })
+    .unwrap();
+    ping(&p1.netns, p0.ip).unwrap();
+}
