@@ -124,15 +124,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             public_ip,
             &args.bridge,
         );
-        let setup = set_up_node(&nl, &net, &args).await;
-        if let Err(e) = setup {
-            // Nothing uses a subnet whose node could not be set up: give a
-            // fresh lease back (a kept one stays: pods may hold its addresses).
-            if !leased.reused {
-                let _ = client.lease_revoke(leased.lease_id).await;
+        let vxlan_index = match set_up_node(&nl, &net, &args).await {
+            Ok(index) => index,
+            Err(e) => {
+                // Nothing uses a subnet whose node could not be set up: give a
+                // fresh lease back (a kept one stays: pods may hold its addresses).
+                if !leased.reused {
+                    let _ = client.lease_revoke(leased.lease_id).await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let record = net.record();
         retry("publishing the node record", &metrics, || {
             let (mut client, keys, node, record) =
@@ -143,9 +145,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork), AgentError>((config, leased, net))
+        Ok::<(ClusterConfig, Leased, NodeNetwork, u32), AgentError>((
+            config,
+            leased,
+            net,
+            vxlan_index,
+        ))
     };
-    let (config, leased, net) = tokio::select! {
+    let (config, leased, net, vxlan_index) = tokio::select! {
         r = start => r?,
         _ = sigterm.recv() => { log::info!("SIGTERM during start-up; stopping"); return Ok(()); }
         _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
@@ -168,8 +175,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         metrics.clone(),
     ));
-    let (ifindex, _) = net.ensure_vxlan(&nl).await?;
-    let dataplane = KernelDataplane::new(nl.clone(), net.clone(), ifindex);
+    // The reconciler ensures the device again before each pass.
+    let dataplane = KernelDataplane::new(nl.clone(), net.clone(), vxlan_index);
     let reconciler = tokio::spawn(
         Reconciler::new(dataplane, metrics.clone())
             .run(desired_rx, Duration::from_secs(args.resync_interval.max(1))),
@@ -240,12 +247,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
 /// Forwarding, the VXLAN device, the bridge, the nftables table (masquerade,
 /// untracked tunnel packets) and the state file
-/// for the plugins.
-async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<(), AgentError> {
+/// for the plugins; the index of the VXLAN device.
+async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<u32, AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
         log::info!("turned on IPv4 forwarding");
     }
-    net.ensure_vxlan(nl).await?;
+    let (vxlan_index, _) = net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
     node_table::ensure(node_table::for_node(net, args.ip_masq, args.vxlan_notrack)).await?;
     write_node_record(&args.state_dir, &net.record()).map_err(|source| AgentError::StateFile {
@@ -254,7 +261,7 @@ async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<
             .to_string(),
         source,
     })?;
-    Ok(())
+    Ok(vxlan_index)
 }
 
 /// Retry `op` with backoff while it fails with a transient error (etcd
