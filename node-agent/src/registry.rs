@@ -28,8 +28,6 @@ pub struct LocalView {
 #[derive(Debug, Default)]
 pub struct Registry {
     records: BTreeMap<String, NodeRecord>,
-    /// Record texts that did not parse, by node.
-    unreadable: BTreeMap<String, String>,
     /// Records left out of the overlay at the last computation (each is
     /// warned about when it starts being left out, not on every change).
     left_out: std::collections::BTreeSet<String>,
@@ -38,7 +36,6 @@ pub struct Registry {
 impl Registry {
     pub fn replace(&mut self, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
         self.records.clear();
-        self.unreadable.clear();
         for (name, value) in records {
             self.put(name, &value);
         }
@@ -47,21 +44,17 @@ impl Registry {
     pub fn put(&mut self, name: String, value: &[u8]) {
         match serde_json::from_slice::<NodeRecord>(value) {
             Ok(rec) => {
-                self.unreadable.remove(&name);
                 self.records.insert(name, rec);
             }
             Err(e) => {
                 log::warn!("node {name}: unreadable record ({e}); treating it as absent");
                 self.records.remove(&name);
-                self.unreadable
-                    .insert(name, String::from_utf8_lossy(value).into_owned());
             }
         }
     }
 
     pub fn delete(&mut self, name: &str) {
         self.records.remove(name);
-        self.unreadable.remove(name);
     }
 
     pub fn get(&self, name: &str) -> Option<&NodeRecord> {
