@@ -219,12 +219,12 @@ impl Add<'_> {
         up.map_err(kernel_error)?;
 
         let ipam = match std::mem::replace(&mut undo.ipam, Ipam::Failed) {
-            Ipam::Running(running) => running.finish()?,
+            Ipam::Running(running) => running.finish_add()?,
             _ => unreachable!("IPAM ADD is collected once"),
         };
+        // It succeeded: even an unusable result stands for an allocation.
         undo.ipam = Ipam::Allocated;
-        let ipam =
-            ipam.ok_or_else(|| CniError::new(code::DELEGATE, "IPAM ADD returned no result"))?;
+        let ipam = ipam?;
         let ips = self.addresses(&ipam)?;
 
         // The gateways live on the bridge (EEXIST from a concurrent ADD is fine).
@@ -338,7 +338,7 @@ impl Add<'_> {
     /// runs); nothing when it failed.
     fn release(&self, ipam: Ipam) {
         let allocated = match ipam {
-            Ipam::Running(running) => running.finish().is_ok(),
+            Ipam::Running(running) => running.finish_add().is_ok(),
             Ipam::Allocated => true,
             Ipam::Failed => false,
         };

@@ -94,6 +94,27 @@ impl Delegation {
 
     /// Wait for the plugin and read its answer, as [`delegate`] does.
     pub fn finish(self) -> Result<Option<CniResult>, CniError> {
+        if self.command != Command::Add {
+            return self.wait().map(|_| None);
+        }
+        self.finish_add()?.map(Some)
+    }
+
+    /// Wait for a delegated ADD. The outer error: the plugin failed (and by
+    /// the specification kept nothing). The inner one: it succeeded, so it
+    /// holds an allocation, but its result is unusable; the caller has to
+    /// release what it allocated.
+    pub fn finish_add(self) -> Result<Result<CniResult, CniError>, CniError> {
+        let plugin_type = self.plugin_type.clone();
+        let stdout = self.wait()?;
+        Ok(CniResult::from_slice(&stdout).map_err(|e| {
+            CniError::new(code::DELEGATE, e.msg).context(format!("{plugin_type} ADD result"))
+        }))
+    }
+
+    /// Wait for the plugin: its stdout when it succeeded, its error (or
+    /// one naming its exit status) when it failed.
+    fn wait(self) -> Result<Vec<u8>, CniError> {
         let Delegation {
             plugin_type,
             command,
@@ -124,14 +145,7 @@ impl Delegation {
             }
             .context(format!("{plugin_type} {command}")));
         }
-        if command != Command::Add {
-            return Ok(None);
-        }
-        CniResult::from_slice(&output.stdout)
-            .map(Some)
-            .map_err(|e| {
-                CniError::new(code::DELEGATE, e.msg).context(format!("{plugin_type} ADD result"))
-            })
+        Ok(output.stdout)
     }
 }
 
@@ -191,6 +205,27 @@ printf '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.9/24","gateway":"10.0.0.
         let e = delegate("broken", Command::Add, &env_for(dir.path()), b"{}").unwrap_err();
         assert_eq!(e.code, code::DELEGATE);
         assert_eq!(e.details, "garbage");
+    }
+
+    #[test]
+    fn an_add_that_succeeded_with_an_unusable_result_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        script(dir.path(), "garbled", "cat >/dev/null; echo garbage");
+        let env = env_for(dir.path());
+        let start = || Delegation::start("garbled", Command::Add, &env, b"{}").unwrap();
+        let unusable = start().finish_add().unwrap().unwrap_err();
+        assert_eq!(unusable.code, code::DELEGATE);
+        assert_eq!(start().finish().unwrap_err().code, code::DELEGATE);
+        script(
+            dir.path(),
+            "failing",
+            "cat >/dev/null; echo garbage; exit 3",
+        );
+        let failed = Delegation::start("failing", Command::Add, &env, b"{}")
+            .unwrap()
+            .finish_add()
+            .unwrap_err();
+        assert_eq!(failed.details, "garbage");
     }
 
     #[test]
