@@ -437,23 +437,19 @@ impl EtcdStore {
                 Some(h) if h.mod_revision() == hrev => {}
                 _ => continue, // the handle changed under us: read again
             }
-            match got.get(1).and_then(|kv| kv.as_ref()) {
-                Some(ip_kv) if owner_of(ip_kv).is_some_and(|o| o.holds(handle)) => {
+            let ip_kv = got.get(1).and_then(Option::as_ref);
+            match ip_kv.and_then(|kv| held_by(kv, record.ip, handle)) {
+                Some(a) => {
                     // Ours, written separately (a restored backup): free it exactly.
-                    let a = Allocation {
-                        ip: record.ip,
-                        owner: owner_of(ip_kv).expect("checked"),
-                        revision: ip_kv.mod_revision(),
-                    };
                     if self.release_pair(&a, hrev).await? {
                         return Ok(Some(a));
                     }
                 }
-                _ => {
+                None => {
                     log::warn!(
                         "handle {hkey} points at {} which {} holds: removing only the stale handle",
                         record.ip,
-                        if got.get(1).is_some_and(Option::is_some) {
+                        if ip_kv.is_some() {
                             "another attachment"
                         } else {
                             "nobody"
@@ -548,16 +544,12 @@ impl EtcdStore {
         let kvs = self
             .get("reading the address", self.ip_key(record.ip), None)
             .await?;
-        Ok(match kvs.first() {
-            Some(kv) if owner_of(kv).is_some_and(|o| o.holds(handle)) => {
-                HandleState::Holds(Allocation {
-                    ip: record.ip,
-                    owner: owner_of(kv).expect("checked"),
-                    revision: kv.mod_revision(),
-                })
-            }
-            _ => HandleState::Dangling(hrev),
-        })
+        Ok(
+            match kvs.first().and_then(|kv| held_by(kv, record.ip, handle)) {
+                Some(a) => HandleState::Holds(a),
+                None => HandleState::Dangling(hrev),
+            },
+        )
     }
 
     /// Give `ip` to `owner` in one transaction: the address key and the
@@ -683,8 +675,7 @@ impl EtcdStore {
                     .get("reading the address", self.ip_key(ip), None)
                     .await?
                     .first()
-                    .and_then(owner_of)
-                    .is_some_and(|o| o.holds(&handle)),
+                    .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
             };
             if !holds {
                 self.delete_handle_if(&key, kv.mod_revision()).await?;
@@ -750,6 +741,18 @@ enum HandleState {
 
 fn handle_record(kv: &KeyValue) -> Option<HandleRecord> {
     serde_json::from_slice(kv.value()).ok()
+}
+
+/// The allocation the address key `kv` of `ip` records, if it belongs to
+/// `handle`.
+fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Allocation> {
+    owner_of(kv)
+        .filter(|o| o.holds(handle))
+        .map(|owner| Allocation {
+            ip,
+            owner,
+            revision: kv.mod_revision(),
+        })
 }
 
 fn owner_of(kv: &KeyValue) -> Option<Owner> {
