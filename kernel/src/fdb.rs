@@ -5,7 +5,6 @@ use crate::error::{KernelError, Result};
 use crate::link::absent;
 use crate::mac::MacAddr;
 use crate::Netlink;
-use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -49,23 +48,10 @@ fn fdb_entry_of(msg: &NeighbourMessage) -> Option<FdbEntry> {
 impl Netlink {
     /// Every forwarding entry of the device `ifindex`, from one dump.
     pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<FdbEntry>> {
-        let mut dump = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = dump
-            .try_next()
-            .await
-            .map_err(KernelError::netlink("dumping FDB entries"))?
-        {
-            if msg.header.ifindex == ifindex {
-                out.extend(fdb_entry_of(&msg));
-            }
-        }
-        Ok(out)
+        let msgs = self
+            .neighbour_messages_on(AddressFamily::Bridge, ifindex, "FDB entries")
+            .await?;
+        Ok(msgs.iter().filter_map(fdb_entry_of).collect())
     }
 
     /// Add a permanent entry `mac -> dst` on `ifindex`, replacing the

@@ -40,25 +40,32 @@ fn neighbour_entry_of(msg: &NeighbourMessage) -> Option<NeighbourEntry> {
 }
 
 impl Netlink {
-    /// Every IPv4 neighbour entry of the device `ifindex`, from one dump.
-    pub async fn neighbours_on(&self, ifindex: u32) -> Result<Vec<NeighbourEntry>> {
-        let mut dump = self
+    /// The neighbour messages of `family` on the device `ifindex`, from one
+    /// dump (what the FDB and the ARP entries are both read from).
+    pub(crate) async fn neighbour_messages_on(
+        &self,
+        family: AddressFamily,
+        ifindex: u32,
+        what: &str,
+    ) -> Result<Vec<NeighbourMessage>> {
+        let dump = self
             .handle()
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = dump
-            .try_next()
+        dump.try_filter(|msg| std::future::ready(msg.header.ifindex == ifindex))
+            .try_collect()
             .await
-            .map_err(KernelError::netlink("dumping neighbour entries"))?
-        {
-            if msg.header.ifindex == ifindex {
-                out.extend(neighbour_entry_of(&msg));
-            }
-        }
-        Ok(out)
+            .map_err(KernelError::netlink(format!("dumping {what}")))
+    }
+
+    /// Every IPv4 neighbour entry of the device `ifindex`, from one dump.
+    pub async fn neighbours_on(&self, ifindex: u32) -> Result<Vec<NeighbourEntry>> {
+        let msgs = self
+            .neighbour_messages_on(AddressFamily::Inet, ifindex, "neighbour entries")
+            .await?;
+        Ok(msgs.iter().filter_map(neighbour_entry_of).collect())
     }
 
     /// Set the permanent entry `ip -> mac` on `ifindex`, replacing whatever
