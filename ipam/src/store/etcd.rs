@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use trellis_common::node::NodeRecord;
 
@@ -160,7 +160,6 @@ struct AnyHandleRecord {
 }
 
 /// etcd as an allocation store.
-#[derive(Clone)]
 pub struct EtcdStore {
     kv: KvClient,
     prefix: String,
@@ -168,7 +167,7 @@ pub struct EtcdStore {
     timeout: Duration,
     deadline: Option<Instant>,
     /// The last claim that got no answer (see `unanswered_claim`).
-    unanswered: Arc<Mutex<Option<Fence>>>,
+    unanswered: Mutex<Option<Fence>>,
 }
 
 impl EtcdStore {
@@ -218,7 +217,7 @@ impl EtcdStore {
             endpoints: "etcd".to_string(),
             timeout,
             deadline: None,
-            unanswered: Arc::default(),
+            unanswered: Mutex::default(),
         }
     }
 
