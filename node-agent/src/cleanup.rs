@@ -17,6 +17,8 @@ pub enum CleanupError {
     Etcd(#[from] EtcdError),
     #[error("releasing this node in etcd: {0}")]
     Lease(#[from] LeaseError),
+    #[error("releasing this node's pod addresses in etcd: {0}")]
+    Ipam(#[from] trellis_ipam::IpamError),
     #[error("node name: {0}")]
     NodeName(std::io::Error),
     #[error("removing {path}: {source}")]
@@ -66,7 +68,23 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         let mut client = etcd::connect(&args.etcd).await?;
         let keys = Keys::new(&args.etcd.etcd_prefix);
         let released = lease::release(&mut client, &keys, &node).await?;
-        log::info!("node {node} left the cluster (released {released:?})");
+        // Its pods' addresses go with it: no agent of this node is left to
+        // reclaim them, and a node that leases the subnet next would find
+        // them taken.
+        let store = trellis_ipam::EtcdStore::from_client(
+            &client,
+            &args.etcd.etcd_prefix,
+            etcd::REQUEST_TIMEOUT,
+        );
+        let mut addresses = Vec::new();
+        for a in store.list_node(&node).await? {
+            if store.release_exact(&a).await? {
+                addresses.push(a.ip);
+            }
+        }
+        log::info!(
+            "node {node} left the cluster (released {released:?} and pod addresses {addresses:?})"
+        );
     }
     Ok(())
 }

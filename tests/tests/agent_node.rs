@@ -110,6 +110,13 @@ fn healthz_and_metrics() {
 fn cleanup_removes_everything_the_agent_made() {
     let mut cluster = Cluster::start(spec(&[])).unwrap();
     let gone_subnet = cluster.nodes[1].subnet().unwrap();
+    let kept = cluster.add_pod(0, "kept").unwrap();
+    let gone = cluster.add_pod(1, "gone").unwrap();
+    let mut both = cluster.allocations().unwrap();
+    both.sort();
+    let mut want = vec![kept.ip, gone.ip];
+    want.sort();
+    assert_eq!(both, want);
     cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
     let node = &cluster.nodes[1];
     node.agent_cleanup(&[
@@ -130,6 +137,8 @@ fn cleanup_removes_everything_the_agent_made() {
     assert!(node.record().is_err(), "node.json left behind");
     assert!(cluster.etcd_entries("nodes/node2").unwrap().is_empty());
     assert!(cluster.etcd_entries("subnets/").unwrap().len() == 1);
+    // Its pods' addresses are released, the other node's kept.
+    assert_eq!(cluster.allocations().unwrap(), vec![kept.ip]);
     // The other node dropped node2's route.
     wait_until(Duration::from_secs(5), "route to node2 removed", || {
         let routes = cluster.nodes[0]
