@@ -185,7 +185,7 @@ impl Netlink {
                 "VXLAN device {} has other tunnel settings ({dev:?}); replacing it",
                 spec.name
             );
-            self.delete_vxlan(&spec.name).await?;
+            self.delete_vxlan_device(&dev).await?;
             change = VxlanChange::Recreated;
         }
         let msg = LinkVxlan::new(&spec.name, spec.vni)
@@ -213,13 +213,12 @@ impl Netlink {
         Ok((dev, change))
     }
 
-    /// Delete the VXLAN device `name` (and with it every entry on it).
-    /// Deleting a device that is not there succeeds.
-    pub async fn delete_vxlan(&self, name: &str) -> Result<bool> {
-        let Some(dev) = self.vxlan_device(name).await? else {
-            return Ok(false);
-        };
+    /// Delete the VXLAN device `dev` (and with it every entry on it), as
+    /// found by [`Netlink::vxlan_device`] or [`Netlink::vxlan_devices`],
+    /// without looking it up again; `false` when it was gone already.
+    pub async fn delete_vxlan_device(&self, dev: &VxlanDevice) -> Result<bool> {
         let r = self.handle().link().del(dev.index).execute().await;
-        Ok(absent(r.map_err(KernelError::netlink(format!("deleting {name}"))))?.is_some())
+        let r = r.map_err(KernelError::netlink(format!("deleting {}", dev.name)));
+        Ok(absent(r)?.is_some())
     }
 }

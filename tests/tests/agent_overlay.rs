@@ -300,3 +300,39 @@ fn a_vxlan_device_set_down_with_another_mtu_is_fixed_in_place_on_resync() {
     .unwrap();
     ping(&p1.netns, p0.ip).unwrap();
 }
+
+#[test]
+fn a_vxlan_device_with_other_tunnel_settings_is_replaced_at_start() {
+    let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
+    let p0 = cluster.add_pod(0, "p0").unwrap();
+    let p1 = cluster.add_pod(1, "p1").unwrap();
+    let before = ifindex(&cluster.nodes[0], "trellis.1");
+    cluster.nodes[0].kill_agent().unwrap();
+    cluster.nodes[0]
+        .netns
+        .sh_ok("ip link set trellis.1 type vxlan learning")
+        .unwrap();
+    cluster.nodes[0].start_agent().unwrap();
+    let node = &cluster.nodes[0];
+    let want = expected(&cluster, 0).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "device replaced and refilled",
+        || {
+            let link = json(
+                &node.netns,
+                &["ip", "-j", "-d", "link", "show", "trellis.1"],
+            )?;
+            let replaced = link[0]["ifindex"] != before
+                && link[0]["linkinfo"]["info_data"]["learning"] == false;
+            Ok((replaced && entries(node)? == want).then_some(()))
+        },
+    )
+    .unwrap();
+    assert!(
+        node.agent_log().contains("re-created VXLAN device"),
+        "{}",
+        node.agent_log()
+    );
+    ping(&p1.netns, p0.ip).unwrap();
+}
