@@ -156,6 +156,15 @@ fn sigkilled_agent_restarts_with_same_mac_and_subnet_without_interrupting_pods()
     ping(&p2.netns, p1.ip).unwrap();
     let before = cluster.nodes[0].record().unwrap();
     let vxlan_index = ifindex(&cluster.nodes[0], "trellis.1");
+    // Every remote node programmed before the kill, so that the count of
+    // planted entries below is exact (the third node may join later).
+    let want = expected(&cluster, 0).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "all remote nodes programmed",
+        || Ok((entries(&cluster.nodes[0])? == want).then_some(())),
+    )
+    .unwrap();
 
     // 200 echoes, 25 ms apart (5 s), across the restart.
     let pinger = p2
@@ -191,7 +200,6 @@ fn sigkilled_agent_restarts_with_same_mac_and_subnet_without_interrupting_pods()
     std::thread::sleep(Duration::from_millis(500));
     cluster.nodes[0].start_agent().unwrap();
 
-    let want = expected(&cluster, 0).unwrap();
     wait_for(Duration::from_secs(10), "stale entries removed", || {
         Ok((entries(&cluster.nodes[0])? == want).then_some(()))
     })
