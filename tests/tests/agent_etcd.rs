@@ -23,6 +23,21 @@ fn routes_on_vxlan(node: &Node) -> Result<BTreeSet<String>> {
 }
 
 /// A record for a node that exists only in etcd.
+/// Third octets `i` of 10.244.i.0/24 that no node of `cluster` holds (agents
+/// lease at random: a ghost on a node's own subnet would be ignored).
+fn free_indices(cluster: &Cluster, from: u8) -> Vec<u8> {
+    let held: Vec<u8> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.subnet().unwrap().network().octets()[2])
+        .collect();
+    (from..=254).filter(|i| !held.contains(i)).collect()
+}
+
+fn ghost_subnet(i: u8) -> String {
+    format!("10.244.{i}.0/24")
+}
+
 fn ghost_record(i: u8) -> String {
     format!(
         r#"{{"subnet":"10.244.{i}.0/24","publicIP":"192.0.2.{i}","vtepMAC":"02:00:00:00:aa:{i:02x}"}}"#
@@ -56,21 +71,22 @@ fn etcd_down_leaves_the_data_path_and_watches_recover_after_a_restart() {
 
     // Back, with its data: the watches follow new changes again.
     cluster.etcd_mut().restart().unwrap();
+    let g = free_indices(&cluster, 200)[0];
     cluster
-        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(200)])
+        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(g)])
         .unwrap();
     for node in &cluster.nodes {
         wait_until(
             Duration::from_secs(20),
             "ghost route after etcd restart",
-            || Ok(routes_on_vxlan(node)?.contains("10.244.200.0/24")),
+            || Ok(routes_on_vxlan(node)?.contains(&ghost_subnet(g))),
         )
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
     }
     cluster.etcdctl(&["del", "/trellis/nodes/ghost"]).unwrap();
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "ghost route removed", || {
-            Ok(!routes_on_vxlan(node)?.contains("10.244.200.0/24"))
+            Ok(!routes_on_vxlan(node)?.contains(&ghost_subnet(g)))
         })
         .unwrap();
     }
@@ -85,9 +101,11 @@ fn restarted_agent_lists_the_latest_records_after_compaction() {
     let mut cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
     // While node2's agent is stopped, history moves on and is compacted.
     cluster.nodes[1].kill_agent().unwrap();
-    for i in 0..20u8 {
+    let ghosts: Vec<u8> = free_indices(&cluster, 100)[..20].to_vec();
+    let (previous, latest) = (ghosts[18], ghosts[19]);
+    for &i in &ghosts {
         cluster
-            .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(100 + i)])
+            .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(i)])
             .unwrap();
     }
     let rev: Value = serde_json::from_str(
@@ -105,7 +123,7 @@ fn restarted_agent_lists_the_latest_records_after_compaction() {
         "latest ghost subnet on node1",
         || {
             let r = routes_on_vxlan(node1)?;
-            Ok(r.contains("10.244.119.0/24") && !r.contains("10.244.118.0/24"))
+            Ok(r.contains(&ghost_subnet(latest)) && !r.contains(&ghost_subnet(previous)))
         },
     )
     .unwrap();
@@ -113,7 +131,7 @@ fn restarted_agent_lists_the_latest_records_after_compaction() {
     wait_until(
         Duration::from_secs(10),
         "latest ghost subnet on node2",
-        || Ok(routes_on_vxlan(node2)?.contains("10.244.119.0/24")),
+        || Ok(routes_on_vxlan(node2)?.contains(&ghost_subnet(latest))),
     )
     .unwrap();
 }
@@ -198,14 +216,15 @@ fn a_hung_etcd_leaves_the_data_path_and_changes_flow_again_after_it() {
         assert_eq!(routes_on_vxlan(node).unwrap(), before[i]);
     }
     cluster.etcd_mut().resume().unwrap();
+    let g = free_indices(&cluster, 201)[0];
     cluster
-        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(201)])
+        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(g)])
         .unwrap();
     for node in &cluster.nodes {
         wait_until(
             Duration::from_secs(20),
             "ghost route after etcd resumed",
-            || Ok(routes_on_vxlan(node)?.contains("10.244.201.0/24")),
+            || Ok(routes_on_vxlan(node)?.contains(&ghost_subnet(g))),
         )
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
     }

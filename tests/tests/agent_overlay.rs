@@ -188,13 +188,22 @@ fn sigkilled_agent_restarts_with_same_mac_and_subnet_without_interrupting_pods()
 
     // Leftovers of a departed node and a stale MAC, planted while it is down.
     let n1 = &cluster.nodes[0].netns;
+    // A departed node's subnet: one no live node holds (agents lease at random).
+    let held: Vec<u8> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.subnet().unwrap().network().octets()[2])
+        .collect();
+    let gone = (222..=254).find(|i| !held.contains(i)).unwrap();
     for cmd in [
-        "bridge fdb add 02:de:ad:be:ef:01 dev trellis.1 dst 192.0.2.99 self permanent",
-        "bridge fdb add 02:de:ad:be:ef:02 dev trellis.1 dst 192.0.2.2 self permanent",
-        "ip neigh add 10.244.222.0 lladdr 02:de:ad:be:ef:01 dev trellis.1 nud permanent",
-        "ip route add 10.244.222.0/24 via 10.244.222.0 dev trellis.1 onlink",
+        "bridge fdb add 02:de:ad:be:ef:01 dev trellis.1 dst 192.0.2.99 self permanent".to_string(),
+        "bridge fdb add 02:de:ad:be:ef:02 dev trellis.1 dst 192.0.2.2 self permanent".to_string(),
+        format!(
+            "ip neigh add 10.244.{gone}.0 lladdr 02:de:ad:be:ef:01 dev trellis.1 nud permanent"
+        ),
+        format!("ip route add 10.244.{gone}.0/24 via 10.244.{gone}.0 dev trellis.1 onlink"),
     ] {
-        n1.sh_ok(cmd).unwrap();
+        n1.sh_ok(&cmd).unwrap();
     }
     assert_eq!(entries(&cluster.nodes[0]).unwrap().fdb.len(), 4);
     std::thread::sleep(Duration::from_millis(500));
