@@ -154,3 +154,26 @@ pub fn snapshot_file(from: &Path, to: &Path) -> Result<()> {
     Err(last.expect("at least one attempt"))
         .with_context(|| format!("linking {} to {}", from.display(), to.display()))
 }
+
+/// Write an executable file (a test's wrapper script) without holding a
+/// writable descriptor in this process: a short-lived `tee` writes it. Tests
+/// run in parallel threads, and a child forked by another test while this
+/// process held the file open for writing would make exec of the file fail
+/// with ETXTBSY ("Text file busy").
+pub fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let mut tee = Command::new("tee")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("running tee")?;
+    let mut stdin = tee.stdin.take().expect("stdin is piped");
+    stdin.write_all(contents.as_bytes())?;
+    drop(stdin);
+    anyhow::ensure!(tee.wait()?.success(), "tee {} failed", path.display());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

@@ -362,23 +362,21 @@ fn del_removes_the_veth_even_when_the_ipam_plugin_is_missing() {
 
 #[test]
 fn an_ipam_add_that_succeeds_with_an_unusable_result_gives_the_address_back() {
-    use std::os::unix::fs::PermissionsExt;
     let node = Node::new("garble-node");
     let pod = node.pod("garble-pod");
     let list = node.single_host("1.0.0");
     // The real IPAM plugin allocates, but its answer to ADD is garbled: the
     // address is held although trellis cannot use the result.
     let wrapper = node.bins.path().join("garbling-ipam");
-    std::fs::write(
+    trellis_tests::bins::write_executable(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\nout=$(\"$(dirname \"$0\")/{}\") || {{ rc=$?; printf '%s' \"$out\"; exit $rc; }}\n\
              if [ \"$CNI_COMMAND\" = ADD ]; then echo garbage; else printf '%s' \"$out\"; fi\n",
             ipam_type()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut plugin = node.trellis(ONE_ADDRESS, json!({}));
     plugin["ipam"]["type"] = json!("garbling-ipam");
     let stdin = network_config("net", "1.0.0", &plugin);

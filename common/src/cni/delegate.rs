@@ -154,9 +154,24 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Write an executable script. The file is written by a short-lived
+    /// child (`tee`), never through a descriptor of this process: tests run
+    /// in parallel threads, and a child forked by another test meanwhile
+    /// would inherit a writable descriptor and make exec fail with ETXTBSY.
     fn script(dir: &std::path::Path, name: &str, body: &str) {
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut tee = std::process::Command::new("tee")
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = tee.stdin.take().unwrap();
+        stdin
+            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(tee.wait().unwrap().success());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
