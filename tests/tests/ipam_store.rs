@@ -178,6 +178,11 @@ fn a_paused_etcd_times_out_within_the_deadline() {
         };
         assert_eq!(s.release(&handle).await.unwrap_err().code(), 11);
         etcd.resume().unwrap();
+        // The requests sent while etcd was stopped sit in its socket and are
+        // served concurrently once it runs again: let them land first, so the
+        // release below comes after whatever the timed-out claim did (without
+        // this, about 1 run in 10 released before the late claim applied).
+        tokio::time::sleep(Duration::from_secs(1)).await;
         // Whatever the timed-out claim did, the handle resolves it.
         s.release(&handle).await.unwrap();
         assert!(keys(&etcd, "/trellis/").is_empty());
