@@ -7,6 +7,7 @@ pub mod bins;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
+pub mod cut_proxy;
 pub mod etcd;
 pub mod libcni;
 pub mod netns;
