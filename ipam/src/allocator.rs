@@ -66,6 +66,7 @@ pub async fn allocate<S: Store, C: Cursor>(
         endpoints: "the allocation store".into(),
         doing: "allocating an address",
         detail: format!("every free address of {pool} was taken by a concurrent writer; try again"),
+        outcome_unknown: false,
     })
 }
 

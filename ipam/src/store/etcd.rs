@@ -12,7 +12,7 @@
 //! address that somebody else holds now. Every call has a deadline.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
-use crate::error::{chain, describe_etcd, IpamError};
+use crate::error::{chain, describe_etcd, outcome_unknown, IpamError};
 use crate::store::fence::Fence;
 use crate::store::Store;
 use etcd_client::{
@@ -203,6 +203,7 @@ impl EtcdStore {
                 endpoints: endpoints.clone(),
                 doing: "connecting",
                 detail: describe_etcd(&other),
+                outcome_unknown: false,
             },
         })?;
         Ok(Self::from_client(&client, &settings.prefix, settings.timeout).named(endpoints))
@@ -284,6 +285,7 @@ impl EtcdStore {
                 endpoints: self.endpoints.clone(),
                 doing,
                 detail: describe_etcd(&e),
+                outcome_unknown: outcome_unknown(&e),
             }),
             Ok(Ok(v)) => Ok(v),
         }
@@ -463,6 +465,7 @@ impl EtcdStore {
             endpoints: self.endpoints.clone(),
             doing: "releasing the address",
             detail: format!("{hkey} kept changing; try again"),
+            outcome_unknown: false,
         })
     }
 
@@ -580,7 +583,7 @@ impl EtcdStore {
                 ]);
             let mut resp = match self.txn("allocating an address", claim).await {
                 Ok(resp) => resp,
-                Err(e @ IpamError::EtcdTimeout { .. }) => {
+                Err(e) if e.may_have_applied() => {
                     *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Fence::for_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
                     return Err(e);
@@ -619,11 +622,13 @@ impl EtcdStore {
             endpoints: self.endpoints.clone(),
             doing: "allocating an address",
             detail: format!("{ikey} and {hkey} kept changing; try again"),
+            outcome_unknown: false,
         })
     }
 
-    /// The claim that timed out without an answer, if one did. It may still
-    /// sit unread in a stopped etcd's socket and apply when etcd resumes,
+    /// The claim that failed without saying it was refused (a timeout, a
+    /// dropped connection: `IpamError::may_have_applied`), if one did. It may
+    /// still sit unread in a stopped etcd's socket and apply when etcd resumes,
     /// after the runtime was told nothing was allocated: apply its `Fence`
     /// (from a process that waits for the answer) to make sure it cannot.
     pub fn unanswered_claim(&self) -> Option<Fence> {
