@@ -28,7 +28,7 @@ pub const FENCE_FLAG: &str = "--fence";
 pub const KEEP_TRYING: Duration = Duration::from_secs(600);
 
 /// Each attempt waits this long for an answer: a stopped etcd answers the
-/// pending request as soon as it resumes, so there is no gap to retry in.
+/// pending requests as soon as it resumes, so there is no gap to retry in.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const KEEPER_LOCK: &str = ".keeper";
@@ -126,7 +126,9 @@ async fn work(dir: &Path, give_up: Instant) {
         if pending.is_empty() || Instant::now() >= give_up {
             return;
         }
-        let mut progress = false;
+        // Every fence is sent at once, each on its own connection: behind a
+        // frozen etcd they all wait together, not one attempt after another.
+        let mut attempts = tokio::task::JoinSet::new();
         for file in pending {
             let Ok(job) = std::fs::read(&file)
                 .map_err(|_| ())
@@ -135,7 +137,11 @@ async fn work(dir: &Path, give_up: Instant) {
                 let _ = std::fs::remove_file(&file);
                 continue;
             };
-            if apply(job).await {
+            attempts.spawn(async move { (file, apply(job).await) });
+        }
+        let mut progress = false;
+        while let Some(done) = attempts.join_next().await {
+            if let Ok((file, true)) = done {
                 let _ = std::fs::remove_file(&file);
                 progress = true;
             }
