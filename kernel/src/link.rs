@@ -94,6 +94,21 @@ impl Netlink {
         self.get_one(req, &format!("#{index}")).await
     }
 
+    /// The names of every link in this namespace (one dump, no statistics).
+    pub async fn link_names(&self) -> Result<std::collections::HashSet<String>> {
+        let req = self
+            .handle()
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
+        let msgs: Vec<LinkMessage> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing links"))?;
+        Ok(msgs.iter().map(|m| Link::from_message(m).name).collect())
+    }
+
     /// Every link enslaved to `master` (one filtered dump).
     pub async fn links_with_master(&self, master: u32) -> Result<Vec<Link>> {
         let mut req = self

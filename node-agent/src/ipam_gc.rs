@@ -106,13 +106,14 @@ pub async fn pass(
 ) -> Result<Vec<Ipv4Addr>, GcError> {
     let allocations = store.list_node(node).await?;
     metrics.allocations.set(allocations.len() as u64);
-    let mut alive = HashSet::new();
-    for a in &allocations {
-        let veth = host_veth_name(&a.owner.container_id, &a.owner.ifname);
-        if nl.link_by_name(&veth).await?.is_some() {
-            alive.insert(key_of(a));
-        }
-    }
+    // Listed after the allocations: an ADD between the two has its address
+    // and maybe no veth yet, which the grace period covers.
+    let links = nl.link_names().await?;
+    let alive: HashSet<Key> = allocations
+        .iter()
+        .filter(|a| links.contains(&host_veth_name(&a.owner.container_id, &a.owner.ifname)))
+        .map(key_of)
+        .collect();
     let leaked: Vec<Allocation> = tracker
         .pass(Instant::now(), grace, &allocations, |a| {
             alive.contains(&key_of(a))
