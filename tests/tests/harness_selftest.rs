@@ -3,11 +3,13 @@
 //! libcni driver drives the reference plugins in a node namespace.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::json;
 use trellis_tests::bins::CniBinDir;
 use trellis_tests::libcni::{write_conflist, Attachment, Driver};
 use trellis_tests::netns::{attach_to_bridge, veth_pair, Netns};
+use trellis_tests::wait::wait_until;
 
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
@@ -47,8 +49,13 @@ fn namespaces_are_unique_wired_and_removed() {
         assert!(format!("{err:#}").contains("exit status 3"), "{err:#}");
         assert!(format!("{err:#}").contains("oops"), "{err:#}");
 
+        // `ip netns exec` enters the namespace just after the spawn returns.
         sleeper = b.spawn(&["sleep", "300"]).unwrap();
-        assert_eq!(b.pids(), [sleeper.id() as i32]);
+        let pid = sleeper.id() as i32;
+        wait_until(Duration::from_secs(5), "the spawned process inside", || {
+            Ok(b.pids() == [pid])
+        })
+        .unwrap_or_else(|e| panic!("{e:#}: {:?}", b.pids()));
     }
     assert!(!netns_exists(&a_name), "{a_name} left behind");
     assert!(!netns_exists(&b_name), "{b_name} left behind");
