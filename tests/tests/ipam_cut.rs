@@ -9,7 +9,7 @@ mod ipam_common;
 use ipam_common::*;
 use serde_json::json;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use trellis_tests::cut_proxy::CutProxy;
 use trellis_tests::etcd::Etcd;
 
@@ -27,19 +27,14 @@ fn connection_dropped_while_etcd_is_frozen() {
         json!(timeout.as_millis() as u64),
     );
     let pods = ids("cut", 80);
-    let calls: Vec<_> = pods.iter().map(|p| (p.clone(), "ADD")).collect();
+    let calls = adds(&pods);
 
     let (replies, cut) = std::thread::scope(|s| {
         let burst = s.spawn(|| p.invoke_all(&calls, &conf));
-        // Freeze etcd once the burst is under way (bounded wait), give the
+        // Freeze etcd once the burst is under way, give the
         // ADDs in flight time to send their claims, then drop their
         // connections and let etcd go on a moment later.
-        let waiting = Instant::now();
-        while etcd.keys("/trellis/ipam/ips/").unwrap().len() < 5
-            && waiting.elapsed() < Duration::from_secs(20)
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_allocations(&etcd, 5);
         etcd.pause().unwrap();
         std::thread::sleep(Duration::from_millis(700));
         let cut = proxy.cut_clients();
@@ -86,35 +81,12 @@ fn connection_dropped_while_etcd_is_frozen() {
     assert_eq!(held, ok, "nothing allocated for failed ADDs, nothing lost");
 
     // The runtime cleans up and retries the failed ones.
-    for r in p.invoke_all(
-        &failed
-            .iter()
-            .map(|p| (p.clone(), "DEL"))
-            .collect::<Vec<_>>(),
+    retry_failed_then_delete_all(
+        &p,
         &conf,
-    ) {
-        r.ok();
-    }
-    let mut all: HashSet<_> = ok.iter().map(|(ip, _)| *ip).collect();
-    for r in p.invoke_all(
-        &failed
-            .iter()
-            .map(|p| (p.clone(), "ADD"))
-            .collect::<Vec<_>>(),
-        &conf,
-    ) {
-        assert!(all.insert(r.ok().ip()), "a retry got a taken address");
-    }
-    assert_eq!(all.len(), pods.len());
-
-    for r in p.invoke_all(
-        &pods.iter().map(|p| (p.clone(), "DEL")).collect::<Vec<_>>(),
-        &conf,
-    ) {
-        r.ok();
-    }
-    assert!(
-        etcd.keys("/trellis/ipam/").unwrap().is_empty(),
-        "all DELs leave zero keys"
+        &etcd,
+        &pods,
+        &failed,
+        ok.iter().map(|(ip, _)| *ip),
     );
 }

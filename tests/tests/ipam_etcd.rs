@@ -15,14 +15,6 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn adds(ids: &[String]) -> Vec<(String, &'static str)> {
-    ids.iter().map(|id| (id.clone(), "ADD")).collect()
-}
-
-fn dels(ids: &[String]) -> Vec<(String, &'static str)> {
-    ids.iter().map(|id| (id.clone(), "DEL")).collect()
-}
-
 #[test]
 fn two_hundred_concurrent_adds_on_one_node_then_all_dels() {
     let p = Plugin::snapshot();

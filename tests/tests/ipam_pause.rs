@@ -18,18 +18,12 @@ fn etcd_paused_mid_burst() {
     let conf = cluster_conf(&etcd.endpoint(), state.path());
     let pods = ids("burst", 150);
     let (first, late) = pods.split_at(130);
-    let calls: Vec<_> = first.iter().map(|p| (p.clone(), "ADD")).collect();
-    let late_calls: Vec<_> = late.iter().map(|p| (p.clone(), "ADD")).collect();
+    let (calls, late_calls) = (adds(first), adds(late));
 
     let replies = std::thread::scope(|s| {
         let burst = s.spawn(|| p.invoke_all(&calls, &conf));
-        // Pause once the burst is under way (bounded wait).
-        let waiting = Instant::now();
-        while etcd.keys("/trellis/ipam/ips/").unwrap().len() < 5
-            && waiting.elapsed() < Duration::from_secs(20)
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Pause once the burst is under way.
+        wait_for_allocations(&etcd, 5);
         etcd.pause().unwrap();
         // More pods arrive while etcd is frozen.
         let late = s.spawn(|| p.invoke_all(&late_calls, &conf));
@@ -86,37 +80,5 @@ fn etcd_paused_mid_burst() {
     assert_eq!(held, ok, "nothing lost, nothing allocated for failed ADDs");
 
     // The runtime cleans up the failed ones and retries them.
-    for r in p.invoke_all(
-        &failed
-            .iter()
-            .map(|p| (p.clone(), "DEL"))
-            .collect::<Vec<_>>(),
-        &conf,
-    ) {
-        r.ok();
-    }
-    let retried = p.invoke_all(
-        &failed
-            .iter()
-            .map(|p| (p.clone(), "ADD"))
-            .collect::<Vec<_>>(),
-        &conf,
-    );
-    let mut all: HashSet<_> = ok.values().copied().collect();
-    for r in retried {
-        assert!(all.insert(r.ok().ip()), "retry got a taken address");
-    }
-    assert_eq!(all.len(), pods.len());
-    assert_eq!(etcd_allocations(&etcd).len(), pods.len());
-
-    for r in p.invoke_all(
-        &pods.iter().map(|p| (p.clone(), "DEL")).collect::<Vec<_>>(),
-        &conf,
-    ) {
-        r.ok();
-    }
-    assert!(
-        etcd.keys("/trellis/ipam/").unwrap().is_empty(),
-        "all DELs leave zero keys"
-    );
+    retry_failed_then_delete_all(&p, &conf, &etcd, &pods, &failed, ok.values().copied());
 }

@@ -262,6 +262,56 @@ pub fn local_allocations(data_dir: &Path, network: &str) -> Vec<(Ipv4Addr, Strin
         .collect()
 }
 
+/// `ADD` calls for `ids`.
+pub fn adds(ids: &[String]) -> Vec<(String, &'static str)> {
+    ids.iter().map(|id| (id.clone(), "ADD")).collect()
+}
+
+/// `DEL` calls for `ids`.
+pub fn dels(ids: &[String]) -> Vec<(String, &'static str)> {
+    ids.iter().map(|id| (id.clone(), "DEL")).collect()
+}
+
+/// Wait (at most 20 s) until etcd holds at least `n` addresses: a burst of
+/// ADDs is under way.
+pub fn wait_for_allocations(etcd: &Etcd, n: usize) {
+    let waiting = Instant::now();
+    while etcd.keys("/trellis/ipam/ips/").unwrap().len() < n
+        && waiting.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// After an etcd failure: the runtime cleans up the `failed` ADDs and
+/// retries them, which must get addresses nobody in `held` has; then every
+/// one of `pods` is deleted, which must leave zero keys.
+pub fn retry_failed_then_delete_all(
+    p: &Plugin,
+    conf: &Value,
+    etcd: &Etcd,
+    pods: &[String],
+    failed: &[String],
+    held: impl IntoIterator<Item = Ipv4Addr>,
+) {
+    for r in p.invoke_all(&dels(failed), conf) {
+        r.ok();
+    }
+    let mut all: std::collections::HashSet<Ipv4Addr> = held.into_iter().collect();
+    for r in p.invoke_all(&adds(failed), conf) {
+        assert!(all.insert(r.ok().ip()), "a retry got a taken address");
+    }
+    assert_eq!(all.len(), pods.len());
+    assert_eq!(etcd_allocations(etcd).len(), pods.len());
+    for r in p.invoke_all(&dels(pods), conf) {
+        r.ok();
+    }
+    assert!(
+        etcd.keys("/trellis/ipam/").unwrap().is_empty(),
+        "all DELs leave zero keys"
+    );
+}
+
 pub fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:04}")).collect()
 }
