@@ -148,30 +148,29 @@ impl<'a> SubnetSet<'a> {
 mod tests {
     use super::*;
 
-    fn rec(subnet: &str, ip: &str, mac: &str) -> NodeRecord {
-        NodeRecord {
-            subnet: subnet.parse().unwrap(),
-            public_ip: ip.parse().unwrap(),
-            vtep_mac: mac.into(),
-            network: None,
-            mtu: None,
-            node_name: None,
-        }
+    /// Node records by name, from (name, subnet, public IP, VTEP MAC) rows.
+    fn records(rows: &[(&str, &str, &str, &str)]) -> BTreeMap<String, NodeRecord> {
+        rows.iter()
+            .map(|(name, subnet, ip, mac)| {
+                let record = NodeRecord {
+                    subnet: subnet.parse().unwrap(),
+                    public_ip: ip.parse().unwrap(),
+                    vtep_mac: (*mac).into(),
+                    network: None,
+                    mtu: None,
+                    node_name: None,
+                };
+                (name.to_string(), record)
+            })
+            .collect()
     }
 
     #[test]
     fn remote_nodes_become_entries_and_self_is_skipped() {
-        let records: BTreeMap<_, _> = [
-            (
-                "a".to_string(),
-                rec("10.244.1.0/24", "192.0.2.1", "02:00:00:00:00:01"),
-            ),
-            (
-                "b".to_string(),
-                rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            ),
-        ]
-        .into();
+        let records = records(&[
+            ("a", "10.244.1.0/24", "192.0.2.1", "02:00:00:00:00:01"),
+            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+        ]);
         let (d, warnings) = DesiredOverlay::from_records(
             "a",
             Some("10.244.1.0/24".parse().unwrap()),
@@ -188,41 +187,31 @@ mod tests {
 
     #[test]
     fn records_that_would_break_the_overlay_are_left_out() {
-        let records: BTreeMap<_, _> = [
+        let records = records(&[
+            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
             (
-                "b".to_string(),
-                rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+                "c-outside",
+                "10.99.0.0/24",
+                "192.0.2.3",
+                "02:00:00:00:00:03",
+            ),
+            ("d-mine", "10.244.1.0/24", "192.0.2.4", "02:00:00:00:00:04"),
+            (
+                "e-dup-subnet",
+                "10.244.2.0/24",
+                "192.0.2.5",
+                "02:00:00:00:00:05",
             ),
             (
-                "c-outside".to_string(),
-                rec("10.99.0.0/24", "192.0.2.3", "02:00:00:00:00:03"),
+                "f-dup-mac",
+                "10.244.6.0/24",
+                "192.0.2.6",
+                "02:00:00:00:00:02",
             ),
-            (
-                "d-mine".to_string(),
-                rec("10.244.1.0/24", "192.0.2.4", "02:00:00:00:00:04"),
-            ),
-            (
-                "e-dup-subnet".to_string(),
-                rec("10.244.2.0/24", "192.0.2.5", "02:00:00:00:00:05"),
-            ),
-            (
-                "f-dup-mac".to_string(),
-                rec("10.244.6.0/24", "192.0.2.6", "02:00:00:00:00:02"),
-            ),
-            (
-                "g-bad-mac".to_string(),
-                rec("10.244.7.0/24", "192.0.2.7", "nope"),
-            ),
-            (
-                "h-v6".to_string(),
-                rec("10.244.8.0/24", "2001:db8::8", "02:00:00:00:00:08"),
-            ),
-            (
-                "i-ok".to_string(),
-                rec("10.244.9.0/24", "192.0.2.9", "02:00:00:00:00:09"),
-            ),
-        ]
-        .into();
+            ("g-bad-mac", "10.244.7.0/24", "192.0.2.7", "nope"),
+            ("h-v6", "10.244.8.0/24", "2001:db8::8", "02:00:00:00:00:08"),
+            ("i-ok", "10.244.9.0/24", "192.0.2.9", "02:00:00:00:00:09"),
+        ]);
         let (d, warnings) = DesiredOverlay::from_records(
             "a",
             Some("10.244.1.0/24".parse().unwrap()),
@@ -239,25 +228,17 @@ mod tests {
 
     #[test]
     fn overlaps_of_other_sizes_are_caught() {
-        let records: BTreeMap<_, _> = [
+        let records = records(&[
+            ("b", "10.244.4.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+            ("c-wide", "10.244.4.0/22", "192.0.2.3", "02:00:00:00:00:03"),
             (
-                "b".to_string(),
-                rec("10.244.4.0/24", "192.0.2.2", "02:00:00:00:00:02"),
+                "d-inside",
+                "10.244.4.128/25",
+                "192.0.2.4",
+                "02:00:00:00:00:04",
             ),
-            (
-                "c-wide".to_string(),
-                rec("10.244.4.0/22", "192.0.2.3", "02:00:00:00:00:03"),
-            ),
-            (
-                "d-inside".to_string(),
-                rec("10.244.4.128/25", "192.0.2.4", "02:00:00:00:00:04"),
-            ),
-            (
-                "e".to_string(),
-                rec("10.244.5.0/24", "192.0.2.5", "02:00:00:00:00:05"),
-            ),
-        ]
-        .into();
+            ("e", "10.244.5.0/24", "192.0.2.5", "02:00:00:00:00:05"),
+        ]);
         let (d, warnings) =
             DesiredOverlay::from_records("a", None, "10.244.0.0/16".parse().unwrap(), &records);
         assert_eq!(
