@@ -22,6 +22,29 @@ fn routes_on_vxlan(node: &Node) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// The overlay routes of every node, in node order.
+fn routes_of_every_node(cluster: &Cluster) -> Vec<BTreeSet<String>> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| routes_on_vxlan(n).unwrap())
+        .collect()
+}
+
+/// Every agent still runs and every node keeps the routes it had in `before`.
+#[track_caller]
+fn agents_kept_running_and_routes_stayed(cluster: &mut Cluster, before: &[BTreeSet<String>]) {
+    for (node, routes) in cluster.nodes.iter_mut().zip(before) {
+        assert!(
+            node.agent_running(),
+            "{} exited:\n{}",
+            node.name,
+            node.agent_log()
+        );
+        assert_eq!(&routes_on_vxlan(node).unwrap(), routes, "{}", node.name);
+    }
+}
+
 /// A record for a node that exists only in etcd.
 /// Third octets `i` of 10.244.i.0/24 that no node of `cluster` holds (agents
 /// lease at random: a ghost on a node's own subnet would be ignored).
@@ -49,25 +72,13 @@ fn etcd_down_leaves_the_data_path_and_watches_recover_after_a_restart() {
     let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
     let p1 = cluster.add_pod(0, "p1").unwrap();
     let p2 = cluster.add_pod(1, "p2").unwrap();
-    let before: Vec<_> = cluster
-        .nodes
-        .iter()
-        .map(|n| routes_on_vxlan(n).unwrap())
-        .collect();
+    let before = routes_of_every_node(&cluster);
 
     // etcd gone for a while: agents keep running, nothing is removed.
     cluster.etcd_mut().stop().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     ping(&p1.netns, p2.ip).unwrap();
-    for (i, node) in cluster.nodes.iter_mut().enumerate() {
-        assert!(
-            node.agent_running(),
-            "{} exited:\n{}",
-            node.name,
-            node.agent_log()
-        );
-        assert_eq!(routes_on_vxlan(node).unwrap(), before[i], "{}", node.name);
-    }
+    agents_kept_running_and_routes_stayed(&mut cluster, &before);
 
     // Back, with its data: the watches follow new changes again.
     cluster.etcd_mut().restart().unwrap();
@@ -197,24 +208,12 @@ fn a_hung_etcd_leaves_the_data_path_and_changes_flow_again_after_it() {
     let mut cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
     let p1 = cluster.add_pod(0, "p1").unwrap();
     let p2 = cluster.add_pod(1, "p2").unwrap();
-    let before: Vec<_> = cluster
-        .nodes
-        .iter()
-        .map(|n| routes_on_vxlan(n).unwrap())
-        .collect();
+    let before = routes_of_every_node(&cluster);
     // SIGSTOP: connections stay open, nothing answers (keep-alives notice).
     cluster.etcd_mut().pause().unwrap();
     std::thread::sleep(Duration::from_secs(10));
     ping(&p1.netns, p2.ip).unwrap();
-    for (i, node) in cluster.nodes.iter_mut().enumerate() {
-        assert!(
-            node.agent_running(),
-            "{} exited:\n{}",
-            node.name,
-            node.agent_log()
-        );
-        assert_eq!(routes_on_vxlan(node).unwrap(), before[i]);
-    }
+    agents_kept_running_and_routes_stayed(&mut cluster, &before);
     cluster.etcd_mut().resume().unwrap();
     let g = free_indices(&cluster, 201)[0];
     cluster
