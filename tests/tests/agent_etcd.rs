@@ -67,6 +67,20 @@ fn ghost_record(i: u8) -> String {
     )
 }
 
+/// Publish the record of ghost node `g` and wait until every node routes
+/// its subnet over the overlay: the agents' watches work.
+fn put_ghost_and_wait_for_its_route(cluster: &Cluster, g: u8, what: &str) {
+    cluster
+        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(g)])
+        .unwrap();
+    for node in &cluster.nodes {
+        wait_until(Duration::from_secs(20), what, || {
+            Ok(routes_on_vxlan(node)?.contains(&ghost_subnet(g)))
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
+    }
+}
+
 #[test]
 fn etcd_down_leaves_the_data_path_and_watches_recover_after_a_restart() {
     let mut cluster = Cluster::start(ClusterSpec::default()).unwrap();
@@ -83,17 +97,7 @@ fn etcd_down_leaves_the_data_path_and_watches_recover_after_a_restart() {
     // Back, with its data: the watches follow new changes again.
     cluster.etcd_mut().restart().unwrap();
     let g = free_indices(&cluster, 200)[0];
-    cluster
-        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(g)])
-        .unwrap();
-    for node in &cluster.nodes {
-        wait_until(
-            Duration::from_secs(20),
-            "ghost route after etcd restart",
-            || Ok(routes_on_vxlan(node)?.contains(&ghost_subnet(g))),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
-    }
+    put_ghost_and_wait_for_its_route(&cluster, g, "ghost route after etcd restart");
     cluster.etcdctl(&["del", "/trellis/nodes/ghost"]).unwrap();
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "ghost route removed", || {
@@ -216,15 +220,5 @@ fn a_hung_etcd_leaves_the_data_path_and_changes_flow_again_after_it() {
     agents_kept_running_and_routes_stayed(&mut cluster, &before);
     cluster.etcd_mut().resume().unwrap();
     let g = free_indices(&cluster, 201)[0];
-    cluster
-        .etcdctl(&["put", "/trellis/nodes/ghost", &ghost_record(g)])
-        .unwrap();
-    for node in &cluster.nodes {
-        wait_until(
-            Duration::from_secs(20),
-            "ghost route after etcd resumed",
-            || Ok(routes_on_vxlan(node)?.contains(&ghost_subnet(g))),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, node.agent_log()));
-    }
+    put_ghost_and_wait_for_its_route(&cluster, g, "ghost route after etcd resumed");
 }
