@@ -33,6 +33,17 @@ impl Owner {
     pub fn holds(&self, handle: &Handle) -> bool {
         self.container_id == handle.container_id && self.ifname == handle.ifname
     }
+
+    /// The owner the unit tests use: container `id`, `eth0`, network `net`.
+    #[cfg(test)]
+    pub(crate) fn of_test_container(id: &str) -> Owner {
+        Owner {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            node: String::new(),
+            network: "net".into(),
+        }
+    }
 }
 
 /// One allocated address.

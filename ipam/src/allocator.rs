@@ -142,12 +142,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn owner(id: &str) -> Owner {
-        Owner {
-            container_id: id.into(),
-            ifname: "eth0".into(),
-            node: String::new(),
-            network: "net".into(),
-        }
+        Owner::of_test_container(id)
     }
 
     fn ip(s: &str) -> Ipv4Addr {

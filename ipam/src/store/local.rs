@@ -196,12 +196,7 @@ mod tests {
     use std::time::Duration;
 
     fn owner(id: &str) -> Owner {
-        Owner {
-            container_id: id.into(),
-            ifname: "eth0".into(),
-            node: String::new(),
-            network: "net".into(),
-        }
+        Owner::of_test_container(id)
     }
 
     fn soon() -> Instant {
