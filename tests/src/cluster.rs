@@ -633,26 +633,13 @@ impl Cluster {
 
     /// Runs `etcdctl` (v3) against the cluster's etcd, from the underlay.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = self.underlay.command(&["etcdctl"]);
-        cmd.args(["--endpoints", &self.etcd.endpoint()])
-            .args(["--dial-timeout", "3s", "--command-timeout", "5s"])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null());
-        let out = cmd.output().context("running etcdctl")?;
-        crate::netns::check(&out).with_context(|| format!("etcdctl {}", args.join(" ")))
+        self.etcd.run_etcdctl(args)
     }
 
     /// Every key (with value) under `<etcd prefix>/<sub>`.
     pub fn etcd_entries(&self, sub: &str) -> Result<Vec<(String, String)>> {
-        let prefix = format!("{}/{sub}", self.spec.etcd_prefix);
-        let out = self.etcdctl(&["get", "--prefix", &prefix])?;
-        let lines: Vec<&str> = out.lines().collect();
-        Ok(lines
-            .chunks(2)
-            .filter(|kv| kv.len() == 2)
-            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
-            .collect())
+        self.etcd
+            .get_prefix(&format!("{}/{sub}", self.spec.etcd_prefix))
     }
 
     /// The allocated pod addresses (`<prefix>/ipam/ips/<ip>` keys).

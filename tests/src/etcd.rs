@@ -228,7 +228,7 @@ impl Etcd {
         };
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint()])
-            .args(["--dial-timeout", "2s", "--command-timeout", "3s"]);
+            .args(["--dial-timeout", "3s", "--command-timeout", "5s"]);
         if let Some(tls) = &self.tls {
             cmd.arg("--cacert")
                 .arg(&tls.ca)
@@ -240,21 +240,22 @@ impl Etcd {
         cmd
     }
 
-    /// Every key under `prefix`, in etcd's order.
-    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+    /// Run `etcdctl <args>` (see `etcdctl`) and return its stdout; a
+    /// failure carries etcdctl's output.
+    pub fn run_etcdctl(&self, args: &[&str]) -> Result<String> {
         let out = self
             .etcdctl()
-            .args(["get", "--prefix", "--keys-only", prefix])
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .context("running etcdctl")?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl get {prefix}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
+        crate::netns::check(&out).with_context(|| format!("etcdctl {}", args.join(" ")))
+    }
+
+    /// Every key under `prefix`, in etcd's order.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .run_etcdctl(&["get", "--prefix", "--keys-only", prefix])?
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)
@@ -264,19 +265,7 @@ impl Etcd {
     /// Every key under `prefix` with its value, read in one request (one
     /// consistent snapshot). Values must be single-line (JSON is).
     pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        let out = self
-            .etcdctl()
-            .args(["get", "--prefix", prefix])
-            .stdin(Stdio::null())
-            .output()
-            .context("running etcdctl")?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl get --prefix {prefix}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.run_etcdctl(&["get", "--prefix", prefix])?;
         let lines: Vec<&str> = text.lines().collect();
         Ok(lines
             .chunks(2)
@@ -287,38 +276,14 @@ impl Etcd {
 
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
-        let out = self
-            .etcdctl()
-            .args(["get", "--print-value-only", key])
-            .stdin(Stdio::null())
-            .output()
-            .context("running etcdctl")?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl get {key}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.run_etcdctl(&["get", "--print-value-only", key])?;
         let text = text.trim_end_matches('\n');
         Ok((!text.is_empty()).then(|| text.to_string()))
     }
 
     /// Write `key` (as an operator or agent would).
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
-        let out = self
-            .etcdctl()
-            .args(["put", key, value])
-            .stdin(Stdio::null())
-            .output()
-            .context("running etcdctl")?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl put {key}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        self.run_etcdctl(&["put", key, value]).map(drop)
     }
 
     pub fn client_addr(&self) -> SocketAddr {
