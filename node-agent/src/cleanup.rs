@@ -67,10 +67,9 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
             node_name_or_hostname(args.node_name.as_deref()).map_err(CleanupError::NodeName)?;
         let mut client = etcd::connect(&args.etcd).await?;
         let keys = Keys::new(&args.etcd.etcd_prefix);
-        let released = lease::release(&mut client, &keys, &node).await?;
-        // Its pods' addresses go with it: no agent of this node is left to
-        // reclaim them, and a node that leases the subnet next would find
-        // them taken.
+        // Its pods' addresses go first, then the subnet: no agent of this
+        // node is left to reclaim them, and a node that leases the subnet
+        // next must not find them taken. Both steps can be run again.
         let store = trellis_ipam::EtcdStore::from_client(
             &client,
             &args.etcd.etcd_prefix,
@@ -82,6 +81,7 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
                 addresses.push(a.ip);
             }
         }
+        let released = lease::release(&mut client, &keys, &node).await?;
         log::info!(
             "node {node} left the cluster (released {released:?} and pod addresses {addresses:?})"
         );
