@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
-use trellis_kernel::{KernelError, Netlink};
+use trellis_kernel::{KernelError, Netlink, NodeTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -124,17 +124,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             public_ip,
             &args.bridge,
         );
-        let vxlan_index = match set_up_node(&nl, &net, &args).await {
-            Ok(index) => index,
-            Err(e) => {
-                // Nothing uses a subnet whose node could not be set up: give a
-                // fresh lease back (a kept one stays: pods may hold its addresses).
-                if !leased.reused {
-                    let _ = client.lease_revoke(leased.lease_id).await;
-                }
-                return Err(e);
+        let table = node_table::for_node(&net, args.ip_masq, args.vxlan_notrack);
+        if let Err(e) = set_up_node(&nl, &net, &table, &args).await {
+            // Nothing uses a subnet whose node could not be set up: give a
+            // fresh lease back (a kept one stays: pods may hold its addresses).
+            if !leased.reused {
+                let _ = client.lease_revoke(leased.lease_id).await;
             }
-        };
+            return Err(e);
+        }
         let record = net.record();
         retry("publishing the node record", &metrics, || {
             let (mut client, keys, node, record) =
@@ -145,14 +143,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork, u32), AgentError>((
-            config,
-            leased,
-            net,
-            vxlan_index,
+        Ok::<(ClusterConfig, Leased, NodeNetwork, NodeTable), AgentError>((
+            config, leased, net, table,
         ))
     };
-    let (config, leased, net, vxlan_index) = tokio::select! {
+    let (config, leased, net, table) = tokio::select! {
         r = start => r?,
         _ = sigterm.recv() => { log::info!("SIGTERM during start-up; stopping"); return Ok(()); }
         _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
@@ -176,7 +171,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     // The reconciler ensures the device again before each pass.
-    let dataplane = KernelDataplane::new(nl.clone(), net.clone(), vxlan_index);
+    let dataplane = KernelDataplane::new(nl.clone(), net.clone());
     let reconciler = tokio::spawn(
         Reconciler::new(dataplane, metrics.clone())
             .run(desired_rx, Duration::from_secs(args.resync_interval.max(1))),
@@ -208,7 +203,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         )));
     }
     {
-        let table = node_table::for_node(&net, args.ip_masq, args.vxlan_notrack);
         let every = Duration::from_secs(args.resync_interval.max(1));
         background.push(tokio::spawn(async move {
             loop {
@@ -245,23 +239,30 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     result
 }
 
-/// Forwarding, the VXLAN device, the bridge, the nftables table (masquerade,
-/// untracked tunnel packets) and the state file
-/// for the plugins; the index of the VXLAN device.
-async fn set_up_node(nl: &Netlink, net: &NodeNetwork, args: &RunArgs) -> Result<u32, AgentError> {
+/// Forwarding, the nftables table (masquerade, untracked tunnel packets),
+/// the VXLAN device, the bridge and the state file for the plugins. The
+/// table goes first: it needs only the subnet, and its likely failure
+/// (no `nft`, no permission) then leaves no device or address holding a
+/// subnet that is given back.
+async fn set_up_node(
+    nl: &Netlink,
+    net: &NodeNetwork,
+    table: &NodeTable,
+    args: &RunArgs,
+) -> Result<(), AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
         log::info!("turned on IPv4 forwarding");
     }
-    let (vxlan_index, _) = net.ensure_vxlan(nl).await?;
+    node_table::ensure(table.clone()).await?;
+    net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
-    node_table::ensure(node_table::for_node(net, args.ip_masq, args.vxlan_notrack)).await?;
     write_node_record(&args.state_dir, &net.record()).map_err(|source| AgentError::StateFile {
         path: trellis_common::node::record_path(&args.state_dir)
             .display()
             .to_string(),
         source,
     })?;
-    Ok(vxlan_index)
+    Ok(())
 }
 
 /// Retry `op` with backoff while it fails with a transient error (etcd

@@ -33,16 +33,18 @@ pub trait DeviceSetup: Send + Sync {
 pub struct KernelDataplane<S: DeviceSetup> {
     nl: Netlink,
     setup: S,
+    /// The VXLAN device's index, as `ensure_device` (which every pass
+    /// starts with) last found it.
     ifindex: u32,
 }
 
 impl<S: DeviceSetup> KernelDataplane<S> {
-    pub fn new(nl: Netlink, setup: S, ifindex: u32) -> Self {
-        KernelDataplane { nl, setup, ifindex }
-    }
-
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
+    pub fn new(nl: Netlink, setup: S) -> Self {
+        KernelDataplane {
+            nl,
+            setup,
+            ifindex: 0,
+        }
     }
 }
 
