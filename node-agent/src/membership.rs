@@ -41,6 +41,9 @@ impl Membership {
     ) -> Result<(), LeaseError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let mut next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
+        // The record must be put (again) and has not been yet: kept until a
+        // put succeeds, retried with the renewals.
+        let mut record_due = false;
         loop {
             tokio::select! {
                 changed = own_record.changed() => {
@@ -54,7 +57,8 @@ impl Membership {
                                 "this node's record in etcd is {}; publishing it again",
                                 if seen.is_some() { "not ours" } else { "gone" }
                             );
-                            if let Err(e) = self.republish().await {
+                            record_due = true;
+                            if let Err(e) = self.republish(&mut record_due).await {
                                 self.metrics.etcd_errors.inc();
                                 log::warn!("re-publishing the node record: {e}");
                                 next_renew = tokio::time::Instant::now() + backoff.next_delay();
@@ -63,7 +67,14 @@ impl Membership {
                     }
                 }
                 _ = tokio::time::sleep_until(next_renew) => {
-                    match self.renew().await {
+                    let renewed = match self.renew().await {
+                        Ok(reacquired) => {
+                            record_due |= reacquired;
+                            self.republish(&mut record_due).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match renewed {
                         Ok(()) => {
                             backoff.reset();
                             next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
@@ -72,7 +83,9 @@ impl Membership {
                         Err(e) => {
                             self.metrics.etcd_errors.inc();
                             let delay = backoff.next_delay();
-                            log::warn!("renewing the subnet lease: {e}; again in {delay:?}");
+                            log::warn!(
+                                "renewing the subnet lease or re-publishing the node record: {e}; again in {delay:?}"
+                            );
                             next_renew = tokio::time::Instant::now() + delay;
                         }
                     }
@@ -81,7 +94,12 @@ impl Membership {
         }
     }
 
-    async fn republish(&mut self) -> Result<(), LeaseError> {
+    /// Put the node record under the current lease when `due`, and clear
+    /// `due` once etcd took it.
+    async fn republish(&mut self, due: &mut bool) -> Result<(), LeaseError> {
+        if !*due {
+            return Ok(());
+        }
         lease::publish_record(
             &mut self.client,
             &self.keys,
@@ -89,12 +107,15 @@ impl Membership {
             &self.record,
             self.lease_id,
         )
-        .await
+        .await?;
+        *due = false;
+        Ok(())
     }
 
     /// One keep-alive; when etcd says the lease is gone, lease the same
-    /// subnet again and publish the record under the new lease.
-    async fn renew(&mut self) -> Result<(), LeaseError> {
+    /// subnet again. `true` when it did: the record must be put under the
+    /// new lease.
+    async fn renew(&mut self) -> Result<bool, LeaseError> {
         let alive = match self.client.lease_keep_alive(self.lease_id).await {
             Ok((mut keeper, mut stream)) => {
                 keeper.keep_alive().await?;
@@ -116,7 +137,7 @@ impl Membership {
         };
         if alive {
             self.metrics.leased.store(true, Ordering::Relaxed);
-            return Ok(());
+            return Ok(false);
         }
         self.metrics.leased.store(false, Ordering::Relaxed);
         log::warn!(
@@ -134,10 +155,9 @@ impl Membership {
         )
         .await?;
         self.lease_id = leased.lease_id;
-        self.republish().await?;
         self.metrics.leased.store(true, Ordering::Relaxed);
         log::info!("subnet {} leased again", leased.subnet);
-        Ok(())
+        Ok(true)
     }
 }
 
