@@ -9,8 +9,8 @@
 //! looks at the queue again before it exits, so no job is left behind. The
 //! keeper is detached from the runtime: its own process group, stdout and
 //! stderr on /dev/null (a runtime reads the plugin's pipes until every
-//! holder closes them). It gives up after `KEEP_TRYING`; the attachment's
-//! DEL, a retried ADD or GC clean up after that.
+//! holder closes them). A job is dropped `KEEP_TRYING` after it was queued;
+//! the attachment's DEL, a retried ADD or GC clean up after that.
 
 use crate::lock::FileLock;
 use crate::store::etcd::{EtcdSettings, EtcdStore};
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The flag that starts `trellis-ipam` as a fence keeper.
 pub const FENCE_FLAG: &str = "--fence";
 
-/// How long a keeper keeps retrying a job.
-pub const KEEP_TRYING: Duration = Duration::from_secs(600);
+/// How long after it was queued a job is retried.
+const KEEP_TRYING: Duration = Duration::from_secs(600);
 
 /// Each attempt waits this long for an answer: a stopped etcd answers the
 /// pending requests as soon as it resumes, so there is no gap to retry in.
@@ -93,37 +93,55 @@ pub fn run(dir: &Path) -> i32 {
     else {
         return 2;
     };
-    let give_up = Instant::now() + KEEP_TRYING;
     loop {
         // Another keeper works the queue: it re-checks before it leaves.
         let Ok(lock) = FileLock::acquire(&dir.join(KEEPER_LOCK), Instant::now()) else {
             return 0;
         };
-        rt.block_on(work(dir, give_up));
+        rt.block_on(work(dir));
         drop(lock);
-        if jobs(dir).is_empty() || Instant::now() >= give_up {
+        if jobs(dir).is_empty() {
             return 0;
         }
     }
 }
 
+/// The jobs still to do. A job is dropped `KEEP_TRYING` after it was
+/// queued (its file's time), whichever keeper finds it: applied much later,
+/// its fence could undo a newer claim that wrote the same values (a retried
+/// ADD of the same attachment and address).
 fn jobs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let mut files = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age > KEEP_TRYING {
+            log::warn!("dropping fence job {} queued {age:?} ago", path.display());
+            let _ = std::fs::remove_file(&path);
+        } else {
+            files.push(path);
+        }
+    }
     files.sort();
     files
 }
 
-async fn work(dir: &Path, give_up: Instant) {
+async fn work(dir: &Path) {
     let mut pause = Duration::from_millis(200);
     loop {
         let pending = jobs(dir);
-        if pending.is_empty() || Instant::now() >= give_up {
+        if pending.is_empty() {
             return;
         }
         // Every fence is sent at once, each on its own connection: behind a
@@ -158,5 +176,30 @@ async fn apply(mut job: Job) -> bool {
     match EtcdStore::connect(&job.settings).await {
         Ok(store) => store.apply_fence(&job.fence).await.is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn jobs_older_than_keep_trying_are_dropped_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("2-1.json");
+        let stale = dir.path().join("1-1.json");
+        for f in [&fresh, &stale] {
+            std::fs::write(f, b"{}").unwrap();
+        }
+        std::fs::write(dir.path().join(KEEPER_LOCK), b"").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(SystemTime::now() - KEEP_TRYING - Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(jobs(dir.path()), vec![fresh]);
+        assert!(!stale.exists(), "a stale job is removed");
     }
 }
