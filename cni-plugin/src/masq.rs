@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use trellis_common::cni::{code, CniError};
-use trellis_kernel::{Masquerade, Netlink};
+use trellis_kernel::{Masquerade, Netlink, TableState};
 
 use trellis_common::naming::is_host_veth_name;
 
@@ -81,9 +81,9 @@ pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Resul
 /// one read of the table, a write only when it has to change. Under the
 /// node lock.
 fn converge(rule: &Masquerade, wanted: bool, why: &str) -> Result<(), CniError> {
-    let installed = rule.is_installed().map_err(kernel_error)?;
-    match (wanted, installed) {
-        (true, false) => {
+    let state = rule.state().map_err(kernel_error)?;
+    match (wanted, state) {
+        (true, TableState::Absent | TableState::Other) => {
             log::info!(
                 "installing masquerade table {} for {} ({why})",
                 rule.table,
@@ -91,7 +91,9 @@ fn converge(rule: &Masquerade, wanted: bool, why: &str) -> Result<(), CniError> 
             );
             rule.ensure().map_err(kernel_error)
         }
-        (false, true) => {
+        // Also a table that holds something else (another subnet from
+        // before, a rule someone added): it is ours to remove.
+        (false, TableState::Exactly | TableState::Other) => {
             log::info!("removing masquerade table {} ({why})", rule.table);
             rule.remove().map_err(kernel_error)
         }

@@ -36,7 +36,7 @@ pub use error::{KernelError, Result};
 pub use handle::Netlink;
 pub use link::Link;
 pub use mac::MacAddr;
-pub use masquerade::Masquerade;
+pub use masquerade::{Masquerade, TableState};
 pub use node_table::NodeTable;
 pub use notrack::TunnelNotrack;
 pub use route::Route;

@@ -159,13 +159,36 @@ impl Masquerade {
         )
     }
 
+    /// What the kernel holds of the table (a read: no transaction).
+    pub fn state(&self) -> Result<TableState> {
+        let family = if self.source.is_ipv4() { "ip" } else { "ip6" };
+        Ok(match list_table(family, &self.table)? {
+            None => TableState::Absent,
+            Some(current) if self.holds_in(&current) => TableState::Exactly,
+            Some(_) => TableState::Other,
+        })
+    }
+
     /// Whether the kernel holds the table with our rule, and only it, in its
     /// chain (a read: no transaction, no commit).
     pub fn is_installed(&self) -> Result<bool> {
-        let family = if self.source.is_ipv4() { "ip" } else { "ip6" };
-        Ok(list_table(family, &self.table)?
-            .is_some_and(|current| chain_holds_only(&current, CHAIN, &self.rule())))
+        Ok(self.state()? == TableState::Exactly)
     }
+
+    /// Whether `current`, a listed table, holds our rule and only it.
+    pub(crate) fn holds_in(&self, current: &Nftables<'static>) -> bool {
+        chain_holds_only(current, CHAIN, &self.rule())
+    }
+}
+
+/// What the kernel holds of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableState {
+    Absent,
+    /// Exactly the rule we write.
+    Exactly,
+    /// Something else: another rule, more rules, or none.
+    Other,
 }
 
 /// The table as the kernel holds it (`nft list table`), `None` when absent:
@@ -184,6 +207,14 @@ pub(crate) fn list_table(family: &str, table: &str) -> Result<Option<Nftables<'s
         }
         Err(e) => Err(KernelError::Nftables(format!("listing {table}: {e}"))),
     }
+}
+
+/// Whether a listed table has a chain called `chain`.
+pub(crate) fn has_chain(current: &Nftables<'_>, chain: &str) -> bool {
+    current
+        .objects
+        .iter()
+        .any(|o| matches!(o, NfObject::ListObject(NfListObject::Chain(c)) if c.name == chain))
 }
 
 /// Whether `chain` of a listed table holds exactly `want`, as nft prints it

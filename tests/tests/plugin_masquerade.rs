@@ -121,6 +121,22 @@ fn containers_leave_the_node_masqueraded_unless_ip_masq_is_off() {
     // The rule stays while a container is left, goes with the last one.
     node.driver.del(&masq, &att_a).unwrap();
     assert!(node.has_masquerade("trellis0"));
+    // Even when the table no longer holds exactly our rule (someone added
+    // one; a subnet from before): it is trellis's, and goes all the same.
+    node.ns
+        .ok(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "trellis-trellis0",
+            "postrouting",
+            "ip",
+            "saddr",
+            "10.88.0.0/24",
+            "counter",
+        ])
+        .unwrap();
     node.driver.del(&masq, &att_b).unwrap();
     assert!(!node.has_masquerade("trellis0"));
     node.driver.del(&plain, &att_c).unwrap();
