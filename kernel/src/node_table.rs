@@ -5,8 +5,8 @@
 //! stays behind and readers never see a half-written table.
 
 use crate::error::Result;
-use crate::masquerade::Masquerade;
-use crate::notrack::{apply_with_notrack, TunnelNotrack};
+use crate::masquerade::{self, has_chain, list_table, Masquerade};
+use crate::notrack::{self, apply_with_notrack, TunnelNotrack};
 use std::borrow::Cow;
 
 /// What the owner wants in its table `name` (family `ip`).
@@ -78,19 +78,24 @@ impl NodeTable {
         self.removal().remove()
     }
 
-    /// Whether every part that is on is in the kernel as we wrote it.
+    /// Whether the kernel holds the table exactly as `ensure` writes it:
+    /// every part that is on as we wrote it, no chain of a part that is
+    /// off, and no table at all with no part on. One read of the table.
     pub fn is_installed(&self) -> Result<bool> {
-        if let Some(m) = &self.masquerade {
-            if !m.is_installed()? {
-                return Ok(false);
-            }
-        }
-        if let Some(n) = &self.notrack {
-            if !n.is_installed()? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let Some(current) = list_table("ip", &self.name)? else {
+            return Ok(self.masquerade.is_none() && self.notrack.is_none());
+        };
+        let masquerade = match &self.masquerade {
+            Some(m) => m.holds_in(&current),
+            None => !has_chain(&current, masquerade::CHAIN),
+        };
+        let notrack = match &self.notrack {
+            Some(n) => n.holds_in(&current),
+            None => ![notrack::IN_CHAIN, notrack::OUT_CHAIN]
+                .into_iter()
+                .any(|c| has_chain(&current, c)),
+        };
+        Ok(masquerade && notrack && (self.masquerade.is_some() || self.notrack.is_some()))
     }
 }
 

@@ -152,30 +152,18 @@ impl TunnelNotrack {
         batch.to_nftables()
     }
 
-    /// Install or refresh the chains (idempotent, atomic).
-    pub fn ensure(&self) -> Result<()> {
-        apply_with_notrack(
-            &self.ensure_ruleset(),
-            &format!("installing the tunnel notrack chains in {}", self.table),
-        )
-    }
-
-    /// Remove the chains (idempotent); the table stays.
-    pub fn remove(&self) -> Result<()> {
-        apply_with_notrack(
-            &self.remove_ruleset(),
-            &format!("removing the tunnel notrack chains from {}", self.table),
-        )
-    }
-
     /// Whether the kernel holds both chains with our rule, and only it, in
     /// each (a read: no transaction).
     pub fn is_installed(&self) -> Result<bool> {
-        Ok(list_table("ip", &self.table)?.is_some_and(|current| {
-            [IN_CHAIN, OUT_CHAIN]
-                .into_iter()
-                .all(|chain| chain_holds_only(&current, chain, &self.rule(chain)))
-        }))
+        Ok(list_table("ip", &self.table)?.is_some_and(|current| self.holds_in(&current)))
+    }
+
+    /// Whether `current`, a listed table, holds both chains with our rule
+    /// and only it in each.
+    pub(crate) fn holds_in(&self, current: &Nftables<'static>) -> bool {
+        [IN_CHAIN, OUT_CHAIN]
+            .into_iter()
+            .all(|chain| chain_holds_only(current, chain, &self.rule(chain)))
     }
 }
 
