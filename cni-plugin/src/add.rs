@@ -257,7 +257,10 @@ impl Add<'_> {
             sysctl::enable_ipv6_forwarding().map_err(kernel_error)?;
         }
         if let Some(check) = undo.masquerade.take() {
-            check.join().expect("masquerade thread panicked")?;
+            // A panic there is a failure like any other: the rollback runs.
+            check
+                .join()
+                .map_err(|_| CniError::kernel("the masquerade check panicked"))??;
         }
 
         let interfaces = vec![
