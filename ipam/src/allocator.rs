@@ -62,12 +62,9 @@ pub async fn allocate<S: Store, C: Cursor>(
             Claim::Taken { .. } => {}
         }
     }
-    Err(IpamError::Etcd {
-        endpoints: "the allocation store".into(),
-        doing: "allocating an address",
-        detail: format!("every free address of {pool} was taken by a concurrent writer; try again"),
-        outcome_unknown: false,
-    })
+    Err(IpamError::Contended(format!(
+        "every free address of {pool} was taken by a concurrent writer"
+    )))
 }
 
 async fn allocate_static<S: Store>(

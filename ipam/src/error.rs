@@ -34,6 +34,11 @@ pub enum IpamError {
         outcome_unknown: bool,
     },
 
+    /// Concurrent writers kept changing what this verb needed; nothing
+    /// failed, and a retry may go through (code 11).
+    #[error("{0}; try again")]
+    Contended(String),
+
     /// Cluster mode before the agent has leased this node's subnet (code 11).
     #[error("no node record for node \"{node}\" (neither {} nor in etcd): trellis-agent has not leased this node's subnet yet; is trellis-agent running on this node?", state_dir.join(trellis_common::node::NODE_RECORD_FILE).display())]
     NoNodeRecord { state_dir: PathBuf, node: String },
@@ -75,6 +80,7 @@ impl IpamError {
             IpamError::InvalidArgs(_) => code::INVALID_ENVIRONMENT,
             IpamError::EtcdTimeout { .. }
             | IpamError::Etcd { .. }
+            | IpamError::Contended(_)
             | IpamError::NoNodeRecord { .. }
             | IpamError::LockTimeout { .. } => code::TRY_AGAIN_LATER,
             IpamError::Exhausted { .. } => code::POOL_EXHAUSTED,
@@ -95,14 +101,6 @@ impl IpamError {
             } => *outcome_unknown,
             _ => false,
         }
-    }
-
-    /// Whether the store could not be reached (as opposed to answering no).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            IpamError::EtcdTimeout { .. } | IpamError::Etcd { .. } | IpamError::LockTimeout { .. }
-        )
     }
 
     pub(crate) fn store(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IpamError {

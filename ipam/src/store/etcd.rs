@@ -461,12 +461,9 @@ impl EtcdStore {
                 }
             }
         }
-        Err(IpamError::Etcd {
-            endpoints: self.endpoints.clone(),
-            doing: "releasing the address",
-            detail: format!("{hkey} kept changing; try again"),
-            outcome_unknown: false,
-        })
+        Err(IpamError::Contended(format!(
+            "releasing the address: {hkey} kept changing"
+        )))
     }
 
     /// Free `allocation` only if its address key is unchanged since it was
@@ -612,18 +609,20 @@ impl EtcdStore {
                     }
                 }
             }
-            let owner = got.get(1).and_then(|kv| kv.as_ref()).and_then(owner_of);
-            if owner.is_none() && !got.get(1).is_some_and(Option::is_some) {
-                continue; // freed between our compare and the read: try again
+            match got.get(1).and_then(Option::as_ref) {
+                // Freed between our compare and the read: try again.
+                None => continue,
+                Some(kv) => {
+                    return Ok(Claim::Taken {
+                        ip,
+                        owner: owner_of(kv),
+                    })
+                }
             }
-            return Ok(Claim::Taken { ip, owner });
         }
-        Err(IpamError::Etcd {
-            endpoints: self.endpoints.clone(),
-            doing: "allocating an address",
-            detail: format!("{ikey} and {hkey} kept changing; try again"),
-            outcome_unknown: false,
-        })
+        Err(IpamError::Contended(format!(
+            "allocating an address: {ikey} and {hkey} kept changing"
+        )))
     }
 
     /// The claim that failed without saying it was refused (a timeout, a
