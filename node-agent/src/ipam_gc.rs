@@ -109,14 +109,9 @@ pub async fn pass(
     // Listed after the allocations: an ADD between the two has its address
     // and maybe no veth yet, which the grace period covers.
     let links = nl.link_names().await?;
-    let alive: HashSet<Key> = allocations
-        .iter()
-        .filter(|a| links.contains(&host_veth_name(&a.owner.container_id, &a.owner.ifname)))
-        .map(key_of)
-        .collect();
     let leaked: Vec<Allocation> = tracker
         .pass(Instant::now(), grace, &allocations, |a| {
-            alive.contains(&key_of(a))
+            links.contains(&host_veth_name(&a.owner.container_id, &a.owner.ifname))
         })
         .into_iter()
         .cloned()
