@@ -204,7 +204,8 @@ impl Node {
     /// the node; an error carries the command's stderr.
     pub fn agent_cleanup(&self, extra: &[String]) -> Result<()> {
         let mut args = vec![
-            bins::bin("trellis-agent").display().to_string(),
+            // The agent's own snapshot of the binary, as it runs.
+            self.agent_cmd[0].clone(),
             "cleanup".into(),
             "--state-dir".into(),
             self.state_dir.display().to_string(),
