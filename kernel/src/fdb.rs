@@ -27,6 +27,14 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
+fn ip_of_raw(raw: &[u8]) -> Option<IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
 fn fdb_entry_of(msg: &NeighbourMessage) -> Option<FdbEntry> {
     let mut mac = None;
     let mut dst = None;
@@ -38,6 +46,12 @@ fn fdb_entry_of(msg: &NeighbourMessage) -> Option<FdbEntry> {
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                 dst = Some(IpAddr::V6(*v6))
+            }
+            // The entries of an AF_BRIDGE dump carry NDA_DST as raw bytes:
+            // the parser only knows their family from the message, which
+            // says "bridge". Read by length, as iproute2's `bridge fdb` does.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                dst = ip_of_raw(raw);
             }
             _ => {}
         }
@@ -92,5 +106,40 @@ impl Netlink {
             entry.mac
         ))))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge_entry(dst: NeighbourAddress) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 7]),
+            NeighbourAttribute::Destination(dst),
+        ];
+        msg
+    }
+
+    #[test]
+    fn the_destination_of_a_bridge_dump_entry_is_read_from_its_raw_bytes() {
+        // What the kernel's AF_BRIDGE dump decodes to: NDA_DST as `Other`.
+        let v4 = bridge_entry(NeighbourAddress::Other(vec![192, 0, 2, 3]));
+        assert_eq!(
+            fdb_entry_of(&v4).unwrap().dst,
+            Some("192.0.2.3".parse().unwrap())
+        );
+        let mut raw = vec![0u8; 16];
+        raw[0] = 0xfd;
+        raw[15] = 1;
+        let v6 = bridge_entry(NeighbourAddress::Other(raw));
+        assert_eq!(
+            fdb_entry_of(&v6).unwrap().dst,
+            Some("fd00::1".parse().unwrap())
+        );
+        let odd = bridge_entry(NeighbourAddress::Other(vec![1, 2, 3]));
+        assert_eq!(fdb_entry_of(&odd).unwrap().dst, None);
     }
 }

@@ -127,6 +127,46 @@ fn three_nodes_full_mesh_and_exact_entries() {
     }
 }
 
+/// A converged node's resyncs find nothing to change: they write nothing to
+/// the kernel (before, every FDB entry was deleted and re-added on every
+/// pass, its destination unread from the bridge dump).
+#[test]
+fn resyncs_of_a_converged_overlay_change_no_kernel_entry() {
+    let spec = ClusterSpec {
+        agent_args: vec!["--resync-interval".into(), "1".into()],
+        ..ClusterSpec::default()
+    };
+    let cluster = Cluster::start(spec).unwrap();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(entries(node).unwrap(), expected(&cluster, i).unwrap());
+    }
+    // Three resyncs of every agent while the kernel is watched.
+    let watch: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.netns
+                .command(&["timeout", "3.5", "ip", "monitor", "neigh", "route"])
+                .output()
+        })
+        .collect();
+    for (node, out) in cluster.nodes.iter().zip(watch) {
+        let out = out.unwrap();
+        let events = String::from_utf8_lossy(&out.stdout);
+        // The kernel's own (the device's IPv6 link-local route) aside.
+        let on_vxlan: Vec<&str> = events
+            .lines()
+            .filter(|l| l.contains("trellis.1") && !l.contains("proto kernel"))
+            .collect();
+        assert!(
+            on_vxlan.is_empty(),
+            "{}: resyncs rewrote overlay entries:\n{}",
+            node.name,
+            on_vxlan.join("\n")
+        );
+    }
+}
+
 /// Packets sent and received by a finished `ping` run.
 fn ping_counts(output: &str) -> (u32, u32) {
     let line = output
