@@ -24,6 +24,11 @@ PACKAGES=(
     openssl
     # scripts/validate-manifests.sh: shell scripts of the kind recipe
     shellcheck
+    # the Kubernetes test cluster (scripts/kube-cluster.sh): the sandbox
+    # program (gcc, static glibc), iptables for portmap's hostPort rules,
+    # and the programs of the e2e suite's images (agnhost is Alpine with
+    # curl, bind-tools and netcat; jessie-dnsutils is Debian's dnsutils)
+    gcc libc6-dev iptables curl bind9-dnsutils netcat-openbsd
 )
 
 if [[ $(id -u) -ne 0 ]]; then

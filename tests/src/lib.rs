@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod cut_proxy;
 pub mod etcd;
+pub mod kube;
 pub mod libcni;
 pub mod netns;
 pub mod podman;

@@ -251,6 +251,17 @@ impl Drop for Netns {
     }
 }
 
+/// Whether this process runs as root (namespaces, mounts and cgroups need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
 /// Connects two namespaces with a veth pair: `a_if` in `a`, `b_if` in `b`,
 /// both up, each with its address when given. The pair is created inside `a`
 /// and its peer moved straight into `b`: the root namespace never sees it.

@@ -60,68 +60,108 @@ impl Rootfs {
     /// `name` (e.g. `trellis.test/busybox:1`), whose default process is
     /// `entrypoint`. Import it with `ctr images import`.
     pub fn oci_archive(&self, name: &str, entrypoint: &[&str], out: &Path) -> Result<()> {
-        let work = tempfile::Builder::new().prefix("trl-oci-").tempdir()?;
-        let blobs = work.path().join("blobs/sha256");
-        std::fs::create_dir_all(&blobs)?;
-
-        let layer = work.path().join("layer.tar");
-        check(
-            &Command::new("tar")
-                .arg("-C")
-                .arg(self.path())
-                .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
-                .arg(&layer)
-                .arg(".")
-                .output()
-                .context("running tar")?,
-        )
-        .context("packing the layer")?;
-        let (layer_digest, layer_size) = store_blob(&blobs, &layer)?;
-
-        let config = json!({
-            "architecture": oci_arch(),
-            "os": "linux",
-            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
-        });
-        let (config_digest, config_size) = store_json(&blobs, &work, &config)?;
-
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": format!("sha256:{config_digest}"), "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": format!("sha256:{layer_digest}"), "size": layer_size}],
-        });
-        let (manifest_digest, manifest_size) = store_json(&blobs, &work, &manifest)?;
-
-        let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
-        let index = json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "digest": format!("sha256:{manifest_digest}"), "size": manifest_size,
-                           "annotations": {"io.containerd.image.name": name,
-                                           "org.opencontainers.image.ref.name": tag}}],
-        });
-        std::fs::write(work.path().join("index.json"), serde_json::to_vec(&index)?)?;
-        std::fs::write(
-            work.path().join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        )?;
-        check(
-            &Command::new("tar")
-                .arg("-C")
-                .arg(work.path())
-                .arg("-cf")
-                .arg(out)
-                .args(["oci-layout", "index.json", "blobs"])
-                .output()
-                .context("running tar")?,
-        )
-        .context("packing the image archive")?;
-        Ok(())
+        oci_archive(self.path(), name, &ImageConfig::entrypoint(entrypoint), out)
     }
+}
+
+/// The process an image runs by default.
+#[derive(Clone, Debug, Default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+impl ImageConfig {
+    pub fn entrypoint(argv: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: argv.iter().map(|s| s.to_string()).collect(),
+            cmd: Vec::new(),
+        }
+    }
+
+    pub fn cmd(argv: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: Vec::new(),
+            cmd: argv.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Writes an OCI image archive (one layer: the directory `root`) to `out`,
+/// named `name`, running `config` by default. Import it with
+/// `ctr images import`.
+pub fn oci_archive(root: &Path, name: &str, config: &ImageConfig, out: &Path) -> Result<()> {
+    let work = tempfile::Builder::new().prefix("trl-oci-").tempdir()?;
+    let blobs = work.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+
+    let layer = work.path().join("layer.tar");
+    check(
+        &Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+            .arg(&layer)
+            .arg(".")
+            .output()
+            .context("running tar")?,
+    )
+    .context("packing the layer")?;
+    let (layer_digest, layer_size) = store_blob(&blobs, &layer)?;
+
+    let mut process = json!({
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "WorkingDir": "/",
+    });
+    if !config.entrypoint.is_empty() {
+        process["Entrypoint"] = json!(config.entrypoint);
+    }
+    if !config.cmd.is_empty() {
+        process["Cmd"] = json!(config.cmd);
+    }
+    let image_config = json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": process,
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
+    });
+    let (config_digest, config_size) = store_json(&blobs, &work, &image_config)?;
+
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config_digest}"), "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{layer_digest}"), "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = store_json(&blobs, &work, &manifest)?;
+
+    let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha256:{manifest_digest}"), "size": manifest_size,
+                       "annotations": {"io.containerd.image.name": name,
+                                       "org.opencontainers.image.ref.name": tag}}],
+    });
+    std::fs::write(work.path().join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(
+        work.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    check(
+        &Command::new("tar")
+            .arg("-C")
+            .arg(work.path())
+            .arg("-cf")
+            .arg(out)
+            .args(["oci-layout", "index.json", "blobs"])
+            .output()
+            .context("running tar")?,
+    )
+    .context("packing the image archive")?;
+    Ok(())
 }
 
 fn oci_arch() -> &'static str {

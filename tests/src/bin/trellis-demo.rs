@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use trellis_tests::cluster::{
     ping, remove_kept, Cluster, ClusterSpec, Kept, Pod, OUTSIDE_IP, UNDERLAY_GATEWAY,
 };
+use trellis_tests::netns::is_root;
 
 /// Where a kept demo records what to remove.
 const KEPT_FILE: &str = "/run/trellis-demo.json";
@@ -129,17 +130,6 @@ fn run() -> Result<()> {
         bail!("{failures} connectivity checks failed");
     }
     Ok(())
-}
-
-/// Whether the effective user is root (the `Uid:` line of /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 fn print_nodes(cluster: &Cluster) -> Result<()> {

@@ -1,0 +1,120 @@
+//! The Kubernetes network conformance run: the `[sig-network] Networking`
+//! tests (Granular Checks and the rest that needs no special feature) and
+//! every `[sig-network] ... [Conformance]` test, in one parallel ginkgo run
+//! against the test cluster, with the results read from ginkgo's JSON
+//! report.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::e2e;
+use super::testbed::Testbed;
+
+/// What the run selects: the Networking tests and the sig-network
+/// conformance tests.
+pub const FOCUS: &str = r"\[sig-network\] Networking|\[sig-network\].*\[Conformance\]";
+/// Left out, as the suite's default runs leave them out: tests that need a
+/// feature this cluster lacks (SCTP, IPv6, iperf, the Internet), take long
+/// (`[Slow]`), need the cluster to themselves (`[Serial]`) or break it
+/// (`[Disruptive]`).
+pub const SKIP: &str = r"\[Feature:|\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]";
+
+/// One test's outcome.
+#[derive(Clone, Debug)]
+pub struct SpecResult {
+    pub name: String,
+    /// passed, failed, skipped, ...
+    pub state: String,
+    pub message: String,
+}
+
+impl SpecResult {
+    pub fn is_conformance(&self) -> bool {
+        self.name.contains("[Conformance]")
+    }
+    pub fn is_networking(&self) -> bool {
+        self.name.starts_with("[sig-network] Networking")
+    }
+}
+
+/// Runs the selection with `procs` parallel ginkgo processes; the results
+/// of every test it selected (ginkgo's own setup nodes left out).
+pub fn run(bed: &Testbed, procs: usize, report: &Path) -> Result<Vec<SpecResult>> {
+    let args: Vec<String> = vec![
+        format!("--procs={procs}"),
+        format!("--focus={FOCUS}"),
+        format!("--skip={SKIP}"),
+        format!("--json-report={}", report.display()),
+    ];
+    let log = report.with_extension("log");
+    let out = std::fs::File::create(&log)?;
+    let status = e2e::command(&bed.layout, &bed.info, &args)?
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .status()
+        .context("running ginkgo")?;
+    let results = parse(report).with_context(|| {
+        format!(
+            "reading the report of the e2e run (ginkgo exited with {status}; its output is in {})",
+            log.display()
+        )
+    })?;
+    if results.is_empty() {
+        bail!("the e2e run selected no test (see {})", log.display());
+    }
+    Ok(results)
+}
+
+/// Reads ginkgo's JSON report: a list of suites, each with its specs.
+pub fn parse(report: &Path) -> Result<Vec<SpecResult>> {
+    let text = std::fs::read_to_string(report)?;
+    let suites: Vec<Value> = serde_json::from_str(&text)?;
+    let mut out = Vec::new();
+    for suite in &suites {
+        for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+            if spec["LeafNodeType"] != "It" {
+                continue;
+            }
+            let mut parts: Vec<&str> = spec["ContainerHierarchyTexts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            parts.push(spec["LeafNodeText"].as_str().unwrap_or(""));
+            out.push(SpecResult {
+                name: parts.join(" "),
+                state: spec["State"].as_str().unwrap_or("unknown").to_owned(),
+                message: spec["Failure"]["Message"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    Ok(out)
+}
+
+/// A Markdown table of the results (for the README), failures first.
+pub fn table(results: &[SpecResult]) -> String {
+    let mut rows: Vec<&SpecResult> = results.iter().collect();
+    rows.sort_by_key(|r| (r.state == "passed", r.name.clone()));
+    let mut out = String::from("| test | result | why, when it did not pass |\n|---|---|---|\n");
+    for r in rows {
+        let why = if r.state == "passed" {
+            String::new()
+        } else {
+            r.message.lines().next().unwrap_or("").replace('|', "\\|")
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            r.name.replace('|', "\\|"),
+            r.state,
+            why
+        ));
+    }
+    out
+}
