@@ -22,6 +22,18 @@ pub const FOCUS: &str = r"\[sig-network\] Networking|\[sig-network\].*\[Conforma
 /// (`[Disruptive]`).
 pub const SKIP: &str = r"\[Feature:|\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]";
 
+/// Whether the run selects `name`: [`FOCUS`] and [`SKIP`] as plain
+/// string tests (ginkgo's report lists every test of the suite, the ones
+/// outside the selection as skipped).
+pub fn selected(name: &str) -> bool {
+    let focus = name.contains("[sig-network] Networking")
+        || (name.contains("[sig-network]") && name.contains("[Conformance]"));
+    let skip = ["[Feature:", "[Slow]", "[Serial]", "[Disruptive]", "[Flaky]"]
+        .iter()
+        .any(|tag| name.contains(tag));
+    focus && !skip
+}
+
 /// One test's outcome.
 #[derive(Clone, Debug)]
 pub struct SpecResult {
@@ -86,8 +98,12 @@ pub fn parse(report: &Path) -> Result<Vec<SpecResult>> {
                 .filter_map(Value::as_str)
                 .collect();
             parts.push(spec["LeafNodeText"].as_str().unwrap_or(""));
+            let name = parts.join(" ");
+            if !selected(&name) {
+                continue;
+            }
             out.push(SpecResult {
-                name: parts.join(" "),
+                name,
                 state: spec["State"].as_str().unwrap_or("unknown").to_owned(),
                 message: spec["Failure"]["Message"].as_str().unwrap_or("").to_owned(),
             });
@@ -117,4 +133,28 @@ pub fn table(results: &[SpecResult]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected;
+
+    #[test]
+    fn the_selection_is_the_networking_tests_and_the_network_conformance_tests() {
+        assert!(selected("[sig-network] Networking Granular Checks: Pods should function for intra-pod communication: http [NodeConformance] [Conformance]"));
+        assert!(selected(
+            "[sig-network] Networking should check kube-proxy urls"
+        ));
+        assert!(selected(
+            "[sig-network] DNS should provide DNS for services [Conformance]"
+        ));
+        assert!(!selected(
+            "[sig-network] Networking IPerf2 [Feature:Networking-Performance] should run iperf2"
+        ));
+        assert!(!selected("[sig-network] Networking should allow creating a Pod with an SCTP HostPort [LinuxOnly] [Serial]"));
+        assert!(!selected(
+            "[sig-network] Services should be able to up and down services"
+        ));
+        assert!(!selected("[sig-api-machinery] AdmissionWebhook [Privileged:ClusterAdmin] should honor timeout [Conformance]"));
+    }
 }
