@@ -354,7 +354,7 @@ impl Cluster {
         };
         cluster.etcdctl(&[
             "put",
-            &format!("{}/config", spec.etcd_prefix),
+            &format!("{}/config", cluster.key_prefix()),
             &serde_json::to_string(&spec.config)?,
         ])?;
         for index in 0..spec.nodes {
@@ -637,15 +637,27 @@ impl Cluster {
         self.etcd.run_etcdctl(args)
     }
 
+    /// The keys' prefix the spec's `etcd_prefix` names: INTERFACES.md
+    /// says `trellis`, `/trellis` and `/trellis/` are the same keys,
+    /// `/trellis/...`.
+    pub fn key_prefix(&self) -> String {
+        let bare = self.spec.etcd_prefix.trim_matches('/');
+        if bare.is_empty() {
+            String::new()
+        } else {
+            format!("/{bare}")
+        }
+    }
+
     /// Every key (with value) under `<etcd prefix>/<sub>`.
     pub fn etcd_entries(&self, sub: &str) -> Result<Vec<(String, String)>> {
         self.etcd
-            .get_prefix(&format!("{}/{sub}", self.spec.etcd_prefix))
+            .get_prefix(&format!("{}/{sub}", self.key_prefix()))
     }
 
     /// The allocated pod addresses (`<prefix>/ipam/ips/<ip>` keys).
     pub fn allocations(&self) -> Result<Vec<IpAddr>> {
-        let prefix = format!("{}/ipam/ips/", self.spec.etcd_prefix);
+        let prefix = format!("{}/ipam/ips/", self.key_prefix());
         self.etcd_entries("ipam/ips/")?
             .into_iter()
             .map(|(key, _)| {

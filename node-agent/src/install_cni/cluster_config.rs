@@ -148,6 +148,8 @@ mod tests {
                 "subnetLen 8",
             ),
             (r#"{"network": "10.244.0.0/16", "vni": 0}"#, "vni 0"),
+            (r#"{"network": "10.244.1.0/16"}"#, "host bits"),
+            (r#"{"network": "10.244.0.0/16", "port": 0}"#, "port"),
             (r#"{"network": "10.244.0.0"}"#, "invalid cluster config"),
             ("not json", "invalid cluster config"),
         ] {

@@ -225,6 +225,22 @@ mod tests {
     }
 
     #[test]
+    fn the_etcd_prefix_is_written_in_the_form_every_binary_reads() {
+        let eps = vec!["http://10.0.0.10:2379".to_string()];
+        for prefix in ["trellis", "/trellis", "/trellis/", "trellis/"] {
+            let s = Settings {
+                etcd_prefix: prefix,
+                ..settings(&eps, TlsPaths::default())
+            };
+            let v = rendered(&default_template(), &s);
+            assert_eq!(
+                v["plugins"][0]["ipam"]["etcdPrefix"], "/trellis",
+                "{prefix}"
+            );
+        }
+    }
+
+    #[test]
     fn single_host_ipam_is_left_alone() {
         let template = json!({"cniVersion": "1.0.0", "name": "local", "plugins": [
             {"type": "trellis", "ipam": {"type": "trellis-ipam", "subnet": "10.88.0.0/16",
