@@ -1,6 +1,9 @@
-//! Code shared by the trellis binaries: the CNI protocol (`cni`) and the
-//! node record the agent publishes for the plugins (`node`).
+//! Code shared by the trellis binaries: the CNI protocol (`cni`), the
+//! cluster contract every binary reads the same way (`keys`, the etcd key
+//! layout under its one prefix rule) and the node record the agent
+//! publishes for the plugins (`node`).
 
 pub mod cni;
+pub mod keys;
 pub mod naming;
 pub mod node;

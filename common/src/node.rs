@@ -14,7 +14,6 @@ pub const VXLAN_V4_OVERHEAD: u32 = 50;
 
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis";
 pub const DEFAULT_BRIDGE: &str = "trellis0";
-pub const DEFAULT_ETCD_PREFIX: &str = "/trellis";
 pub const NODE_RECORD_FILE: &str = "node.json";
 
 /// `<prefix>/config`, written by the operator before agents start.

@@ -9,7 +9,7 @@
 //! use trellis_ipam::{EtcdSettings, EtcdStore};
 //! # async fn gc(alive: impl Fn(&trellis_ipam::Handle) -> bool) -> Result<(), trellis_ipam::IpamError> {
 //! let store = EtcdStore::connect(&EtcdSettings::new(vec!["http://127.0.0.1:2379".into()])).await?;
-//! // or, sharing the agent's client: EtcdStore::from_client(&client, "/trellis", Duration::from_secs(3))
+//! // or, sharing the agent's client: EtcdStore::from_client(&client, Keys::default(), Duration::from_secs(3))
 //! for a in store.list_node("node-1").await? {
 //!     if !alive(&a.handle()) {
 //!         // Frees the address only if nobody re-allocated it since the listing.

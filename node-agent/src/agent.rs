@@ -3,7 +3,7 @@
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
 use crate::backoff::Backoff;
-use crate::etcd::{self, EtcdError, Keys};
+use crate::etcd::{self, EtcdError};
 use crate::flags::{node_name_or_hostname, RunArgs};
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use trellis_common::keys::Keys;
 use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
 use trellis_kernel::{KernelError, Netlink, NodeTable};
 
@@ -189,11 +190,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut membership = tokio::spawn(membership.run(own_rx));
     let mut background = vec![registry, reconciler];
     if args.ipam_gc_interval > 0 {
-        let store = trellis_ipam::EtcdStore::from_client(
-            &client,
-            &args.etcd.etcd_prefix,
-            etcd::REQUEST_TIMEOUT,
-        );
+        let store =
+            trellis_ipam::EtcdStore::from_client(&client, keys.clone(), etcd::REQUEST_TIMEOUT);
         background.push(tokio::spawn(ipam_gc::run(
             store,
             nl.clone(),

@@ -3,10 +3,11 @@
 //! nftables table, the state file) and, with `--release`, its record and
 //! subnet lease in etcd.
 
-use crate::etcd::{self, EtcdError, Keys};
+use crate::etcd::{self, EtcdError};
 use crate::flags::{node_name_or_hostname, CleanupArgs};
 use crate::lease::{self, LeaseError};
 use crate::node_table;
+use trellis_common::keys::Keys;
 use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +71,8 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         // Its pods' addresses go first, then the subnet: no agent of this
         // node is left to reclaim them, and a node that leases the subnet
         // next must not find them taken. Both steps can be run again.
-        let store = trellis_ipam::EtcdStore::from_client(
-            &client,
-            &args.etcd.etcd_prefix,
-            etcd::REQUEST_TIMEOUT,
-        );
+        let store =
+            trellis_ipam::EtcdStore::from_client(&client, keys.clone(), etcd::REQUEST_TIMEOUT);
         let mut addresses = Vec::new();
         for a in store.list_node(&node).await? {
             if store.release_exact(&a).await? {

@@ -43,7 +43,7 @@ pub struct EtcdArgs {
     )]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix of every trellis key.
-    #[arg(long, env = "TRELLIS_ETCD_PREFIX", default_value = trellis_common::node::DEFAULT_ETCD_PREFIX)]
+    #[arg(long, env = "TRELLIS_ETCD_PREFIX", default_value = trellis_common::keys::DEFAULT_ETCD_PREFIX)]
     pub etcd_prefix: String,
     /// CA certificate that signed etcd's server certificate.
     #[arg(long, env = "TRELLIS_ETCD_CAFILE")]

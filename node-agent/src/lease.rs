@@ -5,12 +5,12 @@
 //! once. On restart the agent finds its own key and keeps its subnet (and
 //! its etcd lease), so running pods keep their addresses.
 
-use crate::etcd::Keys;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
+use trellis_common::keys::Keys;
 use trellis_common::node::{ClusterConfig, NodeRecord};
 
 /// Transactions lost to other agents before giving up (each loss means

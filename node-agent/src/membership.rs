@@ -6,7 +6,6 @@
 //! error when another node has it by then.
 
 use crate::backoff::Backoff;
-use crate::etcd::Keys;
 use crate::lease::{self, LeaseError};
 use crate::metrics::Metrics;
 use etcd_client::Client;
@@ -14,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use trellis_common::keys::Keys;
 use trellis_common::node::{ClusterConfig, NodeRecord};
 
 /// Everything the membership task needs.

@@ -86,7 +86,7 @@ impl Default for ClusterSpec {
                 vni: 1,
                 port: 8472,
             },
-            etcd_prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_owned(),
+            etcd_prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_owned(),
             ip_masq: true,
             agents: true,
             agent_args: Vec::new(),

@@ -27,6 +27,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
 /// How to reach etcd.
@@ -34,7 +35,7 @@ use trellis_common::node::NodeRecord;
 pub struct EtcdSettings {
     /// `http://host:port` or `https://host:port` URLs.
     pub endpoints: Vec<String>,
-    /// Key prefix, default `/trellis` (a trailing `/` is ignored).
+    /// Key prefix, default `/trellis`, in any form `Keys` reads.
     pub prefix: String,
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -44,10 +45,15 @@ pub struct EtcdSettings {
 }
 
 impl EtcdSettings {
+    /// The keys under the prefix.
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
     pub fn new(endpoints: Vec<String>) -> EtcdSettings {
         EtcdSettings {
             endpoints,
-            prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_string(),
+            prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_string(),
             ca_cert: None,
             cert: None,
             key: None,
@@ -162,7 +168,7 @@ struct AnyHandleRecord {
 /// etcd as an allocation store.
 pub struct EtcdStore {
     kv: KvClient,
-    prefix: String,
+    keys: Keys,
     endpoints: String,
     timeout: Duration,
     deadline: Option<Instant>,
@@ -206,15 +212,15 @@ impl EtcdStore {
                 outcome_unknown: false,
             },
         })?;
-        Ok(Self::from_client(&client, &settings.prefix, settings.timeout).named(endpoints))
+        Ok(Self::from_client(&client, settings.keys(), settings.timeout).named(endpoints))
     }
 
-    /// A store over an existing client (the agent's), each call bounded by
-    /// `timeout`.
-    pub fn from_client(client: &Client, prefix: &str, timeout: Duration) -> EtcdStore {
+    /// A store over an existing client (the agent's) and its keys, each
+    /// call bounded by `timeout`.
+    pub fn from_client(client: &Client, keys: Keys, timeout: Duration) -> EtcdStore {
         EtcdStore {
             kv: client.kv_client(),
-            prefix: prefix.trim_end_matches('/').to_string(),
+            keys,
             endpoints: "etcd".to_string(),
             timeout,
             deadline: None,
@@ -233,31 +239,12 @@ impl EtcdStore {
         self
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub fn ip_key(&self, ip: Ipv4Addr) -> String {
-        format!("{}/ipam/ips/{ip}", self.prefix)
-    }
-
-    pub fn handle_key(&self, handle: &Handle) -> String {
-        format!(
-            "{}/ipam/handles/{}/{}",
-            self.prefix, handle.container_id, handle.ifname
-        )
-    }
-
-    fn ips_dir(&self) -> String {
-        format!("{}/ipam/ips/", self.prefix)
-    }
-
     /// The narrowest key prefix covering every address of `subnet`: its
     /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
     fn scan_prefix(&self, subnet: Ipv4Network) -> String {
         let whole = (subnet.prefix() / 8) as usize;
         let octets = subnet.network().octets();
-        let mut p = self.ips_dir();
+        let mut p = self.keys.ips();
         for o in &octets[..whole] {
             p.push_str(&o.to_string());
             p.push('.');
@@ -315,7 +302,7 @@ impl EtcdStore {
 
     /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
     pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
-        let key = format!("{}/nodes/{node}", self.prefix);
+        let key = self.keys.node(node);
         let kvs = self
             .get("reading the node record", key.clone(), None)
             .await?;
@@ -341,7 +328,7 @@ impl EtcdStore {
         let kvs = self
             .get(
                 "listing allocations",
-                self.ips_dir(),
+                self.keys.ips(),
                 Some(GetOptions::new().with_prefix()),
             )
             .await?;
@@ -353,7 +340,7 @@ impl EtcdStore {
         kvs: Vec<KeyValue>,
         keep: impl Fn(Ipv4Addr) -> bool,
     ) -> Vec<Allocation> {
-        let dir = self.ips_dir();
+        let dir = self.keys.ips();
         kvs.iter()
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
@@ -381,7 +368,7 @@ impl EtcdStore {
         let kvs = self
             .get(
                 "reading the attachment's handle",
-                self.handle_key(handle),
+                self.keys.handle(handle),
                 None,
             )
             .await?;
@@ -392,7 +379,7 @@ impl EtcdStore {
     /// nothing is `Ok(None)`. An address now owned by another attachment is
     /// left alone; only the stale handle goes.
     pub async fn release(&self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        let hkey = self.handle_key(handle);
+        let hkey = self.keys.handle(handle);
         for _ in 0..3 {
             let Some(hkv) = self.read_handle(handle).await? else {
                 return Ok(None);
@@ -402,7 +389,7 @@ impl EtcdStore {
                 self.delete_handle_if(&hkey, hrev).await?;
                 return Ok(None);
             };
-            let ikey = self.ip_key(record.ip);
+            let ikey = self.keys.ip(record.ip);
             let resp = self
                 .txn(
                     "releasing the address",
@@ -474,8 +461,8 @@ impl EtcdStore {
     }
 
     async fn release_pair(&self, a: &Allocation, handle_rev: i64) -> Result<bool, IpamError> {
-        let ikey = self.ip_key(a.ip);
-        let hkey = self.handle_key(&a.handle());
+        let ikey = self.keys.ip(a.ip);
+        let hkey = self.keys.handle(&a.handle());
         let resp = self
             .txn(
                 "releasing the address",
@@ -541,7 +528,7 @@ impl EtcdStore {
             return Ok(HandleState::Dangling(hrev));
         };
         let kvs = self
-            .get("reading the address", self.ip_key(record.ip), None)
+            .get("reading the address", self.keys.ip(record.ip), None)
             .await?;
         Ok(
             match kvs.first().and_then(|kv| held_by(kv, record.ip, handle)) {
@@ -555,8 +542,8 @@ impl EtcdStore {
     /// handle key are created together, only if both are absent.
     pub async fn claim(&self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
         let handle = owner.handle();
-        let ikey = self.ip_key(ip);
-        let hkey = self.handle_key(&handle);
+        let ikey = self.keys.ip(ip);
+        let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
         let hvalue = serde_json::to_vec(&HandleRecord {
             ip,
@@ -646,7 +633,7 @@ impl EtcdStore {
         network: &str,
         keep: impl Fn(&Handle) -> bool,
     ) -> Result<usize, IpamError> {
-        let dir = format!("{}/ipam/handles/", self.prefix);
+        let dir = self.keys.handles();
         let kvs = self
             .get(
                 "listing handles",
@@ -675,7 +662,7 @@ impl EtcdStore {
             let holds = match record.ip {
                 None => false,
                 Some(ip) => self
-                    .get("reading the address", self.ip_key(ip), None)
+                    .get("reading the address", self.keys.ip(ip), None)
                     .await?
                     .first()
                     .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
@@ -690,7 +677,7 @@ impl EtcdStore {
 
     /// The addresses held inside `subnet` (keys only: one cheap range read).
     pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
-        let dir = self.ips_dir();
+        let dir = self.keys.ips();
         let kvs = self
             .get(
                 "listing allocated addresses",
@@ -726,7 +713,7 @@ impl EtcdStore {
     pub async fn ping(&self) -> Result<(), IpamError> {
         self.get(
             "checking etcd",
-            format!("{}/config", self.prefix),
+            self.keys.config(),
             Some(GetOptions::new().with_count_only()),
         )
         .await

@@ -2,11 +2,12 @@
 //! one etcd transaction, so that many nodes starting at once write it once
 //! and a running cluster's network is never changed under it.
 
-use crate::etcd::{connect, EtcdError, Keys};
+use crate::etcd::{connect, EtcdError};
 use crate::flags::EtcdArgs;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use trellis_common::keys::Keys;
 use trellis_common::node::ClusterConfig;
 
 /// How long the installer keeps trying to reach etcd before it gives up

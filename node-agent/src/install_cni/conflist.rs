@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use trellis_common::cni::config::parse_version;
 use trellis_common::cni::env::is_valid_identifier;
 use trellis_common::cni::NetConf;
+use trellis_common::keys::Keys;
 
 /// The `type` of the trellis plugin and of its IPAM plugin.
 pub const PLUGIN_TYPE: &str = "trellis";
@@ -101,7 +102,12 @@ pub fn render(template: &Value, settings: &Settings) -> Result<String, String> {
 
 fn fill_etcd(ipam: &mut Map<String, Value>, settings: &Settings) {
     ipam.insert("etcdEndpoints".into(), json!(settings.etcd_endpoints));
-    ipam.insert("etcdPrefix".into(), json!(settings.etcd_prefix));
+    // In its one form: the plugins read any form the same way, but the
+    // file then says what the agent's keys are.
+    ipam.insert(
+        "etcdPrefix".into(),
+        json!(Keys::new(settings.etcd_prefix).prefix()),
+    );
     for (key, path) in [
         ("etcdCACert", &settings.tls.ca),
         ("etcdCert", &settings.tls.cert),
