@@ -1,9 +1,11 @@
 //! Code shared by the trellis binaries: the CNI protocol (`cni`), the
-//! cluster contract every binary reads the same way (`keys`, the etcd key
-//! layout under its one prefix rule) and the node record the agent
-//! publishes for the plugins (`node`).
+//! cluster contract every binary reads the same way (`keys`: the etcd key
+//! layout under its one prefix rule; `etcd`: settings, TLS checks and the
+//! connection) and the node record the agent publishes for the plugins
+//! (`node`).
 
 pub mod cni;
+pub mod etcd;
 pub mod keys;
 pub mod naming;
 pub mod node;

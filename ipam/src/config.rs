@@ -18,13 +18,13 @@
 
 use crate::error::IpamError;
 use crate::pool::Pool;
-use crate::store::etcd::EtcdSettings;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{Dns, Route};
+use trellis_common::etcd::{EtcdSettings, SettingsSource};
 use trellis_common::keys::DEFAULT_ETCD_PREFIX;
 use trellis_common::node::DEFAULT_STATE_DIR;
 
@@ -174,6 +174,7 @@ impl IpamConf {
                 timeout: Duration::from_millis(
                     r.etcd_timeout_ms.unwrap_or(3000).clamp(100, 60_000),
                 ),
+                source: SettingsSource::Conflist,
             };
             settings.validate()?;
             Backend::Etcd(settings)

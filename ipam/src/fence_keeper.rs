@@ -13,13 +13,14 @@
 //! the attachment's DEL, a retried ADD or GC clean up after that.
 
 use crate::lock::FileLock;
-use crate::store::etcd::{EtcdSettings, EtcdStore};
+use crate::store::etcd::EtcdStore;
 use crate::store::fence::Fence;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trellis_common::etcd::EtcdSettings;
 
 /// The flag that starts `trellis-ipam` as a fence keeper.
 pub const FENCE_FLAG: &str = "--fence";

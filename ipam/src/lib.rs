@@ -6,7 +6,9 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use trellis_ipam::{EtcdSettings, EtcdStore};
+//! use trellis_common::etcd::EtcdSettings;
+//! use trellis_common::keys::Keys;
+//! use trellis_ipam::EtcdStore;
 //! # async fn gc(alive: impl Fn(&trellis_ipam::Handle) -> bool) -> Result<(), trellis_ipam::IpamError> {
 //! let store = EtcdStore::connect(&EtcdSettings::new(vec!["http://127.0.0.1:2379".into()])).await?;
 //! // or, sharing the agent's client: EtcdStore::from_client(&client, Keys::default(), Duration::from_secs(3))
@@ -39,6 +41,6 @@ pub use allocation::{Allocation, Claim, Handle, Owner};
 pub use error::IpamError;
 pub use plugin::IpamPlugin;
 pub use pool::Pool;
-pub use store::etcd::{EtcdSettings, EtcdStore};
+pub use store::etcd::EtcdStore;
 pub use store::local::LocalStore;
 pub use store::Store;

@@ -10,7 +10,7 @@ use crate::fence_keeper;
 use crate::placement::{cluster_pool, local_record, node_name};
 use crate::pool::Pool;
 use crate::request::requested_address;
-use crate::store::etcd::{EtcdSettings, EtcdStore};
+use crate::store::etcd::EtcdStore;
 use crate::store::local::LocalStore;
 use crate::store::Store;
 use ipnetwork::IpNetwork;
@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError, CniResult, IpConfig, Plugin, Request, Route};
+use trellis_common::etcd::EtcdSettings;
 
 /// The most any verb spends waiting for etcd and for the node's lock, so a
 /// stuck etcd turns into code 11 well within the runtime's patience.

@@ -3,8 +3,7 @@
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
 use crate::backoff::Backoff;
-use crate::etcd::{self, EtcdError};
-use crate::flags::{node_name_or_hostname, RunArgs};
+use crate::flags::{node_name_or_hostname, RunArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -17,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use trellis_common::keys::Keys;
+use trellis_common::etcd::EtcdError;
 use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
 use trellis_kernel::{KernelError, Netlink, NodeTable};
 
@@ -31,7 +30,7 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Etcd(#[from] EtcdError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
@@ -57,6 +56,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         return Err(AgentError::LeaseTtl(args.lease_ttl));
     }
     let node = node_name_or_hostname(args.node_name.as_deref()).map_err(AgentError::NodeName)?;
+    // Checked (URLs, TLS files) before anything is set up; the connection
+    // itself opens with the first request.
+    let settings = args.etcd.settings();
+    let client = settings.connect().await?;
+    let keys = settings.keys();
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let metrics = Arc::new(Metrics::default());
@@ -75,8 +79,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         underlay.name,
         underlay.mtu
     );
-    let keys = Keys::new(&args.etcd.etcd_prefix);
-    let client = etcd::connect(&args.etcd).await?;
 
     let start = async {
         let mut client = client.clone();
@@ -190,8 +192,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut membership = tokio::spawn(membership.run(own_rx));
     let mut background = vec![registry, reconciler];
     if args.ipam_gc_interval > 0 {
-        let store =
-            trellis_ipam::EtcdStore::from_client(&client, keys.clone(), etcd::REQUEST_TIMEOUT);
+        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         background.push(tokio::spawn(ipam_gc::run(
             store,
             nl.clone(),

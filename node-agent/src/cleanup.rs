@@ -3,18 +3,17 @@
 //! nftables table, the state file) and, with `--release`, its record and
 //! subnet lease in etcd.
 
-use crate::etcd::{self, EtcdError};
-use crate::flags::{node_name_or_hostname, CleanupArgs};
+use crate::flags::{node_name_or_hostname, CleanupArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError};
 use crate::node_table;
-use trellis_common::keys::Keys;
+use trellis_common::etcd::EtcdError;
 use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Etcd(#[from] EtcdError),
     #[error("releasing this node in etcd: {0}")]
     Lease(#[from] LeaseError),
@@ -66,13 +65,13 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     if args.release {
         let node =
             node_name_or_hostname(args.node_name.as_deref()).map_err(CleanupError::NodeName)?;
-        let mut client = etcd::connect(&args.etcd).await?;
-        let keys = Keys::new(&args.etcd.etcd_prefix);
+        let settings = args.etcd.settings();
+        let mut client = settings.connect().await?;
+        let keys = settings.keys();
         // Its pods' addresses go first, then the subnet: no agent of this
         // node is left to reclaim them, and a node that leases the subnet
         // next must not find them taken. Both steps can be run again.
-        let store =
-            trellis_ipam::EtcdStore::from_client(&client, keys.clone(), etcd::REQUEST_TIMEOUT);
+        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         let mut addresses = Vec::new();
         for a in store.list_node(&node).await? {
             if store.release_exact(&a).await? {

@@ -119,7 +119,7 @@ impl Membership {
         let alive = match self.client.lease_keep_alive(self.lease_id).await {
             Ok((mut keeper, mut stream)) => {
                 keeper.keep_alive().await?;
-                match tokio::time::timeout(crate::etcd::REQUEST_TIMEOUT, stream.message()).await {
+                match tokio::time::timeout(crate::flags::REQUEST_TIMEOUT, stream.message()).await {
                     Ok(Ok(Some(resp))) => resp.ttl() > 0,
                     Ok(Ok(None)) => lease::lease_alive(&mut self.client, self.lease_id).await?,
                     Ok(Err(e)) => return Err(e.into()),

@@ -12,137 +12,23 @@
 //! address that somebody else holds now. Every call has a deadline.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
-use crate::error::{chain, describe_etcd, outcome_unknown, IpamError};
+use crate::error::{outcome_unknown, IpamError};
 use crate::store::fence::Fence;
 use crate::store::Store;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use trellis_common::etcd::{describe, EtcdSettings};
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
-
-/// How to reach etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EtcdSettings {
-    /// `http://host:port` or `https://host:port` URLs.
-    pub endpoints: Vec<String>,
-    /// Key prefix, default `/trellis`, in any form `Keys` reads.
-    pub prefix: String,
-    pub ca_cert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// The longest any single etcd call may take.
-    pub timeout: Duration,
-}
-
-impl EtcdSettings {
-    /// The keys under the prefix.
-    pub fn keys(&self) -> Keys {
-        Keys::new(&self.prefix)
-    }
-
-    pub fn new(endpoints: Vec<String>) -> EtcdSettings {
-        EtcdSettings {
-            endpoints,
-            prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_string(),
-            ca_cert: None,
-            cert: None,
-            key: None,
-            timeout: Duration::from_secs(3),
-        }
-    }
-
-    /// Check what can be checked without contacting etcd: URLs, TLS files
-    /// present and paired with https endpoints.
-    pub fn validate(&self) -> Result<(), IpamError> {
-        if self.endpoints.is_empty() {
-            return Err(IpamError::Config("etcdEndpoints is empty".into()));
-        }
-        let mut https = 0;
-        for e in &self.endpoints {
-            if e.starts_with("https://") {
-                https += 1;
-            } else if !e.starts_with("http://") {
-                return Err(IpamError::Config(format!(
-                    "etcd endpoint \"{e}\" must start with http:// or https://"
-                )));
-            }
-        }
-        let uses_tls = self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some();
-        if https > 0 && https < self.endpoints.len() {
-            return Err(IpamError::Config(
-                "etcdEndpoints mixes http:// and https:// URLs".into(),
-            ));
-        }
-        if uses_tls && https == 0 {
-            return Err(IpamError::Config(
-                "etcdCACert/etcdCert/etcdKey are set but the etcdEndpoints are http://; use https:// URLs".into(),
-            ));
-        }
-        if https > 0 && self.ca_cert.is_none() {
-            return Err(IpamError::Config(
-                "https:// etcd endpoints need etcdCACert (the CA that signed etcd's certificate)"
-                    .into(),
-            ));
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(IpamError::Config(
-                "etcdCert and etcdKey must be given together".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn tls_options(&self) -> Result<Option<TlsOptions>, IpamError> {
-        let Some(ca) = &self.ca_cert else {
-            return Ok(None);
-        };
-        let read = |what: &str, p: &PathBuf| {
-            std::fs::read(p)
-                .map_err(|e| IpamError::Config(format!("cannot read {what} {}: {e}", p.display())))
-        };
-        let ca_pem = read("etcdCACert", ca)?;
-        if !looks_like_pem(&ca_pem, "CERTIFICATE") {
-            return Err(IpamError::Config(format!(
-                "etcdCACert {} holds no PEM certificate",
-                ca.display()
-            )));
-        }
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            let cert_pem = read("etcdCert", cert)?;
-            let key_pem = read("etcdKey", key)?;
-            if !looks_like_pem(&cert_pem, "CERTIFICATE") {
-                return Err(IpamError::Config(format!(
-                    "etcdCert {} holds no PEM certificate",
-                    cert.display()
-                )));
-            }
-            if !looks_like_pem(&key_pem, "PRIVATE KEY") {
-                return Err(IpamError::Config(format!(
-                    "etcdKey {} holds no PEM private key",
-                    key.display()
-                )));
-            }
-            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
-        }
-        Ok(Some(tls))
-    }
-}
-
-fn looks_like_pem(bytes: &[u8], label: &str) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    text.contains("-----BEGIN ") && text.contains(label)
-}
 
 /// The value of a handle key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,40 +64,10 @@ pub struct EtcdStore {
 
 impl EtcdStore {
     /// Connect (lazily: the first call opens the connection, within its
-    /// deadline). Bad TLS files are a configuration error (code 7).
+    /// deadline). Bad settings or TLS files are a configuration error (7).
     pub async fn connect(settings: &EtcdSettings) -> Result<EtcdStore, IpamError> {
-        settings.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(settings.timeout)
-            // Our own deadline (`call`) fires first, with a clearer error.
-            .with_timeout(settings.timeout + Duration::from_secs(1));
-        if let Some(tls) = settings.tls_options()? {
-            options = options.with_tls(tls);
-        }
+        let client = settings.connect().await?;
         let endpoints = settings.endpoints.join(",");
-        let client = tokio::time::timeout(
-            settings.timeout,
-            Client::connect(&settings.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| IpamError::EtcdTimeout {
-            endpoints: endpoints.clone(),
-            doing: "connecting",
-            after: settings.timeout,
-        })?
-        .map_err(|e| match e {
-            etcd_client::Error::InvalidArgs(_)
-            | etcd_client::Error::InvalidUri(_)
-            | etcd_client::Error::TransportError(_) => {
-                IpamError::Config(format!("etcd client for {endpoints}: {}", chain(&e)))
-            }
-            other => IpamError::Etcd {
-                endpoints: endpoints.clone(),
-                doing: "connecting",
-                detail: describe_etcd(&other),
-                outcome_unknown: false,
-            },
-        })?;
         Ok(Self::from_client(&client, settings.keys(), settings.timeout).named(endpoints))
     }
 
@@ -271,7 +127,7 @@ impl EtcdStore {
             Ok(Err(e)) => Err(IpamError::Etcd {
                 endpoints: self.endpoints.clone(),
                 doing,
-                detail: describe_etcd(&e),
+                detail: describe(&e),
                 outcome_unknown: outcome_unknown(&e),
             }),
             Ok(Ok(v)) => Ok(v),

@@ -2,12 +2,11 @@
 //! one etcd transaction, so that many nodes starting at once write it once
 //! and a running cluster's network is never changed under it.
 
-use crate::etcd::{connect, EtcdError};
 use crate::flags::EtcdArgs;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use trellis_common::keys::Keys;
+use trellis_common::etcd::EtcdError;
 use trellis_common::node::ClusterConfig;
 
 /// How long the installer keeps trying to reach etcd before it gives up
@@ -25,7 +24,7 @@ pub enum SeedError {
     },
     #[error("invalid cluster config {path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Connect(#[from] EtcdError),
     #[error("writing {key} to etcd at {endpoints} (gave up after {waited:?}): {source}")]
     Request {
@@ -80,8 +79,9 @@ pub fn judge(existing: &[u8], ours: &ClusterConfig) -> Seeded {
 /// Write the config at `path` to `<prefix>/config` unless the key exists.
 pub async fn seed(path: &Path, etcd: &EtcdArgs) -> Result<(String, Seeded), SeedError> {
     let (config, json) = load(path)?;
-    let key = Keys::new(&etcd.etcd_prefix).config();
-    let mut client = connect(etcd).await?;
+    let settings = etcd.settings();
+    let key = settings.keys().config();
+    let mut client = settings.connect().await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.clone(), json, None)])
