@@ -4,6 +4,7 @@
 //! connection) and the node record the agent publishes for the plugins
 //! (`node`).
 
+pub mod cluster_config;
 pub mod cni;
 pub mod etcd;
 pub mod keys;

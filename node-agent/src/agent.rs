@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::EtcdError;
-use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
+use trellis_common::node::{read_node_record, write_node_record};
 use trellis_kernel::{KernelError, Netlink, NodeTable};
 
 #[derive(Debug, thiserror::Error)]

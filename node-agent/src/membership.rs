@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::keys::Keys;
-use trellis_common::node::{ClusterConfig, NodeRecord};
+use trellis_common::node::NodeRecord;
 
 /// Everything the membership task needs.
 pub struct Membership {

@@ -6,7 +6,8 @@
 use crate::overlay::dataplane::DeviceSetup;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
-use trellis_common::node::{gateway_of, ClusterConfig, NodeRecord, VXLAN_V4_OVERHEAD};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::node::{gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
 use trellis_kernel::underlay::UnderlayLink;
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
 use trellis_kernel::{KernelError, MacAddr, Netlink};

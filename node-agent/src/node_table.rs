@@ -60,7 +60,7 @@ pub async fn keep(table: NodeTable) -> Result<bool, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_common::node::ClusterConfig;
+    use trellis_common::cluster_config::ClusterConfig;
     use trellis_kernel::underlay::UnderlayLink;
 
     fn node() -> NodeNetwork {

@@ -30,7 +30,8 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use trellis_common::node::{ClusterConfig, NodeRecord, NODE_RECORD_FILE};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::node::{NodeRecord, NODE_RECORD_FILE};
 
 use crate::bins::{self, CniBinDir};
 use crate::etcd::Etcd;

@@ -6,8 +6,8 @@ use crate::flags::EtcdArgs;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::EtcdError;
-use trellis_common::node::ClusterConfig;
 
 /// How long the installer keeps trying to reach etcd before it gives up
 /// (and the kubelet restarts it with its own back-off).
@@ -47,20 +47,17 @@ pub enum Seeded {
     Differs { existing: String },
 }
 
-/// Read and validate the cluster config file; the JSON to store.
+/// Read the cluster config file and check it as every agent will
+/// ([`ClusterConfig::parse`]); the JSON to store.
 pub fn load(path: &Path) -> Result<(ClusterConfig, String), SeedError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| SeedError::Read {
         path: shown.clone(),
         source,
     })?;
-    let config: ClusterConfig = serde_json::from_slice(&bytes).map_err(|e| SeedError::Invalid {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    config.validate().map_err(|reason| SeedError::Invalid {
+    let config = ClusterConfig::parse(&bytes).map_err(|e| SeedError::Invalid {
         path: shown,
-        reason,
+        reason: e.to_string(),
     })?;
     let json = serde_json::to_string(&config).expect("cluster config serializes");
     Ok((config, json))
@@ -68,7 +65,7 @@ pub fn load(path: &Path) -> Result<(ClusterConfig, String), SeedError> {
 
 /// Compare what etcd holds with the config we would have written.
 pub fn judge(existing: &[u8], ours: &ClusterConfig) -> Seeded {
-    match serde_json::from_slice::<ClusterConfig>(existing) {
+    match ClusterConfig::parse(existing) {
         Ok(theirs) if &theirs == ours => Seeded::Unchanged,
         _ => Seeded::Differs {
             existing: String::from_utf8_lossy(existing).into_owned(),
