@@ -1,8 +1,9 @@
 //! Code shared by the trellis binaries: the CNI protocol (`cni`), the
 //! cluster contract every binary reads the same way (`keys`: the etcd key
 //! layout under its one prefix rule; `etcd`: settings, TLS checks and the
-//! connection) and the node record the agent publishes for the plugins
-//! (`node`).
+//! connection; `cluster_config`; `node_name`), files shared between
+//! processes (`fs`) and the node record the agent publishes for the
+//! plugins (`node`).
 
 pub mod cluster_config;
 pub mod cni;
@@ -10,3 +11,4 @@ pub mod etcd;
 pub mod keys;
 pub mod naming;
 pub mod node;
+pub mod node_name;

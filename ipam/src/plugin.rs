@@ -281,7 +281,7 @@ impl Plugin for IpamPlugin {
         match &conf.backend {
             Backend::Etcd(s) => block_on(async {
                 let mut store = connect(s, deadline).await?;
-                let node = node_name(&conf, local_record(&conf)?.as_ref());
+                let node = node_name(&conf, local_record(&conf)?.as_ref())?;
                 let ours: Vec<Allocation> = store
                     .list_node(&node)
                     .await?

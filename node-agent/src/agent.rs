@@ -3,7 +3,7 @@
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
 use crate::backoff::Backoff;
-use crate::flags::{node_name_or_hostname, RunArgs, REQUEST_TIMEOUT};
+use crate::flags::{RunArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -19,12 +19,13 @@ use tokio::sync::watch;
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::EtcdError;
 use trellis_common::node::{read_node_record, write_node_record};
+use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink, NodeTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("node name: {0}")]
-    NodeName(std::io::Error),
+    #[error("{0}: pass --node-name or set NODE_NAME")]
+    NodeName(#[from] NodeNameError),
     #[error("metrics address {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -56,7 +57,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if args.lease_ttl < 5 {
         return Err(AgentError::LeaseTtl(args.lease_ttl));
     }
-    let node = node_name_or_hostname(args.node_name.as_deref()).map_err(AgentError::NodeName)?;
+    let node = node_name(args.node_name.as_deref())?;
     // Checked (URLs, TLS files) before anything is set up; the connection
     // itself opens with the first request.
     let settings = args.etcd.settings();

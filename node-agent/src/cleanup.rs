@@ -3,10 +3,11 @@
 //! nftables table, the state file) and, with `--release`, its record and
 //! subnet lease in etcd.
 
-use crate::flags::{node_name_or_hostname, CleanupArgs, REQUEST_TIMEOUT};
+use crate::flags::{CleanupArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError};
 use crate::node_table;
 use trellis_common::etcd::EtcdError;
+use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +20,8 @@ pub enum CleanupError {
     Lease(#[from] LeaseError),
     #[error("releasing this node's pod addresses in etcd: {0}")]
     Ipam(#[from] trellis_ipam::IpamError),
-    #[error("node name: {0}")]
-    NodeName(std::io::Error),
+    #[error("{0}: pass --node-name or set NODE_NAME")]
+    NodeName(#[from] NodeNameError),
     #[error("removing {path}: {source}")]
     StateFile {
         path: String,
@@ -63,8 +64,7 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         }
     }
     if args.release {
-        let node =
-            node_name_or_hostname(args.node_name.as_deref()).map_err(CleanupError::NodeName)?;
+        let node = node_name(args.node_name.as_deref())?;
         let settings = args.etcd.settings();
         let mut client = settings.connect().await?;
         let keys = settings.keys();

@@ -220,12 +220,3 @@ impl InstallOptions {
         }
     }
 }
-
-/// The node name: the flag, else the host name.
-pub fn node_name_or_hostname(flag: Option<&str>) -> std::io::Result<String> {
-    if let Some(name) = flag.filter(|n| !n.is_empty()) {
-        return Ok(name.to_string());
-    }
-    let host = nix::unistd::gethostname().map_err(std::io::Error::from)?;
-    Ok(host.to_string_lossy().into_owned())
-}
