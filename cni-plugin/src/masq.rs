@@ -5,37 +5,25 @@
 use crate::config::Config;
 use crate::plugin::kernel_error;
 use ipnetwork::IpNetwork;
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};
+use trellis_common::fs::{FileLock, LockError};
 use trellis_kernel::{Masquerade, Netlink, TableState};
 
 use trellis_common::naming::is_host_veth_name;
 
-/// An exclusive flock on `<stateDir>/<bridge>.lock`, released on drop.
-pub struct NodeLock {
-    _lock: Flock<File>,
-}
+/// How long a masquerade change waits for another one on the node: each
+/// holds the lock for one `nft` read or write, so waiting longer means a
+/// stuck plugin, and the runtime had better try again (11).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 
-impl NodeLock {
-    pub fn acquire(cfg: &Config) -> Result<NodeLock, CniError> {
-        let io = |what: &str, e: std::io::Error| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("{what} {}: {e}", cfg.lock_path().display()),
-            )
-        };
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| io("creating the directory of", e))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(cfg.lock_path())
-            .map_err(|e| io("opening", e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io("locking", errno.into()))?;
-        Ok(NodeLock { _lock: lock })
-    }
+/// The exclusive lock on `<stateDir>/<bridge>.lock`, released on drop. A
+/// lock file that cannot be created is code 5.
+fn node_lock(cfg: &Config) -> Result<FileLock, CniError> {
+    FileLock::acquire(&cfg.lock_path(), Instant::now() + LOCK_WAIT).map_err(|e| match e {
+        LockError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
+        LockError::Timeout { .. } => CniError::try_again(e.to_string()),
+    })
 }
 
 /// The rule for the single-host `subnet`: its traffic to anywhere but the
@@ -47,7 +35,7 @@ pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
 /// Make sure the rule is there after ADD attached a container: a read of
 /// the table (cheap), and a write only when it is missing or differs.
 pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
+    let _lock = node_lock(cfg)?;
     converge(&masquerade(cfg, subnet), true, "a container is attached")
 }
 
@@ -57,7 +45,7 @@ pub async fn remove_if_unused(
     cfg: &Config,
     subnet: IpNetwork,
 ) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
+    let _lock = node_lock(cfg)?;
     if containers_on_bridge(node, cfg).await? > 0 {
         return Ok(());
     }
@@ -67,7 +55,7 @@ pub async fn remove_if_unused(
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
 /// has containers, absent otherwise. After GC and a failed ADD.
 pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
+    let _lock = node_lock(cfg)?;
     let containers = containers_on_bridge(node, cfg).await?;
     let why = format!("{containers} containers on {}", cfg.bridge);
     converge(

@@ -8,6 +8,7 @@
 pub mod cluster_config;
 pub mod cni;
 pub mod etcd;
+pub mod fs;
 pub mod keys;
 pub mod naming;
 pub mod node;

@@ -3,7 +3,6 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -72,31 +71,9 @@ pub fn read_node_record(state_dir: &Path) -> std::io::Result<Option<NodeRecord>>
     }
 }
 
-/// Write `path` so that readers see the old or the new content, never a part:
-/// a temporary file in the same directory, fsync, rename.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 pub fn write_node_record(state_dir: &Path, record: &NodeRecord) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(record).expect("node record serializes");
-    write_atomically(&record_path(state_dir), &json)
+    crate::fs::write_atomically(&record_path(state_dir), &json, 0o644)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{code, CniError};
 use trellis_common::etcd::{describe, EtcdError};
+use trellis_common::fs::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -107,6 +108,17 @@ impl IpamError {
     pub(crate) fn store(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IpamError {
         let path = path.into();
         move |source| IpamError::Store { path, source }
+    }
+}
+
+/// A lock not obtained in time is "try again" (11); one that cannot be
+/// created is a store failure (105).
+impl From<LockError> for IpamError {
+    fn from(e: LockError) -> IpamError {
+        match e {
+            LockError::Timeout { path, after } => IpamError::LockTimeout { path, after },
+            LockError::Io { path, source } => IpamError::Store { path, source },
+        }
     }
 }
 

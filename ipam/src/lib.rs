@@ -30,7 +30,6 @@ pub mod config;
 pub mod cursor;
 pub mod error;
 pub mod fence_keeper;
-pub mod lock;
 pub mod placement;
 pub mod plugin;
 pub mod pool;

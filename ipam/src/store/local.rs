@@ -7,7 +7,6 @@
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
-use crate::lock::FileLock;
 use crate::store::Store;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use trellis_common::fs::{write_atomically, FileLock};
 
 pub const ALLOCATIONS_FILE: &str = "allocations.json";
 pub const LOCK_FILE: &str = "lock";
@@ -76,7 +76,7 @@ impl LocalStore {
     fn save(&self) -> Result<(), IpamError> {
         let file = self.dir.join(ALLOCATIONS_FILE);
         let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        trellis_common::node::write_atomically(&file, &json).map_err(IpamError::store(file))
+        write_atomically(&file, &json, 0o644).map_err(IpamError::store(file))
     }
 
     pub fn lookup(&self, handle: &Handle) -> Option<Allocation> {
