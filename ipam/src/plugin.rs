@@ -49,6 +49,7 @@ fn owner_of(req: &Request, conf: &IpamConf, node: String) -> Owner {
         ifname: req.env.ifname.clone(),
         node,
         network: conf.network.clone(),
+        plugin: req.conf.plugin_type.clone(),
     }
 }
 

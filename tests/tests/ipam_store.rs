@@ -20,6 +20,7 @@ fn owner(id: &str, node: &str) -> Owner {
         ifname: "eth0".into(),
         node: node.into(),
         network: "trellis".into(),
+        plugin: "trellis".into(),
     }
 }
 

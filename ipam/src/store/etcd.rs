@@ -9,18 +9,21 @@
 //! Both keys are written by one transaction that requires both to be absent,
 //! and removed by one transaction that requires both to be unchanged, so an
 //! address and its owner never disagree and a stale release never frees an
-//! address that somebody else holds now. Every call has a deadline.
+//! address that somebody else holds now. Every call has a deadline. A claim
+//! that got no answer leaves a `Fence` behind, and `apply_fence` runs its
+//! transaction (see `fence`). What the keys hold is decoded in `records`;
+//! reads over many keys are in `etcd_listing`.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::{outcome_unknown, IpamError};
-use crate::store::fence::Fence;
+use crate::store::fence::{Fence, FenceOutcome};
+use crate::store::records::{gets, held_by, owner_of, HandleValue};
 use crate::store::Store;
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
     TxnResponse,
 };
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -28,33 +31,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use trellis_common::etcd::{describe, EtcdSettings};
 use trellis_common::keys::Keys;
-use trellis_common::node::NodeRecord;
-
-/// The value of a handle key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct HandleRecord {
-    ip: Ipv4Addr,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-}
-
-/// Any handle value, for the GC sweep.
-#[derive(Debug, Clone, Deserialize)]
-struct AnyHandleRecord {
-    #[serde(default)]
-    ip: Option<Ipv4Addr>,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-}
 
 /// etcd as an allocation store.
 pub struct EtcdStore {
     kv: KvClient,
-    keys: Keys,
+    pub(super) keys: Keys,
     endpoints: String,
     timeout: Duration,
     deadline: Option<Instant>,
@@ -95,19 +76,6 @@ impl EtcdStore {
         self
     }
 
-    /// The narrowest key prefix covering every address of `subnet`: its
-    /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
-    fn scan_prefix(&self, subnet: Ipv4Network) -> String {
-        let whole = (subnet.prefix() / 8) as usize;
-        let octets = subnet.network().octets();
-        let mut p = self.keys.ips();
-        for o in &octets[..whole] {
-            p.push_str(&o.to_string());
-            p.push('.');
-        }
-        p
-    }
-
     /// Run one etcd call within the per-call timeout and the deadline.
     async fn call<T>(
         &self,
@@ -134,16 +102,12 @@ impl EtcdStore {
         }
     }
 
-    pub(crate) async fn txn(
-        &self,
-        doing: &'static str,
-        txn: Txn,
-    ) -> Result<TxnResponse, IpamError> {
+    async fn txn(&self, doing: &'static str, txn: Txn) -> Result<TxnResponse, IpamError> {
         let mut kv = self.kv.clone();
         self.call(doing, async move { kv.txn(txn).await }).await
     }
 
-    async fn get(
+    pub(super) async fn get(
         &self,
         doing: &'static str,
         key: String,
@@ -154,69 +118,6 @@ impl EtcdStore {
             .call(doing, async move { kv.get(key, options).await })
             .await?;
         Ok(resp.take_kvs())
-    }
-
-    /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
-    pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
-        let key = self.keys.node(node);
-        let kvs = self
-            .get("reading the node record", key.clone(), None)
-            .await?;
-        kvs.first()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| IpamError::Corrupt {
-                    key,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
-    }
-
-    /// Every allocation held by containers of `node` (for leak GC).
-    pub async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
-        let mut all = self.list_all().await?;
-        all.retain(|a| a.owner.node == node);
-        Ok(all)
-    }
-
-    /// Every allocation in the cluster.
-    pub async fn list_all(&self) -> Result<Vec<Allocation>, IpamError> {
-        let kvs = self
-            .get(
-                "listing allocations",
-                self.keys.ips(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(self.decode_allocations(kvs, |_| true))
-    }
-
-    fn decode_allocations(
-        &self,
-        kvs: Vec<KeyValue>,
-        keep: impl Fn(Ipv4Addr) -> bool,
-    ) -> Vec<Allocation> {
-        let dir = self.keys.ips();
-        kvs.iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                let ip: Ipv4Addr = key.strip_prefix(&dir)?.parse().ok()?;
-                if !keep(ip) {
-                    return None;
-                }
-                match serde_json::from_slice::<Owner>(kv.value()) {
-                    Ok(owner) => Some(Allocation {
-                        ip,
-                        owner,
-                        revision: kv.mod_revision(),
-                    }),
-                    Err(e) => {
-                        log::warn!("ignoring undecodable allocation {key}: {e}");
-                        None
-                    }
-                }
-            })
-            .collect()
     }
 
     /// The handle key of `handle`, as stored.
@@ -241,11 +142,12 @@ impl EtcdStore {
                 return Ok(None);
             };
             let hrev = hkv.mod_revision();
-            let Some(record) = handle_record(&hkv) else {
+            let Some((ip, node, network)) = HandleValue::decode(&hkv).and_then(HandleValue::held)
+            else {
                 self.delete_handle_if(&hkey, hrev).await?;
                 return Ok(None);
             };
-            let ikey = self.keys.ip(record.ip);
+            let ikey = self.keys.ip(ip);
             let resp = self
                 .txn(
                     "releasing the address",
@@ -266,12 +168,14 @@ impl EtcdStore {
                 .await?;
             if resp.succeeded() {
                 return Ok(Some(Allocation {
-                    ip: record.ip,
+                    ip,
                     owner: Owner {
                         container_id: handle.container_id.clone(),
                         ifname: handle.ifname.clone(),
-                        node: record.node,
-                        network: record.network,
+                        node,
+                        network,
+                        // The handle does not say: only the address key does.
+                        plugin: String::new(),
                     },
                     revision: hrev,
                 }));
@@ -282,7 +186,7 @@ impl EtcdStore {
                 _ => continue, // the handle changed under us: read again
             }
             let ip_kv = got.get(1).and_then(Option::as_ref);
-            match ip_kv.and_then(|kv| held_by(kv, record.ip, handle)) {
+            match ip_kv.and_then(|kv| held_by(kv, ip, handle)) {
                 Some(a) => {
                     // Ours, written separately (a restored backup): free it exactly.
                     if self.release_pair(&a, hrev).await? {
@@ -292,7 +196,7 @@ impl EtcdStore {
                 None => {
                     log::warn!(
                         "handle {hkey} points at {} which {} holds: removing only the stale handle",
-                        record.ip,
+                        ip,
                         if ip_kv.is_some() {
                             "another attachment"
                         } else {
@@ -345,7 +249,7 @@ impl EtcdStore {
         Ok(resp.succeeded())
     }
 
-    async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
+    pub(super) async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
         self.txn(
             "removing a stale handle",
             Txn::new()
@@ -380,18 +284,16 @@ impl EtcdStore {
             return Ok(HandleState::Absent);
         };
         let hrev = hkv.mod_revision();
-        let Some(record) = handle_record(hkv) else {
+        let Some(ip) = HandleValue::decode(hkv).and_then(|v| v.ip()) else {
             return Ok(HandleState::Dangling(hrev));
         };
         let kvs = self
-            .get("reading the address", self.keys.ip(record.ip), None)
+            .get("reading the address", self.keys.ip(ip), None)
             .await?;
-        Ok(
-            match kvs.first().and_then(|kv| held_by(kv, record.ip, handle)) {
-                Some(a) => HandleState::Holds(a),
-                None => HandleState::Dangling(hrev),
-            },
-        )
+        Ok(match kvs.first().and_then(|kv| held_by(kv, ip, handle)) {
+            Some(a) => HandleState::Holds(a),
+            None => HandleState::Dangling(hrev),
+        })
     }
 
     /// Give `ip` to `owner` in one transaction: the address key and the
@@ -401,12 +303,12 @@ impl EtcdStore {
         let ikey = self.keys.ip(ip);
         let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
-        let hvalue = serde_json::to_vec(&HandleRecord {
+        let hvalue = HandleValue::Holds {
             ip,
             node: owner.node.clone(),
             network: owner.network.clone(),
-        })
-        .expect("handle serializes");
+        }
+        .encode();
         for _ in 0..2 {
             let claim = Txn::new()
                 .when([
@@ -425,7 +327,7 @@ impl EtcdStore {
                 Ok(resp) => resp,
                 Err(e) if e.may_have_applied() => {
                     *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Fence::for_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
+                        Some(fence_for(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -480,100 +382,51 @@ impl EtcdStore {
             .clone()
     }
 
-    /// Remove the handle keys of `node` in `network` that hold no address
-    /// (fences, or handles whose address record is gone or someone else's)
-    /// and whose attachment `keep` does not claim. Returns how many went.
-    pub async fn sweep_handles(
-        &self,
-        node: &str,
-        network: &str,
-        keep: impl Fn(&Handle) -> bool,
-    ) -> Result<usize, IpamError> {
-        let dir = self.keys.handles();
-        let kvs = self
-            .get(
-                "listing handles",
-                dir.clone(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let mut removed = 0;
-        for kv in &kvs {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some((container_id, ifname)) =
-                key.strip_prefix(&dir).and_then(|rest| rest.split_once('/'))
-            else {
-                continue;
-            };
-            let handle = Handle {
-                container_id: container_id.to_string(),
-                ifname: ifname.to_string(),
-            };
-            let Ok(record) = serde_json::from_slice::<AnyHandleRecord>(kv.value()) else {
-                continue;
-            };
-            if record.node != node || record.network != network || keep(&handle) {
-                continue;
-            }
-            let holds = match record.ip {
-                None => false,
-                Some(ip) => self
-                    .get("reading the address", self.keys.ip(ip), None)
-                    .await?
-                    .first()
-                    .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
-            };
-            if !holds {
-                self.delete_handle_if(&key, kv.mod_revision()).await?;
-                removed += 1;
-            }
+    /// Apply `fence` and wait for etcd's answer (within this store's
+    /// timeout and deadline).
+    pub async fn apply_fence(&self, fence: &Fence) -> Result<FenceOutcome, IpamError> {
+        let (ikey, hkey) = (fence.ip_key.as_str(), fence.handle_key.as_str());
+        let txn = Txn::new()
+            .when([
+                Compare::value(ikey, CompareOp::Equal, fence.ip_value.as_bytes()),
+                Compare::value(hkey, CompareOp::Equal, fence.handle_value.as_bytes()),
+            ])
+            .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
+            )]);
+        let resp = self.txn("fencing an unanswered claim", txn).await?;
+        if resp.succeeded() {
+            return Ok(FenceOutcome::Undone);
         }
-        Ok(removed)
+        let nested_succeeded = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, TxnOpResponse::Txn(t) if t.succeeded()));
+        Ok(if nested_succeeded {
+            FenceOutcome::Fenced
+        } else {
+            FenceOutcome::NotOurs
+        })
     }
+}
 
-    /// The addresses held inside `subnet` (keys only: one cheap range read).
-    pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
-        let dir = self.keys.ips();
-        let kvs = self
-            .get(
-                "listing allocated addresses",
-                self.scan_prefix(subnet),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                String::from_utf8_lossy(kv.key())
-                    .strip_prefix(&dir)?
-                    .parse::<Ipv4Addr>()
-                    .ok()
-            })
-            .filter(|ip| subnet.contains(*ip))
-            .collect())
-    }
-
-    /// Every decodable allocation inside `subnet`.
-    pub async fn list_in(&self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
-        let kvs = self
-            .get(
-                "listing allocations",
-                self.scan_prefix(subnet),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(self.decode_allocations(kvs, |ip| subnet.contains(ip)))
-    }
-
-    /// One linearizable read: etcd has a leader and answers.
-    pub async fn ping(&self) -> Result<(), IpamError> {
-        self.get(
-            "checking etcd",
-            self.keys.config(),
-            Some(GetOptions::new().with_count_only()),
-        )
-        .await
-        .map(|_| ())
+/// The fence of a claim of `owner` that wrote `ip` = (key, value) and
+/// `handle` = (key, value): undo exactly those, or cancel the handle.
+fn fence_for(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) -> Fence {
+    let cancelled = HandleValue::Cancelled {
+        cancelled: true,
+        node: owner.node.clone(),
+        network: owner.network.clone(),
+    };
+    Fence {
+        ip_key: ip.0.to_string(),
+        ip_value: String::from_utf8_lossy(ip.1).into_owned(),
+        handle_key: handle.0.to_string(),
+        handle_value: String::from_utf8_lossy(handle.1).into_owned(),
+        cancelled_value: String::from_utf8_lossy(&cancelled.encode()).into_owned(),
     }
 }
 
@@ -583,37 +436,6 @@ enum HandleState {
     /// The handle exists (at this revision) but its address record is
     /// missing, undecodable or someone else's.
     Dangling(i64),
-}
-
-fn handle_record(kv: &KeyValue) -> Option<HandleRecord> {
-    serde_json::from_slice(kv.value()).ok()
-}
-
-/// The allocation the address key `kv` of `ip` records, if it belongs to
-/// `handle`.
-fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Allocation> {
-    owner_of(kv)
-        .filter(|o| o.holds(handle))
-        .map(|owner| Allocation {
-            ip,
-            owner,
-            revision: kv.mod_revision(),
-        })
-}
-
-fn owner_of(kv: &KeyValue) -> Option<Owner> {
-    serde_json::from_slice(kv.value()).ok()
-}
-
-/// The first key of each `get` in a transaction's responses.
-fn gets(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
-    resp.op_responses()
-        .into_iter()
-        .map(|r| match r {
-            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-            _ => None,
-        })
-        .collect()
 }
 
 impl Store for EtcdStore {
@@ -626,16 +448,7 @@ impl Store for EtcdStore {
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
         EtcdStore::used_in(self, subnet).await
     }
-    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
-        EtcdStore::list_in(self, subnet).await
-    }
-    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        EtcdStore::release(self, handle).await
-    }
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {
         EtcdStore::release_exact(self, allocation).await
-    }
-    async fn ping(&mut self) -> Result<(), IpamError> {
-        EtcdStore::ping(self).await
     }
 }

@@ -8,9 +8,9 @@ use trellis_common::cni::config::parse_version;
 use trellis_common::cni::env::is_valid_identifier;
 use trellis_common::cni::NetConf;
 use trellis_common::keys::Keys;
+use trellis_common::naming::PLUGIN_TYPE;
 
-/// The `type` of the trellis plugin and of its IPAM plugin.
-pub const PLUGIN_TYPE: &str = "trellis";
+/// The `type` of trellis's IPAM plugin.
 pub const IPAM_TYPE: &str = "trellis-ipam";
 
 /// The conflist written when no template is given: the cluster-mode shape of
