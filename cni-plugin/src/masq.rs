@@ -3,7 +3,7 @@
 //! lock so that a DEL removing it never races an ADD installing it.
 
 use crate::config::Config;
-use crate::plugin::kernel_error;
+use crate::runtime::kernel_error;
 use ipnetwork::IpNetwork;
 use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};

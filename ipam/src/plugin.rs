@@ -209,15 +209,7 @@ async fn collect_garbage<S: Store>(
 }
 
 fn valid_attachments(req: &Request) -> Result<HashSet<Handle>, CniError> {
-    req.conf
-        .valid_attachments
-        .as_ref()
-        .map(|v| v.iter().cloned().collect())
-        .ok_or_else(|| {
-            CniError::invalid_config(
-                "GC needs \"cni.dev/valid-attachments\": refusing to guess which allocations are in use",
-            )
-        })
+    Ok(req.conf.gc_valid_attachments()?.iter().cloned().collect())
 }
 
 /// STATUS: anything but a configuration error means "not ready yet".

@@ -3,6 +3,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::handle::Netlink;
+use crate::link::Link;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
@@ -226,6 +227,25 @@ impl Netlink {
             .filter_map(Route::from_message)
             .filter(|r| r.table == table)
             .collect())
+    }
+}
+
+impl Netlink {
+    /// The link of the IPv4 default route of the main table (the one with
+    /// the lowest metric when there are several), if there is one.
+    pub async fn default_route_link(&self) -> Result<Option<Link>> {
+        let routes = self
+            .routes(Ipv4Addr::UNSPECIFIED.into(), MAIN_TABLE)
+            .await?;
+        let best = routes
+            .iter()
+            .filter(|r| r.is_default())
+            .filter_map(|r| Some((r.metric.unwrap_or(0), r.oif?)))
+            .min();
+        match best {
+            Some((_, oif)) => self.link_by_index(oif).await,
+            None => Ok(None),
+        }
     }
 }
 

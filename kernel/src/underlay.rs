@@ -6,9 +6,7 @@ use crate::Netlink;
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAttribute, RouteHeader};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// An interface that can carry the overlay.
@@ -47,46 +45,15 @@ impl Netlink {
             .await
     }
 
-    /// The interface of the IPv4 default route (the one with the lowest
-    /// metric when there are several).
+    /// The interface of the IPv4 default route
+    /// ([`Netlink::default_route_link`]).
     pub async fn underlay_of_default_route(&self) -> Result<UnderlayLink> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut dump = self.handle().route().get(query).execute();
-        let mut best: Option<(u32, u32)> = None; // (metric, oif)
-        while let Some(msg) = dump
-            .try_next()
-            .await
-            .map_err(KernelError::netlink("dumping routes"))?
-        {
-            if msg.header.destination_prefix_length != 0 {
-                continue;
-            }
-            let mut table = u32::from(msg.header.table);
-            let mut oif = None;
-            let mut metric = 0;
-            for attr in &msg.attributes {
-                match attr {
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Priority(p) => metric = *p,
-                    _ => {}
-                }
-            }
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-                continue;
-            }
-            if let Some(oif) = oif {
-                if best.is_none_or(|(m, _)| metric < m) {
-                    best = Some((metric, oif));
-                }
-            }
-        }
-        let (_, oif) = best.ok_or_else(|| {
+        let link = self.default_route_link().await?.ok_or_else(|| {
             KernelError::NotFound(
                 "an IPv4 default route (pass --iface to choose the underlay)".into(),
             )
         })?;
-        self.underlay_by_index(oif).await
+        self.underlay_by_index(link.index).await
     }
 
     /// The interface holding the address `ip`.
