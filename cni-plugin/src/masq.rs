@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};
 use trellis_common::fs::{FileLock, LockError};
-use trellis_kernel::{Masquerade, Netlink, TableState};
+use trellis_kernel::{Masquerade, Netlink, NftTable, TableState};
 
 use trellis_common::naming::is_host_veth_name;
 
@@ -28,15 +28,15 @@ fn node_lock(cfg: &Config) -> Result<FileLock, CniError> {
 
 /// The rule for the single-host `subnet`: its traffic to anywhere but the
 /// subnet itself leaves masqueraded.
-pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
-    Masquerade::new(cfg.masquerade_table(), subnet, vec![subnet])
+fn masquerade(cfg: &Config, subnet: IpNetwork) -> NftTable {
+    NftTable::new(cfg.masquerade_table()).with_masquerade(Masquerade::new(subnet, vec![subnet]))
 }
 
 /// Make sure the rule is there after ADD attached a container: a read of
 /// the table (cheap), and a write only when it is missing or differs.
 pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
     let _lock = node_lock(cfg)?;
-    converge(&masquerade(cfg, subnet), true, "a container is attached")
+    converge(cfg, subnet, true, "a container is attached")
 }
 
 /// Drop the rule once the bridge has no container left: after DEL.
@@ -49,7 +49,7 @@ pub async fn remove_if_unused(
     if containers_on_bridge(node, cfg).await? > 0 {
         return Ok(());
     }
-    converge(&masquerade(cfg, subnet), false, "no container left")
+    converge(cfg, subnet, false, "no container left")
 }
 
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
@@ -58,32 +58,29 @@ pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Resul
     let _lock = node_lock(cfg)?;
     let containers = containers_on_bridge(node, cfg).await?;
     let why = format!("{containers} containers on {}", cfg.bridge);
-    converge(
-        &masquerade(cfg, subnet),
-        cfg.ip_masq && containers > 0,
-        &why,
-    )
+    converge(cfg, subnet, cfg.ip_masq && containers > 0, &why)
 }
 
 /// Install or remove the rule so that it is there exactly when `wanted`:
 /// one read of the table, a write only when it has to change. Under the
 /// node lock.
-fn converge(rule: &Masquerade, wanted: bool, why: &str) -> Result<(), CniError> {
-    let state = rule.state().map_err(kernel_error)?;
+fn converge(cfg: &Config, subnet: IpNetwork, wanted: bool, why: &str) -> Result<(), CniError> {
+    let table = masquerade(cfg, subnet);
+    let state = table.state().map_err(kernel_error)?;
     match (wanted, state) {
         (true, TableState::Absent | TableState::Other) => {
             log::info!(
                 "installing masquerade table {} for {} ({why})",
-                rule.table,
-                rule.source
+                table.id.name,
+                subnet
             );
-            rule.ensure().map_err(kernel_error)
+            table.ensure().map_err(kernel_error)
         }
         // Also a table that holds something else (another subnet from
         // before, a rule someone added): it is ours to remove.
         (false, TableState::Exactly | TableState::Other) => {
-            log::info!("removing masquerade table {} ({why})", rule.table);
-            rule.remove().map_err(kernel_error)
+            log::info!("removing masquerade table {} ({why})", table.id.name);
+            table.remove().map_err(kernel_error)
         }
         _ => Ok(()),
     }

@@ -20,7 +20,7 @@ use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::EtcdError;
 use trellis_common::node::{read_node_record, write_node_record};
 use trellis_common::node_name::{node_name, NodeNameError};
-use trellis_kernel::{KernelError, Netlink, NodeTable};
+use trellis_kernel::{KernelError, Netlink, NftTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork, NodeTable), AgentError>((
+        Ok::<(ClusterConfig, Leased, NodeNetwork, NftTable), AgentError>((
             config, leased, net, table,
         ))
     };
@@ -248,7 +248,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn set_up_node(
     nl: &Netlink,
     net: &NodeNetwork,
-    table: &NodeTable,
+    table: &NftTable,
     args: &RunArgs,
 ) -> Result<(), AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {

@@ -44,7 +44,7 @@ pub fn is_agent_vxlan_name(name: &str) -> bool {
 pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     let nl = Netlink::current()?;
     for dev in nl.vxlan_devices().await? {
-        if is_agent_vxlan_name(&dev.name) && nl.delete_vxlan_device(&dev).await? {
+        if is_agent_vxlan_name(&dev.name) && nl.delete_link(&dev).await? {
             log::info!("deleted VXLAN device {} and its entries", dev.name);
         }
     }

@@ -2,10 +2,12 @@
 //! in flight) or, in unit tests, a fake.
 
 use super::plan::{ActualOverlay, Op};
+use crate::node_network::NodeNetwork;
 use futures::StreamExt;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use std::future::Future;
-use std::net::IpAddr;
-use trellis_kernel::{KernelError, Netlink};
+use std::net::{IpAddr, Ipv4Addr};
+use trellis_kernel::{KernelError, Netlink, Route};
 
 /// Requests kept in flight on the netlink socket while applying a plan.
 pub const IN_FLIGHT: usize = 128;
@@ -23,26 +25,21 @@ pub trait Dataplane: Send {
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = Vec<(Op, KernelError)>> + Send;
 }
 
-/// Something that (re)creates the VXLAN device and returns its index.
-pub trait DeviceSetup: Send + Sync {
-    fn ensure(&self, nl: &Netlink)
-        -> impl Future<Output = Result<(u32, bool), KernelError>> + Send;
-}
-
-/// The real dataplane: the VXLAN device of this namespace.
-pub struct KernelDataplane<S: DeviceSetup> {
+/// The real dataplane: this node's VXLAN device.
+pub struct KernelDataplane {
     nl: Netlink,
-    setup: S,
+    /// What the device must look like (it makes it again when it vanished).
+    node: NodeNetwork,
     /// The VXLAN device's index, as `ensure_device` (which every pass
     /// starts with) last found it.
     ifindex: u32,
 }
 
-impl<S: DeviceSetup> KernelDataplane<S> {
-    pub fn new(nl: Netlink, setup: S) -> Self {
+impl KernelDataplane {
+    pub fn new(nl: Netlink, node: NodeNetwork) -> Self {
         KernelDataplane {
             nl,
-            setup,
+            node,
             ifindex: 0,
         }
     }
@@ -52,16 +49,24 @@ async fn execute(nl: &Netlink, ifindex: u32, op: Op) -> Result<(), KernelError> 
     match op {
         Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
-        Op::DelRoute(r) => nl.device_route_delete(ifindex, &r).await,
+        Op::DelRoute(r) => nl.delete_route(&r).await,
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
-        Op::SetRoute { dst, via } => nl.onlink_route_replace(ifindex, dst, via).await,
+        Op::SetRoute { dst, via } => nl.replace_route(&overlay_route(ifindex, dst, via)).await,
     }
 }
 
-impl<S: DeviceSetup> Dataplane for KernelDataplane<S> {
+/// `dst via via dev <VXLAN device> onlink`: how a remote subnet is reached.
+pub fn overlay_route(ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
+    Route::to(IpNetwork::V4(dst))
+        .via(IpAddr::V4(via))
+        .dev(ifindex)
+        .onlink()
+}
+
+impl Dataplane for KernelDataplane {
     async fn ensure_device(&mut self) -> Result<bool, KernelError> {
-        let (ifindex, made) = self.setup.ensure(&self.nl).await?;
+        let (ifindex, made) = self.node.ensure_vxlan(&self.nl).await?;
         self.ifindex = ifindex;
         Ok(made)
     }
@@ -160,13 +165,8 @@ pub mod fake {
                         });
                     }
                     Op::SetRoute { dst, via } => {
-                        s.routes.retain(|x| x.dst != dst);
-                        s.routes.push(trellis_kernel::overlay_route::DeviceRoute {
-                            dst,
-                            gateway: Some(via),
-                            onlink: true,
-                            metric: 0,
-                        });
+                        s.routes.retain(|x| x.dst != IpNetwork::V4(dst));
+                        s.routes.push(overlay_route(1, dst, via));
                     }
                 }
             }

@@ -3,20 +3,20 @@
 //! (missing or different). Pure, so that every case is unit-tested.
 
 use super::desired::DesiredOverlay;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
-use trellis_kernel::overlay_route::DeviceRoute;
 use trellis_kernel::MacAddr;
+use trellis_kernel::Route;
 
 /// What the kernel holds on the VXLAN device, from one dump of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualOverlay {
     pub fdb: Vec<FdbEntry>,
     pub neighbours: Vec<NeighbourEntry>,
-    pub routes: Vec<DeviceRoute>,
+    pub routes: Vec<Route>,
 }
 
 /// One kernel write.
@@ -24,7 +24,7 @@ pub struct ActualOverlay {
 pub enum Op {
     DelFdb(FdbEntry),
     DelNeighbour(Ipv4Addr),
-    DelRoute(DeviceRoute),
+    DelRoute(Route),
     /// Permanent FDB entry `mac -> dst` (replacing `mac`'s destination).
     SetFdb {
         mac: MacAddr,
@@ -65,11 +65,11 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
     let mut out = Plan::default();
     let mut want_fdb: HashMap<MacAddr, Ipv4Addr> = HashMap::with_capacity(desired.len());
     let mut want_neigh: HashMap<Ipv4Addr, MacAddr> = HashMap::with_capacity(desired.len());
-    let mut want_route: HashMap<Ipv4Network, Ipv4Addr> = HashMap::with_capacity(desired.len());
+    let mut want_route: HashMap<IpNetwork, IpAddr> = HashMap::with_capacity(desired.len());
     for node in desired.nodes.values() {
         want_fdb.insert(node.vtep_mac, node.public_ip);
         want_neigh.insert(node.vtep_ip, node.vtep_mac);
-        want_route.insert(node.subnet, node.vtep_ip);
+        want_route.insert(IpNetwork::V4(node.subnet), IpAddr::V4(node.vtep_ip));
     }
 
     // FDB: keep an entry only when it is exactly the wanted one.
@@ -99,7 +99,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
     for r in &actual.routes {
         let exact = want_route
             .get(&r.dst)
-            .is_some_and(|via| r.gateway == Some(*via) && r.onlink && r.metric == 0);
+            .is_some_and(|via| r.gateway == Some(*via) && r.onlink && r.metric.unwrap_or(0) == 0);
         if exact && route_ok.insert(r.dst) {
             continue;
         }
@@ -119,7 +119,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
                 mac: node.vtep_mac,
             });
         }
-        if !route_ok.contains(&node.subnet) {
+        if !route_ok.contains(&IpNetwork::V4(node.subnet)) {
             out.additions.push(Op::SetRoute {
                 dst: node.subnet,
                 via: node.vtep_ip,
@@ -132,6 +132,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::overlay::dataplane::overlay_route;
     use crate::overlay::desired::{vtep_ip_of, RemoteNode};
 
     fn node(i: u8) -> RemoteNode {
@@ -175,13 +176,9 @@ mod tests {
                     });
                 }
                 Op::SetRoute { dst, via } => {
-                    a.routes.retain(|x| !(x.dst == dst && x.metric == 0));
-                    a.routes.push(DeviceRoute {
-                        dst,
-                        gateway: Some(via),
-                        onlink: true,
-                        metric: 0,
-                    });
+                    a.routes
+                        .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
+                    a.routes.push(overlay_route(1, dst, via));
                 }
             }
         }
@@ -254,12 +251,7 @@ mod tests {
                 mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
                 permanent: true,
             }],
-            routes: vec![DeviceRoute {
-                dst: n.subnet,
-                gateway: Some("10.244.9.0".parse().unwrap()),
-                onlink: true,
-                metric: 0,
-            }],
+            routes: vec![overlay_route(1, n.subnet, "10.244.9.0".parse().unwrap())],
         };
         let p = plan(&d, &stale);
         assert_eq!(p.removals.len(), 3, "{p:#?}"); // both FDB entries, the wrong route
@@ -294,17 +286,18 @@ mod tests {
                 },
             ],
             routes: vec![
-                DeviceRoute {
-                    dst: "10.244.50.0/24".parse().unwrap(),
-                    gateway: Some("10.244.50.0".parse().unwrap()),
-                    onlink: true,
-                    metric: 0,
-                },
-                DeviceRoute {
-                    dst: "10.244.2.0/24".parse().unwrap(),
-                    gateway: Some("10.244.2.0".parse().unwrap()),
-                    onlink: true,
-                    metric: 100,
+                overlay_route(
+                    1,
+                    "10.244.50.0/24".parse().unwrap(),
+                    "10.244.50.0".parse().unwrap(),
+                ),
+                Route {
+                    metric: Some(100),
+                    ..overlay_route(
+                        1,
+                        "10.244.2.0/24".parse().unwrap(),
+                        "10.244.2.0".parse().unwrap(),
+                    )
                 },
             ],
         };
