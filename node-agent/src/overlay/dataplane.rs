@@ -1,13 +1,12 @@
 //! Where plans are applied: the kernel (one rtnetlink socket, many requests
 //! in flight) or, in unit tests, a fake.
 
-use super::plan::{ActualOverlay, Op};
+use super::plan::{overlay_route, ActualOverlay, Op};
 use crate::node_network::NodeNetwork;
 use futures::StreamExt;
-use ipnetwork::{IpNetwork, Ipv4Network};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
-use trellis_kernel::{KernelError, Netlink, Route};
+use std::net::IpAddr;
+use trellis_kernel::{KernelError, Netlink};
 
 /// Requests kept in flight on the netlink socket while applying a plan.
 pub const IN_FLIGHT: usize = 128;
@@ -56,14 +55,6 @@ async fn execute(nl: &Netlink, ifindex: u32, op: Op) -> Result<(), KernelError> 
     }
 }
 
-/// `dst via via dev <VXLAN device> onlink`: how a remote subnet is reached.
-pub fn overlay_route(ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
-    Route::to(IpNetwork::V4(dst))
-        .via(IpAddr::V4(via))
-        .dev(ifindex)
-        .onlink()
-}
-
 impl Dataplane for KernelDataplane {
     async fn ensure_device(&mut self) -> Result<bool, KernelError> {
         let (ifindex, made) = self.node.ensure_vxlan(&self.nl).await?;
@@ -101,6 +92,7 @@ impl Dataplane for KernelDataplane {
 #[cfg(test)]
 pub mod fake {
     use super::*;
+    use ipnetwork::IpNetwork;
     use std::collections::HashSet;
 
     #[derive(Default)]

@@ -42,6 +42,14 @@ pub enum Op {
     },
 }
 
+/// `dst via via dev <VXLAN device> onlink`: how a remote subnet is reached.
+pub fn overlay_route(ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
+    Route::to(IpNetwork::V4(dst))
+        .via(IpAddr::V4(via))
+        .dev(ifindex)
+        .onlink()
+}
+
 /// Removals run before additions, so that a node whose MAC, address or
 /// subnet changed never has old and new entries fighting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,7 +140,6 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::overlay::dataplane::overlay_route;
     use crate::overlay::desired::{vtep_ip_of, RemoteNode};
 
     fn node(i: u8) -> RemoteNode {
