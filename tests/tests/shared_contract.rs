@@ -199,24 +199,41 @@ fn the_agent_checks_etcd_urls_and_tls_files_as_the_ipam_plugin_does() {
         assert_agent_refuses(&ns, &args, needle);
     }
     // install-cni would copy such files for the plugins: it refuses them.
+    assert_install_cni_refuses(
+        dir.path(),
+        &[
+            "--etcd-endpoints",
+            "https://127.0.0.1:9",
+            "--etcd-cafile",
+            &not_pem,
+        ],
+        "holds no PEM certificate",
+    );
+}
+
+/// `trellis-agent install-cni <args>` into dirs under `dir` fails saying
+/// `needle`, and writes no file.
+#[track_caller]
+fn assert_install_cni_refuses(dir: &Path, args: &[&str], needle: &str) {
     let out = Command::new(bins::bin("trellis-agent"))
-        .args(["install-cni", "--etcd-endpoints", "https://127.0.0.1:9"])
-        .args(["--etcd-cafile", &not_pem])
+        .arg("install-cni")
+        .args(args)
         .arg("--plugin-dir")
         .arg(bins::bin_dir())
         .arg("--cni-bin-dir")
-        .arg(dir.path().join("bin"))
+        .arg(dir.join("bin"))
         .arg("--cni-conf-dir")
-        .arg(dir.path().join("net.d"))
+        .arg(dir.join("net.d"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "install-cni accepted it: {stderr}");
-    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+    assert!(!out.status.success(), "{args:?}: accepted: {stderr}");
     assert!(
-        !dir.path().join("net.d").exists(),
-        "install-cni wrote files"
+        stderr.contains(needle),
+        "{args:?}: {needle:?} not in {stderr}"
     );
+    assert!(!dir.join("net.d").exists(), "{args:?}: files written");
+    assert!(!dir.join("bin").exists(), "{args:?}: plugins copied");
 }
 
 #[test]
@@ -283,29 +300,14 @@ fn the_installer_refuses_a_cluster_config_the_agent_would_refuse() {
     ] {
         let file = dir.path().join("cluster-config.json");
         std::fs::write(&file, config).unwrap();
-        let out = Command::new(bins::bin("trellis-agent"))
-            .args(["install-cni", "--etcd-endpoints", &etcd.endpoint()])
-            .arg("--cluster-config")
-            .arg(&file)
-            .arg("--plugin-dir")
-            .arg(bins::bin_dir())
-            .arg("--cni-bin-dir")
-            .arg(dir.path().join("bin"))
-            .arg("--cni-conf-dir")
-            .arg(dir.path().join("net.d"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config} was seeded: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{config}: {needle:?} not in {stderr}"
+        let file = file.display().to_string();
+        let endpoint = etcd.endpoint();
+        assert_install_cni_refuses(
+            dir.path(),
+            &["--etcd-endpoints", &endpoint, "--cluster-config", &file],
+            needle,
         );
         assert_eq!(etcd.get("/trellis/config").unwrap(), None, "{config}");
-        assert!(
-            !dir.path().join("net.d").exists(),
-            "{config}: files written"
-        );
     }
 }
 
