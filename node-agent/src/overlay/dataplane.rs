@@ -44,11 +44,11 @@ impl KernelDataplane {
     }
 }
 
-async fn execute(nl: &Netlink, ifindex: u32, op: Op) -> Result<(), KernelError> {
-    match op {
+async fn execute(nl: &Netlink, ifindex: u32, op: &Op) -> Result<(), KernelError> {
+    match *op {
         Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
-        Op::DelRoute(r) => nl.delete_route(&r).await,
+        Op::DelRoute(ref r) => nl.delete_route(r).await,
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
         Op::SetRoute { dst, via } => nl.replace_route(&overlay_route(ifindex, dst, via)).await,
@@ -78,8 +78,11 @@ impl Dataplane for KernelDataplane {
     async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
         let nl = &self.nl;
         let ifindex = self.ifindex;
-        futures::stream::iter(ops.iter().copied())
-            .map(|op| async move { (op, execute(nl, ifindex, op).await) })
+        futures::stream::iter(ops.iter().cloned())
+            .map(|op| async move {
+                let done = execute(nl, ifindex, &op).await;
+                (op, done)
+            })
             .buffer_unordered(IN_FLIGHT)
             .filter_map(|(op, r)| async move { r.err().map(|e| (op, e)) })
             .collect()
@@ -127,7 +130,7 @@ pub mod fake {
             for op in ops {
                 if self.fail_once.remove(op) {
                     failed.push((
-                        *op,
+                        op.clone(),
                         KernelError::Io {
                             op: format!("{op:?}"),
                             source: std::io::Error::from_raw_os_error(105),
@@ -135,12 +138,12 @@ pub mod fake {
                     ));
                     continue;
                 }
-                self.applied.push(*op);
+                self.applied.push(op.clone());
                 let s = &mut self.state;
-                match *op {
+                match op.clone() {
                     Op::DelFdb(e) => s.fdb.retain(|x| *x != e),
                     Op::DelNeighbour(ip) => s.neighbours.retain(|x| x.ip != ip),
-                    Op::DelRoute(r) => s.routes.retain(|x| *x != r),
+                    Op::DelRoute(r) => s.routes.retain(|x| *x != *r),
                     Op::SetFdb { mac, dst } => {
                         s.fdb.retain(|x| x.mac != mac);
                         s.fdb.push(trellis_kernel::fdb::FdbEntry {

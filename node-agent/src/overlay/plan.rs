@@ -20,11 +20,13 @@ pub struct ActualOverlay {
 }
 
 /// One kernel write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     DelFdb(FdbEntry),
     DelNeighbour(Ipv4Addr),
-    DelRoute(Route),
+    /// Boxed: a `Route` is four times the size of the other ops, and a
+    /// plan holds one op per entry (15,000 for 5,000 nodes).
+    DelRoute(Box<Route>),
     /// Permanent FDB entry `mac -> dst` (replacing `mac`'s destination).
     SetFdb {
         mac: MacAddr,
@@ -111,7 +113,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
         if exact && route_ok.insert(r.dst) {
             continue;
         }
-        out.removals.push(Op::DelRoute(*r));
+        out.removals.push(Op::DelRoute(Box::new(*r)));
     }
 
     for node in desired.nodes.values() {
@@ -163,10 +165,10 @@ mod tests {
     fn apply(actual: &ActualOverlay, plan: &Plan) -> ActualOverlay {
         let mut a = actual.clone();
         for op in plan.removals.iter().chain(&plan.additions) {
-            match *op {
+            match op.clone() {
                 Op::DelFdb(e) => a.fdb.retain(|x| *x != e),
                 Op::DelNeighbour(ip) => a.neighbours.retain(|x| x.ip != ip),
-                Op::DelRoute(r) => a.routes.retain(|x| *x != r),
+                Op::DelRoute(r) => a.routes.retain(|x| *x != *r),
                 Op::SetFdb { mac, dst } => {
                     a.fdb.retain(|x| x.mac != mac);
                     a.fdb.push(FdbEntry {
