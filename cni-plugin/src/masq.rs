@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::runtime::kernel_error;
 use ipnetwork::IpNetwork;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};
 use trellis_common::fs::{FileLock, LockError};
@@ -17,10 +18,15 @@ use trellis_common::naming::is_host_veth_name;
 /// stuck plugin, and the runtime had better try again (11).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// The exclusive lock on `<stateDir>/<bridge>.lock`, released on drop. A
-/// lock file that cannot be created is code 5.
+/// The exclusive lock on `<stateDir>/<bridge>.lock`, released on drop.
 fn node_lock(cfg: &Config) -> Result<FileLock, CniError> {
-    FileLock::acquire(&cfg.lock_path(), Instant::now() + LOCK_WAIT).map_err(|e| match e {
+    lock_within(&cfg.lock_path(), LOCK_WAIT)
+}
+
+/// The lock at `path`, waited for `wait` at most: not obtained in time is
+/// code 11, a lock file that cannot be created code 5.
+fn lock_within(path: &Path, wait: Duration) -> Result<FileLock, CniError> {
+    FileLock::acquire(path, Instant::now() + wait).map_err(|e| match e {
         LockError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
         LockError::Timeout { .. } => CniError::try_again(e.to_string()),
     })
@@ -100,4 +106,30 @@ async fn containers_on_bridge(node: &Netlink, cfg: &Config) -> Result<usize, Cni
             None => 0,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_try_again_and_an_impossible_one_an_io_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/trellis0.lock");
+        let held = lock_within(&path, Duration::ZERO).unwrap();
+        let e = lock_within(&path, Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e}");
+        assert!(e.msg.contains("trellis0.lock"), "{e}");
+        drop(held);
+        lock_within(&path, Duration::ZERO).unwrap();
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = lock_within(&file.join("trellis0.lock"), Duration::ZERO)
+            .err()
+            .unwrap();
+        assert_eq!(e.code, code::IO_FAILURE, "{e}");
+    }
 }
