@@ -1,20 +1,26 @@
 //! ADD: bridge, IPAM, veth, container addresses and routes, forwarding,
-//! masquerade, result. Everything is checked before anything is changed, and
-//! a failure after the IPAM allocation undoes what was done.
+//! masquerade, result. Everything is checked before anything is changed;
+//! every change that would outlive a failure registers its undo in one
+//! [`Rollback`], committed when the ADD succeeds.
 
 use crate::config::{Config, Mode};
 use crate::masq;
-use crate::plugin::{container_route, kernel_error, mode_gateway, runtime};
+use crate::netns::open_netns;
+use crate::rollback::{Rollback, Step};
+use crate::routes::{container_route, container_routes};
+use crate::runtime::{kernel_error, runtime};
 use ipnetwork::IpNetwork;
-use std::net::{IpAddr, Ipv4Addr};
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::thread::JoinHandle;
 use trellis_common::cni::delegate::{delegate, Delegation};
-use trellis_common::cni::result::{Interface, IpConfig, Route as CniRoute};
+use trellis_common::cni::result::{Interface, IpConfig};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
 use trellis_common::node::VXLAN_V4_OVERHEAD;
 use trellis_kernel::netns::NetnsFile;
-use trellis_kernel::route::MAIN_TABLE;
-use trellis_kernel::{sysctl, Link, Netlink, Route, VethPair};
+use trellis_kernel::{sysctl, Link, Netlink, VethPair};
 
 /// The MTU of an interface when nothing else says (Ethernet).
 const ETHERNET_MTU: u32 = 1500;
@@ -34,30 +40,6 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     )
 }
 
-/// The container's namespace; a path that is not one is a bad CNI_NETNS (4).
-pub fn open_netns(req: &Request) -> Result<NetnsFile, CniError> {
-    let path = req
-        .env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::invalid_env("required env variables [CNI_NETNS] missing"))?;
-    let netns = NetnsFile::open(path).map_err(|e| {
-        CniError::invalid_env(format!("CNI_NETNS: cannot open {}", path.display()))
-            .with_details(e.to_string())
-    })?;
-    match netns.is_namespace() {
-        Ok(true) => Ok(netns),
-        Ok(false) => Err(CniError::invalid_env(format!(
-            "CNI_NETNS: {} is not a network namespace",
-            path.display()
-        ))),
-        Err(e) => Err(CniError::invalid_env(format!(
-            "CNI_NETNS: cannot inspect {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
 struct Add<'a> {
     req: &'a Request,
     cfg: &'a Config,
@@ -65,45 +47,35 @@ struct Add<'a> {
     netns: &'a NetnsFile,
 }
 
-/// The sockets and devices of one ADD.
-struct Wiring<'a> {
+/// The sockets and names of one ADD.
+struct Wiring {
     node: Netlink,
     pod: Netlink,
-    bridge: Link,
-    host_name: &'a str,
-    mtu: u32,
+    host_name: String,
 }
 
-/// Where the IPAM allocation stands, for the rollback.
-enum Ipam {
-    /// IPAM ADD is running: a rollback waits for it, then releases.
-    Running(Delegation),
-    /// IPAM ADD succeeded: a rollback releases the address.
-    Allocated,
-    /// IPAM ADD failed: it kept nothing.
-    Failed,
-}
+/// The IPAM ADD, running while the bridge and the veth are made: collected
+/// once by the ADD, or by its rollback when the ADD fails first.
+type RunningIpam = Rc<RefCell<Option<Delegation>>>;
 
-/// A masquerade check running on its own thread (it waits for `nft`).
-type MasqueradeCheck = std::thread::JoinHandle<Result<(), CniError>>;
-
-/// What a failed ADD has to undo.
-struct Undo {
-    ipam: Ipam,
-    veth_created: bool,
-    masquerade: Option<MasqueradeCheck>,
-}
+/// The masquerade check, running on its own thread (it waits for `nft`):
+/// joined by the ADD, or by its rollback.
+type MasqueradeCheck = Rc<RefCell<Option<JoinHandle<Result<(), CniError>>>>>;
 
 impl Add<'_> {
-    async fn run(self) -> Result<CniResult, CniError> {
+    async fn run(&self) -> Result<CniResult, CniError> {
         let env = &self.req.env;
-        let node = Netlink::current().map_err(kernel_error)?;
-        let pod = Netlink::in_netns(self.netns).map_err(kernel_error)?;
-        let host_name = host_veth_name(&env.container_id, &env.ifname);
+        let w = Wiring {
+            node: Netlink::current().map_err(kernel_error)?,
+            pod: Netlink::in_netns(self.netns).map_err(kernel_error)?,
+            host_name: host_veth_name(&env.container_id, &env.ifname),
+        };
 
         // Nothing is changed until every check has passed.
-        let (in_pod, on_node) =
-            tokio::join!(pod.link_by_name(&env.ifname), node.link_by_name(&host_name));
+        let (in_pod, on_node) = tokio::join!(
+            w.pod.link_by_name(&env.ifname),
+            w.node.link_by_name(&w.host_name)
+        );
         if in_pod.map_err(kernel_error)?.is_some() {
             return Err(CniError::invalid_env(format!(
                 "CNI_IFNAME: {} already exists in CNI_NETNS {}",
@@ -114,46 +86,48 @@ impl Add<'_> {
         if on_node.map_err(kernel_error)?.is_some() {
             return Err(CniError::invalid_env(format!(
                 "CNI_CONTAINERID {} already has an attachment {} on this node \
-                 (host veth {host_name}): DEL it first",
-                env.container_id, env.ifname
+                 (host veth {}): DEL it first",
+                env.container_id, env.ifname, w.host_name
             )));
         }
+
+        let mut rollback = Rollback::new();
         // The IPAM plugin allocates while the bridge and the veth are made.
-        let ipam = Delegation::start(&self.cfg.ipam_type, Command::Add, env, &self.req.stdin)?;
-        let mut undo = Undo {
-            ipam: Ipam::Running(ipam),
-            veth_created: false,
-            masquerade: None,
+        let ipam: RunningIpam = Rc::new(RefCell::new(Some(Delegation::start(
+            &self.cfg.ipam_type,
+            Command::Add,
+            env,
+            &self.req.stdin,
+        )?)));
+        let release = {
+            let ipam = ipam.clone();
+            rollback.push("releasing the address (IPAM DEL)", move || async move {
+                let running = ipam.borrow_mut().take();
+                self.release(running)
+            })
         };
-        let prepared = async {
-            let mtu = self.mtu(&node).await?;
-            let bridge = node
-                .ensure_bridge(&self.cfg.bridge, Some(mtu))
-                .await
-                .map_err(kernel_error)?;
-            Ok::<_, CniError>((mtu, bridge))
+        let masquerade: MasqueradeCheck = Rc::default();
+        if let Mode::SingleHost { subnet } = self.mode {
+            // Runs after the veth is gone (steps run newest first): the
+            // rule goes with the last container.
+            let (check, node, subnet) = (masquerade.clone(), &w.node, *subnet);
+            rollback.push("masquerade", move || async move {
+                if let Some(running) = check.borrow_mut().take() {
+                    // It holds the lock: let it finish first.
+                    let _ = running.join();
+                }
+                masq::reconcile(node, self.cfg, subnet).await
+            });
         }
-        .await;
-        let (mtu, bridge) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                self.release(undo.ipam);
-                return Err(e);
+        match self
+            .wire(&w, &mut rollback, (&ipam, release), &masquerade)
+            .await
+        {
+            Ok(result) => {
+                rollback.commit();
+                Ok(result)
             }
-        };
-        let wiring = Wiring {
-            node,
-            pod,
-            bridge,
-            host_name: &host_name,
-            mtu,
-        };
-        match self.wire(&wiring, &mut undo).await {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                self.roll_back(&wiring, undo).await;
-                Err(e)
-            }
+            Err(e) => Err(rollback.run(e).await),
         }
     }
 
@@ -168,37 +142,62 @@ impl Add<'_> {
                 return Ok(mtu);
             }
         }
-        let underlay = default_route_mtu(node).await?.unwrap_or(ETHERNET_MTU);
+        let underlay = node
+            .default_route_link()
+            .await
+            .map_err(kernel_error)?
+            .map_or(ETHERNET_MTU, |l| l.mtu);
         Ok(match self.mode {
             Mode::Cluster { .. } => underlay - VXLAN_V4_OVERHEAD,
             Mode::SingleHost { .. } => underlay,
         })
     }
 
-    async fn wire(&self, w: &Wiring<'_>, undo: &mut Undo) -> Result<CniResult, CniError> {
+    async fn wire<'w>(
+        &self,
+        w: &'w Wiring,
+        rollback: &mut Rollback<'w>,
+        (ipam, release): (&RunningIpam, Step),
+        masquerade: &MasqueradeCheck,
+    ) -> Result<CniResult, CniError> {
         let env = &self.req.env;
         let (node, pod) = (&w.node, &w.pod);
+        let mtu = self.mtu(node).await?;
+        let bridge = node
+            .ensure_bridge(&self.cfg.bridge, Some(mtu))
+            .await
+            .map_err(kernel_error)?;
         node.create_veth(&VethPair {
-            name: w.host_name,
+            name: &w.host_name,
             peer_name: &env.ifname,
             peer_netns: self.netns,
-            mtu: Some(w.mtu),
-            master: Some(w.bridge.index),
+            mtu: Some(mtu),
+            master: Some(bridge.index),
             peer_mac: None,
         })
         .await
         .map_err(kernel_error)?;
-        undo.veth_created = true;
+        // Both ends go together.
+        rollback.push(
+            format!("removing veth {}", w.host_name),
+            move || async move {
+                node.delete_link_by_name(&w.host_name)
+                    .await
+                    .map(drop)
+                    .map_err(kernel_error)
+            },
+        );
         // With the veth on the bridge, a concurrent DEL no longer takes
         // this node for empty: the rule can be checked (a read by `nft`,
         // a write only when missing) while the container is configured.
         if let (Mode::SingleHost { subnet }, true) = (self.mode, self.cfg.ip_masq) {
             let (cfg, subnet) = (self.cfg.clone(), *subnet);
-            undo.masquerade = Some(std::thread::spawn(move || masq::install(&cfg, subnet)));
+            *masquerade.borrow_mut() =
+                Some(std::thread::spawn(move || masq::install(&cfg, subnet)));
         }
 
         let (host, container) = tokio::join!(
-            node.link_by_name(w.host_name),
+            node.link_by_name(&w.host_name),
             pod.link_by_name(&env.ifname)
         );
         let host = host
@@ -218,20 +217,25 @@ impl Add<'_> {
         hairpin.map_err(kernel_error)?;
         up.map_err(kernel_error)?;
 
-        let ipam = match std::mem::replace(&mut undo.ipam, Ipam::Failed) {
-            Ipam::Running(running) => running.finish_add()?,
-            _ => unreachable!("IPAM ADD is collected once"),
+        let running = ipam
+            .borrow_mut()
+            .take()
+            .expect("IPAM ADD is collected once");
+        let ipam = match running.finish_add() {
+            Ok(result) => result?,
+            Err(failed) => {
+                // By the specification a failed ADD kept nothing.
+                rollback.forget(release);
+                return Err(failed);
+            }
         };
-        // It succeeded: even an unusable result stands for an allocation.
-        undo.ipam = Ipam::Allocated;
-        let ipam = ipam?;
         let ips = self.addresses(&ipam)?;
 
         // The gateways live on the bridge (EEXIST from a concurrent ADD is fine).
         for (ip, gateway) in &ips {
             let on_bridge =
                 IpNetwork::new(*gateway, ip.prefix()).expect("prefix of a valid network");
-            node.ensure_address(w.bridge.index, on_bridge)
+            node.ensure_address(bridge.index, on_bridge)
                 .await
                 .map_err(kernel_error)?;
         }
@@ -256,17 +260,31 @@ impl Add<'_> {
         if ips.iter().any(|(ip, _)| ip.is_ipv6()) {
             sysctl::enable_ipv6_forwarding().map_err(kernel_error)?;
         }
-        if let Some(check) = undo.masquerade.take() {
+        let check = masquerade.borrow_mut().take();
+        if let Some(check) = check {
             // A panic there is a failure like any other: the rollback runs.
             check
                 .join()
                 .map_err(|_| CniError::kernel("the masquerade check panicked"))??;
         }
+        Ok(self.result(&bridge, &host, &container, &ips, routes, ipam))
+    }
 
+    /// The result: bridge, host veth, container interface (with its
+    /// sandbox), and the addresses on the container interface.
+    fn result(
+        &self,
+        bridge: &Link,
+        host: &Link,
+        container: &Link,
+        ips: &[(IpNetwork, IpAddr)],
+        routes: Vec<trellis_common::cni::Route>,
+        ipam: CniResult,
+    ) -> CniResult {
         let interfaces = vec![
             Interface {
-                name: w.bridge.name.clone(),
-                mac: w.bridge.mac.map(|m| m.to_string()),
+                name: bridge.name.clone(),
+                mac: bridge.mac.map(|m| m.to_string()),
                 ..Default::default()
             },
             Interface {
@@ -276,7 +294,7 @@ impl Add<'_> {
                 ..Default::default()
             },
             Interface {
-                name: env.ifname.clone(),
+                name: self.req.env.ifname.clone(),
                 mac: container.mac.map(|m| m.to_string()),
                 mtu: Some(container.mtu),
                 sandbox: Some(self.netns.path.display().to_string()),
@@ -284,7 +302,7 @@ impl Add<'_> {
             },
         ];
         let container_index = interfaces.len() - 1;
-        Ok(CniResult {
+        CniResult {
             interfaces,
             ips: ips
                 .iter()
@@ -296,7 +314,7 @@ impl Add<'_> {
                 .collect(),
             routes,
             dns: ipam.dns,
-        })
+        }
     }
 
     /// The IPAM addresses with their gateways (the IPAM's, else the
@@ -313,7 +331,7 @@ impl Add<'_> {
             .map(|ip| {
                 let gateway = ip
                     .gateway
-                    .or_else(|| mode_gateway(self.mode, ip.address))
+                    .or_else(|| self.mode.gateway_for(ip.address))
                     .ok_or_else(|| {
                         CniError::new(
                             code::DELEGATE,
@@ -337,109 +355,20 @@ impl Add<'_> {
             .collect()
     }
 
-    /// Give back what IPAM ADD allocated (waiting for it when it still
-    /// runs); nothing when it failed.
-    fn release(&self, ipam: Ipam) {
-        let allocated = match ipam {
-            Ipam::Running(running) => running.finish_add().is_ok(),
-            Ipam::Allocated => true,
-            Ipam::Failed => false,
-        };
-        if allocated {
-            if let Err(e) = delegate(
-                &self.cfg.ipam_type,
-                Command::Del,
-                &self.req.env,
-                &self.req.stdin,
-            ) {
-                log::error!("rollback: releasing the address through IPAM DEL: {e}");
+    /// Give back what IPAM ADD allocated: wait for it first when it still
+    /// runs (a failed one kept nothing), then IPAM DEL.
+    fn release(&self, running: Option<Delegation>) -> Result<(), CniError> {
+        if let Some(running) = running {
+            if running.finish_add().is_err() {
+                return Ok(());
             }
         }
-    }
-
-    /// Undo a half-done ADD: the veth (both ends go together), then the
-    /// allocation (waiting for a still running IPAM ADD first), then the
-    /// masquerade rule if no container is left. Failures are logged: the
-    /// original error is what counts.
-    async fn roll_back(&self, w: &Wiring<'_>, undo: Undo) {
-        if undo.veth_created {
-            if let Err(e) = w.node.delete_link_by_name(w.host_name).await {
-                log::error!("rollback: removing veth {}: {e}", w.host_name);
-            }
-        }
-        self.release(undo.ipam);
-        if let Some(check) = undo.masquerade {
-            // Let it finish (it holds the lock) before the reconcile below.
-            let _ = check.join();
-        }
-        if let (Mode::SingleHost { subnet }, true) = (self.mode, undo.veth_created) {
-            if let Err(e) = masq::reconcile(&w.node, self.cfg, *subnet).await {
-                log::error!("rollback: masquerade: {e}");
-            }
-        }
-    }
-}
-
-/// The routes to install in the container: the IPAM's, plus a default
-/// route via the gateway for each family that has none.
-fn container_routes(ipam_routes: &[CniRoute], ips: &[(IpNetwork, IpAddr)]) -> Vec<CniRoute> {
-    let mut routes: Vec<CniRoute> = ipam_routes.to_vec();
-    for (ip, gateway) in ips {
-        let has_default = routes
-            .iter()
-            .any(|r| r.dst.prefix() == 0 && r.dst.is_ipv4() == ip.is_ipv4());
-        if !has_default {
-            let default = Route::default_via(*gateway);
-            routes.push(CniRoute::new(default.dst, Some(*gateway)));
-        }
-    }
-    routes
-}
-
-/// The MTU of the interface of the IPv4 default route (lowest metric), if
-/// the node has one.
-async fn default_route_mtu(node: &Netlink) -> Result<Option<u32>, CniError> {
-    let routes = node
-        .routes(Ipv4Addr::UNSPECIFIED.into(), MAIN_TABLE)
-        .await
-        .map_err(kernel_error)?;
-    let Some(oif) = routes
-        .iter()
-        .filter(|r| r.is_default())
-        .filter_map(|r| Some((r.metric.unwrap_or(0), r.oif?)))
-        .min()
-        .map(|(_, oif)| oif)
-    else {
-        return Ok(None);
-    };
-    Ok(node
-        .link_by_index(oif)
-        .await
-        .map_err(kernel_error)?
-        .map(|l| l.mtu))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_default_route_is_added_per_family_unless_ipam_gave_one() {
-        let ips = vec![(
-            "10.88.0.5/16".parse().unwrap(),
-            "10.88.0.1".parse().unwrap(),
-        )];
-        let routes = container_routes(&[], &ips);
-        assert_eq!(
-            routes,
-            vec![CniRoute::new(
-                "0.0.0.0/0".parse().unwrap(),
-                Some("10.88.0.1".parse().unwrap())
-            )]
-        );
-        let ipam = vec![CniRoute::new("0.0.0.0/0".parse().unwrap(), None)];
-        assert_eq!(container_routes(&ipam, &ips), ipam);
-        let ipam = vec![CniRoute::new("192.168.0.0/16".parse().unwrap(), None)];
-        assert_eq!(container_routes(&ipam, &ips).len(), 2);
+        delegate(
+            &self.cfg.ipam_type,
+            Command::Del,
+            &self.req.env,
+            &self.req.stdin,
+        )
+        .map(drop)
     }
 }

@@ -2,9 +2,10 @@
 //! container interface with its addresses and routes, its veth peer on the
 //! bridge, and the IPAM plugin's own CHECK.
 
-use crate::add::open_netns;
 use crate::config::Config;
-use crate::plugin::{container_route, kernel_error, runtime};
+use crate::netns::open_netns;
+use crate::routes::container_route;
+use crate::runtime::{kernel_error, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trellis_common::cni::delegate::delegate;

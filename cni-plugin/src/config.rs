@@ -4,6 +4,7 @@
 use ipnetwork::IpNetwork;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use trellis_common::cni::env::ifname_problem;
 use trellis_common::cni::{CniError, Request};
@@ -69,6 +70,24 @@ pub enum Mode {
     /// The agent leased this node's subnet and published it in `stateDir`;
     /// it owns masquerade.
     Cluster { record: NodeRecord },
+}
+
+impl Mode {
+    /// The gateway of an address: the node's (cluster) or the first address
+    /// of the single-host subnet, when the subnet holds the address.
+    pub fn gateway_for(&self, address: IpNetwork) -> Option<IpAddr> {
+        let subnet = match self {
+            Mode::Cluster { record } => IpNetwork::V4(record.subnet),
+            Mode::SingleHost { subnet } => *subnet,
+        };
+        if !subnet.contains(address.ip()) {
+            return None;
+        }
+        match subnet {
+            IpNetwork::V4(n) => Some(node::gateway_of(n).into()),
+            IpNetwork::V6(n) => Some(Ipv6Addr::from(u128::from(n.network()) + 1).into()),
+        }
+    }
 }
 
 impl Config {
@@ -273,6 +292,35 @@ mod tests {
                 e.msg
             );
         }
+    }
+
+    #[test]
+    fn gateways_are_the_first_address_of_the_subnet() {
+        let single = Mode::SingleHost {
+            subnet: "10.88.0.0/16".parse().unwrap(),
+        };
+        assert_eq!(
+            single.gateway_for("10.88.3.7/16".parse().unwrap()),
+            Some("10.88.0.1".parse().unwrap())
+        );
+        assert_eq!(single.gateway_for("10.99.0.7/16".parse().unwrap()), None);
+        let v6 = Mode::SingleHost {
+            subnet: "fd00:88::/64".parse().unwrap(),
+        };
+        assert_eq!(
+            v6.gateway_for("fd00:88::9/64".parse().unwrap()),
+            Some("fd00:88::1".parse().unwrap())
+        );
+        let cluster = Mode::Cluster {
+            record: serde_json::from_str(
+                r#"{"subnet":"10.244.3.0/24","publicIP":"192.0.2.3","vtepMAC":"02:00:00:00:00:03"}"#,
+            )
+            .unwrap(),
+        };
+        assert_eq!(
+            cluster.gateway_for("10.244.3.9/24".parse().unwrap()),
+            Some("10.244.3.1".parse().unwrap())
+        );
     }
 
     #[test]

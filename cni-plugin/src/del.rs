@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::masq;
-use crate::plugin::{kernel_error, runtime};
+use crate::runtime::{kernel_error, runtime};
 use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_common::naming::host_veth_name;

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::masq;
-use crate::plugin::{kernel_error, runtime};
+use crate::runtime::{kernel_error, runtime};
 use std::collections::HashSet;
 use trellis_common::cni::delegate::delegate;
 use trellis_common::cni::{CniError, Command, Request};
@@ -12,16 +12,16 @@ use trellis_kernel::Netlink;
 
 pub fn gc(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;
-    // Stale veths go even when the IPAM plugin fails; its error is returned.
-    let released = delegate(&cfg.ipam_type, Command::Gc, &req.env, &req.stdin);
-    // No list means no attachment is valid any more, as for the IPAM plugin.
+    // Without the list nobody can tell which attachments are in use:
+    // refused before anything is deleted, as the IPAM plugin refuses it.
     let valid: HashSet<String> = req
         .conf
-        .valid_attachments
+        .gc_valid_attachments()?
         .iter()
-        .flatten()
         .map(|a| host_veth_name(&a.container_id, &a.ifname))
         .collect();
+    // Stale veths go even when the IPAM plugin fails; its error is returned.
+    let released = delegate(&cfg.ipam_type, Command::Gc, &req.env, &req.stdin);
     runtime()?.block_on(async {
         let node = Netlink::current().map_err(kernel_error)?;
         if let Some(bridge) = node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {

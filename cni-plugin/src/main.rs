@@ -12,7 +12,12 @@ mod config;
 mod del;
 mod gc;
 mod masq;
+mod netns;
 mod plugin;
+mod rollback;
+mod routes;
+mod runtime;
+mod status;
 
 fn main() {
     std::process::exit(trellis_common::cni::run(&plugin::Trellis));

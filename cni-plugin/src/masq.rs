@@ -3,52 +3,46 @@
 //! lock so that a DEL removing it never races an ADD installing it.
 
 use crate::config::Config;
-use crate::plugin::kernel_error;
+use crate::runtime::kernel_error;
 use ipnetwork::IpNetwork;
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};
-use trellis_kernel::{Masquerade, Netlink, TableState};
+use trellis_common::fs::{FileLock, LockError};
+use trellis_kernel::{Masquerade, Netlink, NftTable, TableState};
 
 use trellis_common::naming::is_host_veth_name;
 
-/// An exclusive flock on `<stateDir>/<bridge>.lock`, released on drop.
-pub struct NodeLock {
-    _lock: Flock<File>,
+/// How long a masquerade change waits for another one on the node: each
+/// holds the lock for one `nft` read or write, so waiting longer means a
+/// stuck plugin, and the runtime had better try again (11).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The exclusive lock on `<stateDir>/<bridge>.lock`, released on drop.
+fn node_lock(cfg: &Config) -> Result<FileLock, CniError> {
+    lock_within(&cfg.lock_path(), LOCK_WAIT)
 }
 
-impl NodeLock {
-    pub fn acquire(cfg: &Config) -> Result<NodeLock, CniError> {
-        let io = |what: &str, e: std::io::Error| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("{what} {}: {e}", cfg.lock_path().display()),
-            )
-        };
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| io("creating the directory of", e))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(cfg.lock_path())
-            .map_err(|e| io("opening", e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io("locking", errno.into()))?;
-        Ok(NodeLock { _lock: lock })
-    }
+/// The lock at `path`, waited for `wait` at most: not obtained in time is
+/// code 11, a lock file that cannot be created code 5.
+fn lock_within(path: &Path, wait: Duration) -> Result<FileLock, CniError> {
+    FileLock::acquire(path, Instant::now() + wait).map_err(|e| match e {
+        LockError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
+        LockError::Timeout { .. } => CniError::try_again(e.to_string()),
+    })
 }
 
 /// The rule for the single-host `subnet`: its traffic to anywhere but the
 /// subnet itself leaves masqueraded.
-pub fn masquerade(cfg: &Config, subnet: IpNetwork) -> Masquerade {
-    Masquerade::new(cfg.masquerade_table(), subnet, vec![subnet])
+fn masquerade(cfg: &Config, subnet: IpNetwork) -> NftTable {
+    NftTable::new(cfg.masquerade_table()).with_masquerade(Masquerade::new(subnet, vec![subnet]))
 }
 
 /// Make sure the rule is there after ADD attached a container: a read of
 /// the table (cheap), and a write only when it is missing or differs.
 pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
-    converge(&masquerade(cfg, subnet), true, "a container is attached")
+    let _lock = node_lock(cfg)?;
+    converge(cfg, subnet, true, "a container is attached")
 }
 
 /// Drop the rule once the bridge has no container left: after DEL.
@@ -57,45 +51,42 @@ pub async fn remove_if_unused(
     cfg: &Config,
     subnet: IpNetwork,
 ) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
+    let _lock = node_lock(cfg)?;
     if containers_on_bridge(node, cfg).await? > 0 {
         return Ok(());
     }
-    converge(&masquerade(cfg, subnet), false, "no container left")
+    converge(cfg, subnet, false, "no container left")
 }
 
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
 /// has containers, absent otherwise. After GC and a failed ADD.
 pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
-    let _lock = NodeLock::acquire(cfg)?;
+    let _lock = node_lock(cfg)?;
     let containers = containers_on_bridge(node, cfg).await?;
     let why = format!("{containers} containers on {}", cfg.bridge);
-    converge(
-        &masquerade(cfg, subnet),
-        cfg.ip_masq && containers > 0,
-        &why,
-    )
+    converge(cfg, subnet, cfg.ip_masq && containers > 0, &why)
 }
 
 /// Install or remove the rule so that it is there exactly when `wanted`:
 /// one read of the table, a write only when it has to change. Under the
 /// node lock.
-fn converge(rule: &Masquerade, wanted: bool, why: &str) -> Result<(), CniError> {
-    let state = rule.state().map_err(kernel_error)?;
+fn converge(cfg: &Config, subnet: IpNetwork, wanted: bool, why: &str) -> Result<(), CniError> {
+    let table = masquerade(cfg, subnet);
+    let state = table.state().map_err(kernel_error)?;
     match (wanted, state) {
         (true, TableState::Absent | TableState::Other) => {
             log::info!(
                 "installing masquerade table {} for {} ({why})",
-                rule.table,
-                rule.source
+                table.id.name,
+                subnet
             );
-            rule.ensure().map_err(kernel_error)
+            table.ensure().map_err(kernel_error)
         }
         // Also a table that holds something else (another subnet from
         // before, a rule someone added): it is ours to remove.
         (false, TableState::Exactly | TableState::Other) => {
-            log::info!("removing masquerade table {} ({why})", rule.table);
-            rule.remove().map_err(kernel_error)
+            log::info!("removing masquerade table {} ({why})", table.id.name);
+            table.remove().map_err(kernel_error)
         }
         _ => Ok(()),
     }
@@ -115,4 +106,30 @@ async fn containers_on_bridge(node: &Netlink, cfg: &Config) -> Result<usize, Cni
             None => 0,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_try_again_and_an_impossible_one_an_io_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/trellis0.lock");
+        let held = lock_within(&path, Duration::ZERO).unwrap();
+        let e = lock_within(&path, Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e}");
+        assert!(e.msg.contains("trellis0.lock"), "{e}");
+        drop(held);
+        lock_within(&path, Duration::ZERO).unwrap();
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = lock_within(&file.join("trellis0.lock"), Duration::ZERO)
+            .err()
+            .unwrap();
+        assert_eq!(e.code, code::IO_FAILURE, "{e}");
+    }
 }

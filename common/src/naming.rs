@@ -1,7 +1,11 @@
-//! Names derived from an attachment, shared by the CNI plugin (which
-//! creates the host veth, and finds it again by name on DEL, CHECK and GC)
-//! and the node agent (which looks for it when it reclaims leaked
-//! addresses).
+//! The plugin's name and the names derived from an attachment, shared by
+//! the CNI plugin (which creates the host veth, and finds it again by name
+//! on DEL, CHECK and GC), the IPAM plugin (which marks the allocations of
+//! trellis's attachments) and the node agent (which looks for the veth
+//! when it reclaims leaked addresses).
+
+/// The `type` of the trellis CNI plugin in a network configuration.
+pub const PLUGIN_TYPE: &str = "trellis";
 
 /// Every host veth trellis creates starts with this.
 pub const HOST_VETH_PREFIX: &str = "trl";

@@ -20,6 +20,12 @@ pub struct Owner {
     /// The CNI network name (GC of one network never frees another's).
     #[serde(default)]
     pub network: String,
+    /// The `type` of the CNI plugin that delegated to trellis-ipam (the
+    /// network configuration's own `type`: `trellis`, `macvlan`, ...). The
+    /// agent reclaims only the addresses of trellis's attachments: those
+    /// whose host veth it knows how to look for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plugin: String,
 }
 
 impl Owner {
@@ -28,6 +34,12 @@ impl Owner {
             container_id: self.container_id.clone(),
             ifname: self.ifname.clone(),
         }
+    }
+
+    /// Whether the attachment is one of the `trellis` plugin's (it has a
+    /// host veth named after it).
+    pub fn is_trellis_attachment(&self) -> bool {
+        self.plugin == trellis_common::naming::PLUGIN_TYPE
     }
 
     pub fn holds(&self, handle: &Handle) -> bool {
@@ -42,6 +54,7 @@ impl Owner {
             ifname: "eth0".into(),
             node: String::new(),
             network: "net".into(),
+            plugin: "trellis".into(),
         }
     }
 }

@@ -18,14 +18,15 @@
 
 use crate::error::IpamError;
 use crate::pool::Pool;
-use crate::store::etcd::EtcdSettings;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{Dns, Route};
-use trellis_common::node::{DEFAULT_ETCD_PREFIX, DEFAULT_STATE_DIR};
+use trellis_common::etcd::{EtcdSettings, SettingsSource};
+use trellis_common::keys::DEFAULT_ETCD_PREFIX;
+use trellis_common::node::DEFAULT_STATE_DIR;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/trellis";
 
@@ -162,12 +163,8 @@ impl IpamConf {
                 data_dir: r.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             }
         } else {
+            // Any form (`trellis`, `/trellis/`): `Keys` reads them alike.
             let prefix = r.etcd_prefix.unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
-            if !prefix.starts_with('/') {
-                return Err(IpamError::Config(format!(
-                    "etcdPrefix \"{prefix}\" must start with /"
-                )));
-            }
             let settings = EtcdSettings {
                 endpoints,
                 prefix,
@@ -177,6 +174,7 @@ impl IpamConf {
                 timeout: Duration::from_millis(
                     r.etcd_timeout_ms.unwrap_or(3000).clamp(100, 60_000),
                 ),
+                source: SettingsSource::Conflist,
             };
             settings.validate()?;
             Backend::Etcd(settings)
@@ -274,6 +272,19 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_without_slashes_is_the_same_prefix() {
+        for prefix in ["trellis", "/trellis", "/trellis/"] {
+            let c =
+                conf(json!({"ipam": {"etcdEndpoints": ["http://e:2379"], "etcdPrefix": prefix}}))
+                    .unwrap();
+            let Backend::Etcd(s) = &c.backend else {
+                panic!()
+            };
+            assert_eq!(s.keys().config(), "/trellis/config", "{prefix}");
+        }
+    }
+
+    #[test]
     fn endpoints_may_be_one_comma_separated_string() {
         let c = conf(json!({"ipam": {"etcdEndpoints": "http://a:2379, http://b:2379"}})).unwrap();
         let Backend::Etcd(s) = &c.backend else {
@@ -305,10 +316,6 @@ mod tests {
             (
                 json!({"ipam": {"subnet": "10.0.0.0/24", "etcdCACert": "/ca"}}),
                 "etcdEndpoints",
-            ),
-            (
-                json!({"ipam": {"etcdEndpoints": ["http://e:2379"], "etcdPrefix": "x"}}),
-                "etcdPrefix",
             ),
             (
                 json!({"stateDir": 5, "ipam": {"subnet": "10.0.0.0/24"}}),

@@ -5,10 +5,12 @@
 //! from the beginning of the range and skips what is taken.
 
 use crate::error::IpamError;
-use crate::lock::FileLock;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
+use trellis_common::fs::FileLock;
 
 /// Somewhere a cursor is kept.
 pub trait Cursor {
@@ -40,12 +42,28 @@ impl Cursor for NodeCursor {
         pick: &mut dyn FnMut(Option<Ipv4Addr>) -> Option<Ipv4Addr>,
     ) -> Result<Option<Ipv4Addr>, IpamError> {
         let mut lock = FileLock::acquire(&self.path, self.deadline)?;
-        let picked = pick(lock.read_cursor());
+        let picked = pick(read_cursor(lock.file()));
         if let Some(ip) = picked {
-            lock.write_cursor(ip)?;
+            write_cursor(lock.file(), ip).map_err(IpamError::store(&self.path))?;
         }
         Ok(picked)
     }
+}
+
+/// The cursor kept in `file`, if it holds one.
+fn read_cursor(file: &mut File) -> Option<Ipv4Addr> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Keep `ip` in `file`, rewritten in place (the lock file must never be
+/// replaced: that would split the lock).
+fn write_cursor(file: &mut File, ip: Ipv4Addr) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(format!("{ip}\n").as_bytes())
 }
 
 /// A cursor in a plain file, for callers that already hold a lock covering
@@ -107,6 +125,38 @@ mod tests {
         });
         let distinct: HashSet<_> = picked.iter().collect();
         assert_eq!(distinct.len(), 200);
+    }
+
+    #[test]
+    fn the_node_cursor_lives_in_its_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/node.lock");
+        let soon = || Instant::now() + Duration::from_secs(2);
+        let mut c = NodeCursor::new(path.clone(), soon());
+        c.reserve(&mut |cur| {
+            assert_eq!(cur, None);
+            Some(Ipv4Addr::new(10, 0, 0, 9))
+        })
+        .unwrap();
+        c.reserve(&mut |_| Some(Ipv4Addr::new(10, 0, 0, 1)))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "10.0.0.1\n");
+        // Held by someone else past the deadline: try again later (11).
+        let held = FileLock::acquire(&path, Instant::now()).unwrap();
+        let mut waiting =
+            NodeCursor::new(path.clone(), Instant::now() + Duration::from_millis(100));
+        let err = waiting.reserve(&mut |_| None).unwrap_err();
+        assert_eq!(err.code(), 11, "{err}");
+        assert!(err.to_string().contains("allocation lock"), "{err}");
+        drop(held);
+        let mut seen = None;
+        NodeCursor::new(path, soon())
+            .reserve(&mut |cur| {
+                seen = cur;
+                None
+            })
+            .unwrap();
+        assert_eq!(seen, Some(Ipv4Addr::new(10, 0, 0, 1)));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{code, CniError};
+use trellis_common::etcd::{describe, EtcdError};
+use trellis_common::fs::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -109,6 +111,38 @@ impl IpamError {
     }
 }
 
+/// A lock not obtained in time is "try again" (11); one that cannot be
+/// created is a store failure (105).
+impl From<LockError> for IpamError {
+    fn from(e: LockError) -> IpamError {
+        match e {
+            LockError::Timeout { path, after } => IpamError::LockTimeout { path, after },
+            LockError::Io { path, source } => IpamError::Store { path, source },
+        }
+    }
+}
+
+/// Settings that cannot work are configuration errors (7); an etcd that
+/// cannot be reached is "try again" (11), and the request never left.
+impl From<EtcdError> for IpamError {
+    fn from(e: EtcdError) -> IpamError {
+        match e {
+            EtcdError::Invalid(msg) => IpamError::Config(msg),
+            EtcdError::Timeout { endpoints, after } => IpamError::EtcdTimeout {
+                endpoints,
+                doing: "connecting",
+                after,
+            },
+            EtcdError::Connect { endpoints, source } => IpamError::Etcd {
+                endpoints,
+                doing: "connecting",
+                detail: describe(&source),
+                outcome_unknown: false,
+            },
+        }
+    }
+}
+
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> CniError {
         CniError::new(e.code(), e.to_string())
@@ -161,50 +195,6 @@ fn never_connected(status: &tonic::Status) -> bool {
         cur = cause.source();
     }
     false
-}
-
-/// An etcd client error in words: for a gRPC status its message and the
-/// transport causes under it ("tcp connect error: Connection refused"),
-/// without the debug dump tonic's own Display gives.
-pub(crate) fn describe_etcd(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            let mut parts: Vec<String> = Vec::new();
-            if !status.message().is_empty() {
-                parts.push(status.message().to_string());
-            }
-            let mut cur = std::error::Error::source(status);
-            while let Some(s) = cur {
-                let text = s.to_string();
-                if text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
-                    parts.push(text);
-                }
-                cur = s.source();
-            }
-            if parts.is_empty() {
-                format!("{:?}", status.code())
-            } else {
-                parts.join(": ")
-            }
-        }
-        other => chain(other),
-    }
-}
-
-/// An error and all its causes on one line (tonic hides the useful part,
-/// e.g. a TLS handshake failure, two levels down).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -12,14 +12,15 @@
 //! holder closes them). A job is dropped `KEEP_TRYING` after it was queued;
 //! the attachment's DEL, a retried ADD or GC clean up after that.
 
-use crate::lock::FileLock;
-use crate::store::etcd::{EtcdSettings, EtcdStore};
+use crate::store::etcd::EtcdStore;
 use crate::store::fence::Fence;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trellis_common::etcd::EtcdSettings;
+use trellis_common::fs::{write_atomically, FileLock};
 
 /// The flag that starts `trellis-ipam` as a fence keeper.
 pub const FENCE_FLAG: &str = "--fence";
@@ -58,7 +59,7 @@ pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence) {
         .unwrap_or_default()
         .as_nanos();
     let file = dir.join(format!("{stamp}-{}.json", std::process::id()));
-    if let Err(e) = trellis_common::node::write_atomically(&file, &job) {
+    if let Err(e) = write_atomically(&file, &job, 0o600) {
         log::warn!("cannot queue the fence in {}: {e}", dir.display());
         return;
     }

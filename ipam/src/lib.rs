@@ -6,10 +6,12 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use trellis_ipam::{EtcdSettings, EtcdStore};
+//! use trellis_common::etcd::EtcdSettings;
+//! use trellis_common::keys::Keys;
+//! use trellis_ipam::EtcdStore;
 //! # async fn gc(alive: impl Fn(&trellis_ipam::Handle) -> bool) -> Result<(), trellis_ipam::IpamError> {
 //! let store = EtcdStore::connect(&EtcdSettings::new(vec!["http://127.0.0.1:2379".into()])).await?;
-//! // or, sharing the agent's client: EtcdStore::from_client(&client, "/trellis", Duration::from_secs(3))
+//! // or, sharing the agent's client: EtcdStore::from_client(&client, Keys::default(), Duration::from_secs(3))
 //! for a in store.list_node("node-1").await? {
 //!     if !alive(&a.handle()) {
 //!         // Frees the address only if nobody re-allocated it since the listing.
@@ -28,7 +30,6 @@ pub mod config;
 pub mod cursor;
 pub mod error;
 pub mod fence_keeper;
-pub mod lock;
 pub mod placement;
 pub mod plugin;
 pub mod pool;
@@ -39,6 +40,6 @@ pub use allocation::{Allocation, Claim, Handle, Owner};
 pub use error::IpamError;
 pub use plugin::IpamPlugin;
 pub use pool::Pool;
-pub use store::etcd::{EtcdSettings, EtcdStore};
+pub use store::etcd::EtcdStore;
 pub use store::local::LocalStore;
 pub use store::Store;

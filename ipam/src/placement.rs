@@ -20,23 +20,21 @@ pub fn local_record(conf: &IpamConf) -> Result<Option<NodeRecord>, IpamError> {
 }
 
 /// This node's name: `ipam.nodeName`, else the agent's record, else
-/// `NODE_NAME`, else the host name (the agent's own default).
-pub fn node_name(conf: &IpamConf, record: Option<&NodeRecord>) -> String {
-    conf.node_name
-        .clone()
-        .or_else(|| record.and_then(|r| r.node_name.clone()))
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+/// `NODE_NAME`, else the host name (`trellis_common::node_name`, the
+/// agent's own rule); none of them is a configuration error.
+pub fn node_name(conf: &IpamConf, record: Option<&NodeRecord>) -> Result<String, IpamError> {
+    let explicit = conf
+        .node_name
+        .as_deref()
+        .or_else(|| record.and_then(|r| r.node_name.as_deref()));
+    trellis_common::node_name::node_name(explicit)
+        .map_err(|e| IpamError::Config(format!("{e}: set nodeName")))
 }
 
 /// The pool this node allocates from and the node's name.
 pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, String), IpamError> {
     let record = local_record(conf)?;
-    let node = node_name(conf, record.as_ref());
+    let node = node_name(conf, record.as_ref())?;
     if let Some(subnet) = conf.subnet {
         return Ok((conf.pool(subnet)?, node));
     }

@@ -10,7 +10,7 @@ use crate::fence_keeper;
 use crate::placement::{cluster_pool, local_record, node_name};
 use crate::pool::Pool;
 use crate::request::requested_address;
-use crate::store::etcd::{EtcdSettings, EtcdStore};
+use crate::store::etcd::EtcdStore;
 use crate::store::local::LocalStore;
 use crate::store::Store;
 use ipnetwork::IpNetwork;
@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError, CniResult, IpConfig, Plugin, Request, Route};
+use trellis_common::etcd::EtcdSettings;
 
 /// The most any verb spends waiting for etcd and for the node's lock, so a
 /// stuck etcd turns into code 11 well within the runtime's patience.
@@ -48,6 +49,7 @@ fn owner_of(req: &Request, conf: &IpamConf, node: String) -> Owner {
         ifname: req.env.ifname.clone(),
         node,
         network: conf.network.clone(),
+        plugin: req.conf.plugin_type.clone(),
     }
 }
 
@@ -207,15 +209,7 @@ async fn collect_garbage<S: Store>(
 }
 
 fn valid_attachments(req: &Request) -> Result<HashSet<Handle>, CniError> {
-    req.conf
-        .valid_attachments
-        .as_ref()
-        .map(|v| v.iter().cloned().collect())
-        .ok_or_else(|| {
-            CniError::invalid_config(
-                "GC needs \"cni.dev/valid-attachments\": refusing to guess which allocations are in use",
-            )
-        })
+    Ok(req.conf.gc_valid_attachments()?.iter().cloned().collect())
 }
 
 /// STATUS: anything but a configuration error means "not ready yet".
@@ -280,7 +274,7 @@ impl Plugin for IpamPlugin {
         match &conf.backend {
             Backend::Etcd(s) => block_on(async {
                 let mut store = connect(s, deadline).await?;
-                let node = node_name(&conf, local_record(&conf)?.as_ref());
+                let node = node_name(&conf, local_record(&conf)?.as_ref())?;
                 let ours: Vec<Allocation> = store
                     .list_node(&node)
                     .await?

@@ -2,6 +2,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::handle::Netlink;
+use crate::link::Link;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -74,6 +75,26 @@ impl Netlink {
     }
 
     /// Remove `addr` from link `index`; `Ok(false)` when it was not there.
+    /// The link holding the address `ip`, if one does.
+    pub async fn link_holding(&self, ip: IpAddr) -> Result<Option<Link>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle()
+            .address()
+            .get()
+            .set_address_filter(ip)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink(format!("looking for {ip}")))?;
+        let Some(msg) = msgs
+            .iter()
+            .find(|m| message_address(m).is_some_and(|a| a.ip() == ip))
+        else {
+            return Ok(None);
+        };
+        self.link_by_index(msg.header.index).await
+    }
+
     pub async fn delete_address(&self, index: u32, addr: IpNetwork) -> Result<bool> {
         let r = self
             .handle()

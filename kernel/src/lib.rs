@@ -1,7 +1,7 @@
 //! Kernel networking for trellis. Everything that talks to the kernel lives
 //! here: rtnetlink for links, addresses, routes, FDB and neighbours; setns
 //! (on a dedicated thread, never a tokio worker) for network namespaces;
-//! nftables for masquerade.
+//! nftables for masquerade and untracked tunnel packets.
 //!
 //! One [`Netlink`] per namespace, opened once and reused for every request
 //! of an invocation. Operations are added as `impl Netlink` blocks, a module
@@ -12,32 +12,35 @@ mod handle;
 pub mod netns;
 
 // The node side of a container attachment: links, veth pairs, the bridge,
-// addresses, routes, sysctls, masquerade.
+// addresses, routes, sysctls.
 pub mod address;
 pub mod bridge;
 pub mod link;
-pub mod masquerade;
-pub mod node_table;
 pub mod route;
 pub mod sysctl;
 pub mod veth;
 
+// nftables: one table type, rebuilt whole, holding the chains of
+// masquerade and of the untracked tunnel packets.
+pub mod masquerade;
+pub mod nft;
+pub mod nft_table;
+pub mod notrack;
+
 // The overlay: VXLAN device, its forwarding and neighbour entries, routes
-// to remote subnets, the underlay it rides on, its untracked tunnel packets.
+// to remote subnets.
 pub mod fdb;
 pub mod mac;
 pub mod neigh;
-pub mod notrack;
 pub mod overlay_route;
-pub mod underlay;
 pub mod vxlan;
 
 pub use error::{KernelError, Result};
 pub use handle::Netlink;
-pub use link::Link;
+pub use link::{Link, VxlanInfo};
 pub use mac::MacAddr;
-pub use masquerade::{Masquerade, TableState};
-pub use node_table::NodeTable;
+pub use masquerade::Masquerade;
+pub use nft_table::{NftTable, TableState};
 pub use notrack::TunnelNotrack;
 pub use route::Route;
 pub use veth::VethPair;

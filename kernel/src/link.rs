@@ -1,13 +1,18 @@
-//! Network interfaces: look one up by name or index, list the ports of a
-//! master, set one up, change its MTU, delete it.
+//! Network interfaces: one [`Link`] type for every kind trellis reads
+//! (bridges, veths, the VXLAN device with its tunnel settings, the
+//! underlay); look one up by name or index, list the ports of a master,
+//! set one up, change its MTU, delete it.
 
 use crate::error::{KernelError, Result};
 use crate::handle::Netlink;
 use crate::mac::MacAddr;
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::LinkUnspec;
+use std::net::Ipv4Addr;
 
 /// A link as the kernel reports it, reduced to what trellis looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +29,19 @@ pub struct Link {
     pub master: Option<u32>,
     /// For a veth: the index of its peer, in the peer's namespace.
     pub peer_index: Option<u32>,
+    /// For a VXLAN device: its tunnel settings.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The tunnel settings of a VXLAN device, as far as the kernel reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device the tunnel is bound to.
+    pub underlay_index: Option<u32>,
+    pub learning: Option<bool>,
 }
 
 impl Link {
@@ -37,6 +55,7 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             master: None,
             peer_index: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -47,8 +66,27 @@ impl Link {
                 LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => {
+                                if *kind == InfoKind::Vxlan {
+                                    link.vxlan.get_or_insert_with(VxlanInfo::default);
+                                }
+                                link.kind = Some(kind.to_string());
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(data)) => {
+                                let v = link.vxlan.get_or_insert_with(VxlanInfo::default);
+                                for d in data {
+                                    match d {
+                                        InfoVxlan::Id(id) => v.vni = Some(*id),
+                                        InfoVxlan::Port(p) => v.port = Some(*p),
+                                        InfoVxlan::Local(l) => v.local = Some(*l),
+                                        InfoVxlan::Link(i) => v.underlay_index = Some(*i),
+                                        InfoVxlan::Learning(l) => v.learning = Some(*l),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -94,8 +132,8 @@ impl Netlink {
         self.get_one(req, &format!("#{index}")).await
     }
 
-    /// The names of every link in this namespace (one dump, no statistics).
-    pub async fn link_names(&self) -> Result<std::collections::HashSet<String>> {
+    /// Every link in this namespace (one dump, no statistics).
+    pub async fn links(&self) -> Result<Vec<Link>> {
         let req = self
             .handle()
             .link()
@@ -106,7 +144,12 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(KernelError::netlink("listing links"))?;
-        Ok(msgs.iter().map(|m| Link::from_message(m).name).collect())
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// The names of every link in this namespace (one dump).
+    pub async fn link_names(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.links().await?.into_iter().map(|l| l.name).collect())
     }
 
     /// Every link enslaved to `master` (one filtered dump).
@@ -155,6 +198,14 @@ impl Netlink {
             )))
     }
 
+    /// Delete `link` (as found by a lookup or dump, without looking it up
+    /// again); `Ok(false)` when it was gone already.
+    pub async fn delete_link(&self, link: &Link) -> Result<bool> {
+        let r = self.handle().link().del(link.index).execute().await;
+        let r = r.map_err(KernelError::netlink(format!("deleting link {}", link.name)));
+        Ok(absent(r)?.is_some())
+    }
+
     /// Delete the link called `name` in one request. `Ok(false)` when there
     /// was none. Deleting one end of a veth pair deletes both.
     pub async fn delete_link_by_name(&self, name: &str) -> Result<bool> {
@@ -198,5 +249,38 @@ mod tests {
         assert_eq!(l.peer_index, Some(12));
         assert!(l.is_kind("veth"));
         assert!(!l.is_kind("bridge"));
+        assert_eq!(l.vxlan, None);
+    }
+
+    #[test]
+    fn a_vxlan_device_carries_its_tunnel_settings() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 9;
+        msg.attributes = vec![
+            LinkAttribute::IfName("trellis.1".into()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(1),
+                    InfoVxlan::Port(8472),
+                    InfoVxlan::Local("192.0.2.1".parse().unwrap()),
+                    InfoVxlan::Link(2),
+                    InfoVxlan::Learning(false),
+                ])),
+            ]),
+        ];
+        let l = Link::from_message(&msg);
+        assert!(l.is_kind("vxlan") && !l.up);
+        assert_eq!(
+            l.vxlan,
+            Some(VxlanInfo {
+                vni: Some(1),
+                port: Some(8472),
+                local: Some("192.0.2.1".parse().unwrap()),
+                underlay_index: Some(2),
+                learning: Some(false),
+            })
+        );
     }
 }

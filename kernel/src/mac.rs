@@ -37,10 +37,6 @@ impl MacAddr {
     pub fn from_slice(bytes: &[u8]) -> Option<MacAddr> {
         <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
     }
-
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
 }
 
 impl fmt::Display for MacAddr {

@@ -1,8 +1,10 @@
-//! Routes: add, replace, delete, list, and look up the route the kernel
-//! would use for a destination (`ip route get`).
+//! Routes: the one [`Route`] type (to and from netlink messages), add,
+//! list, and the interface of the default route. The overlay's replace
+//! and delete are in `overlay_route`.
 
 use crate::error::{KernelError, Result};
 use crate::handle::Netlink;
+use crate::link::Link;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
@@ -15,8 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// The main routing table.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
-/// A unicast route, as trellis installs and reads them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A unicast route, as trellis installs and reads them (the container's
+/// routes, the overlay's routes to remote subnets, the default route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
     pub dst: IpNetwork,
     pub gateway: Option<IpAddr>,
@@ -181,33 +184,6 @@ impl Netlink {
             .map_err(KernelError::netlink(format!("adding route {route:?}")))
     }
 
-    /// Add or replace `route` (`ip route replace`): idempotent.
-    pub async fn replace_route(&self, route: &Route) -> Result<()> {
-        self.handle()
-            .route()
-            .add(route.message())
-            .replace()
-            .execute()
-            .await
-            .map_err(KernelError::netlink(format!("replacing route {route:?}")))
-    }
-
-    /// Delete `route`; `Ok(false)` when there was no such route.
-    pub async fn delete_route(&self, route: &Route) -> Result<bool> {
-        let r = self
-            .handle()
-            .route()
-            .del(route.message())
-            .execute()
-            .await
-            .map_err(KernelError::netlink(format!("deleting route {route:?}")));
-        match r {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The unicast routes of `table` for the family of `family` (one dump).
     pub async fn routes(&self, family: IpAddr, table: u32) -> Result<Vec<Route>> {
         let mut msg = RouteMessage::default();
@@ -226,6 +202,25 @@ impl Netlink {
             .filter_map(Route::from_message)
             .filter(|r| r.table == table)
             .collect())
+    }
+}
+
+impl Netlink {
+    /// The link of the IPv4 default route of the main table (the one with
+    /// the lowest metric when there are several), if there is one.
+    pub async fn default_route_link(&self) -> Result<Option<Link>> {
+        let routes = self
+            .routes(Ipv4Addr::UNSPECIFIED.into(), MAIN_TABLE)
+            .await?;
+        let best = routes
+            .iter()
+            .filter(|r| r.is_default())
+            .filter_map(|r| Some((r.metric.unwrap_or(0), r.oif?)))
+            .min();
+        match best {
+            Some((_, oif)) => self.link_by_index(oif).await,
+            None => Ok(None),
+        }
     }
 }
 
@@ -272,7 +267,7 @@ mod tests {
     #[test]
     fn same_path_ignores_an_unknown_device() {
         let a = Route::default_via("10.88.0.1".parse().unwrap());
-        assert!(a.same_path(&a.clone().dev(3)));
+        assert!(a.same_path(&a.dev(3)));
         assert!(!a.same_path(&Route::default_via("10.88.0.2".parse().unwrap())));
     }
 }

@@ -3,8 +3,7 @@
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
 use crate::backoff::Backoff;
-use crate::etcd::{self, EtcdError, Keys};
-use crate::flags::{node_name_or_hostname, RunArgs};
+use crate::flags::{RunArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -17,20 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use trellis_common::node::{read_node_record, write_node_record, ClusterConfig};
-use trellis_kernel::{KernelError, Netlink, NodeTable};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::etcd::EtcdError;
+use trellis_common::node::{read_node_record, write_node_record};
+use trellis_common::node_name::{node_name, NodeNameError};
+use trellis_kernel::{KernelError, Netlink, NftTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("node name: {0}")]
-    NodeName(std::io::Error),
+    #[error("{0}: pass --node-name or set NODE_NAME")]
+    NodeName(#[from] NodeNameError),
     #[error("metrics address {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Etcd(#[from] EtcdError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
@@ -55,7 +57,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if args.lease_ttl < 5 {
         return Err(AgentError::LeaseTtl(args.lease_ttl));
     }
-    let node = node_name_or_hostname(args.node_name.as_deref()).map_err(AgentError::NodeName)?;
+    let node = node_name(args.node_name.as_deref())?;
+    // Checked (URLs, TLS files) before anything is set up; the connection
+    // itself opens with the first request.
+    let settings = args.etcd.settings();
+    let client = settings.connect().await?;
+    let keys = settings.keys();
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let metrics = Arc::new(Metrics::default());
@@ -74,8 +81,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         underlay.name,
         underlay.mtu
     );
-    let keys = Keys::new(&args.etcd.etcd_prefix);
-    let client = etcd::connect(&args.etcd).await?;
 
     let start = async {
         let mut client = client.clone();
@@ -143,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork, NodeTable), AgentError>((
+        Ok::<(ClusterConfig, Leased, NodeNetwork, NftTable), AgentError>((
             config, leased, net, table,
         ))
     };
@@ -189,11 +194,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut membership = tokio::spawn(membership.run(own_rx));
     let mut background = vec![registry, reconciler];
     if args.ipam_gc_interval > 0 {
-        let store = trellis_ipam::EtcdStore::from_client(
-            &client,
-            &args.etcd.etcd_prefix,
-            etcd::REQUEST_TIMEOUT,
-        );
+        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         background.push(tokio::spawn(ipam_gc::run(
             store,
             nl.clone(),
@@ -247,7 +248,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn set_up_node(
     nl: &Netlink,
     net: &NodeNetwork,
-    table: &NodeTable,
+    table: &NftTable,
     args: &RunArgs,
 ) -> Result<(), AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {

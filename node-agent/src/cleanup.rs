@@ -3,24 +3,25 @@
 //! nftables table, the state file) and, with `--release`, its record and
 //! subnet lease in etcd.
 
-use crate::etcd::{self, EtcdError, Keys};
-use crate::flags::{node_name_or_hostname, CleanupArgs};
+use crate::flags::{CleanupArgs, REQUEST_TIMEOUT};
 use crate::lease::{self, LeaseError};
 use crate::node_table;
+use trellis_common::etcd::EtcdError;
+use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Etcd(#[from] EtcdError),
     #[error("releasing this node in etcd: {0}")]
     Lease(#[from] LeaseError),
     #[error("releasing this node's pod addresses in etcd: {0}")]
     Ipam(#[from] trellis_ipam::IpamError),
-    #[error("node name: {0}")]
-    NodeName(std::io::Error),
+    #[error("{0}: pass --node-name or set NODE_NAME")]
+    NodeName(#[from] NodeNameError),
     #[error("removing {path}: {source}")]
     StateFile {
         path: String,
@@ -43,7 +44,7 @@ pub fn is_agent_vxlan_name(name: &str) -> bool {
 pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     let nl = Netlink::current()?;
     for dev in nl.vxlan_devices().await? {
-        if is_agent_vxlan_name(&dev.name) && nl.delete_vxlan_device(&dev).await? {
+        if is_agent_vxlan_name(&dev.name) && nl.delete_link(&dev).await? {
             log::info!("deleted VXLAN device {} and its entries", dev.name);
         }
     }
@@ -63,18 +64,14 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         }
     }
     if args.release {
-        let node =
-            node_name_or_hostname(args.node_name.as_deref()).map_err(CleanupError::NodeName)?;
-        let mut client = etcd::connect(&args.etcd).await?;
-        let keys = Keys::new(&args.etcd.etcd_prefix);
+        let node = node_name(args.node_name.as_deref())?;
+        let settings = args.etcd.settings();
+        let mut client = settings.connect().await?;
+        let keys = settings.keys();
         // Its pods' addresses go first, then the subnet: no agent of this
         // node is left to reclaim them, and a node that leases the subnet
         // next must not find them taken. Both steps can be run again.
-        let store = trellis_ipam::EtcdStore::from_client(
-            &client,
-            &args.etcd.etcd_prefix,
-            etcd::REQUEST_TIMEOUT,
-        );
+        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         let mut addresses = Vec::new();
         for a in store.list_node(&node).await? {
             if store.release_exact(&a).await? {

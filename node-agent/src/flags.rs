@@ -1,9 +1,12 @@
-//! The command line: every flag of `../shared/INTERFACES.md`, each also read
-//! from an environment variable so that a DaemonSet can set it.
+//! The command line of every subcommand (`run`, `cleanup`, `install-cni`):
+//! every flag of `../shared/INTERFACES.md`, each also read from an
+//! environment variable so that a DaemonSet can set it.
 
 use clap::{Args, Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
+use trellis_common::etcd::{EtcdSettings, SettingsSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +32,7 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Install the CNI plugins, their conflist and etcd TLS files on this
     /// node (what the DaemonSet's init container runs).
-    InstallCni(crate::install_cni::InstallOptions),
+    InstallCni(InstallOptions),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -43,7 +46,7 @@ pub struct EtcdArgs {
     )]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix of every trellis key.
-    #[arg(long, env = "TRELLIS_ETCD_PREFIX", default_value = trellis_common::node::DEFAULT_ETCD_PREFIX)]
+    #[arg(long, env = "TRELLIS_ETCD_PREFIX", default_value = trellis_common::keys::DEFAULT_ETCD_PREFIX)]
     pub etcd_prefix: String,
     /// CA certificate that signed etcd's server certificate.
     #[arg(long, env = "TRELLIS_ETCD_CAFILE")]
@@ -54,6 +57,26 @@ pub struct EtcdArgs {
     /// Client key for etcd (with --etcd-certfile).
     #[arg(long, env = "TRELLIS_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
+}
+
+/// Budget of one etcd request of the agent; a stuck server fails it
+/// instead of hanging the agent.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl EtcdArgs {
+    /// The settings these flags give, checked (and named in errors) as
+    /// the IPAM plugin checks its own.
+    pub fn settings(&self) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_cert: self.etcd_cafile.clone(),
+            cert: self.etcd_certfile.clone(),
+            key: self.etcd_keyfile.clone(),
+            timeout: REQUEST_TIMEOUT,
+            source: SettingsSource::Flags,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -133,11 +156,67 @@ pub struct CleanupArgs {
     pub release: bool,
 }
 
-/// The node name: the flag, else the host name.
-pub fn node_name_or_hostname(flag: Option<&str>) -> std::io::Result<String> {
-    if let Some(name) = flag.filter(|n| !n.is_empty()) {
-        return Ok(name.to_string());
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+pub const DEFAULT_CONFLIST_NAME: &str = "10-trellis.conflist";
+
+/// The options of `install-cni` (clap flags, each also an environment
+/// variable; the etcd ones are the agent's own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallOptions {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Directory holding the `trellis` and `trellis-ipam` binaries to
+    /// install; default: the directory of this executable.
+    #[arg(long, env = "TRELLIS_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// The runtime's CNI plugin directory.
+    #[arg(long, env = "TRELLIS_CNI_BIN_DIR", default_value = DEFAULT_CNI_BIN_DIR)]
+    pub cni_bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory.
+    #[arg(long, env = "TRELLIS_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// File name of the conflist in the conf dir (runtimes use the first
+    /// file in lexical order).
+    #[arg(long, env = "TRELLIS_CONFLIST_NAME", default_value = DEFAULT_CONFLIST_NAME)]
+    pub conflist_name: String,
+    /// Conflist template (the ConfigMap's); default: the built-in one.
+    #[arg(long, env = "TRELLIS_CONFLIST_TEMPLATE")]
+    pub conflist_template: Option<PathBuf>,
+    /// Where the plugins find the etcd TLS files on the host; default:
+    /// `<cni-conf-dir>/trellis-tls`.
+    #[arg(long, env = "TRELLIS_CNI_TLS_DIR")]
+    pub cni_tls_dir: Option<PathBuf>,
+    /// The agent's state dir, written as the conflist's `stateDir`.
+    #[arg(long, env = "TRELLIS_STATE_DIR", default_value = trellis_common::node::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The node bridge, written as the conflist's `bridge`.
+    #[arg(long, env = "TRELLIS_BRIDGE", default_value = trellis_common::node::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// Cluster config (JSON: network, subnetLen, vni, port) to write to
+    /// `<prefix>/config` when that key is absent.
+    #[arg(long, env = "TRELLIS_CLUSTER_CONFIG")]
+    pub cluster_config: Option<PathBuf>,
+    /// Remove the conflist, the plugins and the TLS copies instead.
+    #[arg(long)]
+    pub uninstall: bool,
+}
+
+impl InstallOptions {
+    /// Options with every default, for `etcd`.
+    pub fn new(etcd: EtcdArgs) -> InstallOptions {
+        InstallOptions {
+            etcd,
+            plugin_dir: None,
+            cni_bin_dir: DEFAULT_CNI_BIN_DIR.into(),
+            cni_conf_dir: DEFAULT_CNI_CONF_DIR.into(),
+            conflist_name: DEFAULT_CONFLIST_NAME.into(),
+            conflist_template: None,
+            cni_tls_dir: None,
+            state_dir: trellis_common::node::DEFAULT_STATE_DIR.into(),
+            bridge: trellis_common::node::DEFAULT_BRIDGE.into(),
+            cluster_config: None,
+            uninstall: false,
+        }
     }
-    let host = nix::unistd::gethostname().map_err(std::io::Error::from)?;
-    Ok(host.to_string_lossy().into_owned())
 }

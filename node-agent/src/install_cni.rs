@@ -29,82 +29,20 @@ pub mod files;
 pub use cluster_config::{SeedError, Seeded, ETCD_WAIT};
 pub use files::Change;
 
-use crate::flags::EtcdArgs;
+use crate::flags::InstallOptions;
 use conflist::{Settings, TlsPaths};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The plugins the installer copies, by file name.
 pub const PLUGINS: [&str; 2] = ["trellis", "trellis-ipam"];
-pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
-pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-pub const DEFAULT_CONFLIST_NAME: &str = "10-trellis.conflist";
 /// The TLS directory under the CNI conf dir when `--cni-tls-dir` is absent.
 pub const TLS_SUBDIR: &str = "trellis-tls";
 const TLS_CA: &str = "etcd-ca.pem";
 const TLS_CERT: &str = "etcd-cert.pem";
 const TLS_KEY: &str = "etcd-key.pem";
 
-/// The options of `install-cni` (clap flags, each also an environment
-/// variable; the etcd ones are the agent's own).
-#[derive(Debug, Clone, clap::Args)]
-pub struct InstallOptions {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    /// Directory holding the `trellis` and `trellis-ipam` binaries to
-    /// install; default: the directory of this executable.
-    #[arg(long, env = "TRELLIS_PLUGIN_DIR")]
-    pub plugin_dir: Option<PathBuf>,
-    /// The runtime's CNI plugin directory.
-    #[arg(long, env = "TRELLIS_CNI_BIN_DIR", default_value = DEFAULT_CNI_BIN_DIR)]
-    pub cni_bin_dir: PathBuf,
-    /// The runtime's CNI configuration directory.
-    #[arg(long, env = "TRELLIS_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR)]
-    pub cni_conf_dir: PathBuf,
-    /// File name of the conflist in the conf dir (runtimes use the first
-    /// file in lexical order).
-    #[arg(long, env = "TRELLIS_CONFLIST_NAME", default_value = DEFAULT_CONFLIST_NAME)]
-    pub conflist_name: String,
-    /// Conflist template (the ConfigMap's); default: the built-in one.
-    #[arg(long, env = "TRELLIS_CONFLIST_TEMPLATE")]
-    pub conflist_template: Option<PathBuf>,
-    /// Where the plugins find the etcd TLS files on the host; default:
-    /// `<cni-conf-dir>/trellis-tls`.
-    #[arg(long, env = "TRELLIS_CNI_TLS_DIR")]
-    pub cni_tls_dir: Option<PathBuf>,
-    /// The agent's state dir, written as the conflist's `stateDir`.
-    #[arg(long, env = "TRELLIS_STATE_DIR", default_value = trellis_common::node::DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// The node bridge, written as the conflist's `bridge`.
-    #[arg(long, env = "TRELLIS_BRIDGE", default_value = trellis_common::node::DEFAULT_BRIDGE)]
-    pub bridge: String,
-    /// Cluster config (JSON: network, subnetLen, vni, port) to write to
-    /// `<prefix>/config` when that key is absent.
-    #[arg(long, env = "TRELLIS_CLUSTER_CONFIG")]
-    pub cluster_config: Option<PathBuf>,
-    /// Remove the conflist, the plugins and the TLS copies instead.
-    #[arg(long)]
-    pub uninstall: bool,
-}
-
 impl InstallOptions {
-    /// Options with every default, for `etcd`.
-    pub fn new(etcd: EtcdArgs) -> InstallOptions {
-        InstallOptions {
-            etcd,
-            plugin_dir: None,
-            cni_bin_dir: DEFAULT_CNI_BIN_DIR.into(),
-            cni_conf_dir: DEFAULT_CNI_CONF_DIR.into(),
-            conflist_name: DEFAULT_CONFLIST_NAME.into(),
-            conflist_template: None,
-            cni_tls_dir: None,
-            state_dir: trellis_common::node::DEFAULT_STATE_DIR.into(),
-            bridge: trellis_common::node::DEFAULT_BRIDGE.into(),
-            cluster_config: None,
-            uninstall: false,
-        }
-    }
-
     pub fn conflist_path(&self) -> PathBuf {
         self.cni_conf_dir.join(&self.conflist_name)
     }
@@ -139,8 +77,8 @@ pub enum InstallError {
     Conflist(String),
     #[error("--conflist-name {0:?} must be a plain file name ending in .conflist")]
     ConflistName(String),
-    #[error("--etcd-certfile and --etcd-keyfile go together")]
-    HalfIdentity,
+    #[error("etcd settings: {0}")]
+    Etcd(#[from] trellis_common::etcd::EtcdError),
     #[error(transparent)]
     Seed(#[from] SeedError),
 }
@@ -246,12 +184,24 @@ pub fn install_files(opts: &InstallOptions, report: &mut Report) -> Result<(), I
     let conflist_path = checked_conflist_path(opts)?;
     // Render first: a bad template fails before anything is touched.
     let template = load_template(opts)?;
-    let tls = tls_sources(&opts.etcd)?;
+    // Checked as the agent and the plugins check them (present, PEM,
+    // paired, https://): what is copied is what was checked.
+    let tls = opts.etcd.settings().tls_files()?;
+    let (ca, identity) = match &tls {
+        Some(files) => (Some(&files.ca), files.identity.as_ref()),
+        None => (None, None),
+    };
+    let tls_copies = [
+        (TLS_CA, ca, 0o644),
+        (TLS_CERT, identity.map(|(cert, _)| cert), 0o644),
+        (TLS_KEY, identity.map(|(_, key)| key), 0o600),
+    ];
     let tls_dir = opts.tls_dir();
+    let copy_path = |i: usize| tls_copies[i].1.map(|_| tls_dir.join(tls_copies[i].0));
     let tls_paths = TlsPaths {
-        ca: tls.ca.as_ref().map(|_| tls_dir.join(TLS_CA)),
-        cert: tls.cert.as_ref().map(|_| tls_dir.join(TLS_CERT)),
-        key: tls.key.as_ref().map(|_| tls_dir.join(TLS_KEY)),
+        ca: copy_path(0),
+        cert: copy_path(1),
+        key: copy_path(2),
     };
     let text = conflist::render(
         &template,
@@ -284,29 +234,20 @@ pub fn install_files(opts: &InstallOptions, report: &mut Report) -> Result<(), I
         report.push_path(&target, change);
     }
 
-    for (source, target, mode) in [
-        (&tls.ca, &tls_paths.ca, 0o644),
-        (&tls.cert, &tls_paths.cert, 0o644),
-        (&tls.key, &tls_paths.key, 0o600),
-    ] {
-        if let (Some(source), Some(target)) = (source, target) {
-            let bytes = std::fs::read(source).map_err(io_error("reading", source))?;
-            let change =
-                files::install(target, &bytes, mode).map_err(io_error("installing", target))?;
-            report.push_path(target, change);
-        }
-    }
-    // Copies of files no longer configured (TLS turned off) would be stale
-    // secrets on the host.
-    for (name, configured) in [
-        (TLS_CA, &tls.ca),
-        (TLS_CERT, &tls.cert),
-        (TLS_KEY, &tls.key),
-    ] {
-        if configured.is_none() {
-            let path = tls_dir.join(name);
-            if files::remove(&path).map_err(io_error("removing", &path))? == Change::Removed {
-                report.push_path(&path, Change::Removed);
+    for (name, bytes, mode) in tls_copies {
+        let path = tls_dir.join(name);
+        match bytes {
+            Some(bytes) => {
+                let change =
+                    files::install(&path, bytes, mode).map_err(io_error("installing", &path))?;
+                report.push_path(&path, change);
+            }
+            // A copy of a file no longer configured (TLS turned off) would
+            // be a stale secret on the host.
+            None => {
+                if files::remove(&path).map_err(io_error("removing", &path))? == Change::Removed {
+                    report.push_path(&path, Change::Removed);
+                }
             }
         }
     }
@@ -353,18 +294,6 @@ fn load_template(opts: &InstallOptions) -> Result<serde_json::Value, InstallErro
     serde_json::from_slice(&bytes).map_err(|source| InstallError::TemplateSyntax {
         path: path.clone(),
         source,
-    })
-}
-
-/// The TLS files given to the agent (paths inside the container).
-fn tls_sources(etcd: &EtcdArgs) -> Result<TlsPaths, InstallError> {
-    if etcd.etcd_certfile.is_some() != etcd.etcd_keyfile.is_some() {
-        return Err(InstallError::HalfIdentity);
-    }
-    Ok(TlsPaths {
-        ca: etcd.etcd_cafile.clone(),
-        cert: etcd.etcd_certfile.clone(),
-        key: etcd.etcd_keyfile.clone(),
     })
 }
 

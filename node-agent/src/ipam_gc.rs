@@ -1,12 +1,11 @@
-//! Reclaiming leaked IP addresses: an allocation of this node whose host
-//! veth is gone (the container died without a CNI DEL, the runtime crashed,
+//! Reclaiming leaked IP addresses: an allocation of one of trellis's
+//! attachments on this node whose host veth is gone (the container died without a CNI DEL, the runtime crashed,
 //! ...) is released once it has been seen without its veth for a whole
 //! interval, so that an ADD between its IPAM call and its veth is never
 //! mistaken for a leak.
 
 use crate::metrics::Metrics;
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +44,10 @@ pub struct LeakTracker {
 
 impl LeakTracker {
     /// Given this pass's allocations and which of them have their veth, the
-    /// ones missing it for at least `grace`.
+    /// ones missing it for at least `grace`. Only the allocations of
+    /// trellis's own attachments count: another plugin delegating to
+    /// trellis-ipam (macvlan, ipvlan, ...) makes no `trl` veth, and its
+    /// addresses are its runtime's to collect (CNI GC).
     pub fn pass<'a>(
         &mut self,
         now: Instant,
@@ -55,7 +57,10 @@ impl LeakTracker {
     ) -> Vec<&'a Allocation> {
         let mut seen = HashSet::new();
         let mut leaked = Vec::new();
-        for a in allocations {
+        for a in allocations
+            .iter()
+            .filter(|a| a.owner.is_trellis_attachment())
+        {
             if alive(a) {
                 continue;
             }
@@ -75,29 +80,10 @@ impl LeakTracker {
     }
 }
 
-/// Where allocations are listed and released (etcd, or a fake in tests).
-pub trait AllocationStore: Send + Sync {
-    fn list_node(
-        &self,
-        node: &str,
-    ) -> impl Future<Output = Result<Vec<Allocation>, IpamError>> + Send;
-    fn release_exact(&self, a: &Allocation)
-        -> impl Future<Output = Result<bool, IpamError>> + Send;
-}
-
-impl AllocationStore for EtcdStore {
-    async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
-        EtcdStore::list_node(self, node).await
-    }
-    async fn release_exact(&self, a: &Allocation) -> Result<bool, IpamError> {
-        EtcdStore::release_exact(self, a).await
-    }
-}
-
 /// One reclaim pass: list, look for veths, release what leaked for
 /// `grace`. Returns the released addresses.
 pub async fn pass(
-    store: &impl AllocationStore,
+    store: &EtcdStore,
     nl: &Netlink,
     node: &str,
     tracker: &mut LeakTracker,
@@ -168,6 +154,7 @@ mod tests {
                 ifname: "eth0".into(),
                 node: "n1".into(),
                 network: "trellis".into(),
+                plugin: "trellis".into(),
             },
             revision: rev,
         }
@@ -198,6 +185,24 @@ mod tests {
         // And if it loses it again, it starts from zero.
         let leaked = t.pass(t0 + grace * 2, grace, &allocs, alive);
         assert_eq!(leaked.len(), 1);
+    }
+
+    #[test]
+    fn only_trellis_attachments_are_ever_reclaimed() {
+        let mut t = LeakTracker::default();
+        let grace = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut macvlan = alloc(5, "macvlan-pod", 4);
+        macvlan.owner.plugin = "macvlan".into();
+        let mut unmarked = alloc(6, "written-before-the-marker", 5);
+        unmarked.owner.plugin = String::new();
+        let allocs = vec![macvlan, unmarked, alloc(7, "dead", 6)];
+        t.pass(t0, grace, &allocs, |_| false);
+        let leaked = t.pass(t0 + grace, grace, &allocs, |_| false);
+        assert_eq!(
+            leaked.iter().map(|a| a.ip.octets()[3]).collect::<Vec<_>>(),
+            [7]
+        );
     }
 
     #[test]

@@ -5,13 +5,14 @@
 //! once. On restart the agent finds its own key and keeps its subnet (and
 //! its etcd lease), so running pods keep their addresses.
 
-use crate::etcd::Keys;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use trellis_common::node::{ClusterConfig, NodeRecord};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::keys::Keys;
+use trellis_common::node::NodeRecord;
 
 /// Transactions lost to other agents before giving up (each loss means
 /// another node got a subnet, so this bounds only pathological contention).
@@ -88,33 +89,10 @@ pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<ClusterConf
         .kvs()
         .first()
         .ok_or_else(|| LeaseError::MissingConfig { key: key.clone() })?;
-    parse_config(&key, kv.value())
-}
-
-pub fn parse_config(key: &str, value: &[u8]) -> Result<ClusterConfig, LeaseError> {
-    let invalid = |reason: String| LeaseError::InvalidConfig {
-        key: key.to_string(),
-        reason,
-    };
-    let config: ClusterConfig =
-        serde_json::from_slice(value).map_err(|e| invalid(e.to_string()))?;
-    config.validate().map_err(invalid)?;
-    if config.network.network() != config.network.ip() {
-        return Err(invalid(format!(
-            "network {} has host bits set (did you mean {}/{}?)",
-            config.network,
-            config.network.network(),
-            config.network.prefix()
-        )));
-    }
-    Ok(config)
-}
-
-/// Whether `subnet` is a node subnet of the cluster network.
-pub fn fits(config: &ClusterConfig, subnet: Ipv4Network) -> bool {
-    subnet.prefix() == config.subnet_len
-        && subnet.network() == subnet.ip()
-        && config.network.contains(subnet.network())
+    ClusterConfig::parse(kv.value()).map_err(|e| LeaseError::InvalidConfig {
+        key,
+        reason: e.to_string(),
+    })
 }
 
 /// Pick a subnet: `preferred` when it fits and is free, else the first free
@@ -126,7 +104,7 @@ pub fn choose_subnet(
     preferred: Option<Ipv4Network>,
     seed: u64,
 ) -> Option<Ipv4Network> {
-    if let Some(p) = preferred.filter(|p| fits(config, *p) && !taken.contains(p)) {
+    if let Some(p) = preferred.filter(|p| config.fits(*p) && !taken.contains(p)) {
         return Some(p);
     }
     let count = config.subnet_count();
@@ -153,12 +131,12 @@ pub fn own_subnet<'a>(
     mine.sort_by_key(|s| {
         (
             Some(s.subnet) != preferred,
-            !fits(config, s.subnet),
+            !config.fits(s.subnet),
             s.subnet,
         )
     });
     match mine.first() {
-        Some(first) if fits(config, first.subnet) => {
+        Some(first) if config.fits(first.subnet) => {
             let keep = *first;
             (Some(keep), mine.into_iter().skip(1).collect())
         }
@@ -408,24 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn config_errors_are_clear() {
-        let e = parse_config(
-            "/t/config",
-            b"{\"network\":\"10.244.0.0/16\",\"subnetLen\":8}",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("subnetLen 8"), "{e}");
-        assert!(e.is_permanent());
-        let e = parse_config("/t/config", b"not json").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid cluster configuration at /t/config"),
-            "{e}"
-        );
-        let e = parse_config("/t/config", b"{\"network\":\"10.244.1.0/16\"}").unwrap_err();
-        assert!(e.to_string().contains("host bits"), "{e}");
-        let c = parse_config("/t/config", b"{\"network\":\"10.244.0.0/16\"}").unwrap();
-        assert_eq!(c.subnet_len, 24);
+    fn a_missing_config_says_how_to_write_one() {
         let missing = LeaseError::MissingConfig {
             key: "/t/config".into(),
         };
@@ -433,6 +394,17 @@ mod tests {
             missing.to_string().contains("etcdctl put /t/config"),
             "{missing}"
         );
+        let invalid = LeaseError::InvalidConfig {
+            key: "/t/config".into(),
+            reason: "subnetLen 8 ...".into(),
+        };
+        assert!(
+            invalid
+                .to_string()
+                .starts_with("invalid cluster configuration at /t/config: subnetLen 8"),
+            "{invalid}"
+        );
+        assert!(invalid.is_permanent() && !missing.is_permanent());
     }
 
     #[test]
@@ -447,7 +419,7 @@ mod tests {
         for p in ["10.244.7.0/24", "10.245.9.0/24", "10.244.9.0/25"] {
             let got = choose_subnet(&c, &taken, Some(net(p)), 7).unwrap();
             assert_ne!(got, net(p));
-            assert!(fits(&c, got) && !taken.contains(&got));
+            assert!(c.fits(got) && !taken.contains(&got));
         }
     }
 
@@ -457,7 +429,7 @@ mod tests {
         let mut taken = HashSet::new();
         for seed in [0u64, 1, 2, 3] {
             let s = choose_subnet(&c, &taken, None, seed * 7919).unwrap();
-            assert!(fits(&c, s));
+            assert!(c.fits(s));
             assert!(taken.insert(s), "{s} handed out twice");
         }
         assert_eq!(choose_subnet(&c, &taken, None, 5), None);

@@ -13,7 +13,6 @@
 pub mod agent;
 pub mod backoff;
 pub mod cleanup;
-pub mod etcd;
 pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;

@@ -6,7 +6,6 @@
 //! error when another node has it by then.
 
 use crate::backoff::Backoff;
-use crate::etcd::Keys;
 use crate::lease::{self, LeaseError};
 use crate::metrics::Metrics;
 use etcd_client::Client;
@@ -14,7 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use trellis_common::node::{ClusterConfig, NodeRecord};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::keys::Keys;
+use trellis_common::node::NodeRecord;
 
 /// Everything the membership task needs.
 pub struct Membership {
@@ -119,7 +120,7 @@ impl Membership {
         let alive = match self.client.lease_keep_alive(self.lease_id).await {
             Ok((mut keeper, mut stream)) => {
                 keeper.keep_alive().await?;
-                match tokio::time::timeout(crate::etcd::REQUEST_TIMEOUT, stream.message()).await {
+                match tokio::time::timeout(crate::flags::REQUEST_TIMEOUT, stream.message()).await {
                     Ok(Ok(Some(resp))) => resp.ttl() > 0,
                     Ok(Ok(None)) => lease::lease_alive(&mut self.client, self.lease_id).await?,
                     Ok(Err(e)) => return Err(e.into()),

@@ -1,7 +1,7 @@
 //! The agent's figures, served as Prometheus text on `/metrics`, and its
-//! health on `/healthz`.
+//! health on `/healthz`. The parts of the agent set them (the reconciler
+//! its own, see `overlay::reconciler`); this module knows none of them.
 
-use crate::overlay::ReconcileOutcome;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -56,19 +56,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn record_reconcile(&self, o: &ReconcileOutcome, desired_nodes: usize) {
-        self.reconciles.inc();
-        self.failed_writes.add(o.failed as u64);
-        let micros = o.duration.as_micros() as u64;
-        self.reconcile_micros_sum.add(micros);
-        self.last_reconcile_micros.set(micros);
-        self.remote_nodes.set(desired_nodes as u64);
-        let wanted = 3 * desired_nodes as u64;
-        self.entries_programmed
-            .set(wanted.saturating_sub(o.failed as u64));
-        self.converged.store(o.failed == 0, Ordering::Relaxed);
-    }
-
     /// Healthy: the lease is held and the overlay was programmed at least once.
     pub fn healthy(&self) -> bool {
         self.leased.load(Ordering::Relaxed) && self.reconciles.get() > 0
@@ -156,20 +143,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
         assert!(!m.healthy());
-        m.record_reconcile(
-            &ReconcileOutcome {
-                added: 6,
-                duration: Duration::from_millis(12),
-                ..Default::default()
-            },
-            2,
-        );
+        m.reconciles.inc();
+        m.entries_programmed.set(6);
+        m.remote_nodes.set(2);
+        m.last_reconcile_micros.set(12_000);
         m.leased.store(true, Ordering::Relaxed);
         m.gc_releases.add(3);
         assert!(m.healthy());

@@ -3,13 +3,12 @@
 //! flannel), and the bridge holding the subnet's first address (the pods'
 //! gateway). Both are made idempotently and kept across restarts.
 
-use crate::overlay::dataplane::DeviceSetup;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
-use trellis_common::node::{gateway_of, ClusterConfig, NodeRecord, VXLAN_V4_OVERHEAD};
-use trellis_kernel::underlay::UnderlayLink;
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::node::{gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
-use trellis_kernel::{KernelError, MacAddr, Netlink};
+use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeNetworkError {
@@ -37,21 +36,40 @@ pub fn vxlan_name(vni: u32) -> String {
 }
 
 /// The underlay interface and the public IP: `--iface` when given, else
-/// the interface holding `--public-ip`, else the default route's.
+/// the interface holding `--public-ip`, else the default route's; the
+/// public IP is `--public-ip`, else the interface's first IPv4 address.
 pub async fn resolve_underlay(
     nl: &Netlink,
     iface: Option<&str>,
     public_ip: Option<Ipv4Addr>,
-) -> Result<(UnderlayLink, Ipv4Addr), NodeNetworkError> {
-    let link = match (iface, public_ip) {
-        (Some(name), _) => nl.underlay_by_name(name).await,
-        (None, Some(ip)) => nl.underlay_holding(ip).await,
-        (None, None) => nl.underlay_of_default_route().await,
-    }
-    .map_err(NodeNetworkError::Underlay)?;
-    let ip = match public_ip.or_else(|| link.ipv4.first().copied()) {
+) -> Result<(Link, Ipv4Addr), NodeNetworkError> {
+    let (found, what) = match (iface, public_ip) {
+        (Some(name), _) => (nl.link_by_name(name).await, name.to_string()),
+        (None, Some(ip)) => (
+            nl.link_holding(IpAddr::V4(ip)).await,
+            format!("an interface holding {ip}"),
+        ),
+        (None, None) => (
+            nl.default_route_link().await,
+            "an IPv4 default route (pass --iface to choose the underlay)".to_string(),
+        ),
+    };
+    let link = found
+        .map_err(NodeNetworkError::Underlay)?
+        .ok_or(NodeNetworkError::Underlay(KernelError::NotFound(what)))?;
+    let first_ipv4 = || async {
+        let addresses = nl.addresses(link.index).await?;
+        Ok::<_, KernelError>(addresses.iter().find_map(|a| match a {
+            IpNetwork::V4(v4) => Some(v4.ip()),
+            IpNetwork::V6(_) => None,
+        }))
+    };
+    let ip = match public_ip {
         Some(ip) => ip,
-        None => return Err(NodeNetworkError::NoAddress { iface: link.name }),
+        None => match first_ipv4().await.map_err(NodeNetworkError::Underlay)? {
+            Some(ip) => ip,
+            None => return Err(NodeNetworkError::NoAddress { iface: link.name }),
+        },
     };
     if link.mtu <= VXLAN_V4_OVERHEAD + 68 {
         return Err(NodeNetworkError::MtuTooSmall {
@@ -78,7 +96,7 @@ impl NodeNetwork {
         node_name: &str,
         config: &ClusterConfig,
         subnet: Ipv4Network,
-        underlay: &UnderlayLink,
+        underlay: &Link,
         public_ip: Ipv4Addr,
         bridge: &str,
     ) -> NodeNetwork {
@@ -196,15 +214,24 @@ impl NodeNetwork {
     }
 }
 
-impl DeviceSetup for NodeNetwork {
-    async fn ensure(&self, nl: &Netlink) -> Result<(u32, bool), KernelError> {
-        self.ensure_vxlan(nl).await
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An underlay link as the kernel would report it.
+    pub(crate) fn underlay(index: u32, mtu: u32) -> Link {
+        Link {
+            index,
+            name: "eth0".into(),
+            kind: None,
+            mtu,
+            mac: None,
+            up: true,
+            master: None,
+            peer_index: None,
+            vxlan: None,
+        }
+    }
 
     #[test]
     fn devices_follow_flannel_layout() {
@@ -214,12 +241,7 @@ mod tests {
             vni: 1,
             port: 8472,
         };
-        let underlay = UnderlayLink {
-            index: 7,
-            name: "eth0".into(),
-            mtu: 1500,
-            ipv4: vec!["192.0.2.10".parse().unwrap()],
-        };
+        let underlay = underlay(7, 1500);
         let n = NodeNetwork::new(
             "node-a",
             &config,

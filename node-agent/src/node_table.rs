@@ -7,30 +7,29 @@
 
 use crate::node_network::NodeNetwork;
 use ipnetwork::IpNetwork;
-use trellis_kernel::{KernelError, Masquerade, NodeTable, TunnelNotrack};
+use trellis_kernel::{KernelError, Masquerade, NftTable, TableState, TunnelNotrack};
 
 /// The agent's nftables table (`nft list table ip trellis-agent`).
 pub const TABLE: &str = "trellis-agent";
 
 /// What the table holds for this node.
-pub fn for_node(net: &NodeNetwork, ip_masq: bool, vxlan_notrack: bool) -> NodeTable {
-    let mut table = NodeTable::new(TABLE);
+pub fn for_node(net: &NodeNetwork, ip_masq: bool, vxlan_notrack: bool) -> NftTable {
+    let mut table = NftTable::new(TABLE);
     if ip_masq {
         table = table.with_masquerade(Masquerade::new(
-            TABLE,
             IpNetwork::V4(net.subnet),
             vec![IpNetwork::V4(net.network)],
         ));
     }
     if vxlan_notrack {
-        table = table.with_notrack(TunnelNotrack::new(TABLE, net.vxlan.local, net.vxlan.port));
+        table = table.with_notrack(TunnelNotrack::new(net.vxlan.local, net.vxlan.port));
     }
     table
 }
 
 /// Install (or rebuild) the table, off the async threads (`nft` runs as a
 /// child process). With nothing on, the table is removed.
-pub async fn ensure(table: NodeTable) -> Result<(), KernelError> {
+pub async fn ensure(table: NftTable) -> Result<(), KernelError> {
     tokio::task::spawn_blocking(move || table.ensure())
         .await
         .expect("nft task panicked")
@@ -38,16 +37,16 @@ pub async fn ensure(table: NodeTable) -> Result<(), KernelError> {
 
 /// Remove the agent's table (absent is fine).
 pub async fn remove() -> Result<(), KernelError> {
-    tokio::task::spawn_blocking(|| NodeTable::new(TABLE).remove())
+    tokio::task::spawn_blocking(|| NftTable::new(TABLE).remove())
         .await
         .expect("nft task panicked")
 }
 
 /// Rebuild the table when a part went missing or was changed (someone
 /// flushed the ruleset); `true` when it had to.
-pub async fn keep(table: NodeTable) -> Result<bool, KernelError> {
+pub async fn keep(table: NftTable) -> Result<bool, KernelError> {
     tokio::task::spawn_blocking(move || {
-        if table.is_installed()? {
+        if table.state()? == TableState::Exactly {
             Ok(false)
         } else {
             table.ensure().map(|()| true)
@@ -60,8 +59,7 @@ pub async fn keep(table: NodeTable) -> Result<bool, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_common::node::ClusterConfig;
-    use trellis_kernel::underlay::UnderlayLink;
+    use trellis_common::cluster_config::ClusterConfig;
 
     fn node() -> NodeNetwork {
         let config = ClusterConfig {
@@ -70,12 +68,7 @@ mod tests {
             vni: 1,
             port: 4789,
         };
-        let underlay = UnderlayLink {
-            index: 2,
-            name: "eth0".into(),
-            mtu: 1500,
-            ipv4: vec!["192.0.2.5".parse().unwrap()],
-        };
+        let underlay = crate::node_network::tests::underlay(2, 1500);
         NodeNetwork::new(
             "n",
             &config,
@@ -96,6 +89,6 @@ mod tests {
         assert_eq!((n.local.to_string(), n.port), ("192.0.2.5".into(), 4789));
         assert!(for_node(&node(), false, true).masquerade.is_none());
         assert!(for_node(&node(), true, false).notrack.is_none());
-        assert_eq!(for_node(&node(), false, false), NodeTable::new(TABLE));
+        assert_eq!(for_node(&node(), false, false), NftTable::new(TABLE));
     }
 }

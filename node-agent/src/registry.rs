@@ -5,7 +5,6 @@
 //! and the kernel is left alone.
 
 use crate::backoff::Backoff;
-use crate::etcd::Keys;
 use crate::metrics::Metrics;
 use crate::overlay::DesiredOverlay;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
@@ -14,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
 /// Who is looking: this node, its subnet and the cluster network.

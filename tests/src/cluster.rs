@@ -30,7 +30,8 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use trellis_common::node::{ClusterConfig, NodeRecord, NODE_RECORD_FILE};
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::node::{NodeRecord, NODE_RECORD_FILE};
 
 use crate::bins::{self, CniBinDir};
 use crate::etcd::Etcd;
@@ -86,7 +87,7 @@ impl Default for ClusterSpec {
                 vni: 1,
                 port: 8472,
             },
-            etcd_prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_owned(),
+            etcd_prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_owned(),
             ip_masq: true,
             agents: true,
             agent_args: Vec::new(),
@@ -354,7 +355,7 @@ impl Cluster {
         };
         cluster.etcdctl(&[
             "put",
-            &format!("{}/config", spec.etcd_prefix),
+            &format!("{}/config", cluster.key_prefix()),
             &serde_json::to_string(&spec.config)?,
         ])?;
         for index in 0..spec.nodes {
@@ -637,15 +638,27 @@ impl Cluster {
         self.etcd.run_etcdctl(args)
     }
 
+    /// The keys' prefix the spec's `etcd_prefix` names: INTERFACES.md
+    /// says `trellis`, `/trellis` and `/trellis/` are the same keys,
+    /// `/trellis/...`.
+    pub fn key_prefix(&self) -> String {
+        let bare = self.spec.etcd_prefix.trim_matches('/');
+        if bare.is_empty() {
+            String::new()
+        } else {
+            format!("/{bare}")
+        }
+    }
+
     /// Every key (with value) under `<etcd prefix>/<sub>`.
     pub fn etcd_entries(&self, sub: &str) -> Result<Vec<(String, String)>> {
         self.etcd
-            .get_prefix(&format!("{}/{sub}", self.spec.etcd_prefix))
+            .get_prefix(&format!("{}/{sub}", self.key_prefix()))
     }
 
     /// The allocated pod addresses (`<prefix>/ipam/ips/<ip>` keys).
     pub fn allocations(&self) -> Result<Vec<IpAddr>> {
-        let prefix = format!("{}/ipam/ips/", self.spec.etcd_prefix);
+        let prefix = format!("{}/ipam/ips/", self.key_prefix());
         self.etcd_entries("ipam/ips/")?
             .into_iter()
             .map(|(key, _)| {

@@ -190,6 +190,16 @@ impl Etcd {
     /// `ip netns`), listening on `bind_ip`, which must be an address of that
     /// namespace. Fixed ports 2379/2380: the namespace is the test's own.
     pub fn start_in_named(netns_name: &str, bind_ip: IpAddr) -> Result<Etcd> {
+        Self::start_in_namespace(netns_name, bind_ip, false)
+    }
+
+    /// Like `start_in`, serving only `https://` with its own throwaway CA
+    /// and client certificates (see `tls()`), its certificate for `bind_ip`.
+    pub fn start_tls_in(ns: &crate::netns::Netns, bind_ip: IpAddr) -> Result<Etcd> {
+        Self::start_in_namespace(ns.name(), bind_ip, true)
+    }
+
+    fn start_in_namespace(netns_name: &str, bind_ip: IpAddr, with_tls: bool) -> Result<Etcd> {
         let mut etcd = Etcd {
             child: None,
             dir: tempfile::Builder::new().prefix("trellis-etcd-").tempdir()?,
@@ -200,6 +210,9 @@ impl Etcd {
             tls: None,
             paused: false,
         };
+        if with_tls {
+            etcd.tls = Some(EtcdTls::generate(etcd.dir.path(), bind_ip)?);
+        }
         etcd.spawn_and_wait()?;
         Ok(etcd)
     }

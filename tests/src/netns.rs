@@ -20,6 +20,22 @@ use ipnetwork::IpNetwork;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Makes `cmd` run in a UTS namespace of its own whose host name is empty
+/// (what a node without a name looks like to `gethostname`); the host's
+/// name is untouched.
+pub fn with_empty_host_name(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe system calls
+    // (unshare, sethostname) run.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            nix::unistd::sethostname("")?;
+            Ok(())
+        })
+    }
+}
+
 /// Prefix of every namespace the harness creates.
 pub const PREFIX: &str = "trl-";
 

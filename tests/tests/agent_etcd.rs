@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
-use trellis_common::node::ClusterConfig;
+use trellis_common::cluster_config::ClusterConfig;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
 use trellis_tests::wait::wait_until;
 

@@ -5,8 +5,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use serde_json::json;
 use trellis_tests::bins;
-use trellis_tests::cluster::{ping, Cluster, ClusterSpec};
+use trellis_tests::cluster::{ping, result_ip, Cluster, ClusterSpec};
+use trellis_tests::libcni::{write_conflist, Attachment};
+use trellis_tests::netns::Netns;
 use trellis_tests::wait::wait_until;
 
 fn spec(args: &[&str]) -> ClusterSpec {
@@ -76,6 +79,46 @@ fn a_leaked_address_is_released_after_a_full_interval() {
         .agent_log()
         .contains(&format!("released leaked address {leaked_ip}")));
     ping(&kept.netns, IpAddr::V4(cluster.nodes[1].underlay_ip)).unwrap();
+}
+
+#[test]
+fn a_macvlan_pod_allocating_from_trellis_ipam_keeps_its_address() {
+    let cluster = Cluster::start(spec(&["--ipam-gc-interval", "1"])).unwrap();
+    let node = &cluster.nodes[0];
+    // The reference macvlan plugin on the node's underlay, delegating to
+    // trellis-ipam (README: any CNI plugin may use it).
+    let macvlan = json!({"cniVersion": "1.0.0", "name": "macnet", "plugins": [{
+        "type": "macvlan", "master": "eth0", "mode": "bridge",
+        "stateDir": node.state_dir,
+        "ipam": {"type": "trellis-ipam", "etcdEndpoints": [cluster.etcd_endpoint()],
+                 "etcdPrefix": cluster.spec().etcd_prefix}}]});
+    let macvlan = write_conflist(&node.conf_dir, "30-macnet", &macvlan).unwrap();
+    let mac_ns = Netns::new("macpod").unwrap();
+    let mac_att = Attachment::new("macvlan-pod", mac_ns.path(), "eth0");
+    let result = node.driver.add(&macvlan, &mac_att).unwrap();
+    let mac_ip = result_ip(&result).unwrap();
+    assert!(cluster.allocations().unwrap().contains(&mac_ip));
+
+    // A trellis pod that dies without a DEL: the reclaim runs and takes it.
+    let leaked = cluster.add_pod(0, "leaked").unwrap();
+    let leaked_ip = leaked.ip;
+    drop(leaked);
+    wait_until(Duration::from_secs(10), "leaked address released", || {
+        Ok(!cluster.allocations()?.contains(&leaked_ip))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent_logs()));
+    // Three more intervals: the macvlan pod has no trl veth, and it is not
+    // trellis's to reclaim.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        cluster.allocations().unwrap().contains(&mac_ip),
+        "the macvlan pod lost {mac_ip}\n{}",
+        cluster.agent_logs()
+    );
+    assert!(!node.agent_log().contains(&format!("address {mac_ip}")));
+    node.driver.check(&macvlan, &mac_att).unwrap();
+    node.driver.del(&macvlan, &mac_att).unwrap();
+    assert!(cluster.allocations().unwrap().is_empty());
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use trellis_ipam::{Claim, EtcdSettings, EtcdStore, Handle, Owner};
+use trellis_common::etcd::EtcdSettings;
+use trellis_ipam::{Claim, EtcdStore, Handle, Owner};
 use trellis_tests::etcd::Etcd;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -19,6 +20,7 @@ fn owner(id: &str, node: &str) -> Owner {
         ifname: "eth0".into(),
         node: node.into(),
         network: "trellis".into(),
+        plugin: "trellis".into(),
     }
 }
 

@@ -123,6 +123,39 @@ fn gc_removes_what_the_runtime_no_longer_knows() {
 }
 
 #[test]
+fn gc_without_valid_attachments_is_refused_and_removes_nothing() {
+    let node = Node::new("gc-nolist");
+    let plugin = node.trellis(ONE_ADDRESS, json!({}));
+    let list = node.conflist("net", "1.0.0", vec![plugin.clone()]);
+    let pod = node.pod("gc-nolist-pod");
+    let att = Attachment::new("gc-nolist-1", pod.path(), "eth0");
+    node.driver.add(&list, &att).unwrap();
+    let veths = node.host_veths();
+    assert_eq!(veths.len(), 1);
+
+    // A GC that names no valid attachments: nobody can tell what is in use.
+    let config = network_config("net", "1.1.0", &plugin);
+    let env = [
+        ("CNI_COMMAND", "GC"),
+        ("CNI_PATH", node.bins.path().to_str().unwrap()),
+    ];
+    let gc = node.invoke(&env, &config);
+    assert_eq!(gc.error_code(), 7, "{gc:?}");
+    assert!(gc.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("cni.dev/valid-attachments"));
+    // Nothing was deleted: the veth, the address, the masquerade rule.
+    assert_eq!(node.host_veths(), veths);
+    assert_eq!(pod.links().unwrap(), vec!["eth0".to_string()]);
+    assert!(node.has_masquerade("trellis0"));
+    node.driver.check(&list, &att).unwrap();
+    node.driver.del(&list, &att).unwrap();
+    node.assert_address_free(&list);
+    node.assert_no_attachment_left();
+}
+
+#[test]
 fn status_is_ready_in_single_host_mode_and_waits_for_the_agent_otherwise() {
     let node = Node::new("st-node");
     let single = node.conflist("net", "1.1.0", vec![node.trellis(ONE_ADDRESS, json!({}))]);

@@ -99,6 +99,16 @@ impl NetConf {
         })
     }
 
+    /// GC's list of the attachments in use. A GC without it is refused
+    /// (7) rather than guessed: it would take every attachment for stale.
+    pub fn gc_valid_attachments(&self) -> Result<&[Attachment], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| {
+            CniError::invalid_config(
+                "GC needs \"cni.dev/valid-attachments\": refusing to guess which attachments are in use",
+            )
+        })
+    }
+
     /// The IPAM plugin's `type`, if an `ipam` object names one.
     pub fn ipam_type(&self) -> Option<&str> {
         self.ipam.as_ref()?.get("type")?.as_str()

@@ -131,10 +131,6 @@ impl CniEnv {
         Ok(env)
     }
 
-    pub fn from_process() -> Result<CniEnv, CniError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
     /// The value of one `CNI_ARGS` key, e.g. `IP` or `K8S_POD_NAME`.
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args

@@ -9,160 +9,33 @@
 //! Both keys are written by one transaction that requires both to be absent,
 //! and removed by one transaction that requires both to be unchanged, so an
 //! address and its owner never disagree and a stale release never frees an
-//! address that somebody else holds now. Every call has a deadline.
+//! address that somebody else holds now. Every call has a deadline. A claim
+//! that got no answer leaves a `Fence` behind, and `apply_fence` runs its
+//! transaction (see `fence`). What the keys hold is decoded in `records`;
+//! reads over many keys are in `etcd_listing`.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
-use crate::error::{chain, describe_etcd, outcome_unknown, IpamError};
-use crate::store::fence::Fence;
+use crate::error::{outcome_unknown, IpamError};
+use crate::store::fence::{Fence, FenceOutcome};
+use crate::store::records::{gets, held_by, owner_of, HandleValue};
 use crate::store::Store;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use trellis_common::node::NodeRecord;
-
-/// How to reach etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EtcdSettings {
-    /// `http://host:port` or `https://host:port` URLs.
-    pub endpoints: Vec<String>,
-    /// Key prefix, default `/trellis` (a trailing `/` is ignored).
-    pub prefix: String,
-    pub ca_cert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// The longest any single etcd call may take.
-    pub timeout: Duration,
-}
-
-impl EtcdSettings {
-    pub fn new(endpoints: Vec<String>) -> EtcdSettings {
-        EtcdSettings {
-            endpoints,
-            prefix: trellis_common::node::DEFAULT_ETCD_PREFIX.to_string(),
-            ca_cert: None,
-            cert: None,
-            key: None,
-            timeout: Duration::from_secs(3),
-        }
-    }
-
-    /// Check what can be checked without contacting etcd: URLs, TLS files
-    /// present and paired with https endpoints.
-    pub fn validate(&self) -> Result<(), IpamError> {
-        if self.endpoints.is_empty() {
-            return Err(IpamError::Config("etcdEndpoints is empty".into()));
-        }
-        let mut https = 0;
-        for e in &self.endpoints {
-            if e.starts_with("https://") {
-                https += 1;
-            } else if !e.starts_with("http://") {
-                return Err(IpamError::Config(format!(
-                    "etcd endpoint \"{e}\" must start with http:// or https://"
-                )));
-            }
-        }
-        let uses_tls = self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some();
-        if https > 0 && https < self.endpoints.len() {
-            return Err(IpamError::Config(
-                "etcdEndpoints mixes http:// and https:// URLs".into(),
-            ));
-        }
-        if uses_tls && https == 0 {
-            return Err(IpamError::Config(
-                "etcdCACert/etcdCert/etcdKey are set but the etcdEndpoints are http://; use https:// URLs".into(),
-            ));
-        }
-        if https > 0 && self.ca_cert.is_none() {
-            return Err(IpamError::Config(
-                "https:// etcd endpoints need etcdCACert (the CA that signed etcd's certificate)"
-                    .into(),
-            ));
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(IpamError::Config(
-                "etcdCert and etcdKey must be given together".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn tls_options(&self) -> Result<Option<TlsOptions>, IpamError> {
-        let Some(ca) = &self.ca_cert else {
-            return Ok(None);
-        };
-        let read = |what: &str, p: &PathBuf| {
-            std::fs::read(p)
-                .map_err(|e| IpamError::Config(format!("cannot read {what} {}: {e}", p.display())))
-        };
-        let ca_pem = read("etcdCACert", ca)?;
-        if !looks_like_pem(&ca_pem, "CERTIFICATE") {
-            return Err(IpamError::Config(format!(
-                "etcdCACert {} holds no PEM certificate",
-                ca.display()
-            )));
-        }
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            let cert_pem = read("etcdCert", cert)?;
-            let key_pem = read("etcdKey", key)?;
-            if !looks_like_pem(&cert_pem, "CERTIFICATE") {
-                return Err(IpamError::Config(format!(
-                    "etcdCert {} holds no PEM certificate",
-                    cert.display()
-                )));
-            }
-            if !looks_like_pem(&key_pem, "PRIVATE KEY") {
-                return Err(IpamError::Config(format!(
-                    "etcdKey {} holds no PEM private key",
-                    key.display()
-                )));
-            }
-            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
-        }
-        Ok(Some(tls))
-    }
-}
-
-fn looks_like_pem(bytes: &[u8], label: &str) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    text.contains("-----BEGIN ") && text.contains(label)
-}
-
-/// The value of a handle key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct HandleRecord {
-    ip: Ipv4Addr,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-}
-
-/// Any handle value, for the GC sweep.
-#[derive(Debug, Clone, Deserialize)]
-struct AnyHandleRecord {
-    #[serde(default)]
-    ip: Option<Ipv4Addr>,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    network: String,
-}
+use trellis_common::etcd::{describe, EtcdSettings};
+use trellis_common::keys::Keys;
 
 /// etcd as an allocation store.
 pub struct EtcdStore {
     kv: KvClient,
-    prefix: String,
+    pub(super) keys: Keys,
     endpoints: String,
     timeout: Duration,
     deadline: Option<Instant>,
@@ -172,49 +45,19 @@ pub struct EtcdStore {
 
 impl EtcdStore {
     /// Connect (lazily: the first call opens the connection, within its
-    /// deadline). Bad TLS files are a configuration error (code 7).
+    /// deadline). Bad settings or TLS files are a configuration error (7).
     pub async fn connect(settings: &EtcdSettings) -> Result<EtcdStore, IpamError> {
-        settings.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(settings.timeout)
-            // Our own deadline (`call`) fires first, with a clearer error.
-            .with_timeout(settings.timeout + Duration::from_secs(1));
-        if let Some(tls) = settings.tls_options()? {
-            options = options.with_tls(tls);
-        }
+        let client = settings.connect().await?;
         let endpoints = settings.endpoints.join(",");
-        let client = tokio::time::timeout(
-            settings.timeout,
-            Client::connect(&settings.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| IpamError::EtcdTimeout {
-            endpoints: endpoints.clone(),
-            doing: "connecting",
-            after: settings.timeout,
-        })?
-        .map_err(|e| match e {
-            etcd_client::Error::InvalidArgs(_)
-            | etcd_client::Error::InvalidUri(_)
-            | etcd_client::Error::TransportError(_) => {
-                IpamError::Config(format!("etcd client for {endpoints}: {}", chain(&e)))
-            }
-            other => IpamError::Etcd {
-                endpoints: endpoints.clone(),
-                doing: "connecting",
-                detail: describe_etcd(&other),
-                outcome_unknown: false,
-            },
-        })?;
-        Ok(Self::from_client(&client, &settings.prefix, settings.timeout).named(endpoints))
+        Ok(Self::from_client(&client, settings.keys(), settings.timeout).named(endpoints))
     }
 
-    /// A store over an existing client (the agent's), each call bounded by
-    /// `timeout`.
-    pub fn from_client(client: &Client, prefix: &str, timeout: Duration) -> EtcdStore {
+    /// A store over an existing client (the agent's) and its keys, each
+    /// call bounded by `timeout`.
+    pub fn from_client(client: &Client, keys: Keys, timeout: Duration) -> EtcdStore {
         EtcdStore {
             kv: client.kv_client(),
-            prefix: prefix.trim_end_matches('/').to_string(),
+            keys,
             endpoints: "etcd".to_string(),
             timeout,
             deadline: None,
@@ -231,38 +74,6 @@ impl EtcdStore {
     pub fn with_deadline(mut self, deadline: Instant) -> EtcdStore {
         self.deadline = Some(deadline);
         self
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub fn ip_key(&self, ip: Ipv4Addr) -> String {
-        format!("{}/ipam/ips/{ip}", self.prefix)
-    }
-
-    pub fn handle_key(&self, handle: &Handle) -> String {
-        format!(
-            "{}/ipam/handles/{}/{}",
-            self.prefix, handle.container_id, handle.ifname
-        )
-    }
-
-    fn ips_dir(&self) -> String {
-        format!("{}/ipam/ips/", self.prefix)
-    }
-
-    /// The narrowest key prefix covering every address of `subnet`: its
-    /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
-    fn scan_prefix(&self, subnet: Ipv4Network) -> String {
-        let whole = (subnet.prefix() / 8) as usize;
-        let octets = subnet.network().octets();
-        let mut p = self.ips_dir();
-        for o in &octets[..whole] {
-            p.push_str(&o.to_string());
-            p.push('.');
-        }
-        p
     }
 
     /// Run one etcd call within the per-call timeout and the deadline.
@@ -284,23 +95,19 @@ impl EtcdStore {
             Ok(Err(e)) => Err(IpamError::Etcd {
                 endpoints: self.endpoints.clone(),
                 doing,
-                detail: describe_etcd(&e),
+                detail: describe(&e),
                 outcome_unknown: outcome_unknown(&e),
             }),
             Ok(Ok(v)) => Ok(v),
         }
     }
 
-    pub(crate) async fn txn(
-        &self,
-        doing: &'static str,
-        txn: Txn,
-    ) -> Result<TxnResponse, IpamError> {
+    async fn txn(&self, doing: &'static str, txn: Txn) -> Result<TxnResponse, IpamError> {
         let mut kv = self.kv.clone();
         self.call(doing, async move { kv.txn(txn).await }).await
     }
 
-    async fn get(
+    pub(super) async fn get(
         &self,
         doing: &'static str,
         key: String,
@@ -313,75 +120,12 @@ impl EtcdStore {
         Ok(resp.take_kvs())
     }
 
-    /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
-    pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
-        let key = format!("{}/nodes/{node}", self.prefix);
-        let kvs = self
-            .get("reading the node record", key.clone(), None)
-            .await?;
-        kvs.first()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| IpamError::Corrupt {
-                    key,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
-    }
-
-    /// Every allocation held by containers of `node` (for leak GC).
-    pub async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
-        let mut all = self.list_all().await?;
-        all.retain(|a| a.owner.node == node);
-        Ok(all)
-    }
-
-    /// Every allocation in the cluster.
-    pub async fn list_all(&self) -> Result<Vec<Allocation>, IpamError> {
-        let kvs = self
-            .get(
-                "listing allocations",
-                self.ips_dir(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(self.decode_allocations(kvs, |_| true))
-    }
-
-    fn decode_allocations(
-        &self,
-        kvs: Vec<KeyValue>,
-        keep: impl Fn(Ipv4Addr) -> bool,
-    ) -> Vec<Allocation> {
-        let dir = self.ips_dir();
-        kvs.iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                let ip: Ipv4Addr = key.strip_prefix(&dir)?.parse().ok()?;
-                if !keep(ip) {
-                    return None;
-                }
-                match serde_json::from_slice::<Owner>(kv.value()) {
-                    Ok(owner) => Some(Allocation {
-                        ip,
-                        owner,
-                        revision: kv.mod_revision(),
-                    }),
-                    Err(e) => {
-                        log::warn!("ignoring undecodable allocation {key}: {e}");
-                        None
-                    }
-                }
-            })
-            .collect()
-    }
-
     /// The handle key of `handle`, as stored.
     async fn read_handle(&self, handle: &Handle) -> Result<Option<KeyValue>, IpamError> {
         let kvs = self
             .get(
                 "reading the attachment's handle",
-                self.handle_key(handle),
+                self.keys.handle(handle),
                 None,
             )
             .await?;
@@ -392,17 +136,18 @@ impl EtcdStore {
     /// nothing is `Ok(None)`. An address now owned by another attachment is
     /// left alone; only the stale handle goes.
     pub async fn release(&self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        let hkey = self.handle_key(handle);
+        let hkey = self.keys.handle(handle);
         for _ in 0..3 {
             let Some(hkv) = self.read_handle(handle).await? else {
                 return Ok(None);
             };
             let hrev = hkv.mod_revision();
-            let Some(record) = handle_record(&hkv) else {
+            let Some((ip, node, network)) = HandleValue::decode(&hkv).and_then(HandleValue::held)
+            else {
                 self.delete_handle_if(&hkey, hrev).await?;
                 return Ok(None);
             };
-            let ikey = self.ip_key(record.ip);
+            let ikey = self.keys.ip(ip);
             let resp = self
                 .txn(
                     "releasing the address",
@@ -423,12 +168,14 @@ impl EtcdStore {
                 .await?;
             if resp.succeeded() {
                 return Ok(Some(Allocation {
-                    ip: record.ip,
+                    ip,
                     owner: Owner {
                         container_id: handle.container_id.clone(),
                         ifname: handle.ifname.clone(),
-                        node: record.node,
-                        network: record.network,
+                        node,
+                        network,
+                        // The handle does not say: only the address key does.
+                        plugin: String::new(),
                     },
                     revision: hrev,
                 }));
@@ -439,7 +186,7 @@ impl EtcdStore {
                 _ => continue, // the handle changed under us: read again
             }
             let ip_kv = got.get(1).and_then(Option::as_ref);
-            match ip_kv.and_then(|kv| held_by(kv, record.ip, handle)) {
+            match ip_kv.and_then(|kv| held_by(kv, ip, handle)) {
                 Some(a) => {
                     // Ours, written separately (a restored backup): free it exactly.
                     if self.release_pair(&a, hrev).await? {
@@ -449,7 +196,7 @@ impl EtcdStore {
                 None => {
                     log::warn!(
                         "handle {hkey} points at {} which {} holds: removing only the stale handle",
-                        record.ip,
+                        ip,
                         if ip_kv.is_some() {
                             "another attachment"
                         } else {
@@ -474,8 +221,8 @@ impl EtcdStore {
     }
 
     async fn release_pair(&self, a: &Allocation, handle_rev: i64) -> Result<bool, IpamError> {
-        let ikey = self.ip_key(a.ip);
-        let hkey = self.handle_key(&a.handle());
+        let ikey = self.keys.ip(a.ip);
+        let hkey = self.keys.handle(&a.handle());
         let resp = self
             .txn(
                 "releasing the address",
@@ -502,7 +249,7 @@ impl EtcdStore {
         Ok(resp.succeeded())
     }
 
-    async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
+    pub(super) async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
         self.txn(
             "removing a stale handle",
             Txn::new()
@@ -537,33 +284,31 @@ impl EtcdStore {
             return Ok(HandleState::Absent);
         };
         let hrev = hkv.mod_revision();
-        let Some(record) = handle_record(hkv) else {
+        let Some(ip) = HandleValue::decode(hkv).and_then(|v| v.ip()) else {
             return Ok(HandleState::Dangling(hrev));
         };
         let kvs = self
-            .get("reading the address", self.ip_key(record.ip), None)
+            .get("reading the address", self.keys.ip(ip), None)
             .await?;
-        Ok(
-            match kvs.first().and_then(|kv| held_by(kv, record.ip, handle)) {
-                Some(a) => HandleState::Holds(a),
-                None => HandleState::Dangling(hrev),
-            },
-        )
+        Ok(match kvs.first().and_then(|kv| held_by(kv, ip, handle)) {
+            Some(a) => HandleState::Holds(a),
+            None => HandleState::Dangling(hrev),
+        })
     }
 
     /// Give `ip` to `owner` in one transaction: the address key and the
     /// handle key are created together, only if both are absent.
     pub async fn claim(&self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
         let handle = owner.handle();
-        let ikey = self.ip_key(ip);
-        let hkey = self.handle_key(&handle);
+        let ikey = self.keys.ip(ip);
+        let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
-        let hvalue = serde_json::to_vec(&HandleRecord {
+        let hvalue = HandleValue::Holds {
             ip,
             node: owner.node.clone(),
             network: owner.network.clone(),
-        })
-        .expect("handle serializes");
+        }
+        .encode();
         for _ in 0..2 {
             let claim = Txn::new()
                 .when([
@@ -582,7 +327,7 @@ impl EtcdStore {
                 Ok(resp) => resp,
                 Err(e) if e.may_have_applied() => {
                     *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Fence::for_claim(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
+                        Some(fence_for(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -637,100 +382,51 @@ impl EtcdStore {
             .clone()
     }
 
-    /// Remove the handle keys of `node` in `network` that hold no address
-    /// (fences, or handles whose address record is gone or someone else's)
-    /// and whose attachment `keep` does not claim. Returns how many went.
-    pub async fn sweep_handles(
-        &self,
-        node: &str,
-        network: &str,
-        keep: impl Fn(&Handle) -> bool,
-    ) -> Result<usize, IpamError> {
-        let dir = format!("{}/ipam/handles/", self.prefix);
-        let kvs = self
-            .get(
-                "listing handles",
-                dir.clone(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let mut removed = 0;
-        for kv in &kvs {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some((container_id, ifname)) =
-                key.strip_prefix(&dir).and_then(|rest| rest.split_once('/'))
-            else {
-                continue;
-            };
-            let handle = Handle {
-                container_id: container_id.to_string(),
-                ifname: ifname.to_string(),
-            };
-            let Ok(record) = serde_json::from_slice::<AnyHandleRecord>(kv.value()) else {
-                continue;
-            };
-            if record.node != node || record.network != network || keep(&handle) {
-                continue;
-            }
-            let holds = match record.ip {
-                None => false,
-                Some(ip) => self
-                    .get("reading the address", self.ip_key(ip), None)
-                    .await?
-                    .first()
-                    .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
-            };
-            if !holds {
-                self.delete_handle_if(&key, kv.mod_revision()).await?;
-                removed += 1;
-            }
+    /// Apply `fence` and wait for etcd's answer (within this store's
+    /// timeout and deadline).
+    pub async fn apply_fence(&self, fence: &Fence) -> Result<FenceOutcome, IpamError> {
+        let (ikey, hkey) = (fence.ip_key.as_str(), fence.handle_key.as_str());
+        let txn = Txn::new()
+            .when([
+                Compare::value(ikey, CompareOp::Equal, fence.ip_value.as_bytes()),
+                Compare::value(hkey, CompareOp::Equal, fence.handle_value.as_bytes()),
+            ])
+            .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
+            )]);
+        let resp = self.txn("fencing an unanswered claim", txn).await?;
+        if resp.succeeded() {
+            return Ok(FenceOutcome::Undone);
         }
-        Ok(removed)
+        let nested_succeeded = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, TxnOpResponse::Txn(t) if t.succeeded()));
+        Ok(if nested_succeeded {
+            FenceOutcome::Fenced
+        } else {
+            FenceOutcome::NotOurs
+        })
     }
+}
 
-    /// The addresses held inside `subnet` (keys only: one cheap range read).
-    pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
-        let dir = self.ips_dir();
-        let kvs = self
-            .get(
-                "listing allocated addresses",
-                self.scan_prefix(subnet),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                String::from_utf8_lossy(kv.key())
-                    .strip_prefix(&dir)?
-                    .parse::<Ipv4Addr>()
-                    .ok()
-            })
-            .filter(|ip| subnet.contains(*ip))
-            .collect())
-    }
-
-    /// Every decodable allocation inside `subnet`.
-    pub async fn list_in(&self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
-        let kvs = self
-            .get(
-                "listing allocations",
-                self.scan_prefix(subnet),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        Ok(self.decode_allocations(kvs, |ip| subnet.contains(ip)))
-    }
-
-    /// One linearizable read: etcd has a leader and answers.
-    pub async fn ping(&self) -> Result<(), IpamError> {
-        self.get(
-            "checking etcd",
-            format!("{}/config", self.prefix),
-            Some(GetOptions::new().with_count_only()),
-        )
-        .await
-        .map(|_| ())
+/// The fence of a claim of `owner` that wrote `ip` = (key, value) and
+/// `handle` = (key, value): undo exactly those, or cancel the handle.
+fn fence_for(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) -> Fence {
+    let cancelled = HandleValue::Cancelled {
+        cancelled: true,
+        node: owner.node.clone(),
+        network: owner.network.clone(),
+    };
+    Fence {
+        ip_key: ip.0.to_string(),
+        ip_value: String::from_utf8_lossy(ip.1).into_owned(),
+        handle_key: handle.0.to_string(),
+        handle_value: String::from_utf8_lossy(handle.1).into_owned(),
+        cancelled_value: String::from_utf8_lossy(&cancelled.encode()).into_owned(),
     }
 }
 
@@ -740,37 +436,6 @@ enum HandleState {
     /// The handle exists (at this revision) but its address record is
     /// missing, undecodable or someone else's.
     Dangling(i64),
-}
-
-fn handle_record(kv: &KeyValue) -> Option<HandleRecord> {
-    serde_json::from_slice(kv.value()).ok()
-}
-
-/// The allocation the address key `kv` of `ip` records, if it belongs to
-/// `handle`.
-fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Allocation> {
-    owner_of(kv)
-        .filter(|o| o.holds(handle))
-        .map(|owner| Allocation {
-            ip,
-            owner,
-            revision: kv.mod_revision(),
-        })
-}
-
-fn owner_of(kv: &KeyValue) -> Option<Owner> {
-    serde_json::from_slice(kv.value()).ok()
-}
-
-/// The first key of each `get` in a transaction's responses.
-fn gets(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
-    resp.op_responses()
-        .into_iter()
-        .map(|r| match r {
-            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-            _ => None,
-        })
-        .collect()
 }
 
 impl Store for EtcdStore {
@@ -783,16 +448,7 @@ impl Store for EtcdStore {
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
         EtcdStore::used_in(self, subnet).await
     }
-    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
-        EtcdStore::list_in(self, subnet).await
-    }
-    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        EtcdStore::release(self, handle).await
-    }
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {
         EtcdStore::release_exact(self, allocation).await
-    }
-    async fn ping(&mut self) -> Result<(), IpamError> {
-        EtcdStore::ping(self).await
     }
 }

@@ -14,22 +14,12 @@
 //! The fence must be sent by a process that waits for its answer: etcd
 //! cancels the requests of a client that went away, so a fence queued by an
 //! exiting plugin could be dropped while the claim goes through.
+//!
+//! This module holds the fence as data (it is queued as JSON for the
+//! keeper); `EtcdStore::claim` makes it and `EtcdStore::apply_fence` runs
+//! its transaction.
 
-use crate::allocation::Owner;
-use crate::error::IpamError;
-use crate::store::etcd::EtcdStore;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
-
-/// The value a fence leaves on a handle key: it holds no address.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct CancelledRecord {
-    pub cancelled: bool,
-    #[serde(default)]
-    pub node: String,
-    #[serde(default)]
-    pub network: String,
-}
 
 /// Everything needed to fence one claim: the keys and the exact values it
 /// wrote.
@@ -53,54 +43,4 @@ pub enum FenceOutcome {
     /// The handle holds something else (another claim of the same
     /// attachment won): nothing to do.
     NotOurs,
-}
-
-impl Fence {
-    pub(crate) fn for_claim(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) -> Fence {
-        let cancelled = serde_json::to_string(&CancelledRecord {
-            cancelled: true,
-            node: owner.node.clone(),
-            network: owner.network.clone(),
-        })
-        .expect("record serializes");
-        Fence {
-            ip_key: ip.0.to_string(),
-            ip_value: String::from_utf8_lossy(ip.1).into_owned(),
-            handle_key: handle.0.to_string(),
-            handle_value: String::from_utf8_lossy(handle.1).into_owned(),
-            cancelled_value: cancelled,
-        }
-    }
-}
-
-impl EtcdStore {
-    /// Apply `fence` and wait for etcd's answer (within this store's
-    /// timeout and deadline).
-    pub async fn apply_fence(&self, fence: &Fence) -> Result<FenceOutcome, IpamError> {
-        let (ikey, hkey) = (fence.ip_key.as_str(), fence.handle_key.as_str());
-        let txn = Txn::new()
-            .when([
-                Compare::value(ikey, CompareOp::Equal, fence.ip_value.as_bytes()),
-                Compare::value(hkey, CompareOp::Equal, fence.handle_value.as_bytes()),
-            ])
-            .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
-            )]);
-        let resp = self.txn("fencing an unanswered claim", txn).await?;
-        if resp.succeeded() {
-            return Ok(FenceOutcome::Undone);
-        }
-        let nested_succeeded = resp
-            .op_responses()
-            .into_iter()
-            .any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded()));
-        Ok(if nested_succeeded {
-            FenceOutcome::Fenced
-        } else {
-            FenceOutcome::NotOurs
-        })
-    }
 }

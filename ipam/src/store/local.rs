@@ -7,7 +7,6 @@
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
-use crate::lock::FileLock;
 use crate::store::Store;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use trellis_common::fs::{write_atomically, FileLock};
 
 pub const ALLOCATIONS_FILE: &str = "allocations.json";
 pub const LOCK_FILE: &str = "lock";
@@ -76,7 +76,7 @@ impl LocalStore {
     fn save(&self) -> Result<(), IpamError> {
         let file = self.dir.join(ALLOCATIONS_FILE);
         let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        trellis_common::node::write_atomically(&file, &json).map_err(IpamError::store(file))
+        write_atomically(&file, &json, 0o644).map_err(IpamError::store(file))
     }
 
     pub fn lookup(&self, handle: &Handle) -> Option<Allocation> {
@@ -124,15 +124,6 @@ impl LocalStore {
         self.release(&a.handle()).map(|r| r.is_some())
     }
 
-    pub fn list_in(&self, subnet: Ipv4Network) -> Vec<Allocation> {
-        self.state
-            .allocations
-            .iter()
-            .filter(|(ip, _)| subnet.contains(**ip))
-            .map(|(ip, o)| allocation(*ip, o))
-            .collect()
-    }
-
     /// Every allocation in the store.
     pub fn list_all(&self) -> Vec<Allocation> {
         self.state
@@ -176,17 +167,8 @@ impl Store for LocalStore {
             .filter(|ip| subnet.contains(*ip))
             .collect())
     }
-    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
-        Ok(LocalStore::list_in(self, subnet))
-    }
-    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
-        LocalStore::release(self, handle)
-    }
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {
         LocalStore::release_exact(self, allocation)
-    }
-    async fn ping(&mut self) -> Result<(), IpamError> {
-        self.check_writable()
     }
 }
 
@@ -229,7 +211,7 @@ mod tests {
         assert_eq!(s.release(&owner("a").handle()).unwrap(), None);
         drop(s);
         let s = LocalStore::open(dir.path(), soon()).unwrap();
-        assert!(s.list_in("10.88.0.0/16".parse().unwrap()).is_empty());
+        assert!(s.list_all().is_empty());
     }
 
     #[test]

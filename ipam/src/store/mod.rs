@@ -3,8 +3,10 @@
 //! the CNI verbs are written once against this trait.
 
 pub mod etcd;
+mod etcd_listing;
 pub mod fence;
 pub mod local;
+mod records;
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
@@ -12,7 +14,8 @@ use ipnetwork::Ipv4Network;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-/// The atomic operations an allocation store offers.
+/// The atomic operations an allocation store offers, as the allocator and
+/// the CNI GC call them on either store.
 #[allow(async_fn_in_trait)] // used generically inside this crate only
 pub trait Store {
     /// The allocation `handle` holds, if any (and only if the address record
@@ -26,16 +29,6 @@ pub trait Store {
     /// The addresses held inside `subnet`, by anyone.
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError>;
 
-    /// Every decodable allocation inside `subnet`.
-    async fn list_in(&mut self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError>;
-
-    /// Free whatever `handle` holds; `None` when it held nothing. Never frees
-    /// an address that now belongs to another handle.
-    async fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError>;
-
     /// Free `allocation` only if it is unchanged since it was read (GC).
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError>;
-
-    /// Whether the store can serve requests now (STATUS).
-    async fn ping(&mut self) -> Result<(), IpamError>;
 }

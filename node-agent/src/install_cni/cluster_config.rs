@@ -2,12 +2,12 @@
 //! one etcd transaction, so that many nodes starting at once write it once
 //! and a running cluster's network is never changed under it.
 
-use crate::etcd::{connect, EtcdError, Keys};
 use crate::flags::EtcdArgs;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use trellis_common::node::ClusterConfig;
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::etcd::EtcdError;
 
 /// How long the installer keeps trying to reach etcd before it gives up
 /// (and the kubelet restarts it with its own back-off).
@@ -24,7 +24,7 @@ pub enum SeedError {
     },
     #[error("invalid cluster config {path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error(transparent)]
+    #[error("etcd: {0}")]
     Connect(#[from] EtcdError),
     #[error("writing {key} to etcd at {endpoints} (gave up after {waited:?}): {source}")]
     Request {
@@ -47,20 +47,17 @@ pub enum Seeded {
     Differs { existing: String },
 }
 
-/// Read and validate the cluster config file; the JSON to store.
+/// Read the cluster config file and check it as every agent will
+/// ([`ClusterConfig::parse`]); the JSON to store.
 pub fn load(path: &Path) -> Result<(ClusterConfig, String), SeedError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| SeedError::Read {
         path: shown.clone(),
         source,
     })?;
-    let config: ClusterConfig = serde_json::from_slice(&bytes).map_err(|e| SeedError::Invalid {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    config.validate().map_err(|reason| SeedError::Invalid {
+    let config = ClusterConfig::parse(&bytes).map_err(|e| SeedError::Invalid {
         path: shown,
-        reason,
+        reason: e.to_string(),
     })?;
     let json = serde_json::to_string(&config).expect("cluster config serializes");
     Ok((config, json))
@@ -68,7 +65,7 @@ pub fn load(path: &Path) -> Result<(ClusterConfig, String), SeedError> {
 
 /// Compare what etcd holds with the config we would have written.
 pub fn judge(existing: &[u8], ours: &ClusterConfig) -> Seeded {
-    match serde_json::from_slice::<ClusterConfig>(existing) {
+    match ClusterConfig::parse(existing) {
         Ok(theirs) if &theirs == ours => Seeded::Unchanged,
         _ => Seeded::Differs {
             existing: String::from_utf8_lossy(existing).into_owned(),
@@ -79,8 +76,9 @@ pub fn judge(existing: &[u8], ours: &ClusterConfig) -> Seeded {
 /// Write the config at `path` to `<prefix>/config` unless the key exists.
 pub async fn seed(path: &Path, etcd: &EtcdArgs) -> Result<(String, Seeded), SeedError> {
     let (config, json) = load(path)?;
-    let key = Keys::new(&etcd.etcd_prefix).config();
-    let mut client = connect(etcd).await?;
+    let settings = etcd.settings();
+    let key = settings.keys().config();
+    let mut client = settings.connect().await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.clone(), json, None)])
@@ -148,6 +146,8 @@ mod tests {
                 "subnetLen 8",
             ),
             (r#"{"network": "10.244.0.0/16", "vni": 0}"#, "vni 0"),
+            (r#"{"network": "10.244.1.0/16"}"#, "host bits"),
+            (r#"{"network": "10.244.0.0/16", "port": 0}"#, "port"),
             (r#"{"network": "10.244.0.0"}"#, "invalid cluster config"),
             ("not json", "invalid cluster config"),
         ] {

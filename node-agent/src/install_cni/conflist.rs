@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use trellis_common::cni::config::parse_version;
 use trellis_common::cni::env::is_valid_identifier;
 use trellis_common::cni::NetConf;
+use trellis_common::keys::Keys;
+use trellis_common::naming::PLUGIN_TYPE;
 
-/// The `type` of the trellis plugin and of its IPAM plugin.
-pub const PLUGIN_TYPE: &str = "trellis";
+/// The `type` of trellis's IPAM plugin.
 pub const IPAM_TYPE: &str = "trellis-ipam";
 
 /// The conflist written when no template is given: the cluster-mode shape of
@@ -101,7 +102,12 @@ pub fn render(template: &Value, settings: &Settings) -> Result<String, String> {
 
 fn fill_etcd(ipam: &mut Map<String, Value>, settings: &Settings) {
     ipam.insert("etcdEndpoints".into(), json!(settings.etcd_endpoints));
-    ipam.insert("etcdPrefix".into(), json!(settings.etcd_prefix));
+    // In its one form: the plugins read any form the same way, but the
+    // file then says what the agent's keys are.
+    ipam.insert(
+        "etcdPrefix".into(),
+        json!(Keys::new(settings.etcd_prefix).prefix()),
+    );
     for (key, path) in [
         ("etcdCACert", &settings.tls.ca),
         ("etcdCert", &settings.tls.cert),
@@ -222,6 +228,22 @@ mod tests {
         assert!(p["ipam"].get("etcdCert").is_none());
         assert!(p["ipam"].get("etcdKey").is_none());
         assert_eq!(v["name"], "pods");
+    }
+
+    #[test]
+    fn the_etcd_prefix_is_written_in_the_form_every_binary_reads() {
+        let eps = vec!["http://10.0.0.10:2379".to_string()];
+        for prefix in ["trellis", "/trellis", "/trellis/", "trellis/"] {
+            let s = Settings {
+                etcd_prefix: prefix,
+                ..settings(&eps, TlsPaths::default())
+            };
+            let v = rendered(&default_template(), &s);
+            assert_eq!(
+                v["plugins"][0]["ipam"]["etcdPrefix"], "/trellis",
+                "{prefix}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the host's /opt/cni/bin and /etc/cni/net.d, and the Secret mount.
 
 use super::*;
+use crate::flags::EtcdArgs;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -38,6 +39,11 @@ fn node() -> Node {
         secrets,
         opts,
     }
+}
+
+/// A file that looks like PEM of `label` (the installer checks that much).
+fn pem(label: &str, body: &str) -> String {
+    format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
 }
 
 fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
@@ -152,8 +158,12 @@ fn new_endpoints_rewrite_the_conflist() {
 #[test]
 fn tls_files_are_copied_for_the_host_and_removed_when_tls_is_off() {
     let mut n = node();
-    for (name, body) in [("ca.crt", "CA"), ("tls.crt", "CERT"), ("tls.key", "KEY")] {
-        fs::write(n.secrets.join(name), body).unwrap();
+    for (name, label, body) in [
+        ("ca.crt", "CERTIFICATE", "CA"),
+        ("tls.crt", "CERTIFICATE", "CERT"),
+        ("tls.key", "PRIVATE KEY", "KEY"),
+    ] {
+        fs::write(n.secrets.join(name), pem(label, body)).unwrap();
     }
     n.opts.etcd.etcd_endpoints = vec!["https://192.0.2.10:2379".into()];
     n.opts.etcd.etcd_cafile = Some(n.secrets.join("ca.crt"));
@@ -164,9 +174,14 @@ fn tls_files_are_copied_for_the_host_and_removed_when_tls_is_off() {
     let tls_dir = n.opts.cni_conf_dir.join("trellis-tls");
     let ipam = conflist(&n.opts)["plugins"][0]["ipam"].clone();
     for (conf_key, file, body, file_mode) in [
-        ("etcdCACert", "etcd-ca.pem", "CA", 0o644),
-        ("etcdCert", "etcd-cert.pem", "CERT", 0o644),
-        ("etcdKey", "etcd-key.pem", "KEY", 0o600),
+        ("etcdCACert", "etcd-ca.pem", pem("CERTIFICATE", "CA"), 0o644),
+        (
+            "etcdCert",
+            "etcd-cert.pem",
+            pem("CERTIFICATE", "CERT"),
+            0o644,
+        ),
+        ("etcdKey", "etcd-key.pem", pem("PRIVATE KEY", "KEY"), 0o600),
     ] {
         let path = tls_dir.join(file);
         assert_eq!(ipam[conf_key], path.display().to_string());
@@ -176,7 +191,7 @@ fn tls_files_are_copied_for_the_host_and_removed_when_tls_is_off() {
     assert!(!install(&n.opts).unwrap().changed());
 
     // Rotated key: only the key changes.
-    fs::write(n.secrets.join("tls.key"), "KEY2").unwrap();
+    fs::write(n.secrets.join("tls.key"), pem("PRIVATE KEY", "KEY2")).unwrap();
     let report = install(&n.opts).unwrap();
     assert_eq!(
         report.change_of(&key(tls_dir.join("etcd-key.pem"))),
@@ -206,8 +221,19 @@ fn bad_inputs_fail_before_anything_is_written() {
     let n = node();
     let mut half = n.opts.clone();
     fs::write(n.secrets.join("tls.crt"), "CERT").unwrap();
+    half.etcd.etcd_endpoints = vec!["https://192.0.2.10:2379".into()];
+    fs::write(n.secrets.join("ca.crt"), pem("CERTIFICATE", "CA")).unwrap();
+    half.etcd.etcd_cafile = Some(n.secrets.join("ca.crt"));
     half.etcd.etcd_certfile = Some(n.secrets.join("tls.crt"));
-    assert!(matches!(install(&half), Err(InstallError::HalfIdentity)));
+    let err = install(&half).unwrap_err();
+    assert!(matches!(err, InstallError::Etcd(_)), "{err}");
+    assert!(err.to_string().contains("go together"), "{err}");
+    // A key that is not PEM is refused, not copied to the host.
+    let mut not_pem = half.clone();
+    not_pem.etcd.etcd_keyfile = Some(n.secrets.join("tls.crt"));
+    fs::write(n.secrets.join("tls.crt"), pem("CERTIFICATE", "CERT")).unwrap();
+    let err = install(&not_pem).unwrap_err().to_string();
+    assert!(err.contains("holds no PEM private key"), "{err}");
 
     let mut bad_json = n.opts.clone();
     let template = n.secrets.join("10-trellis.conflist");
@@ -318,7 +344,8 @@ fn readers_only_ever_see_a_whole_conflist() {
 #[tokio::test]
 async fn uninstall_removes_what_install_wrote_and_is_idempotent() {
     let mut n = node();
-    fs::write(n.secrets.join("ca.crt"), "CA").unwrap();
+    fs::write(n.secrets.join("ca.crt"), pem("CERTIFICATE", "CA")).unwrap();
+    n.opts.etcd.etcd_endpoints = vec!["https://192.0.2.10:2379".into()];
     n.opts.etcd.etcd_cafile = Some(n.secrets.join("ca.crt"));
     let report = run(&n.opts).await.unwrap();
     assert!(report.changed());

@@ -1,7 +1,8 @@
 //! Where plans are applied: the kernel (one rtnetlink socket, many requests
 //! in flight) or, in unit tests, a fake.
 
-use super::plan::{ActualOverlay, Op};
+use super::plan::{overlay_route, ActualOverlay, Op};
+use crate::node_network::NodeNetwork;
 use futures::StreamExt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,45 +24,40 @@ pub trait Dataplane: Send {
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = Vec<(Op, KernelError)>> + Send;
 }
 
-/// Something that (re)creates the VXLAN device and returns its index.
-pub trait DeviceSetup: Send + Sync {
-    fn ensure(&self, nl: &Netlink)
-        -> impl Future<Output = Result<(u32, bool), KernelError>> + Send;
-}
-
-/// The real dataplane: the VXLAN device of this namespace.
-pub struct KernelDataplane<S: DeviceSetup> {
+/// The real dataplane: this node's VXLAN device.
+pub struct KernelDataplane {
     nl: Netlink,
-    setup: S,
+    /// What the device must look like (it makes it again when it vanished).
+    node: NodeNetwork,
     /// The VXLAN device's index, as `ensure_device` (which every pass
     /// starts with) last found it.
     ifindex: u32,
 }
 
-impl<S: DeviceSetup> KernelDataplane<S> {
-    pub fn new(nl: Netlink, setup: S) -> Self {
+impl KernelDataplane {
+    pub fn new(nl: Netlink, node: NodeNetwork) -> Self {
         KernelDataplane {
             nl,
-            setup,
+            node,
             ifindex: 0,
         }
     }
 }
 
-async fn execute(nl: &Netlink, ifindex: u32, op: Op) -> Result<(), KernelError> {
-    match op {
+async fn execute(nl: &Netlink, ifindex: u32, op: &Op) -> Result<(), KernelError> {
+    match *op {
         Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
-        Op::DelRoute(r) => nl.device_route_delete(ifindex, &r).await,
+        Op::DelRoute(ref r) => nl.delete_route(r).await,
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
-        Op::SetRoute { dst, via } => nl.onlink_route_replace(ifindex, dst, via).await,
+        Op::SetRoute { dst, via } => nl.replace_route(&overlay_route(ifindex, dst, via)).await,
     }
 }
 
-impl<S: DeviceSetup> Dataplane for KernelDataplane<S> {
+impl Dataplane for KernelDataplane {
     async fn ensure_device(&mut self) -> Result<bool, KernelError> {
-        let (ifindex, made) = self.setup.ensure(&self.nl).await?;
+        let (ifindex, made) = self.node.ensure_vxlan(&self.nl).await?;
         self.ifindex = ifindex;
         Ok(made)
     }
@@ -82,8 +78,11 @@ impl<S: DeviceSetup> Dataplane for KernelDataplane<S> {
     async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
         let nl = &self.nl;
         let ifindex = self.ifindex;
-        futures::stream::iter(ops.iter().copied())
-            .map(|op| async move { (op, execute(nl, ifindex, op).await) })
+        futures::stream::iter(ops.iter().cloned())
+            .map(|op| async move {
+                let done = execute(nl, ifindex, &op).await;
+                (op, done)
+            })
             .buffer_unordered(IN_FLIGHT)
             .filter_map(|(op, r)| async move { r.err().map(|e| (op, e)) })
             .collect()
@@ -96,6 +95,7 @@ impl<S: DeviceSetup> Dataplane for KernelDataplane<S> {
 #[cfg(test)]
 pub mod fake {
     use super::*;
+    use ipnetwork::IpNetwork;
     use std::collections::HashSet;
 
     #[derive(Default)]
@@ -130,7 +130,7 @@ pub mod fake {
             for op in ops {
                 if self.fail_once.remove(op) {
                     failed.push((
-                        *op,
+                        op.clone(),
                         KernelError::Io {
                             op: format!("{op:?}"),
                             source: std::io::Error::from_raw_os_error(105),
@@ -138,12 +138,12 @@ pub mod fake {
                     ));
                     continue;
                 }
-                self.applied.push(*op);
+                self.applied.push(op.clone());
                 let s = &mut self.state;
-                match *op {
+                match op.clone() {
                     Op::DelFdb(e) => s.fdb.retain(|x| *x != e),
                     Op::DelNeighbour(ip) => s.neighbours.retain(|x| x.ip != ip),
-                    Op::DelRoute(r) => s.routes.retain(|x| *x != r),
+                    Op::DelRoute(r) => s.routes.retain(|x| *x != *r),
                     Op::SetFdb { mac, dst } => {
                         s.fdb.retain(|x| x.mac != mac);
                         s.fdb.push(trellis_kernel::fdb::FdbEntry {
@@ -160,13 +160,8 @@ pub mod fake {
                         });
                     }
                     Op::SetRoute { dst, via } => {
-                        s.routes.retain(|x| x.dst != dst);
-                        s.routes.push(trellis_kernel::overlay_route::DeviceRoute {
-                            dst,
-                            gateway: Some(via),
-                            onlink: true,
-                            metric: 0,
-                        });
+                        s.routes.retain(|x| x.dst != IpNetwork::V4(dst));
+                        s.routes.push(overlay_route(1, dst, via));
                     }
                 }
             }

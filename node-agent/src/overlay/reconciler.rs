@@ -7,6 +7,7 @@ use super::desired::DesiredOverlay;
 use super::plan::plan;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -62,7 +63,7 @@ impl<D: Dataplane> Reconciler<D> {
             device_made,
             duration: started.elapsed(),
         };
-        self.metrics.record_reconcile(&outcome, desired.len());
+        record(&self.metrics, &outcome, desired.len());
         Ok(outcome)
     }
 
@@ -131,6 +132,21 @@ impl<D: Dataplane> Reconciler<D> {
     }
 }
 
+/// What a reconcile did, in the agent's figures.
+fn record(metrics: &Metrics, o: &ReconcileOutcome, desired_nodes: usize) {
+    metrics.reconciles.inc();
+    metrics.failed_writes.add(o.failed as u64);
+    let micros = o.duration.as_micros() as u64;
+    metrics.reconcile_micros_sum.add(micros);
+    metrics.last_reconcile_micros.set(micros);
+    metrics.remote_nodes.set(desired_nodes as u64);
+    let wanted = 3 * desired_nodes as u64;
+    metrics
+        .entries_programmed
+        .set(wanted.saturating_sub(o.failed as u64));
+    metrics.converged.store(o.failed == 0, Ordering::Relaxed);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +187,26 @@ mod tests {
         assert_eq!((o.added, o.removed), (0, 3));
         assert_eq!(r.dataplane().state.fdb.len(), 2);
         assert_eq!(r.metrics.entries_programmed.get(), 6);
+    }
+
+    #[test]
+    fn a_reconcile_is_recorded_in_the_figures() {
+        let m = Metrics::default();
+        let o = ReconcileOutcome {
+            added: 6,
+            failed: 1,
+            duration: Duration::from_millis(12),
+            ..Default::default()
+        };
+        record(&m, &o, 2);
+        assert_eq!(m.reconciles.get(), 1);
+        assert_eq!(m.failed_writes.get(), 1);
+        assert_eq!(m.entries_programmed.get(), 5);
+        assert_eq!(m.remote_nodes.get(), 2);
+        assert_eq!(m.last_reconcile_micros.get(), 12_000);
+        assert!(!m.converged.load(Ordering::Relaxed));
+        let text = m.render();
+        assert!(text.contains("\ntrellis_agent_last_reconcile_duration_seconds 0.012000\n"));
     }
 
     #[tokio::test]

@@ -108,7 +108,17 @@ impl Plugin {
 
     /// Run the plugin once.
     pub fn invoke(&self, call: &Call, conf: &Value) -> Reply {
-        invoke_bin(&self.path(), call, conf)
+        invoke_bin(&self.path(), call, conf, |_| {})
+    }
+
+    /// Run the plugin once, its command changed by `prepare` first.
+    pub fn invoke_with(
+        &self,
+        call: &Call,
+        conf: &Value,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Reply {
+        invoke_bin(&self.path(), call, conf, prepare)
     }
 
     /// Run `calls` all at once, one process each; replies in the same order.
@@ -119,7 +129,7 @@ impl Plugin {
                 .iter()
                 .map(|(id, command)| {
                     let bin = &bin;
-                    s.spawn(move || invoke_bin(bin, &Call::new(command, id), conf))
+                    s.spawn(move || invoke_bin(bin, &Call::new(command, id), conf, |_| {}))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -127,7 +137,7 @@ impl Plugin {
     }
 }
 
-fn invoke_bin(bin: &Path, call: &Call, conf: &Value) -> Reply {
+fn invoke_bin(bin: &Path, call: &Call, conf: &Value, prepare: impl FnOnce(&mut Command)) -> Reply {
     let mut cmd = Command::new(bin);
     cmd.env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container_id)
@@ -139,6 +149,7 @@ fn invoke_bin(bin: &Path, call: &Call, conf: &Value) -> Reply {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    prepare(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().expect("trellis-ipam starts");
     child

@@ -60,7 +60,7 @@ impl Shipped {
         serde_json::from_str(self.data("10-trellis.conflist")).expect("the conflist is JSON")
     }
 
-    pub fn cluster_config(&self) -> trellis_common::node::ClusterConfig {
+    pub fn cluster_config(&self) -> trellis_common::cluster_config::ClusterConfig {
         serde_json::from_str(self.data("cluster-config.json")).expect("the cluster config")
     }
 

@@ -1,0 +1,19 @@
+//! STATUS (1.1.0): ready when the node has what ADD needs: in cluster mode
+//! the agent's node record, then whatever the IPAM plugin needs (its
+//! STATUS).
+
+use crate::config::Config;
+use trellis_common::cni::delegate::delegate;
+use trellis_common::cni::{CniError, Command, Request};
+
+pub fn status(req: &Request) -> Result<(), CniError> {
+    let cfg = Config::from_request(req)?;
+    if cfg.ipam_subnet.is_none() && cfg.node_record().ok().flatten().is_none() {
+        return Err(CniError::not_ready(format!(
+            "no node record in {}: trellis-agent has not published this node yet",
+            cfg.state_dir.display()
+        )));
+    }
+    delegate(&cfg.ipam_type, Command::Status, &req.env, &req.stdin)?;
+    Ok(())
+}

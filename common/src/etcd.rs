@@ -1,0 +1,359 @@
+//! How every binary reaches etcd: the endpoints, the key prefix, the TLS
+//! files and the time one call may take, checked once (URL schemes, TLS
+//! files present, PEM, paired with `https://`) and connected the same way.
+//! The agent fills them in from its flags, the IPAM plugin from its
+//! `ipam` object; errors name the setting as the user wrote it.
+
+use crate::keys::{Keys, DEFAULT_ETCD_PREFIX};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port` URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix, default `/trellis`; read by [`Keys::new`].
+    pub prefix: String,
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The longest any single etcd call may take.
+    pub timeout: Duration,
+    /// Where the settings came from, to name them in errors.
+    #[serde(skip)]
+    pub source: SettingsSource,
+}
+
+/// Where a binary read its etcd settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SettingsSource {
+    /// The `ipam` object of a network configuration.
+    #[default]
+    Conflist,
+    /// `trellis-agent` flags.
+    Flags,
+}
+
+impl SettingsSource {
+    fn endpoints(self) -> &'static str {
+        match self {
+            SettingsSource::Conflist => "etcdEndpoints",
+            SettingsSource::Flags => "--etcd-endpoints",
+        }
+    }
+    fn ca(self) -> &'static str {
+        match self {
+            SettingsSource::Conflist => "etcdCACert",
+            SettingsSource::Flags => "--etcd-cafile",
+        }
+    }
+    fn cert(self) -> &'static str {
+        match self {
+            SettingsSource::Conflist => "etcdCert",
+            SettingsSource::Flags => "--etcd-certfile",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            SettingsSource::Conflist => "etcdKey",
+            SettingsSource::Flags => "--etcd-keyfile",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// The settings cannot work (a configuration error, code 7 in a plugin).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("etcd ({endpoints}) did not answer within {after:?} while connecting")]
+    Timeout { endpoints: String, after: Duration },
+    #[error("connecting to etcd at {endpoints}: {}", describe(source))]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+/// The TLS files, read and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Vec<u8>,
+    /// Client certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdSettings {
+    pub fn new(endpoints: Vec<String>) -> EtcdSettings {
+        EtcdSettings {
+            endpoints,
+            prefix: DEFAULT_ETCD_PREFIX.to_string(),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            timeout: Duration::from_secs(3),
+            source: SettingsSource::default(),
+        }
+    }
+
+    /// The keys under the prefix.
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
+    /// Check what can be checked without reading files or contacting etcd:
+    /// URLs, TLS settings paired with each other and with `https://`.
+    pub fn validate(&self) -> Result<(), EtcdError> {
+        let names = self.source;
+        let invalid = |msg: String| Err(EtcdError::Invalid(msg));
+        if self.endpoints.is_empty() {
+            return invalid(format!("{} is empty", names.endpoints()));
+        }
+        let mut https = 0;
+        for e in &self.endpoints {
+            if e.starts_with("https://") {
+                https += 1;
+            } else if !e.starts_with("http://") {
+                return invalid(format!(
+                    "etcd endpoint \"{e}\" must start with http:// or https://"
+                ));
+            }
+        }
+        let uses_tls = self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some();
+        if https > 0 && https < self.endpoints.len() {
+            return invalid(format!(
+                "{} mixes http:// and https:// URLs",
+                names.endpoints()
+            ));
+        }
+        if uses_tls && https == 0 {
+            return invalid(format!(
+                "{}/{}/{} are set but the {} are http://; use https:// URLs",
+                names.ca(),
+                names.cert(),
+                names.key(),
+                names.endpoints()
+            ));
+        }
+        if https > 0 && self.ca_cert.is_none() {
+            return invalid(format!(
+                "https:// etcd endpoints need {} (the CA that signed etcd's certificate)",
+                names.ca()
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return invalid(format!(
+                "{} and {} go together: give both or neither",
+                names.cert(),
+                names.key()
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`EtcdSettings::validate`], then read the TLS files and check that
+    /// each holds what it should; `None` without TLS.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, EtcdError> {
+        self.validate()?;
+        let names = self.source;
+        let Some(ca) = &self.ca_cert else {
+            return Ok(None);
+        };
+        let ca = read_pem(names.ca(), ca, "CERTIFICATE", "certificate")?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem(names.cert(), cert, "CERTIFICATE", "certificate")?,
+                read_pem(names.key(), key, "PRIVATE KEY", "private key")?,
+            )),
+            _ => None,
+        };
+        Ok(Some(TlsFiles { ca, identity }))
+    }
+
+    /// Check everything, then connect. The connection itself is lazy: the
+    /// first request opens it. Callers bound each call by `timeout`
+    /// themselves; the client's own limit (a second more) is a backstop,
+    /// and HTTP/2 keep-alives detect a dead server.
+    pub async fn connect(&self) -> Result<Client, EtcdError> {
+        let tls = self.tls_files()?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout + Duration::from_secs(1))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let Some(tls) = tls {
+            let mut options_tls = TlsOptions::new().ca_certificate(Certificate::from_pem(tls.ca));
+            if let Some((cert, key)) = tls.identity {
+                options_tls = options_tls.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(options_tls);
+        }
+        let endpoints = self.endpoints.join(",");
+        let connected = tokio::time::timeout(
+            self.timeout,
+            Client::connect(&self.endpoints, Some(options)),
+        )
+        .await
+        .map_err(|_| EtcdError::Timeout {
+            endpoints: endpoints.clone(),
+            after: self.timeout,
+        })?;
+        connected.map_err(|source| match source {
+            etcd_client::Error::InvalidArgs(_)
+            | etcd_client::Error::InvalidUri(_)
+            | etcd_client::Error::TransportError(_) => {
+                EtcdError::Invalid(format!("etcd client for {endpoints}: {}", chain(&source)))
+            }
+            source => EtcdError::Connect { endpoints, source },
+        })
+    }
+}
+
+fn read_pem(name: &str, path: &Path, label: &str, what: &str) -> Result<Vec<u8>, EtcdError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| EtcdError::Invalid(format!("cannot read {name} {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !(text.contains("-----BEGIN ") && text.contains(label)) {
+        return Err(EtcdError::Invalid(format!(
+            "{name} {} holds no PEM {what}",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// An etcd client error in words: for a gRPC status its message and the
+/// transport causes under it ("tcp connect error: Connection refused"),
+/// without the debug dump tonic's own Display gives.
+pub fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut parts: Vec<String> = Vec::new();
+            if !status.message().is_empty() {
+                parts.push(status.message().to_string());
+            }
+            let mut cur = std::error::Error::source(status);
+            while let Some(s) = cur {
+                let text = s.to_string();
+                if text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                cur = s.source();
+            }
+            if parts.is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                parts.join(": ")
+            }
+        }
+        other => chain(other),
+    }
+}
+
+/// An error and all its causes on one line (tonic hides the useful part,
+/// e.g. a TLS handshake failure, two levels down).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+
+    fn https(dir: &Path) -> EtcdSettings {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, PEM_CERT).unwrap();
+        EtcdSettings {
+            ca_cert: Some(ca),
+            ..EtcdSettings::new(vec!["https://127.0.0.1:2379".into()])
+        }
+    }
+
+    fn invalid(s: &EtcdSettings) -> String {
+        match s.tls_files() {
+            Err(EtcdError::Invalid(msg)) => msg,
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_and_pairing_are_checked_naming_the_setting() {
+        let mut s = EtcdSettings::new(vec![]);
+        assert_eq!(invalid(&s), "etcdEndpoints is empty");
+        s.endpoints = vec!["127.0.0.1:2379".into()];
+        assert!(invalid(&s).contains("must start with http:// or https://"));
+        s.endpoints = vec!["http://a:2379".into(), "https://b:2379".into()];
+        assert!(invalid(&s).contains("mixes"));
+        s.endpoints = vec!["https://a:2379".into()];
+        assert!(invalid(&s).contains("need etcdCACert"));
+        s.source = SettingsSource::Flags;
+        assert!(invalid(&s).contains("need --etcd-cafile"));
+        s.endpoints = vec!["http://a:2379".into()];
+        s.ca_cert = Some("/ca.pem".into());
+        assert!(invalid(&s).contains("use https:// URLs"));
+        s.endpoints = vec!["http://a:2379".into()];
+        s.ca_cert = None;
+        assert_eq!(s.tls_files().unwrap(), None);
+    }
+
+    #[test]
+    fn tls_files_must_exist_hold_pem_and_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = https(dir.path());
+        let files = s.tls_files().unwrap().unwrap();
+        assert_eq!(files.ca, PEM_CERT.as_bytes());
+        assert_eq!(files.identity, None);
+
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, PEM_CERT).unwrap();
+        std::fs::write(&key, PEM_KEY).unwrap();
+        s.cert = Some(cert.clone());
+        assert!(invalid(&s).contains("etcdCert and etcdKey go together"));
+        s.key = Some(key);
+        assert!(s.tls_files().unwrap().unwrap().identity.is_some());
+        // Swapped: the key file holds a certificate.
+        s.key = Some(cert);
+        assert!(invalid(&s).contains("holds no PEM private key"));
+
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        s.ca_cert = Some(junk);
+        assert!(invalid(&s).contains("junk.pem holds no PEM certificate"));
+        s.ca_cert = Some(dir.path().join("missing.pem"));
+        s.source = SettingsSource::Flags;
+        let msg = invalid(&s);
+        assert!(msg.starts_with("cannot read --etcd-cafile"), "{msg}");
+        assert!(msg.contains("missing.pem"), "{msg}");
+    }
+
+    #[test]
+    fn settings_keep_their_wire_form() {
+        // The fence keeper's queued jobs carry them.
+        let s = EtcdSettings::new(vec!["http://127.0.0.1:2379".into()]);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["prefix"], "/trellis");
+        assert_eq!(v["timeout"]["secs"], 3);
+        let back: EtcdSettings = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.keys().config(), "/trellis/config");
+    }
+}

@@ -1,0 +1,173 @@
+//! Every etcd key trellis uses, under one prefix, and the one rule that
+//! reads a prefix: given with or without its slashes (`trellis`,
+//! `/trellis`, `/trellis/`) it names the same keys, `/trellis/...`, in
+//! every binary (INTERFACES.md).
+
+use crate::cni::Attachment;
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+
+/// The key prefix when none is configured.
+pub const DEFAULT_ETCD_PREFIX: &str = "/trellis";
+
+/// The keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// `/trellis`: one leading slash, none at the end; empty for the root.
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(DEFAULT_ETCD_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        let bare = prefix.trim_matches('/');
+        Keys {
+            prefix: if bare.is_empty() {
+                String::new()
+            } else {
+                format!("/{bare}")
+            },
+        }
+    }
+
+    /// The prefix in its one form (`/trellis`), as the installer writes it
+    /// into the conflist.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/config`: the cluster configuration.
+    pub fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    /// `<prefix>/nodes/`: every node record.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// `<prefix>/nodes/<name>`.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}{name}", self.nodes())
+    }
+
+    /// The node name of a key under [`Keys::nodes`].
+    pub fn node_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.nodes())
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+    }
+
+    /// `<prefix>/subnets/`: one key per leased node subnet.
+    pub fn subnets(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// `<prefix>/subnets/10.244.3.0-24`.
+    pub fn subnet(&self, subnet: Ipv4Network) -> String {
+        format!("{}{}-{}", self.subnets(), subnet.network(), subnet.prefix())
+    }
+
+    /// The subnet of a key under [`Keys::subnets`].
+    pub fn subnet_of(&self, key: &str) -> Option<Ipv4Network> {
+        let rest = key.strip_prefix(&self.subnets())?;
+        let (ip, len) = rest.split_once('-')?;
+        let net = Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+        (net.network() == net.ip()).then_some(net)
+    }
+
+    /// `<prefix>/ipam/ips/`: one key per allocated address.
+    pub fn ips(&self) -> String {
+        format!("{}/ipam/ips/", self.prefix)
+    }
+
+    /// `<prefix>/ipam/ips/10.244.3.7`.
+    pub fn ip(&self, ip: Ipv4Addr) -> String {
+        format!("{}{ip}", self.ips())
+    }
+
+    /// The address of a key under [`Keys::ips`].
+    pub fn ip_of(&self, key: &str) -> Option<Ipv4Addr> {
+        key.strip_prefix(&self.ips())?.parse().ok()
+    }
+
+    /// `<prefix>/ipam/handles/`: which address each attachment holds.
+    pub fn handles(&self) -> String {
+        format!("{}/ipam/handles/", self.prefix)
+    }
+
+    /// `<prefix>/ipam/handles/<containerID>/<ifname>`.
+    pub fn handle(&self, attachment: &Attachment) -> String {
+        format!(
+            "{}{}/{}",
+            self.handles(),
+            attachment.container_id,
+            attachment.ifname
+        )
+    }
+
+    /// The attachment of a key under [`Keys::handles`].
+    pub fn handle_of(&self, key: &str) -> Option<Attachment> {
+        let (container_id, ifname) = key.strip_prefix(&self.handles())?.split_once('/')?;
+        Some(Attachment {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_with_or_without_slashes_names_the_same_keys() {
+        for prefix in [
+            "/trellis",
+            "/trellis/",
+            "trellis",
+            "trellis/",
+            "//trellis//",
+        ] {
+            let k = Keys::new(prefix);
+            assert_eq!(k.prefix(), "/trellis", "{prefix}");
+            assert_eq!(k, Keys::default());
+            assert_eq!(k.config(), "/trellis/config");
+            assert_eq!(k.node("n1"), "/trellis/nodes/n1");
+            assert_eq!(
+                k.ip("10.244.3.7".parse().unwrap()),
+                "/trellis/ipam/ips/10.244.3.7"
+            );
+        }
+        assert_eq!(Keys::new("a/b/").config(), "/a/b/config");
+        assert_eq!(Keys::new("/").config(), "/config");
+        assert_eq!(Keys::new("").nodes(), "/nodes/");
+    }
+
+    #[test]
+    fn key_layout() {
+        let k = Keys::default();
+        assert_eq!(k.node_name_of("/trellis/nodes/n1"), Some("n1"));
+        assert_eq!(k.node_name_of("/trellis/nodes/"), None);
+        assert_eq!(k.node_name_of("/trellis/nodes/a/b"), None);
+        let net: Ipv4Network = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(k.subnet(net), "/trellis/subnets/10.244.3.0-24");
+        assert_eq!(k.subnet_of(&k.subnet(net)), Some(net));
+        assert_eq!(k.subnet_of("/trellis/subnets/10.244.3.1-24"), None);
+        assert_eq!(k.subnet_of("/trellis/subnets/junk"), None);
+        let ip: Ipv4Addr = "10.244.3.7".parse().unwrap();
+        assert_eq!(k.ip_of(&k.ip(ip)), Some(ip));
+        assert_eq!(k.ip_of("/trellis/ipam/ips/junk"), None);
+        let a = Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        };
+        assert_eq!(k.handle(&a), "/trellis/ipam/handles/c1/eth0");
+        assert_eq!(k.handle_of(&k.handle(&a)), Some(a));
+        assert_eq!(k.handle_of("/trellis/ipam/handles/c1"), None);
+    }
+}

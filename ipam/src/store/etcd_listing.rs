@@ -1,0 +1,181 @@
+//! Reads over many keys of the etcd store: the addresses used in a subnet
+//! (the allocator's fallback), a node's or the cluster's allocations (GC,
+//! the agent's leak reclaim, cleanup), the handles GC sweeps, the node
+//! record, and the readiness read of STATUS.
+
+use crate::allocation::{Allocation, Handle, Owner};
+use crate::error::IpamError;
+use crate::store::etcd::EtcdStore;
+use crate::store::records::{held_by, HandleValue};
+use etcd_client::{GetOptions, KeyValue};
+use ipnetwork::Ipv4Network;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use trellis_common::node::NodeRecord;
+
+impl EtcdStore {
+    /// The narrowest key prefix covering every address of `subnet`: its
+    /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
+    fn scan_prefix(&self, subnet: Ipv4Network) -> String {
+        let whole = (subnet.prefix() / 8) as usize;
+        let octets = subnet.network().octets();
+        let mut p = self.keys.ips();
+        for o in &octets[..whole] {
+            p.push_str(&o.to_string());
+            p.push('.');
+        }
+        p
+    }
+
+    /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
+    pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
+        let key = self.keys.node(node);
+        let kvs = self
+            .get("reading the node record", key.clone(), None)
+            .await?;
+        kvs.first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| IpamError::Corrupt {
+                    key,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every allocation held by containers of `node` (for leak GC).
+    pub async fn list_node(&self, node: &str) -> Result<Vec<Allocation>, IpamError> {
+        let mut all = self.list_all().await?;
+        all.retain(|a| a.owner.node == node);
+        Ok(all)
+    }
+
+    /// Every allocation in the cluster.
+    pub async fn list_all(&self) -> Result<Vec<Allocation>, IpamError> {
+        let kvs = self
+            .get(
+                "listing allocations",
+                self.keys.ips(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(self.decode_allocations(kvs, |_| true))
+    }
+
+    fn decode_allocations(
+        &self,
+        kvs: Vec<KeyValue>,
+        keep: impl Fn(Ipv4Addr) -> bool,
+    ) -> Vec<Allocation> {
+        let dir = self.keys.ips();
+        kvs.iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let ip: Ipv4Addr = key.strip_prefix(&dir)?.parse().ok()?;
+                if !keep(ip) {
+                    return None;
+                }
+                match serde_json::from_slice::<Owner>(kv.value()) {
+                    Ok(owner) => Some(Allocation {
+                        ip,
+                        owner,
+                        revision: kv.mod_revision(),
+                    }),
+                    Err(e) => {
+                        log::warn!("ignoring undecodable allocation {key}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Remove the handle keys of `node` in `network` that hold no address
+    /// (fences, or handles whose address record is gone or someone else's)
+    /// and whose attachment `keep` does not claim. Returns how many went.
+    pub async fn sweep_handles(
+        &self,
+        node: &str,
+        network: &str,
+        keep: impl Fn(&Handle) -> bool,
+    ) -> Result<usize, IpamError> {
+        let kvs = self
+            .get(
+                "listing handles",
+                self.keys.handles(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let mut removed = 0;
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(handle) = self.keys.handle_of(&key) else {
+                continue;
+            };
+            let Some(value) = HandleValue::decode(kv) else {
+                continue;
+            };
+            if !value.is_of(node, network) || keep(&handle) {
+                continue;
+            }
+            let holds = match value.ip() {
+                None => false,
+                Some(ip) => self
+                    .get("reading the address", self.keys.ip(ip), None)
+                    .await?
+                    .first()
+                    .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
+            };
+            if !holds {
+                self.delete_handle_if(&key, kv.mod_revision()).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The addresses held inside `subnet` (keys only: one cheap range read).
+    pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        let dir = self.keys.ips();
+        let kvs = self
+            .get(
+                "listing allocated addresses",
+                self.scan_prefix(subnet),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .strip_prefix(&dir)?
+                    .parse::<Ipv4Addr>()
+                    .ok()
+            })
+            .filter(|ip| subnet.contains(*ip))
+            .collect())
+    }
+
+    /// Every decodable allocation inside `subnet`.
+    pub async fn list_in(&self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+        let kvs = self
+            .get(
+                "listing allocations",
+                self.scan_prefix(subnet),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(self.decode_allocations(kvs, |ip| subnet.contains(ip)))
+    }
+
+    /// One linearizable read: etcd has a leader and answers.
+    pub async fn ping(&self) -> Result<(), IpamError> {
+        self.get(
+            "checking etcd",
+            self.keys.config(),
+            Some(GetOptions::new().with_count_only()),
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,155 @@
+//! What the two etcd keys of an allocation hold, decoded from what etcd
+//! returns: the address key's [`Owner`] and the handle key's
+//! [`HandleValue`].
+
+use crate::allocation::{Allocation, Handle, Owner};
+use etcd_client::{KeyValue, TxnOpResponse, TxnResponse};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// The value of a handle key, `<prefix>/ipam/handles/<containerID>/<ifname>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum HandleValue {
+    /// `{"ip","node","network"}`: the attachment holds `ip` (if the
+    /// address key agrees).
+    Holds {
+        ip: Ipv4Addr,
+        #[serde(default)]
+        node: String,
+        #[serde(default)]
+        network: String,
+    },
+    /// `{"cancelled":true,"node","network"}`: a fence's marker, holding no
+    /// address, that makes a late claim of this attachment fail.
+    Cancelled {
+        cancelled: bool,
+        #[serde(default)]
+        node: String,
+        #[serde(default)]
+        network: String,
+    },
+}
+
+impl HandleValue {
+    /// The value of `kv`; `None` when it decodes as neither.
+    pub(crate) fn decode(kv: &KeyValue) -> Option<HandleValue> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a handle value serializes")
+    }
+
+    /// The address it names, if any.
+    pub(crate) fn ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            HandleValue::Holds { ip, .. } => Some(*ip),
+            HandleValue::Cancelled { .. } => None,
+        }
+    }
+
+    /// The address, node and network of a handle that holds one.
+    pub(crate) fn held(self) -> Option<(Ipv4Addr, String, String)> {
+        match self {
+            HandleValue::Holds { ip, node, network } => Some((ip, node, network)),
+            HandleValue::Cancelled { .. } => None,
+        }
+    }
+
+    /// Whether it belongs to `node` and `network`.
+    pub(crate) fn is_of(&self, node: &str, network: &str) -> bool {
+        let (n, w) = match self {
+            HandleValue::Holds { node, network, .. }
+            | HandleValue::Cancelled { node, network, .. } => (node, network),
+        };
+        n == node && w == network
+    }
+}
+
+/// The allocation the address key `kv` of `ip` records, if it belongs to
+/// `handle`.
+pub(crate) fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Allocation> {
+    owner_of(kv)
+        .filter(|o| o.holds(handle))
+        .map(|owner| Allocation {
+            ip,
+            owner,
+            revision: kv.mod_revision(),
+        })
+}
+
+pub(crate) fn owner_of(kv: &KeyValue) -> Option<Owner> {
+    serde_json::from_slice(kv.value()).ok()
+}
+
+/// The first key of each `get` in a transaction's responses.
+pub(crate) fn gets(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
+    resp.op_responses()
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handle_values_keep_their_wire_form() {
+        let holds = HandleValue::Holds {
+            ip: "10.244.3.7".parse().unwrap(),
+            node: "n1".into(),
+            network: "trellis".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&holds.encode()).unwrap();
+        assert_eq!(
+            v,
+            json!({"ip": "10.244.3.7", "node": "n1", "network": "trellis"})
+        );
+        let cancelled = HandleValue::Cancelled {
+            cancelled: true,
+            node: "n1".into(),
+            network: "trellis".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&cancelled.encode()).unwrap();
+        assert_eq!(
+            v,
+            json!({"cancelled": true, "node": "n1", "network": "trellis"})
+        );
+        for (text, want) in [
+            (
+                r#"{"ip":"10.244.3.7","node":"n1","network":"trellis"}"#,
+                Some(holds.clone()),
+            ),
+            (
+                r#"{"cancelled":true,"node":"n1","network":"trellis"}"#,
+                Some(cancelled.clone()),
+            ),
+            (
+                r#"{"ip":"10.244.3.7"}"#,
+                Some(HandleValue::Holds {
+                    ip: "10.244.3.7".parse().unwrap(),
+                    node: String::new(),
+                    network: String::new(),
+                }),
+            ),
+            ("garbage", None),
+            (r#"{"node":"n1"}"#, None),
+        ] {
+            assert_eq!(
+                serde_json::from_str::<HandleValue>(text).ok(),
+                want,
+                "{text}"
+            );
+        }
+        assert_eq!(holds.ip(), Some("10.244.3.7".parse().unwrap()));
+        assert_eq!(cancelled.ip(), None);
+        assert!(holds.is_of("n1", "trellis") && cancelled.is_of("n1", "trellis"));
+        assert!(!holds.is_of("n2", "trellis") && !cancelled.is_of("n1", "other"));
+    }
+}
