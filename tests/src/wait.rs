@@ -34,3 +34,22 @@ pub fn wait_until(
 ) -> Result<()> {
     wait_for(timeout, what, || Ok(f()?.then_some(())))
 }
+
+/// Polls `f` every 200 ms until it yields a value; an error from `f` ends
+/// the wait at once, running out of `timeout` fails naming `what`.
+pub fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

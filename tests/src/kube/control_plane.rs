@@ -16,8 +16,8 @@ use super::layout::{
     SERVICE_CIDR, UNDERLAY_GATEWAY, UNDERLAY_NS,
 };
 use super::pki::Pki;
-use super::poll;
 use crate::netns::check;
+use crate::wait::poll;
 
 pub const ETCD: &str = "etcd";
 pub const APISERVER: &str = "kube-apiserver";

@@ -104,7 +104,7 @@ impl Kubectl {
     ) -> Result<Value> {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
-        super::poll(timeout, what, || {
+        crate::wait::poll(timeout, what, || {
             Ok(self.json(&all).ok().filter(|v| condition(v)))
         })
     }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bins::workspace_dir;
 use crate::netns::check;
+pub use crate::wait::poll;
 use kubectl::Kubectl;
 use layout::{Layout, CGROUP_PARENT, ETCD_PORT, OUTSIDE_NS, UNDERLAY_GATEWAY, UNDERLAY_NS};
 use pki::Pki;
@@ -96,25 +97,6 @@ impl ClusterInfo {
     /// trellis's etcd endpoint (the cluster's one etcd, `/trellis` prefix).
     pub fn etcd_endpoint(&self) -> String {
         format!("http://{UNDERLAY_GATEWAY}:{ETCD_PORT}")
-    }
-}
-
-/// Polls `f` every 200 ms until it yields a value; an error from `f` ends
-/// the wait at once, running out of `timeout` fails naming `what`.
-pub fn poll<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -17,8 +17,8 @@ use super::layout::{
     NODE_PRIVATE_DIRS, OUTSIDE_IP, POD_CIDR, UNDERLAY_GATEWAY, UNDERLAY_NS,
 };
 use super::pki::Pki;
-use super::poll;
 use crate::netns::check;
+use crate::wait::poll;
 
 /// What a node needs from the cluster.
 pub struct NodeContext<'a> {
