@@ -34,6 +34,11 @@ pub struct NodeRecord {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// The node is a Kubernetes Node (its agent runs with `--kubernetes`):
+    /// once Kubernetes deletes that Node, the other agents release this
+    /// record, its subnet and its pods' addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
 }
 
 impl NodeRecord {
@@ -89,6 +94,7 @@ mod tests {
             network: Some("10.244.0.0/16".parse().unwrap()),
             mtu: Some(1450),
             node_name: Some("n3".into()),
+            kubernetes: false,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["subnet"], "10.244.3.0/24");

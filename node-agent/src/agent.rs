@@ -4,13 +4,14 @@
 
 use crate::backoff::Backoff;
 use crate::flags::{RunArgs, REQUEST_TIMEOUT};
+use crate::kube_api::KubeApi;
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{ipam_gc, node_table, status_server};
+use crate::{deleted_nodes, ipam_gc, node_table, status_server};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("--lease-ttl must be at least 5 seconds (got {0})")]
     LeaseTtl(i64),
+    #[error("--kubernetes: {0}")]
+    Kube(#[from] crate::kube_api::KubeError),
 }
 
 /// Run the agent until SIGTERM or SIGINT (`Ok`) or a fatal error.
@@ -63,6 +66,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let settings = args.etcd.settings();
     let client = settings.connect().await?;
     let keys = settings.keys();
+    // Checked before anything is set up too: a DaemonSet without its
+    // service account token fails here, saying so.
+    let kube_api = if args.kubernetes {
+        Some(KubeApi::in_cluster()?)
+    } else {
+        None
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let metrics = Arc::new(Metrics::default());
@@ -138,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             return Err(e);
         }
-        let record = net.record();
+        let record = record_of(&net, &args);
         retry("publishing the node record", &metrics, || {
             let (mut client, keys, node, record) =
                 (client.clone(), keys.clone(), node.clone(), record.clone());
@@ -181,18 +191,31 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         Reconciler::new(dataplane, metrics.clone())
             .run(desired_rx, Duration::from_secs(args.resync_interval.max(1))),
     );
+    let mut background = vec![registry, reconciler];
+    let kube_nodes = kube_api.map(|api| {
+        let (nodes, follow) = deleted_nodes::follow(api);
+        background.push(tokio::spawn(follow));
+        background.push(tokio::spawn(deleted_nodes::release_deleted(
+            client.clone(),
+            keys.clone(),
+            nodes.clone(),
+            node.clone(),
+            Duration::from_secs(args.deleted_node_grace),
+        )));
+        nodes
+    });
     let membership = Membership {
         client: client.clone(),
         keys: keys.clone(),
         config: config.clone(),
         node: node.clone(),
-        record: net.record(),
+        record: record_of(&net, &args),
         lease_id: leased.lease_id,
         ttl: args.lease_ttl,
         metrics: metrics.clone(),
+        kube_nodes,
     };
     let mut membership = tokio::spawn(membership.run(own_rx));
-    let mut background = vec![registry, reconciler];
     if args.ipam_gc_interval > 0 {
         let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         background.push(tokio::spawn(ipam_gc::run(
@@ -257,13 +280,23 @@ async fn set_up_node(
     node_table::ensure(table.clone()).await?;
     net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
-    write_node_record(&args.state_dir, &net.record()).map_err(|source| AgentError::StateFile {
-        path: trellis_common::node::record_path(&args.state_dir)
-            .display()
-            .to_string(),
-        source,
+    write_node_record(&args.state_dir, &record_of(net, args)).map_err(|source| {
+        AgentError::StateFile {
+            path: trellis_common::node::record_path(&args.state_dir)
+                .display()
+                .to_string(),
+            source,
+        }
     })?;
     Ok(())
+}
+
+/// The record this node publishes (etcd and `node.json`).
+fn record_of(net: &NodeNetwork, args: &RunArgs) -> trellis_common::node::NodeRecord {
+    trellis_common::node::NodeRecord {
+        kubernetes: args.kubernetes,
+        ..net.record()
+    }
 }
 
 /// Retry `op` with backoff while it fails with a transient error (etcd

@@ -3,8 +3,8 @@
 //! nftables table, the state file) and, with `--release`, its record and
 //! subnet lease in etcd.
 
-use crate::flags::{CleanupArgs, REQUEST_TIMEOUT};
-use crate::lease::{self, LeaseError};
+use crate::departure::{self, DepartureError};
+use crate::flags::CleanupArgs;
 use crate::node_table;
 use trellis_common::etcd::EtcdError;
 use trellis_common::node_name::{node_name, NodeNameError};
@@ -16,10 +16,8 @@ pub enum CleanupError {
     Kernel(#[from] KernelError),
     #[error("etcd: {0}")]
     Etcd(#[from] EtcdError),
-    #[error("releasing this node in etcd: {0}")]
-    Lease(#[from] LeaseError),
-    #[error("releasing this node's pod addresses in etcd: {0}")]
-    Ipam(#[from] trellis_ipam::IpamError),
+    #[error(transparent)]
+    Departure(#[from] DepartureError),
     #[error("{0}: pass --node-name or set NODE_NAME")]
     NodeName(#[from] NodeNameError),
     #[error("removing {path}: {source}")]
@@ -68,19 +66,12 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         let settings = args.etcd.settings();
         let mut client = settings.connect().await?;
         let keys = settings.keys();
-        // Its pods' addresses go first, then the subnet: no agent of this
-        // node is left to reclaim them, and a node that leases the subnet
-        // next must not find them taken. Both steps can be run again.
-        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
-        let mut addresses = Vec::new();
-        for a in store.list_node(&node).await? {
-            if store.release_exact(&a).await? {
-                addresses.push(a.ip);
-            }
-        }
-        let released = lease::release(&mut client, &keys, &node).await?;
+        // No agent of this node is left to reclaim its pods' addresses.
+        let departed = departure::release_node(&mut client, &keys, &node).await?;
         log::info!(
-            "node {node} left the cluster (released {released:?} and pod addresses {addresses:?})"
+            "node {node} left the cluster (released {:?} and pod addresses {:?})",
+            departed.subnets,
+            departed.addresses
         );
     }
     Ok(())

@@ -138,6 +138,24 @@ pub struct RunArgs {
     /// the resync after every change.
     #[arg(long, env = "TRELLIS_RESYNC_INTERVAL", default_value_t = 60)]
     pub resync_interval: u64,
+    /// This node is a Kubernetes Node and the agent runs in its pod: the
+    /// record says so, and the agent follows the Nodes (the Kubernetes API,
+    /// in-cluster) to release from etcd every such node whose Node was
+    /// deleted (`--deleted-node-grace` after the deletion).
+    #[arg(
+        long,
+        env = "TRELLIS_KUBERNETES",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub kubernetes: bool,
+    /// Seconds a deleted Kubernetes Node stays in trellis before its subnet,
+    /// record and pod addresses are released (a Node re-registered meanwhile
+    /// keeps them).
+    #[arg(long, env = "TRELLIS_DELETED_NODE_GRACE", default_value_t = 30)]
+    pub deleted_node_grace: u64,
 }
 
 #[derive(Debug, Clone, Args)]

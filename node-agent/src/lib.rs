@@ -8,14 +8,19 @@
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
+//! - [`deleted_nodes`] (with `--kubernetes`, over [`kube_api`]): nodes
+//!   Kubernetes deleted leave trellis ([`departure`], also `cleanup --release`).
 //! - [`agent`] (`run`), [`cleanup`] (`cleanup`), [`install_cni`] (`install-cni`).
 
 pub mod agent;
 pub mod backoff;
 pub mod cleanup;
+pub mod deleted_nodes;
+pub mod departure;
 pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;
+pub mod kube_api;
 pub mod lease;
 pub mod membership;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! error when another node has it by then.
 
 use crate::backoff::Backoff;
+use crate::deleted_nodes::KubeNodes;
 use crate::lease::{self, LeaseError};
 use crate::metrics::Metrics;
 use etcd_client::Client;
@@ -27,6 +28,10 @@ pub struct Membership {
     pub lease_id: i64,
     pub ttl: i64,
     pub metrics: Arc<Metrics>,
+    /// With `--kubernetes`: the Nodes Kubernetes has. A node that is no
+    /// Node any more is being released by the other agents; its record is
+    /// then not published again.
+    pub kube_nodes: Option<KubeNodes>,
 }
 
 /// How often the lease is renewed: a third of its TTL, at most a minute.
@@ -101,6 +106,14 @@ impl Membership {
         if !*due {
             return Ok(());
         }
+        if self.deleted_from_kubernetes() {
+            log::warn!(
+                "node {} was deleted from Kubernetes: its record is not published again",
+                self.node
+            );
+            *due = false;
+            return Ok(());
+        }
         lease::publish_record(
             &mut self.client,
             &self.keys,
@@ -111,6 +124,12 @@ impl Membership {
         .await?;
         *due = false;
         Ok(())
+    }
+
+    fn deleted_from_kubernetes(&self) -> bool {
+        self.kube_nodes
+            .as_ref()
+            .is_some_and(|nodes| nodes.deleted(&self.node))
     }
 
     /// One keep-alive; when etcd says the lease is gone, lease the same
@@ -141,6 +160,15 @@ impl Membership {
             return Ok(false);
         }
         self.metrics.leased.store(false, Ordering::Relaxed);
+        if self.deleted_from_kubernetes() {
+            log::warn!(
+                "the etcd lease of subnet {} is gone and node {} was deleted from Kubernetes: \
+                 not leasing it again",
+                self.record.subnet,
+                self.node
+            );
+            return Ok(false);
+        }
         log::warn!(
             "the etcd lease of subnet {} expired; leasing it again",
             self.record.subnet

@@ -144,6 +144,7 @@ impl NodeNetwork {
             network: Some(self.network),
             mtu: Some(self.mtu()),
             node_name: Some(self.node_name.clone()),
+            kubernetes: false,
         }
     }
 

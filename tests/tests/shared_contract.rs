@@ -333,6 +333,7 @@ fn a_node_without_a_name_is_an_error_in_the_agent_and_the_ipam_plugin() {
         network: Some("10.244.0.0/16".parse().unwrap()),
         mtu: Some(1450),
         node_name: None,
+        kubernetes: false,
     };
     write_node_record(dir.path(), &record).unwrap();
     let plugin = Plugin::snapshot();

@@ -159,6 +159,7 @@ mod tests {
                     network: None,
                     mtu: None,
                     node_name: None,
+                    kubernetes: false,
                 };
                 (name.to_string(), record)
             })

@@ -187,6 +187,7 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         network: Some("10.244.0.0/16".parse().unwrap()),
         mtu: Some(1450),
         node_name: Some(node.into()),
+        kubernetes: false,
     };
     write_node_record(dir.path(), &record).unwrap();
     dir
