@@ -60,6 +60,7 @@ impl Netlink {
 
     /// The addresses of link `index` (one dump of the namespace's addresses).
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {
+        let _turn = self.dump_turn().await;
         let msgs: Vec<AddressMessage> = self
             .handle()
             .address()
@@ -77,6 +78,7 @@ impl Netlink {
     /// Remove `addr` from link `index`; `Ok(false)` when it was not there.
     /// The link holding the address `ip`, if one does.
     pub async fn link_holding(&self, ip: IpAddr) -> Result<Option<Link>> {
+        let _turn = self.dump_turn().await;
         let msgs: Vec<AddressMessage> = self
             .handle()
             .address()

@@ -2,12 +2,19 @@
 
 use crate::error::{KernelError, Result};
 use crate::netns::{run_in_netns, NetnsFile};
+use std::sync::Arc;
+use tokio::sync::{Mutex, MutexGuard};
 
 /// A netlink socket in one namespace. Operations are `impl Netlink` blocks
 /// in the module of their concept (links, addresses, routes, ...).
+///
+/// Requests share the socket and run concurrently, but the kernel runs one
+/// dump per socket at a time and refuses a second with EBUSY: every dump
+/// holds [`Netlink::dump_turn`] until it is read to the end.
 #[derive(Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    dumps: Arc<Mutex<()>>,
 }
 
 impl Netlink {
@@ -17,7 +24,14 @@ impl Netlink {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(KernelError::io("opening netlink socket"))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink::of(handle))
+    }
+
+    fn of(handle: rtnetlink::Handle) -> Netlink {
+        Netlink {
+            handle,
+            dumps: Arc::new(Mutex::new(())),
+        }
     }
 
     /// A socket inside the namespace `ns`, opened on a dedicated thread; the
@@ -33,7 +47,12 @@ impl Netlink {
             ns.path.display()
         )))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink::of(handle))
+    }
+
+    /// This socket's turn for a dump: hold it until the dump is read.
+    pub(crate) async fn dump_turn(&self) -> MutexGuard<'_, ()> {
+        self.dumps.lock().await
     }
 
     pub fn handle(&self) -> &rtnetlink::Handle {

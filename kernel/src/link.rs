@@ -134,6 +134,7 @@ impl Netlink {
 
     /// Every link in this namespace (one dump, no statistics).
     pub async fn links(&self) -> Result<Vec<Link>> {
+        let _turn = self.dump_turn().await;
         let req = self
             .handle()
             .link()
@@ -154,6 +155,7 @@ impl Netlink {
 
     /// Every link enslaved to `master` (one filtered dump).
     pub async fn links_with_master(&self, master: u32) -> Result<Vec<Link>> {
+        let _turn = self.dump_turn().await;
         let mut req = self
             .handle()
             .link()

@@ -48,6 +48,7 @@ impl Netlink {
         ifindex: u32,
         what: &str,
     ) -> Result<Vec<NeighbourMessage>> {
+        let _turn = self.dump_turn().await;
         let dump = self
             .handle()
             .neighbours()

@@ -15,6 +15,7 @@ impl Netlink {
     /// The unicast IPv4 routes of the main table that leave through
     /// `ifindex`, from one dump; routes the kernel made itself are left out.
     pub async fn routes_on_device(&self, ifindex: u32) -> Result<Vec<Route>> {
+        let _turn = self.dump_turn().await;
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut dump = self.handle().route().get(query).execute();
         let mut out = Vec::new();

@@ -186,6 +186,7 @@ impl Netlink {
 
     /// The unicast routes of `table` for the family of `family` (one dump).
     pub async fn routes(&self, family: IpAddr, table: u32) -> Result<Vec<Route>> {
+        let _turn = self.dump_turn().await;
         let mut msg = RouteMessage::default();
         msg.header.address_family = family_of(family);
         let msgs: Vec<RouteMessage> = self

@@ -27,9 +27,25 @@ pub fn ensure_sysctl(key: &str, value: &str) -> Result<bool> {
     if read_sysctl(key)? == value {
         return Ok(false);
     }
-    std::fs::write(path_of(key), value)
-        .map_err(KernelError::io(format!("setting sysctl {key} to {value}")))?;
+    std::fs::write(path_of(key), value).map_err(|e| {
+        let what = write_failure(key, value, &e);
+        KernelError::io(what)(e)
+    })?;
     Ok(true)
+}
+
+/// What a failed sysctl write says: with the fix when /proc/sys is
+/// read-only, as container runtimes mount it (the agent's DaemonSet pod).
+fn write_failure(key: &str, value: &str, err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        format!(
+            "setting sysctl {key} to {value} (it is off, and /proc/sys is read-only here, \
+             as in a container: set it on the host, `sysctl -w {key}={value}`, as kubeadm's \
+             preflight requires)"
+        )
+    } else {
+        format!("setting sysctl {key} to {value}")
+    }
 }
 
 /// Turn on IPv4 forwarding in this namespace (containers reach the world
@@ -46,6 +62,18 @@ pub fn enable_ipv6_forwarding() -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_proc_sys_says_how_to_fix_it() {
+        let rofs = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let msg = write_failure("net.ipv4.ip_forward", "1", &rofs);
+        assert!(msg.contains("sysctl -w net.ipv4.ip_forward=1"), "{msg}");
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            write_failure("net.ipv4.ip_forward", "1", &other),
+            "setting sysctl net.ipv4.ip_forward to 1"
+        );
+    }
 
     #[test]
     fn keys_map_to_proc_paths() {
