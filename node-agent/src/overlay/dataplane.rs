@@ -22,6 +22,9 @@ pub trait Dataplane: Send {
 
     /// Apply `ops` (in any order among themselves); the ones that failed.
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = Vec<(Op, KernelError)>> + Send;
+
+    /// The VXLAN device's index, as the last `ensure_device` found it.
+    fn device_index(&self) -> u32;
 }
 
 /// The real dataplane: this node's VXLAN device.
@@ -75,6 +78,10 @@ impl Dataplane for KernelDataplane {
         })
     }
 
+    fn device_index(&self) -> u32 {
+        self.ifindex
+    }
+
     async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
         let nl = &self.nl;
         let ifindex = self.ifindex;
@@ -123,6 +130,10 @@ pub mod fake {
         async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
             self.dumps += 1;
             Ok(self.state.clone())
+        }
+
+        fn device_index(&self) -> u32 {
+            1
         }
 
         async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {

@@ -19,6 +19,29 @@ pub struct ActualOverlay {
     pub routes: Vec<Route>,
 }
 
+impl ActualOverlay {
+    /// What the device on `ifindex` holds once a plan for `desired` went
+    /// through in full: the state the next change is planned against,
+    /// without a dump.
+    pub fn after(desired: &DesiredOverlay, ifindex: u32) -> ActualOverlay {
+        let mut a = ActualOverlay::default();
+        for node in desired.nodes.values() {
+            a.fdb.push(FdbEntry {
+                mac: node.vtep_mac,
+                dst: Some(IpAddr::V4(node.public_ip)),
+            });
+            a.neighbours.push(NeighbourEntry {
+                ip: node.vtep_ip,
+                mac: Some(node.vtep_mac),
+                permanent: true,
+            });
+            a.routes
+                .push(overlay_route(ifindex, node.subnet, node.vtep_ip));
+        }
+        a
+    }
+}
+
 /// One kernel write.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -192,6 +215,13 @@ mod tests {
             }
         }
         a
+    }
+
+    #[test]
+    fn the_state_after_a_plan_needs_no_further_plan() {
+        let d = desired(&[1, 2, 3]);
+        assert!(plan(&d, &ActualOverlay::after(&d, 7)).is_empty());
+        assert_eq!(ActualOverlay::after(&d, 7).fdb.len(), 3);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The reconcile loop: at start, after every change of the desired state,
-//! on a retry timer after a failed write and on a periodic resync, it dumps
-//! the kernel once, diffs in memory and applies the plan.
+//! The reconcile loop, as Calico's vxlan manager works: at start, after a
+//! failed write (on a retry timer), when the VXLAN device had to be made
+//! again and on every periodic resync, it dumps the kernel once, diffs in
+//! memory and applies the plan; a change of the desired state in between is
+//! planned against what the last pass left in the kernel, without a dump,
+//! so that its cost does not grow with the cluster.
 
 use super::dataplane::Dataplane;
 use super::desired::DesiredOverlay;
-use super::plan::plan;
+use super::plan::{plan, ActualOverlay};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
@@ -21,32 +24,49 @@ pub struct ReconcileOutcome {
     pub failed: usize,
     /// The VXLAN device had to be (re)created first.
     pub device_made: bool,
+    /// The pass read the kernel (a full resync) rather than planning
+    /// against what the last pass left.
+    pub dumped: bool,
     pub duration: Duration,
 }
 
 pub struct Reconciler<D: Dataplane> {
     dataplane: D,
     metrics: Arc<Metrics>,
+    /// What the kernel holds since the last pass went through without a
+    /// failed write; `None` when only a dump can tell.
+    programmed: Option<ActualOverlay>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
     pub fn new(dataplane: D, metrics: Arc<Metrics>) -> Self {
-        Reconciler { dataplane, metrics }
+        Reconciler {
+            dataplane,
+            metrics,
+            programmed: None,
+        }
     }
 
     pub fn dataplane(&self) -> &D {
         &self.dataplane
     }
 
-    /// Bring the kernel to `desired` once: ensure the device, one dump,
-    /// removals, then additions. Failed writes are counted, not retried here.
+    /// Bring the kernel to `desired` once: ensure the device, then (with
+    /// `full`, or when the last pass did not go through) one dump, removals,
+    /// additions. Failed writes are counted, not retried here.
     pub async fn reconcile_once(
         &mut self,
         desired: &DesiredOverlay,
+        full: bool,
     ) -> Result<ReconcileOutcome, KernelError> {
         let started = Instant::now();
         let device_made = self.dataplane.ensure_device().await?;
-        let actual = self.dataplane.dump().await?;
+        let known = self.programmed.take().filter(|_| !full && !device_made);
+        let dumped = known.is_none();
+        let actual = match known {
+            Some(known) => known,
+            None => self.dataplane.dump().await?,
+        };
         let p = plan(desired, &actual);
         let mut failed = self.dataplane.apply(&p.removals).await;
         failed.extend(self.dataplane.apply(&p.additions).await);
@@ -56,11 +76,15 @@ impl<D: Dataplane> Reconciler<D> {
         if failed.len() > 5 {
             log::warn!("overlay: and {} more writes failed", failed.len() - 5);
         }
+        if failed.is_empty() {
+            self.programmed = Some(ActualOverlay::after(desired, self.dataplane.device_index()));
+        }
         let outcome = ReconcileOutcome {
             removed: p.removals.len(),
             added: p.additions.len(),
             failed: failed.len(),
             device_made,
+            dumped,
             duration: started.elapsed(),
         };
         record(&self.metrics, &outcome, desired.len());
@@ -81,19 +105,25 @@ impl<D: Dataplane> Reconciler<D> {
         let mut next_resync = tokio::time::Instant::now() + resync;
         loop {
             let wake = retry_at.map_or(next_resync, |r| r.min(next_resync));
-            tokio::select! {
+            // A change is planned against the last pass; the timers (retry,
+            // resync) read the kernel.
+            let full = tokio::select! {
                 changed = desired.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    false
                 }
-                _ = tokio::time::sleep_until(wake) => {}
-            }
+                _ = tokio::time::sleep_until(wake) => true,
+            };
             let Some(snapshot) = desired.borrow_and_update().clone() else {
                 continue;
             };
-            next_resync = tokio::time::Instant::now() + resync;
-            match self.reconcile_once(&snapshot).await {
+            let outcome = self.reconcile_once(&snapshot, full).await;
+            if matches!(outcome, Ok(ReconcileOutcome { dumped: true, .. })) {
+                next_resync = tokio::time::Instant::now() + resync;
+            }
+            match outcome {
                 Ok(o) if o.failed == 0 => {
                     if o.removed + o.added > 0 || o.device_made {
                         log::info!(
@@ -179,11 +209,11 @@ mod tests {
     #[tokio::test]
     async fn converges_and_then_does_nothing() {
         let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        let o = r.reconcile_once(&desired(&[1, 2, 3])).await.unwrap();
+        let o = r.reconcile_once(&desired(&[1, 2, 3]), true).await.unwrap();
         assert_eq!((o.added, o.removed, o.failed), (9, 0, 0));
-        let o = r.reconcile_once(&desired(&[1, 2, 3])).await.unwrap();
+        let o = r.reconcile_once(&desired(&[1, 2, 3]), true).await.unwrap();
         assert_eq!((o.added, o.removed), (0, 0));
-        let o = r.reconcile_once(&desired(&[1, 3])).await.unwrap();
+        let o = r.reconcile_once(&desired(&[1, 3]), true).await.unwrap();
         assert_eq!((o.added, o.removed), (0, 3));
         assert_eq!(r.dataplane().state.fdb.len(), 2);
         assert_eq!(r.metrics.entries_programmed.get(), 6);
@@ -210,11 +240,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changes_are_planned_without_a_dump_and_resyncs_read_the_kernel() {
+        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
+        let o = r.reconcile_once(&desired(&[1, 2]), false).await.unwrap();
+        assert!(o.dumped, "the first pass knows nothing yet");
+        assert_eq!(r.dataplane().dumps, 1);
+        // A node joins, another leaves: no dump, exactly their entries.
+        let o = r.reconcile_once(&desired(&[2, 3]), false).await.unwrap();
+        assert!(!o.dumped);
+        assert_eq!((o.added, o.removed), (3, 3));
+        assert_eq!(r.dataplane().dumps, 1);
+        let kernel = r.dataplane().state.clone();
+        assert_eq!(kernel.fdb.len(), 2);
+        assert!(plan(&desired(&[2, 3]), &kernel).is_empty());
+        // Someone deletes an entry behind the agent's back: a change does
+        // not see it, the resync does.
+        r.dataplane.state.fdb.clear();
+        let o = r.reconcile_once(&desired(&[2, 3]), false).await.unwrap();
+        assert_eq!((o.added, o.removed), (0, 0));
+        let o = r.reconcile_once(&desired(&[2, 3]), true).await.unwrap();
+        assert!(o.dumped);
+        assert_eq!(o.added, 2);
+        assert_eq!(r.dataplane().state.fdb.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_next_pass_reads_the_kernel() {
+        let mut dp = FakeDataplane::default();
+        let d = desired(&[1]);
+        let n1 = d.nodes["n1"];
+        dp.fail_once.insert(Op::SetFdb {
+            mac: n1.vtep_mac,
+            dst: n1.public_ip,
+        });
+        let mut r = Reconciler::new(dp, Arc::new(Metrics::default()));
+        let o = r.reconcile_once(&d, false).await.unwrap();
+        assert_eq!(o.failed, 1);
+        let o = r.reconcile_once(&d, false).await.unwrap();
+        assert!(o.dumped);
+        assert_eq!((o.added, o.failed), (1, 0));
+    }
+
+    #[tokio::test]
     async fn a_vanished_device_is_remade_and_refilled() {
         let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        r.reconcile_once(&desired(&[1, 2])).await.unwrap();
+        r.reconcile_once(&desired(&[1, 2]), true).await.unwrap();
         r.dataplane.device_missing = true;
-        let o = r.reconcile_once(&desired(&[1, 2])).await.unwrap();
+        let o = r.reconcile_once(&desired(&[1, 2]), true).await.unwrap();
         assert!(o.device_made);
         assert_eq!(o.added, 6);
         assert_eq!(r.dataplane().devices_made, 1);
