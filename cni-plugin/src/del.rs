@@ -1,11 +1,14 @@
-//! DEL: remove the veth (found by name; its container end goes with it),
+//! DEL: remove the veth (found by name; its container end goes with it;
+//! in a batch with the other removals of the moment, see [`crate::unlink`]),
 //! release the address, and drop the masquerade rule with the last
 //! container. Succeeds when there is nothing left to remove, when the
 //! container's namespace is gone, and without a prevResult.
 
 use crate::config::Config;
+use crate::ipam;
 use crate::masq;
 use crate::runtime::{kernel_error, runtime};
+use crate::unlink;
 use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_common::naming::host_veth_name;
@@ -20,10 +23,10 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         // The IPAM plugin releases the address while the kernel removes the
         // veth (the reference bridge plugin releases first, then removes).
         // The veth goes even when the IPAM plugin cannot be run.
-        let ipam = Delegation::start(&cfg.ipam_type, Command::Del, env, &req.stdin);
-        let removed = node.delete_link_by_name(&host_name).await;
+        let ipam = ipam::start(&cfg, Command::Del, env, &req.stdin);
+        let removed = unlink::remove(&node, &cfg.state_dir, std::slice::from_ref(&host_name)).await;
         let released = ipam.and_then(Delegation::finish);
-        let removed = removed.map_err(kernel_error)?;
+        let removed = !removed?.is_empty();
         released?;
         if removed {
             log::info!(

@@ -2,10 +2,11 @@
 //! host veths of attachments that are not valid any more are removed.
 
 use crate::config::Config;
+use crate::ipam;
 use crate::masq;
 use crate::runtime::{kernel_error, runtime};
+use crate::unlink;
 use std::collections::HashSet;
-use trellis_common::cni::delegate::delegate;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_common::naming::{host_veth_name, is_host_veth_name};
 use trellis_kernel::Netlink;
@@ -21,7 +22,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         .map(|a| host_veth_name(&a.container_id, &a.ifname))
         .collect();
     // Stale veths go even when the IPAM plugin fails; its error is returned.
-    let released = delegate(&cfg.ipam_type, Command::Gc, &req.env, &req.stdin);
+    let released = ipam::call(&cfg, Command::Gc, &req.env, &req.stdin);
     runtime()?.block_on(async {
         let node = Netlink::current().map_err(kernel_error)?;
         if let Some(bridge) = node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {
@@ -29,20 +30,16 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
                 .links_with_master(bridge.index)
                 .await
                 .map_err(kernel_error)?;
-            for port in ports {
-                if is_host_veth_name(&port.name)
-                    && port.is_kind("veth")
-                    && !valid.contains(&port.name)
-                {
-                    log::info!("GC: removing veth {} of a stale attachment", port.name);
-                    if !node
-                        .delete_link_by_name(&port.name)
-                        .await
-                        .map_err(kernel_error)?
-                    {
-                        log::debug!("GC: {} was already gone", port.name);
-                    }
-                }
+            let stale: Vec<String> = ports
+                .into_iter()
+                .filter(|p| {
+                    is_host_veth_name(&p.name) && p.is_kind("veth") && !valid.contains(&p.name)
+                })
+                .map(|p| p.name)
+                .collect();
+            // All of them in one batch.
+            for name in unlink::remove(&node, &cfg.state_dir, &stale).await? {
+                log::info!("GC: removed veth {name} of a stale attachment");
             }
         }
         if let Some(subnet) = cfg.ipam_subnet {

@@ -11,6 +11,7 @@ mod check;
 mod config;
 mod del;
 mod gc;
+mod ipam;
 mod masq;
 mod netns;
 mod plugin;
@@ -18,6 +19,7 @@ mod rollback;
 mod routes;
 mod runtime;
 mod status;
+mod unlink;
 
 fn main() {
     std::process::exit(trellis_common::cni::run(&plugin::Trellis));

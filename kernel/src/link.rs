@@ -208,6 +208,39 @@ impl Netlink {
         Ok(absent(r)?.is_some())
     }
 
+    /// Move the link called `name` into link group `group`. `Ok(false)`
+    /// when there is none.
+    pub async fn set_group_by_name(&self, name: &str, group: u32) -> Result<bool> {
+        let mut msg = LinkUnspec::new_with_name(name).build();
+        msg.attributes.push(LinkAttribute::Group(group));
+        let r = self
+            .handle()
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "moving link {name} to group {group}"
+            )));
+        Ok(absent(r)?.is_some())
+    }
+
+    /// Delete every link of group `group` in one request: the kernel
+    /// unregisters them together and waits for its RCU grace periods once
+    /// for all of them, where one request per link waits once per link.
+    pub async fn delete_group(&self, group: u32) -> Result<()> {
+        let mut req = self.handle().link().del(0);
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        let r = req
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!("deleting link group {group}")));
+        absent(r)?;
+        Ok(())
+    }
+
     /// Delete the link called `name` in one request. `Ok(false)` when there
     /// was none. Deleting one end of a veth pair deletes both.
     pub async fn delete_link_by_name(&self, name: &str) -> Result<bool> {

@@ -77,3 +77,39 @@ fn twenty_concurrent_adds_share_one_bridge() {
 fn addresses_of_bridge(node: &Node) -> Vec<String> {
     addresses(&node.ns, "trellis0")
 }
+
+/// A DEL killed between its two steps (its veth moved into the removal
+/// group, the group not deleted yet) leaves the veth to the next removal
+/// on the node: any DEL takes the whole group.
+#[test]
+fn a_veth_left_on_its_way_out_goes_with_the_next_del() {
+    let node = Node::new("unlink-node");
+    let list = node.conflist(
+        "net",
+        "1.0.0",
+        vec![node.trellis("10.88.0.0/24", json!({}))],
+    );
+    let (left, next) = (node.pod("unlink-left"), node.pod("unlink-next"));
+    let left_att = Attachment::new("unlink-left", left.path(), "eth0");
+    let next_att = Attachment::new("unlink-next", next.path(), "eth0");
+    node.driver.add(&list, &left_att).unwrap();
+    node.driver.add(&list, &next_att).unwrap();
+    let veths = node.host_veths();
+    assert_eq!(veths.len(), 2);
+    // The removal group of cni-plugin/src/unlink.rs, "trlx".
+    let stray = veths
+        .iter()
+        .find(|v| node.link(v)["ifindex"] == link_json(&left, "eth0")["link_index"])
+        .expect("the host end of the left pod's veth")
+        .clone();
+    node.ns
+        .ok(&["ip", "link", "set", "dev", &stray, "group", "1953655928"])
+        .unwrap();
+    node.driver.del(&list, &next_att).unwrap();
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(left.links().unwrap().is_empty());
+    assert!(next.links().unwrap().is_empty());
+    // The left pod's own DEL finds nothing to remove and releases.
+    node.driver.del(&list, &left_att).unwrap();
+    node.assert_no_attachment_left();
+}
