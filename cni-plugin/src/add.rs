@@ -4,6 +4,7 @@
 //! [`Rollback`], committed when the ADD succeeds.
 
 use crate::config::{Config, Mode};
+use crate::ipam;
 use crate::masq;
 use crate::netns::open_netns;
 use crate::rollback::{Rollback, Step};
@@ -14,7 +15,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::thread::JoinHandle;
-use trellis_common::cni::delegate::{delegate, Delegation};
+use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::result::{Interface, IpConfig};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
@@ -93,8 +94,8 @@ impl Add<'_> {
 
         let mut rollback = Rollback::new();
         // The IPAM plugin allocates while the bridge and the veth are made.
-        let ipam: RunningIpam = Rc::new(RefCell::new(Some(Delegation::start(
-            &self.cfg.ipam_type,
+        let ipam: RunningIpam = Rc::new(RefCell::new(Some(ipam::start(
+            self.cfg,
             Command::Add,
             env,
             &self.req.stdin,
@@ -363,12 +364,6 @@ impl Add<'_> {
                 return Ok(());
             }
         }
-        delegate(
-            &self.cfg.ipam_type,
-            Command::Del,
-            &self.req.env,
-            &self.req.stdin,
-        )
-        .map(drop)
+        ipam::call(self.cfg, Command::Del, &self.req.env, &self.req.stdin).map(drop)
     }
 }

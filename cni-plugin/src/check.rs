@@ -3,12 +3,12 @@
 //! bridge, and the IPAM plugin's own CHECK.
 
 use crate::config::Config;
+use crate::ipam;
 use crate::netns::open_netns;
 use crate::routes::container_route;
 use crate::runtime::{kernel_error, runtime};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use trellis_common::cni::delegate::delegate;
 use trellis_common::cni::{CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
 use trellis_kernel::route::MAIN_TABLE;
@@ -21,7 +21,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::invalid_config("CHECK needs the prevResult of ADD"))?;
-    delegate(&cfg.ipam_type, Command::Check, &req.env, &req.stdin)?;
+    ipam::call(&cfg, Command::Check, &req.env, &req.stdin)?;
     let netns = open_netns(req)?;
     runtime()?.block_on(async {
         let node = Netlink::current().map_err(kernel_error)?;

@@ -3,7 +3,7 @@
 //! STATUS).
 
 use crate::config::Config;
-use trellis_common::cni::delegate::delegate;
+use crate::ipam;
 use trellis_common::cni::{CniError, Command, Request};
 
 pub fn status(req: &Request) -> Result<(), CniError> {
@@ -14,6 +14,6 @@ pub fn status(req: &Request) -> Result<(), CniError> {
             cfg.state_dir.display()
         )));
     }
-    delegate(&cfg.ipam_type, Command::Status, &req.env, &req.stdin)?;
+    ipam::call(&cfg, Command::Status, &req.env, &req.stdin)?;
     Ok(())
 }

@@ -45,9 +45,10 @@ pub fn queue_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("ipam").join("fences")
 }
 
-/// Queue `fence` and make sure a keeper runs. Failures are logged, not
-/// fatal: the ADD fails with code 11 either way.
-pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence) {
+/// Queue `fence` and make sure a keeper runs: `keeper` is the
+/// `trellis-ipam` binary. Failures are logged, not fatal: the ADD fails
+/// with code 11 either way.
+pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence, keeper: &Path) {
     let dir = queue_dir(state_dir);
     let job = serde_json::to_vec(&Job {
         settings: settings.clone(),
@@ -63,14 +64,7 @@ pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence) {
         log::warn!("cannot queue the fence in {}: {e}", dir.display());
         return;
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            log::warn!("cannot start the fence keeper: {e}");
-            return;
-        }
-    };
-    let started = Command::new(exe)
+    let started = Command::new(keeper)
         .arg(FENCE_FLAG)
         .arg(&dir)
         .env_clear()

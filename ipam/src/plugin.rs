@@ -1,5 +1,7 @@
 //! The CNI verbs of `trellis-ipam`. Each invocation is one short process:
-//! a single-threaded runtime, one etcd connection, one overall deadline.
+//! a single-threaded runtime, one etcd connection, one overall deadline;
+//! or, in cluster mode, one call of the node agent's IPAM service, which
+//! runs the same verbs over the etcd client it keeps ([`etcd_verb`]).
 
 use crate::allocation::{Allocation, Handle, Owner};
 use crate::allocator::allocate;
@@ -19,7 +21,9 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use trellis_common::cni::{code, CniError, CniResult, IpConfig, Plugin, Request, Route};
+use trellis_common::cni::delegate::find_plugin;
+use trellis_common::cni::service::IPAM_PLUGIN;
+use trellis_common::cni::{code, CniError, CniResult, Command, IpConfig, Plugin, Request, Route};
 use trellis_common::etcd::EtcdSettings;
 
 /// The most any verb spends waiting for etcd and for the node's lock, so a
@@ -29,16 +33,17 @@ pub const VERB_BUDGET: Duration = Duration::from_secs(3);
 /// The `trellis-ipam` plugin.
 pub struct IpamPlugin;
 
-fn block_on<T>(f: impl Future<Output = Result<T, IpamError>>) -> Result<T, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| CniError::new(code::IO_FAILURE, format!("cannot start a runtime: {e}")))?;
-    rt.block_on(f).map_err(CniError::from)
+/// How an etcd verb reaches etcd.
+#[derive(Clone, Copy)]
+pub enum EtcdAccess<'a> {
+    /// A connection of the call's own (the exec'd plugin).
+    Own,
+    /// A client kept for the life of the process (the agent's IPAM
+    /// service), connected with the same settings as the call's.
+    Shared(&'a etcd_client::Client),
 }
 
-fn conf_of(req: &Request) -> Result<IpamConf, CniError> {
+pub fn conf_of(req: &Request) -> Result<IpamConf, CniError> {
     IpamConf::from_netconf(&req.conf.name, &req.conf.raw).map_err(CniError::from)
 }
 
@@ -60,8 +65,30 @@ fn handle_of(req: &Request) -> Handle {
     }
 }
 
-async fn connect(settings: &EtcdSettings, deadline: Instant) -> Result<EtcdStore, IpamError> {
-    Ok(EtcdStore::connect(settings).await?.with_deadline(deadline))
+async fn connect(
+    settings: &EtcdSettings,
+    access: EtcdAccess<'_>,
+    deadline: Instant,
+) -> Result<EtcdStore, IpamError> {
+    let store = match access {
+        EtcdAccess::Own => EtcdStore::connect(settings).await?,
+        EtcdAccess::Shared(client) => {
+            EtcdStore::from_client(client, settings.keys(), settings.timeout)
+        }
+    };
+    Ok(store.with_deadline(deadline))
+}
+
+/// The fence keeper to start: this very binary when exec'd, else the one
+/// in `CNI_PATH`.
+fn keeper_program(req: &Request, access: EtcdAccess<'_>) -> Option<std::path::PathBuf> {
+    let found = match access {
+        EtcdAccess::Own => std::env::current_exe().map_err(|e| e.to_string()),
+        EtcdAccess::Shared(_) => find_plugin(IPAM_PLUGIN, &req.env.path).map_err(|e| e.msg),
+    };
+    found
+        .map_err(|e| log::warn!("cannot start the fence keeper: {e}"))
+        .ok()
 }
 
 fn local_dir(conf: &IpamConf, data_dir: &Path) -> std::path::PathBuf {
@@ -92,12 +119,13 @@ fn result_for(conf: &IpamConf, pool: &Pool, a: &Allocation) -> CniResult {
 async fn add_etcd(
     conf: &IpamConf,
     settings: &EtcdSettings,
+    access: EtcdAccess<'_>,
     req: &Request,
     deadline: Instant,
 ) -> Result<CniResult, IpamError> {
     let started = Instant::now();
     let requested = requested_address(req)?;
-    let mut store = connect(settings, deadline).await?;
+    let mut store = connect(settings, access, deadline).await?;
     let (pool, node) = cluster_pool(conf, &store).await?;
     let owner = owner_of(req, conf, node);
     let ready = Instant::now();
@@ -106,7 +134,9 @@ async fn add_etcd(
         Ok(out) => out,
         Err(e) => {
             if let Some(fence) = store.unanswered_claim() {
-                fence_keeper::hand_over(&conf.state_dir, settings, fence);
+                if let Some(keeper) = keeper_program(req, access) {
+                    fence_keeper::hand_over(&conf.state_dir, settings, fence, &keeper);
+                }
             }
             return Err(e);
         }
@@ -221,12 +251,99 @@ fn not_ready(e: impl Into<CniError>) -> CniError {
     }
 }
 
+/// One verb in cluster mode, reaching etcd through `access`: what both the
+/// exec'd plugin and the agent's IPAM service run. ADD's result, `None`
+/// for the other verbs.
+pub async fn etcd_verb(
+    req: &Request,
+    conf: &IpamConf,
+    settings: &EtcdSettings,
+    access: EtcdAccess<'_>,
+) -> Result<Option<CniResult>, CniError> {
+    let deadline = Instant::now() + VERB_BUDGET;
+    let handle = handle_of(req);
+    let done = match req.command() {
+        Command::Add => return Ok(Some(add_etcd(conf, settings, access, req, deadline).await?)),
+        Command::Del => {
+            let store = connect(settings, access, deadline).await?;
+            store.release(&handle).await.map(|_| ())
+        }
+        Command::Check => {
+            let store = connect(settings, access, deadline).await?;
+            verify(store.lookup(&handle).await?, req, "etcd")
+        }
+        Command::Gc => {
+            let valid = valid_attachments(req)?;
+            gc_etcd(conf, settings, access, deadline, &valid).await
+        }
+        Command::Status => {
+            return status_etcd(conf, settings, access, deadline)
+                .await
+                .map(|()| None)
+                .map_err(not_ready)
+        }
+        Command::Version => Ok(()),
+    };
+    done.map(|()| None).map_err(CniError::from)
+}
+
+async fn gc_etcd(
+    conf: &IpamConf,
+    settings: &EtcdSettings,
+    access: EtcdAccess<'_>,
+    deadline: Instant,
+    valid: &HashSet<Handle>,
+) -> Result<(), IpamError> {
+    let mut store = connect(settings, access, deadline).await?;
+    let node = node_name(conf, local_record(conf)?.as_ref())?;
+    let ours: Vec<Allocation> = store
+        .list_node(&node)
+        .await?
+        .into_iter()
+        .filter(|a| a.owner.network == conf.network)
+        .collect();
+    collect_garbage(&mut store, ours, valid).await?;
+    let swept = store
+        .sweep_handles(&node, &conf.network, |h| valid.contains(h))
+        .await?;
+    if swept > 0 {
+        log::info!("GC: removed {swept} handles that held no address");
+    }
+    Ok(())
+}
+
+async fn status_etcd(
+    conf: &IpamConf,
+    settings: &EtcdSettings,
+    access: EtcdAccess<'_>,
+    deadline: Instant,
+) -> Result<(), IpamError> {
+    let store = connect(settings, access, deadline).await?;
+    store.ping().await?;
+    cluster_pool(conf, &store).await.map(|_| ())
+}
+
+/// A cluster-mode verb of the exec'd plugin: its own runtime and connection.
+fn etcd_verb_own(
+    req: &Request,
+    conf: &IpamConf,
+    settings: &EtcdSettings,
+) -> Result<Option<CniResult>, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| CniError::new(code::IO_FAILURE, format!("cannot start a runtime: {e}")))?;
+    rt.block_on(etcd_verb(req, conf, settings, EtcdAccess::Own))
+}
+
 impl Plugin for IpamPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let deadline = Instant::now() + VERB_BUDGET;
         let conf = conf_of(req)?;
         match &conf.backend {
-            Backend::Etcd(s) => block_on(add_etcd(&conf, s, req, deadline)),
+            Backend::Etcd(s) => etcd_verb_own(req, &conf, s)?
+                .ok_or_else(|| CniError::new(code::IO_FAILURE, "ADD gave no result")),
             Backend::Local { data_dir } => Ok(add_local(&conf, data_dir, req, deadline)?),
         }
     }
@@ -236,10 +353,7 @@ impl Plugin for IpamPlugin {
         let conf = conf_of(req)?;
         let handle = handle_of(req);
         match &conf.backend {
-            Backend::Etcd(s) => block_on(async {
-                let store = connect(s, deadline).await?;
-                store.release(&handle).await.map(|_| ())
-            }),
+            Backend::Etcd(s) => etcd_verb_own(req, &conf, s).map(|_| ()),
             Backend::Local { data_dir } => {
                 match LocalStore::open_existing(&local_dir(&conf, data_dir), deadline)? {
                     Some(mut store) => store.release(&handle).map(|_| ()).map_err(Into::into),
@@ -254,10 +368,7 @@ impl Plugin for IpamPlugin {
         let conf = conf_of(req)?;
         let handle = handle_of(req);
         match &conf.backend {
-            Backend::Etcd(s) => block_on(async {
-                let store = connect(s, deadline).await?;
-                verify(store.lookup(&handle).await?, req, "etcd")
-            }),
+            Backend::Etcd(s) => etcd_verb_own(req, &conf, s).map(|_| ()),
             Backend::Local { data_dir } => {
                 let dir = local_dir(&conf, data_dir);
                 let held =
@@ -270,27 +381,10 @@ impl Plugin for IpamPlugin {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let deadline = Instant::now() + VERB_BUDGET;
         let conf = conf_of(req)?;
-        let valid = valid_attachments(req)?;
         match &conf.backend {
-            Backend::Etcd(s) => block_on(async {
-                let mut store = connect(s, deadline).await?;
-                let node = node_name(&conf, local_record(&conf)?.as_ref())?;
-                let ours: Vec<Allocation> = store
-                    .list_node(&node)
-                    .await?
-                    .into_iter()
-                    .filter(|a| a.owner.network == conf.network)
-                    .collect();
-                collect_garbage(&mut store, ours, &valid).await?;
-                let swept = store
-                    .sweep_handles(&node, &conf.network, |h| valid.contains(h))
-                    .await?;
-                if swept > 0 {
-                    log::info!("GC: removed {swept} handles that held no address");
-                }
-                Ok(())
-            }),
+            Backend::Etcd(s) => etcd_verb_own(req, &conf, s).map(|_| ()),
             Backend::Local { data_dir } => {
+                let valid = valid_attachments(req)?;
                 let Some(mut store) =
                     LocalStore::open_existing(&local_dir(&conf, data_dir), deadline)?
                 else {
@@ -306,12 +400,7 @@ impl Plugin for IpamPlugin {
         let deadline = Instant::now() + VERB_BUDGET;
         let conf = conf_of(req)?;
         match &conf.backend {
-            Backend::Etcd(s) => block_on(async {
-                let store = connect(s, deadline).await?;
-                store.ping().await?;
-                cluster_pool(&conf, &store).await.map(|_| ())
-            })
-            .map_err(not_ready),
+            Backend::Etcd(s) => etcd_verb_own(req, &conf, s).map(|_| ()),
             Backend::Local { data_dir } => {
                 let store =
                     LocalStore::open(&local_dir(&conf, data_dir), deadline).map_err(not_ready)?;

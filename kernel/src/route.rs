@@ -207,6 +207,35 @@ impl Netlink {
 }
 
 impl Netlink {
+    /// The route the kernel picks for `dst` (what `ip route get` shows, the
+    /// destination the host address itself): one request, no dump. `None`
+    /// when `dst` is unreachable.
+    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<Route>> {
+        let mut req = self.handle().route().get(RouteMessage::default());
+        let msg = req.message_mut();
+        msg.header.address_family = family_of(dst);
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Destination(dst.into()));
+        let answer: std::result::Result<Vec<RouteMessage>, _> = req.execute().try_collect().await;
+        match answer {
+            Ok(msgs) => Ok(msgs.iter().find_map(Route::from_message)),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [
+                    nix::errno::Errno::ENETUNREACH,
+                    nix::errno::Errno::EHOSTUNREACH,
+                ]
+                .contains(&nix::errno::Errno::from_raw(e.raw_code().abs())) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(KernelError::netlink(format!(
+                "looking up the route to {dst}"
+            ))(e)),
+        }
+    }
+}
+
+impl Netlink {
     /// The link of the IPv4 default route of the main table (the one with
     /// the lowest metric when there are several), if there is one.
     pub async fn default_route_link(&self) -> Result<Option<Link>> {

@@ -53,6 +53,8 @@ pub enum AgentError {
     LeaseTtl(i64),
     #[error("--kubernetes: {0}")]
     Kube(#[from] crate::kube_api::KubeError),
+    #[error(transparent)]
+    IpamService(#[from] crate::ipam_service::ServiceError),
 }
 
 /// Run the agent until SIGTERM or SIGINT (`Ok`) or a fatal error.
@@ -241,6 +243,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
         }));
+    }
+    if args.ipam_service {
+        let socket =
+            crate::ipam_service::start(&args.state_dir, settings.clone(), metrics.clone())?;
+        log::info!("serving trellis-ipam on {}", socket.display());
     }
     log::info!(
         "node {node} is up: subnet {}, overlay MTU {}",

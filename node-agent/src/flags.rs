@@ -156,6 +156,18 @@ pub struct RunArgs {
     /// keeps them).
     #[arg(long, env = "TRELLIS_DELETED_NODE_GRACE", default_value_t = 30)]
     pub deleted_node_grace: u64,
+    /// Serve this node's `trellis-ipam` calls on `<state-dir>/ipam.sock`
+    /// over the agent's etcd connection (plugins run `trellis-ipam`
+    /// themselves when it is off or the agent is down).
+    #[arg(
+        long,
+        env = "TRELLIS_IPAM_SERVICE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub ipam_service: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,7 @@ pub mod departure;
 pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;
+pub mod ipam_service;
 pub mod kube_api;
 pub mod lease;
 pub mod membership;

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub allocations: Gauge,
     pub gc_releases: Counter,
     pub etcd_errors: Counter,
+    /// `trellis-ipam` calls answered by the IPAM service (any outcome).
+    pub ipam_served: Counter,
+    /// Calls it declined (the plugin ran `trellis-ipam` itself).
+    pub ipam_declined: Counter,
     /// The subnet lease is held and the node record published.
     pub leased: AtomicBool,
     /// The last reconcile wrote everything it planned.
@@ -129,6 +133,18 @@ impl Metrics {
             "counter",
             "etcd requests, watches and keep-alives that failed.",
             self.etcd_errors.get().to_string(),
+        );
+        metric(
+            "trellis_agent_ipam_service_calls_total",
+            "counter",
+            "trellis-ipam calls of this node's plugins answered by the agent.",
+            self.ipam_served.get().to_string(),
+        );
+        metric(
+            "trellis_agent_ipam_service_declined_total",
+            "counter",
+            "trellis-ipam calls the agent declined (another etcd, single-host mode).",
+            self.ipam_declined.get().to_string(),
         );
         metric(
             "trellis_agent_subnet_leased",

@@ -242,6 +242,23 @@ impl Node {
         Ok(())
     }
 
+    /// Freezes the agent (SIGSTOP) until the guard is dropped (SIGCONT),
+    /// also when the test fails.
+    pub fn freeze_agent(&self) -> Result<FrozenAgent> {
+        let pid = self
+            .netns
+            .pids()
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "trellis-agent")
+            })
+            .with_context(|| format!("no trellis-agent runs in {}", self.name))?;
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        Ok(FrozenAgent(pid))
+    }
+
     /// Kills the agent at once (SIGKILL), as a crash would.
     pub fn kill_agent(&mut self) -> Result<()> {
         if let Some(mut child) = self.agent.take() {
@@ -249,6 +266,16 @@ impl Node {
             child.wait()?;
         }
         Ok(())
+    }
+}
+
+/// A frozen agent, thawed when dropped.
+#[derive(Debug)]
+pub struct FrozenAgent(nix::unistd::Pid);
+
+impl Drop for FrozenAgent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 

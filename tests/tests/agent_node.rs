@@ -199,19 +199,8 @@ fn an_expired_lease_is_taken_again_for_the_same_subnet() {
     let cluster = Cluster::start(spec(&["--lease-ttl", "5"])).unwrap();
     let node = &cluster.nodes[1];
     let subnet = node.subnet().unwrap();
-    let pid = nix::unistd::Pid::from_raw(
-        node.netns
-            .pids()
-            .into_iter()
-            .find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "trellis-agent")
-            })
-            .expect("agent pid"),
-    );
     // Frozen longer than the TTL: etcd drops its subnet and record.
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let thawed = scopeguard(pid);
+    let thawed = node.freeze_agent().unwrap();
     wait_until(Duration::from_secs(20), "node2's record expired", || {
         Ok(cluster.etcd_entries("nodes/node2")?.is_empty())
     })
@@ -235,15 +224,4 @@ fn an_expired_lease_is_taken_again_for_the_same_subnet() {
                 && v.contains("node2")
         ));
     cluster.wait_converged(Duration::from_secs(10)).unwrap();
-}
-
-/// SIGCONT for `pid` when dropped (also when the test fails).
-fn scopeguard(pid: nix::unistd::Pid) -> impl Drop {
-    struct Thaw(nix::unistd::Pid);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    Thaw(pid)
 }

@@ -4,8 +4,9 @@
 use super::env::{CniEnv, Command};
 use super::error::{code, CniError};
 use super::result::CniResult;
+use super::service;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 /// Find `plugin_type` in the `CNI_PATH` directories.
@@ -38,16 +39,31 @@ pub fn delegate(
     Delegation::start(plugin_type, command, env, stdin)?.finish()
 }
 
-/// A delegated plugin that is running: started with [`Delegation::start`],
-/// so that the caller can do other work (kernel requests) while it runs,
-/// and collected with [`Delegation::finish`].
+/// A delegated plugin that is running: started with [`Delegation::start`]
+/// (or [`Delegation::start_served`]), so that the caller can do other work
+/// (kernel requests) while it runs, and collected with
+/// [`Delegation::finish`].
 #[derive(Debug)]
 pub struct Delegation {
     plugin_type: String,
     command: Command,
-    binary: PathBuf,
-    child: std::process::Child,
-    write: std::io::Result<()>,
+    run: Run,
+}
+
+#[derive(Debug)]
+enum Run {
+    /// The plugin as a process.
+    Process {
+        binary: PathBuf,
+        child: std::process::Child,
+        write: std::io::Result<()>,
+    },
+    /// Sent to a daemon; what to exec if it does not answer.
+    Served {
+        pending: service::Pending,
+        env: CniEnv,
+        stdin: Vec<u8>,
+    },
 }
 
 impl Delegation {
@@ -59,22 +75,12 @@ impl Delegation {
         stdin: &[u8],
     ) -> Result<Delegation, CniError> {
         let binary = find_plugin(plugin_type, &env.path)?;
-        let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let path = std::env::join_paths(&env.path)
-            .map_err(|e| CniError::invalid_env(format!("CNI_PATH: {e}")))?;
         let mut proc = Process::new(&binary);
-        proc.env("CNI_COMMAND", command.as_str())
-            .env("CNI_CONTAINERID", &env.container_id)
-            .env("CNI_IFNAME", &env.ifname)
-            .env("CNI_ARGS", args.join(";"))
-            .env("CNI_PATH", path)
+        proc.env_remove("CNI_NETNS")
+            .envs(service::cni_vars(command, env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        match &env.netns {
-            Some(ns) => proc.env("CNI_NETNS", ns),
-            None => proc.env_remove("CNI_NETNS"),
-        };
         let mut child = proc.spawn().map_err(|e| {
             CniError::new(
                 code::DELEGATE,
@@ -86,10 +92,47 @@ impl Delegation {
         Ok(Delegation {
             plugin_type: plugin_type.to_string(),
             command,
-            binary,
-            child,
-            write,
+            run: Run::Process {
+                binary,
+                child,
+                write,
+            },
         })
+    }
+
+    /// Hand the call to the daemon serving `plugin_type` on `socket` (see
+    /// [`service`]); the plugin is run as a process instead when nothing
+    /// takes the call there, when the daemon declines it, or when its
+    /// answer does not come. Every verb of a plugin served this way must
+    /// be safe to repeat (CNI's ADD of the same attachment returns what it
+    /// holds, DEL of nothing succeeds): a daemon that died half-way through
+    /// a call is followed by the process doing the call again.
+    pub fn start_served(
+        socket: &Path,
+        plugin_type: &str,
+        command: Command,
+        env: &CniEnv,
+        stdin: &[u8],
+    ) -> Result<Delegation, CniError> {
+        let invocation = service::Invocation::new(plugin_type, command, env, stdin);
+        match service::send(socket, &invocation) {
+            Ok(pending) => Ok(Delegation {
+                plugin_type: plugin_type.to_string(),
+                command,
+                run: Run::Served {
+                    pending,
+                    env: env.clone(),
+                    stdin: stdin.to_vec(),
+                },
+            }),
+            Err(e) => {
+                log::debug!(
+                    "{plugin_type} {command}: not served on {} ({e}), running it",
+                    socket.display()
+                );
+                Delegation::start(plugin_type, command, env, stdin)
+            }
+        }
     }
 
     /// Wait for the plugin and read its answer, as [`delegate`] does.
@@ -118,34 +161,60 @@ impl Delegation {
         let Delegation {
             plugin_type,
             command,
-            binary,
-            child,
-            write,
+            run,
         } = self;
-        let output = child.wait_with_output().map_err(|e| {
-            CniError::new(
-                code::DELEGATE,
-                format!("waiting for {}: {e}", binary.display()),
-            )
-        })?;
-        if let Err(e) = write {
-            // A plugin may exit before reading all input; only report when it failed.
-            if !output.status.success() {
-                log::warn!("writing stdin of {}: {e}", binary.display());
+        let (status, stdout) = match run {
+            Run::Process {
+                binary,
+                child,
+                write,
+            } => {
+                let output = child.wait_with_output().map_err(|e| {
+                    CniError::new(
+                        code::DELEGATE,
+                        format!("waiting for {}: {e}", binary.display()),
+                    )
+                })?;
+                if let Err(e) = write {
+                    // A plugin may exit before reading all input; only
+                    // report when it failed.
+                    if !output.status.success() {
+                        log::warn!("writing stdin of {}: {e}", binary.display());
+                    }
+                }
+                let status = (!output.status.success()).then(|| output.status.to_string());
+                (status, output.stdout)
             }
-        }
-        if !output.status.success() {
-            return Err(match serde_json::from_slice::<CniError>(&output.stdout) {
+            Run::Served {
+                pending,
+                env,
+                stdin,
+            } => match pending.answer() {
+                Ok(service::Answer::Done { exit_code, stdout }) => {
+                    let status = (exit_code != 0).then(|| format!("exit status: {exit_code}"));
+                    (status, stdout.into_bytes())
+                }
+                Ok(service::Answer::Declined { reason }) => {
+                    log::debug!("{plugin_type} {command}: declined by its daemon ({reason})");
+                    return Delegation::start(&plugin_type, command, &env, &stdin)?.wait();
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{plugin_type} {command}: its daemon did not answer ({e}); running it"
+                    );
+                    return Delegation::start(&plugin_type, command, &env, &stdin)?.wait();
+                }
+            },
+        };
+        if let Some(status) = status {
+            return Err(match serde_json::from_slice::<CniError>(&stdout) {
                 Ok(e) => e,
-                Err(_) => CniError::new(
-                    code::DELEGATE,
-                    format!("{plugin_type} failed ({})", output.status),
-                )
-                .with_details(String::from_utf8_lossy(&output.stdout).trim().to_string()),
+                Err(_) => CniError::new(code::DELEGATE, format!("{plugin_type} failed ({status})"))
+                    .with_details(String::from_utf8_lossy(&stdout).trim().to_string()),
             }
             .context(format!("{plugin_type} {command}")));
         }
-        Ok(output.stdout)
+        Ok(stdout)
     }
 }
 
@@ -277,5 +346,93 @@ printf '{{"cniVersion":"1.0.0","ips":[{{"address":"10.0.0.9/24"}}]}}'"#,
         assert!(e.msg.contains("failed to find plugin \"nope\""));
         let e = find_plugin("../bin/sh", &[dir.path().to_path_buf()]).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+
+    /// A daemon on `socket` that answers one call with `answer`, and hands
+    /// back the invocation it got.
+    fn daemon(
+        socket: &std::path::Path,
+        answer: service::Answer,
+    ) -> std::thread::JoinHandle<service::Invocation> {
+        use std::io::Read;
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            conn.read_to_end(&mut buf).unwrap();
+            serde_json::to_writer(&mut conn, &answer).unwrap();
+            serde_json::from_slice(&buf).unwrap()
+        })
+    }
+
+    #[test]
+    fn a_served_call_is_answered_by_the_daemon_with_the_plugins_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        // The plugin as a process would fail: the daemon's answer is used.
+        script(dir.path(), "ipam", "cat >/dev/null; exit 9");
+        let socket = dir.path().join("s.sock");
+        let served = daemon(
+            &socket,
+            service::Answer::Done {
+                exit_code: 0,
+                stdout: r#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.7/24"}]}"#.into(),
+            },
+        );
+        let env = env_for(dir.path());
+        let r = Delegation::start_served(&socket, "ipam", Command::Add, &env, b"{\"x\":1}")
+            .unwrap()
+            .finish()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.0.0.7/24");
+        let got = served.join().unwrap();
+        assert_eq!(got.env["CNI_CONTAINERID"], "c1");
+        assert_eq!(got.stdin, "{\"x\":1}");
+        std::fs::remove_file(&socket).unwrap();
+        let served = daemon(
+            &socket,
+            service::Answer::Done {
+                exit_code: 1,
+                stdout: r#"{"cniVersion":"1.0.0","code":11,"msg":"etcd down"}"#.into(),
+            },
+        );
+        let e = Delegation::start_served(&socket, "ipam", Command::Add, &env, b"{}")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert_eq!((e.code, e.msg.contains("etcd down")), (11, true));
+        served.join().unwrap();
+    }
+
+    #[test]
+    fn a_call_nobody_serves_runs_the_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        script(
+            dir.path(),
+            "ipam",
+            r#"cat >/dev/null; printf '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.9/24"}],"note":"%s"}' "$CNI_COMMAND""#,
+        );
+        let env = env_for(dir.path());
+        let run = |socket: &std::path::Path| {
+            Delegation::start_served(socket, "ipam", Command::Add, &env, b"{}")
+                .unwrap()
+                .finish()
+                .unwrap()
+                .unwrap()
+        };
+        // No socket; a socket nobody listens on; a daemon that declines.
+        assert_eq!(run(&dir.path().join("none.sock")).ips.len(), 1);
+        let dead = dir.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        assert_eq!(run(&dead).ips.len(), 1);
+        let socket = dir.path().join("s.sock");
+        let served = daemon(
+            &socket,
+            service::Answer::Declined {
+                reason: "another etcd".into(),
+            },
+        );
+        assert_eq!(run(&socket).ips[0].address.to_string(), "10.0.0.9/24");
+        served.join().unwrap();
     }
 }

@@ -5,6 +5,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod result;
+pub mod service;
 pub mod skel;
 pub mod version;
 

@@ -67,41 +67,50 @@ pub fn dispatch(
     lookup: impl Fn(&str) -> Option<String>,
     stdin: &[u8],
 ) -> Outcome {
+    let req = match parse(lookup, stdin) {
+        Ok(req) => req,
+        Err(answered) => return answered,
+    };
+    let answer = match req.env.command {
+        Command::Add => plugin.add(&req).map(Some),
+        Command::Del => plugin.del(&req).map(|()| None),
+        Command::Check => plugin.check(&req).map(|()| None),
+        Command::Gc => plugin.gc(&req).map(|()| None),
+        Command::Status => plugin.status(&req).map(|()| None),
+        Command::Version => unreachable!("answered by parse"),
+    };
+    outcome(&req, answer)
+}
+
+/// Reads an invocation: the request for the verb, or what to print at once
+/// (VERSION's answer, or the error in the environment or configuration).
+pub fn parse(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Request, Outcome> {
     // The version to tag errors with: the config's when it has a supported one.
     let error_version = serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().and_then(Version::parse))
         .unwrap_or(Version::LATEST);
-    let env = match CniEnv::from_lookup(lookup) {
-        Ok(env) => env,
-        Err(e) => return Outcome::err(&e, error_version.as_str()),
-    };
+    let env = CniEnv::from_lookup(lookup).map_err(|e| Outcome::err(&e, error_version.as_str()))?;
     if env.command == Command::Version {
-        return Outcome::ok(version_info(stdin));
+        return Err(Outcome::ok(version_info(stdin)));
     }
-    let conf = match NetConf::parse(stdin) {
-        Ok(c) => c,
-        Err(e) => return Outcome::err(&e, error_version.as_str()),
-    };
+    let conf = NetConf::parse(stdin).map_err(|e| Outcome::err(&e, error_version.as_str()))?;
     let version = conf.cni_version;
-    if let Err(e) = verb_allowed(env.command, version) {
-        return Outcome::err(&e, version.as_str());
-    }
-    let req = Request {
+    verb_allowed(env.command, version).map_err(|e| Outcome::err(&e, version.as_str()))?;
+    Ok(Request {
         env,
         conf,
         stdin: stdin.to_vec(),
-    };
-    let answer = match req.env.command {
-        Command::Add => plugin.add(&req).map(|r| r.to_value(version).to_string()),
-        Command::Del => plugin.del(&req).map(|()| String::new()),
-        Command::Check => plugin.check(&req).map(|()| String::new()),
-        Command::Gc => plugin.gc(&req).map(|()| String::new()),
-        Command::Status => plugin.status(&req).map(|()| String::new()),
-        Command::Version => unreachable!("answered above"),
-    };
+    })
+}
+
+/// What to print for the verb's `answer` (ADD's result, in the version the
+/// runtime asked for; nothing for the other verbs).
+pub fn outcome(req: &Request, answer: Result<Option<CniResult>, CniError>) -> Outcome {
+    let version = req.conf.cni_version;
     match answer {
-        Ok(out) => Outcome::ok(out),
+        Ok(Some(result)) => Outcome::ok(result.to_value(version).to_string()),
+        Ok(None) => Outcome::ok(String::new()),
         Err(e) => {
             log::error!("{} failed: {e}", req.env.command);
             Outcome::err(&e, version.as_str())
