@@ -5,10 +5,13 @@
 # neighbour and route entries and until all are gone after the K records
 # are deleted, the agent's own reconcile time, the same entries written by
 # `ip -batch`/`bridge -batch` as a reference in the same run, and the
-# agent's RSS. The work is node-agent/benches/overlay_scale.rs.
+# agent's RSS. Then, with the largest K in place, JOINS (default 50) more
+# nodes join one at a time and leave again: the time from the etcd write to
+# the node's route there (and gone), medians, and the agent's CPU time per
+# join. The work is node-agent/benches/overlay_scale.rs.
 #
 #   sudo scripts/bench-agent.sh               # K = 1000 and 5000, 3 runs each
-#   sudo RUNS=5 scripts/bench-agent.sh 1000 5000 10000
+#   sudo RUNS=5 JOINS=50 scripts/bench-agent.sh 1000 5000 10000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) -ne 0 ]]; then

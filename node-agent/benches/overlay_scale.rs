@@ -180,6 +180,10 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
+    let joins: u32 = std::env::var("JOINS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(50);
     let agent = std::env::var("TRELLIS_AGENT_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_trellis-agent").to_string());
 
@@ -242,12 +246,12 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(bench(&ns_name, &dir, &agent, &sizes, runs));
+        rt.block_on(bench(&ns_name, &dir, &agent, &sizes, runs, joins));
     })
     .unwrap();
 }
 
-async fn bench(ns: &str, dir: &Path, agent: &str, sizes: &[u32], runs: usize) {
+async fn bench(ns: &str, dir: &Path, agent: &str, sizes: &[u32], runs: usize, joins: u32) {
     let mut client = None;
     for _ in 0..100 {
         if let Ok(mut c) = Client::connect(["http://127.0.0.1:2379"], None).await {
@@ -388,7 +392,109 @@ async fn bench(ns: &str, dir: &Path, agent: &str, sizes: &[u32], runs: usize) {
         "agent peak RSS (VmHWM) {:.1} MiB; medians of {runs} runs; add/del_ms: from the etcd write to the kernel dump showing all/none of the 3K entries",
         rss_mib(pid, "VmHWM:")
     );
+    if joins > 0 {
+        let present = *sizes.iter().max().expect("at least one size");
+        churn(&mut client, &nl, ifindex, pid, present, joins).await;
+        println!(
+            "agent peak RSS (VmHWM) {:.1} MiB after the joins",
+            rss_mib(pid, "VmHWM:")
+        );
+    }
     drop(agent);
+}
+
+/// With `present` remote nodes in place, `joins` more nodes join one at a
+/// time and each leaves again: from the etcd put (its own time taken off)
+/// to the kernel routing the node's subnet over the VXLAN device, and from
+/// the delete to the route gone. Looked up with one route request each
+/// poll, not a dump.
+async fn churn(
+    client: &mut Client,
+    nl: &Netlink,
+    ifindex: u32,
+    pid: u32,
+    present: u32,
+    joins: u32,
+) {
+    let puts: Vec<TxnOp> = (1..=present)
+        .map(|i| TxnOp::put(record_key(i), record(i), None))
+        .collect();
+    client.txn(Txn::new().and_then(puts)).await.unwrap();
+    wait_counts(nl, ifindex, present as usize, Instant::now()).await;
+    // Let the agent finish with the bulk write before timing single joins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = cpu_ms(pid);
+    let (mut join_ms, mut leave_ms) = (Vec::new(), Vec::new());
+    for i in present + 1..=present + joins {
+        let (_, _, _, vtep) = fake(i);
+        let probe: std::net::IpAddr = vtep
+            .parse::<std::net::Ipv4Addr>()
+            .map(|a| std::net::Ipv4Addr::from(u32::from(a) + 1).into())
+            .unwrap();
+        let t0 = Instant::now();
+        client.put(record_key(i), record(i), None).await.unwrap();
+        let put = t0.elapsed();
+        wait_route(nl, probe, ifindex, true, t0).await;
+        join_ms.push((t0.elapsed() - put).as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        client.delete(record_key(i), None).await.unwrap();
+        let del = t0.elapsed();
+        wait_route(nl, probe, ifindex, false, t0).await;
+        leave_ms.push((t0.elapsed() - del).as_secs_f64() * 1e3);
+    }
+    let cpu = cpu_ms(pid) - cpu0;
+    client
+        .delete(
+            "/trellis/nodes/fake-",
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    wait_counts(nl, ifindex, 0, Instant::now()).await;
+    println!(
+        "{present} remote nodes present, {joins} joins one at a time: join {:.1} ms, leave {:.1} ms (medians, from the etcd write returning to the route there/gone; max {:.1} / {:.1} ms); agent CPU {:.2} ms per join and leave",
+        median(join_ms.clone()),
+        median(leave_ms.clone()),
+        join_ms.iter().cloned().fold(0.0, f64::max),
+        leave_ms.iter().cloned().fold(0.0, f64::max),
+        cpu / joins as f64
+    );
+}
+
+fn record_key(i: u32) -> String {
+    format!("/trellis/nodes/fake-{i}")
+}
+
+fn record(i: u32) -> String {
+    let (subnet, public, mac, _) = fake(i);
+    format!(r#"{{"subnet":"{subnet}","publicIP":"{public}","vtepMAC":"{mac}"}}"#)
+}
+
+/// Poll until the route to `probe` leaves by the VXLAN device `ifindex`
+/// (`there`) or no longer does.
+async fn wait_route(nl: &Netlink, probe: std::net::IpAddr, ifindex: u32, there: bool, t0: Instant) {
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        let route = nl.route_get(probe).await.unwrap();
+        if route.and_then(|r| r.oif) == Some(ifindex) && there
+            || route.and_then(|r| r.oif) != Some(ifindex) && !there
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "route to {probe} never changed");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// The agent's CPU time so far (user + system).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's HZ.
+    ticks * 10.0
 }
 
 fn nix_kill(pid: u32, sig: &str) {

@@ -37,11 +37,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 )
 
@@ -58,6 +60,7 @@ type options struct {
 	cniVersion     string
 	netnsList      string
 	count          int
+	parallel       bool
 	pluginGCOnly   bool
 	timeout        time.Duration
 }
@@ -163,6 +166,7 @@ func parseFlags(verb string, argv []string) (*options, error) {
 	fs.StringVar(&opts.cniVersion, "cni-version", "", "override the conflist's cniVersion")
 	fs.StringVar(&opts.netnsList, "netns-list", "", "bench: file with one netns path per line")
 	fs.IntVar(&opts.count, "count", 0, "bench: number of ADDs then DELs")
+	fs.BoolVar(&opts.parallel, "parallel", false, "bench: all ADDs at once (a burst), then all DELs at once")
 	fs.BoolVar(&opts.pluginGCOnly, "plugin-gc-only", false, "GC: skip the DEL of cached attachments that are not valid, only invoke the plugins' GC")
 	fs.DurationVar(&opts.timeout, "timeout", 5*time.Minute, "overall deadline")
 	if err := fs.Parse(argv); err != nil {
@@ -381,10 +385,16 @@ func atLeast(v, min string) bool {
 	return err == nil && ok
 }
 
-// benchTimings are per-operation durations in milliseconds.
+// benchTimings are per-operation durations in milliseconds; with
+// --parallel also the wall time of each burst, the operations that failed
+// and the addresses handed out to more than one container.
 type benchTimings struct {
-	AddMs []float64 `json:"addMs"`
-	DelMs []float64 `json:"delMs"`
+	AddMs      []float64 `json:"addMs"`
+	DelMs      []float64 `json:"delMs"`
+	BurstAddMs float64   `json:"burstAddMs,omitempty"`
+	BurstDelMs float64   `json:"burstDelMs,omitempty"`
+	Failures   []string  `json:"failures,omitempty"`
+	Duplicates []string  `json:"duplicates,omitempty"`
 }
 
 // bench runs count ADDs in sequence (container i in the i-th netns of the
@@ -412,6 +422,9 @@ func bench(ctx context.Context, c *libcni.CNIConfig, opts *options, list *libcni
 		}
 	}
 	timings := &benchTimings{}
+	if opts.parallel {
+		return burst(ctx, c, list, opts.count, conf), nil
+	}
 	for i := 0; i < opts.count; i++ {
 		start := time.Now()
 		if _, err := c.AddNetworkList(ctx, list, conf(i)); err != nil {
@@ -427,6 +440,75 @@ func bench(ctx context.Context, c *libcni.CNIConfig, opts *options, list *libcni
 		timings.DelMs = append(timings.DelMs, float64(time.Since(start).Microseconds())/1000)
 	}
 	return timings, nil
+}
+
+// burst runs count ADDs at once, as a runtime starting many pods does,
+// then count DELs at once; failures are counted, not fatal.
+func burst(ctx context.Context, c *libcni.CNIConfig, list *libcni.NetworkConfigList, count int, conf func(int) *libcni.RuntimeConf) *benchTimings {
+	timings := &benchTimings{AddMs: make([]float64, count), DelMs: make([]float64, count)}
+	var mu sync.Mutex
+	owners := map[string]string{}
+	run := func(del bool) float64 {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := 0; i < count; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				rc := conf(i)
+				t0 := time.Now()
+				var err error
+				if del {
+					err = c.DelNetworkList(ctx, list, rc)
+				} else {
+					var res types.Result
+					res, err = c.AddNetworkList(ctx, list, rc)
+					if err == nil {
+						err = recordAddresses(res, rc.ContainerID, owners, &mu, timings)
+					}
+				}
+				ms := float64(time.Since(t0).Microseconds()) / 1000
+				mu.Lock()
+				defer mu.Unlock()
+				if del {
+					timings.DelMs[i] = ms
+				} else {
+					timings.AddMs[i] = ms
+				}
+				if err != nil {
+					verb := "ADD"
+					if del {
+						verb = "DEL"
+					}
+					timings.Failures = append(timings.Failures, fmt.Sprintf("%s %d: %v", verb, i, err))
+				}
+			}(i)
+		}
+		wg.Wait()
+		return float64(time.Since(start).Microseconds()) / 1000
+	}
+	timings.BurstAddMs = run(false)
+	timings.BurstDelMs = run(true)
+	return timings
+}
+
+// recordAddresses notes the addresses of an ADD's result, and any already
+// held by another container.
+func recordAddresses(res types.Result, id string, owners map[string]string, mu *sync.Mutex, t *benchTimings) error {
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		return err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ip := range cur.IPs {
+		addr := ip.Address.IP.String()
+		if other, taken := owners[addr]; taken {
+			t.Duplicates = append(t.Duplicates, fmt.Sprintf("%s: %s and %s", addr, other, id))
+		}
+		owners[addr] = id
+	}
+	return nil
 }
 
 func fail(err error) {

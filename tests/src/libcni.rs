@@ -208,6 +208,16 @@ struct FailureJson {
 pub struct BenchTimings {
     pub add_ms: Vec<f64>,
     pub del_ms: Vec<f64>,
+    /// A burst's wall times (`Driver::burst`).
+    #[serde(default)]
+    pub burst_add_ms: f64,
+    #[serde(default)]
+    pub burst_del_ms: f64,
+    #[serde(default)]
+    pub failures: Vec<String>,
+    /// Addresses handed to two containers of the burst.
+    #[serde(default)]
+    pub duplicates: Vec<String>,
 }
 
 /// The median of a set of durations.
@@ -307,6 +317,27 @@ impl Driver {
         netns_paths: &[PathBuf],
         count: usize,
     ) -> Result<BenchTimings> {
+        self.bench_with(conflist, netns_paths, count, false)
+    }
+
+    /// `count` ADDs at once (one goroutine each, as a runtime starting many
+    /// pods), then `count` DELs at once; failures are counted.
+    pub fn burst(
+        &self,
+        conflist: &Path,
+        netns_paths: &[PathBuf],
+        count: usize,
+    ) -> Result<BenchTimings> {
+        self.bench_with(conflist, netns_paths, count, true)
+    }
+
+    fn bench_with(
+        &self,
+        conflist: &Path,
+        netns_paths: &[PathBuf],
+        count: usize,
+        parallel: bool,
+    ) -> Result<BenchTimings> {
         let mut list = tempfile::NamedTempFile::new()?;
         for path in netns_paths {
             use std::io::Write;
@@ -318,6 +349,10 @@ impl Driver {
             "--count".into(),
             count.to_string().into(),
         ];
+        let mut flags = flags;
+        if parallel {
+            flags.push("--parallel".into());
+        }
         let value = self.run("bench", conflist, &flags)?;
         Ok(serde_json::from_value(value)?)
     }
