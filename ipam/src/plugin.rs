@@ -102,11 +102,34 @@ async fn add_etcd(
     let owner = owner_of(req, conf, node);
     let ready = Instant::now();
     let mut cursor = NodeCursor::new(conf.node_lock_path(), deadline);
-    let out = match allocate(&mut store, &mut cursor, &pool, &owner, requested).await {
+    let allocated = allocate(&mut store, &mut cursor, &pool, &owner, requested).await;
+    // Whatever happened, no copy of a claim of this ADD may apply from now
+    // on (one may sit in a frozen member). Revoked, its lease makes a
+    // failed claim's fence needless; else the keeper fences it.
+    let ended = store.end_claims().await;
+    if let Err(e) = &ended {
+        log::warn!("ADD {}: {e}", owner.container_id);
+    }
+    let out = match allocated {
         Ok(out) => out,
         Err(e) => {
             if let Some(fence) = store.unanswered_claim() {
-                fence_keeper::hand_over(&conf.state_dir, settings, fence);
+                // Resolved now if etcd answers: the claim applied or it
+                // never will. Else the keeper makes sure of it.
+                let resolved = match ended {
+                    Ok(()) => store.undo_claim(&fence).await.map(|undone| {
+                        if undone {
+                            log::info!(
+                                "ADD {}: undid a claim that applied unanswered",
+                                owner.container_id
+                            );
+                        }
+                    }),
+                    Err(e) => Err(e),
+                };
+                if resolved.is_err() {
+                    fence_keeper::hand_over(&conf.state_dir, settings, fence);
+                }
             }
             return Err(e);
         }
@@ -238,6 +261,12 @@ impl Plugin for IpamPlugin {
         match &conf.backend {
             Backend::Etcd(s) => block_on(async {
                 let store = connect(s, deadline).await?;
+                fence_keeper::apply_pending_for(
+                    &conf.state_dir,
+                    &store,
+                    &store.handle_key(&handle),
+                )
+                .await?;
                 store.release(&handle).await.map(|_| ())
             }),
             Backend::Local { data_dir } => {

@@ -72,7 +72,11 @@ pub fn failed_adds_left_no_veth(cluster: &Cluster, failed: &[FailedAdd]) -> Resu
     for f in failed {
         let veth = host_veth_name(&f.container_id, "eth0");
         if cluster.nodes[f.node].host_veths()?.contains(&veth) {
-            bail!("failed ADD of {} left its veth {veth}: {}", f.name, f.failure);
+            bail!(
+                "failed ADD of {} left its veth {veth}: {}",
+                f.name,
+                f.failure
+            );
         }
     }
     Ok(())
@@ -86,8 +90,13 @@ pub fn no_address_twice(pods: &[&Pod]) -> Result<()> {
             .netns
             .ok(&["ip", "-j", "-4", "addr", "show", "dev", &pod.ifname])?;
         let links: Vec<serde_json::Value> = serde_json::from_str(&out)?;
-        for info in links.iter().flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default()) {
-            let Some(ip) = info["local"].as_str() else { continue };
+        for info in links
+            .iter()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        {
+            let Some(ip) = info["local"].as_str() else {
+                continue;
+            };
             let ip: IpAddr = ip.parse()?;
             if let Some(other) = seen.insert(ip, &pod.name) {
                 bail!("{ip} is on the interfaces of both {other} and {}", pod.name);
@@ -156,19 +165,26 @@ pub fn del_all(
     }
 }
 
-/// What etcd still holds under the IPAM keys: allocated addresses and
-/// handles (with their values).
+/// What etcd still holds under the IPAM keys: allocated addresses, and
+/// handles with claim guards (with their values).
 pub fn ipam_leftovers(cluster: &Cluster) -> Result<(Vec<String>, Vec<String>)> {
     let ips = cluster
         .etcd_entries("ipam/ips/")?
         .into_iter()
         .map(|(k, v)| format!("{k} = {v}"))
         .collect();
-    let handles = cluster
+    // Handles, and the claim guards of ADDs (gone with their ADD).
+    let mut handles: Vec<String> = cluster
         .etcd_entries("ipam/handles/")?
         .into_iter()
         .map(|(k, v)| format!("{k} = {v}"))
         .collect();
+    handles.extend(
+        cluster
+            .etcd_entries("ipam/guards/")?
+            .into_iter()
+            .map(|(k, v)| format!("{k} = {v}")),
+    );
     Ok((ips, handles))
 }
 

@@ -249,7 +249,9 @@ impl Etcd {
 
     /// The member name (`trellis-test` for a single etcd).
     pub fn name(&self) -> &str {
-        self.member.as_ref().map_or("trellis-test", |m| m.0.as_str())
+        self.member
+            .as_ref()
+            .map_or("trellis-test", |m| m.0.as_str())
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).

@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use trellis_tests::churn::{
-    add_round, del_all, failed_adds_left_no_veth, no_address_twice, wait_nothing_allocated,
-    Round,
+    add_round, del_all, failed_adds_left_no_veth, no_address_twice, wait_nothing_allocated, Round,
 };
 use trellis_tests::cluster::{Cluster, ClusterSpec};
 use trellis_tests::etcd_cluster::Cut;
