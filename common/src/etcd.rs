@@ -2,8 +2,10 @@
 //! files and the time one call may take, checked once (URL schemes, TLS
 //! files present, PEM, paired with `https://`) and connected the same way.
 //! The agent fills them in from its flags, the IPAM plugin from its
-//! `ipam` object; errors name the setting as the user wrote it.
+//! `ipam` object; errors name the setting as the user wrote it. How a
+//! request goes on when one endpoint is away is in `etcd_failover`.
 
+pub use crate::etcd_failover::EtcdClient;
 use crate::keys::{Keys, DEFAULT_ETCD_PREFIX};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use serde::{Deserialize, Serialize};
@@ -174,14 +176,28 @@ impl EtcdSettings {
         Ok(Some(TlsFiles { ca, identity }))
     }
 
-    /// Check everything, then connect. The connection itself is lazy: the
-    /// first request opens it. Callers bound each call by `timeout`
-    /// themselves; the client's own limit (a second more) is a backstop,
-    /// and HTTP/2 keep-alives detect a dead server.
-    pub async fn connect(&self) -> Result<Client, EtcdError> {
+    /// How long one attempt on one endpoint may take: with several
+    /// endpoints a quarter of `timeout` (at least half a second), so that a
+    /// frozen or cut-off member, and a follower waiting for a leader that
+    /// froze, leave time for the others; with one, all of it.
+    pub fn attempt_timeout(&self) -> Duration {
+        if self.endpoints.len() > 1 {
+            (self.timeout / 4).max(Duration::from_millis(500))
+        } else {
+            self.timeout
+        }
+    }
+
+    /// Check everything, then make a client per endpoint (see
+    /// [`EtcdClient`]). The connections themselves are lazy: the first
+    /// request on each opens it. Callers bound each call themselves
+    /// ([`EtcdClient::call`]); the client's own limit is a backstop, and
+    /// HTTP/2 keep-alives detect a dead or frozen server under a watch.
+    pub async fn connect(&self) -> Result<EtcdClient, EtcdError> {
         let tls = self.tls_files()?;
+        let attempt = self.attempt_timeout();
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.timeout)
+            .with_connect_timeout(attempt)
             .with_timeout(self.timeout + Duration::from_secs(1))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
@@ -193,24 +209,31 @@ impl EtcdSettings {
             }
             options = options.with_tls(options_tls);
         }
-        let endpoints = self.endpoints.join(",");
-        let connected = tokio::time::timeout(
-            self.timeout,
-            Client::connect(&self.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| EtcdError::Timeout {
-            endpoints: endpoints.clone(),
-            after: self.timeout,
-        })?;
-        connected.map_err(|source| match source {
-            etcd_client::Error::InvalidArgs(_)
-            | etcd_client::Error::InvalidUri(_)
-            | etcd_client::Error::TransportError(_) => {
-                EtcdError::Invalid(format!("etcd client for {endpoints}: {}", chain(&source)))
-            }
-            source => EtcdError::Connect { endpoints, source },
-        })
+        let mut clients = Vec::new();
+        for endpoint in &self.endpoints {
+            let connected = tokio::time::timeout(
+                self.timeout,
+                Client::connect([endpoint], Some(options.clone())),
+            )
+            .await
+            .map_err(|_| EtcdError::Timeout {
+                endpoints: endpoint.clone(),
+                after: self.timeout,
+            })?;
+            let client = connected.map_err(|source| match source {
+                etcd_client::Error::InvalidArgs(_)
+                | etcd_client::Error::InvalidUri(_)
+                | etcd_client::Error::TransportError(_) => {
+                    EtcdError::Invalid(format!("etcd client for {endpoint}: {}", chain(&source)))
+                }
+                source => EtcdError::Connect {
+                    endpoints: endpoint.clone(),
+                    source,
+                },
+            })?;
+            clients.push((endpoint.clone(), client));
+        }
+        Ok(EtcdClient::new(clients, attempt))
     }
 }
 

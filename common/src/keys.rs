@@ -100,6 +100,17 @@ impl Keys {
         format!("{}/ipam/handles/", self.prefix)
     }
 
+    /// `<prefix>/ipam/guards/<containerID>/<ifname>`: written with every
+    /// claim of one ADD under that ADD's short etcd lease, revoked when the
+    /// ADD ends, so that a copy of the claim still held by a frozen member
+    /// fails ("requested lease not found") whenever it arrives.
+    pub fn claim_guard(&self, attachment: &Attachment) -> String {
+        format!(
+            "{}/ipam/guards/{}/{}",
+            self.prefix, attachment.container_id, attachment.ifname
+        )
+    }
+
     /// `<prefix>/ipam/handles/<containerID>/<ifname>`.
     pub fn handle(&self, attachment: &Attachment) -> String {
         format!(

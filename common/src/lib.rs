@@ -1,13 +1,15 @@
 //! Code shared by the trellis binaries: the CNI protocol (`cni`), the
 //! cluster contract every binary reads the same way (`keys`: the etcd key
 //! layout under its one prefix rule; `etcd`: settings, TLS checks and the
-//! connection; `cluster_config`; `node_name`), files shared between
+//! connection; `etcd_failover`: one client per endpoint and moving on to
+//! the next when one is away; `cluster_config`; `node_name`), files shared between
 //! processes (`fs`) and the node record the agent publishes for the
 //! plugins (`node`).
 
 pub mod cluster_config;
 pub mod cni;
 pub mod etcd;
+pub mod etcd_failover;
 pub mod fs;
 pub mod keys;
 pub mod naming;

@@ -149,96 +149,9 @@ impl From<IpamError> for CniError {
     }
 }
 
-/// Whether a request that failed with `e` may have reached etcd and been (or
-/// still be) applied. Only errors that say the request was refused, or never
-/// sent, are "no": etcd's own refusals (bad request, permission, too many
-/// requests, ...) and a connection that could not be opened. A dropped
-/// connection, a cancelled call, "request timed out" or "leader changed"
-/// (`Unavailable`) leave it open.
-pub(crate) fn outcome_unknown(e: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match e {
-        etcd_client::Error::GRpcStatus(status) => match status.code() {
-            Code::InvalidArgument
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::ResourceExhausted
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::Unimplemented
-            | Code::Unauthenticated => false,
-            Code::Ok
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss => !never_connected(status),
-        },
-        etcd_client::Error::IoError(_) => true,
-        _ => false,
-    }
-}
-
-/// A status whose cause is a refused connection: the request never left.
-fn never_connected(status: &tonic::Status) -> bool {
-    let mut cur = std::error::Error::source(status);
-    while let Some(cause) = cur {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        cur = cause.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tonic::{Code, Status};
-
-    fn status(code: Code, msg: &str) -> etcd_client::Error {
-        etcd_client::Error::GRpcStatus(Status::new(code, msg))
-    }
-
-    #[test]
-    fn dropped_or_timed_out_requests_may_have_applied() {
-        for e in [
-            status(Code::Unavailable, "etcdserver: request timed out"),
-            status(Code::Unavailable, "etcdserver: leader changed"),
-            status(Code::Unknown, "h2 protocol error: connection reset"),
-            status(Code::Cancelled, "operation was canceled"),
-            status(Code::Internal, "stream closed"),
-            etcd_client::Error::IoError(std::io::ErrorKind::BrokenPipe.into()),
-        ] {
-            assert!(outcome_unknown(&e), "{e:?}");
-        }
-    }
-
-    #[test]
-    fn refused_or_unsent_requests_did_not_apply() {
-        for e in [
-            status(Code::ResourceExhausted, "etcdserver: too many requests"),
-            status(Code::InvalidArgument, "etcdserver: request is too large"),
-            status(Code::PermissionDenied, "etcdserver: permission denied"),
-            status(Code::FailedPrecondition, "etcdserver: not capable"),
-            etcd_client::Error::InvalidArgs("no endpoints".into()),
-        ] {
-            assert!(!outcome_unknown(&e), "{e:?}");
-        }
-        // Unavailable because the connection could not be opened at all.
-        let mut refused = Status::new(Code::Unavailable, "tcp connect error");
-        refused.set_source(Arc::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        )));
-        assert!(!outcome_unknown(&etcd_client::Error::GRpcStatus(refused)));
-    }
 
     #[test]
     fn only_writes_without_an_answer_are_fenced() {

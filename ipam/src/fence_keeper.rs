@@ -32,6 +32,9 @@ const KEEP_TRYING: Duration = Duration::from_secs(600);
 /// pending requests as soon as it resumes, so there is no gap to retry in.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// With several endpoints, how long one round over them may take.
+const MEMBER_ATTEMPTS_TIMEOUT: Duration = Duration::from_secs(8);
+
 const KEEPER_LOCK: &str = ".keeper";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,6 +81,33 @@ pub fn hand_over(state_dir: &Path, settings: &EtcdSettings, fence: Fence, keeper
         Ok(child) => log::info!("fence queued in {}; keeper {}", file.display(), child.id()),
         Err(e) => log::warn!("cannot start the fence keeper: {e}"),
     }
+}
+
+/// The attachment's DEL: apply, right now, the queued fences of the
+/// claims made for `handle_key` (a failed ADD's), before the DEL releases
+/// what the handle holds. Applied later by the keeper, a fence would put
+/// its "cancelled" record after the DEL and leave it behind. A fence that
+/// cannot be applied in time fails the DEL (the runtime retries it).
+pub async fn apply_pending_for(
+    state_dir: &Path,
+    store: &EtcdStore,
+    handle_key: &str,
+) -> Result<(), crate::error::IpamError> {
+    let dir = queue_dir(state_dir);
+    for file in jobs(&dir) {
+        let Some(job) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Job>(&b).ok())
+        else {
+            continue;
+        };
+        if job.fence.handle_key != handle_key {
+            continue;
+        }
+        store.apply_fence(&job.fence).await?;
+        let _ = std::fs::remove_file(&file);
+    }
+    Ok(())
 }
 
 /// The keeper's `main`: work the queue in `dir` until it is empty.
@@ -167,7 +197,14 @@ async fn work(dir: &Path) {
 }
 
 async fn apply(mut job: Job) -> bool {
-    job.settings.timeout = ATTEMPT_TIMEOUT;
+    // One etcd: wait for it (the fence queues behind the claim in a
+    // stopped etcd). Several: each attempt on one member is a fraction of
+    // this, and a frozen member gets no write (see `etcd_failover`).
+    job.settings.timeout = if job.settings.endpoints.len() > 1 {
+        MEMBER_ATTEMPTS_TIMEOUT
+    } else {
+        ATTEMPT_TIMEOUT
+    };
     match EtcdStore::connect(&job.settings).await {
         Ok(store) => store.apply_fence(&job.fence).await.is_ok(),
         Err(_) => false,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use trellis_common::cni::delegate::find_plugin;
 use trellis_common::cni::service::IPAM_PLUGIN;
 use trellis_common::cni::{code, CniError, CniResult, Command, IpConfig, Plugin, Request, Route};
-use trellis_common::etcd::EtcdSettings;
+use trellis_common::etcd::{EtcdClient, EtcdSettings};
 
 /// The most any verb spends waiting for etcd and for the node's lock, so a
 /// stuck etcd turns into code 11 well within the runtime's patience.
@@ -40,7 +40,7 @@ pub enum EtcdAccess<'a> {
     Own,
     /// A client kept for the life of the process (the agent's IPAM
     /// service), connected with the same settings as the call's.
-    Shared(&'a etcd_client::Client),
+    Shared(&'a EtcdClient),
 }
 
 pub fn conf_of(req: &Request) -> Result<IpamConf, CniError> {
@@ -130,12 +130,35 @@ async fn add_etcd(
     let owner = owner_of(req, conf, node);
     let ready = Instant::now();
     let mut cursor = NodeCursor::new(conf.node_lock_path(), deadline);
-    let out = match allocate(&mut store, &mut cursor, &pool, &owner, requested).await {
+    let allocated = allocate(&mut store, &mut cursor, &pool, &owner, requested).await;
+    // Whatever happened, no copy of a claim of this ADD may apply from now
+    // on (one may sit in a frozen member). Revoked, its lease makes a
+    // failed claim's fence needless; else the keeper fences it.
+    let ended = store.end_claims().await;
+    if let Err(e) = &ended {
+        log::warn!("ADD {}: {e}", owner.container_id);
+    }
+    let out = match allocated {
         Ok(out) => out,
         Err(e) => {
             if let Some(fence) = store.unanswered_claim() {
-                if let Some(keeper) = keeper_program(req, access) {
-                    fence_keeper::hand_over(&conf.state_dir, settings, fence, &keeper);
+                // Resolved now if etcd answers: the claim applied or it
+                // never will. Else the keeper makes sure of it.
+                let resolved = match ended {
+                    Ok(()) => store.undo_claim(&fence).await.map(|undone| {
+                        if undone {
+                            log::info!(
+                                "ADD {}: undid a claim that applied unanswered",
+                                owner.container_id
+                            );
+                        }
+                    }),
+                    Err(e) => Err(e),
+                };
+                if resolved.is_err() {
+                    if let Some(keeper) = keeper_program(req, access) {
+                        fence_keeper::hand_over(&conf.state_dir, settings, fence, &keeper);
+                    }
                 }
             }
             return Err(e);
@@ -266,6 +289,8 @@ pub async fn etcd_verb(
         Command::Add => return Ok(Some(add_etcd(conf, settings, access, req, deadline).await?)),
         Command::Del => {
             let store = connect(settings, access, deadline).await?;
+            fence_keeper::apply_pending_for(&conf.state_dir, &store, &store.handle_key(&handle))
+                .await?;
             store.release(&handle).await.map(|_| ())
         }
         Command::Check => {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use trellis_common::cluster_config::ClusterConfig;
-use trellis_common::etcd::EtcdError;
+use trellis_common::etcd::{EtcdClient, EtcdError};
 use trellis_common::node::{read_node_record, write_node_record};
 use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink, NftTable};
@@ -95,23 +95,26 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
 
     let start = async {
-        let mut client = client.clone();
-        let config = retry("reading the cluster configuration", &metrics, || {
-            let (mut client, keys) = (client.clone(), keys.clone());
-            async move { lease::read_config(&mut client, &keys).await }
-        })
+        let config = retry(
+            "reading the cluster configuration",
+            &metrics,
+            &client,
+            |mut c| {
+                let keys = keys.clone();
+                async move { lease::read_config(&mut c, &keys).await }
+            },
+        )
         .await?;
         let preferred = read_node_record(&args.state_dir)
             .ok()
             .flatten()
             .filter(|r| r.node_name.as_deref().is_none_or(|n| n == node))
             .map(|r| r.subnet);
-        let leased = retry("leasing a node subnet", &metrics, || {
-            let (mut client, keys, config, node) =
-                (client.clone(), keys.clone(), config.clone(), node.clone());
+        let leased = retry("leasing a node subnet", &metrics, &client, |mut c| {
+            let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
             async move {
                 lease::acquire(
-                    &mut client,
+                    &mut c,
                     &keys,
                     &config,
                     &node,
@@ -146,16 +149,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             // Nothing uses a subnet whose node could not be set up: give a
             // fresh lease back (a kept one stays: pods may hold its addresses).
             if !leased.reused {
-                let _ = client.lease_revoke(leased.lease_id).await;
+                let _ = client.pick().client.lease_revoke(leased.lease_id).await;
             }
             return Err(e);
         }
         let record = record_of(&net, &args);
-        retry("publishing the node record", &metrics, || {
-            let (mut client, keys, node, record) =
-                (client.clone(), keys.clone(), node.clone(), record.clone());
+        retry("publishing the node record", &metrics, &client, |mut c| {
+            let (keys, node, record) = (keys.clone(), node.clone(), record.clone());
             async move {
-                lease::publish_record(&mut client, &keys, &node, &record, leased.lease_id).await
+                lease::publish_record(&mut c, &keys, &node, &record, leased.lease_id).await
             }
         })
         .await?;
@@ -308,23 +310,32 @@ fn record_of(net: &NodeNetwork, args: &RunArgs) -> trellis_common::node::NodeRec
 
 /// Retry `op` with backoff while it fails with a transient error (etcd
 /// unreachable, a missing config the operator has yet to write, an
-/// exhausted network some node may free); permanent errors return.
-async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut op: F) -> Result<T, AgentError>
+/// exhausted network some node may free); permanent errors return. Each
+/// attempt runs on the endpoint in use; an etcd error hands over to the
+/// next one, and the first retry after one comes at once.
+async fn retry<T, F, Fut>(
+    what: &str,
+    metrics: &Metrics,
+    etcd: &EtcdClient,
+    mut op: F,
+) -> Result<T, AgentError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(etcd_client::Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, LeaseError>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     loop {
-        match op().await {
+        let picked = etcd.pick();
+        match op(picked.client).await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => {
                 if matches!(e, LeaseError::Etcd(_)) {
                     metrics.etcd_errors.inc();
+                    etcd.failed(picked.index);
                 }
                 let delay = backoff.next_delay();
-                log::warn!("{what}: {e}; retrying in {delay:?}");
+                log::warn!("{what} ({}): {e}; retrying in {delay:?}", picked.endpoint);
                 tokio::time::sleep(delay).await;
             }
         }

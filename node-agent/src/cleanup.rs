@@ -64,10 +64,10 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     if args.release {
         let node = node_name(args.node_name.as_deref())?;
         let settings = args.etcd.settings();
-        let mut client = settings.connect().await?;
+        let client = settings.connect().await?;
         let keys = settings.keys();
         // No agent of this node is left to reclaim its pods' addresses.
-        let departed = departure::release_node(&mut client, &keys, &node).await?;
+        let departed = departure::release_node(&client, &keys, &node).await?;
         log::info!(
             "node {node} left the cluster (released {:?} and pod addresses {:?})",
             departed.subnets,

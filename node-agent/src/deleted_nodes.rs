@@ -16,13 +16,14 @@
 use crate::backoff::Backoff;
 use crate::departure;
 use crate::kube_api::{KubeApi, NodeEvent};
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
@@ -139,7 +140,7 @@ impl Pending {
 /// Releases, in etcd, the Kubernetes nodes that are no Nodes any more, as
 /// long as `nodes` is followed. `me` is never released by itself.
 pub async fn release_deleted(
-    mut client: Client,
+    client: EtcdClient,
     keys: Keys,
     mut nodes: KubeNodes,
     me: String,
@@ -159,7 +160,7 @@ pub async fn release_deleted(
                 };
                 let gone: Vec<String> = match &known {
                     // At first, every record without a Node is a candidate.
-                    None => match records(&mut client, &keys).await {
+                    None => match records(&client, &keys).await {
                         Ok(records) => records
                             .into_iter()
                             .filter(|(name, r)| r.kubernetes && !now_known.contains(name))
@@ -187,7 +188,7 @@ pub async fn release_deleted(
             _ = sleep_until(wake) => {
                 let Some(now_known) = known.clone() else { continue };
                 for name in pending.take_due(Instant::now(), &now_known) {
-                    if let Err(e) = release(&mut client, &keys, &name).await {
+                    if let Err(e) = release(&client, &keys, &name).await {
                         log::warn!("{e}; trying again in {grace:?}");
                         pending.add(name, Instant::now() + grace);
                     }
@@ -215,12 +216,15 @@ fn jitter(me: &str, node: &str, grace: Duration) -> Duration {
 
 /// Every node record, by name.
 async fn records(
-    client: &mut Client,
+    client: &EtcdClient,
     keys: &Keys,
 ) -> Result<Vec<(String, NodeRecord)>, etcd_client::Error> {
-    let resp = client
+    let mut picked = client.pick();
+    let resp = picked
+        .client
         .get(keys.nodes(), Some(GetOptions::new().with_prefix()))
-        .await?;
+        .await
+        .inspect_err(|_| client.failed(picked.index))?;
     Ok(resp
         .kvs()
         .iter()
@@ -234,11 +238,19 @@ async fn records(
 
 /// Releases `node` if its record is still there and marks a Kubernetes
 /// node.
-async fn release(client: &mut Client, keys: &Keys, node: &str) -> Result<(), String> {
-    let resp = client
+async fn release(client: &EtcdClient, keys: &Keys, node: &str) -> Result<(), String> {
+    let mut picked = client.pick();
+    let resp = picked
+        .client
         .get(keys.node(node), None)
         .await
-        .map_err(|e| format!("reading the record of node {node}: {e}"))?;
+        .map_err(|e| {
+            client.failed(picked.index);
+            format!(
+                "reading the record of node {node} at {}: {e}",
+                picked.endpoint
+            )
+        })?;
     let Some(kv) = resp.kvs().first() else {
         log::info!("node {node} was released already");
         return Ok(());

@@ -7,9 +7,9 @@
 
 use crate::flags::REQUEST_TIMEOUT;
 use crate::lease::{self, LeaseError};
-use etcd_client::Client;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
+use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub struct Departed {
 /// Releases everything of `node` in etcd. Each address goes only if it is
 /// unchanged since it was listed.
 pub async fn release_node(
-    client: &mut Client,
+    client: &EtcdClient,
     keys: &Keys,
     node: &str,
 ) -> Result<Departed, DepartureError> {
@@ -53,12 +53,15 @@ pub async fn release_node(
             departed.addresses.push(a.ip);
         }
     }
-    departed.subnets =
-        lease::release(client, keys, node)
-            .await
-            .map_err(|source| DepartureError::Lease {
+    let mut picked = client.pick();
+    departed.subnets = lease::release(&mut picked.client, keys, node)
+        .await
+        .map_err(|source| {
+            client.failed(picked.index);
+            DepartureError::Lease {
                 node: node.to_owned(),
                 source,
-            })?;
+            }
+        })?;
     Ok(departed)
 }

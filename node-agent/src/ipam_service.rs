@@ -44,7 +44,7 @@ pub enum ServiceError {
 /// What the service answers with.
 struct Service {
     settings: EtcdSettings,
-    client: OnceCell<etcd_client::Client>,
+    client: OnceCell<trellis_common::etcd::EtcdClient>,
     metrics: Arc<Metrics>,
 }
 

@@ -9,18 +9,20 @@ use crate::backoff::Backoff;
 use crate::deleted_nodes::KubeNodes;
 use crate::lease::{self, LeaseError};
 use crate::metrics::Metrics;
-use etcd_client::Client;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
 /// Everything the membership task needs.
 pub struct Membership {
-    pub client: Client,
+    /// Each renewal on the endpoint in use; a failed one hands over to the
+    /// next endpoint.
+    pub client: EtcdClient,
     pub keys: Keys,
     pub config: ClusterConfig,
     pub node: String,
@@ -114,14 +116,16 @@ impl Membership {
             *due = false;
             return Ok(());
         }
+        let mut picked = self.client.pick();
         lease::publish_record(
-            &mut self.client,
+            &mut picked.client,
             &self.keys,
             &self.node,
             &self.record,
             self.lease_id,
         )
-        .await?;
+        .await
+        .inspect_err(|_| self.client.failed(picked.index))?;
         *due = false;
         Ok(())
     }
@@ -136,12 +140,21 @@ impl Membership {
     /// subnet again. `true` when it did: the record must be put under the
     /// new lease.
     async fn renew(&mut self) -> Result<bool, LeaseError> {
-        let alive = match self.client.lease_keep_alive(self.lease_id).await {
+        let picked = self.client.pick();
+        let renewed = self.renew_on(picked.client).await;
+        if renewed.is_err() {
+            self.client.failed(picked.index);
+        }
+        renewed
+    }
+
+    async fn renew_on(&mut self, mut client: etcd_client::Client) -> Result<bool, LeaseError> {
+        let alive = match client.lease_keep_alive(self.lease_id).await {
             Ok((mut keeper, mut stream)) => {
                 keeper.keep_alive().await?;
                 match tokio::time::timeout(crate::flags::REQUEST_TIMEOUT, stream.message()).await {
                     Ok(Ok(Some(resp))) => resp.ttl() > 0,
-                    Ok(Ok(None)) => lease::lease_alive(&mut self.client, self.lease_id).await?,
+                    Ok(Ok(None)) => lease::lease_alive(&mut client, self.lease_id).await?,
                     Ok(Err(e)) => return Err(e.into()),
                     Err(_) => {
                         return Err(LeaseError::Etcd(etcd_client::Error::LeaseKeepAliveError(
@@ -151,7 +164,7 @@ impl Membership {
                 }
             }
             Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
-                lease::lease_alive(&mut self.client, self.lease_id).await?
+                lease::lease_alive(&mut client, self.lease_id).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -174,7 +187,7 @@ impl Membership {
             self.record.subnet
         );
         let leased = lease::acquire(
-            &mut self.client,
+            &mut client,
             &self.keys,
             &self.config,
             &self.node,

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
@@ -96,7 +97,7 @@ pub struct RegistryChannels {
 
 /// List and watch `<prefix>/nodes/` forever.
 pub async fn run(
-    mut client: Client,
+    etcd: EtcdClient,
     keys: Keys,
     view: LocalView,
     out: RegistryChannels,
@@ -105,11 +106,16 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut registry = Registry::default();
     loop {
-        match list_and_watch(&mut client, &keys, &view, &out, &mut registry).await {
+        // Each listing on the endpoint in use; one that failed hands over
+        // to the next (a watch on a member that died, froze or lost its
+        // leader ends with an error: keep-alives, require-leader).
+        let mut picked = etcd.pick();
+        match list_and_watch(&mut picked.client, &keys, &view, &out, &mut registry).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
+                etcd.failed(picked.index);
                 metrics.etcd_errors.inc();
-                log::warn!("node registry: {e}");
+                log::warn!("node registry ({}): {e}", picked.endpoint);
             }
         }
         if out.desired.is_closed() {

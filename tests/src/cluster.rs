@@ -35,6 +35,7 @@ use trellis_common::node::{NodeRecord, NODE_RECORD_FILE};
 
 use crate::bins::{self, CniBinDir};
 use crate::etcd::Etcd;
+use crate::etcd_cluster::EtcdCluster;
 use crate::libcni::{write_conflist, Attachment, CniFailure, Driver};
 use crate::netns::{attach_to_bridge, veth_pair, Netns};
 
@@ -75,6 +76,10 @@ pub struct ClusterSpec {
     /// Name the namespaces `<prefix>-underlay`, `<prefix>-node1`,
     /// `<prefix>-<pod>` instead of unique test names (the demo).
     pub name_prefix: Option<String>,
+    /// etcd members: 1 (in the underlay namespace, at
+    /// [`UNDERLAY_GATEWAY`]) or 3 (see [`crate::etcd_cluster`]); every
+    /// agent and conflist is given every member.
+    pub etcd_members: usize,
 }
 
 impl Default for ClusterSpec {
@@ -96,6 +101,7 @@ impl Default for ClusterSpec {
             underlay_mtu: 1500,
             converge_timeout: Duration::from_secs(60),
             name_prefix: None,
+            etcd_members: 1,
         }
     }
 }
@@ -113,6 +119,11 @@ impl ClusterSpec {
 
     pub fn agents(mut self, on: bool) -> Self {
         self.agents = on;
+        self
+    }
+
+    pub fn etcd_members(mut self, n: usize) -> Self {
+        self.etcd_members = n;
         self
     }
 
@@ -307,6 +318,22 @@ impl Pod {
     }
 }
 
+/// An ADD the plugin failed: its error and what the runtime still holds.
+#[derive(Debug)]
+pub struct FailedAdd {
+    pub name: String,
+    pub node: usize,
+    pub container_id: String,
+    pub netns: Netns,
+    pub failure: CniFailure,
+}
+
+impl FailedAdd {
+    pub fn attachment(&self) -> Attachment {
+        pod_attachment(&self.container_id, &self.netns.path(), "eth0", &self.name)
+    }
+}
+
 fn pod_attachment(container_id: &str, netns: &Path, ifname: &str, name: &str) -> Attachment {
     Attachment::new(container_id, netns, ifname)
         .arg("IgnoreUnknown", "1")
@@ -321,7 +348,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     outside: Netns,
     outside_server: Mutex<Option<Child>>,
-    etcd: Etcd,
+    etcd: EtcdCluster,
     underlay: Netns,
     bins: CniBinDir,
     spec: ClusterSpec,
@@ -366,8 +393,11 @@ impl Cluster {
             &OUTSIDE_GATEWAY.to_string(),
         ])?;
 
-        let etcd = Etcd::start_in_named(underlay.name(), IpAddr::V4(UNDERLAY_GATEWAY))
-            .context("starting etcd in the underlay namespace")?;
+        let etcd = match spec.etcd_members {
+            1 => EtcdCluster::single(&underlay, IpAddr::V4(UNDERLAY_GATEWAY))?,
+            n => EtcdCluster::start(&underlay, "br0", n)
+                .with_context(|| format!("starting {n} etcd members"))?,
+        };
 
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -441,7 +471,7 @@ impl Cluster {
         let mut agent_cmd = vec![
             agent.display().to_string(),
             "--etcd-endpoints".into(),
-            self.etcd.endpoint(),
+            self.etcd.endpoints().join(","),
             "--etcd-prefix".into(),
             self.spec.etcd_prefix.clone(),
             "--node-name".into(),
@@ -477,7 +507,7 @@ impl Cluster {
             "hairpinMode": true,
             "ipam": {
                 "type": "trellis-ipam",
-                "etcdEndpoints": [self.etcd.endpoint()],
+                "etcdEndpoints": self.etcd.endpoints(),
                 "etcdPrefix": self.spec.etcd_prefix,
             },
         })];
@@ -543,6 +573,20 @@ impl Cluster {
 
     /// Attaches a new pod to node `node` through the libcni driver.
     pub fn add_pod(&self, node: usize, name: &str) -> Result<Pod> {
+        self.try_add_pod(node, name)?.map_err(|f| {
+            anyhow::anyhow!(
+                "ADD of pod {name} on {}: {}",
+                self.nodes[node].name,
+                f.failure
+            )
+        })
+    }
+
+    /// Like [`Cluster::add_pod`], but an ADD the plugin failed is handed
+    /// back with its CNI error and its namespace, for the test to look at
+    /// and DEL as a runtime would ([`Cluster::del_failed`]). `Err` only
+    /// for a harness failure.
+    pub fn try_add_pod(&self, node: usize, name: &str) -> Result<Result<Pod, FailedAdd>> {
         let n = self.pods_made.fetch_add(1, Ordering::Relaxed);
         let container_id = format!("{name}-{}-{n}", std::process::id());
         let netns = match self.spec.name_prefix {
@@ -552,13 +596,21 @@ impl Cluster {
         let ifname = "eth0".to_owned();
         let att = pod_attachment(&container_id, &netns.path(), &ifname, name);
         let node_ref = self.node(node)?;
-        let result = node_ref
-            .driver
-            .add(&node_ref.conflist, &att)
-            .map_err(|e| anyhow::anyhow!("ADD of pod {name} on {}: {e}", node_ref.name))?;
+        let result = match node_ref.driver.add(&node_ref.conflist, &att) {
+            Ok(result) => result,
+            Err(failure) => {
+                return Ok(Err(FailedAdd {
+                    name: name.to_owned(),
+                    node,
+                    container_id,
+                    netns,
+                    failure,
+                }))
+            }
+        };
         let ip = result_ip(&result)
             .with_context(|| format!("ADD of pod {name}: no address in {result}"))?;
-        Ok(Pod {
+        Ok(Ok(Pod {
             name: name.to_owned(),
             node,
             container_id,
@@ -566,7 +618,15 @@ impl Cluster {
             netns,
             ip,
             result,
-        })
+        }))
+    }
+
+    /// CNI DEL of a failed ADD's attachment (what a runtime does after a
+    /// failed ADD).
+    pub fn del_failed(&self, failed: &FailedAdd) -> Result<(), CniFailure> {
+        let node = &self.nodes[failed.node];
+        node.driver.del(&node.conflist, &failed.attachment())?;
+        Ok(())
     }
 
     /// CNI DEL of a pod, then its namespace goes.
@@ -650,14 +710,28 @@ impl Cluster {
             .with_context(|| format!("trl-peer-addr answered {answer:?}"))
     }
 
-    /// The cluster's etcd, to stop, pause or restart it.
+    /// The cluster's (first) etcd member, to stop, pause or restart it.
     pub fn etcd_mut(&mut self) -> &mut Etcd {
+        self.etcd.member_mut(0)
+    }
+
+    /// The etcd members, for faults.
+    pub fn etcd_cluster(&self) -> &EtcdCluster {
+        &self.etcd
+    }
+
+    pub fn etcd_cluster_mut(&mut self) -> &mut EtcdCluster {
         &mut self.etcd
     }
 
-    /// etcd's client URL, as reachable from the nodes.
+    /// etcd's (first member's) client URL, as reachable from the nodes.
     pub fn etcd_endpoint(&self) -> String {
-        self.etcd.endpoint()
+        self.etcd.member(0).endpoint()
+    }
+
+    /// Every member's client URL.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd.endpoints()
     }
 
     /// Runs `etcdctl` (v3) against the cluster's etcd, from the underlay.
@@ -728,11 +802,14 @@ impl Cluster {
         let mut namespaces: Vec<String> = pods.iter().map(|p| p.netns.name().to_owned()).collect();
         namespaces.extend(self.nodes.iter().map(|n| n.netns.name().to_owned()));
         namespaces.push(self.outside.name().to_owned());
+        namespaces.extend(self.etcd.namespaces());
         namespaces.push(self.underlay.name().to_owned());
         let mut dirs = vec![self.dir.path().to_owned(), self.bins.path().to_owned()];
         dirs.extend(self.nodes.iter().map(|n| n.driver.cache_dir().to_owned()));
-        if let Some(etcd_dir) = self.etcd.data_dir().parent() {
-            dirs.push(etcd_dir.to_owned());
+        for data in self.etcd.data_dirs() {
+            if let Some(etcd_dir) = data.parent() {
+                dirs.push(etcd_dir.to_owned());
+            }
         }
         std::mem::forget(pods);
         std::mem::forget(self);
@@ -807,7 +884,7 @@ impl std::fmt::Debug for Cluster {
             .field("nodes", &self.nodes)
             .field("underlay", &self.underlay)
             .field("outside", &self.outside)
-            .field("etcd", &self.etcd.endpoint())
+            .field("etcd", &self.etcd.endpoints())
             .field("dir", &self.dir.path())
             .finish_non_exhaustive()
     }

@@ -42,6 +42,9 @@ pub struct Etcd {
     netns: Option<String>,
     tls: Option<EtcdTls>,
     paused: bool,
+    /// The member's name and `--initial-cluster` when it is one of several
+    /// (see `crate::etcd_cluster`).
+    member: Option<(String, String)>,
 }
 
 /// The PKI of a TLS etcd: a throwaway CA, etcd's server certificate (for
@@ -168,6 +171,7 @@ impl Etcd {
                 netns: None,
                 tls: None,
                 paused: false,
+                member: None,
             };
             if with_tls {
                 etcd.tls = Some(EtcdTls::generate(etcd.dir.path(), etcd.bind_ip)?);
@@ -209,12 +213,45 @@ impl Etcd {
             netns: Some(netns_name.to_string()),
             tls: None,
             paused: false,
+            member: None,
         };
         if with_tls {
             etcd.tls = Some(EtcdTls::generate(etcd.dir.path(), bind_ip)?);
         }
         etcd.spawn_and_wait()?;
         Ok(etcd)
+    }
+
+    /// Start member `name` of a cluster of several (`initial_cluster`:
+    /// `name=http://ip:2380,...`) inside `netns_name`, on `bind_ip`
+    /// ports 2379/2380, without waiting: a member serves only once a
+    /// majority runs (see [`Etcd::wait_healthy`]).
+    pub fn spawn_member(
+        netns_name: &str,
+        name: &str,
+        bind_ip: IpAddr,
+        initial_cluster: &str,
+    ) -> Result<Etcd> {
+        let mut etcd = Etcd {
+            child: None,
+            dir: tempfile::Builder::new().prefix("trellis-etcd-").tempdir()?,
+            bind_ip,
+            client_port: 2379,
+            peer_port: 2380,
+            netns: Some(netns_name.to_string()),
+            tls: None,
+            paused: false,
+            member: Some((name.to_string(), initial_cluster.to_string())),
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    /// The member name (`trellis-test` for a single etcd).
+    pub fn name(&self) -> &str {
+        self.member
+            .as_ref()
+            .map_or("trellis-test", |m| m.0.as_str())
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
@@ -354,6 +391,26 @@ impl Etcd {
         Ok(())
     }
 
+    /// Kill etcd at once (SIGKILL), as a crash would, keeping its data.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Whether the process runs (killed or stopped: no).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether it is frozen ([`Etcd::pause`]).
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
     /// Start a stopped etcd again on the same address and data.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
@@ -382,6 +439,11 @@ impl Etcd {
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -397,15 +459,19 @@ impl Etcd {
                 c
             }
         };
+        let (name, initial_cluster) = match &self.member {
+            Some((name, cluster)) => (name.clone(), cluster.clone()),
+            None => ("trellis-test".to_string(), format!("trellis-test={peer}")),
+        };
         cmd.arg("--name")
-            .arg("trellis-test")
+            .arg(&name)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("trellis-test={peer}")])
+            .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--log-level", "warn"]);
         if let Some(tls) = &self.tls {
@@ -428,7 +494,12 @@ impl Etcd {
             .with_context(|| format!("starting {}", etcd_binary().display()))?;
         self.child = Some(child);
         self.paused = false;
+        Ok(())
+    }
 
+    /// Wait (bounded) until etcd answers healthy; fails when it exited.
+    pub fn wait_healthy(&mut self) -> Result<()> {
+        let client = self.endpoint();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self

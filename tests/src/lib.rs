@@ -4,11 +4,13 @@
 //! (podman, containerd with `ctr` and CRI) as CNI clients.
 
 pub mod bins;
+pub mod churn;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod cut_proxy;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod kube;
 pub mod libcni;
 pub mod netns;

@@ -51,6 +51,17 @@ fn claim_lookup_release_keep_address_and_handle_together() {
         assert_eq!(
             keys(&etcd, "/trellis/"),
             vec![
+                // The claim's guard, under this store's lease until its ADD
+                // ends (`end_claims`).
+                "/trellis/ipam/guards/c1/eth0".to_string(),
+                "/trellis/ipam/handles/c1/eth0".to_string(),
+                "/trellis/ipam/ips/10.244.1.5".to_string()
+            ]
+        );
+        s.end_claims().await.unwrap();
+        assert_eq!(
+            keys(&etcd, "/trellis/"),
+            vec![
                 "/trellis/ipam/handles/c1/eth0".to_string(),
                 "/trellis/ipam/ips/10.244.1.5".to_string()
             ]
@@ -85,6 +96,7 @@ fn claim_lookup_release_keep_address_and_handle_together() {
             ip("10.244.1.5")
         );
         assert_eq!(s.release(&a.handle()).await.unwrap(), None);
+        s.end_claims().await.unwrap();
         assert!(keys(&etcd, "/trellis/").is_empty());
     });
 }
@@ -117,6 +129,7 @@ fn a_stale_release_never_frees_a_new_owners_address() {
             ip("10.244.1.9")
         );
         assert!(s.release_exact(&new).await.unwrap());
+        s.end_claims().await.unwrap();
         assert!(keys(&etcd, "/trellis/").is_empty());
     });
 }
@@ -187,6 +200,7 @@ fn a_paused_etcd_times_out_within_the_deadline() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Whatever the timed-out claim did, the handle resolves it.
         s.release(&handle).await.unwrap();
+        s.end_claims().await.unwrap();
         assert!(keys(&etcd, "/trellis/").is_empty());
     });
 }

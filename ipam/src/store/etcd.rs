@@ -4,70 +4,78 @@
 //! - `<prefix>/ipam/ips/<ip>`: `{"containerID","ifname","node","network"}`,
 //!   exactly one per allocated address;
 //! - `<prefix>/ipam/handles/<containerID>/<ifname>`: `{"ip","node","network"}`,
-//!   which address an attachment holds.
+//!   which address an attachment holds;
+//! - `<prefix>/ipam/guards/<containerID>/<ifname>`: empty, under the short
+//!   lease of one ADD, written with each of its claims and revoked when the
+//!   ADD ends (`end_claims`), so that no copy of a claim still held by a
+//!   frozen member can apply later.
 //!
 //! Both keys are written by one transaction that requires both to be absent,
 //! and removed by one transaction that requires both to be unchanged, so an
 //! address and its owner never disagree and a stale release never frees an
 //! address that somebody else holds now. Every call has a deadline. A claim
 //! that got no answer leaves a `Fence` behind, and `apply_fence` runs its
-//! transaction (see `fence`). What the keys hold is decoded in `records`;
+//! transaction (see `fence`, which also holds the
+//! store's fence transactions). What the keys hold is decoded in `records`;
 //! reads over many keys are in `etcd_listing`.
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
-use crate::error::{outcome_unknown, IpamError};
-use crate::store::fence::{Fence, FenceOutcome};
+use crate::error::IpamError;
+use crate::store::fence::{fence_for, Fence};
 use crate::store::records::{gets, held_by, owner_of, HandleValue};
 use crate::store::Store;
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnResponse};
 use ipnetwork::Ipv4Network;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use trellis_common::etcd::{describe, EtcdSettings};
+use trellis_common::etcd::{EtcdClient, EtcdSettings};
+use trellis_common::etcd_failover::Failed;
 use trellis_common::keys::Keys;
 
 /// etcd as an allocation store.
 pub struct EtcdStore {
-    kv: KvClient,
+    client: EtcdClient,
     pub(super) keys: Keys,
     endpoints: String,
     timeout: Duration,
     deadline: Option<Instant>,
     /// The last claim that got no answer (see `unanswered_claim`).
     unanswered: Mutex<Option<Fence>>,
+    /// The lease guarding this store's claims (see `Keys::claim_guard`),
+    /// granted with the first claim.
+    guard: Mutex<Option<i64>>,
 }
+
+/// How long a claim guard outlives an ADD whose end could not revoke it.
+const GUARD_TTL: i64 = 10;
 
 impl EtcdStore {
     /// Connect (lazily: the first call opens the connection, within its
     /// deadline). Bad settings or TLS files are a configuration error (7).
     pub async fn connect(settings: &EtcdSettings) -> Result<EtcdStore, IpamError> {
         let client = settings.connect().await?;
-        let endpoints = settings.endpoints.join(",");
-        Ok(Self::from_client(&client, settings.keys(), settings.timeout).named(endpoints))
+        Ok(Self::from_client(
+            &client,
+            settings.keys(),
+            settings.timeout,
+        ))
     }
 
     /// A store over an existing client (the agent's) and its keys, each
-    /// call bounded by `timeout`.
-    pub fn from_client(client: &Client, keys: Keys, timeout: Duration) -> EtcdStore {
+    /// call bounded by `timeout` (every endpoint it tries included).
+    pub fn from_client(client: &EtcdClient, keys: Keys, timeout: Duration) -> EtcdStore {
         EtcdStore {
-            kv: client.kv_client(),
+            client: client.clone(),
             keys,
-            endpoints: "etcd".to_string(),
+            endpoints: client.endpoints(),
             timeout,
             deadline: None,
             unanswered: Mutex::default(),
+            guard: Mutex::default(),
         }
-    }
-
-    fn named(mut self, endpoints: String) -> EtcdStore {
-        self.endpoints = endpoints;
-        self
     }
 
     /// Bound every later call by `deadline` too (a CNI verb's whole budget).
@@ -76,35 +84,56 @@ impl EtcdStore {
         self
     }
 
-    /// Run one etcd call within the per-call timeout and the deadline.
-    async fn call<T>(
-        &self,
-        doing: &'static str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, IpamError> {
-        let mut budget = self.timeout;
+    /// Run one etcd call within the per-call timeout and the deadline, on
+    /// one endpoint after another while a member cannot serve it (see
+    /// `trellis_common::etcd_failover`; a `write` goes only to a member
+    /// that answered just before). Every write here is a transaction
+    /// guarded by what it read, so one that applied on a member given up
+    /// on and is sent again elsewhere finds its guard changed.
+    async fn call<T, F, Fut>(&self, doing: &'static str, write: bool, op: F) -> Result<T, IpamError>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let mut deadline = started + self.timeout;
         if let Some(d) = self.deadline {
-            budget = budget.min(d.saturating_duration_since(Instant::now()));
+            deadline = deadline.min(d);
         }
-        match tokio::time::timeout(budget, fut).await {
-            Err(_) => Err(IpamError::EtcdTimeout {
+        let result = if write {
+            self.client.call_write(deadline, op).await
+        } else {
+            self.client.call(deadline, op).await
+        };
+        result.map_err(|failed| self.failure(doing, started, failed))
+    }
+
+    fn failure(&self, doing: &'static str, started: Instant, failed: Failed) -> IpamError {
+        if failed.timed_out() && failed.attempts.len() == 1 {
+            return IpamError::EtcdTimeout {
                 endpoints: self.endpoints.clone(),
                 doing,
-                after: budget,
-            }),
-            Ok(Err(e)) => Err(IpamError::Etcd {
-                endpoints: self.endpoints.clone(),
-                doing,
-                detail: describe(&e),
-                outcome_unknown: outcome_unknown(&e),
-            }),
-            Ok(Ok(v)) => Ok(v),
+                after: started.elapsed(),
+            };
+        }
+        IpamError::Etcd {
+            endpoints: self.endpoints.clone(),
+            doing,
+            detail: failed.describe(),
+            outcome_unknown: failed.outcome_unknown,
         }
     }
 
-    async fn txn(&self, doing: &'static str, txn: Txn) -> Result<TxnResponse, IpamError> {
-        let mut kv = self.kv.clone();
-        self.call(doing, async move { kv.txn(txn).await }).await
+    pub(super) async fn txn(
+        &self,
+        doing: &'static str,
+        txn: Txn,
+    ) -> Result<TxnResponse, IpamError> {
+        self.call(doing, true, |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
+        })
+        .await
     }
 
     pub(super) async fn get(
@@ -113,11 +142,18 @@ impl EtcdStore {
         key: String,
         options: Option<GetOptions>,
     ) -> Result<Vec<KeyValue>, IpamError> {
-        let mut kv = self.kv.clone();
         let mut resp = self
-            .call(doing, async move { kv.get(key, options).await })
+            .call(doing, false, |client| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { client.kv_client().get(key, options).await }
+            })
             .await?;
         Ok(resp.take_kvs())
+    }
+
+    /// The key of `handle`.
+    pub fn handle_key(&self, handle: &Handle) -> String {
+        self.keys.handle(handle)
     }
 
     /// The handle key of `handle`, as stored.
@@ -296,10 +332,47 @@ impl EtcdStore {
         })
     }
 
+    /// The lease of this store's claim guard, granted the first time.
+    async fn guard_lease(&self) -> Result<i64, IpamError> {
+        if let Some(id) = *self.guard.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(id);
+        }
+        let granted = self
+            .call("granting the claim's lease", true, |client| async move {
+                client.lease_client().grant(GUARD_TTL, None).await
+            })
+            .await?;
+        *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(granted.id());
+        Ok(granted.id())
+    }
+
+    /// End the guard of this store's claims (the ADD is over): a copy of a
+    /// claim that etcd applies from now on fails. Without an answer the
+    /// lease ends by itself after `GUARD_TTL`.
+    pub async fn end_claims(&self) -> Result<(), IpamError> {
+        let Some(id) = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        self.call("revoking the claim's lease", true, |client| async move {
+            match client.lease_client().revoke(id).await {
+                Ok(_) => Ok(()),
+                // Revoked already by an earlier attempt, or expired.
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     /// Give `ip` to `owner` in one transaction: the address key and the
-    /// handle key are created together, only if both are absent.
+    /// handle key are created together, only if both are absent, and the
+    /// claim guard is written under this ADD's lease.
     pub async fn claim(&self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
         let handle = owner.handle();
+        let guard = self.guard_lease().await?;
+        let gkey = self.keys.claim_guard(&handle);
         let ikey = self.keys.ip(ip);
         let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
@@ -318,6 +391,11 @@ impl EtcdStore {
                 .and_then([
                     TxnOp::put(ikey.as_str(), ivalue.clone(), None),
                     TxnOp::put(hkey.as_str(), hvalue.clone(), None),
+                    TxnOp::put(
+                        gkey.as_str(),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(guard)),
+                    ),
                 ])
                 .or_else([
                     TxnOp::get(hkey.as_str(), None),
@@ -380,53 +458,6 @@ impl EtcdStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Apply `fence` and wait for etcd's answer (within this store's
-    /// timeout and deadline).
-    pub async fn apply_fence(&self, fence: &Fence) -> Result<FenceOutcome, IpamError> {
-        let (ikey, hkey) = (fence.ip_key.as_str(), fence.handle_key.as_str());
-        let txn = Txn::new()
-            .when([
-                Compare::value(ikey, CompareOp::Equal, fence.ip_value.as_bytes()),
-                Compare::value(hkey, CompareOp::Equal, fence.handle_value.as_bytes()),
-            ])
-            .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
-            )]);
-        let resp = self.txn("fencing an unanswered claim", txn).await?;
-        if resp.succeeded() {
-            return Ok(FenceOutcome::Undone);
-        }
-        let nested_succeeded = resp
-            .op_responses()
-            .into_iter()
-            .any(|r| matches!(r, TxnOpResponse::Txn(t) if t.succeeded()));
-        Ok(if nested_succeeded {
-            FenceOutcome::Fenced
-        } else {
-            FenceOutcome::NotOurs
-        })
-    }
-}
-
-/// The fence of a claim of `owner` that wrote `ip` = (key, value) and
-/// `handle` = (key, value): undo exactly those, or cancel the handle.
-fn fence_for(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8])) -> Fence {
-    let cancelled = HandleValue::Cancelled {
-        cancelled: true,
-        node: owner.node.clone(),
-        network: owner.network.clone(),
-    };
-    Fence {
-        ip_key: ip.0.to_string(),
-        ip_value: String::from_utf8_lossy(ip.1).into_owned(),
-        handle_key: handle.0.to_string(),
-        handle_value: String::from_utf8_lossy(handle.1).into_owned(),
-        cancelled_value: String::from_utf8_lossy(&cancelled.encode()).into_owned(),
     }
 }
 

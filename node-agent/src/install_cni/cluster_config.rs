@@ -78,14 +78,15 @@ pub async fn seed(path: &Path, etcd: &EtcdArgs) -> Result<(String, Seeded), Seed
     let (config, json) = load(path)?;
     let settings = etcd.settings();
     let key = settings.keys().config();
-    let mut client = settings.connect().await?;
+    let etcd_client = settings.connect().await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.clone(), json, None)])
         .or_else([TxnOp::get(key.clone(), None)]);
     let started = Instant::now();
     let response = loop {
-        match client.txn(txn.clone()).await {
+        let mut picked = etcd_client.pick();
+        match picked.client.txn(txn.clone()).await {
             Ok(response) => break response,
             Err(source) if started.elapsed() >= ETCD_WAIT => {
                 return Err(SeedError::Request {
@@ -96,7 +97,11 @@ pub async fn seed(path: &Path, etcd: &EtcdArgs) -> Result<(String, Seeded), Seed
                 })
             }
             Err(e) => {
-                log::warn!("etcd not reachable yet ({e}); retrying");
+                etcd_client.failed(picked.index);
+                log::warn!(
+                    "etcd not reachable yet at {} ({e}); retrying",
+                    picked.endpoint
+                );
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
