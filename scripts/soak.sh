@@ -10,7 +10,7 @@
 # fault schedule). Root; everything lives in network namespaces and is
 # removed at the end.
 #
-#   scripts/soak.sh --quick          # 600 pairs, about 75 s (CI)
+#   scripts/soak.sh --quick          # 600 pairs, 75-95 s here (CI)
 #   scripts/soak.sh --pairs 10000    # the full run (the default)
 #   scripts/soak.sh --pairs 2000 --per-node 6 --seed 42
 set -euo pipefail

@@ -68,7 +68,7 @@ done
 timeout --foreground 30m cargo test -p trellis-tests --lib --bins "${suites[@]}" -- --test-threads="$threads"
 cargo test -p trellis-tests --doc
 
-step "soak --quick (three etcd members, three nodes, 600 ADD/DEL pairs under faults; about 75 s)"
+step "soak --quick (three etcd members, three nodes, 600 ADD/DEL pairs under faults; 75-95 s)"
 timeout --foreground 10m bash scripts/soak.sh --quick
 
 e2e=()
