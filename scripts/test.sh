@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test suite, as CI runs it: installs what is missing, checks format and
-# lints, builds the workspace, runs the unit and root integration tests, then
-# the end-to-end suites. Exits non-zero on the first failure. As root.
+# lints, builds the workspace, runs the unit and root integration tests, the
+# quick soak (scripts/soak.sh --quick), then the end-to-end suites. Exits non-zero on the first failure. As root.
 #
 #   sudo scripts/test.sh            # everything
 #   TRELLIS_TEST_THREADS=1 scripts/test.sh
@@ -67,6 +67,9 @@ for file in tests/tests/*.rs; do
 done
 timeout --foreground 30m cargo test -p trellis-tests --lib --bins "${suites[@]}" -- --test-threads="$threads"
 cargo test -p trellis-tests --doc
+
+step "soak --quick (three etcd members, three nodes, 600 ADD/DEL pairs under faults; 75-95 s)"
+timeout --foreground 10m bash scripts/soak.sh --quick
 
 e2e=()
 for file in tests/tests/e2e_*.rs; do

@@ -80,6 +80,31 @@ impl Keys {
         (net.network() == net.ip()).then_some(net)
     }
 
+    /// `<prefix>/subnet-grace/`: one key per leased subnet, `{"node": NAME}`,
+    /// under a second etcd lease whose TTL is the subnet lease's plus the
+    /// grace: it outlives a dead node's subnet key by the grace, and no
+    /// other node leases the subnet, nor are the node's addresses
+    /// reclaimed, while it lives.
+    pub fn subnet_graces(&self) -> String {
+        format!("{}/subnet-grace/", self.prefix)
+    }
+
+    /// `<prefix>/subnet-grace/10.244.3.0-24`.
+    pub fn subnet_grace(&self, subnet: Ipv4Network) -> String {
+        format!(
+            "{}{}-{}",
+            self.subnet_graces(),
+            subnet.network(),
+            subnet.prefix()
+        )
+    }
+
+    /// The subnet of a key under [`Keys::subnet_graces`].
+    pub fn subnet_grace_of(&self, key: &str) -> Option<Ipv4Network> {
+        let rest = key.strip_prefix(&self.subnet_graces())?;
+        self.subnet_of(&format!("{}{rest}", self.subnets()))
+    }
+
     /// `<prefix>/ipam/ips/`: one key per allocated address.
     pub fn ips(&self) -> String {
         format!("{}/ipam/ips/", self.prefix)
@@ -170,6 +195,9 @@ mod tests {
         assert_eq!(k.subnet_of(&k.subnet(net)), Some(net));
         assert_eq!(k.subnet_of("/trellis/subnets/10.244.3.1-24"), None);
         assert_eq!(k.subnet_of("/trellis/subnets/junk"), None);
+        assert_eq!(k.subnet_grace(net), "/trellis/subnet-grace/10.244.3.0-24");
+        assert_eq!(k.subnet_grace_of(&k.subnet_grace(net)), Some(net));
+        assert_eq!(k.subnet_grace_of(&k.subnet(net)), None);
         let ip: Ipv4Addr = "10.244.3.7".parse().unwrap();
         assert_eq!(k.ip_of(&k.ip(ip)), Some(ip));
         assert_eq!(k.ip_of("/trellis/ipam/ips/junk"), None);

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{deleted_nodes, ipam_gc, node_table, status_server};
+use crate::{dead_nodes, deleted_nodes, ipam_gc, node_table, status_server};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,8 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("--lease-ttl must be at least 5 seconds (got {0})")]
     LeaseTtl(i64),
+    #[error("--subnet-grace must not be negative (got {0})")]
+    SubnetGrace(i64),
     #[error("--kubernetes: {0}")]
     Kube(#[from] crate::kube_api::KubeError),
     #[error(transparent)]
@@ -62,6 +64,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if args.lease_ttl < 5 {
         return Err(AgentError::LeaseTtl(args.lease_ttl));
     }
+    if args.subnet_grace < 0 {
+        return Err(AgentError::SubnetGrace(args.subnet_grace));
+    }
+    let times = lease::LeaseTimes {
+        ttl: args.lease_ttl,
+        grace: args.subnet_grace,
+    };
     let node = node_name(args.node_name.as_deref())?;
     // Checked (URLs, TLS files) before anything is set up; the connection
     // itself opens with the first request.
@@ -110,22 +119,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             .flatten()
             .filter(|r| r.node_name.as_deref().is_none_or(|n| n == node))
             .map(|r| r.subnet);
-        let leased = retry("leasing a node subnet", &metrics, &client, |mut c| {
-            let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
-            async move {
-                lease::acquire(
-                    &mut c,
-                    &keys,
-                    &config,
-                    &node,
-                    preferred,
-                    false,
-                    args.lease_ttl,
-                )
-                .await
-            }
-        })
-        .await?;
+        let leased =
+            retry("leasing a node subnet", &metrics, &client, |mut c| {
+                let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
+                async move {
+                    lease::acquire(&mut c, &keys, &config, &node, preferred, false, times).await
+                }
+            })
+            .await?;
         log::info!(
             "node {node}: subnet {} ({}), etcd lease {:x}",
             leased.subnet,
@@ -149,7 +150,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             // Nothing uses a subnet whose node could not be set up: give a
             // fresh lease back (a kept one stays: pods may hold its addresses).
             if !leased.reused {
-                let _ = client.pick().client.lease_revoke(leased.lease_id).await;
+                let mut c = client.pick().client;
+                let _ = c.lease_revoke(leased.lease_id).await;
+                if leased.grace_lease_id != 0 {
+                    let _ = c.lease_revoke(leased.grace_lease_id).await;
+                }
             }
             return Err(e);
         }
@@ -215,11 +220,24 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         node: node.clone(),
         record: record_of(&net, &args),
         lease_id: leased.lease_id,
-        ttl: args.lease_ttl,
+        grace_lease_id: leased.grace_lease_id,
+        times,
         metrics: metrics.clone(),
         kube_nodes,
     };
     let mut membership = tokio::spawn(membership.run(own_rx));
+    if args.dead_node_interval > 0 {
+        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
+        background.push(tokio::spawn(dead_nodes::run(
+            client.clone(),
+            keys.clone(),
+            store,
+            node.clone(),
+            config.network,
+            Duration::from_secs(args.dead_node_interval),
+            metrics.clone(),
+        )));
+    }
     if args.ipam_gc_interval > 0 {
         let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
         background.push(tokio::spawn(ipam_gc::run(

@@ -134,6 +134,18 @@ pub struct RunArgs {
     /// how long they outlive an agent that stopped renewing them.
     #[arg(long, env = "TRELLIS_LEASE_TTL", default_value_t = 86_400)]
     pub lease_ttl: i64,
+    /// Seconds a dead node's subnet stays reserved after its lease expired:
+    /// no other node is given it, and its pod addresses are released only
+    /// after it (the node itself takes its subnet back if it returns
+    /// within it). 0: the subnet is free, and the addresses reclaimed, as
+    /// soon as the lease expires.
+    #[arg(long, env = "TRELLIS_SUBNET_GRACE", default_value_t = 3600)]
+    pub subnet_grace: i64,
+    /// How often (seconds) the agent looks for the pod addresses of dead
+    /// nodes (record, subnet and grace keys gone) and releases them; 0
+    /// turns this off.
+    #[arg(long, env = "TRELLIS_DEAD_NODE_INTERVAL", default_value_t = 60)]
+    pub dead_node_interval: u64,
     /// Full resync of the kernel entries every so many seconds, on top of
     /// the resync after every change.
     #[arg(long, env = "TRELLIS_RESYNC_INTERVAL", default_value_t = 60)]

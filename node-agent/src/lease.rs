@@ -4,6 +4,14 @@
 //! alive: two nodes can never hold one subnet, however many agents start at
 //! once. On restart the agent finds its own key and keeps its subnet (and
 //! its etcd lease), so running pods keep their addresses.
+//!
+//! Next to it, `<prefix>/subnet-grace/<net>-<len>` = `{"node": NAME}` under
+//! a second etcd lease of the subnet lease's TTL plus the grace
+//! (`--subnet-grace`), written in the same transaction and kept alive with
+//! it. When the node dies, its subnet key goes with its lease and its grace
+//! key a grace later: until then no other node is given the subnet (the
+//! node itself may take it back), and its pods' addresses stay allocated
+//! ([`crate::dead_nodes`] reclaims them once both keys are gone).
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
@@ -77,6 +85,8 @@ pub struct LeasedSubnet {
 pub struct Leased {
     pub subnet: Ipv4Network,
     pub lease_id: i64,
+    /// The etcd lease of the subnet's grace key (0: no grace).
+    pub grace_lease_id: i64,
     /// The subnet (and etcd lease) were this node's already.
     pub reused: bool,
 }
@@ -149,14 +159,31 @@ pub async fn list_subnets(
     client: &mut Client,
     keys: &Keys,
 ) -> Result<Vec<LeasedSubnet>, LeaseError> {
+    list_claims(client, keys.subnets(), |k| keys.subnet_of(k)).await
+}
+
+/// Every subnet grace key.
+pub async fn list_graces(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<Vec<LeasedSubnet>, LeaseError> {
+    list_claims(client, keys.subnet_graces(), |k| keys.subnet_grace_of(k)).await
+}
+
+/// The subnets held under `prefix` (subnet or grace keys).
+async fn list_claims(
+    client: &mut Client,
+    prefix: String,
+    subnet_of: impl Fn(&str) -> Option<Ipv4Network>,
+) -> Result<Vec<LeasedSubnet>, LeaseError> {
     let resp = client
-        .get(keys.subnets(), Some(GetOptions::new().with_prefix()))
+        .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     Ok(resp
         .kvs()
         .iter()
         .filter_map(|kv| {
-            let subnet = keys.subnet_of(kv.key_str().ok()?)?;
+            let subnet = subnet_of(kv.key_str().ok()?)?;
             let owner = serde_json::from_slice::<SubnetClaim>(kv.value())
                 .ok()
                 .map(|c| c.node);
@@ -178,8 +205,37 @@ fn seed(node: &str, attempt: usize) -> u64 {
     h.finish()
 }
 
+/// The TTLs of a node's subnet lease and of its grace key's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTimes {
+    /// Seconds the subnet key and record outlive a silent agent.
+    pub ttl: i64,
+    /// Seconds the grace key outlives the subnet key (0: no grace key).
+    pub grace: i64,
+}
+
+/// The subnets no other node than `node` may lease now: every subnet key,
+/// and the grace keys of other nodes (or unreadable ones).
+pub fn taken_for(
+    node: &str,
+    subnets: &[LeasedSubnet],
+    graces: &[LeasedSubnet],
+) -> HashSet<Ipv4Network> {
+    subnets
+        .iter()
+        .map(|s| s.subnet)
+        .chain(
+            graces
+                .iter()
+                .filter(|g| g.owner.as_deref() != Some(node))
+                .map(|g| g.subnet),
+        )
+        .collect()
+}
+
 /// Lease a subnet for `node`: its own when it has one (keeping the etcd lease
-/// it is bound to), else `preferred` when free, else any free one.
+/// it is bound to), else `preferred` when free, else any free one (a subnet
+/// in another node's grace is not free).
 /// `require` demands exactly that subnet (after a lost lease: the pods have
 /// its addresses).
 pub async fn acquire(
@@ -189,20 +245,25 @@ pub async fn acquire(
     node: &str,
     preferred: Option<Ipv4Network>,
     require: bool,
-    ttl: i64,
+    times: LeaseTimes,
 ) -> Result<Leased, LeaseError> {
     let mut attempt = Acquisition {
         client,
         keys,
         config,
         node,
-        ttl,
+        times,
         granted: None,
+        granted_grace: None,
     };
     let result = attempt.run(preferred, require).await;
     // A lease granted for a lost race (or an error) holds nothing: give it back.
-    if let Some(id) = attempt.granted {
-        if result.as_ref().ok().map(|l| l.lease_id) != Some(id) {
+    let kept = result.as_ref().ok().map(|l| [l.lease_id, l.grace_lease_id]);
+    for id in [attempt.granted, attempt.granted_grace]
+        .into_iter()
+        .flatten()
+    {
+        if !kept.is_some_and(|k| k.contains(&id)) {
             let _ = attempt.client.lease_revoke(id).await;
         }
     }
@@ -216,8 +277,9 @@ struct Acquisition<'a> {
     keys: &'a Keys,
     config: &'a ClusterConfig,
     node: &'a str,
-    ttl: i64,
+    times: LeaseTimes,
     granted: Option<i64>,
+    granted_grace: Option<i64>,
 }
 
 impl Acquisition<'_> {
@@ -229,52 +291,77 @@ impl Acquisition<'_> {
         let (keys, config, node) = (self.keys, self.config, self.node);
         for attempt in 0..MAX_ATTEMPTS {
             let listing = list_subnets(self.client, keys).await?;
+            let graces = list_graces(self.client, keys).await?;
+            // The revision of `subnet`'s grace key as listed (0: none).
+            let grace_seen = |subnet: Ipv4Network| {
+                graces
+                    .iter()
+                    .find(|g| g.subnet == subnet)
+                    .map_or(0, |g| g.mod_revision)
+            };
             let (own, stale) = own_subnet(config, &listing, node, preferred);
             for s in stale {
                 log::info!("releasing {} (no longer this node's subnet)", s.subnet);
                 let key = keys.subnet(s.subnet);
+                let grace = keys.subnet_grace(s.subnet);
                 let txn = Txn::new()
                     .when([Compare::mod_revision(
                         key.as_str(),
                         CompareOp::Equal,
                         s.mod_revision,
                     )])
-                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                    .and_then([
+                        TxnOp::delete(key.as_str(), None),
+                        TxnOp::delete(grace.as_str(), None),
+                    ]);
                 self.client.txn(txn).await?;
             }
             if let Some(own) = own.filter(|o| !require || Some(o.subnet) == preferred) {
-                if own.lease != 0 {
-                    return Ok(Leased {
-                        subnet: own.subnet,
-                        lease_id: own.lease,
-                        reused: true,
-                    });
-                }
-                // Ours but bound to no lease (written by hand?): bind it to one.
                 let unchanged = Compare::mod_revision(
                     keys.subnet(own.subnet),
                     CompareOp::Equal,
                     own.mod_revision,
                 );
-                if let Some(lease_id) = self.claim(own.subnet, unchanged).await? {
+                let own_grace = graces
+                    .iter()
+                    .find(|g| g.subnet == own.subnet && g.owner.as_deref() == Some(node));
+                let grace_kept = self.times.grace == 0 || own_grace.is_some_and(|g| g.lease != 0);
+                if own.lease != 0 && grace_kept {
                     return Ok(Leased {
                         subnet: own.subnet,
-                        lease_id,
+                        lease_id: own.lease,
+                        grace_lease_id: own_grace.map_or(0, |g| g.lease),
                         reused: true,
+                    });
+                }
+                // Ours but bound to no lease (written by hand?) or without
+                // its grace key (an older agent): bind both to new leases.
+                if let Some(leased) = self
+                    .claim(own.subnet, unchanged, grace_seen(own.subnet))
+                    .await?
+                {
+                    return Ok(Leased {
+                        reused: true,
+                        ..leased
                     });
                 }
                 continue;
             }
+            let taken = taken_for(node, &listing, &graces);
             if require {
                 let wanted = preferred.expect("require comes with a preferred subnet");
-                if let Some(holder) = listing.iter().find(|s| s.subnet == wanted) {
+                if taken.contains(&wanted) {
+                    let holder = listing
+                        .iter()
+                        .chain(&graces)
+                        .find(|s| s.subnet == wanted)
+                        .and_then(|s| s.owner.clone());
                     return Err(LeaseError::SubnetTaken {
                         wanted,
-                        owner: holder.owner.clone().unwrap_or_else(|| "?".into()),
+                        owner: holder.unwrap_or_else(|| "?".into()),
                     });
                 }
             }
-            let taken: HashSet<Ipv4Network> = listing.iter().map(|s| s.subnet).collect();
             let candidate = choose_subnet(config, &taken, preferred, seed(node, attempt)).ok_or(
                 LeaseError::Exhausted {
                     network: config.network,
@@ -283,29 +370,28 @@ impl Acquisition<'_> {
                 },
             )?;
             let absent = Compare::create_revision(keys.subnet(candidate), CompareOp::Equal, 0);
-            if let Some(lease_id) = self.claim(candidate, absent).await? {
-                return Ok(Leased {
-                    subnet: candidate,
-                    lease_id,
-                    reused: false,
-                });
+            if let Some(leased) = self.claim(candidate, absent, grace_seen(candidate)).await? {
+                return Ok(leased);
             }
             log::debug!("{candidate} was taken by another agent first; trying again");
         }
         Err(LeaseError::Contention)
     }
 
-    /// Write this node's claim on `subnet`, bound to the lease of this call,
-    /// if `when` holds; the lease id when it did.
+    /// Write this node's claim on `subnet` bound to the lease of this call,
+    /// and its grace key bound to the grace lease of this call, if `when`
+    /// holds and the grace key is still at revision `grace_seen` (0: none,
+    /// else this node's: see [`taken_for`]); what it leased when it did.
     async fn claim(
         &mut self,
         subnet: Ipv4Network,
         when: Compare,
-    ) -> Result<Option<i64>, LeaseError> {
+        grace_seen: i64,
+    ) -> Result<Option<Leased>, LeaseError> {
         let lease = match self.granted {
             Some(id) => id,
             None => {
-                let id = self.client.lease_grant(self.ttl, None).await?.id();
+                let id = self.client.lease_grant(self.times.ttl, None).await?.id();
                 self.granted = Some(id);
                 id
             }
@@ -314,12 +400,42 @@ impl Acquisition<'_> {
             node: self.node.to_string(),
         })
         .expect("claim serializes");
-        let txn = Txn::new().when([when]).and_then([TxnOp::put(
+        let grace_key = self.keys.subnet_grace(subnet);
+        let mut puts = vec![TxnOp::put(
             self.keys.subnet(subnet),
-            claim,
+            claim.clone(),
             Some(PutOptions::new().with_lease(lease)),
-        )]);
-        Ok(self.client.txn(txn).await?.succeeded().then_some(lease))
+        )];
+        let mut grace_lease = 0;
+        if self.times.grace > 0 {
+            grace_lease = match self.granted_grace {
+                Some(id) => id,
+                None => {
+                    let ttl = self.times.ttl + self.times.grace;
+                    let id = self.client.lease_grant(ttl, None).await?.id();
+                    self.granted_grace = Some(id);
+                    id
+                }
+            };
+            puts.push(TxnOp::put(
+                grace_key.as_str(),
+                claim,
+                Some(PutOptions::new().with_lease(grace_lease)),
+            ));
+        }
+        let txn = Txn::new()
+            .when([
+                when,
+                Compare::mod_revision(grace_key.as_str(), CompareOp::Equal, grace_seen),
+            ])
+            .and_then(puts);
+        let done = self.client.txn(txn).await?.succeeded();
+        Ok(done.then_some(Leased {
+            subnet,
+            lease_id: lease,
+            grace_lease_id: grace_lease,
+            reused: false,
+        }))
     }
 }
 
@@ -348,8 +464,8 @@ pub async fn lease_alive(client: &mut Client, lease_id: i64) -> Result<bool, Lea
     Ok(resp.ttl() > 0)
 }
 
-/// Delete this node's record and subnet keys and revoke its lease (the node
-/// leaves the cluster).
+/// Delete this node's record, subnet and grace keys and revoke their leases
+/// (the node leaves the cluster: its subnet is free at once).
 pub async fn release(
     client: &mut Client,
     keys: &Keys,
@@ -363,6 +479,14 @@ pub async fn release(
             let _ = client.lease_revoke(s.lease).await;
         }
         released.push(s.subnet);
+    }
+    for g in list_graces(client, keys).await? {
+        if g.owner.as_deref() == Some(node) {
+            client.delete(keys.subnet_grace(g.subnet), None).await?;
+            if g.lease != 0 {
+                let _ = client.lease_revoke(g.lease).await;
+            }
+        }
     }
     client.delete(keys.node(node), None).await?;
     Ok(released)
@@ -442,6 +566,41 @@ mod tests {
             .map(|i| choose_subnet(&c, &HashSet::new(), None, seed("node", i)).unwrap())
             .collect();
         assert!(picks.len() > 16, "{picks:?}");
+    }
+
+    #[test]
+    fn a_subnet_in_another_nodes_grace_is_taken_but_not_for_its_owner() {
+        let held = |s: &str, owner: Option<&str>| LeasedSubnet {
+            subnet: net(s),
+            owner: owner.map(str::to_owned),
+            lease: 5,
+            mod_revision: 1,
+        };
+        let subnets = [held("10.244.1.0/24", Some("a"))];
+        let graces = [
+            held("10.244.1.0/24", Some("a")),
+            held("10.244.2.0/24", Some("dead")),
+            held("10.244.3.0/24", None),
+        ];
+        let for_b = taken_for("b", &subnets, &graces);
+        let want: HashSet<_> = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+            .into_iter()
+            .map(net)
+            .collect();
+        assert_eq!(for_b, want);
+        // The dead node itself may take its subnet back.
+        let for_dead = taken_for("dead", &subnets, &graces);
+        assert!(!for_dead.contains(&net("10.244.2.0/24")));
+        assert!(for_dead.contains(&net("10.244.3.0/24")));
+        let c = config("10.244.0.0/16", 24);
+        assert_eq!(
+            choose_subnet(&c, &for_dead, Some(net("10.244.2.0/24")), 0),
+            Some(net("10.244.2.0/24"))
+        );
+        assert_ne!(
+            choose_subnet(&c, &for_b, Some(net("10.244.2.0/24")), 0),
+            Some(net("10.244.2.0/24"))
+        );
     }
 
     #[test]

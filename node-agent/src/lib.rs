@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cleanup;
+pub mod dead_nodes;
 pub mod deleted_nodes;
 pub mod departure;
 pub mod flags;

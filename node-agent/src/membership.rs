@@ -7,7 +7,7 @@
 
 use crate::backoff::Backoff;
 use crate::deleted_nodes::KubeNodes;
-use crate::lease::{self, LeaseError};
+use crate::lease::{self, LeaseError, Leased};
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +28,9 @@ pub struct Membership {
     pub node: String,
     pub record: NodeRecord,
     pub lease_id: i64,
-    pub ttl: i64,
+    /// The lease of the subnet's grace key (0: none yet or no grace).
+    pub grace_lease_id: i64,
+    pub times: lease::LeaseTimes,
     pub metrics: Arc<Metrics>,
     /// With `--kubernetes`: the Nodes Kubernetes has. A node that is no
     /// Node any more is being released by the other agents; its record is
@@ -48,7 +50,7 @@ impl Membership {
         mut own_record: watch::Receiver<Option<Option<NodeRecord>>>,
     ) -> Result<(), LeaseError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
-        let mut next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
+        let mut next_renew = tokio::time::Instant::now() + renew_interval(self.times.ttl);
         // The record must be put (again) and has not been yet: kept until a
         // put succeeds, retried with the renewals.
         let mut record_due = false;
@@ -85,7 +87,7 @@ impl Membership {
                     match renewed {
                         Ok(()) => {
                             backoff.reset();
-                            next_renew = tokio::time::Instant::now() + renew_interval(self.ttl);
+                            next_renew = tokio::time::Instant::now() + renew_interval(self.times.ttl);
                         }
                         Err(e) if e.is_permanent() => return Err(e),
                         Err(e) => {
@@ -149,27 +151,24 @@ impl Membership {
     }
 
     async fn renew_on(&mut self, mut client: etcd_client::Client) -> Result<bool, LeaseError> {
-        let alive = match client.lease_keep_alive(self.lease_id).await {
-            Ok((mut keeper, mut stream)) => {
-                keeper.keep_alive().await?;
-                match tokio::time::timeout(crate::flags::REQUEST_TIMEOUT, stream.message()).await {
-                    Ok(Ok(Some(resp))) => resp.ttl() > 0,
-                    Ok(Ok(None)) => lease::lease_alive(&mut client, self.lease_id).await?,
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {
-                        return Err(LeaseError::Etcd(etcd_client::Error::LeaseKeepAliveError(
-                            "no keep-alive answer in time".into(),
-                        )))
-                    }
-                }
-            }
-            Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
-                lease::lease_alive(&mut client, self.lease_id).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let alive = keep_alive(&mut client, self.lease_id).await?;
         if alive {
             self.metrics.leased.store(true, Ordering::Relaxed);
+            let grace_alive =
+                self.grace_lease_id != 0 && keep_alive(&mut client, self.grace_lease_id).await?;
+            if self.times.grace > 0 && !grace_alive {
+                // Its grace key is gone (or was never written by an older
+                // agent): write it again, the subnet key being ours.
+                log::warn!(
+                    "the grace key of subnet {} is gone; writing it again",
+                    self.record.subnet
+                );
+                let before = self.lease_id;
+                let leased = self.acquire(&mut client).await?;
+                self.take(leased);
+                // A new subnet lease: the record goes under it too.
+                return Ok(leased.lease_id != before);
+            }
             return Ok(false);
         }
         self.metrics.leased.store(false, Ordering::Relaxed);
@@ -186,20 +185,51 @@ impl Membership {
             "the etcd lease of subnet {} expired; leasing it again",
             self.record.subnet
         );
-        let leased = lease::acquire(
-            &mut client,
+        let leased = self.acquire(&mut client).await?;
+        self.take(leased);
+        self.metrics.leased.store(true, Ordering::Relaxed);
+        log::info!("subnet {} leased again", leased.subnet);
+        Ok(true)
+    }
+
+    /// This node's subnet, exactly, with its grace key.
+    async fn acquire(&self, client: &mut etcd_client::Client) -> Result<Leased, LeaseError> {
+        lease::acquire(
+            client,
             &self.keys,
             &self.config,
             &self.node,
             Some(self.record.subnet),
             true,
-            self.ttl,
+            self.times,
         )
-        .await?;
+        .await
+    }
+
+    fn take(&mut self, leased: Leased) {
         self.lease_id = leased.lease_id;
-        self.metrics.leased.store(true, Ordering::Relaxed);
-        log::info!("subnet {} leased again", leased.subnet);
-        Ok(true)
+        self.grace_lease_id = leased.grace_lease_id;
+    }
+}
+
+/// One keep-alive of `lease_id`: whether the lease still exists.
+async fn keep_alive(client: &mut etcd_client::Client, lease_id: i64) -> Result<bool, LeaseError> {
+    match client.lease_keep_alive(lease_id).await {
+        Ok((mut keeper, mut stream)) => {
+            keeper.keep_alive().await?;
+            match tokio::time::timeout(crate::flags::REQUEST_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(resp))) => Ok(resp.ttl() > 0),
+                Ok(Ok(None)) => lease::lease_alive(client, lease_id).await,
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(LeaseError::Etcd(etcd_client::Error::LeaseKeepAliveError(
+                    "no keep-alive answer in time".into(),
+                ))),
+            }
+        }
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
+            lease::lease_alive(client, lease_id).await
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

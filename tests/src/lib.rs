@@ -16,4 +16,5 @@ pub mod libcni;
 pub mod netns;
 pub mod podman;
 pub mod rootfs;
+pub mod soak;
 pub mod wait;
