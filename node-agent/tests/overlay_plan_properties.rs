@@ -1,0 +1,279 @@
+//! Properties of the overlay plan (`overlay::plan`): for any desired set of
+//! remote nodes and any state the kernel may hold on the VXLAN device
+//! (entries of departed nodes, stale MACs and addresses, ARP leftovers,
+//! routes with other gateways or metrics, entries missing), applying the
+//! plan the way the kernel applies it yields exactly the desired entries,
+//! a second plan is empty, and no entry that is already right is touched.
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use trellis_agent::overlay::desired::vtep_ip_of;
+use trellis_agent::overlay::plan::overlay_route;
+use trellis_agent::overlay::{plan, ActualOverlay, DesiredOverlay, Op, Plan, RemoteNode};
+use trellis_kernel::fdb::FdbEntry;
+use trellis_kernel::neigh::NeighbourEntry;
+use trellis_kernel::{MacAddr, Route};
+
+/// The VXLAN device's index in these states.
+const IFINDEX: u32 = 7;
+
+/// Node `i`'s subnet, 10.244.i.0/24.
+fn subnet(i: u8) -> Ipv4Network {
+    Ipv4Network::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap()
+}
+
+/// A remote node per index, as `DesiredOverlay::from_records` admits them:
+/// subnets, MACs and public IPs all distinct.
+fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
+    prop::collection::btree_map(1u8..40, (any::<[u8; 4]>(), 2u8..5), 0..12).prop_map(|picks| {
+        DesiredOverlay {
+            nodes: picks
+                .into_iter()
+                .map(|(i, (mac, net))| {
+                    let node = RemoteNode {
+                        subnet: subnet(i),
+                        vtep_ip: vtep_ip_of(subnet(i)),
+                        vtep_mac: MacAddr([2, mac[0], mac[1], mac[2], mac[3], i]),
+                        public_ip: Ipv4Addr::new(192, 0, net, i),
+                    };
+                    (format!("node{i}"), node)
+                })
+                .collect(),
+        }
+    })
+}
+
+/// Values an actual entry is drawn from: mostly those of the desired nodes
+/// (right, or mixed up between nodes), some from nowhere.
+#[derive(Debug, Clone)]
+struct Palette {
+    macs: Vec<MacAddr>,
+    ips: Vec<Ipv4Addr>,
+    subnets: Vec<Ipv4Network>,
+}
+
+impl Palette {
+    fn of(desired: &DesiredOverlay) -> Palette {
+        let mut p = Palette {
+            macs: vec![MacAddr([2, 9, 9, 9, 9, 9]), MacAddr([0; 6])],
+            ips: vec![Ipv4Addr::new(203, 0, 113, 5), Ipv4Addr::new(10, 244, 50, 0)],
+            subnets: vec![subnet(50), subnet(51)],
+        };
+        for n in desired.nodes.values() {
+            p.macs.push(n.vtep_mac);
+            p.ips.extend([n.public_ip, n.vtep_ip]);
+            p.subnets.push(n.subnet);
+        }
+        p
+    }
+}
+
+/// What the kernel may hold: FDB entries unique by (MAC, destination),
+/// neighbours unique by address, routes unique by (destination, metric),
+/// as the kernel keys them.
+fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
+    let (macs, ips, subnets) = (palette.macs, palette.ips, palette.subnets);
+    let fdb = prop::collection::vec(
+        (
+            prop::sample::select(macs.clone()),
+            prop::option::weighted(0.9, prop::sample::select(ips.clone())),
+        ),
+        0..16,
+    );
+    let neighbours = prop::collection::vec(
+        (
+            prop::sample::select(ips.clone()),
+            prop::option::weighted(0.8, prop::sample::select(macs)),
+            any::<bool>(),
+        ),
+        0..16,
+    );
+    let routes = prop::collection::vec(
+        (
+            prop::sample::select(subnets),
+            prop::option::weighted(0.9, prop::sample::select(ips)),
+            any::<bool>(),
+            prop::sample::select(vec![None, Some(0), Some(100)]),
+        ),
+        0..16,
+    );
+    (fdb, neighbours, routes).prop_map(|(fdb, neighbours, routes)| {
+        let mut a = ActualOverlay::default();
+        let mut seen = BTreeSet::new();
+        for (mac, dst) in fdb {
+            if seen.insert((mac, dst)) {
+                a.fdb.push(FdbEntry {
+                    mac,
+                    dst: dst.map(IpAddr::V4),
+                });
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (ip, mac, permanent) in neighbours {
+            if seen.insert(ip) {
+                a.neighbours.push(NeighbourEntry { ip, mac, permanent });
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (dst, via, onlink, metric) in routes {
+            if seen.insert((dst, metric.unwrap_or(0))) {
+                let mut r = Route::to(IpNetwork::V4(dst)).dev(IFINDEX);
+                r.gateway = via.map(IpAddr::V4);
+                r.onlink = onlink;
+                r.metric = metric;
+                a.routes.push(r);
+            }
+        }
+        a
+    })
+}
+
+fn case() -> impl Strategy<Value = (DesiredOverlay, ActualOverlay)> {
+    desired_strategy().prop_flat_map(|d| {
+        let palette = Palette::of(&d);
+        (Just(d), actual_strategy(palette))
+    })
+}
+
+/// The state after the kernel applied `plan` to `actual`: removals first;
+/// a Set replaces what the kernel keys the same way (an FDB entry of the
+/// MAC, the neighbour of the address, the route of the destination with
+/// metric 0).
+fn apply(actual: &ActualOverlay, plan: &Plan) -> ActualOverlay {
+    let mut a = actual.clone();
+    for op in plan.removals.iter().chain(&plan.additions) {
+        match op.clone() {
+            Op::DelFdb(e) => a.fdb.retain(|x| *x != e),
+            Op::DelNeighbour(ip) => a.neighbours.retain(|x| x.ip != ip),
+            Op::DelRoute(r) => a.routes.retain(|x| *x != *r),
+            Op::SetFdb { mac, dst } => {
+                a.fdb.retain(|x| x.mac != mac);
+                a.fdb.push(FdbEntry {
+                    mac,
+                    dst: Some(IpAddr::V4(dst)),
+                });
+            }
+            Op::SetNeighbour { ip, mac } => {
+                a.neighbours.retain(|x| x.ip != ip);
+                a.neighbours.push(NeighbourEntry {
+                    ip,
+                    mac: Some(mac),
+                    permanent: true,
+                });
+            }
+            Op::SetRoute { dst, via } => {
+                a.routes
+                    .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
+                a.routes.push(overlay_route(IFINDEX, dst, via));
+            }
+        }
+    }
+    a
+}
+
+/// The entries of the desired state, and of a kernel state, compared as
+/// sets of what matters: FDB (MAC, destination), neighbours (address, MAC,
+/// permanent), routes (destination, gateway, onlink, metric).
+type Entries = (
+    BTreeSet<(MacAddr, Option<IpAddr>)>,
+    BTreeMap<Ipv4Addr, (Option<MacAddr>, bool)>,
+    Vec<(IpNetwork, Option<IpAddr>, bool, u32)>,
+);
+
+fn entries_of(a: &ActualOverlay) -> Entries {
+    let mut routes: Vec<_> = a
+        .routes
+        .iter()
+        .map(|r| (r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0)))
+        .collect();
+    routes.sort();
+    (
+        a.fdb.iter().map(|e| (e.mac, e.dst)).collect(),
+        a.neighbours
+            .iter()
+            .map(|n| (n.ip, (n.mac, n.permanent)))
+            .collect(),
+        routes,
+    )
+}
+
+fn wanted(d: &DesiredOverlay) -> Entries {
+    let mut routes: Vec<_> = d
+        .nodes
+        .values()
+        .map(|n| {
+            (
+                IpNetwork::V4(n.subnet),
+                Some(IpAddr::V4(n.vtep_ip)),
+                true,
+                0,
+            )
+        })
+        .collect();
+    routes.sort();
+    (
+        d.nodes
+            .values()
+            .map(|n| (n.vtep_mac, Some(IpAddr::V4(n.public_ip))))
+            .collect(),
+        d.nodes
+            .values()
+            .map(|n| (n.vtep_ip, (Some(n.vtep_mac), true)))
+            .collect(),
+        routes,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn applying_the_plan_to_any_state_yields_the_desired_one((desired, actual) in case()) {
+        let p = plan(&desired, &actual);
+        let after = apply(&actual, &p);
+        prop_assert_eq!(entries_of(&after), wanted(&desired), "plan {:#?}", p);
+        let again = plan(&desired, &after);
+        prop_assert!(again.is_empty(), "second plan {:#?}", again);
+    }
+
+    #[test]
+    fn entries_already_right_are_left_alone((desired, actual) in case()) {
+        let p = plan(&desired, &actual);
+        let want = wanted(&desired);
+        // The right entries of `actual`, each counted once (a duplicate
+        // route of the same path may go).
+        for op in &p.removals {
+            match op {
+                Op::DelFdb(e) => prop_assert!(!want.0.contains(&(e.mac, e.dst)), "{:?}", op),
+                Op::DelNeighbour(ip) => prop_assert!(
+                    !want.1.contains_key(ip)
+                        || actual.neighbours.iter().all(|n| n.ip != *ip
+                            || want.1[ip] != (n.mac, n.permanent)),
+                    "{:?}", op
+                ),
+                Op::DelRoute(r) => prop_assert!(
+                    !want.2.contains(&(r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0))),
+                    "{:?}", op
+                ),
+                other => prop_assert!(false, "a removal that is not one: {:?}", other),
+            }
+        }
+        let before = entries_of(&actual);
+        for op in &p.additions {
+            let already = match op {
+                Op::SetFdb { mac, dst } => before.0.contains(&(*mac, Some(IpAddr::V4(*dst)))),
+                Op::SetNeighbour { ip, mac } => before.1.get(ip) == Some(&(Some(*mac), true)),
+                Op::SetRoute { dst, via } => before.2.contains(&(
+                    IpNetwork::V4(*dst), Some(IpAddr::V4(*via)), true, 0,
+                )),
+                other => {
+                    prop_assert!(false, "an addition that is not one: {:?}", other);
+                    false
+                }
+            };
+            prop_assert!(!already, "{:?} rewrites an entry that is right", op);
+        }
+    }
+}
