@@ -59,6 +59,13 @@ fi
 step "unit tests (every crate but the harness)"
 timeout --foreground 30m cargo test --workspace --exclude trellis-tests -- --test-threads="$threads"
 
+step "fuzz targets, each briefly (scripts/fuzz.sh --dev)"
+# cargo-fuzz is built into target/fuzz-tools once, the targets into
+# target/fuzz; then every target runs TRELLIS_FUZZ_SECONDS (10) from the
+# committed corpus. A crash fails the run with the input that made it.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+timeout --foreground 30m bash scripts/fuzz.sh --dev --seconds "${TRELLIS_FUZZ_SECONDS:-10}"
+
 step "root integration suites and harness self-tests (tests/tests, but e2e_*)"
 suites=()
 for file in tests/tests/*.rs; do

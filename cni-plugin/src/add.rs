@@ -3,7 +3,6 @@
 //! every change that would outlive a failure registers its undo in one
 //! [`Rollback`], committed when the ADD succeeds.
 
-use crate::config::{Config, Mode};
 use crate::ipam;
 use crate::masq;
 use crate::netns::open_netns;
@@ -22,6 +21,7 @@ use trellis_common::naming::host_veth_name;
 use trellis_common::node::VXLAN_V4_OVERHEAD;
 use trellis_kernel::netns::NetnsFile;
 use trellis_kernel::{sysctl, Link, Netlink, VethPair};
+use trellis_plugin::config::{Config, Mode};
 
 /// The MTU of an interface when nothing else says (Ethernet).
 const ETHERNET_MTU: u32 = 1500;

@@ -2,7 +2,6 @@
 //! container interface with its addresses and routes, its veth peer on the
 //! bridge, and the IPAM plugin's own CHECK.
 
-use crate::config::Config;
 use crate::ipam;
 use crate::netns::open_netns;
 use crate::routes::container_route;
@@ -13,6 +12,7 @@ use trellis_common::cni::{CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
 use trellis_kernel::route::MAIN_TABLE;
 use trellis_kernel::{Link, Netlink, Route};
+use trellis_plugin::config::Config;
 
 pub fn check(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;

@@ -4,7 +4,6 @@
 //! container. Succeeds when there is nothing left to remove, when the
 //! container's namespace is gone, and without a prevResult.
 
-use crate::config::Config;
 use crate::ipam;
 use crate::masq;
 use crate::runtime::{kernel_error, runtime};
@@ -13,6 +12,7 @@ use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_common::naming::host_veth_name;
 use trellis_kernel::Netlink;
+use trellis_plugin::config::Config;
 
 pub fn del(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;

@@ -1,7 +1,6 @@
 //! GC: the IPAM plugin releases what no valid attachment holds, then the
 //! host veths of attachments that are not valid any more are removed.
 
-use crate::config::Config;
 use crate::ipam;
 use crate::masq;
 use crate::runtime::{kernel_error, runtime};
@@ -10,6 +9,7 @@ use std::collections::HashSet;
 use trellis_common::cni::{CniError, Command, Request};
 use trellis_common::naming::{host_veth_name, is_host_veth_name};
 use trellis_kernel::Netlink;
+use trellis_plugin::config::Config;
 
 pub fn gc(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;

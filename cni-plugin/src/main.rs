@@ -8,7 +8,6 @@
 
 mod add;
 mod check;
-mod config;
 mod del;
 mod gc;
 mod ipam;

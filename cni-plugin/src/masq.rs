@@ -2,7 +2,6 @@
 //! the bridge has containers (and `ipMasq` is on), changed under a node-local
 //! lock so that a DEL removing it never races an ADD installing it.
 
-use crate::config::Config;
 use crate::runtime::kernel_error;
 use ipnetwork::IpNetwork;
 use std::path::Path;
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use trellis_common::cni::{code, CniError};
 use trellis_common::fs::{FileLock, LockError};
 use trellis_kernel::{Masquerade, Netlink, NftTable, TableState};
+use trellis_plugin::config::Config;
 
 use trellis_common::naming::is_host_veth_name;
 

@@ -2,9 +2,9 @@
 //! the agent's node record, then whatever the IPAM plugin needs (its
 //! STATUS).
 
-use crate::config::Config;
 use crate::ipam;
 use trellis_common::cni::{CniError, Command, Request};
+use trellis_plugin::config::Config;
 
 pub fn status(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;

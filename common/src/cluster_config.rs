@@ -4,6 +4,7 @@
 //! [`ClusterConfig::parse`] is the one check both sides apply, so the
 //! installer never seeds what the agents would refuse.
 
+use crate::node::MAX_SUBNET_LEN;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -57,9 +58,9 @@ impl ClusterConfig {
                 net.prefix()
             ));
         }
-        if self.subnet_len <= net.prefix() || self.subnet_len > 30 {
+        if self.subnet_len <= net.prefix() || self.subnet_len > MAX_SUBNET_LEN {
             return Err(format!(
-                "subnetLen {} must be longer than the network's /{} and at most 30",
+                "subnetLen {} must be longer than the network's /{} and at most {MAX_SUBNET_LEN}",
                 self.subnet_len,
                 net.prefix()
             ));

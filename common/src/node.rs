@@ -13,6 +13,8 @@ pub const VXLAN_V4_OVERHEAD: u32 = 50;
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis";
 pub const DEFAULT_BRIDGE: &str = "trellis0";
 pub const NODE_RECORD_FILE: &str = "node.json";
+/// The longest prefix of a node subnet: a gateway and one pod address.
+pub const MAX_SUBNET_LEN: u8 = 30;
 
 /// What the agent publishes about its node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,21 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// Decode a record as the agent publishes it, in etcd and in
+    /// `node.json` (the one decoder of both). A subnet smaller than /30
+    /// (no gateway and pod address besides the network and broadcast
+    /// addresses; the agent never leases one) is refused.
+    pub fn parse(bytes: &[u8]) -> Result<NodeRecord, serde_json::Error> {
+        let record: NodeRecord = serde_json::from_slice(bytes)?;
+        if record.subnet.prefix() > MAX_SUBNET_LEN {
+            return Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                "subnet {} leaves no room for a gateway and pods (/{MAX_SUBNET_LEN} or larger)",
+                record.subnet
+            )));
+        }
+        Ok(record)
+    }
+
     /// The pods' gateway: the first address of the node's subnet, held by the
     /// node bridge. (The VXLAN device holds the subnet's network address /32,
     /// as flannel's does: remote nodes route the subnet through it.)
@@ -68,7 +85,7 @@ pub fn record_path(state_dir: &Path) -> PathBuf {
 /// Read `<stateDir>/node.json`; `Ok(None)` when the agent has not written it.
 pub fn read_node_record(state_dir: &Path) -> std::io::Result<Option<NodeRecord>> {
     match std::fs::read(record_path(state_dir)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
+        Ok(bytes) => NodeRecord::parse(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -102,6 +119,35 @@ mod tests {
         assert_eq!(v["vtepMAC"], "02:aa:bb:cc:dd:ee");
         assert_eq!(r.gateway().to_string(), "10.244.3.1");
         assert_eq!(r.gateway_network().to_string(), "10.244.3.1/24");
+    }
+
+    #[test]
+    fn a_record_without_room_for_a_gateway_is_refused() {
+        // Found by the fuzz target node_json: the gateway of
+        // 255.255.255.255/32 overflowed (a panic in the plugins).
+        let record = |subnet: &str| {
+            NodeRecord::parse(
+                format!(r#"{{"subnet":"{subnet}","publicIP":"192.0.2.7","vtepMAC":"02:00:00:00:00:07"}}"#)
+                    .as_bytes(),
+            )
+        };
+        for subnet in ["255.255.255.255/32", "10.244.3.0/31", "10.244.3.8/32"] {
+            let e = record(subnet).unwrap_err();
+            assert!(
+                e.to_string().contains("leaves no room for a gateway"),
+                "{e}"
+            );
+        }
+        let top = record("255.255.255.252/30").unwrap();
+        assert_eq!(top.gateway().to_string(), "255.255.255.253");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            record_path(dir.path()),
+            r#"{"subnet":"255.255.255.255/32","publicIP":"192.0.2.7","vtepMAC":"02:00:00:00:00:07"}"#,
+        )
+        .unwrap();
+        let e = read_node_record(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]

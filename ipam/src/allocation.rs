@@ -29,6 +29,11 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// Decode an address key's value (etcd) or a local-store entry.
+    pub fn parse(bytes: &[u8]) -> Result<Owner, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     pub fn handle(&self) -> Handle {
         Handle {
             container_id: self.container_id.clone(),

@@ -37,10 +37,18 @@ const MEMBER_ATTEMPTS_TIMEOUT: Duration = Duration::from_secs(8);
 
 const KEEPER_LOCK: &str = ".keeper";
 
+/// One queued job: a fence and the settings to reach etcd with.
 #[derive(Debug, Serialize, Deserialize)]
-struct Job {
-    settings: EtcdSettings,
-    fence: Fence,
+pub struct Job {
+    pub settings: EtcdSettings,
+    pub fence: Fence,
+}
+
+impl Job {
+    /// Decode a job file as `hand_over` wrote it.
+    pub fn parse(bytes: &[u8]) -> Result<Job, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 /// The queue directory of a node.
@@ -175,7 +183,7 @@ async fn work(dir: &Path) {
         for file in pending {
             let Ok(job) = std::fs::read(&file)
                 .map_err(|_| ())
-                .and_then(|b| serde_json::from_slice::<Job>(&b).map_err(|_| ()))
+                .and_then(|b| Job::parse(&b).map_err(|_| ()))
             else {
                 let _ = std::fs::remove_file(&file);
                 continue;

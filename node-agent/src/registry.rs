@@ -43,7 +43,7 @@ impl Registry {
     }
 
     pub fn put(&mut self, name: String, value: &[u8]) {
-        match serde_json::from_slice::<NodeRecord>(value) {
+        match NodeRecord::parse(value) {
             Ok(rec) => {
                 self.records.insert(name, rec);
             }

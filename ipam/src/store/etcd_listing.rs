@@ -35,7 +35,7 @@ impl EtcdStore {
             .await?;
         kvs.first()
             .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| IpamError::Corrupt {
+                NodeRecord::parse(kv.value()).map_err(|e| IpamError::Corrupt {
                     key,
                     reason: e.to_string(),
                 })
@@ -75,7 +75,7 @@ impl EtcdStore {
                 if !keep(ip) {
                     return None;
                 }
-                match serde_json::from_slice::<Owner>(kv.value()) {
+                match Owner::parse(kv.value()) {
                     Ok(owner) => Some(Allocation {
                         ip,
                         owner,

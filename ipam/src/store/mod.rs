@@ -6,7 +6,7 @@ pub mod etcd;
 mod etcd_listing;
 pub mod fence;
 pub mod local;
-mod records;
+pub mod records;
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;

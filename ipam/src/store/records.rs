@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 /// The value of a handle key, `<prefix>/ipam/handles/<containerID>/<ifname>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub(crate) enum HandleValue {
+pub enum HandleValue {
     /// `{"ip","node","network"}`: the attachment holds `ip` (if the
     /// address key agrees).
     Holds {
@@ -34,15 +34,20 @@ pub(crate) enum HandleValue {
 impl HandleValue {
     /// The value of `kv`; `None` when it decodes as neither.
     pub(crate) fn decode(kv: &KeyValue) -> Option<HandleValue> {
-        serde_json::from_slice(kv.value()).ok()
+        HandleValue::parse(kv.value())
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// A handle key's value; `None` when it decodes as neither.
+    pub fn parse(bytes: &[u8]) -> Option<HandleValue> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a handle value serializes")
     }
 
     /// The address it names, if any.
-    pub(crate) fn ip(&self) -> Option<Ipv4Addr> {
+    pub fn ip(&self) -> Option<Ipv4Addr> {
         match self {
             HandleValue::Holds { ip, .. } => Some(*ip),
             HandleValue::Cancelled { .. } => None,
@@ -80,7 +85,7 @@ pub(crate) fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Al
 }
 
 pub(crate) fn owner_of(kv: &KeyValue) -> Option<Owner> {
-    serde_json::from_slice(kv.value()).ok()
+    Owner::parse(kv.value()).ok()
 }
 
 /// The first key of each `get` in a transaction's responses.

@@ -1,0 +1,72 @@
+//! The values under the etcd prefix, each decoded by its one decoder and
+//! handed to what reads it: the node record (`NodeRecord::parse`, then the
+//! agent's `DesiredOverlay::from_records`), the cluster config
+//! (`ClusterConfig::parse`, then its subnet arithmetic), an address key's
+//! owner (`Owner::parse`), a handle (`HandleValue::parse`) and a fence
+//! keeper's queued job (`Job::parse`). The first byte picks the record.
+
+#![no_main]
+
+use ipnetwork::Ipv4Network;
+use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeMap;
+use trellis_agent::overlay::DesiredOverlay;
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::node::NodeRecord;
+use trellis_ipam::fence_keeper::Job;
+use trellis_ipam::store::records::HandleValue;
+use trellis_ipam::Owner;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((kind, value)) = data.split_first() else {
+        return;
+    };
+    match kind % 5 {
+        0 => {
+            let Ok(record) = NodeRecord::parse(value) else {
+                return;
+            };
+            let _ = record.gateway();
+            let _ = record.gateway_network();
+            let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+            let local: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+            let records = BTreeMap::from([("remote".to_string(), record)]);
+            let (desired, _warnings) =
+                DesiredOverlay::from_records("local", Some(local), network, &records);
+            for node in desired.nodes.values() {
+                assert!(network.contains(node.subnet.network()));
+            }
+        }
+        1 => {
+            let Ok(config) = ClusterConfig::parse(value) else {
+                return;
+            };
+            let count = config.subnet_count();
+            assert!(count >= 1);
+            let first = config.subnet_at(0).expect("a first subnet");
+            assert!(config.fits(first));
+            let last = config.subnet_at(count - 1).expect("a last subnet");
+            assert!(config.fits(last));
+            assert_eq!(config.subnet_at(count), None);
+        }
+        2 => {
+            if let Ok(owner) = Owner::parse(value) {
+                assert!(owner.holds(&owner.handle()));
+                let _ = owner.is_trellis_attachment();
+            }
+        }
+        3 => {
+            if let Some(handle) = HandleValue::parse(value) {
+                let _ = handle.ip();
+                assert_eq!(HandleValue::parse(&handle.encode()), Some(handle));
+            }
+        }
+        _ => {
+            if let Ok(job) = Job::parse(value) {
+                let _ = job.settings.validate();
+                let _ = job.settings.keys().handles();
+                let _ = format!("{:?}", job.fence);
+            }
+        }
+    }
+});
