@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_record_without_room_for_a_gateway_is_refused() {
-        // Found by the fuzz target node_json: the gateway of
+        // Confirmed with the fuzz target node_json: the gateway of
         // 255.255.255.255/32 overflowed (a panic in the plugins).
         let record = |subnet: &str| {
             NodeRecord::parse(
