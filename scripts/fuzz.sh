@@ -8,8 +8,8 @@
 #   scripts/fuzz.sh [--seconds N] [--dev] [target...]   # default: 60 s, every target
 #   scripts/fuzz.sh --list
 #
-# --dev builds without optimisation: a few times fewer executions a second,
-# a much shorter build (what CI uses, scripts/test.sh).
+# --dev builds without optimisation and with line tables only: fewer
+# executions a second, a shorter build (what CI uses, scripts/test.sh).
 #
 # cargo-fuzz (pinned below) is built once into target/fuzz-tools, the
 # targets into target/fuzz; new inputs libFuzzer finds go to
@@ -34,7 +34,7 @@ while (($#)); do
         --seconds) seconds=${2:?--seconds needs a number}; shift 2 ;;
         --seconds=*) seconds=${1#*=}; shift ;;
         --list) list=1; shift ;;
-        --dev) profile=(--dev); shift ;;
+        --dev) profile=(--dev); export CARGO_PROFILE_DEV_DEBUG=line-tables-only; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
