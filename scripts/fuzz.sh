@@ -69,6 +69,14 @@ done
 flags=(--sanitizer "$sanitizer" --debug-assertions "${profile[@]}")
 cargo fuzz build "${flags[@]}"
 
+# Scratch files of the targets (node_json's state dir), in memory when
+# there is /dev/shm, removed at the end.
+scratch_base=/dev/shm
+[[ -d $scratch_base && -w $scratch_base ]] || scratch_base=${TMPDIR:-/tmp}
+TRELLIS_FUZZ_DIR=$(mktemp -d "$scratch_base/trellis-fuzz.XXXXXX")
+export TRELLIS_FUZZ_DIR
+trap 'rm -rf "$TRELLIS_FUZZ_DIR"' EXIT
+
 status=0
 for t in "${targets[@]}"; do
     work=$CARGO_TARGET_DIR/corpus/$t

@@ -12,15 +12,16 @@ use trellis_common::node::{read_node_record, record_path};
 use trellis_ipam::config::IpamConf;
 use trellis_ipam::placement::local_record;
 
+/// The state dir this process writes `node.json` into: under
+/// `TRELLIS_FUZZ_DIR` (scripts/fuzz.sh makes one in memory and removes it),
+/// else the system's temporary directory.
 fn state_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("trellis-fuzz-node-json-{}", std::process::id()));
+        let base = std::env::var_os("TRELLIS_FUZZ_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("node-json-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
