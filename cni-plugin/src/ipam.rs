@@ -4,10 +4,10 @@
 //! per call), and run as a process otherwise or when the agent declines;
 //! any other IPAM plugin is run as a process.
 
-use trellis_plugin::config::Config;
 use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::service::{IPAM_PLUGIN, IPAM_SOCKET};
 use trellis_common::cni::{CniEnv, CniError, CniResult, Command};
+use trellis_plugin::config::Config;
 
 /// Start the IPAM plugin for `command`; collect it with
 /// [`Delegation::finish`].

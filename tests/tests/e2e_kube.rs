@@ -610,6 +610,22 @@ fn scale(s: &Suite) -> Result<()> {
         wait_workloads(&s.bed, replicas)?;
         allocations_match_pods(s).with_context(|| format!("at {replicas} replicas"))?;
     }
+    // A scale-down picks its victims without regard to the spread, and
+    // the next tests want a pod on every node: new pods are spread again
+    // (maxSkew 1), and their ADDs and the old pods' DELs balance too.
+    s.bed
+        .kubectl
+        .run(&["-n", NS, "rollout", "restart", "deployment/netexec"])?;
+    s.bed.kubectl.run(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/netexec",
+        "--timeout=240s",
+    ])?;
+    wait_workloads(&s.bed, 6)?;
+    allocations_match_pods(s).context("after the restart of the deployment")?;
     Ok(())
 }
 
