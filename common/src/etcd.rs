@@ -5,6 +5,7 @@
 //! `ipam` object; errors name the setting as the user wrote it. How a
 //! request goes on when one endpoint is away is in `etcd_failover`.
 
+pub use crate::etcd_errors::{chain, describe};
 pub use crate::etcd_failover::EtcdClient;
 use crate::keys::{Keys, DEFAULT_ETCD_PREFIX};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -248,50 +249,6 @@ fn read_pem(name: &str, path: &Path, label: &str, what: &str) -> Result<Vec<u8>,
         )));
     }
     Ok(bytes)
-}
-
-/// An etcd client error in words: for a gRPC status its message and the
-/// transport causes under it ("tcp connect error: Connection refused"),
-/// without the debug dump tonic's own Display gives.
-pub fn describe(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            let mut parts: Vec<String> = Vec::new();
-            if !status.message().is_empty() {
-                parts.push(status.message().to_string());
-            }
-            let mut cur = std::error::Error::source(status);
-            while let Some(s) = cur {
-                let text = s.to_string();
-                if text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
-                    parts.push(text);
-                }
-                cur = s.source();
-            }
-            if parts.is_empty() {
-                format!("{:?}", status.code())
-            } else {
-                parts.join(": ")
-            }
-        }
-        other => chain(other),
-    }
-}
-
-/// An error and all its causes on one line (tonic hides the useful part,
-/// e.g. a TLS handshake failure, two levels down).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

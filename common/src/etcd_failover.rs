@@ -215,7 +215,7 @@ impl EtcdClient {
                     attempts.push(format!(
                         "{}: status: {}",
                         picked.endpoint,
-                        crate::etcd::describe(&e)
+                        crate::etcd_errors::describe(&e)
                     ));
                     Attempt::Etcd(e)
                 }
@@ -224,7 +224,7 @@ impl EtcdClient {
                     attempts.push(format!(
                         "{}: {}",
                         picked.endpoint,
-                        crate::etcd::describe(&e)
+                        crate::etcd_errors::describe(&e)
                     ));
                     if !member_could_not_serve(&e) {
                         return Err(Failed {

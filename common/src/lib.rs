@@ -9,6 +9,7 @@
 pub mod cluster_config;
 pub mod cni;
 pub mod etcd;
+pub mod etcd_errors;
 pub mod etcd_failover;
 pub mod fs;
 pub mod keys;

@@ -3,6 +3,7 @@
 //! the CNI verbs are written once against this trait.
 
 pub mod etcd;
+mod etcd_fence;
 mod etcd_listing;
 pub mod fence;
 pub mod local;
