@@ -318,10 +318,22 @@ pub fn retry_failed_then_delete_all(
     for r in p.invoke_all(&dels(pods), conf) {
         r.ok();
     }
+    // Nothing but the guards of ADDs that could not revoke them (etcd was
+    // paused), and those go with their leases (10 s).
+    let left = etcd.keys("/trellis/ipam/").unwrap();
     assert!(
-        etcd.keys("/trellis/ipam/").unwrap().is_empty(),
-        "all DELs leave zero keys"
+        left.iter().all(|k| k.starts_with("/trellis/ipam/guards/")),
+        "all DELs leave zero keys but expiring guards, not {left:?}"
     );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !etcd.keys("/trellis/ipam/").unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guards outlived their leases: {:?}",
+            etcd.keys("/trellis/ipam/").unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 pub fn ids(prefix: &str, n: usize) -> Vec<String> {
