@@ -132,7 +132,7 @@ NOT_FLAGS = {"HOST_IP", "POD_IP", "RUST_LOG"}
 helps = {}
 for sub in ("run", "install-cni", "cleanup"):
     text = (work / f"help-{sub}.txt").read_text()
-    envs = set(re.findall(r"\[env: ([A-Z0-9_]+)=", text))
+    envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", text))
     flags = set(re.findall(r"(--[a-z0-9-]+)", text))
     helps[sub] = (envs, flags)
 problems, checked = [], 0

@@ -1,15 +1,17 @@
 //! How every binary reaches etcd: the endpoints, the key prefix, the TLS
-//! files and the time one call may take, checked once (URL schemes, TLS
-//! files present, PEM, paired with `https://`) and connected the same way.
+//! files, the user name and password and the time one call may take,
+//! checked once (URL schemes, TLS files present, PEM, paired with
+//! `https://`, user and password paired) and connected the same way.
 //! The agent fills them in from its flags, the IPAM plugin from its
 //! `ipam` object; errors name the setting as the user wrote it. How a
 //! request goes on when one endpoint is away is in `etcd_failover`.
 
-pub use crate::etcd_errors::{chain, describe};
+pub use crate::etcd_errors::{auth_not_enabled, chain, describe};
 pub use crate::etcd_failover::EtcdClient;
 use crate::keys::{Keys, DEFAULT_ETCD_PREFIX};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,11 +25,36 @@ pub struct EtcdSettings {
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// etcd authentication (with `password`): the user whose roles say
+    /// which keys this binary may read and write (README, "etcd
+    /// permissions").
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Password>,
     /// The longest any single etcd call may take.
     pub timeout: Duration,
     /// Where the settings came from, to name them in errors.
     #[serde(skip)]
     pub source: SettingsSource,
+}
+
+/// A password, kept out of logs and `Debug` output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Password, Self::Err> {
+        Ok(Password(s.to_string()))
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 /// Where a binary read its etcd settings.
@@ -65,6 +92,13 @@ impl SettingsSource {
             SettingsSource::Flags => "--etcd-keyfile",
         }
     }
+    /// The names of the user name and password settings.
+    pub fn credentials(self) -> &'static str {
+        match self {
+            SettingsSource::Conflist => "etcdUsername/etcdPassword",
+            SettingsSource::Flags => "--etcd-username/--etcd-password",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +114,42 @@ pub enum EtcdError {
         #[source]
         source: etcd_client::Error,
     },
+    /// etcd refused the user name and password.
+    #[error("etcd at {endpoints} refused user \"{user}\": {detail} (check {settings})")]
+    Refused {
+        endpoints: String,
+        user: String,
+        detail: String,
+        /// The settings to check, as the user wrote them.
+        settings: &'static str,
+    },
+}
+
+/// Why etcd refused a request, when it was for want of access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The user's roles do not grant the key.
+    Permission,
+    /// etcd has authentication on and the request carried no user.
+    NoCredentials,
+    /// The user name or password is wrong.
+    BadCredentials,
+}
+
+impl Denial {
+    /// What `e` says, if it is a refusal for want of access.
+    pub fn of(e: &etcd_client::Error) -> Option<Denial> {
+        let etcd_client::Error::GRpcStatus(status) = e else {
+            return None;
+        };
+        let msg = status.message();
+        match status.code() {
+            tonic::Code::PermissionDenied => Some(Denial::Permission),
+            _ if msg.contains("user name is empty") => Some(Denial::NoCredentials),
+            _ if msg.contains("authentication failed") => Some(Denial::BadCredentials),
+            _ => None,
+        }
+    }
 }
 
 /// The TLS files, read and checked.
@@ -98,6 +168,8 @@ impl EtcdSettings {
             ca_cert: None,
             cert: None,
             key: None,
+            username: None,
+            password: None,
             timeout: Duration::from_secs(3),
             source: SettingsSource::default(),
         }
@@ -155,6 +227,18 @@ impl EtcdSettings {
                 names.key()
             ));
         }
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) if u.is_empty() => {
+                return invalid(format!("{}: the user name is empty", names.credentials()))
+            }
+            (Some(_), Some(_)) | (None, None) => {}
+            _ => {
+                return invalid(format!(
+                    "{} go together: give both or neither",
+                    names.credentials()
+                ))
+            }
+        }
         Ok(())
     }
 
@@ -191,12 +275,22 @@ impl EtcdSettings {
 
     /// Check everything, then make a client per endpoint (see
     /// [`EtcdClient`]). The connections themselves are lazy: the first
-    /// request on each opens it. Callers bound each call themselves
-    /// ([`EtcdClient::call`]); the client's own limit is a backstop, and
-    /// HTTP/2 keep-alives detect a dead or frozen server under a watch.
+    /// request on each opens it. With a user name, every endpoint that
+    /// answers within an attempt's time is logged in at once: a wrong
+    /// password is `EtcdError::Refused` here, not at the first request; an
+    /// etcd with authentication off is used without, as etcd's own client
+    /// does, so credentials can be set before `etcdctl auth enable`. An
+    /// endpoint that does not answer yet is logged in by its first request.
+    /// Callers bound each call themselves ([`EtcdClient::call`]); the
+    /// client's own limit is a backstop, and HTTP/2 keep-alives detect a
+    /// dead or frozen server under a watch.
     pub async fn connect(&self) -> Result<EtcdClient, EtcdError> {
         let tls = self.tls_files()?;
         let attempt = self.attempt_timeout();
+        let credentials = match (&self.username, &self.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.0.clone())),
+            _ => None,
+        };
         let mut options = ConnectOptions::new()
             .with_connect_timeout(attempt)
             .with_timeout(self.timeout + Duration::from_secs(1))
@@ -209,6 +303,10 @@ impl EtcdSettings {
                 options_tls = options_tls.identity(Identity::from_pem(cert, key));
             }
             options = options.with_tls(options_tls);
+        }
+        if credentials.is_some() {
+            // Long-lived clients (the agent) outlive a token: renew it.
+            options = options.with_auto_token_refresh(true);
         }
         let mut clients = Vec::new();
         for endpoint in &self.endpoints {
@@ -234,7 +332,18 @@ impl EtcdSettings {
             })?;
             clients.push((endpoint.clone(), client));
         }
-        Ok(EtcdClient::new(clients, attempt))
+        let client = EtcdClient::new(clients, attempt, credentials.clone());
+        if let Some((user, _)) = &credentials {
+            if let Err(source) = client.log_in_everywhere().await {
+                return Err(EtcdError::Refused {
+                    endpoints: client.endpoints(),
+                    user: user.clone(),
+                    detail: describe(&source),
+                    settings: self.source.credentials(),
+                });
+            }
+        }
+        Ok(client)
     }
 }
 
@@ -326,14 +435,87 @@ mod tests {
     }
 
     #[test]
+    fn user_and_password_go_together_and_the_password_stays_out_of_logs() {
+        let mut s = EtcdSettings::new(vec!["http://a:2379".into()]);
+        s.username = Some("trellis-cni".into());
+        assert_eq!(
+            invalid(&s),
+            "etcdUsername/etcdPassword go together: give both or neither"
+        );
+        s.source = SettingsSource::Flags;
+        assert!(invalid(&s).starts_with("--etcd-username/--etcd-password go together"));
+        s.password = Some(Password("s3cret".into()));
+        assert_eq!(s.tls_files().unwrap(), None);
+        assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
+        s.username = Some(String::new());
+        assert!(invalid(&s).contains("the user name is empty"));
+        s.username = None;
+        assert!(invalid(&s).contains("go together"));
+    }
+
+    #[test]
+    fn refusals_for_want_of_access_are_told_apart() {
+        use tonic::{Code, Status};
+        let status = |code, msg: &str| etcd_client::Error::GRpcStatus(Status::new(code, msg));
+        for (e, want) in [
+            (
+                status(Code::PermissionDenied, "etcdserver: permission denied"),
+                Some(Denial::Permission),
+            ),
+            (
+                status(Code::InvalidArgument, "etcdserver: user name is empty"),
+                Some(Denial::NoCredentials),
+            ),
+            (
+                status(
+                    Code::InvalidArgument,
+                    "etcdserver: authentication failed, invalid user ID or password",
+                ),
+                Some(Denial::BadCredentials),
+            ),
+            (
+                status(Code::InvalidArgument, "etcdserver: request is too large"),
+                None,
+            ),
+            (
+                status(Code::Unavailable, "etcdserver: leader changed"),
+                None,
+            ),
+        ] {
+            assert_eq!(Denial::of(&e), want, "{e:?}");
+        }
+        assert!(auth_not_enabled(&status(
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled"
+        )));
+    }
+
+    #[test]
     fn settings_keep_their_wire_form() {
         // The fence keeper's queued jobs carry them.
         let s = EtcdSettings::new(vec!["http://127.0.0.1:2379".into()]);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["prefix"], "/trellis");
         assert_eq!(v["timeout"]["secs"], 3);
-        let back: EtcdSettings = serde_json::from_value(v).unwrap();
+        let back: EtcdSettings = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.keys().config(), "/trellis/config");
+        // Jobs queued before credentials existed still decode.
+        let mut old = v;
+        old.as_object_mut().unwrap().remove("username");
+        old.as_object_mut().unwrap().remove("password");
+        assert_eq!(serde_json::from_value::<EtcdSettings>(old).unwrap(), s);
+        // A fence keeper authenticates as the plugin did.
+        let with_user = EtcdSettings {
+            username: Some("trellis-cni".into()),
+            password: Some(Password("pw".into())),
+            ..s
+        };
+        let v = serde_json::to_value(&with_user).unwrap();
+        assert_eq!(v["password"], "pw");
+        assert_eq!(
+            serde_json::from_value::<EtcdSettings>(v).unwrap(),
+            with_user
+        );
     }
 }

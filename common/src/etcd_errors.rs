@@ -44,3 +44,8 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// etcd's answer to an authentication when it has authentication off.
+pub fn auth_not_enabled(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("authentication is not enabled"))
+}

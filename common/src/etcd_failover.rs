@@ -17,7 +17,7 @@
 
 use etcd_client::Client;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,12 @@ struct Inner {
     /// The endpoint tried first: the one that answered last.
     current: AtomicUsize,
     attempt_timeout: Duration,
+    /// The user name and password, when etcd is used with authentication.
+    credentials: Option<(String, String)>,
+    /// Whether each endpoint's client has logged in (or found
+    /// authentication off); an endpoint that did not answer at start is
+    /// logged in by its first request.
+    logged_in: Vec<AtomicBool>,
 }
 
 /// The client of one endpoint, as [`EtcdClient::pick`] handed it out.
@@ -92,7 +98,11 @@ impl Failed {
 
 impl EtcdClient {
     /// Clients for `endpoints` (already checked), each built by `connect`.
-    pub(crate) fn new(clients: Vec<(String, Client)>, attempt_timeout: Duration) -> EtcdClient {
+    pub(crate) fn new(
+        clients: Vec<(String, Client)>,
+        attempt_timeout: Duration,
+        credentials: Option<(String, String)>,
+    ) -> EtcdClient {
         // Short-lived processes spread over the members from the start.
         let first = if clients.len() > 1 {
             std::process::id() as usize % clients.len()
@@ -102,9 +112,11 @@ impl EtcdClient {
         EtcdClient {
             inner: Arc::new(Inner {
                 answered: clients.iter().map(|_| Mutex::new(None)).collect(),
+                logged_in: clients.iter().map(|_| AtomicBool::new(false)).collect(),
                 clients,
                 current: AtomicUsize::new(first),
                 attempt_timeout,
+                credentials,
             }),
         }
     }
@@ -120,10 +132,26 @@ impl EtcdClient {
         self.inner.attempt_timeout
     }
 
-    /// The client of the endpoint in use. A caller that keeps its own
-    /// connection (a watch, a keep-alive stream) reports its failure with
-    /// [`EtcdClient::failed`] so that the next pick is another endpoint.
-    pub fn pick(&self) -> Picked {
+    /// The client of the endpoint in use, logged in if it can be within an
+    /// attempt's time. A caller that keeps its own connection (a watch, a
+    /// keep-alive stream) reports its failure with [`EtcdClient::failed`]
+    /// so that the next pick is another endpoint.
+    pub async fn pick(&self) -> Picked {
+        let picked = self.current();
+        let login = tokio::time::timeout(self.inner.attempt_timeout, self.log_in(picked.index));
+        match login.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!(
+                "etcd at {}: could not log in: {}",
+                picked.endpoint,
+                crate::etcd_errors::describe(&e)
+            ),
+            Err(_) => log::debug!("etcd at {}: no answer to the log-in yet", picked.endpoint),
+        }
+        picked
+    }
+
+    fn current(&self) -> Picked {
         let index = self.inner.current.load(Ordering::Relaxed) % self.inner.clients.len();
         let (endpoint, client) = &self.inner.clients[index];
         Picked {
@@ -131,6 +159,48 @@ impl EtcdClient {
             endpoint: endpoint.clone(),
             client: client.clone(),
         }
+    }
+
+    /// Log the client of endpoint `index` in, once (nothing without
+    /// credentials). An etcd with authentication off counts as logged in.
+    async fn log_in(&self, index: usize) -> Result<(), etcd_client::Error> {
+        let Some(credentials) = &self.inner.credentials else {
+            return Ok(());
+        };
+        if self.inner.logged_in[index].load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Clones share the token and the credentials: this logs in every
+        // clone of the endpoint's client.
+        let mut client = self.inner.clients[index].1.clone();
+        match client.update_user(Some(credentials.clone())).await {
+            Ok(()) => {}
+            Err(e) if crate::etcd_errors::auth_not_enabled(&e) => {
+                log::info!(
+                    "etcd at {} has authentication off: using it without user \"{}\"",
+                    self.inner.clients[index].0,
+                    credentials.0
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        self.inner.logged_in[index].store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Log in on every endpoint at once, each within an attempt's time. An
+    /// endpoint that does not answer is left for its first request; a
+    /// refusal (wrong user or password) is the error.
+    pub(crate) async fn log_in_everywhere(&self) -> Result<(), etcd_client::Error> {
+        let attempts = (0..self.inner.clients.len())
+            .map(|i| tokio::time::timeout(self.inner.attempt_timeout, self.log_in(i)));
+        for result in futures::future::join_all(attempts).await {
+            match result {
+                Ok(Err(e)) if !member_could_not_serve(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The endpoint `index` failed: move on to the next one, unless another
@@ -189,13 +259,14 @@ impl EtcdClient {
         let mut outcome_unknown = false;
         let mut tried = 0usize;
         loop {
-            let picked = self.pick();
+            let picked = self.current();
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = self.inner.attempt_timeout.min(left);
             // With one endpoint there is nowhere else to go: no status
             // request, and the first failure is the call's.
             let probe = write && n > 1;
             let attempt = async {
+                self.log_in(picked.index).await.map_err(Probe::Failed)?;
                 if probe && !self.fresh(picked.index) {
                     let mut probe = picked.client.clone();
                     probe.status().await.map_err(Probe::Failed)?;
@@ -211,12 +282,20 @@ impl EtcdClient {
                     return Ok(v);
                 }
                 Ok(Err(Probe::Failed(e))) => {
-                    // Nothing was sent but the status request.
+                    // Nothing was sent but the log-in or the status request.
                     attempts.push(format!(
-                        "{}: status: {}",
+                        "{}: before the request: {}",
                         picked.endpoint,
                         crate::etcd_errors::describe(&e)
                     ));
+                    if !member_could_not_serve(&e) {
+                        // A refusal (wrong password, ...): etcd's answer.
+                        return Err(Failed {
+                            last: Attempt::Etcd(e),
+                            outcome_unknown,
+                            attempts,
+                        });
+                    }
                     Attempt::Etcd(e)
                 }
                 Ok(Err(Probe::Passed(e))) => {
@@ -409,19 +488,19 @@ mod tests {
                 (u.to_string(), c)
             })
             .collect();
-        EtcdClient::new(clients, Duration::from_millis(50))
+        EtcdClient::new(clients, Duration::from_millis(50), None)
     }
 
     #[test]
     fn a_failed_endpoint_hands_over_to_the_next_once() {
         let c = client_of(&["http://192.0.2.1:2379", "http://192.0.2.2:2379"]);
-        let first = c.pick().index;
+        let first = c.current().index;
         c.failed(first);
-        let second = c.pick().index;
+        let second = c.current().index;
         assert_ne!(first, second);
         // A late report of the same failure does not skip the new one.
         c.failed(first);
-        assert_eq!(c.pick().index, second);
+        assert_eq!(c.current().index, second);
     }
 
     #[test]

@@ -125,14 +125,21 @@ impl Keys {
         format!("{}/ipam/handles/", self.prefix)
     }
 
+    /// `<prefix>/ipam/guards/`: the claim guards of ADDs in progress.
+    pub fn guards(&self) -> String {
+        format!("{}/ipam/guards/", self.prefix)
+    }
+
     /// `<prefix>/ipam/guards/<containerID>/<ifname>`: written with every
     /// claim of one ADD under that ADD's short etcd lease, revoked when the
     /// ADD ends, so that a copy of the claim still held by a frozen member
     /// fails ("requested lease not found") whenever it arrives.
     pub fn claim_guard(&self, attachment: &Attachment) -> String {
         format!(
-            "{}/ipam/guards/{}/{}",
-            self.prefix, attachment.container_id, attachment.ifname
+            "{}{}/{}",
+            self.guards(),
+            attachment.container_id,
+            attachment.ifname
         )
     }
 
@@ -153,6 +160,94 @@ impl Keys {
             container_id: container_id.to_string(),
             ifname: ifname.to_string(),
         })
+    }
+}
+
+/// Who talks to etcd, each with its own etcd role (README, "etcd
+/// permissions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdRole {
+    /// `trellis-agent` (and its `install-cni`, which seeds the config).
+    Agent,
+    /// The CNI plugins (`trellis-ipam`, and its fence keeper).
+    Plugin,
+}
+
+impl EtcdRole {
+    /// The role's name in etcd, as the README's commands create it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EtcdRole::Agent => "trellis-agent",
+            EtcdRole::Plugin => "trellis-cni",
+        }
+    }
+}
+
+/// What a role may do with a key or range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// One permission of an etcd role: a key, or every key under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub key: String,
+    pub prefix: bool,
+    pub access: Access,
+}
+
+impl Grant {
+    /// The `etcdctl` command that grants it to `role`.
+    pub fn etcdctl(&self, role: EtcdRole) -> String {
+        let access = match self.access {
+            Access::Read => "read",
+            Access::ReadWrite => "readwrite",
+        };
+        let prefix = if self.prefix { " --prefix=true" } else { "" };
+        format!(
+            "etcdctl role grant-permission {}{prefix} {access} {}",
+            role.name(),
+            self.key
+        )
+    }
+}
+
+impl Keys {
+    /// Every key `role` reads or writes, and nothing else: the agent owns
+    /// the node records and subnet leases and reclaims allocations (GC,
+    /// departed nodes), and seeds the config; the plugins read the config
+    /// and node records and own the allocations.
+    pub fn grants(&self, role: EtcdRole) -> Vec<Grant> {
+        let one = |key: String, access| Grant {
+            key,
+            prefix: false,
+            access,
+        };
+        let under = |key: String, access| Grant {
+            key,
+            prefix: true,
+            access,
+        };
+        match role {
+            EtcdRole::Agent => vec![
+                one(self.config(), Access::ReadWrite),
+                under(self.nodes(), Access::ReadWrite),
+                under(self.subnets(), Access::ReadWrite),
+                under(self.subnet_graces(), Access::ReadWrite),
+                under(self.ips(), Access::ReadWrite),
+                under(self.handles(), Access::ReadWrite),
+                under(self.guards(), Access::ReadWrite),
+            ],
+            EtcdRole::Plugin => vec![
+                one(self.config(), Access::Read),
+                under(self.nodes(), Access::Read),
+                under(self.ips(), Access::ReadWrite),
+                under(self.handles(), Access::ReadWrite),
+                under(self.guards(), Access::ReadWrite),
+            ],
+        }
     }
 }
 
@@ -208,5 +303,34 @@ mod tests {
         assert_eq!(k.handle(&a), "/trellis/ipam/handles/c1/eth0");
         assert_eq!(k.handle_of(&k.handle(&a)), Some(a));
         assert_eq!(k.handle_of("/trellis/ipam/handles/c1"), None);
+    }
+
+    #[test]
+    fn each_role_is_granted_only_its_keys() {
+        let k = Keys::new("tr");
+        let plugin: Vec<String> = k
+            .grants(EtcdRole::Plugin)
+            .iter()
+            .map(|g| g.etcdctl(EtcdRole::Plugin))
+            .collect();
+        assert_eq!(
+            plugin,
+            [
+                "etcdctl role grant-permission trellis-cni read /tr/config",
+                "etcdctl role grant-permission trellis-cni --prefix=true read /tr/nodes/",
+                "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/ips/",
+                "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/handles/",
+                "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/guards/",
+            ]
+        );
+        // Every key either role names lies under the prefix, and the
+        // plugins write nothing the agent does not own too.
+        let agent = k.grants(EtcdRole::Agent);
+        for g in agent.iter().chain(&k.grants(EtcdRole::Plugin)) {
+            assert!(g.key.starts_with("/tr/"), "{g:?}");
+        }
+        for g in k.grants(EtcdRole::Plugin) {
+            assert!(agent.iter().any(|a| a.key == g.key), "{g:?}");
+        }
     }
 }

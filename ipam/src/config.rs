@@ -6,6 +6,7 @@
 //!  "ipam": {"type": "trellis-ipam",
 //!           "etcdEndpoints": ["https://10.0.0.10:2379"], "etcdPrefix": "/trellis",
 //!           "etcdCACert": "...", "etcdCert": "...", "etcdKey": "...",
+//!           "etcdUsername": "trellis-cni", "etcdPassword": "...",
 //!           "subnet": "10.88.0.0/16", "dataDir": "/var/lib/trellis",
 //!           "rangeStart": "10.88.0.10", "rangeEnd": "10.88.0.200",
 //!           "exclude": ["10.88.0.64/28", "10.88.0.99"], "gateway": "10.88.0.1",
@@ -24,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{Dns, Route};
-use trellis_common::etcd::{EtcdSettings, SettingsSource};
+use trellis_common::etcd::{EtcdSettings, Password, SettingsSource};
 use trellis_common::keys::DEFAULT_ETCD_PREFIX;
 use trellis_common::node::DEFAULT_STATE_DIR;
 
@@ -51,6 +52,11 @@ struct RawIpam {
     etcd_cert: Option<PathBuf>,
     #[serde(default)]
     etcd_key: Option<PathBuf>,
+    /// etcd authentication, with `etcdPassword`.
+    #[serde(default)]
+    etcd_username: Option<String>,
+    #[serde(default)]
+    etcd_password: Option<String>,
     /// Milliseconds any one etcd call may take (default 3000).
     #[serde(default)]
     etcd_timeout_ms: Option<u64>,
@@ -153,6 +159,11 @@ impl IpamConf {
                     "etcdCACert/etcdCert/etcdKey are set but etcdEndpoints is missing".into(),
                 ));
             }
+            if r.etcd_username.is_some() || r.etcd_password.is_some() {
+                return Err(IpamError::Config(
+                    "etcdUsername/etcdPassword are set but etcdEndpoints is missing".into(),
+                ));
+            }
             if r.subnet.is_none() {
                 return Err(IpamError::Config(
                     "ipam needs \"etcdEndpoints\" (cluster mode) or \"subnet\" (single-host mode)"
@@ -171,6 +182,8 @@ impl IpamConf {
                 ca_cert: r.etcd_ca_cert,
                 cert: r.etcd_cert,
                 key: r.etcd_key,
+                username: r.etcd_username,
+                password: r.etcd_password.map(Password),
                 timeout: Duration::from_millis(
                     r.etcd_timeout_ms.unwrap_or(3000).clamp(100, 60_000),
                 ),
@@ -285,6 +298,18 @@ mod tests {
     }
 
     #[test]
+    fn etcd_user_and_password() {
+        let c = conf(json!({"ipam": {"etcdEndpoints": ["http://e:2379"],
+            "etcdUsername": "trellis-cni", "etcdPassword": "pw"}}))
+        .unwrap();
+        let Backend::Etcd(s) = &c.backend else {
+            panic!()
+        };
+        assert_eq!(s.username.as_deref(), Some("trellis-cni"));
+        assert_eq!(s.password, Some(Password("pw".into())));
+    }
+
+    #[test]
     fn endpoints_may_be_one_comma_separated_string() {
         let c = conf(json!({"ipam": {"etcdEndpoints": "http://a:2379, http://b:2379"}})).unwrap();
         let Backend::Etcd(s) = &c.backend else {
@@ -320,6 +345,14 @@ mod tests {
             (
                 json!({"stateDir": 5, "ipam": {"subnet": "10.0.0.0/24"}}),
                 "stateDir",
+            ),
+            (
+                json!({"ipam": {"etcdEndpoints": ["http://e:2379"], "etcdUsername": "u"}}),
+                "etcdUsername/etcdPassword go together",
+            ),
+            (
+                json!({"ipam": {"subnet": "10.0.0.0/24", "etcdPassword": "p"}}),
+                "etcdUsername/etcdPassword are set but etcdEndpoints is missing",
             ),
         ] {
             let e = conf(v.clone()).unwrap_err();

@@ -69,6 +69,11 @@ pub enum IpamError {
         source: std::io::Error,
     },
 
+    /// etcd refused the user, or its role lacks a key the verb needs (code
+    /// 106); the message names the key.
+    #[error("{0}")]
+    AccessDenied(String),
+
     /// A stored record does not decode (code 105).
     #[error("corrupt allocation record {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -89,6 +94,7 @@ impl IpamError {
             IpamError::AddressUnavailable(_) => code::ADDRESS_UNAVAILABLE,
             IpamError::CheckFailed(_) => code::CHECK_FAILED,
             IpamError::Store { .. } | IpamError::Corrupt { .. } => code::STORE,
+            IpamError::AccessDenied(_) => code::ETCD_ACCESS,
         }
     }
 
@@ -139,6 +145,7 @@ impl From<EtcdError> for IpamError {
                 detail: describe(&source),
                 outcome_unknown: false,
             },
+            refused @ EtcdError::Refused { .. } => IpamError::AccessDenied(refused.to_string()),
         }
     }
 }

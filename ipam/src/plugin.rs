@@ -73,7 +73,7 @@ async fn connect(
     let store = match access {
         EtcdAccess::Own => EtcdStore::connect(settings).await?,
         EtcdAccess::Shared(client) => {
-            EtcdStore::from_client(client, settings.keys(), settings.timeout)
+            EtcdStore::from_client(client, settings.keys(), settings.timeout).named_by(settings)
         }
     };
     Ok(store.with_deadline(deadline))

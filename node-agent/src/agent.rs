@@ -73,7 +73,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let node = node_name(args.node_name.as_deref())?;
     // Checked (URLs, TLS files) before anything is set up; the connection
-    // itself opens with the first request.
+    // itself opens with the first request (with a user, the endpoints that
+    // answer log in at once: a refused password stops the agent here).
     let settings = args.etcd.settings();
     let client = settings.connect().await?;
     let keys = settings.keys();
@@ -150,7 +151,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             // Nothing uses a subnet whose node could not be set up: give a
             // fresh lease back (a kept one stays: pods may hold its addresses).
             if !leased.reused {
-                let mut c = client.pick().client;
+                let mut c = client.pick().await.client;
                 let _ = c.lease_revoke(leased.lease_id).await;
                 if leased.grace_lease_id != 0 {
                     let _ = c.lease_revoke(leased.grace_lease_id).await;
@@ -343,7 +344,7 @@ where
 {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     loop {
-        let picked = etcd.pick();
+        let picked = etcd.pick().await;
         match op(picked.client).await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_permanent() => return Err(e.into()),

@@ -93,7 +93,7 @@ pub async fn pass(
 
 /// The nodes with a record, a subnet key or a grace key.
 async fn alive_nodes(client: &EtcdClient, keys: &Keys) -> Result<HashSet<String>, String> {
-    let mut picked = client.pick();
+    let mut picked = client.pick().await;
     let listed = async {
         let records = picked
             .client

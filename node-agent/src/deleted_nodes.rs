@@ -219,7 +219,7 @@ async fn records(
     client: &EtcdClient,
     keys: &Keys,
 ) -> Result<Vec<(String, NodeRecord)>, etcd_client::Error> {
-    let mut picked = client.pick();
+    let mut picked = client.pick().await;
     let resp = picked
         .client
         .get(keys.nodes(), Some(GetOptions::new().with_prefix()))
@@ -239,7 +239,7 @@ async fn records(
 /// Releases `node` if its record is still there and marks a Kubernetes
 /// node.
 async fn release(client: &EtcdClient, keys: &Keys, node: &str) -> Result<(), String> {
-    let mut picked = client.pick();
+    let mut picked = client.pick().await;
     let resp = picked
         .client
         .get(keys.node(node), None)

@@ -53,7 +53,7 @@ pub async fn release_node(
             departed.addresses.push(a.ip);
         }
     }
-    let mut picked = client.pick();
+    let mut picked = client.pick().await;
     departed.subnets = lease::release(&mut picked.client, keys, node)
         .await
         .map_err(|source| {

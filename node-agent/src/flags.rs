@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-use trellis_common::etcd::{EtcdSettings, SettingsSource};
+use trellis_common::etcd::{EtcdSettings, Password, SettingsSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +57,13 @@ pub struct EtcdArgs {
     /// Client key for etcd (with --etcd-certfile).
     #[arg(long, env = "TRELLIS_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user (with --etcd-password) whose role grants the agent's keys.
+    #[arg(long, env = "TRELLIS_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// Password of --etcd-username (prefer the environment variable: a
+    /// flag shows in the process list).
+    #[arg(long, env = "TRELLIS_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<Password>,
 }
 
 /// Budget of one etcd request of the agent; a stuck server fails it
@@ -73,6 +80,8 @@ impl EtcdArgs {
             ca_cert: self.etcd_cafile.clone(),
             cert: self.etcd_certfile.clone(),
             key: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
             timeout: REQUEST_TIMEOUT,
             source: SettingsSource::Flags,
         }
@@ -239,6 +248,23 @@ pub struct InstallOptions {
     /// `<prefix>/config` when that key is absent.
     #[arg(long, env = "TRELLIS_CLUSTER_CONFIG")]
     pub cluster_config: Option<PathBuf>,
+    /// The etcd user the plugins connect as (its role: README, "etcd
+    /// permissions"), written as the conflist's `etcdUsername`; the
+    /// conflist is then readable by root only.
+    #[arg(
+        long,
+        env = "TRELLIS_CNI_ETCD_USERNAME",
+        requires = "cni_etcd_password"
+    )]
+    pub cni_etcd_username: Option<String>,
+    /// Password of --cni-etcd-username (prefer the environment variable).
+    #[arg(
+        long,
+        env = "TRELLIS_CNI_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "cni_etcd_username"
+    )]
+    pub cni_etcd_password: Option<String>,
     /// Remove the conflist, the plugins and the TLS copies instead.
     #[arg(long)]
     pub uninstall: bool,
@@ -258,6 +284,8 @@ impl InstallOptions {
             state_dir: trellis_common::node::DEFAULT_STATE_DIR.into(),
             bridge: trellis_common::node::DEFAULT_BRIDGE.into(),
             cluster_config: None,
+            cni_etcd_username: None,
+            cni_etcd_password: None,
             uninstall: false,
         }
     }

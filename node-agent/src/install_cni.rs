@@ -211,6 +211,10 @@ pub fn install_files(opts: &InstallOptions, report: &mut Report) -> Result<(), I
             etcd_endpoints: &opts.etcd.etcd_endpoints,
             etcd_prefix: &opts.etcd.etcd_prefix,
             tls: tls_paths.clone(),
+            credentials: opts
+                .cni_etcd_username
+                .as_deref()
+                .zip(opts.cni_etcd_password.as_deref()),
         },
     )
     .map_err(InstallError::Conflist)?;
@@ -252,7 +256,13 @@ pub fn install_files(opts: &InstallOptions, report: &mut Report) -> Result<(), I
         }
     }
 
-    let change = files::install(&conflist_path, text.as_bytes(), 0o644)
+    // A conflist holding a password is root's alone.
+    let mode = if opts.cni_etcd_username.is_some() {
+        0o600
+    } else {
+        0o644
+    };
+    let change = files::install(&conflist_path, text.as_bytes(), mode)
         .map_err(io_error("writing", &conflist_path))?;
     report.push_path(&conflist_path, change);
     warn_about_shadowing(opts, report);

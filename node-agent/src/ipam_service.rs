@@ -17,12 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use trellis_common::cni::service::{Answer, Invocation, IPAM_PLUGIN, IPAM_SOCKET, MAX_MESSAGE};
 use trellis_common::cni::skel;
-use trellis_common::etcd::EtcdSettings;
+use trellis_common::etcd::{EtcdClient, EtcdSettings};
 use trellis_ipam::config::Backend;
 use trellis_ipam::plugin::{conf_of, etcd_verb, EtcdAccess, VERB_BUDGET};
 
@@ -44,7 +45,10 @@ pub enum ServiceError {
 /// What the service answers with.
 struct Service {
     settings: EtcdSettings,
-    client: OnceCell<trellis_common::etcd::EtcdClient>,
+    /// A client per etcd user the plugins connect as (none, or the
+    /// conflist's `etcdUsername`), each opened by its first call: a served
+    /// call reaches etcd as the plugin would itself, with the same rights.
+    clients: Mutex<HashMap<Option<(String, String)>, EtcdClient>>,
     metrics: Arc<Metrics>,
 }
 
@@ -71,7 +75,7 @@ pub fn start(
     listener.set_nonblocking(true).map_err(err)?;
     let service = Arc::new(Service {
         settings,
-        client: OnceCell::new(),
+        clients: Mutex::default(),
         metrics,
     });
     let shown = path.clone();
@@ -178,17 +182,36 @@ impl Service {
         if let Some(difference) = self.differs(settings) {
             return declined(difference);
         }
-        let client = match self
-            .client
-            .get_or_try_init(|| self.settings.connect())
-            .await
-        {
+        let client = match self.client_for(settings).await {
             Ok(client) => client,
-            // The plugin connects itself and reports what it finds.
+            // The plugin connects itself and reports what it finds (a
+            // refused password is its code 106).
             Err(e) => return declined(format!("no etcd client: {e}")),
         };
-        let result = etcd_verb(&req, &conf, settings, EtcdAccess::Shared(client)).await;
+        let result = etcd_verb(&req, &conf, settings, EtcdAccess::Shared(&client)).await;
         done(skel::outcome(&req, result))
+    }
+
+    /// The client of the user `theirs` names, connected the first time.
+    async fn client_for(
+        &self,
+        theirs: &EtcdSettings,
+    ) -> Result<EtcdClient, trellis_common::etcd::EtcdError> {
+        let user = match (&theirs.username, &theirs.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.0.clone())),
+            _ => None,
+        };
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&user) {
+            return Ok(client.clone());
+        }
+        let mut settings = self.settings.clone();
+        settings.username = theirs.username.clone();
+        settings.password = theirs.password.clone();
+        settings.source = theirs.source;
+        let client = settings.connect().await?;
+        clients.insert(user, client.clone());
+        Ok(client)
     }
 
     /// Why a call for `theirs` is not for this client, if it is not: other
@@ -243,7 +266,7 @@ mod tests {
         settings.prefix = prefix.into();
         Service {
             settings,
-            client: OnceCell::new(),
+            clients: Mutex::default(),
             metrics: Arc::default(),
         }
     }

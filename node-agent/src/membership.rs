@@ -118,7 +118,7 @@ impl Membership {
             *due = false;
             return Ok(());
         }
-        let mut picked = self.client.pick();
+        let mut picked = self.client.pick().await;
         lease::publish_record(
             &mut picked.client,
             &self.keys,
@@ -142,7 +142,7 @@ impl Membership {
     /// subnet again. `true` when it did: the record must be put under the
     /// new lease.
     async fn renew(&mut self) -> Result<bool, LeaseError> {
-        let picked = self.client.pick();
+        let picked = self.client.pick().await;
         let renewed = self.renew_on(picked.client).await;
         if renewed.is_err() {
             self.client.failed(picked.index);

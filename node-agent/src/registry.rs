@@ -109,7 +109,7 @@ pub async fn run(
         // Each listing on the endpoint in use; one that failed hands over
         // to the next (a watch on a member that died, froze or lost its
         // leader ends with an error: keep-alives, require-leader).
-        let mut picked = etcd.pick();
+        let mut picked = etcd.pick().await;
         match list_and_watch(&mut picked.client, &keys, &view, &out, &mut registry).await {
             Ok(()) => backoff.reset(),
             Err(e) => {

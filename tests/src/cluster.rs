@@ -184,6 +184,18 @@ impl Node {
             .collect())
     }
 
+    /// A counter of the agent's /metrics, served on `addr` (its
+    /// `--metrics-addr`) inside the node.
+    pub fn agent_counter(&self, addr: &str, name: &str) -> Result<u64> {
+        let url = format!("http://{addr}/metrics");
+        let text = self.netns.ok(&["busybox", "wget", "-q", "-O", "-", &url])?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .with_context(|| format!("{name} missing in\n{text}"))?
+            .parse()
+            .with_context(|| format!("{name} in\n{text}"))
+    }
+
     /// What the agent logged so far.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(&self.agent_log).unwrap_or_default()

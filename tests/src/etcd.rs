@@ -41,6 +41,8 @@ pub struct Etcd {
     /// `ip netns exec <name>` prefix when etcd runs inside a namespace.
     netns: Option<String>,
     tls: Option<EtcdTls>,
+    /// `user:password` for `etcdctl` once authentication is on.
+    user: Option<String>,
     paused: bool,
     /// The member's name and `--initial-cluster` when it is one of several
     /// (see `crate::etcd_cluster`).
@@ -170,6 +172,7 @@ impl Etcd {
                 peer_port,
                 netns: None,
                 tls: None,
+                user: None,
                 paused: false,
                 member: None,
             };
@@ -212,6 +215,7 @@ impl Etcd {
             peer_port: 2380,
             netns: Some(netns_name.to_string()),
             tls: None,
+            user: None,
             paused: false,
             member: None,
         };
@@ -240,6 +244,7 @@ impl Etcd {
             peer_port: 2380,
             netns: Some(netns_name.to_string()),
             tls: None,
+            user: None,
             paused: false,
             member: Some((name.to_string(), initial_cluster.to_string())),
         };
@@ -287,7 +292,16 @@ impl Etcd {
                 .arg("--key")
                 .arg(&tls.client_key);
         }
+        if let Some(user) = &self.user {
+            cmd.args(["--user", user]);
+        }
         cmd
+    }
+
+    /// Run every later `etcdctl` as `user:password` (after `etcdctl auth
+    /// enable`), or without a user.
+    pub fn set_etcdctl_user(&mut self, user: Option<&str>) {
+        self.user = user.map(str::to_string);
     }
 
     /// Run `etcdctl <args>` (see `etcdctl`) and return its stdout; a

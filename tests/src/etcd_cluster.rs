@@ -127,6 +127,14 @@ impl EtcdCluster {
         &mut self.members[i].etcd
     }
 
+    /// Run every later `etcdctl` of every member as `user:password` (after
+    /// `etcdctl auth enable`), or without a user.
+    pub fn set_etcdctl_user(&mut self, user: Option<&str>) {
+        for m in &mut self.members {
+            m.etcd.set_etcdctl_user(user);
+        }
+    }
+
     /// Members that run, are not frozen and not cut off: those a read can
     /// ask.
     fn reachable(&self) -> impl Iterator<Item = (usize, &Etcd)> {

@@ -23,21 +23,8 @@ fn spec(args: &[&str]) -> ClusterSpec {
 
 /// A counter of node `i`'s agent, from /metrics.
 fn counter(cluster: &Cluster, i: usize, name: &str) -> u64 {
-    let text = cluster.nodes[i]
-        .netns
-        .ok(&[
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://127.0.0.1:9464/metrics",
-        ])
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
-        .parse()
+    cluster.nodes[i]
+        .agent_counter("127.0.0.1:9464", name)
         .unwrap()
 }
 

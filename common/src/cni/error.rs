@@ -27,6 +27,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 104;
     /// The local allocation store could not be read or written.
     pub const STORE: u32 = 105;
+    /// etcd refused the user name and password, or the user's role may not
+    /// read or write a key the verb needs (the message names it).
+    pub const ETCD_ACCESS: u32 = 106;
 }
 
 /// A CNI error, printed as the specification's JSON error object.

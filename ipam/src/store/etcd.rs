@@ -21,6 +21,7 @@
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
+use crate::store::access::{Identity, Touched};
 use crate::store::fence::{fence_for, Fence};
 use crate::store::records::{gets, held_by, owner_of, HandleValue};
 use crate::store::Store;
@@ -31,15 +32,16 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use trellis_common::etcd::{EtcdClient, EtcdSettings};
-use trellis_common::etcd_failover::Failed;
+use trellis_common::etcd::{Denial, EtcdClient, EtcdSettings};
+use trellis_common::etcd_failover::{Attempt, Failed};
 use trellis_common::keys::Keys;
 
 /// etcd as an allocation store.
 pub struct EtcdStore {
     client: EtcdClient,
     pub(super) keys: Keys,
-    endpoints: String,
+    /// Endpoints and user, to name in errors.
+    who: Identity,
     timeout: Duration,
     deadline: Option<Instant>,
     /// The last claim that got no answer (see `unanswered_claim`).
@@ -54,14 +56,11 @@ const GUARD_TTL: i64 = 10;
 
 impl EtcdStore {
     /// Connect (lazily: the first call opens the connection, within its
-    /// deadline). Bad settings or TLS files are a configuration error (7).
+    /// deadline; with a user, at once). Bad settings or TLS files are a
+    /// configuration error (7), a refused user 106.
     pub async fn connect(settings: &EtcdSettings) -> Result<EtcdStore, IpamError> {
         let client = settings.connect().await?;
-        Ok(Self::from_client(
-            &client,
-            settings.keys(),
-            settings.timeout,
-        ))
+        Ok(Self::from_client(&client, settings.keys(), settings.timeout).named_by(settings))
     }
 
     /// A store over an existing client (the agent's) and its keys, each
@@ -70,12 +69,20 @@ impl EtcdStore {
         EtcdStore {
             client: client.clone(),
             keys,
-            endpoints: client.endpoints(),
+            who: Identity::of(client),
             timeout,
             deadline: None,
             unanswered: Mutex::default(),
             guard: Mutex::default(),
         }
+    }
+
+    /// Name the user and the settings that give it as `settings` do, in
+    /// errors (a client shared by the agent was made from these).
+    pub fn named_by(mut self, settings: &EtcdSettings) -> EtcdStore {
+        self.who.user = settings.username.clone();
+        self.who.credentials_setting = settings.source.credentials();
+        self
     }
 
     /// Bound every later call by `deadline` too (a CNI verb's whole budget).
@@ -90,7 +97,12 @@ impl EtcdStore {
     /// that answered just before). Every write here is a transaction
     /// guarded by what it read, so one that applied on a member given up
     /// on and is sent again elsewhere finds its guard changed.
-    async fn call<T, F, Fut>(&self, doing: &'static str, write: bool, op: F) -> Result<T, IpamError>
+    async fn call<T, F, Fut>(
+        &self,
+        doing: &'static str,
+        touched: Touched<'_>,
+        op: F,
+    ) -> Result<T, IpamError>
     where
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -100,36 +112,54 @@ impl EtcdStore {
         if let Some(d) = self.deadline {
             deadline = deadline.min(d);
         }
-        let result = if write {
+        let result = if matches!(touched, Touched::Write(_)) {
             self.client.call_write(deadline, op).await
         } else {
             self.client.call(deadline, op).await
         };
-        result.map_err(|failed| self.failure(doing, started, failed))
+        match result {
+            Ok(v) => Ok(v),
+            Err(failed) => Err(self.failure(doing, touched, started, failed).await),
+        }
     }
 
-    fn failure(&self, doing: &'static str, started: Instant, failed: Failed) -> IpamError {
+    async fn failure(
+        &self,
+        doing: &'static str,
+        touched: Touched<'_>,
+        started: Instant,
+        failed: Failed,
+    ) -> IpamError {
+        if let Attempt::Etcd(e) = &failed.last {
+            if Denial::of(e).is_some() {
+                let kv = self.client.pick().await.client.kv_client();
+                let budget = self.client.attempt_timeout();
+                return self.who.access_denied(&kv, budget, doing, e, touched).await;
+            }
+        }
         if failed.timed_out() && failed.attempts.len() == 1 {
             return IpamError::EtcdTimeout {
-                endpoints: self.endpoints.clone(),
+                endpoints: self.who.endpoints.clone(),
                 doing,
                 after: started.elapsed(),
             };
         }
         IpamError::Etcd {
-            endpoints: self.endpoints.clone(),
+            endpoints: self.who.endpoints.clone(),
             doing,
             detail: failed.describe(),
             outcome_unknown: failed.outcome_unknown,
         }
     }
 
+    /// Run `txn`, which writes `writes`.
     pub(super) async fn txn(
         &self,
         doing: &'static str,
+        writes: &[&str],
         txn: Txn,
     ) -> Result<TxnResponse, IpamError> {
-        self.call(doing, true, |client| {
+        self.call(doing, Touched::Write(writes), |client| {
             let txn = txn.clone();
             async move { client.kv_client().txn(txn).await }
         })
@@ -142,8 +172,9 @@ impl EtcdStore {
         key: String,
         options: Option<GetOptions>,
     ) -> Result<Vec<KeyValue>, IpamError> {
+        let read = key.clone();
         let mut resp = self
-            .call(doing, false, |client| {
+            .call(doing, Touched::Read(&read), |client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { client.kv_client().get(key, options).await }
             })
@@ -187,6 +218,7 @@ impl EtcdStore {
             let resp = self
                 .txn(
                     "releasing the address",
+                    &[&hkey, &ikey],
                     Txn::new()
                         .when([
                             Compare::mod_revision(hkey.as_str(), CompareOp::Equal, hrev),
@@ -262,6 +294,7 @@ impl EtcdStore {
         let resp = self
             .txn(
                 "releasing the address",
+                &[&ikey, &hkey],
                 Txn::new()
                     .when([Compare::mod_revision(
                         ikey.as_str(),
@@ -288,6 +321,7 @@ impl EtcdStore {
     pub(super) async fn delete_handle_if(&self, hkey: &str, hrev: i64) -> Result<(), IpamError> {
         self.txn(
             "removing a stale handle",
+            &[hkey],
             Txn::new()
                 .when([Compare::mod_revision(hkey, CompareOp::Equal, hrev)])
                 .and_then([TxnOp::delete(hkey, None)]),
@@ -338,9 +372,11 @@ impl EtcdStore {
             return Ok(id);
         }
         let granted = self
-            .call("granting the claim's lease", true, |client| async move {
-                client.lease_client().grant(GUARD_TTL, None).await
-            })
+            .call(
+                "granting the claim's lease",
+                Touched::Write(&[]),
+                |client| async move { client.lease_client().grant(GUARD_TTL, None).await },
+            )
             .await?;
         *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(granted.id());
         Ok(granted.id())
@@ -353,16 +389,20 @@ impl EtcdStore {
         let Some(id) = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Ok(());
         };
-        self.call("revoking the claim's lease", true, |client| async move {
-            match client.lease_client().revoke(id).await {
-                Ok(_) => Ok(()),
-                // Revoked already by an earlier attempt, or expired.
-                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
-                    Ok(())
+        self.call(
+            "revoking the claim's lease",
+            Touched::Write(&[]),
+            |client| async move {
+                match client.lease_client().revoke(id).await {
+                    Ok(_) => Ok(()),
+                    // Revoked already by an earlier attempt, or expired.
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -401,7 +441,10 @@ impl EtcdStore {
                     TxnOp::get(hkey.as_str(), None),
                     TxnOp::get(ikey.as_str(), None),
                 ]);
-            let mut resp = match self.txn("allocating an address", claim).await {
+            let mut resp = match self
+                .txn("allocating an address", &[&ikey, &hkey, &gkey], claim)
+                .await
+            {
                 Ok(resp) => resp,
                 Err(e) if e.may_have_applied() => {
                     *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =

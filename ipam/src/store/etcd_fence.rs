@@ -20,7 +20,7 @@ impl EtcdStore {
             ])
             .and_then([TxnOp::delete(ikey, None), TxnOp::delete(hkey, None)]);
         Ok(self
-            .txn("undoing an unanswered claim", txn)
+            .txn("undoing an unanswered claim", &[ikey, hkey], txn)
             .await?
             .succeeded())
     }
@@ -40,7 +40,9 @@ impl EtcdStore {
                     .when([Compare::create_revision(hkey, CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(hkey, fence.cancelled_value.as_bytes(), None)]),
             )]);
-        let resp = self.txn("fencing an unanswered claim", txn).await?;
+        let resp = self
+            .txn("fencing an unanswered claim", &[ikey, hkey], txn)
+            .await?;
         if resp.succeeded() {
             return Ok(FenceOutcome::Undone);
         }

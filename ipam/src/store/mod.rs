@@ -2,6 +2,7 @@
 //! single host. Both give the same atomic operations, so the allocator and
 //! the CNI verbs are written once against this trait.
 
+mod access;
 pub mod etcd;
 mod etcd_fence;
 mod etcd_listing;

@@ -85,7 +85,7 @@ pub async fn seed(path: &Path, etcd: &EtcdArgs) -> Result<(String, Seeded), Seed
         .or_else([TxnOp::get(key.clone(), None)]);
     let started = Instant::now();
     let response = loop {
-        let mut picked = etcd_client.pick();
+        let mut picked = etcd_client.pick().await;
         match picked.client.txn(txn.clone()).await {
             Ok(response) => break response,
             Err(source) if started.elapsed() >= ETCD_WAIT => {

@@ -51,6 +51,8 @@ pub struct Settings<'a> {
     pub etcd_endpoints: &'a [String],
     pub etcd_prefix: &'a str,
     pub tls: TlsPaths,
+    /// The plugins' etcd user and password.
+    pub credentials: Option<(&'a str, &'a str)>,
 }
 
 /// Fill `template` in: on the `trellis` plugin `bridge` and `stateDir`; on
@@ -108,6 +110,16 @@ fn fill_etcd(ipam: &mut Map<String, Value>, settings: &Settings) {
         "etcdPrefix".into(),
         json!(Keys::new(settings.etcd_prefix).prefix()),
     );
+    match settings.credentials {
+        Some((user, password)) => {
+            ipam.insert("etcdUsername".into(), json!(user));
+            ipam.insert("etcdPassword".into(), json!(password));
+        }
+        None => {
+            ipam.remove("etcdUsername");
+            ipam.remove("etcdPassword");
+        }
+    }
     for (key, path) in [
         ("etcdCACert", &settings.tls.ca),
         ("etcdCert", &settings.tls.cert),
@@ -178,6 +190,7 @@ mod tests {
             etcd_endpoints: endpoints,
             etcd_prefix: "/trellis",
             tls,
+            credentials: None,
         }
     }
 

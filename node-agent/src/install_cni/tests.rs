@@ -29,6 +29,8 @@ fn node() -> Node {
         etcd_cafile: None,
         etcd_certfile: None,
         etcd_keyfile: None,
+        etcd_username: None,
+        etcd_password: None,
     });
     opts.plugin_dir = Some(image.clone());
     opts.cni_bin_dir = root.path().join("host/opt/cni/bin");
@@ -377,4 +379,24 @@ async fn an_invalid_cluster_config_stops_before_etcd_and_files() {
     let err = run(&n.opts).await.unwrap_err().to_string();
     assert!(err.contains("subnetLen 33"), "{err}");
     assert!(names(&n.opts.cni_conf_dir).is_empty());
+}
+
+#[test]
+fn the_plugins_etcd_user_goes_into_a_conflist_only_root_reads() {
+    let mut n = node();
+    n.opts.cni_etcd_username = Some("trellis-cni".into());
+    n.opts.cni_etcd_password = Some("s3cret".into());
+    install(&n.opts).unwrap();
+    let ipam = conflist(&n.opts)["plugins"][0]["ipam"].clone();
+    assert_eq!(ipam["etcdUsername"], "trellis-cni");
+    assert_eq!(ipam["etcdPassword"], "s3cret");
+    assert_eq!(mode(&n.opts.conflist_path()), 0o600);
+
+    // Taken away again: neither stays, and the file is world-readable.
+    n.opts.cni_etcd_username = None;
+    n.opts.cni_etcd_password = None;
+    install(&n.opts).unwrap();
+    let ipam = conflist(&n.opts)["plugins"][0]["ipam"].clone();
+    assert!(ipam.get("etcdUsername").is_none() && ipam.get("etcdPassword").is_none());
+    assert_eq!(mode(&n.opts.conflist_path()), 0o644);
 }
