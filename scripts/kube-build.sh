@@ -7,9 +7,14 @@
 #                    the Kubernetes sources' pause.c), agnhost-porter/
 #   target/kube/cni: the reference CNI plugins every node starts with
 # with the machine's Go (1.26; Debian's golang-go is too old) and every Go
-# cache under target/go (GOMODCACHE, GOCACHE), so a rerun builds nothing.
+# cache under target/go (GOMODCACHE, GOCACHE, GOTMPDIR), so a rerun builds
+# nothing: it stops at once when target/kube/stamp says the same sources
+# (tests/kube/tools, this script, Go's version) built what is there.
 #
 #   scripts/kube-build.sh           # CARGO_TARGET_DIR moves target/
+#   TRELLIS_KUBE_DROP_CACHES=1 scripts/kube-build.sh
+#                                   # then removes the Go caches (5-6 GB;
+#                                   # CI, whose disk may be small, does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,7 +37,23 @@ if [[ -z $go ]]; then
     exit 1
 fi
 
-export GOMODCACHE=$target/go/mod GOCACHE=$target/go/cache GOTOOLCHAIN=local
+# What the binaries are built from; when target/kube/stamp holds the same,
+# they are there already.
+stamp=$( (
+    "$go" env GOVERSION
+    sha256sum <"$root/scripts/kube-build.sh"
+    find tests/kube/tools -type f -print0 | sort -z | xargs -0 sha256sum
+) | sha256sum | cut -d' ' -f1)
+if [[ -f $out/stamp && $(cat "$out/stamp") == "$stamp" ]]; then
+    echo "kube-build.sh: $out is built from these sources already" >&2
+    exit 0
+fi
+rm -f "$out/stamp"
+
+# Go's work files (a link of e2e.test writes hundreds of MB) go beside its
+# caches, not to /tmp, which may be small.
+export GOMODCACHE=$target/go/mod GOCACHE=$target/go/cache GOTMPDIR=$target/go/tmp GOTOOLCHAIN=local
+mkdir -p "$GOTMPDIR"
 # Module files writable (cargo clean can remove them); go.mod and go.sum are
 # never rewritten by a build.
 export GOFLAGS="-modcacherw -mod=readonly" CGO_ENABLED=0
@@ -91,4 +112,10 @@ mkdir -p "$out/bin/agnhost-porter"
 install -m 0644 "$src/test/images/agnhost/porter/localhost.crt" \
     "$src/test/images/agnhost/porter/localhost.key" "$out/bin/agnhost-porter/"
 
+echo "$stamp" >"$out/stamp"
+if [[ ${TRELLIS_KUBE_DROP_CACHES:-0} == 1 ]]; then
+    # Module files are read-only without -modcacherw; it is set above.
+    rm -rf "$GOCACHE" "$GOMODCACHE" "$GOTMPDIR"
+    echo "kube-build.sh: Go caches removed (TRELLIS_KUBE_DROP_CACHES=1)" >&2
+fi
 echo "kube-build.sh: done in $(($(date +%s) - start)) s ($out)" >&2

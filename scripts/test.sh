@@ -19,6 +19,8 @@ bash scripts/setup.sh
 [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# CI builds once: no incremental state (1.5 GB of target/ otherwise).
+[[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 target=${CARGO_TARGET_DIR:-$root/target}
 
@@ -35,6 +37,20 @@ done
 step "rustfmt"
 cargo fmt --all -- --check
 
+# TRELLIS_SKIP_KUBE=1 leaves out the Kubernetes suite and its build (for a
+# second checkout on a machine whose one Kubernetes test cluster slot is in
+# use); CI runs everything.
+kube=${TRELLIS_SKIP_KUBE:-0}
+if [[ $kube != 1 ]]; then
+    # First, while nothing else takes disk: the Go caches peak at 5-6 GB.
+    # CI drops them afterwards (its disk may be small; the binaries and
+    # their stamp stay); elsewhere they make the next build a no-op.
+    step "Kubernetes components from source (scripts/kube-build.sh)"
+    drop=0
+    [[ ${CI:-} == true ]] && drop=1
+    TRELLIS_KUBE_DROP_CACHES=${TRELLIS_KUBE_DROP_CACHES:-$drop} bash scripts/kube-build.sh
+fi
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
@@ -44,15 +60,8 @@ GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$target/go-build-cac
     go vet ./tests/libcni-driver
 test -z "$(gofmt -l tests/libcni-driver)" || { gofmt -l tests/libcni-driver; echo "gofmt: reformat the files above" >&2; exit 1; }
 step "Kubernetes manifests" && bash scripts/validate-manifests.sh
-# TRELLIS_SKIP_KUBE=1 leaves out the Kubernetes suite and its build (for a
-# second checkout on a machine whose one Kubernetes test cluster slot is in
-# use); CI runs everything.
-kube=${TRELLIS_SKIP_KUBE:-0}
 if [[ $kube != 1 ]]; then
-    step "Kubernetes components from source (scripts/kube-build.sh) and trellis's release binaries"
-    bash scripts/kube-build.sh
-    # The Kubernetes suite's trellis image holds release builds, like the
-    # Containerfile's.
+    step "trellis's release binaries (the Kubernetes suite's image holds them, like the Containerfile's)"
     cargo build --release --bin trellis --bin trellis-ipam --bin trellis-agent
 fi
 
