@@ -2,7 +2,8 @@
 //! cluster contract every binary reads the same way (`keys`: the etcd key
 //! layout under its one prefix rule; `etcd`: settings, TLS checks and the
 //! connection; `etcd_failover`: one client per endpoint and moving on to
-//! the next when one is away; `cluster_config`; `node_name`), files shared between
+//! the next when one is away; `etcd_flags`: the etcd flags of every
+//! command line; `cluster_config`; `node_name`), files shared between
 //! processes (`fs`) and the node record the agent publishes for the
 //! plugins (`node`).
 
@@ -11,6 +12,7 @@ pub mod cni;
 pub mod etcd;
 pub mod etcd_errors;
 pub mod etcd_failover;
+pub mod etcd_flags;
 pub mod fs;
 pub mod keys;
 pub mod naming;

@@ -1,0 +1,114 @@
+//! The etcd calls of `trellisctl`, each bounded by the settings' timeout
+//! and going on to the next endpoint when one is away (the agent's client).
+
+use anyhow::{anyhow, Context, Result};
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
+use std::time::{Duration, Instant};
+use trellis_common::etcd::{EtcdClient, EtcdSettings};
+use trellis_common::keys::Keys;
+
+pub struct Etcd {
+    client: EtcdClient,
+    pub keys: Keys,
+    timeout: Duration,
+}
+
+impl Etcd {
+    pub async fn connect(settings: &EtcdSettings) -> Result<Etcd> {
+        let client = settings.connect().await?;
+        Ok(Etcd {
+            client,
+            keys: settings.keys(),
+            timeout: settings.timeout,
+        })
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// Every key under `prefix` (sorted by key).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let mut resp = self
+            .client
+            .call(self.deadline(), |c| {
+                let prefix = prefix.to_string();
+                async move {
+                    c.kv_client()
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await
+            .map_err(|f| {
+                anyhow!(
+                    "etcd ({}): reading {prefix}: {}",
+                    self.client.endpoints(),
+                    f.describe()
+                )
+            })?;
+        Ok(resp.take_kvs())
+    }
+
+    /// The key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut resp = self
+            .client
+            .call(self.deadline(), |c| {
+                let key = key.to_string();
+                async move { c.kv_client().get(key, None).await }
+            })
+            .await
+            .map_err(|f| {
+                anyhow!(
+                    "etcd ({}): reading {key}: {}",
+                    self.client.endpoints(),
+                    f.describe()
+                )
+            })?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    /// The seconds left on lease `id` (none when it is gone).
+    pub async fn lease_left(&self, id: i64) -> Result<Option<i64>> {
+        let resp = self
+            .client
+            .call(self.deadline(), |c| async move {
+                c.lease_client().time_to_live(id, None).await
+            })
+            .await
+            .map_err(|f| anyhow!("etcd: lease {id:x}: {}", f.describe()))?;
+        Ok((resp.ttl() >= 0).then_some(resp.ttl()))
+    }
+
+    /// Put `value` at `key` only if the key's mod revision is still
+    /// `revision` (0: only if it is absent); `Ok(false)` when it changed.
+    pub async fn put_if_unchanged(&self, key: &str, value: &[u8], revision: i64) -> Result<bool> {
+        let compare = if revision == 0 {
+            Compare::create_revision(key, CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key, CompareOp::Equal, revision)
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self
+            .client
+            .call_write(self.deadline(), |c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await
+            .map_err(|f| {
+                anyhow!(
+                    "etcd ({}): writing {key}: {}",
+                    self.client.endpoints(),
+                    f.describe()
+                )
+            })
+            .context(
+                "the write may or may not have applied: read it back with `trellisctl config get`",
+            )?;
+        Ok(resp.succeeded())
+    }
+}

@@ -1,0 +1,125 @@
+//! `trellisctl`: the operator's view of a trellis cluster, read from (and,
+//! for `config set`, written to) etcd with the agent's etcd flags.
+//!
+//! Exit status: 0 done; 1 an error (etcd unreachable, a refused or invalid
+//! value, records that cannot be read, listed beside the rest); 2 bad usage;
+//! 3 nothing found (`ipam show`, `config get` with no config).
+
+mod config;
+mod etcd;
+mod ipam;
+mod nodes;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use trellis_common::etcd_flags::EtcdArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellisctl",
+    version,
+    about = "trellis operator CLI: nodes, IPAM allocations and the cluster config in etcd"
+)]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Output: a table for people, or JSON for scripts.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every node: name, public address, subnet, VTEP MAC, lease time left.
+    Nodes,
+    /// IPAM allocations.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// The cluster config at <prefix>/config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum IpamCommand {
+    /// Every allocated address and who holds it.
+    Ls {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this CNI network's.
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// One address, or every address of one container (ID or a unique
+    /// prefix of it), with its handle.
+    Show { what: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the cluster config.
+    Get,
+    /// Write the cluster config, checked as the agents check it: VALUE is
+    /// the JSON, `@FILE`, or `-` for standard input. Refused when a node's
+    /// subnet would no longer fit (unless --force).
+    Set {
+        value: String,
+        /// Write it even though leased node subnets do not fit it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// How a command ended, when not with an error.
+pub enum Outcome {
+    Done,
+    /// Listed, but some records could not be read.
+    Findings,
+    NotFound,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trellisctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Findings) => ExitCode::from(1),
+        Ok(Outcome::NotFound) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("trellisctl: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let etcd = etcd::Etcd::connect(&cli.etcd.settings()).await?;
+    let format = cli.output;
+    match cli.command {
+        Command::Nodes => nodes::list(&etcd, format).await,
+        Command::Ipam(IpamCommand::Ls { node, network }) => {
+            ipam::list(&etcd, format, node.as_deref(), network.as_deref()).await
+        }
+        Command::Ipam(IpamCommand::Show { what }) => ipam::show(&etcd, format, &what).await,
+        Command::Config(ConfigCommand::Get) => config::get(&etcd, format).await,
+        Command::Config(ConfigCommand::Set { value, force }) => {
+            config::set(&etcd, format, &value, force).await
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `trellisctl nodes`: every node record with its lease.
+
+use crate::etcd::Etcd;
+use crate::output::{self, Format};
+use crate::Outcome;
+use anyhow::Result;
+use serde_json::json;
+use trellis_common::node::NodeRecord;
+
+pub async fn list(etcd: &Etcd, format: Format) -> Result<Outcome> {
+    let kvs = etcd.list(&etcd.keys.nodes()).await?;
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    let mut bad = 0;
+    for kv in &kvs {
+        let key = kv.key_str().unwrap_or_default();
+        let Some(name) = etcd.keys.node_name_of(key) else {
+            continue;
+        };
+        let lease_left = match kv.lease() {
+            0 => None,
+            id => etcd.lease_left(id).await?,
+        };
+        let left = lease_left.map_or("-".to_string(), |s| format!("{s}s"));
+        match NodeRecord::parse(kv.value()) {
+            Ok(r) => {
+                rows.push(vec![
+                    name.to_string(),
+                    r.public_ip.to_string(),
+                    r.subnet.to_string(),
+                    r.vtep_mac.clone(),
+                    left,
+                ]);
+                items.push(json!({"name": name, "record": r, "leaseSecondsLeft": lease_left}));
+            }
+            Err(e) => {
+                bad += 1;
+                let error = format!("unreadable record: {e}");
+                rows.push(vec![
+                    name.to_string(),
+                    error.clone(),
+                    String::new(),
+                    String::new(),
+                    left,
+                ]);
+                items.push(json!({"name": name, "error": error, "leaseSecondsLeft": lease_left}));
+            }
+        }
+    }
+    match format {
+        Format::Table => output::table(
+            &["NAME", "PUBLIC-IP", "SUBNET", "VTEP-MAC", "LEASE-LEFT"],
+            &rows,
+        ),
+        Format::Json => output::json(&json!({"nodes": items})),
+    }
+    Ok(if bad > 0 {
+        Outcome::Findings
+    } else {
+        Outcome::Done
+    })
+}
