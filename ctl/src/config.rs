@@ -3,8 +3,7 @@
 //! nobody changed it in between.
 
 use crate::etcd::Etcd;
-use crate::output::{self, Format};
-use crate::Outcome;
+use crate::output::{self, Format, Outcome};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::Read;

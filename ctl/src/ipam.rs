@@ -3,8 +3,7 @@
 //! handles of their attachments.
 
 use crate::etcd::Etcd;
-use crate::output::{self, Format};
-use crate::Outcome;
+use crate::output::{self, Format, Outcome};
 use anyhow::Result;
 use etcd_client::KeyValue;
 use serde_json::{json, Value};

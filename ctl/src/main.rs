@@ -74,14 +74,6 @@ enum ConfigCommand {
     },
 }
 
-/// How a command ended, when not with an error.
-pub enum Outcome {
-    Done,
-    /// Listed, but some records could not be read.
-    Findings,
-    NotFound,
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .target(env_logger::Target::Stderr)
@@ -97,6 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    use output::Outcome;
     match runtime.block_on(run(cli)) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Findings) => ExitCode::from(1),
@@ -108,7 +101,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+async fn run(cli: Cli) -> anyhow::Result<output::Outcome> {
     let etcd = etcd::Etcd::connect(&cli.etcd.settings()).await?;
     let format = cli.output;
     match cli.command {

@@ -1,8 +1,7 @@
 //! `trellisctl nodes`: every node record with its lease.
 
 use crate::etcd::Etcd;
-use crate::output::{self, Format};
-use crate::Outcome;
+use crate::output::{self, Format, Outcome};
 use anyhow::Result;
 use serde_json::json;
 use trellis_common::node::NodeRecord;

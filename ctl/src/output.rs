@@ -1,4 +1,5 @@
-//! Tables for people, JSON for scripts.
+//! Tables for people, JSON for scripts, and how a command ended (its
+//! exit status).
 
 use serde_json::Value;
 
@@ -35,4 +36,12 @@ pub fn json(value: &Value) {
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values serialize")
     );
+}
+
+/// How a command ended, when not with an error.
+pub enum Outcome {
+    Done,
+    /// Listed, but some records could not be read.
+    Findings,
+    NotFound,
 }

@@ -49,6 +49,41 @@ fn the_readme_grants_exactly_the_keys_of_each_role() {
     assert_eq!(written, granted);
 }
 
+/// Every conflist gets the plugins' user, every agent starts (as its
+/// user, from the spec's flags); the nodes converge.
+fn start_as_their_users(cluster: &mut Cluster) {
+    for node in &mut cluster.nodes {
+        set_credentials(
+            &node.conflist,
+            Some((EtcdRole::Plugin.name(), CNI_PASSWORD)),
+        )
+        .unwrap();
+        node.start_agent().unwrap();
+    }
+    cluster
+        .wait_converged(std::time::Duration::from_secs(60))
+        .unwrap();
+}
+
+/// Run the README's block as an operator does, against `endpoints`.
+fn run_readme_commands(cluster: &Cluster, endpoints: &str) {
+    let out = cluster
+        .underlay()
+        .command(&["sh", "-euc", &readme_commands()])
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", endpoints)
+        .env("ROOT_PASSWORD", ROOT_PASSWORD)
+        .env("AGENT_PASSWORD", AGENT_PASSWORD)
+        .env("CNI_PASSWORD", CNI_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README's etcdctl commands failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The `ipam` object of a node's conflist gets `credentials` (user,
 /// password), or none.
 fn set_credentials(conflist: &std::path::Path, credentials: Option<(&str, &str)>) -> Result<()> {
@@ -108,21 +143,7 @@ fn agents_and_plugins_as_their_own_etcd_users() {
     let keys = Keys::default();
 
     // The README's commands, as an operator runs them.
-    let out = cluster
-        .underlay()
-        .command(&["sh", "-euc", &readme_commands()])
-        .env("ETCDCTL_API", "3")
-        .env("ETCDCTL_ENDPOINTS", cluster.etcd_endpoint())
-        .env("ROOT_PASSWORD", ROOT_PASSWORD)
-        .env("AGENT_PASSWORD", AGENT_PASSWORD)
-        .env("CNI_PASSWORD", CNI_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the README's etcdctl commands failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_readme_commands(&cluster, &cluster.etcd_endpoint());
     // Without a user etcd answers nothing now.
     let anonymous = cluster.etcdctl(&["get", &keys.config()]);
     assert!(anonymous.is_err(), "{anonymous:?}");
@@ -157,17 +178,7 @@ fn agents_and_plugins_as_their_own_etcd_users() {
         assert_eq!(ok, allowed, "{user} writing {key}");
     }
 
-    for node in &mut cluster.nodes {
-        set_credentials(
-            &node.conflist,
-            Some((EtcdRole::Plugin.name(), CNI_PASSWORD)),
-        )
-        .unwrap();
-        node.start_agent().unwrap();
-    }
-    cluster
-        .wait_converged(std::time::Duration::from_secs(60))
-        .unwrap();
+    start_as_their_users(&mut cluster);
     let a = cluster.add_pod(0, "auth-a").unwrap();
     let b = cluster.add_pod(1, "auth-b").unwrap();
     ping(&a.netns, b.ip).unwrap();
@@ -298,38 +309,14 @@ fn with_three_members_one_away_at_start_every_round_succeeds() {
         AGENT_PASSWORD.into(),
     ];
     let mut cluster = Cluster::start(spec).unwrap();
-    let out = cluster
-        .underlay()
-        .command(&["sh", "-euc", &readme_commands()])
-        .env("ETCDCTL_API", "3")
-        .env("ETCDCTL_ENDPOINTS", cluster.etcd_endpoints().join(","))
-        .env("ROOT_PASSWORD", ROOT_PASSWORD)
-        .env("AGENT_PASSWORD", AGENT_PASSWORD)
-        .env("CNI_PASSWORD", CNI_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the README's etcdctl commands failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_readme_commands(&cluster, &cluster.etcd_endpoints().join(","));
     cluster
         .etcd_cluster_mut()
         .set_etcdctl_user(Some(&format!("root:{ROOT_PASSWORD}")));
 
     let away = cluster.etcd_cluster().follower().unwrap();
     cluster.etcd_cluster_mut().kill(away).unwrap();
-    for node in &mut cluster.nodes {
-        set_credentials(
-            &node.conflist,
-            Some((EtcdRole::Plugin.name(), CNI_PASSWORD)),
-        )
-        .unwrap();
-        node.start_agent().unwrap();
-    }
-    cluster
-        .wait_converged(std::time::Duration::from_secs(60))
-        .unwrap();
+    start_as_their_users(&mut cluster);
 
     let others: Vec<usize> = (0..3).filter(|i| *i != away).collect();
     // Round 0 with `away` down; round 1 with it back and others[0] down;
