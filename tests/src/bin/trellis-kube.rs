@@ -7,6 +7,9 @@
 //!   trellis-kube e2e [ginkgo flags] [-- e2e.test flags]
 //!                                                run the Kubernetes e2e suite
 //!                                                against it, from the underlay
+//!   trellis-kube bench-startup [--pods N]        pod startup latency, the
+//!                                                reference conflist against
+//!                                                trellis (up --no-trellis)
 //!   trellis-kube forward NETNS ADDR              (internal) the API forwarder
 
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage: trellis-kube up [--nodes N] [--no-trellis] | env | down | \
-                     e2e [ginkgo flags] [-- e2e.test flags]";
+                     e2e [ginkgo flags] [-- e2e.test flags] | bench-startup [--pods N]";
 
 fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,6 +79,41 @@ fn run() -> Result<ExitCode> {
                 Some(0) => ExitCode::SUCCESS,
                 _ => ExitCode::FAILURE,
             })
+        }
+        Some("bench-startup") => {
+            let pods = match args.get(1).map(String::as_str) {
+                None => 100,
+                Some("--pods") => args
+                    .get(2)
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .context("--pods needs a number above 0")?,
+                Some(other) => bail!("unknown argument {other:?}\n{USAGE}"),
+            };
+            let info = ClusterInfo::load(&layout)?;
+            let (reference, trellis) = kube::bench::run(&layout, &info, pods)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "pod startup, created to Ready, {pods} pods at once on {} nodes (ms):",
+                info.nodes.len()
+            );
+            println!("{:<12} {:>8} {:>8} {:>10}", "", "p50", "p99", "all Ready");
+            for (name, b) in [("reference", &reference), ("trellis", &trellis)] {
+                println!(
+                    "{name:<12} {:>8.0} {:>8.0} {:>10.0}",
+                    ms(b.percentile(50.0)),
+                    ms(b.percentile(99.0)),
+                    ms(b.total)
+                );
+            }
+            println!(
+                "{:<12} {:>8.2} {:>8.2} {:>10.2}",
+                "ratio",
+                ms(trellis.percentile(50.0)) / ms(reference.percentile(50.0)),
+                ms(trellis.percentile(99.0)) / ms(reference.percentile(99.0)),
+                ms(trellis.total) / ms(reference.total)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Some("forward") => {
             let (Some(netns), Some(addr)) = (args.get(1), args.get(2)) else {

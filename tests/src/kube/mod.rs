@@ -6,6 +6,7 @@
 //! it), [`down`] removes all of it, also after a failed `up`.
 //! `scripts/kube-cluster.sh` is the command around it.
 
+pub mod bench;
 pub mod conformance;
 pub mod control_plane;
 pub mod daemon;
@@ -367,8 +368,20 @@ pub fn wait_ready(kubectl: &Kubectl, nodes: usize) -> Result<()> {
                 && s["updatedNumberScheduled"].as_u64() == Some(nodes as u64)
         },
     )?;
+    wait_nodes_ready(kubectl, nodes)?;
     kubectl.wait_for(
         Duration::from_secs(120),
+        "CoreDNS to be available",
+        &["-n", "kube-system", "deployment", "coredns"],
+        |d| d["status"]["availableReplicas"].as_u64() == d["spec"]["replicas"].as_u64(),
+    )?;
+    Ok(())
+}
+
+/// Waits until every node is Ready.
+pub fn wait_nodes_ready(kubectl: &Kubectl, nodes: usize) -> Result<()> {
+    kubectl.wait_for(
+        Duration::from_secs(180),
         "every node to be Ready",
         &["nodes"],
         |list| {
@@ -376,12 +389,6 @@ pub fn wait_ready(kubectl: &Kubectl, nodes: usize) -> Result<()> {
                 .as_array()
                 .is_some_and(|i| i.len() == nodes && i.iter().all(kubectl::node_ready))
         },
-    )?;
-    kubectl.wait_for(
-        Duration::from_secs(120),
-        "CoreDNS to be available",
-        &["-n", "kube-system", "deployment", "coredns"],
-        |d| d["status"]["availableReplicas"].as_u64() == d["spec"]["replicas"].as_u64(),
     )?;
     Ok(())
 }
