@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 /// elsewhere and its pod deleted.
 const FRESH_ANSWER: Duration = Duration::from_secs(1);
 
+/// How long that status request may take: a member that serves answers it
+/// in milliseconds, and a frozen one must not take a whole attempt's time
+/// (with a leader frozen, the call's budget has to cover the election).
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A pause before going round the endpoints again (all of them were
 /// caught in the same election).
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
@@ -265,13 +270,21 @@ impl EtcdClient {
             // With one endpoint there is nowhere else to go: no status
             // request, and the first failure is the call's.
             let probe = write && n > 1;
+            // Whether the request itself went out (an attempt that timed
+            // out before it did sent nothing that may apply).
+            let sent = AtomicBool::new(false);
             let attempt = async {
                 self.log_in(picked.index).await.map_err(Probe::Failed)?;
                 if probe && !self.fresh(picked.index) {
                     let mut probe = picked.client.clone();
-                    probe.status().await.map_err(Probe::Failed)?;
+                    let wait = STATUS_TIMEOUT.min(budget);
+                    match tokio::time::timeout(wait, probe.status()).await {
+                        Ok(answer) => answer.map_err(Probe::Failed)?,
+                        Err(_) => return Err(Probe::NoStatus(wait)),
+                    };
                     self.mark_answered(picked.index);
                 }
+                sent.store(true, Ordering::Relaxed);
                 op(picked.client).await.map_err(Probe::Passed)
             };
             let result = tokio::time::timeout(budget, attempt).await;
@@ -314,10 +327,19 @@ impl EtcdClient {
                     }
                     Attempt::Etcd(e)
                 }
-                Err(_) if probe && !self.fresh(picked.index) => {
+                Ok(Err(Probe::NoStatus(wait))) => {
                     // The status request got no answer: the write was not sent.
                     attempts.push(format!(
-                        "{}: no answer to a status request within {budget:?}",
+                        "{}: no answer to a status request within {wait:?}",
+                        picked.endpoint
+                    ));
+                    Attempt::Timeout(wait)
+                }
+                Err(_) if !sent.load(Ordering::Relaxed) => {
+                    // The log-in or the status request got no answer:
+                    // the write was not sent.
+                    attempts.push(format!(
+                        "{}: no answer before the request within {budget:?}",
                         picked.endpoint
                     ));
                     Attempt::Timeout(budget)
@@ -348,6 +370,8 @@ impl EtcdClient {
 /// at the write itself.
 enum Probe {
     Failed(etcd_client::Error),
+    /// The status request got no answer within this long.
+    NoStatus(Duration),
     Passed(etcd_client::Error),
 }
 
@@ -477,6 +501,10 @@ mod tests {
     }
 
     fn client_of(urls: &[&str]) -> EtcdClient {
+        client_with(urls, Duration::from_millis(50))
+    }
+
+    fn client_with(urls: &[&str], attempt: Duration) -> EtcdClient {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -488,7 +516,71 @@ mod tests {
                 (u.to_string(), c)
             })
             .collect();
-        EtcdClient::new(clients, Duration::from_millis(50), None)
+        EtcdClient::new(clients, attempt, None)
+    }
+
+    /// A member that accepts connections on loopback and never answers:
+    /// frozen.
+    fn frozen_member() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn a_write_is_not_sent_to_members_whose_status_fails_or_goes_unanswered() {
+        let (a, b) = (frozen_member(), frozen_member());
+        let c = client_with(&[&a, &b], Duration::from_millis(200));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut sent = 0;
+        let failed = rt
+            .block_on(
+                c.call_write(Instant::now() + Duration::from_millis(500), |_| {
+                    sent += 1;
+                    async { Ok::<(), etcd_client::Error>(()) }
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(sent, 0);
+        assert!(!failed.outcome_unknown, "{}", failed.describe());
+        let said = failed.describe();
+        assert!(
+            said.contains("status request") || said.contains("before the request"),
+            "{said}"
+        );
+        assert!(failed.attempts.len() >= 2, "{}", failed.describe());
+    }
+
+    #[test]
+    fn a_write_sent_and_unanswered_may_apply_however_long_the_attempt() {
+        // An attempt longer than FRESH_ANSWER: the member was fresh when
+        // the write went out, stale by the time it timed out.
+        let (a, b) = (frozen_member(), frozen_member());
+        let c = client_with(&[&a, &b], FRESH_ANSWER + Duration::from_millis(200));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A read that answered makes the current member fresh.
+        rt.block_on(c.call(Instant::now() + Duration::from_secs(1), |_| async {
+            Ok::<(), etcd_client::Error>(())
+        }))
+        .unwrap();
+        let failed = rt
+            .block_on(c.call_write(
+                Instant::now() + FRESH_ANSWER + Duration::from_millis(200),
+                |_| std::future::pending::<Result<(), etcd_client::Error>>(),
+            ))
+            .unwrap_err();
+        assert!(failed.outcome_unknown, "{}", failed.describe());
+        assert!(failed.timed_out());
     }
 
     #[test]
