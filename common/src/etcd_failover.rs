@@ -274,18 +274,20 @@ impl EtcdClient {
             // out before it did sent nothing that may apply).
             let sent = AtomicBool::new(false);
             let attempt = async {
-                self.log_in(picked.index).await.map_err(Probe::Failed)?;
+                self.log_in(picked.index).await.map_err(Probe::unsent)?;
                 if probe && !self.fresh(picked.index) {
                     let mut probe = picked.client.clone();
                     let wait = STATUS_TIMEOUT.min(budget);
                     match tokio::time::timeout(wait, probe.status()).await {
-                        Ok(answer) => answer.map_err(Probe::Failed)?,
+                        Ok(answer) => answer.map_err(Probe::unsent)?,
                         Err(_) => return Err(Probe::NoStatus(wait)),
                     };
                     self.mark_answered(picked.index);
                 }
                 sent.store(true, Ordering::Relaxed);
-                op(picked.client).await.map_err(Probe::Passed)
+                op(picked.client)
+                    .await
+                    .map_err(|error| Probe::Failed { error, sent: true })
             };
             let result = tokio::time::timeout(budget, attempt).await;
             tried += 1;
@@ -294,31 +296,20 @@ impl EtcdClient {
                     self.mark_answered(picked.index);
                     return Ok(v);
                 }
-                Ok(Err(Probe::Failed(e))) => {
-                    // Nothing was sent but the log-in or the status request.
-                    attempts.push(format!(
-                        "{}: before the request: {}",
-                        picked.endpoint,
-                        crate::etcd_errors::describe(&e)
-                    ));
-                    if !member_could_not_serve(&e) {
-                        // A refusal (wrong password, ...): etcd's answer.
-                        return Err(Failed {
-                            last: Attempt::Etcd(e),
-                            outcome_unknown,
-                            attempts,
-                        });
+                Ok(Err(Probe::Failed { error: e, sent })) => {
+                    if sent {
+                        outcome_unknown |= self::outcome_unknown(&e);
                     }
-                    Attempt::Etcd(e)
-                }
-                Ok(Err(Probe::Passed(e))) => {
-                    outcome_unknown |= self::outcome_unknown(&e);
+                    // Unsent: nothing went out but the log-in or the
+                    // status request.
+                    let before = if sent { "" } else { "before the request: " };
                     attempts.push(format!(
-                        "{}: {}",
+                        "{}: {before}{}",
                         picked.endpoint,
                         crate::etcd_errors::describe(&e)
                     ));
                     if !member_could_not_serve(&e) {
+                        // etcd's own answer (a refusal, a wrong password).
                         return Err(Failed {
                             last: Attempt::Etcd(e),
                             outcome_unknown,
@@ -366,13 +357,23 @@ impl EtcdClient {
     }
 }
 
-/// How an attempt of a write failed: at the status request before it, or
-/// at the write itself.
+/// How an attempt failed: before its request went out (the log-in, the
+/// status request of a write) or at the request itself.
 enum Probe {
-    Failed(etcd_client::Error),
+    /// An error, before the request went out (`sent` false: the log-in
+    /// or the status request failed) or as its answer.
+    Failed {
+        error: etcd_client::Error,
+        sent: bool,
+    },
     /// The status request got no answer within this long.
     NoStatus(Duration),
-    Passed(etcd_client::Error),
+}
+
+impl Probe {
+    fn unsent(error: etcd_client::Error) -> Probe {
+        Probe::Failed { error, sent: false }
+    }
 }
 
 /// Whether `e` says the member could not serve the request (it is down,
