@@ -5,6 +5,7 @@ use anyhow::{anyhow, Context, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
 use std::time::{Duration, Instant};
 use trellis_common::etcd::{EtcdClient, EtcdSettings};
+use trellis_common::etcd_failover::Failed;
 use trellis_common::keys::Keys;
 
 pub struct Etcd {
@@ -29,44 +30,33 @@ impl Etcd {
 
     /// Every key under `prefix` (sorted by key).
     pub async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let mut resp = self
-            .client
-            .call(self.deadline(), |c| {
-                let prefix = prefix.to_string();
-                async move {
-                    c.kv_client()
-                        .get(prefix, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
+        self.read(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(|f| {
-                anyhow!(
-                    "etcd ({}): reading {prefix}: {}",
-                    self.client.endpoints(),
-                    f.describe()
-                )
-            })?;
-        Ok(resp.take_kvs())
     }
 
     /// The key, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.read(key, None).await?.into_iter().next())
+    }
+
+    async fn read(&self, key: &str, options: Option<GetOptions>) -> Result<Vec<KeyValue>> {
         let mut resp = self
             .client
             .call(self.deadline(), |c| {
-                let key = key.to_string();
-                async move { c.kv_client().get(key, None).await }
+                let (key, options) = (key.to_string(), options.clone());
+                async move { c.kv_client().get(key, options).await }
             })
             .await
-            .map_err(|f| {
-                anyhow!(
-                    "etcd ({}): reading {key}: {}",
-                    self.client.endpoints(),
-                    f.describe()
-                )
-            })?;
-        Ok(resp.take_kvs().into_iter().next())
+            .map_err(|f| self.failed(&format!("reading {key}"), &f))?;
+        Ok(resp.take_kvs())
+    }
+
+    fn failed(&self, doing: &str, f: &Failed) -> anyhow::Error {
+        anyhow!(
+            "etcd ({}): {doing}: {}",
+            self.client.endpoints(),
+            f.describe()
+        )
     }
 
     /// The seconds left on lease `id` (none when it is gone).
@@ -77,7 +67,7 @@ impl Etcd {
                 c.lease_client().time_to_live(id, None).await
             })
             .await
-            .map_err(|f| anyhow!("etcd: lease {id:x}: {}", f.describe()))?;
+            .map_err(|f| self.failed(&format!("lease {id:x}"), &f))?;
         Ok((resp.ttl() >= 0).then_some(resp.ttl()))
     }
 
@@ -99,13 +89,7 @@ impl Etcd {
                 async move { c.kv_client().txn(txn).await }
             })
             .await
-            .map_err(|f| {
-                anyhow!(
-                    "etcd ({}): writing {key}: {}",
-                    self.client.endpoints(),
-                    f.describe()
-                )
-            })
+            .map_err(|f| self.failed(&format!("writing {key}"), &f))
             .context(
                 "the write may or may not have applied: read it back with `trellisctl config get`",
             )?;
