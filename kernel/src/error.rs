@@ -66,6 +66,12 @@ impl KernelError {
             || matches!(self.errno(), Some(e) if e == libc_errno::ENOENT || e == libc_errno::ENODEV || e == libc_errno::ESRCH)
     }
 
+    /// The kernel does not know the request (EOPNOTSUPP): a feature newer
+    /// than the running kernel, such as nexthop objects before Linux 5.3.
+    pub fn is_unsupported(&self) -> bool {
+        self.errno() == Some(libc_errno::EOPNOTSUPP)
+    }
+
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc_errno::EEXIST)
     }
@@ -78,4 +84,5 @@ pub(crate) mod libc_errno {
     pub const ENODEV: i32 = Errno::ENODEV as i32;
     pub const ESRCH: i32 = Errno::ESRCH as i32;
     pub const EEXIST: i32 = Errno::EEXIST as i32;
+    pub const EOPNOTSUPP: i32 = Errno::EOPNOTSUPP as i32;
 }

@@ -32,6 +32,7 @@ pub mod notrack;
 pub mod fdb;
 pub mod mac;
 pub mod neigh;
+pub mod nexthop;
 pub mod overlay_route;
 pub mod vxlan;
 
@@ -40,6 +41,7 @@ pub use handle::Netlink;
 pub use link::{Link, VxlanInfo};
 pub use mac::MacAddr;
 pub use masquerade::Masquerade;
+pub use nexthop::Nexthop;
 pub use nft_table::{NftTable, TableState};
 pub use notrack::TunnelNotrack;
 pub use route::Route;

@@ -1,6 +1,7 @@
-//! Routes to remote node subnets through the overlay device:
-//! `<subnet> via <gateway> dev <vxlan> onlink`, in the main table, read and
-//! written as the one [`Route`] type.
+//! Routes to remote node subnets through the overlay device, in the main
+//! table: `<subnet> nhid <id>` through a nexthop object on the device (see
+//! `nexthop`) or, on kernels without those, `<subnet> via <gateway> dev
+//! <vxlan> onlink`; read and written as the one [`Route`] type.
 
 use crate::error::{KernelError, Result};
 use crate::link::absent;
@@ -13,8 +14,11 @@ use std::net::Ipv4Addr;
 
 impl Netlink {
     /// The unicast IPv4 routes of the main table that leave through
-    /// `ifindex`, from one dump; routes the kernel made itself are left out.
-    pub async fn routes_on_device(&self, ifindex: u32) -> Result<Vec<Route>> {
+    /// `ifindex` or through one of `nexthops` (the device's nexthop
+    /// objects: a route through one carries no device when the kernel's
+    /// `nexthop_compat_mode` is off), from one dump; routes the kernel made
+    /// itself are left out.
+    pub async fn routes_on_device(&self, ifindex: u32, nexthops: &[u32]) -> Result<Vec<Route>> {
         let _turn = self.dump_turn().await;
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut dump = self.handle().route().get(query).execute();
@@ -28,10 +32,11 @@ impl Netlink {
             {
                 continue;
             }
-            out.extend(
-                Route::from_message(&msg)
-                    .filter(|r| r.table == MAIN_TABLE && r.oif == Some(ifindex)),
-            );
+            out.extend(Route::from_message(&msg).filter(|r| {
+                r.table == MAIN_TABLE
+                    && (r.oif == Some(ifindex)
+                        || r.nexthop.is_some_and(|id| nexthops.contains(&id)))
+            }));
         }
         Ok(out)
     }

@@ -32,6 +32,11 @@ pub struct Route {
     pub metric: Option<u32>,
     /// Preferred source address.
     pub src: Option<IpAddr>,
+    /// The nexthop object the route goes through (`nhid`). The kernel
+    /// takes a route with it in place of gateway and device, and (with
+    /// `net.ipv4.nexthop_compat_mode`, on by default) reports both again
+    /// beside it.
+    pub nexthop: Option<u32>,
 }
 
 impl Route {
@@ -45,6 +50,7 @@ impl Route {
             table: MAIN_TABLE,
             metric: None,
             src: None,
+            nexthop: None,
         }
     }
 
@@ -73,12 +79,20 @@ impl Route {
         self
     }
 
+    /// Through nexthop object `id` (`nhid`).
+    pub fn nexthop(mut self, id: u32) -> Route {
+        self.nexthop = Some(id);
+        self
+    }
+
     pub fn is_default(&self) -> bool {
         self.dst.prefix() == 0
     }
 
     /// The netlink message for this route (static protocol; link scope
-    /// without a gateway, universe scope with one).
+    /// without a gateway, universe scope with one). A route through a
+    /// nexthop object names only its id: the kernel refuses a gateway or
+    /// device beside it.
     pub fn message(&self) -> RouteMessage {
         let mut msg = RouteMessage::default();
         let h = &mut msg.header;
@@ -86,12 +100,13 @@ impl Route {
         h.destination_prefix_length = self.dst.prefix();
         h.protocol = RouteProtocol::Static;
         h.kind = RouteType::Unicast;
-        h.scope = if self.gateway.is_some() {
+        let nexthop = self.nexthop.is_some();
+        h.scope = if self.gateway.is_some() || nexthop {
             RouteScope::Universe
         } else {
             RouteScope::Link
         };
-        if self.onlink {
+        if self.onlink && !nexthop {
             h.flags |= RouteFlags::Onlink;
         }
         if self.table < 256 {
@@ -106,11 +121,15 @@ impl Route {
         if self.dst.prefix() > 0 {
             a.push(RouteAttribute::Destination(self.dst.network().into()));
         }
-        if let Some(gw) = self.gateway {
-            a.push(RouteAttribute::Gateway(gw.into()));
-        }
-        if let Some(oif) = self.oif {
-            a.push(RouteAttribute::Oif(oif));
+        if let Some(id) = self.nexthop {
+            a.push(RouteAttribute::NhId(id));
+        } else {
+            if let Some(gw) = self.gateway {
+                a.push(RouteAttribute::Gateway(gw.into()));
+            }
+            if let Some(oif) = self.oif {
+                a.push(RouteAttribute::Oif(oif));
+            }
         }
         if let Some(metric) = self.metric {
             a.push(RouteAttribute::Priority(metric));
@@ -142,6 +161,7 @@ impl Route {
                 RouteAttribute::Table(t) => route.table = *t,
                 RouteAttribute::Priority(p) => route.metric = Some(*p),
                 RouteAttribute::PrefSource(a) => route.src = ip_of(a),
+                RouteAttribute::NhId(id) => route.nexthop = Some(*id),
                 _ => {}
             }
         }
@@ -279,6 +299,25 @@ mod tests {
             let back = Route::from_message(&r.message()).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn a_route_through_a_nexthop_names_only_its_id() {
+        let r = Route::to("10.244.3.0/24".parse().unwrap())
+            .via("10.244.3.0".parse().unwrap())
+            .dev(9)
+            .onlink()
+            .nexthop(42);
+        let m = r.message();
+        assert!(m.attributes.contains(&RouteAttribute::NhId(42)));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_))));
+        assert!(!m.header.flags.contains(RouteFlags::Onlink));
+        assert_eq!(m.header.scope, RouteScope::Universe);
+        let back = Route::from_message(&m).unwrap();
+        assert_eq!((back.dst, back.nexthop), (r.dst, Some(42)));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! In a network namespace made for the run (a veth pair as the underlay,
 //! etcd on the namespace's loopback, the release agent binary), K fake
 //! remote node records are written in one etcd transaction; the time until
-//! the kernel holds all K FDB, neighbour and route entries is measured, then
+//! the kernel holds all K FDB, neighbour, nexthop and route entries is measured, then
 //! the K records are deleted in one request and the time until none is left
 //! is measured. Medians over RUNS (default 3) runs; the agent's own
-//! reconcile time (from /metrics), the same 3K writes through `ip -batch` /
+//! reconcile time (from /metrics), the same writes (FDB entry, neighbour, nexthop and route per node) through `ip -batch` /
 //! `bridge -batch` as a reference, and the agent's resident memory.
 //!
 //! The whole measurement runs on one thread that joined the namespace
@@ -86,7 +86,9 @@ fn fake(i: u32) -> (String, String, String, String) {
     )
 }
 
-async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize) {
+/// FDB entries, permanent neighbours, routes and nexthop objects on the
+/// device.
+async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize, usize) {
     let f = nl.fdb_entries(ifindex).await.unwrap().len();
     let n = nl
         .neighbours_on(ifindex)
@@ -95,8 +97,15 @@ async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize) {
         .iter()
         .filter(|e| e.permanent)
         .count();
-    let r = nl.routes_on_device(ifindex).await.unwrap().len();
-    (f, n, r)
+    let nexthops: Vec<u32> = nl
+        .nexthops_on_device(ifindex)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    let r = nl.routes_on_device(ifindex, &nexthops).await.unwrap().len();
+    (f, n, r, nexthops.len())
 }
 
 /// Poll the kernel until it holds `want` of each kind; the time it took
@@ -104,7 +113,7 @@ async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize) {
 async fn wait_counts(nl: &Netlink, ifindex: u32, want: usize, t0: Instant) -> Duration {
     let deadline = t0 + Duration::from_secs(120);
     loop {
-        if counts(nl, ifindex).await == (want, want, want) {
+        if counts(nl, ifindex).await == (want, want, want, want) {
             return t0.elapsed();
         }
         assert!(
@@ -138,21 +147,30 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-/// The same 3K entries (and their removal) as iproute2 batch files.
+/// The same entries the agent writes (and their removal) as iproute2
+/// batch files: per node an FDB entry, a neighbour, a nexthop object and a
+/// route through it; removed routes first, then the nexthops no longer in
+/// use (as the agent does: deleting a nexthop still in use makes the kernel
+/// flush its routing tables, once per nexthop).
 fn write_batches(dir: &Path, k: u32) -> [PathBuf; 4] {
     let mut fdb = String::new();
     let mut ip = String::new();
     let mut fdb_del = String::new();
     let mut ip_del = String::new();
+    let mut nexthop_del = String::new();
     for i in 1..=k {
         let (subnet, public, mac, vtep) = fake(i);
         fdb += &format!("fdb replace {mac} dev {DEV} dst {public} self permanent\n");
         ip += &format!("neigh replace {vtep} lladdr {mac} dev {DEV} nud permanent\n");
-        ip += &format!("route replace {subnet} via {vtep} dev {DEV} onlink\n");
+        let id = u32::from(vtep.parse::<std::net::Ipv4Addr>().unwrap());
+        ip += &format!("nexthop replace id {id} via {vtep} dev {DEV} onlink\n");
+        ip += &format!("route replace {subnet} nhid {id}\n");
         fdb_del += &format!("fdb del {mac} dev {DEV} dst {public} self\n");
         ip_del += &format!("neigh del {vtep} dev {DEV}\n");
-        ip_del += &format!("route del {subnet} dev {DEV}\n");
+        ip_del += &format!("route del {subnet} nhid {id}\n");
+        nexthop_del += &format!("nexthop del id {id}\n");
     }
+    ip_del += &nexthop_del;
     let paths = ["fdb", "ip", "fdb-del", "ip-del"].map(|n| dir.join(format!("{n}.batch")));
     for (p, text) in paths.iter().zip([fdb, ip, fdb_del, ip_del]) {
         std::fs::write(p, text).unwrap();
@@ -364,12 +382,10 @@ async fn bench(ns: &str, dir: &Path, agent: &str, sizes: &[u32], runs: usize, jo
             // Reference: iproute2 batches, the agent frozen meanwhile.
             nix_kill(pid, "STOP");
             let add = timed_batch(ns, "bridge", &batches[0]) + timed_batch(ns, "ip", &batches[1]);
-            assert_eq!(
-                counts(&nl, ifindex).await,
-                (k as usize, k as usize, k as usize)
-            );
+            let k = k as usize;
+            assert_eq!(counts(&nl, ifindex).await, (k, k, k, k));
             let del = timed_batch(ns, "bridge", &batches[2]) + timed_batch(ns, "ip", &batches[3]);
-            assert_eq!(counts(&nl, ifindex).await, (0, 0, 0));
+            assert_eq!(counts(&nl, ifindex).await, (0, 0, 0, 0));
             nix_kill(pid, "CONT");
             ip_adds.push(add.as_secs_f64() * 1e3);
             ip_dels.push(del.as_secs_f64() * 1e3);
@@ -389,7 +405,7 @@ async fn bench(ns: &str, dir: &Path, agent: &str, sizes: &[u32], runs: usize, jo
         );
     }
     println!(
-        "agent peak RSS (VmHWM) {:.1} MiB; medians of {runs} runs; add/del_ms: from the etcd write to the kernel dump showing all/none of the 3K entries",
+        "agent peak RSS (VmHWM) {:.1} MiB; medians of {runs} runs; add/del_ms: from the etcd write to the kernel dump showing all/none of the K FDB, neighbour, nexthop and route entries",
         rss_mib(pid, "VmHWM:")
     );
     if joins > 0 {

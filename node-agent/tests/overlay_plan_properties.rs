@@ -3,18 +3,21 @@
 //! (entries of departed nodes, stale MACs and addresses, ARP leftovers,
 //! routes with other gateways or metrics, entries missing), applying the
 //! plan the way the kernel applies it yields exactly the desired entries,
-//! a second plan is empty, and no entry that is already right is touched.
+//! a second plan is empty, and no entry that is already right is touched;
+//! with routes through nexthop objects and with gateway routes alike.
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_agent::overlay::desired::vtep_ip_of;
-use trellis_agent::overlay::plan::overlay_route;
-use trellis_agent::overlay::{plan, ActualOverlay, DesiredOverlay, Op, Plan, RemoteNode};
+use trellis_agent::overlay::plan::{nexthop_id, overlay_nexthop};
+use trellis_agent::overlay::{
+    plan, ActualOverlay, DesiredOverlay, Op, Plan, RemoteNode, RouteStyle,
+};
 use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
-use trellis_kernel::{MacAddr, Route};
+use trellis_kernel::{MacAddr, Nexthop, Route};
 
 /// The VXLAN device's index in these states.
 const IFINDEX: u32 = 7;
@@ -72,9 +75,18 @@ impl Palette {
 
 /// What the kernel may hold: FDB entries unique by (MAC, destination),
 /// neighbours unique by address, routes unique by (destination, metric),
-/// as the kernel keys them.
+/// nexthops by id, as the kernel keys them; routes through a nexthop of
+/// the state or through one gone.
 fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
     let (macs, ips, subnets) = (palette.macs, palette.ips, palette.subnets);
+    let nexthops = prop::collection::vec(
+        (
+            prop::sample::select(ips.clone()),
+            prop::sample::select(ips.clone()),
+            any::<bool>(),
+        ),
+        0..12,
+    );
     let fdb = prop::collection::vec(
         (
             prop::sample::select(macs.clone()),
@@ -93,13 +105,14 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
     let routes = prop::collection::vec(
         (
             prop::sample::select(subnets),
-            prop::option::weighted(0.9, prop::sample::select(ips)),
+            prop::option::weighted(0.9, prop::sample::select(ips.clone())),
             any::<bool>(),
             prop::sample::select(vec![None, Some(0), Some(100)]),
+            prop::option::weighted(0.5, prop::sample::select(ips.clone())),
         ),
         0..16,
     );
-    (fdb, neighbours, routes).prop_map(|(fdb, neighbours, routes)| {
+    (fdb, neighbours, routes, nexthops).prop_map(|(fdb, neighbours, routes, nexthops)| {
         let mut a = ActualOverlay::default();
         let mut seen = BTreeSet::new();
         for (mac, dst) in fdb {
@@ -117,77 +130,85 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
             }
         }
         let mut seen = BTreeSet::new();
-        for (dst, via, onlink, metric) in routes {
+        for (dst, via, onlink, metric, nexthop) in routes {
             if seen.insert((dst, metric.unwrap_or(0))) {
                 let mut r = Route::to(IpNetwork::V4(dst)).dev(IFINDEX);
                 r.gateway = via.map(IpAddr::V4);
                 r.onlink = onlink;
                 r.metric = metric;
+                r.nexthop = nexthop.map(nexthop_id);
                 a.routes.push(r);
             }
         }
+        let mut seen = BTreeSet::new();
+        for (id_of, gateway, onlink) in nexthops {
+            if seen.insert(id_of) {
+                a.nexthops.push(Nexthop {
+                    id: nexthop_id(id_of),
+                    gateway: IpAddr::V4(gateway),
+                    oif: IFINDEX,
+                    onlink,
+                });
+            }
+        }
+        // The kernel reports a route through a nexthop with the nexthop's
+        // gateway and flags, and has none through a nexthop it lacks.
+        let nexthops = a.nexthops.clone();
+        a.routes.retain_mut(|r| match r.nexthop {
+            None => true,
+            Some(id) => match nexthops.iter().find(|n| n.id == id) {
+                Some(n) => {
+                    r.gateway = Some(n.gateway);
+                    r.onlink = n.onlink;
+                    true
+                }
+                None => false,
+            },
+        });
         a
     })
 }
 
-fn case() -> impl Strategy<Value = (DesiredOverlay, ActualOverlay)> {
+fn case() -> impl Strategy<Value = (DesiredOverlay, ActualOverlay, RouteStyle)> {
     desired_strategy().prop_flat_map(|d| {
         let palette = Palette::of(&d);
-        (Just(d), actual_strategy(palette))
+        (
+            Just(d),
+            actual_strategy(palette),
+            prop::sample::select(vec![RouteStyle::Nexthop, RouteStyle::Gateway]),
+        )
     })
 }
 
-/// The state after the kernel applied `plan` to `actual`: removals first;
-/// a Set replaces what the kernel keys the same way (an FDB entry of the
-/// MAC, the neighbour of the address, the route of the destination with
-/// metric 0).
-fn apply(actual: &ActualOverlay, plan: &Plan) -> ActualOverlay {
+/// The state after the kernel applied `plan` to `actual`: removals first
+/// (the kernel model is `ActualOverlay::apply`).
+fn apply(actual: &ActualOverlay, plan: &Plan, style: RouteStyle) -> ActualOverlay {
     let mut a = actual.clone();
-    for op in plan.removals.iter().chain(&plan.additions) {
-        match op.clone() {
-            Op::DelFdb(e) => a.fdb.retain(|x| *x != e),
-            Op::DelNeighbour(ip) => a.neighbours.retain(|x| x.ip != ip),
-            Op::DelRoute(r) => a.routes.retain(|x| *x != *r),
-            Op::SetFdb { mac, dst } => {
-                a.fdb.retain(|x| x.mac != mac);
-                a.fdb.push(FdbEntry {
-                    mac,
-                    dst: Some(IpAddr::V4(dst)),
-                });
-            }
-            Op::SetNeighbour { ip, mac } => {
-                a.neighbours.retain(|x| x.ip != ip);
-                a.neighbours.push(NeighbourEntry {
-                    ip,
-                    mac: Some(mac),
-                    permanent: true,
-                });
-            }
-            Op::SetRoute { dst, via } => {
-                a.routes
-                    .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
-                a.routes.push(overlay_route(IFINDEX, dst, via));
-            }
-        }
+    for op in plan.phases().into_iter().flatten() {
+        a.apply(op, style, IFINDEX);
     }
     a
 }
 
+/// A route as compared: destination, gateway, onlink, metric, nexthop.
+type RouteKey = (IpNetwork, Option<IpAddr>, bool, u32, Option<u32>);
+
 /// The entries of the desired state, and of a kernel state, compared as
 /// sets of what matters: FDB (MAC, destination), neighbours (address, MAC,
-/// permanent), routes (destination, gateway, onlink, metric).
+/// permanent), routes, nexthops.
 type Entries = (
     BTreeSet<(MacAddr, Option<IpAddr>)>,
     BTreeMap<Ipv4Addr, (Option<MacAddr>, bool)>,
-    Vec<(IpNetwork, Option<IpAddr>, bool, u32)>,
+    Vec<RouteKey>,
+    BTreeSet<Nexthop>,
 );
 
+fn route_key(r: &Route) -> RouteKey {
+    (r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0), r.nexthop)
+}
+
 fn entries_of(a: &ActualOverlay) -> Entries {
-    let mut routes: Vec<_> = a
-        .routes
-        .iter()
-        .map(|r| (r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0)))
-        .collect();
+    let mut routes: Vec<_> = a.routes.iter().map(route_key).collect();
     routes.sort();
     (
         a.fdb.iter().map(|e| (e.mac, e.dst)).collect(),
@@ -196,55 +217,33 @@ fn entries_of(a: &ActualOverlay) -> Entries {
             .map(|n| (n.ip, (n.mac, n.permanent)))
             .collect(),
         routes,
+        a.nexthops.iter().copied().collect(),
     )
 }
 
-fn wanted(d: &DesiredOverlay) -> Entries {
-    let mut routes: Vec<_> = d
-        .nodes
-        .values()
-        .map(|n| {
-            (
-                IpNetwork::V4(n.subnet),
-                Some(IpAddr::V4(n.vtep_ip)),
-                true,
-                0,
-            )
-        })
-        .collect();
-    routes.sort();
-    (
-        d.nodes
-            .values()
-            .map(|n| (n.vtep_mac, Some(IpAddr::V4(n.public_ip))))
-            .collect(),
-        d.nodes
-            .values()
-            .map(|n| (n.vtep_ip, (Some(n.vtep_mac), true)))
-            .collect(),
-        routes,
-    )
+fn wanted(d: &DesiredOverlay, style: RouteStyle) -> Entries {
+    entries_of(&ActualOverlay::after(d, IFINDEX, style))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn applying_the_plan_to_any_state_yields_the_desired_one((desired, actual) in case()) {
-        let p = plan(&desired, &actual);
-        let after = apply(&actual, &p);
-        prop_assert_eq!(entries_of(&after), wanted(&desired), "plan {:#?}", p);
-        let again = plan(&desired, &after);
+    fn applying_the_plan_to_any_state_yields_the_desired_one((desired, actual, style) in case()) {
+        let p = plan(&desired, &actual, style);
+        let after = apply(&actual, &p, style);
+        prop_assert_eq!(entries_of(&after), wanted(&desired, style), "plan {:#?}", p);
+        let again = plan(&desired, &after, style);
         prop_assert!(again.is_empty(), "second plan {:#?}", again);
     }
 
     #[test]
-    fn entries_already_right_are_left_alone((desired, actual) in case()) {
-        let p = plan(&desired, &actual);
-        let want = wanted(&desired);
+    fn entries_already_right_are_left_alone((desired, actual, style) in case()) {
+        let p = plan(&desired, &actual, style);
+        let want = wanted(&desired, style);
         // The right entries of `actual`, each counted once (a duplicate
         // route of the same path may go).
-        for op in &p.removals {
+        for op in p.removals.iter().chain(&p.nexthop_removals) {
             match op {
                 Op::DelFdb(e) => prop_assert!(!want.0.contains(&(e.mac, e.dst)), "{:?}", op),
                 Op::DelNeighbour(ip) => prop_assert!(
@@ -253,9 +252,9 @@ proptest! {
                             || want.1[ip] != (n.mac, n.permanent)),
                     "{:?}", op
                 ),
-                Op::DelRoute(r) => prop_assert!(
-                    !want.2.contains(&(r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0))),
-                    "{:?}", op
+                Op::DelRoute(r) => prop_assert!(!want.2.contains(&route_key(r)), "{:?}", op),
+                Op::DelNexthop(id) => prop_assert!(
+                    !want.3.iter().any(|n| n.id == *id), "{:?}", op
                 ),
                 other => prop_assert!(false, "a removal that is not one: {:?}", other),
             }
@@ -265,9 +264,12 @@ proptest! {
             let already = match op {
                 Op::SetFdb { mac, dst } => before.0.contains(&(*mac, Some(IpAddr::V4(*dst)))),
                 Op::SetNeighbour { ip, mac } => before.1.get(ip) == Some(&(Some(*mac), true)),
-                Op::SetRoute { dst, via } => before.2.contains(&(
-                    IpNetwork::V4(*dst), Some(IpAddr::V4(*via)), true, 0,
-                )),
+                Op::SetRoute { dst, via } => {
+                    let route = trellis_agent::overlay::plan::overlay_route(style, IFINDEX, *dst, *via);
+                    before.2.contains(&route_key(&route))
+                        && (style == RouteStyle::Gateway
+                            || before.3.contains(&overlay_nexthop(IFINDEX, *via)))
+                }
                 other => {
                     prop_assert!(false, "an addition that is not one: {:?}", other);
                     false

@@ -20,8 +20,10 @@ struct OverlayEntries {
     fdb: BTreeSet<(String, String)>,
     /// (IP, MAC) of permanent entries
     neigh: BTreeSet<(String, String)>,
-    /// (dst, gateway)
-    routes: BTreeSet<(String, String)>,
+    /// (dst, gateway, nexthop id)
+    routes: BTreeSet<(String, String, u64)>,
+    /// (id, gateway) of the nexthop objects on the device
+    nexthops: BTreeSet<(u64, String)>,
 }
 
 fn json(ns: &Netns, argv: &[&str]) -> Result<Vec<Value>> {
@@ -51,7 +53,13 @@ fn entries(node: &Node) -> Result<OverlayEntries> {
     }
     for r in json(ns, &["ip", "-j", "route", "show", "dev", dev])? {
         if let (Some(dst), Some(gw)) = (r["dst"].as_str(), r["gateway"].as_str()) {
-            e.routes.insert((dst.to_owned(), gw.to_owned()));
+            let nhid = r["nhid"].as_u64().unwrap_or(0);
+            e.routes.insert((dst.to_owned(), gw.to_owned(), nhid));
+        }
+    }
+    for n in json(ns, &["ip", "-j", "nexthop", "show", "dev", dev])? {
+        if let (Some(id), Some(gw)) = (n["id"].as_u64(), n["gateway"].as_str()) {
+            e.nexthops.insert((id, gw.to_owned()));
         }
     }
     Ok(e)
@@ -69,7 +77,10 @@ fn expected(cluster: &Cluster, node: usize) -> Result<OverlayEntries> {
         e.fdb
             .insert((rec.vtep_mac.clone(), rec.public_ip.to_string()));
         e.neigh.insert((vtep.clone(), rec.vtep_mac.clone()));
-        e.routes.insert((rec.subnet.to_string(), vtep));
+        // Through a nexthop object whose id is the VTEP address as a number.
+        let id = u64::from(u32::from(rec.subnet.network()));
+        e.routes.insert((rec.subnet.to_string(), vtep.clone(), id));
+        e.nexthops.insert((id, vtep));
     }
     Ok(e)
 }
@@ -234,18 +245,24 @@ fn sigkilled_agent_restarts_with_same_mac_and_subnet_without_interrupting_pods()
         .iter()
         .map(|n| n.subnet().unwrap().network().octets()[2])
         .collect();
-    let gone = (222..=254).find(|i| !held.contains(i)).unwrap();
+    let free: Vec<u8> = (222..=254).filter(|i| !held.contains(i)).take(2).collect();
+    let (gone, gone2) = (free[0], free[1]);
     for cmd in [
         "bridge fdb add 02:de:ad:be:ef:01 dev trellis.1 dst 192.0.2.99 self permanent".to_string(),
         "bridge fdb add 02:de:ad:be:ef:02 dev trellis.1 dst 192.0.2.2 self permanent".to_string(),
         format!(
             "ip neigh add 10.244.{gone}.0 lladdr 02:de:ad:be:ef:01 dev trellis.1 nud permanent"
         ),
+        // A route as agents before nexthop objects wrote it.
         format!("ip route add 10.244.{gone}.0/24 via 10.244.{gone}.0 dev trellis.1 onlink"),
+        // And a departed node's nexthop with its route.
+        format!("ip nexthop add id 4242 via 10.244.{gone2}.0 dev trellis.1 onlink"),
+        format!("ip route add 10.244.{gone2}.0/24 nhid 4242"),
     ] {
         n1.sh_ok(&cmd).unwrap();
     }
-    assert_eq!(entries(&cluster.nodes[0]).unwrap().fdb.len(), 4);
+    let planted = entries(&cluster.nodes[0]).unwrap();
+    assert_eq!((planted.fdb.len(), planted.nexthops.len()), (4, 3));
     std::thread::sleep(Duration::from_millis(500));
     cluster.nodes[0].start_agent().unwrap();
 
@@ -308,7 +325,7 @@ fn sigterm_leaves_the_data_path_and_a_deleted_record_goes_within_a_second() {
                 || e.neigh.iter().any(|(ip, _)| *ip == vtep)
                 || e.routes
                     .iter()
-                    .any(|(dst, _)| *dst == gone.subnet.to_string());
+                    .any(|(dst, _, _)| *dst == gone.subnet.to_string());
             Ok((!left).then_some(()))
         })
         .unwrap();

@@ -2,7 +2,7 @@
 //! own.
 
 use trellis_kernel::netns::NetnsFile;
-use trellis_kernel::Netlink;
+use trellis_kernel::{Netlink, Nexthop, Route};
 use trellis_tests::netns::Netns;
 
 /// The agent dumps FDB, neighbour and route entries at once on one socket,
@@ -63,7 +63,7 @@ fn concurrent_dumps_on_one_socket_all_succeed() {
         for round in 0..20 {
             let (links, routes, neigh, fdb, addrs) = futures::join!(
                 nl.links(),
-                nl.routes_on_device(lo),
+                nl.routes_on_device(lo, &[]),
                 nl.neighbours_on(lo),
                 nl.fdb_entries(vx),
                 nl.addresses(lo),
@@ -91,4 +91,90 @@ fn ns_file(ns: &Netns, name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("{}-{name}", ns.name()));
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// Nexthop objects, encoded by the kernel crate itself: made, read back
+/// (by the crate and by iproute2), replaced, used by a route, and deleted
+/// with the routes through them.
+#[test]
+fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
+    let ns = Netns::new("nexthop").unwrap();
+    for cmd in [
+        "ip link add vx type vxlan id 1 dstport 8472 nolearning",
+        "ip link add vy type vxlan id 2 dstport 8473 nolearning",
+        "ip link set vx up",
+        "ip link set vy up",
+        "ip addr add 10.244.1.0/32 dev vx",
+        // Someone else's nexthop on another device: never listed for vx.
+        "ip nexthop add id 7 via 10.9.9.9 dev vy onlink",
+    ] {
+        ns.sh_ok(cmd).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let file = NetnsFile::open(&ns.path()).unwrap();
+        let nl = Netlink::in_netns(&file).unwrap();
+        let vx = nl.link_by_name("vx").await.unwrap().unwrap().index;
+        assert!(nl.nexthops_on_device(vx).await.unwrap().is_empty());
+        let gw: std::net::Ipv4Addr = "10.244.2.0".parse().unwrap();
+        let nh = Nexthop {
+            id: u32::from(gw),
+            gateway: gw.into(),
+            oif: vx,
+            onlink: true,
+        };
+        nl.replace_nexthop(&nh).await.unwrap();
+        assert_eq!(nl.nexthops_on_device(vx).await.unwrap(), vec![nh]);
+        let shown = ns.ok(&["ip", "nexthop", "show", "dev", "vx"]).unwrap();
+        assert!(
+            shown.contains(&format!("id {} via 10.244.2.0 dev vx", nh.id))
+                && shown.contains("onlink"),
+            "{shown}"
+        );
+        // A route through it, as the kernel reports it.
+        let route = Route::to("10.244.2.0/24".parse().unwrap()).nexthop(nh.id);
+        nl.replace_route(&route).await.unwrap();
+        let routes = nl.routes_on_device(vx, &[nh.id]).await.unwrap();
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(routes[0].nexthop, Some(nh.id));
+        assert_eq!(routes[0].gateway, Some(gw.into()));
+        let got = nl
+            .route_get("10.244.2.7".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.oif, Some(vx));
+        // Replacing the nexthop moves the route with it.
+        let moved = Nexthop {
+            gateway: "10.244.3.0".parse().unwrap(),
+            ..nh
+        };
+        nl.replace_nexthop(&moved).await.unwrap();
+        assert_eq!(nl.nexthops_on_device(vx).await.unwrap(), vec![moved]);
+        let routes = nl.routes_on_device(vx, &[nh.id]).await.unwrap();
+        assert_eq!(routes[0].gateway, Some(moved.gateway));
+        // A route to a missing nexthop is refused with the kernel's error.
+        let err = nl
+            .replace_route(&Route::to("10.244.5.0/24".parse().unwrap()).nexthop(99))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("10.244.5.0/24"), "{err}");
+        // Deleting the nexthop takes its route; deleting it again is fine.
+        nl.delete_nexthop(nh.id).await.unwrap();
+        assert!(nl.nexthops_on_device(vx).await.unwrap().is_empty());
+        assert!(nl.routes_on_device(vx, &[nh.id]).await.unwrap().is_empty());
+        nl.delete_nexthop(nh.id).await.unwrap();
+        // A nexthop on a device that is gone: the kernel's error, named.
+        let err = nl
+            .replace_nexthop(&Nexthop { oif: 9999, ..nh })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("setting nexthop"), "{err}");
+    });
+    // The other device's nexthop was never touched.
+    let other = ns.ok(&["ip", "nexthop", "show", "id", "7"]).unwrap();
+    assert!(other.contains("dev vy"), "{other}");
 }

@@ -1,7 +1,7 @@
 //! Where plans are applied: the kernel (one rtnetlink socket, many requests
 //! in flight) or, in unit tests, a fake.
 
-use super::plan::{overlay_route, ActualOverlay, Op};
+use super::plan::{overlay_nexthop, overlay_route, ActualOverlay, Op, RouteStyle};
 use crate::node_network::NodeNetwork;
 use futures::StreamExt;
 use std::future::Future;
@@ -25,6 +25,10 @@ pub trait Dataplane: Send {
 
     /// The VXLAN device's index, as the last `ensure_device` found it.
     fn device_index(&self) -> u32;
+
+    /// How routes are written: through nexthop objects unless the last
+    /// dump found the kernel without them.
+    fn route_style(&self) -> RouteStyle;
 }
 
 /// The real dataplane: this node's VXLAN device.
@@ -35,6 +39,7 @@ pub struct KernelDataplane {
     /// The VXLAN device's index, as `ensure_device` (which every pass
     /// starts with) last found it.
     ifindex: u32,
+    style: RouteStyle,
 }
 
 impl KernelDataplane {
@@ -43,18 +48,49 @@ impl KernelDataplane {
             nl,
             node,
             ifindex: 0,
+            style: RouteStyle::Nexthop,
+        }
+    }
+
+    /// The device's nexthop objects; none, and the gateway style from now
+    /// on, when the kernel has no nexthop objects (EOPNOTSUPP before 5.3).
+    async fn nexthops(&mut self) -> Result<Vec<trellis_kernel::Nexthop>, KernelError> {
+        match self.nl.nexthops_on_device(self.ifindex).await {
+            Ok(found) => Ok(found),
+            Err(e) if e.is_unsupported() => {
+                if self.style == RouteStyle::Nexthop {
+                    log::warn!(
+                        "overlay: the kernel has no nexthop objects ({e}); routes carry their gateways, which is slower with thousands of nodes"
+                    );
+                    self.style = RouteStyle::Gateway;
+                }
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
         }
     }
 }
 
-async fn execute(nl: &Netlink, ifindex: u32, op: &Op) -> Result<(), KernelError> {
+async fn execute(
+    nl: &Netlink,
+    ifindex: u32,
+    style: RouteStyle,
+    op: &Op,
+) -> Result<(), KernelError> {
     match *op {
         Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
         Op::DelRoute(ref r) => nl.delete_route(r).await,
+        Op::DelNexthop(id) => nl.delete_nexthop(id).await,
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
-        Op::SetRoute { dst, via } => nl.replace_route(&overlay_route(ifindex, dst, via)).await,
+        Op::SetRoute { dst, via } => {
+            if style == RouteStyle::Nexthop {
+                nl.replace_nexthop(&overlay_nexthop(ifindex, via)).await?;
+            }
+            nl.replace_route(&overlay_route(style, ifindex, dst, via))
+                .await
+        }
     }
 }
 
@@ -66,15 +102,18 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
+        let nexthops = self.nexthops().await?;
+        let ids: Vec<u32> = nexthops.iter().map(|n| n.id).collect();
         let (fdb, neighbours, routes) = futures::try_join!(
             self.nl.fdb_entries(self.ifindex),
             self.nl.neighbours_on(self.ifindex),
-            self.nl.routes_on_device(self.ifindex),
+            self.nl.routes_on_device(self.ifindex, &ids),
         )?;
         Ok(ActualOverlay {
             fdb,
             neighbours,
             routes,
+            nexthops,
         })
     }
 
@@ -82,12 +121,17 @@ impl Dataplane for KernelDataplane {
         self.ifindex
     }
 
+    fn route_style(&self) -> RouteStyle {
+        self.style
+    }
+
     async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
         let nl = &self.nl;
         let ifindex = self.ifindex;
+        let style = self.style;
         futures::stream::iter(ops.iter().cloned())
             .map(|op| async move {
-                let done = execute(nl, ifindex, &op).await;
+                let done = execute(nl, ifindex, style, &op).await;
                 (op, done)
             })
             .buffer_unordered(IN_FLIGHT)
@@ -98,14 +142,12 @@ impl Dataplane for KernelDataplane {
 }
 
 /// A dataplane in memory, for unit tests: applies ops like the kernel
-/// would, and fails the ones it is told to.
+/// would ([`ActualOverlay::apply`]), and fails the ones it is told to.
 #[cfg(test)]
 pub mod fake {
     use super::*;
-    use ipnetwork::IpNetwork;
     use std::collections::HashSet;
 
-    #[derive(Default)]
     pub struct FakeDataplane {
         pub state: ActualOverlay,
         /// Ops that fail (each once, then succeed) with ENOBUFS-like errors.
@@ -114,6 +156,21 @@ pub mod fake {
         pub applied: Vec<Op>,
         pub device_missing: bool,
         pub devices_made: usize,
+        pub style: RouteStyle,
+    }
+
+    impl Default for FakeDataplane {
+        fn default() -> Self {
+            FakeDataplane {
+                state: ActualOverlay::default(),
+                fail_once: HashSet::new(),
+                dumps: 0,
+                applied: Vec::new(),
+                device_missing: false,
+                devices_made: 0,
+                style: RouteStyle::Nexthop,
+            }
+        }
     }
 
     impl Dataplane for FakeDataplane {
@@ -136,6 +193,10 @@ pub mod fake {
             1
         }
 
+        fn route_style(&self) -> RouteStyle {
+            self.style
+        }
+
         async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
             let mut failed = Vec::new();
             for op in ops {
@@ -150,31 +211,7 @@ pub mod fake {
                     continue;
                 }
                 self.applied.push(op.clone());
-                let s = &mut self.state;
-                match op.clone() {
-                    Op::DelFdb(e) => s.fdb.retain(|x| *x != e),
-                    Op::DelNeighbour(ip) => s.neighbours.retain(|x| x.ip != ip),
-                    Op::DelRoute(r) => s.routes.retain(|x| *x != *r),
-                    Op::SetFdb { mac, dst } => {
-                        s.fdb.retain(|x| x.mac != mac);
-                        s.fdb.push(trellis_kernel::fdb::FdbEntry {
-                            mac,
-                            dst: Some(IpAddr::V4(dst)),
-                        });
-                    }
-                    Op::SetNeighbour { ip, mac } => {
-                        s.neighbours.retain(|x| x.ip != ip);
-                        s.neighbours.push(trellis_kernel::neigh::NeighbourEntry {
-                            ip,
-                            mac: Some(mac),
-                            permanent: true,
-                        });
-                    }
-                    Op::SetRoute { dst, via } => {
-                        s.routes.retain(|x| x.dst != IpNetwork::V4(dst));
-                        s.routes.push(overlay_route(1, dst, via));
-                    }
-                }
+                self.state.apply(op, self.style, 1);
             }
             failed
         }

@@ -10,5 +10,5 @@ pub mod reconciler;
 
 pub use dataplane::{Dataplane, KernelDataplane};
 pub use desired::{DesiredOverlay, RemoteNode};
-pub use plan::{plan, ActualOverlay, Op, Plan};
+pub use plan::{plan, ActualOverlay, Op, Plan, RouteStyle};
 pub use reconciler::{ReconcileOutcome, Reconciler};

@@ -4,12 +4,24 @@
 
 use super::desired::DesiredOverlay;
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
-use trellis_kernel::MacAddr;
-use trellis_kernel::Route;
+use trellis_kernel::{MacAddr, Nexthop, Route};
+
+/// How the routes to remote subnets are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteStyle {
+    /// `<subnet> nhid <id>`, the id a nexthop object `via <vtep> dev
+    /// <vxlan> onlink` (Linux 5.3 and later): the kernel inserts these in
+    /// constant time, where gateway routes on one device slow down with
+    /// each one already there.
+    Nexthop,
+    /// `<subnet> via <vtep> dev <vxlan> onlink`, for kernels without
+    /// nexthop objects.
+    Gateway,
+}
 
 /// What the kernel holds on the VXLAN device, from one dump of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,13 +29,14 @@ pub struct ActualOverlay {
     pub fdb: Vec<FdbEntry>,
     pub neighbours: Vec<NeighbourEntry>,
     pub routes: Vec<Route>,
+    pub nexthops: Vec<Nexthop>,
 }
 
 impl ActualOverlay {
     /// What the device on `ifindex` holds once a plan for `desired` went
     /// through in full: the state the next change is planned against,
     /// without a dump.
-    pub fn after(desired: &DesiredOverlay, ifindex: u32) -> ActualOverlay {
+    pub fn after(desired: &DesiredOverlay, ifindex: u32, style: RouteStyle) -> ActualOverlay {
         let mut a = ActualOverlay::default();
         for node in desired.nodes.values() {
             a.fdb.push(FdbEntry {
@@ -35,10 +48,58 @@ impl ActualOverlay {
                 mac: Some(node.vtep_mac),
                 permanent: true,
             });
+            if style == RouteStyle::Nexthop {
+                a.nexthops.push(overlay_nexthop(ifindex, node.vtep_ip));
+            }
             a.routes
-                .push(overlay_route(ifindex, node.subnet, node.vtep_ip));
+                .push(overlay_route(style, ifindex, node.subnet, node.vtep_ip));
         }
         a
+    }
+}
+
+impl ActualOverlay {
+    /// What the kernel does with `op` on the device `ifindex`: a Set
+    /// replaces what the kernel keys the same way (the FDB entry of the MAC,
+    /// the neighbour of the address, the nexthop of the id, the route of
+    /// the destination at metric 0); a deleted nexthop takes its routes.
+    /// The model that the fake dataplane and the plan's tests apply plans
+    /// with.
+    pub fn apply(&mut self, op: &Op, style: RouteStyle, ifindex: u32) {
+        match op.clone() {
+            Op::DelFdb(e) => self.fdb.retain(|x| *x != e),
+            Op::DelNeighbour(ip) => self.neighbours.retain(|x| x.ip != ip),
+            Op::DelRoute(r) => self.routes.retain(|x| *x != *r),
+            Op::DelNexthop(id) => {
+                self.nexthops.retain(|x| x.id != id);
+                self.routes.retain(|x| x.nexthop != Some(id));
+            }
+            Op::SetFdb { mac, dst } => {
+                self.fdb.retain(|x| x.mac != mac);
+                self.fdb.push(FdbEntry {
+                    mac,
+                    dst: Some(IpAddr::V4(dst)),
+                });
+            }
+            Op::SetNeighbour { ip, mac } => {
+                self.neighbours.retain(|x| x.ip != ip);
+                self.neighbours.push(NeighbourEntry {
+                    ip,
+                    mac: Some(mac),
+                    permanent: true,
+                });
+            }
+            Op::SetRoute { dst, via } => {
+                if style == RouteStyle::Nexthop {
+                    let nh = overlay_nexthop(ifindex, via);
+                    self.nexthops.retain(|x| x.id != nh.id);
+                    self.nexthops.push(nh);
+                }
+                self.routes
+                    .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
+                self.routes.push(overlay_route(style, ifindex, dst, via));
+            }
+        }
     }
 }
 
@@ -50,6 +111,8 @@ pub enum Op {
     /// Boxed: a `Route` is four times the size of the other ops, and a
     /// plan holds one op per entry (15,000 for 5,000 nodes).
     DelRoute(Box<Route>),
+    /// A nexthop object of the device, and with it the routes using it.
+    DelNexthop(u32),
     /// Permanent FDB entry `mac -> dst` (replacing `mac`'s destination).
     SetFdb {
         mac: MacAddr,
@@ -60,53 +123,90 @@ pub enum Op {
         ip: Ipv4Addr,
         mac: MacAddr,
     },
-    /// `dst via via onlink` on the VXLAN device.
+    /// The route to `dst` through `via` on the VXLAN device, replacing
+    /// what the table held for `dst` at metric 0: in the nexthop style the
+    /// nexthop object of `via` first, then the route through it.
     SetRoute {
         dst: Ipv4Network,
         via: Ipv4Addr,
     },
 }
 
-/// `dst via via dev <VXLAN device> onlink`: how a remote subnet is reached.
-pub fn overlay_route(ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
-    Route::to(IpNetwork::V4(dst))
+/// The id of the nexthop object through which the subnet of the remote
+/// VTEP `vtep` is reached: the address itself, read as a number. It is
+/// unique per node (the VTEP address is its subnet's first address), never
+/// 0 (the kernel's "pick one"; no cluster network holds 0.0.0.0), and the
+/// same on every agent and across restarts, so no table of ids is kept.
+pub fn nexthop_id(vtep: Ipv4Addr) -> u32 {
+    u32::from(vtep)
+}
+
+/// The nexthop object `via dev <VXLAN device> onlink` of remote VTEP `via`.
+pub fn overlay_nexthop(ifindex: u32, via: Ipv4Addr) -> Nexthop {
+    Nexthop {
+        id: nexthop_id(via),
+        gateway: IpAddr::V4(via),
+        oif: ifindex,
+        onlink: true,
+    }
+}
+
+/// How a remote subnet is reached: `dst via via dev <VXLAN device>
+/// onlink`, through `via`'s nexthop object in the nexthop style (as the
+/// kernel reports such a route).
+pub fn overlay_route(style: RouteStyle, ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
+    let route = Route::to(IpNetwork::V4(dst))
         .via(IpAddr::V4(via))
         .dev(ifindex)
-        .onlink()
+        .onlink();
+    match style {
+        RouteStyle::Nexthop => route.nexthop(nexthop_id(via)),
+        RouteStyle::Gateway => route,
+    }
 }
 
 /// Removals run before additions, so that a node whose MAC, address or
-/// subnet changed never has old and new entries fighting.
+/// subnet changed never has old and new entries fighting; nexthop objects
+/// go in between, once the routes through them are gone: the kernel deletes
+/// a nexthop still in use by flushing every routing table, once per
+/// nexthop (10,000 departing nodes took a second that way).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub removals: Vec<Op>,
+    pub nexthop_removals: Vec<Op>,
     pub additions: Vec<Op>,
 }
 
 impl Plan {
+    /// The ops in the order they must be applied: each phase after the one
+    /// before has gone through, the ops of one phase in any order.
+    pub fn phases(&self) -> [&[Op]; 3] {
+        [&self.removals, &self.nexthop_removals, &self.additions]
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.removals.is_empty() && self.additions.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.removals.len() + self.additions.len()
+        self.removals.len() + self.nexthop_removals.len() + self.additions.len()
     }
 }
 
-/// The plan that turns `actual` into `desired`.
-pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
+/// The plan that turns `actual` into `desired`, routes written in `style`.
+pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle) -> Plan {
     let mut out = Plan::default();
     let mut want_fdb: HashMap<MacAddr, Ipv4Addr> = HashMap::with_capacity(desired.len());
     let mut want_neigh: HashMap<Ipv4Addr, MacAddr> = HashMap::with_capacity(desired.len());
-    let mut want_route: HashMap<IpNetwork, IpAddr> = HashMap::with_capacity(desired.len());
+    let mut want_route: HashMap<IpNetwork, Ipv4Addr> = HashMap::with_capacity(desired.len());
     for node in desired.nodes.values() {
         want_fdb.insert(node.vtep_mac, node.public_ip);
         want_neigh.insert(node.vtep_ip, node.vtep_mac);
-        want_route.insert(IpNetwork::V4(node.subnet), IpAddr::V4(node.vtep_ip));
+        want_route.insert(IpNetwork::V4(node.subnet), node.vtep_ip);
     }
 
     // FDB: keep an entry only when it is exactly the wanted one.
-    let mut fdb_ok = std::collections::HashSet::new();
+    let mut fdb_ok = HashSet::new();
     for e in &actual.fdb {
         match (want_fdb.get(&e.mac), e.dst) {
             (Some(want), Some(IpAddr::V4(dst))) if *want == dst && fdb_ok.insert(e.mac) => {}
@@ -115,7 +215,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
     }
     // Neighbours: a permanent entry with the wanted MAC; anything else on
     // the device goes (stale MACs, departed nodes, ARP leftovers).
-    let mut neigh_ok = std::collections::HashSet::new();
+    let mut neigh_ok = HashSet::new();
     for e in &actual.neighbours {
         let wanted = want_neigh.get(&e.ip);
         match wanted {
@@ -127,16 +227,47 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay) -> Plan {
             None => out.removals.push(Op::DelNeighbour(e.ip)),
         }
     }
-    // Routes: exactly `subnet via vtep onlink`, metric 0, once.
-    let mut route_ok = std::collections::HashSet::new();
+    // Nexthops (the nexthop style only): exactly `via <vtep> onlink` under
+    // the VTEP's id; a wrong one of a wanted id is replaced with its route,
+    // any other goes (after the routes through it).
+    let want_nexthop: HashSet<u32> = match style {
+        RouteStyle::Nexthop => want_neigh.keys().map(|vtep| nexthop_id(*vtep)).collect(),
+        RouteStyle::Gateway => HashSet::new(),
+    };
+    let mut nexthop_ok = HashSet::new();
+    for nh in &actual.nexthops {
+        if !want_nexthop.contains(&nh.id) {
+            out.nexthop_removals.push(Op::DelNexthop(nh.id));
+        } else if nh.gateway == IpAddr::V4(Ipv4Addr::from(nh.id)) && nh.onlink {
+            nexthop_ok.insert(nh.id);
+        }
+    }
+    // Routes: exactly the wanted one at metric 0, once. A wrong route to a
+    // wanted subnet at metric 0 is replaced in place (no moment without a
+    // route); others go.
+    let mut route_ok = HashSet::new();
     for r in &actual.routes {
-        let exact = want_route
-            .get(&r.dst)
-            .is_some_and(|via| r.gateway == Some(*via) && r.onlink && r.metric.unwrap_or(0) == 0);
+        let metric0 = r.metric.unwrap_or(0) == 0;
+        let want = want_route.get(&r.dst);
+        let exact = want.is_some_and(|via| {
+            metric0
+                && match style {
+                    RouteStyle::Nexthop => {
+                        r.nexthop == Some(nexthop_id(*via))
+                            && nexthop_ok.contains(&nexthop_id(*via))
+                    }
+                    RouteStyle::Gateway => {
+                        r.nexthop.is_none() && r.gateway == Some(IpAddr::V4(*via)) && r.onlink
+                    }
+                }
+        });
         if exact && route_ok.insert(r.dst) {
             continue;
         }
-        out.removals.push(Op::DelRoute(Box::new(*r)));
+        let replaced = want.is_some() && metric0 && !exact;
+        if !replaced {
+            out.removals.push(Op::DelRoute(Box::new(*r)));
+        }
     }
 
     for node in desired.nodes.values() {
@@ -183,36 +314,14 @@ mod tests {
         }
     }
 
-    /// The kernel state after applying `plan` to `actual`, as the kernel
-    /// would (replace semantics for the Set ops).
-    fn apply(actual: &ActualOverlay, plan: &Plan) -> ActualOverlay {
+    const G: RouteStyle = RouteStyle::Gateway;
+    const N: RouteStyle = RouteStyle::Nexthop;
+
+    /// The kernel state after applying `plan` to `actual` (removals first).
+    fn apply(actual: &ActualOverlay, plan: &Plan, style: RouteStyle) -> ActualOverlay {
         let mut a = actual.clone();
-        for op in plan.removals.iter().chain(&plan.additions) {
-            match op.clone() {
-                Op::DelFdb(e) => a.fdb.retain(|x| *x != e),
-                Op::DelNeighbour(ip) => a.neighbours.retain(|x| x.ip != ip),
-                Op::DelRoute(r) => a.routes.retain(|x| *x != *r),
-                Op::SetFdb { mac, dst } => {
-                    a.fdb.retain(|x| x.mac != mac);
-                    a.fdb.push(FdbEntry {
-                        mac,
-                        dst: Some(IpAddr::V4(dst)),
-                    });
-                }
-                Op::SetNeighbour { ip, mac } => {
-                    a.neighbours.retain(|x| x.ip != ip);
-                    a.neighbours.push(NeighbourEntry {
-                        ip,
-                        mac: Some(mac),
-                        permanent: true,
-                    });
-                }
-                Op::SetRoute { dst, via } => {
-                    a.routes
-                        .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
-                    a.routes.push(overlay_route(1, dst, via));
-                }
-            }
+        for op in plan.phases().into_iter().flatten() {
+            a.apply(op, style, 1);
         }
         a
     }
@@ -220,89 +329,170 @@ mod tests {
     #[test]
     fn the_state_after_a_plan_needs_no_further_plan() {
         let d = desired(&[1, 2, 3]);
-        assert!(plan(&d, &ActualOverlay::after(&d, 7)).is_empty());
-        assert_eq!(ActualOverlay::after(&d, 7).fdb.len(), 3);
+        for style in [G, N] {
+            assert!(plan(&d, &ActualOverlay::after(&d, 1, style), style).is_empty());
+        }
+        assert_eq!(ActualOverlay::after(&d, 7, G).fdb.len(), 3);
+        assert!(ActualOverlay::after(&d, 7, G).nexthops.is_empty());
+        assert_eq!(ActualOverlay::after(&d, 7, N).nexthops.len(), 3);
     }
 
     #[test]
-    fn empty_kernel_gets_three_entries_per_node() {
-        let p = plan(&desired(&[2, 3]), &ActualOverlay::default());
-        assert!(p.removals.is_empty());
-        assert_eq!(p.additions.len(), 6);
-        assert!(p.additions.contains(&Op::SetFdb {
-            mac: node(2).vtep_mac,
-            dst: node(2).public_ip
-        }));
-        assert!(p.additions.contains(&Op::SetNeighbour {
-            ip: "10.244.3.0".parse().unwrap(),
-            mac: node(3).vtep_mac
-        }));
-        assert!(p.additions.contains(&Op::SetRoute {
-            dst: node(3).subnet,
-            via: node(3).vtep_ip
-        }));
+    fn empty_kernel_gets_three_writes_per_node() {
+        for style in [G, N] {
+            let p = plan(&desired(&[2, 3]), &ActualOverlay::default(), style);
+            assert!(p.removals.is_empty());
+            assert_eq!(p.additions.len(), 6);
+            assert!(p.additions.contains(&Op::SetFdb {
+                mac: node(2).vtep_mac,
+                dst: node(2).public_ip
+            }));
+            assert!(p.additions.contains(&Op::SetNeighbour {
+                ip: "10.244.3.0".parse().unwrap(),
+                mac: node(3).vtep_mac
+            }));
+            assert!(p.additions.contains(&Op::SetRoute {
+                dst: node(3).subnet,
+                via: node(3).vtep_ip
+            }));
+        }
+    }
+
+    #[test]
+    fn a_route_goes_through_the_nexthop_of_its_vtep() {
+        let d = desired(&[3]);
+        let after = apply(
+            &ActualOverlay::default(),
+            &plan(&d, &ActualOverlay::default(), N),
+            N,
+        );
+        assert_eq!(after.nexthops, vec![overlay_nexthop(1, node(3).vtep_ip)]);
+        assert_eq!(after.nexthops[0].id, 0x0af4_0300); // 10.244.3.0
+        assert_eq!(after.routes.len(), 1);
+        assert_eq!(after.routes[0].nexthop, Some(0x0af4_0300));
+        assert_eq!(after, ActualOverlay::after(&d, 1, N));
     }
 
     #[test]
     fn converged_state_needs_nothing() {
         let d = desired(&[2, 3, 4]);
-        let after = apply(
-            &ActualOverlay::default(),
-            &plan(&d, &ActualOverlay::default()),
-        );
-        assert!(plan(&d, &after).is_empty());
+        for style in [G, N] {
+            let empty = ActualOverlay::default();
+            let after = apply(&empty, &plan(&d, &empty, style), style);
+            assert!(plan(&d, &after, style).is_empty());
+        }
     }
 
     #[test]
     fn departed_node_entries_are_removed() {
         let d = desired(&[2, 3]);
-        let full = apply(
-            &ActualOverlay::default(),
-            &plan(&d, &ActualOverlay::default()),
-        );
-        let p = plan(&desired(&[2]), &full);
+        let empty = ActualOverlay::default();
+        // Gateway routes: its FDB entry, neighbour and route.
+        let full = apply(&empty, &plan(&d, &empty, G), G);
+        let p = plan(&desired(&[2]), &full, G);
         assert!(p.additions.is_empty());
         assert_eq!(p.removals.len(), 3);
-        let after = apply(&full, &p);
+        let after = apply(&full, &p, G);
         assert_eq!(
             (after.fdb.len(), after.neighbours.len(), after.routes.len()),
             (1, 1, 1)
         );
+        // Nexthops: the route first, then its nexthop, no longer in use.
+        let full = apply(&empty, &plan(&d, &empty, N), N);
+        let p = plan(&desired(&[2]), &full, N);
+        assert!(p.additions.is_empty());
+        assert_eq!(p.removals.len(), 3, "{p:#?}");
+        assert!(p
+            .removals
+            .iter()
+            .any(|op| matches!(op, Op::DelRoute(r) if r.dst == IpNetwork::V4(node(3).subnet))));
+        assert_eq!(
+            p.nexthop_removals,
+            vec![Op::DelNexthop(nexthop_id(node(3).vtep_ip))]
+        );
+        let after = apply(&full, &p, N);
+        assert_eq!(after, ActualOverlay::after(&desired(&[2]), 1, N));
+    }
+
+    #[test]
+    fn gateway_routes_left_by_an_older_agent_are_replaced_in_place() {
+        let d = desired(&[2, 3]);
+        let old = ActualOverlay::after(&d, 1, G);
+        let p = plan(&d, &old, N);
+        // No removal: each route is replaced by one through a nexthop, with
+        // no moment without a route.
+        assert!(p.removals.is_empty(), "{p:#?}");
+        assert_eq!(p.additions.len(), 2);
+        assert_eq!(apply(&old, &p, N), ActualOverlay::after(&d, 1, N));
+        // And back, in the gateway style: the nexthops go, the routes are
+        // set again.
+        let p = plan(&d, &ActualOverlay::after(&d, 1, N), G);
+        assert_eq!(p.additions.len(), 2);
+        assert_eq!(p.nexthop_removals.len(), 2);
+        assert_eq!(
+            apply(&ActualOverlay::after(&d, 1, N), &p, G),
+            ActualOverlay::after(&d, 1, G)
+        );
+    }
+
+    #[test]
+    fn a_wrong_nexthop_of_a_wanted_node_is_replaced_with_its_route() {
+        let d = desired(&[2]);
+        let wrong_gateway = |nh: &mut Nexthop| nh.gateway = "10.244.9.9".parse().unwrap();
+        let not_onlink = |nh: &mut Nexthop| nh.onlink = false;
+        for spoil in [&wrong_gateway as &dyn Fn(&mut Nexthop), &not_onlink] {
+            let mut a = ActualOverlay::after(&d, 1, N);
+            spoil(&mut a.nexthops[0]);
+            let p = plan(&d, &a, N);
+            assert!(p.removals.is_empty());
+            assert_eq!(
+                p.additions,
+                vec![Op::SetRoute {
+                    dst: node(2).subnet,
+                    via: node(2).vtep_ip
+                }]
+            );
+            assert_eq!(apply(&a, &p, N), ActualOverlay::after(&d, 1, N));
+        }
     }
 
     #[test]
     fn stale_mac_and_moved_node_are_fixed() {
         let d = desired(&[2]);
         let n = node(2);
-        let stale = ActualOverlay {
-            fdb: vec![
-                FdbEntry {
-                    mac: MacAddr([2, 9, 9, 9, 9, 9]),
-                    dst: Some(IpAddr::V4(n.public_ip)),
-                },
-                FdbEntry {
+        for style in [G, N] {
+            let stale = ActualOverlay {
+                fdb: vec![
+                    FdbEntry {
+                        mac: MacAddr([2, 9, 9, 9, 9, 9]),
+                        dst: Some(IpAddr::V4(n.public_ip)),
+                    },
+                    FdbEntry {
+                        mac: n.vtep_mac,
+                        dst: Some("198.51.100.1".parse().unwrap()),
+                    },
+                ],
+                neighbours: vec![NeighbourEntry {
+                    ip: n.vtep_ip,
+                    mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
+                    permanent: true,
+                }],
+                routes: vec![overlay_route(G, 1, n.subnet, "10.244.9.0".parse().unwrap())],
+                nexthops: Vec::new(),
+            };
+            let p = plan(&d, &stale, style);
+            // Both FDB entries go; the neighbour and the route are replaced.
+            assert_eq!(p.removals.len(), 2, "{p:#?}");
+            let after = apply(&stale, &p, style);
+            assert!(plan(&d, &after, style).is_empty(), "{after:#?}");
+            assert_eq!(
+                after.fdb,
+                vec![FdbEntry {
                     mac: n.vtep_mac,
-                    dst: Some("198.51.100.1".parse().unwrap()),
-                },
-            ],
-            neighbours: vec![NeighbourEntry {
-                ip: n.vtep_ip,
-                mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
-                permanent: true,
-            }],
-            routes: vec![overlay_route(1, n.subnet, "10.244.9.0".parse().unwrap())],
-        };
-        let p = plan(&d, &stale);
-        assert_eq!(p.removals.len(), 3, "{p:#?}"); // both FDB entries, the wrong route
-        let after = apply(&stale, &p);
-        assert!(plan(&d, &after).is_empty(), "{after:#?}");
-        assert_eq!(
-            after.fdb,
-            vec![FdbEntry {
-                mac: n.vtep_mac,
-                dst: Some(IpAddr::V4(n.public_ip))
-            }]
-        );
+                    dst: Some(IpAddr::V4(n.public_ip))
+                }]
+            );
+        }
     }
 
     #[test]
@@ -326,6 +516,7 @@ mod tests {
             ],
             routes: vec![
                 overlay_route(
+                    G,
                     1,
                     "10.244.50.0/24".parse().unwrap(),
                     "10.244.50.0".parse().unwrap(),
@@ -333,19 +524,25 @@ mod tests {
                 Route {
                     metric: Some(100),
                     ..overlay_route(
+                        G,
                         1,
                         "10.244.2.0/24".parse().unwrap(),
                         "10.244.2.0".parse().unwrap(),
                     )
                 },
             ],
+            nexthops: vec![overlay_nexthop(1, "10.244.60.0".parse().unwrap())],
         };
         let d = desired(&[2]);
-        let p = plan(&d, &junk);
-        assert_eq!(p.removals.len(), 5);
-        let after = apply(&junk, &p);
-        assert!(plan(&d, &after).is_empty());
-        assert_eq!(after.routes.len(), 1);
+        for style in [G, N] {
+            let p = plan(&d, &junk, style);
+            assert_eq!(p.removals.len(), 5, "{p:#?}");
+            assert_eq!(p.nexthop_removals.len(), 1, "{p:#?}");
+            let after = apply(&junk, &p, style);
+            assert!(plan(&d, &after, style).is_empty());
+            assert_eq!(after.routes.len(), 1);
+            assert_eq!(after, ActualOverlay::after(&d, 1, style));
+        }
     }
 
     #[test]
@@ -359,7 +556,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let p = plan(&desired(&[2]), &a);
+        let p = plan(&desired(&[2]), &a, N);
         assert!(p.removals.is_empty());
         assert!(p.additions.contains(&Op::SetNeighbour {
             ip: n.vtep_ip,
@@ -371,11 +568,10 @@ mod tests {
     fn large_plans_stay_linear() {
         let ids: Vec<u8> = (1..=250).collect();
         let d = desired(&ids);
-        let full = apply(
-            &ActualOverlay::default(),
-            &plan(&d, &ActualOverlay::default()),
-        );
+        let empty = ActualOverlay::default();
+        let full = apply(&empty, &plan(&d, &empty, N), N);
         assert_eq!(full.fdb.len(), 250);
-        assert!(plan(&d, &full).is_empty());
+        assert_eq!(full.nexthops.len(), 250);
+        assert!(plan(&d, &full, N).is_empty());
     }
 }

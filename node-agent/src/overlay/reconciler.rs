@@ -67,9 +67,12 @@ impl<D: Dataplane> Reconciler<D> {
             Some(known) => known,
             None => self.dataplane.dump().await?,
         };
-        let p = plan(desired, &actual);
-        let mut failed = self.dataplane.apply(&p.removals).await;
-        failed.extend(self.dataplane.apply(&p.additions).await);
+        let style = self.dataplane.route_style();
+        let p = plan(desired, &actual, style);
+        let mut failed = Vec::new();
+        for phase in p.phases() {
+            failed.extend(self.dataplane.apply(phase).await);
+        }
         for (op, err) in failed.iter().take(5) {
             log::warn!("overlay: {op:?} failed: {err}");
         }
@@ -77,10 +80,14 @@ impl<D: Dataplane> Reconciler<D> {
             log::warn!("overlay: and {} more writes failed", failed.len() - 5);
         }
         if failed.is_empty() {
-            self.programmed = Some(ActualOverlay::after(desired, self.dataplane.device_index()));
+            self.programmed = Some(ActualOverlay::after(
+                desired,
+                self.dataplane.device_index(),
+                style,
+            ));
         }
         let outcome = ReconcileOutcome {
-            removed: p.removals.len(),
+            removed: p.removals.len() + p.nexthop_removals.len(),
             added: p.additions.len(),
             failed: failed.len(),
             device_made,
@@ -182,7 +189,7 @@ mod tests {
     use super::*;
     use crate::overlay::dataplane::fake::FakeDataplane;
     use crate::overlay::desired::{vtep_ip_of, RemoteNode};
-    use crate::overlay::plan::Op;
+    use crate::overlay::plan::{Op, RouteStyle};
     use std::net::Ipv4Addr;
     use trellis_kernel::MacAddr;
 
@@ -213,8 +220,9 @@ mod tests {
         assert_eq!((o.added, o.removed, o.failed), (9, 0, 0));
         let o = r.reconcile_once(&desired(&[1, 2, 3]), true).await.unwrap();
         assert_eq!((o.added, o.removed), (0, 0));
+        // FDB entry, neighbour, route, then the nexthop.
         let o = r.reconcile_once(&desired(&[1, 3]), true).await.unwrap();
-        assert_eq!((o.added, o.removed), (0, 3));
+        assert_eq!((o.added, o.removed), (0, 4));
         assert_eq!(r.dataplane().state.fdb.len(), 2);
         assert_eq!(r.metrics.entries_programmed.get(), 6);
     }
@@ -248,11 +256,11 @@ mod tests {
         // A node joins, another leaves: no dump, exactly their entries.
         let o = r.reconcile_once(&desired(&[2, 3]), false).await.unwrap();
         assert!(!o.dumped);
-        assert_eq!((o.added, o.removed), (3, 3));
+        assert_eq!((o.added, o.removed), (3, 4));
         assert_eq!(r.dataplane().dumps, 1);
         let kernel = r.dataplane().state.clone();
         assert_eq!(kernel.fdb.len(), 2);
-        assert!(plan(&desired(&[2, 3]), &kernel).is_empty());
+        assert!(plan(&desired(&[2, 3]), &kernel, RouteStyle::Nexthop).is_empty());
         // Someone deletes an entry behind the agent's back: a change does
         // not see it, the resync does.
         r.dataplane.state.fdb.clear();
