@@ -2,7 +2,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::netns::{run_in_netns, NetnsFile};
-use crate::nexthop::NexthopSocket;
+use crate::nexthop_socket::NexthopSocket;
 use std::sync::Arc;
 use tokio::sync::{Mutex, MutexGuard};
 

@@ -33,6 +33,7 @@ pub mod fdb;
 pub mod mac;
 pub mod neigh;
 pub mod nexthop;
+mod nexthop_socket;
 pub mod overlay_route;
 pub mod vxlan;
 
