@@ -278,4 +278,19 @@ proptest! {
             prop_assert!(!already, "{:?} rewrites an entry that is right", op);
         }
     }
+
+    /// A change planned for the changed nodes only (as the reconciler does
+    /// between dumps), applied to the whole kernel state, yields the new
+    /// desired state exactly.
+    #[test]
+    fn a_delta_plan_yields_the_new_state(
+        old in desired_strategy(),
+        new in desired_strategy(),
+        style in prop::sample::select(vec![RouteStyle::Nexthop, RouteStyle::Gateway]),
+    ) {
+        let (was, now) = old.delta(&new);
+        let p = plan(&now, &ActualOverlay::after(&was, IFINDEX, style), style);
+        let after = apply(&ActualOverlay::after(&old, IFINDEX, style), &p, style);
+        prop_assert_eq!(entries_of(&after), wanted(&new, style), "plan {:#?}", p);
+    }
 }

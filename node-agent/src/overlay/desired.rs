@@ -106,6 +106,43 @@ impl DesiredOverlay {
         (DesiredOverlay { nodes }, warnings)
     }
 
+    /// What differs from `self` (the state programmed last) to `new`: the
+    /// old entries of nodes that changed or left, and the new entries of
+    /// nodes that changed or joined. Planning the second against the
+    /// kernel state of the first touches only those nodes; nothing else can
+    /// collide with them, since each state alone has distinct MACs, VTEP
+    /// addresses and subnets. One walk over both (sorted) maps.
+    pub fn delta(&self, new: &DesiredOverlay) -> (DesiredOverlay, DesiredOverlay) {
+        let (mut was, mut now) = (DesiredOverlay::default(), DesiredOverlay::default());
+        let mut old = self.nodes.iter().peekable();
+        let mut new = new.nodes.iter().peekable();
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some((o, _)), Some((n, _))) if o == n => {
+                    let ((name, a), (_, b)) = (old.next().unwrap(), new.next().unwrap());
+                    if a != b {
+                        was.nodes.insert(name.clone(), *a);
+                        now.nodes.insert(name.clone(), *b);
+                    }
+                }
+                (Some((o, _)), Some((n, _))) if o > n => {
+                    let (name, b) = new.next().unwrap();
+                    now.nodes.insert(name.clone(), *b);
+                }
+                (Some(_), _) => {
+                    let (name, a) = old.next().unwrap();
+                    was.nodes.insert(name.clone(), *a);
+                }
+                (None, Some(_)) => {
+                    let (name, b) = new.next().unwrap();
+                    now.nodes.insert(name.clone(), *b);
+                }
+            }
+        }
+        (was, now)
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -247,5 +284,31 @@ mod tests {
             vec!["b", "e"],
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn the_delta_holds_the_changed_joined_and_departed_nodes() {
+        let node = |i: u8, public: u8| RemoteNode {
+            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            vtep_ip: Ipv4Addr::new(10, 244, i, 0),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
+            public_ip: Ipv4Addr::new(192, 0, 2, public),
+        };
+        let of = |nodes: &[(u8, u8)]| DesiredOverlay {
+            nodes: nodes
+                .iter()
+                .map(|(i, p)| (format!("n{i}"), node(*i, *p)))
+                .collect(),
+        };
+        // n1 stays, n2 moves, n3 leaves, n4 joins, n0 joins before all.
+        let old = of(&[(1, 1), (2, 2), (3, 3)]);
+        let new = of(&[(0, 9), (1, 1), (2, 20), (4, 4)]);
+        let (was, now) = old.delta(&new);
+        assert_eq!(was, of(&[(2, 2), (3, 3)]));
+        assert_eq!(now, of(&[(0, 9), (2, 20), (4, 4)]));
+        let (was, now) = new.delta(&new);
+        assert!(was.is_empty() && now.is_empty());
+        let (was, now) = DesiredOverlay::default().delta(&old);
+        assert_eq!((was, now), (DesiredOverlay::default(), old));
     }
 }

@@ -2,14 +2,15 @@
 //! failed write (on a retry timer), when the VXLAN device had to be made
 //! again and on every periodic resync, it dumps the kernel once, diffs in
 //! memory and applies the plan; a change of the desired state in between is
-//! planned against what the last pass left in the kernel, without a dump,
-//! so that its cost does not grow with the cluster.
+//! planned for the nodes that changed only, against what the last pass
+//! left in the kernel for them, without a dump.
 
 use super::dataplane::Dataplane;
 use super::desired::DesiredOverlay;
-use super::plan::{plan, ActualOverlay};
+use super::plan::{plan, ActualOverlay, RouteStyle};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,9 +34,10 @@ pub struct ReconcileOutcome {
 pub struct Reconciler<D: Dataplane> {
     dataplane: D,
     metrics: Arc<Metrics>,
-    /// What the kernel holds since the last pass went through without a
-    /// failed write; `None` when only a dump can tell.
-    programmed: Option<ActualOverlay>,
+    /// The desired state the last pass put into the kernel in full (no
+    /// failed write), and in which route style; `None` when only a dump can
+    /// tell what the kernel holds.
+    programmed: Option<(Arc<DesiredOverlay>, RouteStyle)>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -56,19 +58,28 @@ impl<D: Dataplane> Reconciler<D> {
     /// additions. Failed writes are counted, not retried here.
     pub async fn reconcile_once(
         &mut self,
-        desired: &DesiredOverlay,
+        desired: &Arc<DesiredOverlay>,
         full: bool,
     ) -> Result<ReconcileOutcome, KernelError> {
         let started = Instant::now();
         let device_made = self.dataplane.ensure_device().await?;
-        let known = self.programmed.take().filter(|_| !full && !device_made);
-        let dumped = known.is_none();
-        let actual = match known {
-            Some(known) => known,
-            None => self.dataplane.dump().await?,
-        };
         let style = self.dataplane.route_style();
-        let p = plan(desired, &actual, style);
+        let known = self
+            .programmed
+            .take()
+            .filter(|(_, was_style)| !full && !device_made && *was_style == style);
+        let dumped = known.is_none();
+        let (target, actual) = match known {
+            Some((last, _)) => {
+                let (was, now) = last.delta(desired);
+                let ifindex = self.dataplane.device_index();
+                (Cow::Owned(now), ActualOverlay::after(&was, ifindex, style))
+            }
+            None => (Cow::Borrowed(&**desired), self.dataplane.dump().await?),
+        };
+        // The dump may have found the kernel without nexthop objects.
+        let style = self.dataplane.route_style();
+        let p = plan(&target, &actual, style);
         let mut failed = Vec::new();
         for phase in p.phases() {
             failed.extend(self.dataplane.apply(phase).await);
@@ -80,11 +91,7 @@ impl<D: Dataplane> Reconciler<D> {
             log::warn!("overlay: and {} more writes failed", failed.len() - 5);
         }
         if failed.is_empty() {
-            self.programmed = Some(ActualOverlay::after(
-                desired,
-                self.dataplane.device_index(),
-                style,
-            ));
+            self.programmed = Some((desired.clone(), style));
         }
         let outcome = ReconcileOutcome {
             removed: p.removals.len() + p.nexthop_removals.len(),
@@ -193,8 +200,8 @@ mod tests {
     use std::net::Ipv4Addr;
     use trellis_kernel::MacAddr;
 
-    fn desired(ids: &[u8]) -> DesiredOverlay {
-        DesiredOverlay {
+    fn desired(ids: &[u8]) -> Arc<DesiredOverlay> {
+        Arc::new(DesiredOverlay {
             nodes: ids
                 .iter()
                 .map(|i| {
@@ -210,7 +217,7 @@ mod tests {
                     )
                 })
                 .collect(),
-        }
+        })
     }
 
     #[tokio::test]
@@ -320,18 +327,62 @@ mod tests {
         // Nothing known yet: nothing happens.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(metrics.reconciles.get(), 0);
-        tx.send(Some(Arc::new(d))).unwrap();
+        tx.send(Some(d)).unwrap();
         // First pass: one failure; the retry (100 ms later) completes it.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(metrics.reconciles.get(), 2, "first pass and one retry");
         assert_eq!(metrics.entries_programmed.get(), 6);
         assert_eq!(metrics.failed_writes.get(), 1);
         // A node leaves: its entries go at once.
-        tx.send(Some(Arc::new(desired(&[2])))).unwrap();
+        tx.send(Some(desired(&[2]))).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(metrics.entries_programmed.get(), 3);
         drop(tx);
         done_rx.await.unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_touches_only_the_nodes_that_changed() {
+        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
+        let ids: Vec<u8> = (1..=200).collect();
+        r.reconcile_once(&desired(&ids), true).await.unwrap();
+        r.dataplane.applied.clear();
+        // Node 7 gets another public IP: its FDB entry alone is rewritten
+        // (the old destination removed, the new one set).
+        let mut moved = (*desired(&ids)).clone();
+        moved.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
+        let o = r
+            .reconcile_once(&Arc::new(moved.clone()), false)
+            .await
+            .unwrap();
+        assert!(!o.dumped);
+        assert_eq!(
+            r.dataplane().applied,
+            vec![
+                Op::DelFdb(trellis_kernel::fdb::FdbEntry {
+                    mac: MacAddr([2, 0, 0, 0, 0, 7]),
+                    dst: Some(Ipv4Addr::new(192, 0, 2, 7).into())
+                }),
+                Op::SetFdb {
+                    mac: MacAddr([2, 0, 0, 0, 0, 7]),
+                    dst: Ipv4Addr::new(198, 51, 100, 7)
+                }
+            ]
+        );
+        assert!(plan(&moved, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
+        // Node 8 leaves and node 201 joins in one change.
+        r.dataplane.applied.clear();
+        moved.nodes.remove("n8");
+        let ids: Vec<u8> = (1..=201).filter(|i| *i != 8).collect();
+        let mut joined = (*desired(&ids)).clone();
+        joined.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
+        let o = r
+            .reconcile_once(&Arc::new(joined.clone()), false)
+            .await
+            .unwrap();
+        assert_eq!((o.added, o.removed), (3, 4));
+        assert_eq!(r.dataplane().applied.len(), 7);
+        assert!(plan(&joined, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
     }
 }
