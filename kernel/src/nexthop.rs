@@ -18,8 +18,10 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 
 impl Netlink {
     /// The nexthops on device `ifindex` (one dump, filtered by the kernel).
-    /// An error with EOPNOTSUPP (or EINVAL) means the kernel has no nexthop
-    /// objects (before 5.3).
+    /// An error that [`KernelError::is_unsupported`] means the kernel has no
+    /// nexthop objects (before 5.3).
+    ///
+    /// [`KernelError::is_unsupported`]: crate::KernelError::is_unsupported
     pub async fn nexthops_on_device(&self, ifindex: u32) -> Result<Vec<Nexthop>> {
         let nh = self.nexthop_socket();
         let _turn = nh.dumps.lock().await;
