@@ -10,6 +10,7 @@ use crate::Netlink;
 use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rtnetlink::RouteMessageBuilder;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 impl Netlink {
@@ -18,7 +19,11 @@ impl Netlink {
     /// objects: a route through one carries no device when the kernel's
     /// `nexthop_compat_mode` is off), from one dump; routes the kernel made
     /// itself are left out.
-    pub async fn routes_on_device(&self, ifindex: u32, nexthops: &[u32]) -> Result<Vec<Route>> {
+    pub async fn routes_on_device(
+        &self,
+        ifindex: u32,
+        nexthops: &HashSet<u32>,
+    ) -> Result<Vec<Route>> {
         let _turn = self.dump_turn().await;
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut dump = self.handle().route().get(query).execute();

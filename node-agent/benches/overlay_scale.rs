@@ -97,7 +97,7 @@ async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize, usize) {
         .iter()
         .filter(|e| e.permanent)
         .count();
-    let nexthops: Vec<u32> = nl
+    let nexthops: std::collections::HashSet<u32> = nl
         .nexthops_on_device(ifindex)
         .await
         .unwrap()

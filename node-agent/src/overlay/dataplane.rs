@@ -103,7 +103,7 @@ impl Dataplane for KernelDataplane {
 
     async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
         let nexthops = self.nexthops().await?;
-        let ids: Vec<u32> = nexthops.iter().map(|n| n.id).collect();
+        let ids: std::collections::HashSet<u32> = nexthops.iter().map(|n| n.id).collect();
         let (fdb, neighbours, routes) = futures::try_join!(
             self.nl.fdb_entries(self.ifindex),
             self.nl.neighbours_on(self.ifindex),
