@@ -47,11 +47,15 @@ spec:
   template:
     metadata: {labels: {app: netexec}}
     spec:
+      # Spread per revision (matchLabelKeys): during a rollout the old
+      # revision's pods would count too, and its end could leave a node
+      # without a pod.
       topologySpreadConstraints:
         - maxSkew: 1
           topologyKey: kubernetes.io/hostname
           whenUnsatisfiable: DoNotSchedule
           labelSelector: {matchLabels: {app: netexec}}
+          matchLabelKeys: [pod-template-hash]
       containers:
         - name: netexec
           image: registry.k8s.io/e2e-test-images/agnhost:2.56
