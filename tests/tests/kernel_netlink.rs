@@ -51,13 +51,8 @@ fn concurrent_dumps_on_one_socket_all_succeed() {
     }
     let file = ns_file(&ns, "fdb", &fdb);
     ns.ok(&["bridge", "-batch", &file]).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, nl) = netlink_in(&ns);
     rt.block_on(async {
-        let file = NetnsFile::open(&ns.path()).unwrap();
-        let nl = Netlink::in_netns(&file).unwrap();
         let lo = nl.link_by_name("br0").await.unwrap().unwrap().index;
         let vx = nl.link_by_name("vx").await.unwrap().unwrap().index;
         let none = std::collections::HashSet::new();
@@ -86,6 +81,17 @@ fn concurrent_dumps_on_one_socket_all_succeed() {
     });
 }
 
+/// A runtime of its own and a netlink socket in `ns` driven by it.
+fn netlink_in(ns: &Netns) -> (tokio::runtime::Runtime, Netlink) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let file = NetnsFile::open(&ns.path()).unwrap();
+    let nl = rt.block_on(async { Netlink::in_netns(&file) }).unwrap();
+    (rt, nl)
+}
+
 /// Writes `text` to a file for `ip -batch` (the namespace's commands see
 /// the host's file system).
 fn ns_file(ns: &Netns, name: &str, text: &str) -> String {
@@ -111,13 +117,8 @@ fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
     ] {
         ns.sh_ok(cmd).unwrap();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, nl) = netlink_in(&ns);
     rt.block_on(async {
-        let file = NetnsFile::open(&ns.path()).unwrap();
-        let nl = Netlink::in_netns(&file).unwrap();
         let vx = nl.link_by_name("vx").await.unwrap().unwrap().index;
         assert!(nl.nexthops_on_device(vx).await.unwrap().is_empty());
         let gw: std::net::Ipv4Addr = "10.244.2.0".parse().unwrap();
