@@ -178,7 +178,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
     };
 
-    let (desired_tx, desired_rx) = watch::channel(None);
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     let (own_tx, own_rx) = watch::channel(None);
     let view = LocalView {
         node: node.clone(),
@@ -190,7 +190,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         keys.clone(),
         view,
         RegistryChannels {
-            desired: desired_tx,
+            updates: updates_tx,
             own_record: own_tx,
         },
         metrics.clone(),
@@ -199,7 +199,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let dataplane = KernelDataplane::new(nl.clone(), net.clone());
     let reconciler = tokio::spawn(
         Reconciler::new(dataplane, metrics.clone())
-            .run(desired_rx, Duration::from_secs(args.resync_interval.max(1))),
+            .run(updates_rx, Duration::from_secs(args.resync_interval.max(1))),
     );
     let mut background = vec![registry, reconciler];
     let kube_nodes = kube_api.map(|api| {

@@ -6,13 +6,14 @@
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::overlay::DesiredOverlay;
+use crate::overlay::admission::Admission;
+use crate::overlay::{DesiredOverlay, OverlayUpdate};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use ipnetwork::Ipv4Network;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
@@ -26,36 +27,76 @@ pub struct LocalView {
 }
 
 /// The records known right now, and what they mean for the overlay.
-#[derive(Debug, Default)]
+///
+/// A change is checked against what is admitted in O(log n) and sent as
+/// that one node's update while no record is left out (the usual case).
+/// When a record is left out, or a change would leave one out, which
+/// records win depends on all of them (the first by name keeps a
+/// contested subnet or MAC), so the state is computed again from every
+/// record and sent whole.
+#[derive(Debug)]
 pub struct Registry {
+    view: LocalView,
     records: BTreeMap<String, NodeRecord>,
-    /// Records left out of the overlay at the last computation (each is
-    /// warned about when it starts being left out, not on every change).
-    left_out: std::collections::BTreeSet<String>,
+    admission: Admission,
+    /// Why records were left out at the last computation (each is warned
+    /// about when it starts being left out, not on every change).
+    left_out: BTreeSet<String>,
 }
 
 impl Registry {
-    pub fn replace(&mut self, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
-        self.records.clear();
-        for (name, value) in records {
-            self.put(name, &value);
+    pub fn new(view: LocalView) -> Self {
+        let admission = Admission::new(&view.node, Some(view.subnet), view.network);
+        Registry {
+            view,
+            records: BTreeMap::new(),
+            admission,
+            left_out: BTreeSet::new(),
         }
     }
 
-    pub fn put(&mut self, name: String, value: &[u8]) {
-        match NodeRecord::parse(value) {
-            Ok(rec) => {
-                self.records.insert(name, rec);
-            }
-            Err(e) => {
-                log::warn!("node {name}: unreadable record ({e}); treating it as absent");
-                self.records.remove(&name);
-            }
+    /// A fresh listing: everything known before is forgotten.
+    pub fn replace(
+        &mut self,
+        records: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> OverlayUpdate {
+        self.records = records
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.clone(), parse(&name, &value)?)))
+            .collect();
+        self.recompute()
+    }
+
+    /// A record written: the overlay's update, if it changes the overlay.
+    pub fn put(&mut self, name: String, value: &[u8]) -> Option<OverlayUpdate> {
+        let Some(rec) = parse(&name, value) else {
+            return self.delete(&name);
+        };
+        if self.records.get(&name) == Some(&rec) {
+            return None;
+        }
+        self.records.insert(name.clone(), rec);
+        if !self.left_out.is_empty() {
+            return Some(self.recompute());
+        }
+        let old = self.admission.remove(&name);
+        match self.admission.admit(&name, &self.records[&name]) {
+            Ok(Some(node)) if old == Some(node) => None,
+            Ok(Some(node)) => Some(OverlayUpdate::Set(name, node)),
+            Ok(None) => None,
+            Err(_) => Some(self.recompute()),
         }
     }
 
-    pub fn delete(&mut self, name: &str) {
-        self.records.remove(name);
+    /// A record deleted: the overlay's update, if it changes the overlay.
+    pub fn delete(&mut self, name: &str) -> Option<OverlayUpdate> {
+        self.records.remove(name)?;
+        if !self.left_out.is_empty() {
+            return Some(self.recompute());
+        }
+        self.admission
+            .remove(name)
+            .map(|_| OverlayUpdate::Remove(name.to_string()))
     }
 
     pub fn get(&self, name: &str) -> Option<&NodeRecord> {
@@ -70,29 +111,60 @@ impl Registry {
         self.records.is_empty()
     }
 
-    pub fn desired(&mut self, view: &LocalView) -> DesiredOverlay {
-        let (desired, warnings) = DesiredOverlay::from_records(
-            &view.node,
-            Some(view.subnet),
-            view.network,
-            &self.records,
-        );
-        let warnings: std::collections::BTreeSet<String> = warnings.into_iter().collect();
+    /// The desired overlay as the updates sent so far make it.
+    pub fn desired(&self) -> &DesiredOverlay {
+        self.admission.desired()
+    }
+
+    /// The whole state from every record, warning about each record newly
+    /// left out.
+    fn recompute(&mut self) -> OverlayUpdate {
+        let view = &self.view;
+        let (admission, warnings) =
+            Admission::of_records(&view.node, Some(view.subnet), view.network, &self.records);
+        let warnings: BTreeSet<String> = warnings.into_iter().collect();
         for w in warnings.difference(&self.left_out) {
             log::warn!("{w}");
         }
         self.left_out = warnings;
-        desired
+        self.admission = admission;
+        OverlayUpdate::Replace(self.admission.desired().clone())
     }
+}
+
+fn parse(name: &str, value: &[u8]) -> Option<NodeRecord> {
+    NodeRecord::parse(value)
+        .map_err(|e| log::warn!("node {name}: unreadable record ({e}); treating it as absent"))
+        .ok()
 }
 
 /// What the registry task publishes.
 pub struct RegistryChannels {
-    /// The desired overlay (`None` until the first listing).
-    pub desired: watch::Sender<Option<Arc<DesiredOverlay>>>,
+    /// The desired overlay's updates: a `Replace` after every listing,
+    /// then one per change.
+    pub updates: mpsc::UnboundedSender<OverlayUpdate>,
     /// This node's own record as etcd holds it (`None`: absent), after
     /// every listing and every change of it.
     pub own_record: watch::Sender<Option<Option<NodeRecord>>>,
+}
+
+impl RegistryChannels {
+    /// Send `update`; `false` once nobody listens any more.
+    fn send(&self, update: Option<OverlayUpdate>) -> bool {
+        update.is_none_or(|u| self.updates.send(u).is_ok())
+    }
+
+    fn publish_own(&self, registry: &Registry) {
+        let own = registry.get(&registry.view.node).cloned();
+        self.own_record.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&own) {
+                false
+            } else {
+                *cur = Some(own);
+                true
+            }
+        });
+    }
 }
 
 /// List and watch `<prefix>/nodes/` forever.
@@ -104,13 +176,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut registry = Registry::default();
+    let mut registry = Registry::new(view);
     loop {
         // Each listing on the endpoint in use; one that failed hands over
         // to the next (a watch on a member that died, froze or lost its
         // leader ends with an error: keep-alives, require-leader).
         let mut picked = etcd.pick().await;
-        match list_and_watch(&mut picked.client, &keys, &view, &out, &mut registry).await {
+        match list_and_watch(&mut picked.client, &keys, &out, &mut registry).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 etcd.failed(picked.index);
@@ -118,7 +190,7 @@ pub async fn run(
                 log::warn!("node registry ({}): {e}", picked.endpoint);
             }
         }
-        if out.desired.is_closed() {
+        if out.updates.is_closed() {
             return;
         }
         let delay = backoff.next_delay();
@@ -127,11 +199,11 @@ pub async fn run(
     }
 }
 
-/// One listing and the watch that follows it, until the watch ends.
+/// One listing and the watch that follows it, until the watch ends (or
+/// nobody takes the updates any more).
 async fn list_and_watch(
     client: &mut Client,
     keys: &Keys,
-    view: &LocalView,
     out: &RegistryChannels,
     registry: &mut Registry,
 ) -> Result<(), etcd_client::Error> {
@@ -140,11 +212,14 @@ async fn list_and_watch(
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    registry.replace(resp.kvs().iter().filter_map(|kv| {
+    let listed = registry.replace(resp.kvs().iter().filter_map(|kv| {
         let name = keys.node_name_of(kv.key_str().ok()?)?;
         Some((name.to_string(), kv.value().to_vec()))
     }));
-    publish(registry, view, out);
+    if !out.send(Some(listed)) {
+        return Ok(());
+    }
+    out.publish_own(registry);
     log::info!(
         "node registry: {} records at revision {revision}; watching",
         registry.len()
@@ -175,45 +250,23 @@ async fn list_and_watch(
             );
             return Ok(());
         }
-        let mut changed = false;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let Some(name) = kv.key_str().ok().and_then(|k| keys.node_name_of(k)) else {
                 continue;
             };
-            match event.event_type() {
+            let update = match event.event_type() {
                 EventType::Put => registry.put(name.to_string(), kv.value()),
                 EventType::Delete => registry.delete(name),
+            };
+            if !out.send(update) {
+                return Ok(());
             }
-            changed = true;
         }
-        if changed {
-            publish(registry, view, out);
-        }
+        out.publish_own(registry);
     }
     log::warn!("node registry: watch stream ended");
     Ok(())
-}
-
-fn publish(registry: &mut Registry, view: &LocalView, out: &RegistryChannels) {
-    let desired = registry.desired(view);
-    out.desired.send_if_modified(|cur| {
-        if cur.as_deref() == Some(&desired) {
-            false
-        } else {
-            *cur = Some(Arc::new(desired));
-            true
-        }
-    });
-    let own = registry.get(&view.node).cloned();
-    out.own_record.send_if_modified(|cur| {
-        if cur.as_ref() == Some(&own) {
-            false
-        } else {
-            *cur = Some(own);
-            true
-        }
-    });
 }
 
 #[cfg(test)]
@@ -235,52 +288,122 @@ mod tests {
         .into_bytes()
     }
 
+    fn names(r: &Registry) -> Vec<&str> {
+        r.desired().nodes.keys().map(String::as_str).collect()
+    }
+
+    /// Apply `updates` to `state` as the reconciler does.
+    fn follow(state: &mut DesiredOverlay, updates: impl IntoIterator<Item = OverlayUpdate>) {
+        for u in updates {
+            match u {
+                OverlayUpdate::Replace(d) => *state = d,
+                OverlayUpdate::Set(name, node) => {
+                    state.nodes.insert(name, node);
+                }
+                OverlayUpdate::Remove(name) => {
+                    state.nodes.remove(&name);
+                }
+            }
+        }
+    }
+
     #[test]
     fn listing_puts_and_deletes_shape_the_desired_overlay() {
-        let mut r = Registry::default();
-        r.replace([
+        let mut r = Registry::new(view());
+        let listed = r.replace([
             ("a".into(), rec(1)),
             ("b".into(), rec(2)),
             ("c".into(), rec(3)),
         ]);
-        assert_eq!(
-            r.desired(&view()).nodes.keys().collect::<Vec<_>>(),
-            ["b", "c"]
-        );
-        r.delete("b");
-        r.put("d".into(), &rec(4));
-        assert_eq!(
-            r.desired(&view()).nodes.keys().collect::<Vec<_>>(),
-            ["c", "d"]
-        );
+        assert!(matches!(&listed, OverlayUpdate::Replace(d) if d == r.desired()));
+        assert_eq!(names(&r), ["b", "c"]);
+        // Changes without conflicts travel as the one node's update.
+        assert_eq!(r.delete("b"), Some(OverlayUpdate::Remove("b".into())));
+        assert!(matches!(r.put("d".into(), &rec(4)), Some(OverlayUpdate::Set(n, _)) if n == "d"));
+        assert_eq!(names(&r), ["c", "d"]);
+        // Nothing changes: nothing is sent (this node, a record re-put
+        // unchanged, a node that was not there).
+        assert_eq!(r.put("d".into(), &rec(4)), None);
+        assert_eq!(r.put("a".into(), &rec(1)), None);
+        assert_eq!(r.delete("zz"), None);
         // A record turned unreadable counts as absent.
-        r.put("c".into(), b"{garbage");
-        assert_eq!(r.desired(&view()).nodes.keys().collect::<Vec<_>>(), ["d"]);
+        assert_eq!(
+            r.put("c".into(), b"{garbage"),
+            Some(OverlayUpdate::Remove("c".into()))
+        );
+        assert_eq!(names(&r), ["d"]);
         // A fresh listing replaces everything.
         r.replace([("e".into(), rec(5))]);
-        assert_eq!(r.desired(&view()).nodes.keys().collect::<Vec<_>>(), ["e"]);
+        assert_eq!(names(&r), ["e"]);
         assert!(r.get("a").is_none());
     }
 
     #[test]
-    fn publish_only_signals_real_changes() {
-        let (dtx, mut drx) = watch::channel(None);
+    fn conflicts_are_settled_by_name_whatever_the_order_of_events() {
+        let mut r = Registry::new(view());
+        let mut followed = DesiredOverlay::default();
+        follow(&mut followed, [r.replace([("m".into(), rec(5))])]);
+        // "z" takes m's subnet: left out, and the state sent whole.
+        let update = r.put("z".into(), &rec(5)).unwrap();
+        assert!(matches!(update, OverlayUpdate::Replace(_)));
+        follow(&mut followed, [update]);
+        assert_eq!(names(&r), ["m"]);
+        // "b" comes first by name and takes it too: b wins, m goes, as a
+        // listing of the same records would decide.
+        follow(&mut followed, r.put("b".into(), &rec(5)));
+        assert_eq!(names(&r), ["b"]);
+        // While records are left out every change is computed whole: b
+        // leaves and m (first of the rest) gets the subnet back.
+        follow(&mut followed, r.delete("b"));
+        assert_eq!(names(&r), ["m"]);
+        follow(&mut followed, r.delete("m"));
+        assert_eq!(names(&r), ["z"]);
+        // No conflict left: back to single updates.
+        assert_eq!(
+            r.put("c".into(), &rec(3))
+                .map(|u| matches!(u, OverlayUpdate::Set(..))),
+            Some(true)
+        );
+        follow(
+            &mut followed,
+            [OverlayUpdate::Set("c".into(), r.desired().nodes["c"])],
+        );
+        assert_eq!(&followed, r.desired());
+        let mut listed = Registry::new(view());
+        listed.replace([("c".into(), rec(3)), ("z".into(), rec(5))]);
+        assert_eq!(listed.desired(), r.desired());
+    }
+
+    #[test]
+    fn own_record_is_published_only_when_it_changes() {
+        let (tx, _rx) = mpsc::unbounded_channel();
         let (otx, mut orx) = watch::channel(None);
         let out = RegistryChannels {
-            desired: dtx,
+            updates: tx,
             own_record: otx,
         };
-        let mut r = Registry::default();
+        let mut r = Registry::new(view());
         r.replace([("a".into(), rec(1)), ("b".into(), rec(2))]);
-        publish(&mut r, &view(), &out);
-        assert!(drx.has_changed().unwrap() && orx.has_changed().unwrap());
-        drx.borrow_and_update();
+        out.publish_own(&r);
+        assert!(orx.has_changed().unwrap());
         orx.borrow_and_update();
-        publish(&mut r, &view(), &out);
-        assert!(!drx.has_changed().unwrap() && !orx.has_changed().unwrap());
+        out.publish_own(&r);
+        assert!(!orx.has_changed().unwrap());
         r.delete("a");
-        publish(&mut r, &view(), &out);
-        assert!(!drx.has_changed().unwrap());
+        out.publish_own(&r);
         assert_eq!(*orx.borrow_and_update(), Some(None));
+    }
+
+    #[test]
+    fn a_closed_channel_stops_the_sending() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (otx, _orx) = watch::channel(None);
+        let out = RegistryChannels {
+            updates: tx,
+            own_record: otx,
+        };
+        assert!(out.send(None) && out.send(Some(OverlayUpdate::Remove("x".into()))));
+        drop(rx);
+        assert!(!out.send(Some(OverlayUpdate::Remove("x".into()))));
     }
 }

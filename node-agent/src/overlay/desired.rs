@@ -1,9 +1,10 @@
 //! What the kernel should hold for the remote nodes: from the node records
 //! in etcd, minus this node and records that would break the overlay.
 
+use super::admission::Admission;
 use ipnetwork::Ipv4Network;
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use trellis_common::node::NodeRecord;
 use trellis_kernel::MacAddr;
 
@@ -25,6 +26,20 @@ pub struct DesiredOverlay {
     pub nodes: BTreeMap<String, RemoteNode>,
 }
 
+/// A change of the desired overlay, as the registry sends it to the
+/// reconciler: each leaves a state in which MACs, VTEP addresses and
+/// subnets are distinct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayUpdate {
+    /// The whole state: after a listing, or after a change that altered
+    /// which records are left out.
+    Replace(DesiredOverlay),
+    /// A node joined or changed.
+    Set(String, RemoteNode),
+    /// A node left (or its record became unusable).
+    Remove(String),
+}
+
 /// The address a node's VXLAN device holds: its subnet's network address.
 pub fn vtep_ip_of(subnet: Ipv4Network) -> Ipv4Addr {
     subnet.network()
@@ -42,68 +57,8 @@ impl DesiredOverlay {
         network: Ipv4Network,
         records: &BTreeMap<String, NodeRecord>,
     ) -> (DesiredOverlay, Vec<String>) {
-        let mut warnings = Vec::new();
-        let mut nodes = BTreeMap::new();
-        let mut subnets = SubnetSet::default();
-        let mut macs: HashMap<MacAddr, &str> = HashMap::new();
-        for (name, rec) in records {
-            if name == local {
-                continue;
-            }
-            let subnet = rec.subnet;
-            if subnet.network() != subnet.ip() || !network.contains(subnet.network()) {
-                warnings.push(format!(
-                    "node {name}: subnet {subnet} is not a subnet of the cluster network {network}; ignored"
-                ));
-                continue;
-            }
-            if let Some(own) = local_subnet.filter(|own| overlaps(*own, subnet)) {
-                warnings.push(format!(
-                    "node {name}: subnet {subnet} overlaps this node's {own}; ignored"
-                ));
-                continue;
-            }
-            if let Some((other, other_name)) = subnets.overlapping(subnet) {
-                warnings.push(format!(
-                    "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
-                ));
-                continue;
-            }
-            let mac: MacAddr = match rec.vtep_mac.parse() {
-                Ok(m) => m,
-                Err(e) => {
-                    warnings.push(format!("node {name}: {e}; ignored"));
-                    continue;
-                }
-            };
-            if let Some(other) = macs.get(&mac) {
-                warnings.push(format!(
-                    "node {name}: VTEP MAC {mac} is already node {other}'s; ignored"
-                ));
-                continue;
-            }
-            let public_ip = match rec.public_ip {
-                IpAddr::V4(v4) => v4,
-                IpAddr::V6(v6) => {
-                    warnings.push(format!(
-                        "node {name}: IPv6 public IP {v6} on an IPv4 overlay; ignored"
-                    ));
-                    continue;
-                }
-            };
-            subnets.insert(subnet, name);
-            macs.insert(mac, name);
-            nodes.insert(
-                name.clone(),
-                RemoteNode {
-                    subnet,
-                    vtep_ip: vtep_ip_of(subnet),
-                    vtep_mac: mac,
-                    public_ip,
-                },
-            );
-        }
-        (DesiredOverlay { nodes }, warnings)
+        let (admission, warnings) = Admission::of_records(local, local_subnet, network, records);
+        (admission.into_desired(), warnings)
     }
 
     /// What differs from `self` (the state programmed last) to `new`: the
@@ -149,35 +104,6 @@ impl DesiredOverlay {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
-    }
-}
-
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
-}
-
-/// Non-overlapping subnets by first address: an overlap check looks at the
-/// two neighbours only, so building the desired state stays O(n log n).
-#[derive(Default)]
-struct SubnetSet<'a> {
-    by_start: BTreeMap<u32, (Ipv4Network, &'a str)>,
-}
-
-impl<'a> SubnetSet<'a> {
-    fn overlapping(&self, subnet: Ipv4Network) -> Option<(Ipv4Network, &'a str)> {
-        let start = u32::from(subnet.network());
-        let before = self.by_start.range(..=start).next_back();
-        let after = self.by_start.range(start..).next();
-        before
-            .into_iter()
-            .chain(after)
-            .map(|(_, v)| *v)
-            .find(|(other, _)| overlaps(*other, subnet))
-    }
-
-    fn insert(&mut self, subnet: Ipv4Network, name: &'a str) {
-        self.by_start
-            .insert(u32::from(subnet.network()), (subnet, name));
     }
 }
 

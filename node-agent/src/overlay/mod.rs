@@ -3,12 +3,13 @@
 //! records, the actual state dumped from the kernel, a plan that is their
 //! difference, and a reconciler that applies plans until nothing is left.
 
+pub mod admission;
 pub mod dataplane;
 pub mod desired;
 pub mod plan;
 pub mod reconciler;
 
 pub use dataplane::{Dataplane, KernelDataplane};
-pub use desired::{DesiredOverlay, RemoteNode};
+pub use desired::{DesiredOverlay, OverlayUpdate, RemoteNode};
 pub use plan::{plan, ActualOverlay, Op, Plan, RouteStyle};
 pub use reconciler::{ReconcileOutcome, Reconciler};

@@ -6,15 +6,16 @@
 //! left in the kernel for them, without a dump.
 
 use super::dataplane::Dataplane;
-use super::desired::DesiredOverlay;
+use super::desired::{DesiredOverlay, OverlayUpdate, RemoteNode};
 use super::plan::{plan, ActualOverlay, RouteStyle};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use trellis_kernel::KernelError;
 
 /// What one reconcile did.
@@ -34,10 +35,16 @@ pub struct ReconcileOutcome {
 pub struct Reconciler<D: Dataplane> {
     dataplane: D,
     metrics: Arc<Metrics>,
-    /// The desired state the last pass put into the kernel in full (no
-    /// failed write), and in which route style; `None` when only a dump can
+    /// The desired state as the registry's updates made it; `None` until
+    /// the first `Replace` (nothing is touched before).
+    desired: Option<DesiredOverlay>,
+    /// The route style in which the last pass put the state it saw into
+    /// the kernel in full (no failed write); `None` when only a dump can
     /// tell what the kernel holds.
-    programmed: Option<(Arc<DesiredOverlay>, RouteStyle)>,
+    programmed: Option<RouteStyle>,
+    /// The nodes changed since the last pass, with what that pass saw of
+    /// each (`None`: absent).
+    changed: BTreeMap<String, Option<RemoteNode>>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -45,7 +52,9 @@ impl<D: Dataplane> Reconciler<D> {
         Reconciler {
             dataplane,
             metrics,
+            desired: None,
             programmed: None,
+            changed: BTreeMap::new(),
         }
     }
 
@@ -53,30 +62,61 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dataplane
     }
 
-    /// Bring the kernel to `desired` once: ensure the device, then (with
-    /// `full`, or when the last pass did not go through) one dump, removals,
-    /// additions. Failed writes are counted, not retried here.
-    pub async fn reconcile_once(
-        &mut self,
-        desired: &Arc<DesiredOverlay>,
-        full: bool,
-    ) -> Result<ReconcileOutcome, KernelError> {
+    /// Take one update of the desired state (applied by the next pass).
+    pub fn update(&mut self, update: OverlayUpdate) {
+        let Some(desired) = self.desired.as_mut() else {
+            match update {
+                OverlayUpdate::Replace(first) => self.desired = Some(first),
+                other => log::debug!("overlay: {other:?} before the first listing; ignored"),
+            }
+            return;
+        };
+        match update {
+            OverlayUpdate::Replace(new) => {
+                let (was, now) = desired.delta(&new);
+                for name in was.nodes.into_keys().chain(now.nodes.into_keys()) {
+                    let before = desired.nodes.get(&name).copied();
+                    self.changed.entry(name).or_insert(before);
+                }
+                *desired = new;
+            }
+            OverlayUpdate::Set(name, node) => {
+                let before = desired.nodes.insert(name.clone(), node);
+                self.changed.entry(name).or_insert(before);
+            }
+            OverlayUpdate::Remove(name) => {
+                if let Some(before) = desired.nodes.remove(&name) {
+                    self.changed.entry(name).or_insert(Some(before));
+                }
+            }
+        }
+    }
+
+    /// Bring the kernel to the desired state once: ensure the device, then
+    /// (with `full`, or when the last pass did not go through) one dump,
+    /// removals, additions; otherwise the changed nodes only, planned
+    /// against what the last pass left. Failed writes are counted, not
+    /// retried here. Nothing is done before the first listing.
+    pub async fn reconcile_once(&mut self, full: bool) -> Result<ReconcileOutcome, KernelError> {
+        let Some(desired) = &self.desired else {
+            return Ok(ReconcileOutcome::default());
+        };
         let started = Instant::now();
         let device_made = self.dataplane.ensure_device().await?;
         let style = self.dataplane.route_style();
+        let changed = std::mem::take(&mut self.changed);
         let known = self
             .programmed
             .take()
-            .filter(|(_, was_style)| !full && !device_made && *was_style == style);
-        let dumped = known.is_none();
-        let (target, actual) = match known {
-            Some((last, _)) => {
-                let (was, now) = last.delta(desired);
-                let ifindex = self.dataplane.device_index();
-                (Cow::Owned(now), ActualOverlay::after(&was, ifindex, style))
-            }
-            None => (Cow::Borrowed(&**desired), self.dataplane.dump().await?),
+            .is_some_and(|was_style| !full && !device_made && was_style == style);
+        let (target, actual) = if known {
+            let (was, now) = changes(desired, changed);
+            let ifindex = self.dataplane.device_index();
+            (Cow::Owned(now), ActualOverlay::after(&was, ifindex, style))
+        } else {
+            (Cow::Borrowed(desired), self.dataplane.dump().await?)
         };
+        let dumped = !known;
         // The dump may have found the kernel without nexthop objects.
         let style = self.dataplane.route_style();
         let p = plan(&target, &actual, style);
@@ -90,9 +130,7 @@ impl<D: Dataplane> Reconciler<D> {
         if failed.len() > 5 {
             log::warn!("overlay: and {} more writes failed", failed.len() - 5);
         }
-        if failed.is_empty() {
-            self.programmed = Some((desired.clone(), style));
-        }
+        self.programmed = failed.is_empty().then_some(style);
         let outcome = ReconcileOutcome {
             removed: p.removals.len() + p.nexthop_removals.len(),
             added: p.additions.len(),
@@ -105,13 +143,13 @@ impl<D: Dataplane> Reconciler<D> {
         Ok(outcome)
     }
 
-    /// Reconcile whenever `desired` changes (a `None` value means "not known
-    /// yet": nothing is touched until the first full listing), retrying
-    /// failures with backoff and resyncing every `resync`. Returns when the
-    /// sender is dropped.
+    /// Reconcile on every batch of updates (the ones queued meanwhile go
+    /// into the same pass; nothing is touched until the first `Replace`),
+    /// retrying failures with backoff and resyncing every `resync`.
+    /// Returns when the sender is dropped.
     pub async fn run(
         mut self,
-        mut desired: watch::Receiver<Option<Arc<DesiredOverlay>>>,
+        mut updates: mpsc::UnboundedReceiver<OverlayUpdate>,
         resync: Duration,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -122,18 +160,24 @@ impl<D: Dataplane> Reconciler<D> {
             // A change is planned against the last pass; the timers (retry,
             // resync) read the kernel.
             let full = tokio::select! {
-                changed = desired.changed() => {
-                    if changed.is_err() {
-                        return;
+                got = updates.recv() => match got {
+                    Some(update) => {
+                        self.update(update);
+                        false
                     }
-                    false
-                }
+                    None => return,
+                },
                 _ = tokio::time::sleep_until(wake) => true,
             };
-            let Some(snapshot) = desired.borrow_and_update().clone() else {
+            while let Ok(update) = updates.try_recv() {
+                self.update(update);
+            }
+            let Some(nodes) = self.desired.as_ref().map(DesiredOverlay::len) else {
+                // Nothing known yet, so nothing to resync either.
+                next_resync = tokio::time::Instant::now() + resync;
                 continue;
             };
-            let outcome = self.reconcile_once(&snapshot, full).await;
+            let outcome = self.reconcile_once(full).await;
             if matches!(outcome, Ok(ReconcileOutcome { dumped: true, .. })) {
                 next_resync = tokio::time::Instant::now() + resync;
             }
@@ -141,8 +185,7 @@ impl<D: Dataplane> Reconciler<D> {
                 Ok(o) if o.failed == 0 => {
                     if o.removed + o.added > 0 || o.device_made {
                         log::info!(
-                            "overlay: {} remote nodes; removed {} and set {} entries in {:?}{}",
-                            snapshot.len(),
+                            "overlay: {nodes} remote nodes; removed {} and set {} entries in {:?}{}",
                             o.removed,
                             o.added,
                             o.duration,
@@ -176,6 +219,30 @@ impl<D: Dataplane> Reconciler<D> {
     }
 }
 
+/// The nodes that really changed, as the last pass saw them (`was`) and
+/// as they are now (`now`). Planning `now` against the kernel state of
+/// `was` touches only those nodes; nothing else can collide with them,
+/// since both states have distinct MACs, VTEP addresses and subnets.
+fn changes(
+    desired: &DesiredOverlay,
+    changed: BTreeMap<String, Option<RemoteNode>>,
+) -> (DesiredOverlay, DesiredOverlay) {
+    let (mut was, mut now) = (DesiredOverlay::default(), DesiredOverlay::default());
+    for (name, before) in changed {
+        let after = desired.nodes.get(&name).copied();
+        if before == after {
+            continue;
+        }
+        if let Some(b) = before {
+            was.nodes.insert(name.clone(), b);
+        }
+        if let Some(a) = after {
+            now.nodes.insert(name, a);
+        }
+    }
+    (was, now)
+}
+
 /// What a reconcile did, in the agent's figures.
 fn record(metrics: &Metrics, o: &ReconcileOutcome, desired_nodes: usize) {
     metrics.reconciles.inc();
@@ -192,197 +259,4 @@ fn record(metrics: &Metrics, o: &ReconcileOutcome, desired_nodes: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::overlay::dataplane::fake::FakeDataplane;
-    use crate::overlay::desired::{vtep_ip_of, RemoteNode};
-    use crate::overlay::plan::{Op, RouteStyle};
-    use std::net::Ipv4Addr;
-    use trellis_kernel::MacAddr;
-
-    fn desired(ids: &[u8]) -> Arc<DesiredOverlay> {
-        Arc::new(DesiredOverlay {
-            nodes: ids
-                .iter()
-                .map(|i| {
-                    let subnet = format!("10.244.{i}.0/24").parse().unwrap();
-                    (
-                        format!("n{i}"),
-                        RemoteNode {
-                            subnet,
-                            vtep_ip: vtep_ip_of(subnet),
-                            vtep_mac: MacAddr([2, 0, 0, 0, 0, *i]),
-                            public_ip: Ipv4Addr::new(192, 0, 2, *i),
-                        },
-                    )
-                })
-                .collect(),
-        })
-    }
-
-    #[tokio::test]
-    async fn converges_and_then_does_nothing() {
-        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        let o = r.reconcile_once(&desired(&[1, 2, 3]), true).await.unwrap();
-        assert_eq!((o.added, o.removed, o.failed), (9, 0, 0));
-        let o = r.reconcile_once(&desired(&[1, 2, 3]), true).await.unwrap();
-        assert_eq!((o.added, o.removed), (0, 0));
-        // FDB entry, neighbour, route, then the nexthop.
-        let o = r.reconcile_once(&desired(&[1, 3]), true).await.unwrap();
-        assert_eq!((o.added, o.removed), (0, 4));
-        assert_eq!(r.dataplane().state.fdb.len(), 2);
-        assert_eq!(r.metrics.entries_programmed.get(), 6);
-    }
-
-    #[test]
-    fn a_reconcile_is_recorded_in_the_figures() {
-        let m = Metrics::default();
-        let o = ReconcileOutcome {
-            added: 6,
-            failed: 1,
-            duration: Duration::from_millis(12),
-            ..Default::default()
-        };
-        record(&m, &o, 2);
-        assert_eq!(m.reconciles.get(), 1);
-        assert_eq!(m.failed_writes.get(), 1);
-        assert_eq!(m.entries_programmed.get(), 5);
-        assert_eq!(m.remote_nodes.get(), 2);
-        assert_eq!(m.last_reconcile_micros.get(), 12_000);
-        assert!(!m.converged.load(Ordering::Relaxed));
-        let text = m.render();
-        assert!(text.contains("\ntrellis_agent_last_reconcile_duration_seconds 0.012000\n"));
-    }
-
-    #[tokio::test]
-    async fn changes_are_planned_without_a_dump_and_resyncs_read_the_kernel() {
-        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        let o = r.reconcile_once(&desired(&[1, 2]), false).await.unwrap();
-        assert!(o.dumped, "the first pass knows nothing yet");
-        assert_eq!(r.dataplane().dumps, 1);
-        // A node joins, another leaves: no dump, exactly their entries.
-        let o = r.reconcile_once(&desired(&[2, 3]), false).await.unwrap();
-        assert!(!o.dumped);
-        assert_eq!((o.added, o.removed), (3, 4));
-        assert_eq!(r.dataplane().dumps, 1);
-        let kernel = r.dataplane().state.clone();
-        assert_eq!(kernel.fdb.len(), 2);
-        assert!(plan(&desired(&[2, 3]), &kernel, RouteStyle::Nexthop).is_empty());
-        // Someone deletes an entry behind the agent's back: a change does
-        // not see it, the resync does.
-        r.dataplane.state.fdb.clear();
-        let o = r.reconcile_once(&desired(&[2, 3]), false).await.unwrap();
-        assert_eq!((o.added, o.removed), (0, 0));
-        let o = r.reconcile_once(&desired(&[2, 3]), true).await.unwrap();
-        assert!(o.dumped);
-        assert_eq!(o.added, 2);
-        assert_eq!(r.dataplane().state.fdb.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn after_a_failed_write_the_next_pass_reads_the_kernel() {
-        let mut dp = FakeDataplane::default();
-        let d = desired(&[1]);
-        let n1 = d.nodes["n1"];
-        dp.fail_once.insert(Op::SetFdb {
-            mac: n1.vtep_mac,
-            dst: n1.public_ip,
-        });
-        let mut r = Reconciler::new(dp, Arc::new(Metrics::default()));
-        let o = r.reconcile_once(&d, false).await.unwrap();
-        assert_eq!(o.failed, 1);
-        let o = r.reconcile_once(&d, false).await.unwrap();
-        assert!(o.dumped);
-        assert_eq!((o.added, o.failed), (1, 0));
-    }
-
-    #[tokio::test]
-    async fn a_vanished_device_is_remade_and_refilled() {
-        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        r.reconcile_once(&desired(&[1, 2]), true).await.unwrap();
-        r.dataplane.device_missing = true;
-        let o = r.reconcile_once(&desired(&[1, 2]), true).await.unwrap();
-        assert!(o.device_made);
-        assert_eq!(o.added, 6);
-        assert_eq!(r.dataplane().devices_made, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_writes_are_retried_and_changes_applied_by_the_loop() {
-        let mut dp = FakeDataplane::default();
-        let d = desired(&[1, 2]);
-        let n1 = d.nodes["n1"];
-        dp.fail_once.insert(Op::SetFdb {
-            mac: n1.vtep_mac,
-            dst: n1.public_ip,
-        });
-        let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = watch::channel(None);
-        let r = Reconciler::new(dp, metrics.clone());
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            r.run(rx, Duration::from_secs(3600)).await;
-            let _ = done_tx.send(());
-        });
-        // Nothing known yet: nothing happens.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(metrics.reconciles.get(), 0);
-        tx.send(Some(d)).unwrap();
-        // First pass: one failure; the retry (100 ms later) completes it.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(metrics.reconciles.get(), 2, "first pass and one retry");
-        assert_eq!(metrics.entries_programmed.get(), 6);
-        assert_eq!(metrics.failed_writes.get(), 1);
-        // A node leaves: its entries go at once.
-        tx.send(Some(desired(&[2]))).unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(metrics.entries_programmed.get(), 3);
-        drop(tx);
-        done_rx.await.unwrap();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_change_touches_only_the_nodes_that_changed() {
-        let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
-        let ids: Vec<u8> = (1..=200).collect();
-        r.reconcile_once(&desired(&ids), true).await.unwrap();
-        r.dataplane.applied.clear();
-        // Node 7 gets another public IP: its FDB entry alone is rewritten
-        // (the old destination removed, the new one set).
-        let mut moved = (*desired(&ids)).clone();
-        moved.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
-        let o = r
-            .reconcile_once(&Arc::new(moved.clone()), false)
-            .await
-            .unwrap();
-        assert!(!o.dumped);
-        assert_eq!(
-            r.dataplane().applied,
-            vec![
-                Op::DelFdb(trellis_kernel::fdb::FdbEntry {
-                    mac: MacAddr([2, 0, 0, 0, 0, 7]),
-                    dst: Some(Ipv4Addr::new(192, 0, 2, 7).into())
-                }),
-                Op::SetFdb {
-                    mac: MacAddr([2, 0, 0, 0, 0, 7]),
-                    dst: Ipv4Addr::new(198, 51, 100, 7)
-                }
-            ]
-        );
-        assert!(plan(&moved, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
-        // Node 8 leaves and node 201 joins in one change.
-        r.dataplane.applied.clear();
-        moved.nodes.remove("n8");
-        let ids: Vec<u8> = (1..=201).filter(|i| *i != 8).collect();
-        let mut joined = (*desired(&ids)).clone();
-        joined.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
-        let o = r
-            .reconcile_once(&Arc::new(joined.clone()), false)
-            .await
-            .unwrap();
-        assert_eq!((o.added, o.removed), (3, 4));
-        assert_eq!(r.dataplane().applied.len(), 7);
-        assert!(plan(&joined, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
-    }
-}
+mod tests;

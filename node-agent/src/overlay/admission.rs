@@ -1,0 +1,173 @@
+//! Which node records may join the overlay: the checks a record passes
+//! (inside the cluster network, no overlap with this node's subnet or an
+//! admitted one, a MAC of its own, an IPv4 underlay) and the indexes they
+//! need, kept as records come and go so that one record is checked in
+//! O(log n) however large the cluster.
+
+use super::desired::{vtep_ip_of, DesiredOverlay, RemoteNode};
+use ipnetwork::Ipv4Network;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use trellis_common::node::NodeRecord;
+use trellis_kernel::MacAddr;
+
+/// The admitted remote nodes as seen from one node, with their indexes.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    local: String,
+    local_subnet: Option<Ipv4Network>,
+    network: Ipv4Network,
+    admitted: DesiredOverlay,
+    /// Admitted subnets by first address (they never overlap, so an
+    /// overlap check looks at the two neighbours only).
+    subnets: BTreeMap<u32, (Ipv4Network, String)>,
+    macs: HashMap<MacAddr, String>,
+}
+
+impl Admission {
+    /// Nothing admitted yet, seen from node `local` (which holds
+    /// `local_subnet` in `network`).
+    pub fn new(local: &str, local_subnet: Option<Ipv4Network>, network: Ipv4Network) -> Self {
+        Admission {
+            local: local.to_string(),
+            local_subnet,
+            network,
+            admitted: DesiredOverlay::default(),
+            subnets: BTreeMap::new(),
+            macs: HashMap::new(),
+        }
+    }
+
+    /// `records` admitted in name order (the first by name keeps a
+    /// contested subnet or MAC), with the reasons the others were not.
+    pub fn of_records(
+        local: &str,
+        local_subnet: Option<Ipv4Network>,
+        network: Ipv4Network,
+        records: &BTreeMap<String, NodeRecord>,
+    ) -> (Admission, Vec<String>) {
+        let mut admission = Admission::new(local, local_subnet, network);
+        let warnings = records
+            .iter()
+            .filter_map(|(name, rec)| admission.admit(name, rec).err())
+            .collect();
+        (admission, warnings)
+    }
+
+    /// The remote nodes admitted so far.
+    pub fn desired(&self) -> &DesiredOverlay {
+        &self.admitted
+    }
+
+    pub fn into_desired(self) -> DesiredOverlay {
+        self.admitted
+    }
+
+    /// Admit node `name` (not admitted now) with `rec`: `Ok(Some(node))`
+    /// when it joins the overlay, `Ok(None)` for this node itself (never an
+    /// overlay entry), and the reason, worded for the log, when it cannot.
+    pub fn admit(&mut self, name: &str, rec: &NodeRecord) -> Result<Option<RemoteNode>, String> {
+        debug_assert!(!self.admitted.nodes.contains_key(name));
+        if name == self.local {
+            return Ok(None);
+        }
+        let (subnet, network) = (rec.subnet, self.network);
+        if subnet.network() != subnet.ip() || !network.contains(subnet.network()) {
+            return Err(format!(
+                "node {name}: subnet {subnet} is not a subnet of the cluster network {network}; ignored"
+            ));
+        }
+        if let Some(own) = self.local_subnet.filter(|own| overlaps(*own, subnet)) {
+            return Err(format!(
+                "node {name}: subnet {subnet} overlaps this node's {own}; ignored"
+            ));
+        }
+        if let Some((other, other_name)) = self.overlapping(subnet) {
+            return Err(format!(
+                "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
+            ));
+        }
+        let vtep_mac: MacAddr = rec
+            .vtep_mac
+            .parse()
+            .map_err(|e| format!("node {name}: {e}; ignored"))?;
+        if let Some(other) = self.macs.get(&vtep_mac) {
+            return Err(format!(
+                "node {name}: VTEP MAC {vtep_mac} is already node {other}'s; ignored"
+            ));
+        }
+        let public_ip = match rec.public_ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => {
+                return Err(format!(
+                    "node {name}: IPv6 public IP {v6} on an IPv4 overlay; ignored"
+                ))
+            }
+        };
+        let node = RemoteNode {
+            subnet,
+            vtep_ip: vtep_ip_of(subnet),
+            vtep_mac,
+            public_ip,
+        };
+        self.subnets
+            .insert(u32::from(subnet.network()), (subnet, name.to_string()));
+        self.macs.insert(vtep_mac, name.to_string());
+        self.admitted.nodes.insert(name.to_string(), node);
+        Ok(Some(node))
+    }
+
+    /// Take node `name` out of the overlay; its entry, if it was admitted.
+    pub fn remove(&mut self, name: &str) -> Option<RemoteNode> {
+        let node = self.admitted.nodes.remove(name)?;
+        self.subnets.remove(&u32::from(node.subnet.network()));
+        self.macs.remove(&node.vtep_mac);
+        Some(node)
+    }
+
+    fn overlapping(&self, subnet: Ipv4Network) -> Option<(Ipv4Network, &str)> {
+        let start = u32::from(subnet.network());
+        let before = self.subnets.range(..=start).next_back();
+        let after = self.subnets.range(start..).next();
+        before
+            .into_iter()
+            .chain(after)
+            .map(|(_, (other, name))| (*other, name.as_str()))
+            .find(|(other, _)| overlaps(*other, subnet))
+    }
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(subnet: &str, ip: &str, mac: &str) -> NodeRecord {
+        NodeRecord {
+            subnet: subnet.parse().unwrap(),
+            public_ip: ip.parse().unwrap(),
+            vtep_mac: mac.into(),
+            network: None,
+            mtu: None,
+            node_name: None,
+            kubernetes: false,
+        }
+    }
+
+    #[test]
+    fn a_removed_node_frees_its_subnet_and_mac() {
+        let mut a = Admission::new("a", None, "10.244.0.0/16".parse().unwrap());
+        let b = rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02");
+        assert!(a.admit("b", &b).unwrap().is_some());
+        let err = a.admit("c", &b).unwrap_err();
+        assert!(err.contains("overlaps 10.244.2.0/24 of node b"), "{err}");
+        assert_eq!(a.remove("b").unwrap().subnet, b.subnet);
+        assert!(a.remove("b").is_none());
+        assert!(a.admit("c", &b).unwrap().is_some());
+        assert_eq!(a.desired().nodes.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(a.admit("a", &b), Ok(None), "this node is never an entry");
+    }
+}
