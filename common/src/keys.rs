@@ -153,6 +153,24 @@ impl Keys {
         )
     }
 
+    /// `<prefix>/attachments/`: the agents' reports of the attachments on
+    /// their nodes (`trellisctl ipam check` reads them).
+    pub fn attachment_reports(&self) -> String {
+        format!("{}/attachments/", self.prefix)
+    }
+
+    /// `<prefix>/attachments/<node>`: node `node`'s report, written by its
+    /// agent under the node record's lease.
+    pub fn attachment_report(&self, node: &str) -> String {
+        format!("{}{node}", self.attachment_reports())
+    }
+
+    /// The node whose report `key` is.
+    pub fn attachment_report_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.attachment_reports())
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+    }
+
     /// The attachment of a key under [`Keys::handles`].
     pub fn handle_of(&self, key: &str) -> Option<Attachment> {
         let (container_id, ifname) = key.strip_prefix(&self.handles())?.split_once('/')?;
@@ -218,7 +236,8 @@ impl Keys {
     /// Every key `role` reads or writes, and nothing else: the agent owns
     /// the node records and subnet leases and reclaims allocations (GC,
     /// departed nodes), and seeds the config; the plugins read the config
-    /// and node records and own the allocations.
+    /// and node records and own the allocations. The agent also reports the
+    /// attachments on its node.
     pub fn grants(&self, role: EtcdRole) -> Vec<Grant> {
         let one = |key: String, access| Grant {
             key,
@@ -239,6 +258,7 @@ impl Keys {
                 under(self.ips(), Access::ReadWrite),
                 under(self.handles(), Access::ReadWrite),
                 under(self.guards(), Access::ReadWrite),
+                under(self.attachment_reports(), Access::ReadWrite),
             ],
             EtcdRole::Plugin => vec![
                 one(self.config(), Access::Read),
@@ -303,6 +323,12 @@ mod tests {
         assert_eq!(k.handle(&a), "/trellis/ipam/handles/c1/eth0");
         assert_eq!(k.handle_of(&k.handle(&a)), Some(a));
         assert_eq!(k.handle_of("/trellis/ipam/handles/c1"), None);
+        assert_eq!(k.attachment_report("n1"), "/trellis/attachments/n1");
+        assert_eq!(
+            k.attachment_report_of(&k.attachment_report("n1")),
+            Some("n1")
+        );
+        assert_eq!(k.attachment_report_of("/trellis/attachments/"), None);
     }
 
     #[test]

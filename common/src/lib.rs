@@ -4,9 +4,11 @@
 //! connection; `etcd_failover`: one client per endpoint and moving on to
 //! the next when one is away; `etcd_flags`: the etcd flags of every
 //! command line; `cluster_config`; `node_name`), files shared between
-//! processes (`fs`) and the node record the agent publishes for the
-//! plugins (`node`).
+//! processes (`fs`), the node record the agent publishes for the plugins
+//! (`node`) and its report of the attachments on its node
+//! (`attachment_report`).
 
+pub mod attachment_report;
 pub mod cluster_config;
 pub mod cni;
 pub mod etcd;

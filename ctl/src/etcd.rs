@@ -82,6 +82,13 @@ impl Etcd {
         let txn = Txn::new()
             .when([compare])
             .and_then([TxnOp::put(key, value, None)]);
+        self.txn(txn, &format!("writing {key}")).await.context(
+            "the write may or may not have applied: read it back with `trellisctl config get`",
+        )
+    }
+
+    /// Run `txn` (a write); whether its comparisons held.
+    pub async fn txn(&self, txn: Txn, doing: &str) -> Result<bool> {
         let resp = self
             .client
             .call_write(self.deadline(), |c| {
@@ -89,10 +96,7 @@ impl Etcd {
                 async move { c.kv_client().txn(txn).await }
             })
             .await
-            .map_err(|f| self.failed(&format!("writing {key}"), &f))
-            .context(
-                "the write may or may not have applied: read it back with `trellisctl config get`",
-            )?;
+            .map_err(|f| self.failed(doing, &f))?;
         Ok(resp.succeeded())
     }
 }

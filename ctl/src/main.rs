@@ -2,12 +2,14 @@
 //! for `config set`, written to) etcd with the agent's etcd flags.
 //!
 //! Exit status: 0 done; 1 an error (etcd unreachable, a refused or invalid
-//! value, records that cannot be read, listed beside the rest); 2 bad usage;
-//! 3 nothing found (`ipam show`, `config get` with no config).
+//! value, records that cannot be read, listed beside the rest), findings of
+//! `ipam check`, releases `ipam release` skipped; 2 bad usage; 3 nothing
+//! found (`ipam show`, `config get` with no config).
 
 mod config;
 mod etcd;
 mod ipam;
+mod ipam_check;
 mod nodes;
 mod output;
 
@@ -57,6 +59,23 @@ enum IpamCommand {
     /// One address, or every address of one container (ID or a unique
     /// prefix of it), with its handle.
     Show { what: String },
+    /// Compare every allocation and handle with the agents' reports of the
+    /// attachments on their nodes: leaked, duplicate, orphaned-handle,
+    /// unknown-node, unreadable. Exit 1 with findings. `-o json` prints the
+    /// report that `release --from-report` takes.
+    Check {
+        /// Seconds an allocation must have been seen without its veth by its
+        /// node's agent to count as leaked.
+        #[arg(long, default_value_t = 60)]
+        leak_after: u64,
+    },
+    /// Free what a report of `ipam check -o json` names as releasable, each
+    /// only if unchanged since the report (exit 1 when some were skipped).
+    Release {
+        /// The report file (`-` for standard input).
+        #[arg(long)]
+        from_report: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +129,12 @@ async fn run(cli: Cli) -> anyhow::Result<output::Outcome> {
             ipam::list(&etcd, format, node.as_deref(), network.as_deref()).await
         }
         Command::Ipam(IpamCommand::Show { what }) => ipam::show(&etcd, format, &what).await,
+        Command::Ipam(IpamCommand::Check { leak_after }) => {
+            ipam_check::run_check(&etcd, format, leak_after).await
+        }
+        Command::Ipam(IpamCommand::Release { from_report }) => {
+            ipam_check::run_release(&etcd, format, &from_report).await
+        }
         Command::Config(ConfigCommand::Get) => config::get(&etcd, format).await,
         Command::Config(ConfigCommand::Set { value, force }) => {
             config::set(&etcd, format, &value, force).await

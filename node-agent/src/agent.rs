@@ -239,15 +239,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             metrics.clone(),
         )));
     }
-    if args.ipam_gc_interval > 0 {
-        let store = trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT);
-        background.push(tokio::spawn(ipam_gc::run(
-            store,
-            nl.clone(),
-            node.clone(),
-            Duration::from_secs(args.ipam_gc_interval),
-            metrics.clone(),
-        )));
+    if let Some((settings, every)) =
+        ipam_gc::GcSettings::from_intervals(args.ipam_gc_interval, args.attachment_report_interval)
+    {
+        let gc = ipam_gc::Gc {
+            store: trellis_ipam::EtcdStore::from_client(&client, keys.clone(), REQUEST_TIMEOUT),
+            client: client.clone(),
+            keys: keys.clone(),
+            nl: nl.clone(),
+            node: node.clone(),
+            metrics: metrics.clone(),
+        };
+        background.push(tokio::spawn(ipam_gc::run(gc, settings, every)));
     }
     {
         let every = Duration::from_secs(args.resync_interval.max(1));

@@ -82,6 +82,12 @@ pub struct RunArgs {
     /// 0 turns the reclaim off.
     #[arg(long, env = "TRELLIS_IPAM_GC_INTERVAL", default_value_t = 300)]
     pub ipam_gc_interval: u64,
+    /// How often (seconds) the agent reports this node's attachments (each
+    /// allocation and whether its veth is there) to etcd for `trellisctl
+    /// ipam check`; 0 turns the report off. The leak check runs at the
+    /// shorter of this and --ipam-gc-interval.
+    #[arg(long, env = "TRELLIS_ATTACHMENT_REPORT_INTERVAL", default_value_t = 10)]
+    pub attachment_report_interval: u64,
     /// Serve /healthz and Prometheus /metrics on this address.
     #[arg(long, env = "TRELLIS_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

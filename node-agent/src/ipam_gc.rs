@@ -2,14 +2,19 @@
 //! attachments on this node whose host veth is gone (the container died without a CNI DEL, the runtime crashed,
 //! ...) is released once it has been seen without its veth for a whole
 //! interval, so that an ADD between its IPAM call and its veth is never
-//! mistaken for a leak.
+//! mistaken for a leak. Each pass also reports what it saw to etcd
+//! (`<prefix>/attachments/<node>`, for `trellisctl ipam check`).
 
 use crate::metrics::Metrics;
+use etcd_client::PutOptions;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use trellis_common::attachment_report::{AttachmentReport, CheckedAllocation};
+use trellis_common::etcd::EtcdClient;
+use trellis_common::keys::Keys;
 use trellis_common::naming::host_veth_name;
 use trellis_ipam::{Allocation, EtcdStore, IpamError};
 use trellis_kernel::{KernelError, Netlink};
@@ -75,30 +80,66 @@ impl LeakTracker {
         leaked
     }
 
+    /// For how long `a` has been seen without its veth (as of `now`).
+    pub fn missing_for(&self, a: &Allocation, now: Instant) -> Option<Duration> {
+        self.suspects
+            .get(&key_of(a))
+            .map(|since| now.duration_since(*since))
+    }
+
     pub fn forget(&mut self, a: &Allocation) {
         self.suspects.remove(&key_of(a));
     }
 }
 
-/// One reclaim pass: list, look for veths, release what leaked for
-/// `grace`. Returns the released addresses.
+/// How the pass runs: how long an allocation must be seen without its veth
+/// before it is released (`None`: never, the reclaim is off), and whether
+/// (and with what interval) the pass's findings are reported to etcd.
+#[derive(Debug, Clone, Copy)]
+pub struct GcSettings {
+    pub grace: Option<Duration>,
+    pub report_interval: Option<Duration>,
+}
+
+impl GcSettings {
+    /// From the agent's flags (seconds, 0 for off); `None` when both are
+    /// off. A pass runs at the shorter interval.
+    pub fn from_intervals(gc: u64, report: u64) -> Option<(GcSettings, Duration)> {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let settings = GcSettings {
+            grace: secs(gc),
+            report_interval: secs(report),
+        };
+        let every = [settings.grace, settings.report_interval]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some((settings, every))
+    }
+}
+
+/// One pass: list, look for veths, release what leaked for the grace
+/// period, and say what was seen. Returns the released addresses and the
+/// report of the allocations left.
 pub async fn pass(
     store: &EtcdStore,
     nl: &Netlink,
     node: &str,
     tracker: &mut LeakTracker,
-    grace: Duration,
+    settings: GcSettings,
     metrics: &Metrics,
-) -> Result<Vec<Ipv4Addr>, GcError> {
+) -> Result<(Vec<Ipv4Addr>, AttachmentReport), GcError> {
     let allocations = store.list_node(node).await?;
     metrics.allocations.set(allocations.len() as u64);
     // Listed after the allocations: an ADD between the two has its address
     // and maybe no veth yet, which the grace period covers.
     let links = nl.link_names().await?;
+    let alive =
+        |a: &Allocation| links.contains(&host_veth_name(&a.owner.container_id, &a.owner.ifname));
+    let now = Instant::now();
+    let grace = settings.grace.unwrap_or(Duration::MAX);
     let leaked: Vec<Allocation> = tracker
-        .pass(Instant::now(), grace, &allocations, |a| {
-            links.contains(&host_veth_name(&a.owner.container_id, &a.owner.ifname))
-        })
+        .pass(now, grace, &allocations, alive)
         .into_iter()
         .cloned()
         .collect();
@@ -116,27 +157,91 @@ pub async fn pass(
         }
         tracker.forget(&a);
     }
-    Ok(released)
+    let checked = allocations
+        .iter()
+        .filter(|a| a.owner.is_trellis_attachment() && !released.contains(&a.ip))
+        .map(|a| CheckedAllocation {
+            ip: a.ip,
+            revision: a.revision,
+            container_id: a.owner.container_id.clone(),
+            ifname: a.owner.ifname.clone(),
+            missing_veth_for: tracker.missing_for(a, now).map(|d| d.as_secs()),
+        })
+        .collect();
+    let report = AttachmentReport {
+        interval_seconds: settings
+            .report_interval
+            .or(settings.grace)
+            .map_or(0, |d| d.as_secs()),
+        checked,
+    };
+    Ok((released, report))
 }
 
-/// Reclaim every `interval` forever.
-pub async fn run(
-    store: EtcdStore,
-    nl: Netlink,
-    node: String,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-) {
+/// Publish `report` at `<prefix>/attachments/<node>` under the lease of
+/// the node's record (it goes when the node goes); nothing while the node
+/// has no record.
+async fn publish(
+    client: &EtcdClient,
+    keys: &Keys,
+    node: &str,
+    report: &AttachmentReport,
+) -> Result<(), etcd_client::Error> {
+    let mut c = client.pick().await.client;
+    let record = c.get(keys.node(node), None).await?;
+    let Some(lease) = record.kvs().first().map(|kv| kv.lease()) else {
+        return Ok(());
+    };
+    c.put(
+        keys.attachment_report(node),
+        report.to_json(),
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the leaked-address pass needs besides its settings.
+pub struct Gc {
+    pub store: EtcdStore,
+    pub client: EtcdClient,
+    pub keys: Keys,
+    pub nl: Netlink,
+    pub node: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Pass every `every` forever.
+pub async fn run(gc: Gc, settings: GcSettings, every: Duration) {
     let mut tracker = LeakTracker::default();
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = pass(&store, &nl, &node, &mut tracker, interval, &metrics).await {
-            if matches!(e, GcError::Ipam(_)) {
-                metrics.etcd_errors.inc();
+        let report = match pass(
+            &gc.store,
+            &gc.nl,
+            &gc.node,
+            &mut tracker,
+            settings,
+            &gc.metrics,
+        )
+        .await
+        {
+            Ok((_, report)) => report,
+            Err(e) => {
+                if matches!(e, GcError::Ipam(_)) {
+                    gc.metrics.etcd_errors.inc();
+                }
+                log::warn!("leaked-IP reclaim: {e}");
+                continue;
             }
-            log::warn!("leaked-IP reclaim: {e}");
+        };
+        if settings.report_interval.is_some() {
+            if let Err(e) = publish(&gc.client, &gc.keys, &gc.node, &report).await {
+                gc.metrics.etcd_errors.inc();
+                log::warn!("attachment report: {e}");
+            }
         }
     }
 }
@@ -214,5 +319,33 @@ mod tests {
         let again = [alloc(3, "new", 9)];
         let leaked = t.pass(t0 + grace, grace, &again, |_| false);
         assert!(leaked.is_empty());
+    }
+
+    #[test]
+    fn the_pass_runs_at_the_shorter_interval_and_off_means_off() {
+        let (s, every) = GcSettings::from_intervals(300, 10).unwrap();
+        assert_eq!(every, Duration::from_secs(10));
+        assert_eq!(s.grace, Some(Duration::from_secs(300)));
+        let (s, every) = GcSettings::from_intervals(0, 10).unwrap();
+        assert_eq!((s.grace, every), (None, Duration::from_secs(10)));
+        let (s, every) = GcSettings::from_intervals(5, 0).unwrap();
+        assert_eq!((s.report_interval, every), (None, Duration::from_secs(5)));
+        assert!(GcSettings::from_intervals(0, 0).is_none());
+    }
+
+    #[test]
+    fn the_tracker_says_how_long_an_allocation_has_missed_its_veth() {
+        let mut t = LeakTracker::default();
+        let t0 = Instant::now();
+        let allocs = [alloc(3, "dead", 1), alloc(4, "alive", 2)];
+        let alive = |a: &Allocation| a.owner.container_id == "alive";
+        t.pass(t0, Duration::MAX, &allocs, alive);
+        let later = t0 + Duration::from_secs(20);
+        t.pass(later, Duration::MAX, &allocs, alive);
+        assert_eq!(
+            t.missing_for(&allocs[0], later),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(t.missing_for(&allocs[1], later), None);
     }
 }

@@ -4,8 +4,10 @@
 
 use serde_json::{json, Value};
 use std::process::Output;
+use std::time::Duration;
 use trellis_tests::bins;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
+use trellis_tests::wait::wait_until;
 
 /// `trellisctl <args>` from the underlay namespace, against the cluster's
 /// etcd; its output.
@@ -158,4 +160,164 @@ fn an_operator_reads_nodes_allocations_and_the_config() {
         "{}",
         stderr(&gone)
     );
+}
+
+/// `trellisctl -o json <args>` whatever its exit status: (status, JSON).
+fn ctl_json_any(cluster: &Cluster, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let out = ctl(cluster, &all);
+    let value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}{}", stdout(&out), stderr(&out)));
+    (out.status.code().unwrap_or(-1), value)
+}
+
+fn findings_of(report: &Value, kind: &str) -> Vec<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
+    let spec = ClusterSpec {
+        // The agents report every second and never reclaim on their own:
+        // the operator's check and release are what is tested.
+        agent_args: [
+            "--ipam-gc-interval",
+            "0",
+            "--attachment-report-interval",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..ClusterSpec::default().nodes(2)
+    };
+    let cluster = Cluster::start(spec).unwrap();
+    let prefix = cluster.key_prefix();
+    let kept = cluster.add_pod(0, "kept").unwrap();
+    let leaked = cluster.add_pod(0, "leaked").unwrap();
+    let other = cluster.add_pod(1, "other").unwrap();
+
+    // A clean cluster passes, once both agents have reported.
+    wait_until(Duration::from_secs(15), "a clean check", || {
+        let (code, report) = ctl_json_any(&cluster, &["ipam", "check"]);
+        Ok(code == 0 && report["unreportedNodes"] == json!([]) && report["unchecked"] == json!([]))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent_logs()));
+    let table = ctl(&cluster, &["ipam", "check"]);
+    assert!(table.status.success());
+    assert!(
+        stdout(&table).contains("3 allocations checked: 0 findings"),
+        "{}",
+        stdout(&table)
+    );
+
+    // Planted: a handle naming an address nobody holds, an allocation of a
+    // node that does not exist; then the pod dies without a DEL.
+    let stray = format!("{prefix}/ipam/handles/stray/eth0");
+    cluster
+        .etcdctl(&[
+            "put",
+            &stray,
+            r#"{"ip":"10.244.250.1","node":"n","network":"trellis"}"#,
+        ])
+        .unwrap();
+    let ghost_key = format!("{prefix}/ipam/ips/10.244.251.9");
+    cluster
+        .etcdctl(&[
+            "put",
+            &ghost_key,
+            r#"{"containerID":"g","ifname":"eth0","node":"ghost","network":"trellis","plugin":"trellis"}"#,
+        ])
+        .unwrap();
+    let leaked_key = format!("{prefix}/ipam/ips/{}", leaked.ip);
+    let leaked_handle = format!("{prefix}/ipam/handles/{}/eth0", leaked.container_id);
+    drop(leaked);
+
+    let mut report = Value::Null;
+    wait_until(Duration::from_secs(15), "the leak reported", || {
+        let (code, r) = ctl_json_any(&cluster, &["ipam", "check", "--leak-after", "2"]);
+        report = r;
+        Ok(code == 1 && findings_of(&report, "leaked") == [leaked_key.as_str()])
+    })
+    .unwrap_or_else(|e| panic!("{e}: {report}\n{}", cluster.agent_logs()));
+    assert_eq!(
+        findings_of(&report, "orphaned-handle"),
+        [stray.as_str()],
+        "{report}"
+    );
+    assert_eq!(
+        findings_of(&report, "unknown-node"),
+        [ghost_key.as_str()],
+        "{report}"
+    );
+    let table = stdout(&ctl(&cluster, &["ipam", "check", "--leak-after", "2"]));
+    assert!(
+        table.contains("leaked") && table.contains("no host veth on"),
+        "{table}"
+    );
+
+    // The stray handle changes after the report: the release leaves it.
+    cluster
+        .etcdctl(&[
+            "put",
+            &stray,
+            r#"{"ip":"10.244.250.2","node":"n","network":"trellis"}"#,
+        ])
+        .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), report.to_string()).unwrap();
+    let path = file.path().display().to_string();
+    let (code, released) = ctl_json_any(&cluster, &["ipam", "release", "--from-report", &path]);
+    assert_eq!(code, 1, "one release was skipped: {released}");
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys(&released["released"]), [leaked_key.as_str()]);
+    assert_eq!(keys(&released["skipped"]), [stray.as_str()]);
+
+    // The leaked address and its handle are gone; live pods, the ghost
+    // node's address and the changed handle stay.
+    let left = cluster.allocations().unwrap();
+    assert!(
+        !left.iter().any(|ip| leaked_key.ends_with(&ip.to_string())),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&kept.ip) && left.contains(&other.ip),
+        "{left:?}"
+    );
+    assert!(cluster
+        .etcd_entries("ipam/handles/")
+        .unwrap()
+        .iter()
+        .all(|(k, _)| *k != leaked_handle));
+    assert_eq!(
+        cluster.etcd_entries("ipam/ips/10.244.251.9").unwrap().len(),
+        1
+    );
+    assert_eq!(
+        cluster.etcd_entries("ipam/handles/stray/").unwrap().len(),
+        1
+    );
+    // A second release of the same report frees nothing more.
+    let again = ctl(&cluster, &["ipam", "release", "--from-report", &path]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stdout(&again).contains("0 released, 2 skipped"),
+        "{}",
+        stdout(&again)
+    );
+    // And the live pods still reach each other.
+    trellis_tests::cluster::ping(&kept.netns, other.ip).unwrap();
 }

@@ -1,0 +1,441 @@
+//! `trellisctl ipam check` and `ipam release --from-report`: every
+//! allocation and handle in etcd compared with what the nodes' agents
+//! report of their attachments (`<prefix>/attachments/<node>`), and the
+//! release of exactly what such a report names, each only if unchanged
+//! since (its etcd revision), so that nothing changed meanwhile (a live
+//! attachment, an address taken again) is ever freed.
+
+use crate::etcd::Etcd;
+use crate::output::{self, Format, Outcome};
+use anyhow::{Context, Result};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use trellis_common::attachment_report::AttachmentReport;
+use trellis_ipam::allocation::Owner;
+use trellis_ipam::store::records::HandleValue;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Its node's agent has seen it without its host veth for long enough.
+    Leaked,
+    /// A second address of one attachment, not the one its handle names.
+    Duplicate,
+    /// A handle naming an address that is absent or someone else's.
+    OrphanedHandle,
+    /// Held for a node that has no record (left or dead): its agent's
+    /// dead-node reclaim frees it after the grace; not released here.
+    UnknownNode,
+    /// An address key that does not decode.
+    Unreadable,
+}
+
+/// One finding, as `-o json` prints it and `release --from-report` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub kind: Kind,
+    /// The key to free, and its modification revision when checked.
+    pub key: String,
+    pub mod_revision: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default, rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+    /// The attachment's handle, freed with the address when it names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle_key: Option<String>,
+    #[serde(default)]
+    pub handle_mod_revision: i64,
+    pub releasable: bool,
+    pub detail: String,
+}
+
+/// What `ipam check -o json` prints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub allocations: usize,
+    /// Allocations newer than their node's last report (judged next time).
+    pub unchecked: Vec<Ipv4Addr>,
+    /// Nodes with allocations of trellis attachments but no report (agent
+    /// down, or its report turned off).
+    pub unreported_nodes: Vec<String>,
+}
+
+/// An allocation as read.
+struct Held {
+    ip: Ipv4Addr,
+    key: String,
+    owner: Result<Owner, String>,
+    mod_revision: i64,
+}
+
+/// A handle holding an address, as read.
+struct HandleRead {
+    key: String,
+    ip: Ipv4Addr,
+    mod_revision: i64,
+}
+
+/// Everything the check compares, read from etcd.
+pub struct Snapshot {
+    held: Vec<Held>,
+    /// Handles that name an address, by (containerID, ifname).
+    handles: BTreeMap<(String, String), HandleRead>,
+    nodes: BTreeSet<String>,
+    reports: BTreeMap<String, Result<AttachmentReport, String>>,
+}
+
+impl Snapshot {
+    pub async fn read(etcd: &Etcd) -> Result<Snapshot> {
+        let keys = &etcd.keys;
+        let mut held = Vec::new();
+        for kv in etcd.list(&keys.ips()).await? {
+            let Some(ip) = kv.key_str().ok().and_then(|k| keys.ip_of(k)) else {
+                continue;
+            };
+            held.push(Held {
+                ip,
+                key: keys.ip(ip),
+                owner: Owner::parse(kv.value()).map_err(|e| e.to_string()),
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        let mut handles = BTreeMap::new();
+        for kv in etcd.list(&keys.handles()).await? {
+            let Some(key) = kv.key_str().ok() else {
+                continue;
+            };
+            let Some(attachment) = keys.handle_of(key) else {
+                continue;
+            };
+            // Fence markers hold no address: an ADD's, or harmless.
+            let Some(ip) = HandleValue::parse(kv.value()).and_then(|v| v.ip()) else {
+                continue;
+            };
+            handles.insert(
+                (attachment.container_id, attachment.ifname),
+                HandleRead {
+                    key: key.to_string(),
+                    ip,
+                    mod_revision: kv.mod_revision(),
+                },
+            );
+        }
+        let nodes = etcd
+            .list(&keys.nodes())
+            .await?
+            .iter()
+            .filter_map(|kv| keys.node_name_of(kv.key_str().ok()?).map(String::from))
+            .collect();
+        let reports = etcd
+            .list(&keys.attachment_reports())
+            .await?
+            .iter()
+            .filter_map(|kv| {
+                let node = keys.attachment_report_of(kv.key_str().ok()?)?;
+                let report = AttachmentReport::parse(kv.value()).map_err(|e| e.to_string());
+                Some((node.to_string(), report))
+            })
+            .collect();
+        Ok(Snapshot {
+            held,
+            handles,
+            nodes,
+            reports,
+        })
+    }
+}
+
+/// The findings: pure, from what was read. An allocation of a trellis
+/// attachment counts as leaked when its node's report lists it at the same
+/// revision as missing its veth for at least `leak_after` seconds.
+pub fn check(s: &Snapshot, leak_after: u64) -> Report {
+    let mut findings = Vec::new();
+    let mut unchecked = Vec::new();
+    let mut unreported = BTreeSet::new();
+    let mut by_attachment: BTreeMap<(&str, &str, &str), Vec<&Held>> = BTreeMap::new();
+    for h in &s.held {
+        let owner = match &h.owner {
+            Ok(o) => o,
+            Err(e) => {
+                findings.push(finding(Kind::Unreadable, h, None, false, e.clone()));
+                continue;
+            }
+        };
+        by_attachment
+            .entry((&owner.network, &owner.container_id, &owner.ifname))
+            .or_default()
+            .push(h);
+        if !s.nodes.contains(&owner.node) {
+            let detail = format!(
+                "node {} has no record: its addresses are freed by the agents' dead-node reclaim after the grace",
+                owner.node
+            );
+            findings.push(finding(Kind::UnknownNode, h, None, false, detail));
+            continue;
+        }
+        if !owner.is_trellis_attachment() {
+            continue; // no veth to look for: its runtime's (CNI GC)
+        }
+        let report = match s.reports.get(&owner.node) {
+            Some(Ok(r)) => r,
+            _ => {
+                unreported.insert(owner.node.clone());
+                continue;
+            }
+        };
+        let seen = report
+            .checked
+            .iter()
+            .find(|c| c.ip == h.ip && c.revision == h.mod_revision);
+        match seen {
+            None => unchecked.push(h.ip),
+            Some(c) => match c.missing_veth_for {
+                Some(secs) if secs >= leak_after => {
+                    let detail = format!(
+                        "no host veth on {} for {secs} s (its agent's report)",
+                        owner.node
+                    );
+                    let handle = s.handle_naming(owner, h.ip);
+                    findings.push(finding(Kind::Leaked, h, handle, true, detail));
+                }
+                _ => {}
+            },
+        }
+    }
+    for ((_, cid, ifname), group) in &by_attachment {
+        if group.len() < 2 {
+            continue;
+        }
+        let named = s
+            .handles
+            .get(&(cid.to_string(), ifname.to_string()))
+            .map(|h| h.ip);
+        for h in group.iter().filter(|h| Some(h.ip) != named) {
+            let detail = match named {
+                Some(ip) => {
+                    format!("{cid}/{ifname} holds {ip} by its handle; this is a second address")
+                }
+                None => format!(
+                    "{cid}/{ifname} holds {} addresses and no handle names one: not released",
+                    group.len()
+                ),
+            };
+            findings.push(finding(Kind::Duplicate, h, None, named.is_some(), detail));
+        }
+    }
+    for ((cid, ifname), handle) in &s.handles {
+        let held = s.held.iter().find(|h| h.ip == handle.ip);
+        let ok = held.is_some_and(|h| {
+            h.owner
+                .as_ref()
+                .is_ok_and(|o| &o.container_id == cid && &o.ifname == ifname)
+        });
+        if !ok {
+            let detail = match held {
+                None => format!("names {} which is not allocated", handle.ip),
+                Some(_) => format!("names {} which another attachment holds", handle.ip),
+            };
+            findings.push(Finding {
+                kind: Kind::OrphanedHandle,
+                key: handle.key.clone(),
+                mod_revision: handle.mod_revision,
+                ip: Some(handle.ip),
+                node: String::new(),
+                container_id: cid.clone(),
+                ifname: ifname.clone(),
+                handle_key: None,
+                handle_mod_revision: 0,
+                releasable: true,
+                detail,
+            });
+        }
+    }
+    findings.sort_by(|a, b| (a.kind, a.ip, &a.key).cmp(&(b.kind, b.ip, &b.key)));
+    Report {
+        findings,
+        allocations: s.held.len(),
+        unchecked,
+        unreported_nodes: unreported.into_iter().collect(),
+    }
+}
+
+impl Snapshot {
+    /// The handle of `owner`'s attachment, if it names `ip`.
+    fn handle_naming(&self, owner: &Owner, ip: Ipv4Addr) -> Option<&HandleRead> {
+        self.handles
+            .get(&(owner.container_id.clone(), owner.ifname.clone()))
+            .filter(|h| h.ip == ip)
+    }
+}
+
+fn finding(
+    kind: Kind,
+    h: &Held,
+    handle: Option<&HandleRead>,
+    releasable: bool,
+    detail: String,
+) -> Finding {
+    let owner = h.owner.as_ref().ok();
+    Finding {
+        kind,
+        key: h.key.clone(),
+        mod_revision: h.mod_revision,
+        ip: Some(h.ip),
+        node: owner.map(|o| o.node.clone()).unwrap_or_default(),
+        container_id: owner.map(|o| o.container_id.clone()).unwrap_or_default(),
+        ifname: owner.map(|o| o.ifname.clone()).unwrap_or_default(),
+        handle_key: handle.map(|h| h.key.clone()),
+        handle_mod_revision: handle.map_or(0, |h| h.mod_revision),
+        releasable,
+        detail,
+    }
+}
+
+fn kind_name(k: Kind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+pub async fn run_check(etcd: &Etcd, format: Format, leak_after: u64) -> Result<Outcome> {
+    let report = check(&Snapshot::read(etcd).await?, leak_after);
+    match format {
+        Format::Json => output::json(&serde_json::to_value(&report)?),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = report
+                .findings
+                .iter()
+                .map(|f| {
+                    vec![
+                        kind_name(f.kind),
+                        f.ip.map_or("-".into(), |ip| ip.to_string()),
+                        or_dash(&f.node),
+                        or_dash(&f.container_id),
+                        or_dash(&f.ifname),
+                        if f.releasable { "yes" } else { "no" }.into(),
+                        f.detail.clone(),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                output::table(
+                    &[
+                        "KIND",
+                        "IP",
+                        "NODE",
+                        "CONTAINER",
+                        "IFNAME",
+                        "RELEASABLE",
+                        "DETAIL",
+                    ],
+                    &rows,
+                );
+            }
+            println!(
+                "{} allocations checked: {} findings, {} newer than their node's last report, nodes without a report: {}",
+                report.allocations,
+                report.findings.len(),
+                report.unchecked.len(),
+                if report.unreported_nodes.is_empty() {
+                    "none".to_string()
+                } else {
+                    report.unreported_nodes.join(", ")
+                }
+            );
+        }
+    }
+    Ok(if report.findings.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Free what `file` (the output of `ipam check -o json`, or `-` for
+/// standard input) names as releasable, each only if unchanged since.
+pub async fn run_release(etcd: &Etcd, format: Format, file: &str) -> Result<Outcome> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the report from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{file}: not a report of `trellisctl -o json ipam check`"))?;
+    let (mut released, mut skipped) = (Vec::new(), Vec::new());
+    for f in report.findings.iter().filter(|f| f.releasable) {
+        if release(etcd, f).await? {
+            released.push(f);
+        } else {
+            skipped.push(f);
+        }
+    }
+    match format {
+        Format::Json => output::json(&json!({"released": released, "skipped": skipped})),
+        Format::Table => {
+            for f in &released {
+                println!("released {} ({})", f.key, kind_name(f.kind));
+            }
+            for f in &skipped {
+                println!(
+                    "skipped {} ({}): changed or gone since the report",
+                    f.key,
+                    kind_name(f.kind)
+                );
+            }
+            println!("{} released, {} skipped", released.len(), skipped.len());
+        }
+    }
+    Ok(if skipped.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+/// Delete the finding's key if its revision is still the report's, and
+/// with it the handle it names (if that too is unchanged).
+async fn release(etcd: &Etcd, f: &Finding) -> Result<bool> {
+    let mut then = vec![TxnOp::delete(f.key.as_str(), None)];
+    if let Some(hkey) = &f.handle_key {
+        then.push(TxnOp::txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    hkey.as_str(),
+                    CompareOp::Equal,
+                    f.handle_mod_revision,
+                )])
+                .and_then([TxnOp::delete(hkey.as_str(), None)]),
+        ));
+    }
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            f.key.as_str(),
+            CompareOp::Equal,
+            f.mod_revision,
+        )])
+        .and_then(then);
+    etcd.txn(txn, &format!("releasing {}", f.key)).await
+}
+
+#[cfg(test)]
+mod tests;
