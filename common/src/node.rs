@@ -41,6 +41,15 @@ pub struct NodeRecord {
     /// record, its subnet and its pods' addresses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kubernetes: bool,
+    /// Where the agent serves `/healthz` and `/metrics` (its
+    /// `--metrics-addr`, with an unspecified address replaced by the public
+    /// IP), for `trellisctl nodes`.
+    #[serde(
+        default,
+        rename = "statusAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 impl NodeRecord {
@@ -112,6 +121,7 @@ mod tests {
             mtu: Some(1450),
             node_name: Some("n3".into()),
             kubernetes: false,
+            status_addr: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["subnet"], "10.244.3.0/24");

@@ -8,6 +8,7 @@
 
 mod config;
 mod etcd;
+mod health;
 mod ipam;
 mod ipam_check;
 mod nodes;
@@ -35,7 +36,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every node: name, public address, subnet, VTEP MAC, lease time left.
+    /// Every node: name, public address, subnet, VTEP MAC, lease time left,
+    /// and its agent's health where its status endpoint answers.
     Nodes,
     /// IPAM allocations.
     #[command(subcommand)]

@@ -324,9 +324,18 @@ async fn set_up_node(
 
 /// The record this node publishes (etcd and `node.json`).
 fn record_of(net: &NodeNetwork, args: &RunArgs) -> trellis_common::node::NodeRecord {
+    let record = net.record();
+    let status_addr = args.metrics_addr.map(|a| {
+        if a.ip().is_unspecified() {
+            std::net::SocketAddr::new(record.public_ip, a.port())
+        } else {
+            a
+        }
+    });
     trellis_common::node::NodeRecord {
         kubernetes: args.kubernetes,
-        ..net.record()
+        status_addr,
+        ..record
     }
 }
 

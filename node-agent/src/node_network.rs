@@ -145,6 +145,7 @@ impl NodeNetwork {
             mtu: Some(self.mtu()),
             node_name: Some(self.node_name.clone()),
             kubernetes: false,
+            status_addr: None,
         }
     }
 

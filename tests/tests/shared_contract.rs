@@ -334,6 +334,7 @@ fn a_node_without_a_name_is_an_error_in_the_agent_and_the_ipam_plugin() {
         mtu: Some(1450),
         node_name: None,
         kubernetes: false,
+        status_addr: None,
     };
     write_node_record(dir.path(), &record).unwrap();
     let plugin = Plugin::snapshot();

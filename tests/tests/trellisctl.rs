@@ -321,3 +321,47 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
     // And the live pods still reach each other.
     trellis_tests::cluster::ping(&kept.netns, other.ip).unwrap();
 }
+
+#[test]
+fn nodes_show_each_agents_health_and_a_hung_agent_fails_the_listing() {
+    let spec = ClusterSpec {
+        agent_args: vec!["--metrics-addr".into(), "0.0.0.0:9464".into()],
+        ..ClusterSpec::default().nodes(2)
+    };
+    let cluster = Cluster::start(spec).unwrap();
+    let health_of = |nodes: &Value, name: &str| -> Value {
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {nodes}"))["health"]
+            .clone()
+    };
+    let nodes = ctl_json(&cluster, &["nodes"]);
+    for node in &cluster.nodes {
+        let h = health_of(&nodes, &node.name);
+        assert_eq!(h["status"], "ok", "{nodes}");
+        assert_eq!(h["addr"], format!("{}:9464", node.underlay_ip), "{nodes}");
+    }
+    let table = stdout(&ctl(&cluster, &["nodes"]));
+    assert!(table.lines().next().unwrap().ends_with("HEALTH"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.ends_with(" ok")).count(),
+        2,
+        "{table}"
+    );
+
+    // One agent hangs: its node is named unreachable, the listing exits 1.
+    let frozen = cluster.nodes[1].freeze_agent().unwrap();
+    let (code, nodes) = ctl_json_any(&cluster, &["nodes"]);
+    assert_eq!(code, 1, "{nodes}");
+    assert_eq!(health_of(&nodes, &cluster.nodes[0].name)["status"], "ok");
+    let hung = health_of(&nodes, &cluster.nodes[1].name);
+    assert_eq!(hung["status"], "unreachable", "{nodes}");
+    drop(frozen);
+    assert_eq!(
+        health_of(&ctl_json(&cluster, &["nodes"]), &cluster.nodes[1].name)["status"],
+        "ok"
+    );
+}

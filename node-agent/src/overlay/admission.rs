@@ -154,6 +154,7 @@ mod tests {
             mtu: None,
             node_name: None,
             kubernetes: false,
+            status_addr: None,
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
                     mtu: None,
                     node_name: None,
                     kubernetes: false,
+                    status_addr: None,
                 };
                 (name.to_string(), record)
             })

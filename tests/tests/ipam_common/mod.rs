@@ -188,6 +188,7 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         mtu: Some(1450),
         node_name: Some(node.into()),
         kubernetes: false,
+        status_addr: None,
     };
     write_node_record(dir.path(), &record).unwrap();
     dir
