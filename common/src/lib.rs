@@ -6,7 +6,8 @@
 //! command line; `cluster_config`; `node_name`), files shared between
 //! processes (`fs`), the node record the agent publishes for the plugins
 //! (`node`) and its report of the attachments on its node
-//! (`attachment_report`).
+//! (`attachment_report`), and what its probes of the other nodes found
+//! (`probe_report`).
 
 pub mod attachment_report;
 pub mod cluster_config;
@@ -20,3 +21,4 @@ pub mod keys;
 pub mod naming;
 pub mod node;
 pub mod node_name;
+pub mod probe_report;

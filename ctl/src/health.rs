@@ -1,5 +1,6 @@
-//! The agents' health as their status endpoints (`/healthz`) answer it,
-//! asked of all nodes at once, each within a short timeout.
+//! The agents' status endpoints: their health (`/healthz`), asked of all
+//! nodes at once, each within a short timeout, and the HTTP GET that
+//! `doctor` uses too.
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -35,7 +36,7 @@ impl Health {
 
 /// `GET /healthz` of the agent at `addr`.
 pub async fn probe(addr: SocketAddr) -> Health {
-    let (status, detail) = match tokio::time::timeout(TIMEOUT, get(addr)).await {
+    let (status, detail) = match tokio::time::timeout(TIMEOUT, get(addr, "/healthz")).await {
         Err(_) => ("unreachable", format!("no answer within {TIMEOUT:?}")),
         Ok(Err(e)) => ("unreachable", e),
         Ok(Ok((200, _))) => ("ok", String::new()),
@@ -48,13 +49,14 @@ pub async fn probe(addr: SocketAddr) -> Health {
     }
 }
 
-async fn get(addr: SocketAddr) -> Result<(u16, String), String> {
+/// `GET path` of the agent at `addr`: the status code and the body.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::get("/healthz")
+    let req = Request::get(path)
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;

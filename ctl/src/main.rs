@@ -7,6 +7,7 @@
 //! found (`ipam show`, `config get` with no config).
 
 mod config;
+mod doctor;
 mod etcd;
 mod health;
 mod ipam;
@@ -22,7 +23,7 @@ use trellis_common::etcd_flags::EtcdArgs;
 #[command(
     name = "trellisctl",
     version,
-    about = "trellis operator CLI: nodes, IPAM allocations and the cluster config in etcd"
+    about = "trellis operator CLI: nodes, IPAM allocations, the cluster config in etcd, and a doctor for the overlay"
 )]
 struct Cli {
     #[command(flatten)]
@@ -45,6 +46,15 @@ enum Command {
     /// The cluster config at <prefix>/config.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Every agent (or one) probes every other node: a matrix and findings
+    /// with their remedies (VXLAN or probe port blocked, path MTU too low,
+    /// leases about to expire, agents that cannot be asked, etcd slow).
+    /// Exit 1 with findings.
+    Doctor {
+        /// Ask only this node's agent (it still probes every other node).
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<output::Outcome> {
         Command::Ipam(IpamCommand::Release { from_report }) => {
             ipam_check::run_release(&etcd, format, &from_report).await
         }
+        Command::Doctor { node } => doctor::run(&etcd, format, node.as_deref()).await,
         Command::Config(ConfigCommand::Get) => config::get(&etcd, format).await,
         Command::Config(ConfigCommand::Set { value, force }) => {
             config::set(&etcd, format, &value, force).await

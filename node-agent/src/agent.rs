@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{dead_nodes, deleted_nodes, ipam_gc, node_table, status_server};
+use crate::{dead_nodes, deleted_nodes, ipam_gc, node_table, probe, status_server};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,12 @@ pub enum AgentError {
     #[error("metrics address {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("probe port UDP {port}: {source}")]
+    Probe {
+        port: u16,
         #[source]
         source: std::io::Error,
     },
@@ -88,12 +94,24 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let metrics = Arc::new(Metrics::default());
+    let doctor = status_server::DoctorSlot::default();
     if let Some(addr) = args.metrics_addr {
         let listener = status_server::bind(addr)
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
-        log::info!("serving /healthz and /metrics on {addr}");
-        tokio::spawn(status_server::serve(listener, metrics.clone()));
+        log::info!("serving /healthz, /metrics and /doctor on {addr}");
+        tokio::spawn(status_server::serve(
+            listener,
+            metrics.clone(),
+            doctor.clone(),
+        ));
+    }
+    if args.probe_port != 0 {
+        let port = args.probe_port;
+        let socket = probe::bind(port)
+            .await
+            .map_err(|source| AgentError::Probe { port, source })?;
+        tokio::spawn(probe::respond(socket));
     }
     let nl = Netlink::current()?;
     let (underlay, public_ip) =
@@ -185,6 +203,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         subnet: net.subnet,
         network: config.network,
     };
+    if args.probe_port != 0 {
+        let _ = doctor.set(probe::Doctor {
+            etcd: client.clone(),
+            keys: keys.clone(),
+            view: view.clone(),
+            probe_port: args.probe_port,
+            vxlan_port: config.port,
+            mtu: net.vxlan.mtu,
+        });
+    }
     let registry = tokio::spawn(registry::run(
         client.clone(),
         keys.clone(),

@@ -88,7 +88,11 @@ pub struct RunArgs {
     /// shorter of this and --ipam-gc-interval.
     #[arg(long, env = "TRELLIS_ATTACHMENT_REPORT_INTERVAL", default_value_t = 10)]
     pub attachment_report_interval: u64,
-    /// Serve /healthz and Prometheus /metrics on this address.
+    /// UDP port of the agents' probe protocol (echoes for `trellisctl
+    /// doctor`), on every address of the node; 0 turns it off.
+    #[arg(long, env = "TRELLIS_PROBE_PORT", default_value_t = 8473)]
+    pub probe_port: u16,
+    /// Serve /healthz, Prometheus /metrics and /doctor on this address.
     #[arg(long, env = "TRELLIS_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// TTL (seconds) of the etcd lease holding this node's subnet and record:

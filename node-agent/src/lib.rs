@@ -29,5 +29,6 @@ pub mod metrics;
 pub mod node_network;
 pub mod node_table;
 pub mod overlay;
+pub mod probe;
 pub mod registry;
 pub mod status_server;

@@ -1,22 +1,31 @@
-//! A tiny HTTP/1.1 server for `/healthz` and `/metrics`: GET only, one
-//! request per connection, bounded in size and time.
+//! A tiny HTTP/1.1 server for `/healthz`, `/metrics` and `/doctor` (the
+//! probes of every other node, see `probe`): GET only, one request per
+//! connection, bounded in size and time.
 
 use crate::metrics::Metrics;
+use crate::probe::Doctor;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/doctor` probes every node (a few seconds when some do not answer).
+const DOCTOR_TIMEOUT: Duration = Duration::from_secs(30);
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The doctor, once the node is set up (`/doctor` answers 503 before).
+pub type DoctorSlot = Arc<OnceLock<Doctor>>;
 
 /// Bind `addr` (so that a bad address fails start-up) and serve on it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, doctor: DoctorSlot) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -26,24 +35,48 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, doctor) = (metrics.clone(), doctor.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &metrics)).await;
+            let _ = tokio::time::timeout(DOCTOR_TIMEOUT, handle(stream, &metrics, &doctor)).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    doctor: &DoctorSlot,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            break;
+    let read = async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 || buf.len() + n > MAX_REQUEST {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        Ok::<(), std::io::Error>(())
+    };
+    if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
+        return Ok(());
     }
-    let (status, content_type, body) = respond(&buf, metrics);
+    let (status, content_type, body) = if buf.starts_with(b"GET /doctor ") {
+        match doctor.get() {
+            None => ("503 Service Unavailable", TEXT, "not set up yet\n".into()),
+            Some(d) => match d.check().await {
+                Ok(report) => (
+                    "200 OK",
+                    "application/json",
+                    serde_json::to_string(&report).expect("a report serializes"),
+                ),
+                Err(e) => ("503 Service Unavailable", TEXT, format!("{e}\n")),
+            },
+        }
+    } else {
+        respond(&buf, metrics)
+    };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -59,7 +92,6 @@ pub fn respond(request: &[u8], metrics: &Metrics) -> (&'static str, &'static str
     let mut words = text.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    const TEXT: &str = "text/plain; charset=utf-8";
     match (method, path) {
         ("GET", "/healthz") if metrics.healthy() => ("200 OK", TEXT, "ok\n".into()),
         ("GET", "/healthz") => (
@@ -111,7 +143,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, m));
+        tokio::spawn(serve(listener, m, DoctorSlot::default()));
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -120,5 +152,13 @@ mod tests {
         s.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
         assert!(resp.contains("trellis_agent_subnet_leased 0"));
+        // Before the node is set up there is nobody to probe from.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /doctor HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
     }
 }

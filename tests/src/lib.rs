@@ -8,6 +8,7 @@ pub mod churn;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
+pub mod ctl;
 pub mod cut_proxy;
 pub mod etcd;
 pub mod etcd_cluster;

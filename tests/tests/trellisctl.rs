@@ -3,42 +3,10 @@
 //! prints, as tables and as JSON, and its exit status.
 
 use serde_json::{json, Value};
-use std::process::Output;
 use std::time::Duration;
-use trellis_tests::bins;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
+use trellis_tests::ctl::{ctl, ctl_at, ctl_json, ctl_json_any, stderr, stdout};
 use trellis_tests::wait::wait_until;
-
-/// `trellisctl <args>` from the underlay namespace, against the cluster's
-/// etcd; its output.
-fn ctl(cluster: &Cluster, args: &[&str]) -> Output {
-    ctl_at(cluster, &cluster.etcd_endpoints().join(","), args)
-}
-
-fn ctl_at(cluster: &Cluster, endpoints: &str, args: &[&str]) -> Output {
-    let bin = bins::bin("trellisctl").display().to_string();
-    let mut argv = vec![bin.as_str(), "--etcd-endpoints", endpoints];
-    argv.extend_from_slice(args);
-    cluster.underlay().command(&argv).output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The JSON `trellisctl -o json <args>` prints, after checking it exited 0.
-fn ctl_json(cluster: &Cluster, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    let out = ctl(cluster, &all);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
-}
 
 #[test]
 fn an_operator_reads_nodes_allocations_and_the_config() {
@@ -160,16 +128,6 @@ fn an_operator_reads_nodes_allocations_and_the_config() {
         "{}",
         stderr(&gone)
     );
-}
-
-/// `trellisctl -o json <args>` whatever its exit status: (status, JSON).
-fn ctl_json_any(cluster: &Cluster, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    let out = ctl(cluster, &all);
-    let value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}{}", stdout(&out), stderr(&out)));
-    (out.status.code().unwrap_or(-1), value)
 }
 
 fn findings_of(report: &Value, kind: &str) -> Vec<String> {

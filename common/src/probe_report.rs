@@ -1,0 +1,53 @@
+//! What an agent answers on `GET /doctor` of its status endpoint: each
+//! remote node it knows, probed three ways with the agents' probe protocol
+//! (`trellis-agent --probe-port`): over the underlay to the node's public
+//! address, through the VXLAN tunnel to its VTEP address, and through the
+//! tunnel again at the pods' full MTU. `trellisctl doctor` reads it.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// The UDP payload of a probe starts with this; a responder echoes any
+/// datagram that does, and nothing else.
+pub const PROBE_MAGIC: &[u8; 4] = b"TRLP";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeReport {
+    pub node: String,
+    pub probe_port: u16,
+    /// The VXLAN UDP port of the cluster config.
+    pub vxlan_port: u16,
+    /// The pods' MTU on this node (its VXLAN device's).
+    pub mtu: u32,
+    pub peers: Vec<PeerProbes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerProbes {
+    pub node: String,
+    #[serde(rename = "publicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "vtepIP")]
+    pub vtep_ip: Ipv4Addr,
+    /// To `publicIP:probePort` over the underlay.
+    pub underlay: Probe,
+    /// To `vtepIP:probePort` through the tunnel, a small datagram.
+    pub overlay: Probe,
+    /// The same at the pods' MTU (an IP packet of `mtu` bytes).
+    pub overlay_full: Probe,
+}
+
+/// One probe: whether an echo came back, and how fast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub ok: bool,
+    /// The IP packet's size.
+    pub size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}

@@ -1,0 +1,362 @@
+//! `trellisctl doctor`: every agent (or `--node` one) probes every other
+//! node (`GET /doctor` of its status endpoint, see the agent's `probe`
+//! module); the answers become a node-by-node matrix and findings, each
+//! with the pair of nodes and the remedy. Read-only.
+
+use crate::etcd::Etcd;
+use crate::health;
+use crate::output::{self, Format, Outcome};
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use trellis_common::node::NodeRecord;
+use trellis_common::probe_report::ProbeReport;
+
+/// How long one agent gets to probe all the others.
+const DOCTOR_TIMEOUT: Duration = Duration::from_secs(30);
+/// A lease with less left than this is about to expire.
+const LEASE_WARNING_SECONDS: i64 = 60;
+/// etcd answering slower than this is a finding.
+const ETCD_SLOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub message: String,
+    pub remedy: String,
+}
+
+/// One node as read from etcd.
+struct NodeSeen {
+    name: String,
+    status_addr: Option<SocketAddr>,
+    lease_left: Option<i64>,
+}
+
+/// What one agent's probes came to, or why it could not be asked.
+type Answer = Result<ProbeReport, String>;
+
+/// A probed pair that failed: which probe, and what it said.
+#[derive(Debug, Clone)]
+struct Failure {
+    kind: &'static str,
+    from: String,
+    to: String,
+    detail: String,
+}
+
+/// The matrix row of one agent's report, and its failed pairs.
+fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, &'static str> {
+    let mut row = BTreeMap::new();
+    for p in &report.peers {
+        let (kind, detail) = if !p.underlay.ok {
+            ("probe-port-unreachable", p.underlay.error.clone())
+        } else if !p.overlay.ok {
+            ("vxlan-port-unreachable", p.overlay.error.clone())
+        } else if !p.overlay_full.ok {
+            ("path-mtu", p.overlay_full.error.clone())
+        } else {
+            row.insert(p.node.clone(), "ok");
+            continue;
+        };
+        failures.push(Failure {
+            kind,
+            from: report.node.clone(),
+            to: p.node.clone(),
+            detail,
+        });
+        row.insert(
+            p.node.clone(),
+            match kind {
+                "probe-port-unreachable" => "probe-port",
+                "vxlan-port-unreachable" => "vxlan",
+                _ => "mtu",
+            },
+        );
+    }
+    row
+}
+
+/// Which node each failed pair is blamed on. A probe is answered by an
+/// echo, so it fails when either direction is blocked: the node that the
+/// most failed pairs of one kind have in common is taken first (a firewall
+/// on B fails A to B and B to A alike), then the next, until every pair
+/// is covered; a pair whose two nodes tie names both.
+fn blame(failures: &[Failure]) -> Vec<Vec<String>> {
+    let mut blamed = vec![Vec::new(); failures.len()];
+    let mut open: Vec<usize> = (0..failures.len()).collect();
+    while !open.is_empty() {
+        let mut count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for &i in &open {
+            let f = &failures[i];
+            *count.entry((f.kind, f.from.as_str())).or_default() += 1;
+            *count.entry((f.kind, f.to.as_str())).or_default() += 1;
+        }
+        let (&(kind, node), &most) = count.iter().max_by_key(|(_, n)| **n).expect("open pairs");
+        let (kind, node) = (kind.to_string(), node.to_string());
+        open.retain(|&i| {
+            let f = &failures[i];
+            if f.kind != kind || (f.from != node && f.to != node) {
+                return true;
+            }
+            let other = if f.from == node { &f.to } else { &f.from };
+            blamed[i].push(node.clone());
+            if count.get(&(f.kind, other.as_str())) == Some(&most) && other != &node {
+                blamed[i].push(other.clone());
+            }
+            false
+        });
+    }
+    for b in &mut blamed {
+        b.sort();
+    }
+    blamed
+}
+
+/// The findings of the failed pairs, each naming both nodes, the port and
+/// the node(s) to fix.
+fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
+    let report_of = |node: &str| reports.iter().find(|r| r.node == node);
+    failures
+        .iter()
+        .zip(blame(failures))
+        .map(|(f, on)| {
+            let r = report_of(&f.from).expect("a failure comes from a report");
+            let (from, to, on) = (&f.from, &f.to, on.join(" and on "));
+            let (message, remedy) = match f.kind {
+                "probe-port-unreachable" => (
+                    format!(
+                        "the probe port UDP {} does not answer from {from} to {to} over the underlay: {}",
+                        r.probe_port, f.detail
+                    ),
+                    format!(
+                        "allow UDP {} on {on} and check that its agent runs (the tunnel cannot be judged until then)",
+                        r.probe_port
+                    ),
+                ),
+                "vxlan-port-unreachable" => (
+                    format!(
+                        "{from} and {to} reach each other over the underlay but not through the tunnel (VXLAN, UDP {}): {}",
+                        r.vxlan_port, f.detail
+                    ),
+                    format!(
+                        "allow UDP {} on {on} (a host firewall, or the network between them, drops it)",
+                        r.vxlan_port
+                    ),
+                ),
+                _ => (
+                    format!(
+                        "small packets pass between {from} and {to} through the tunnel, packets of the pods' MTU ({} bytes) do not",
+                        r.mtu
+                    ),
+                    format!(
+                        "the underlay path of {on} carries less than {} bytes: raise its MTU to at least that, or give the pods a lower MTU",
+                        r.mtu + 50
+                    ),
+                ),
+            };
+            Finding {
+                kind: f.kind,
+                from: Some(from.clone()),
+                to: Some(to.clone()),
+                message,
+                remedy,
+            }
+        })
+        .collect()
+}
+
+pub async fn run(etcd: &Etcd, format: Format, only: Option<&str>) -> Result<Outcome> {
+    let mut findings = Vec::new();
+    let started = Instant::now();
+    let kvs = etcd.list(&etcd.keys.nodes()).await?;
+    let etcd_took = started.elapsed();
+    if etcd_took > ETCD_SLOW {
+        findings.push(Finding {
+            kind: "etcd-slow",
+            from: None,
+            to: None,
+            message: format!("listing the node records took {etcd_took:?}"),
+            remedy: "check etcd's health (etcdctl endpoint status, disk latency)".into(),
+        });
+    }
+    let mut nodes = Vec::new();
+    for kv in &kvs {
+        let Some(name) = etcd.keys.node_name_of(kv.key_str().unwrap_or_default()) else {
+            continue;
+        };
+        let Ok(record) = NodeRecord::parse(kv.value()) else {
+            findings.push(Finding {
+                kind: "unreadable-record",
+                from: None,
+                to: Some(name.to_string()),
+                message: format!("the record of {name} does not decode"),
+                remedy: format!("see `trellisctl nodes`; restart the agent of {name}"),
+            });
+            continue;
+        };
+        let lease_left = match kv.lease() {
+            0 => None,
+            id => etcd.lease_left(id).await?,
+        };
+        nodes.push(NodeSeen {
+            name: name.to_string(),
+            status_addr: record.status_addr,
+            lease_left,
+        });
+    }
+    if let Some(n) = only {
+        if !nodes.iter().any(|s| s.name == n) {
+            anyhow::bail!("no node {n} in etcd");
+        }
+    }
+    for n in &nodes {
+        if let Some(left) = n.lease_left.filter(|l| *l < LEASE_WARNING_SECONDS) {
+            findings.push(Finding {
+                kind: "lease-expiring",
+                from: None,
+                to: Some(n.name.clone()),
+                message: format!("the lease of {}'s record expires in {left} s", n.name),
+                remedy: format!(
+                    "the agent of {} is not renewing it: check that it runs and reaches etcd",
+                    n.name
+                ),
+            });
+        }
+    }
+    let asked: Vec<&NodeSeen> = nodes
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.name))
+        .collect();
+    let answers: Vec<Answer> = futures::future::join_all(asked.iter().map(|n| ask(n))).await;
+    let mut matrix: BTreeMap<String, BTreeMap<String, &'static str>> = BTreeMap::new();
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for (n, answer) in asked.iter().zip(answers) {
+        match answer {
+            Ok(report) => {
+                matrix.insert(n.name.clone(), judge(&report, &mut failures));
+                reports.push(report);
+            }
+            Err(e) => findings.push(Finding {
+                kind: "agent-unreachable",
+                from: Some(n.name.clone()),
+                to: None,
+                message: format!("cannot ask the agent of {}: {e}", n.name),
+                remedy: format!(
+                    "run the agent of {} with --metrics-addr (and --probe-port) and make its status port reachable from here",
+                    n.name
+                ),
+            }),
+        }
+    }
+    findings.extend(findings_of(&failures, &reports));
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    match format {
+        Format::Json => output::json(&json!({
+            "matrix": matrix, "findings": findings, "reports": reports,
+        })),
+        Format::Table => print_table(&names, &asked, &matrix, &findings),
+    }
+    Ok(if findings.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+async fn ask(n: &NodeSeen) -> Answer {
+    let addr = n.status_addr.ok_or_else(|| {
+        "its record names no status endpoint (the agent runs without --metrics-addr)".to_string()
+    })?;
+    let (code, body) = tokio::time::timeout(DOCTOR_TIMEOUT, health::get(addr, "/doctor"))
+        .await
+        .map_err(|_| format!("no answer from {addr} within {DOCTOR_TIMEOUT:?}"))??;
+    if code != 200 {
+        return Err(format!("{addr} answered {code}: {}", body.trim()));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{addr}: not a probe report: {e}"))
+}
+
+fn print_table(
+    names: &[&str],
+    asked: &[&NodeSeen],
+    matrix: &BTreeMap<String, BTreeMap<String, &'static str>>,
+    findings: &[Finding],
+) {
+    let mut header = vec!["FROM \\ TO"];
+    header.extend_from_slice(names);
+    let rows: Vec<Vec<String>> = asked
+        .iter()
+        .map(|from| {
+            let mut row = vec![from.name.clone()];
+            for to in names {
+                row.push(match matrix.get(&from.name) {
+                    None => "?".into(),
+                    Some(_) if *to == from.name => "-".into(),
+                    Some(cells) => cells.get(*to).copied().unwrap_or("?").into(),
+                });
+            }
+            row
+        })
+        .collect();
+    output::table(&header, &rows);
+    if findings.is_empty() {
+        println!("no findings");
+    }
+    for f in findings {
+        println!("\n{}: {}\n  remedy: {}", f.kind, f.message, f.remedy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(kind: &'static str, from: &str, to: &str) -> Failure {
+        Failure {
+            kind,
+            from: from.into(),
+            to: to.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_node_all_failures_share_is_blamed() {
+        // A firewall on c: every pair with c fails, both ways.
+        let v = "vxlan-port-unreachable";
+        let f = [
+            fail(v, "a", "c"),
+            fail(v, "b", "c"),
+            fail(v, "c", "a"),
+            fail(v, "c", "b"),
+        ];
+        assert_eq!(blame(&f), vec![vec!["c".to_string()]; 4]);
+        // Two nodes only: nothing tells which one drops, both are named.
+        let f = [fail(v, "a", "b"), fail(v, "b", "a")];
+        assert_eq!(blame(&f), vec![vec!["a".to_string(), "b".to_string()]; 2]);
+        // Kinds are blamed apart.
+        let f = [
+            fail(v, "a", "c"),
+            fail("path-mtu", "a", "b"),
+            fail("path-mtu", "c", "b"),
+        ];
+        assert_eq!(
+            blame(&f),
+            [
+                vec!["a".to_string(), "c".to_string()],
+                vec!["b".into()],
+                vec!["b".into()]
+            ]
+        );
+    }
+}

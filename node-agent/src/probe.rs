@@ -1,0 +1,209 @@
+//! The agents' probe protocol (`--probe-port`, UDP): every agent echoes
+//! each datagram that starts with [`PROBE_MAGIC`] back to its sender, and
+//! on `GET /doctor` probes every remote node it knows three ways: over the
+//! underlay to the node's public address, through the VXLAN tunnel to its
+//! VTEP address (answered by the same responder, since that address is the
+//! node's own), and through the tunnel at the pods' full MTU. Which of them
+//! fail tells a blocked VXLAN port from a blocked probe port from a path
+//! MTU too low for the pods.
+
+use crate::overlay::DesiredOverlay;
+use crate::registry::LocalView;
+use etcd_client::GetOptions;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use trellis_common::etcd::EtcdClient;
+use trellis_common::keys::Keys;
+use trellis_common::node::NodeRecord;
+use trellis_common::probe_report::{PeerProbes, Probe, ProbeReport, PROBE_MAGIC};
+
+/// IPv4 and UDP headers: a probe of an IP packet of `size` bytes carries
+/// `size - HEADERS` bytes.
+const HEADERS: u32 = 28;
+/// The smallest probe (magic and sequence number).
+const SMALL: u32 = HEADERS + 8;
+/// Attempts per probe, each waiting this long for the echo.
+const ATTEMPTS: u32 = 3;
+const WAIT: Duration = Duration::from_millis(400);
+/// Largest datagram echoed.
+const MAX_DATAGRAM: usize = 9216;
+
+/// Echo probes on `port` (all addresses of this node) forever.
+pub async fn respond(socket: UdpSocket) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) if buf[..n].starts_with(PROBE_MAGIC) => {
+                if let Err(e) = socket.send_to(&buf[..n], from).await {
+                    log::debug!("probe echo to {from}: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::debug!("probe responder: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Bind the responder's socket (so that a port in use fails start-up).
+pub async fn bind(port: u16) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).await
+}
+
+/// Send a probe of an IP packet of `size` bytes to `to` and wait for its
+/// echo, a few times.
+pub async fn probe(to: SocketAddr, size: u32) -> Probe {
+    match try_probe(to, size).await {
+        Ok(rtt) => Probe {
+            ok: true,
+            size,
+            rtt_micros: Some(rtt.as_micros() as u64),
+            error: String::new(),
+        },
+        Err(error) => Probe {
+            ok: false,
+            size,
+            rtt_micros: None,
+            error,
+        },
+    }
+}
+
+async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
+    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .map_err(|e| format!("binding a probe socket: {e}"))?;
+    socket
+        .connect(to)
+        .await
+        .map_err(|e| format!("no route to {to}: {e}"))?;
+    let len = size.saturating_sub(HEADERS).max(8) as usize;
+    let mut payload = vec![0u8; len];
+    payload[..4].copy_from_slice(PROBE_MAGIC);
+    let mut echo = vec![0u8; MAX_DATAGRAM];
+    let mut last = String::from("no echo");
+    for seq in 0..ATTEMPTS {
+        payload[4..8].copy_from_slice(&seq.to_be_bytes());
+        let sent = Instant::now();
+        if let Err(e) = socket.send(&payload).await {
+            last = format!("sending: {e}");
+            continue;
+        }
+        let deadline = sent + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, socket.recv(&mut echo)).await {
+                Err(_) => {
+                    last = format!("no echo within {WAIT:?}, {ATTEMPTS} tries");
+                    break;
+                }
+                // An ICMP error (port unreachable) shows as a failed receive.
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+                    break;
+                }
+                Ok(Ok(n)) if echo[..n] == payload[..] => return Ok(sent.elapsed()),
+                Ok(Ok(_)) => continue, // an echo of an earlier try
+            }
+        }
+    }
+    Err(last)
+}
+
+/// What `/doctor` needs: where to find the other nodes and how this one
+/// sees them.
+#[derive(Clone)]
+pub struct Doctor {
+    pub etcd: EtcdClient,
+    pub keys: Keys,
+    pub view: LocalView,
+    pub probe_port: u16,
+    pub vxlan_port: u16,
+    pub mtu: u32,
+}
+
+impl Doctor {
+    /// Probe every remote node the overlay admits (read from etcd now, the
+    /// registry's rule), all at once.
+    pub async fn check(&self) -> Result<ProbeReport, String> {
+        let mut c = self.etcd.pick().await.client;
+        let resp = c
+            .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| format!("listing the nodes: {e}"))?;
+        let records = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = self.keys.node_name_of(kv.key_str().ok()?)?;
+                Some((name.to_string(), NodeRecord::parse(kv.value()).ok()?))
+            })
+            .collect();
+        let v = &self.view;
+        let (desired, _) =
+            DesiredOverlay::from_records(&v.node, Some(v.subnet), v.network, &records);
+        let port = self.probe_port;
+        let peers = desired.nodes.into_iter().map(|(name, n)| async move {
+            let (underlay, overlay, overlay_full) = tokio::join!(
+                probe(SocketAddr::from((n.public_ip, port)), SMALL),
+                probe(SocketAddr::from((n.vtep_ip, port)), SMALL),
+                probe(SocketAddr::from((n.vtep_ip, port)), self.mtu),
+            );
+            PeerProbes {
+                node: name,
+                public_ip: n.public_ip,
+                vtep_ip: n.vtep_ip,
+                underlay,
+                overlay,
+                overlay_full,
+            }
+        });
+        Ok(ProbeReport {
+            node: v.node.clone(),
+            probe_port: port,
+            vxlan_port: self.vxlan_port,
+            mtu: self.mtu,
+            peers: futures::future::join_all(peers).await,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_echo_comes_back_and_silence_is_reported() {
+        let socket = bind(0).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(respond(socket));
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let small = probe(to, SMALL).await;
+        assert!(small.ok && small.rtt_micros.is_some(), "{small:?}");
+        let full = probe(to, 1450).await;
+        assert!(full.ok && full.size == 1450, "{full:?}");
+        // Nobody listens there: the probe says so.
+        let quiet = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = quiet.local_addr().unwrap();
+        drop(quiet);
+        let none = probe(to, SMALL).await;
+        assert!(!none.ok && !none.error.is_empty(), "{none:?}");
+    }
+
+    #[tokio::test]
+    async fn datagrams_without_the_magic_are_not_echoed() {
+        let socket = bind(0).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(respond(socket));
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.connect(("127.0.0.1", port)).await.unwrap();
+        c.send(b"hello, anyone").await.unwrap();
+        let mut buf = [0u8; 64];
+        let got = tokio::time::timeout(Duration::from_millis(300), c.recv(&mut buf)).await;
+        assert!(got.is_err(), "echoed a stranger's datagram");
+    }
+}

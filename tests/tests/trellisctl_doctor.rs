@@ -1,0 +1,149 @@
+//! `trellisctl doctor` against a simulated cluster of three nodes with
+//! their agents: a clean cluster passes, and each planted fault is named
+//! with the pair of nodes, the port and the remedy (an nftables drop of the
+//! VXLAN port into one node, as a host firewall does; a lower MTU on one
+//! node's underlay link; an agent that cannot be asked).
+
+use serde_json::Value;
+use trellis_tests::cluster::{Cluster, ClusterSpec};
+use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, stdout};
+
+fn cluster() -> Cluster {
+    Cluster::start(ClusterSpec {
+        agent_args: vec!["--metrics-addr".into(), "0.0.0.0:9464".into()],
+        ..ClusterSpec::default().nodes(3)
+    })
+    .unwrap()
+}
+
+/// The findings of one kind, as (from, to, remedy).
+fn of_kind(report: &Value, kind: &str) -> Vec<(String, String, String)> {
+    let mut found: Vec<_> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+            (s("from"), s("to"), s("remedy"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
+    let cluster = cluster();
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+
+    let clean = ctl_json(&cluster, &["doctor"]);
+    assert_eq!(clean["findings"], serde_json::json!([]), "{clean}");
+    for from in &names {
+        for to in names.iter().filter(|t| *t != from) {
+            assert_eq!(clean["matrix"][from][to], "ok", "{from} -> {to}: {clean}");
+        }
+    }
+    let table = ctl(&cluster, &["doctor"]);
+    assert!(table.status.success());
+    assert!(stdout(&table).contains("no findings"), "{}", stdout(&table));
+
+    // The seed's firewall: UDP 8472 dropped on the way into the third node.
+    let c = &cluster.nodes[2];
+    for rule in [
+        "add table inet doctor-test",
+        "add chain inet doctor-test in { type filter hook input priority -10 ; }",
+        "add rule inet doctor-test in udp dport 8472 drop",
+    ] {
+        let mut argv = vec!["nft"];
+        argv.extend(rule.split(' '));
+        c.netns.ok(&argv).unwrap();
+    }
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let vxlan = of_kind(&report, "vxlan-port-unreachable");
+    let pairs: Vec<(&str, &str)> = vxlan
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    let mut want = vec![
+        (names[0], names[2]),
+        (names[1], names[2]),
+        (names[2], names[0]),
+        (names[2], names[1]),
+    ];
+    want.sort();
+    assert_eq!(pairs, want, "{report}");
+    for (_, _, remedy) in &vxlan {
+        assert!(
+            remedy.starts_with(&format!("allow UDP 8472 on {} ", names[2])),
+            "{remedy}"
+        );
+    }
+    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+    assert_eq!(report["matrix"][names[0]][names[2]], "vxlan", "{report}");
+    let table = stdout(&ctl(&cluster, &["doctor"]));
+    assert!(
+        table.contains(&format!("remedy: allow UDP 8472 on {}", names[2])),
+        "{table}"
+    );
+    // Asking one agent only: its own row.
+    let (code, one) = ctl_json_any(&cluster, &["doctor", "--node", names[0]]);
+    assert_eq!(code, 1);
+    assert_eq!(one["matrix"].as_object().unwrap().len(), 1, "{one}");
+    c.netns
+        .ok(&["nft", "delete", "table", "inet", "doctor-test"])
+        .unwrap();
+    assert_eq!(
+        ctl_json(&cluster, &["doctor"])["findings"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_low_mtu_link_and_a_silent_agent_are_named() {
+    let mut cluster = cluster();
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    // The second node's underlay link carries 1400 bytes, the pods' MTU is
+    // 1450 (VXLAN over 1500): small packets pass, full ones do not.
+    cluster.nodes[1]
+        .netns
+        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1400"])
+        .unwrap();
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let mtu = of_kind(&report, "path-mtu");
+    assert!(!mtu.is_empty(), "{report}");
+    for (from, to, remedy) in &mtu {
+        assert!(
+            from == &names[1] || to == &names[1],
+            "{from} -> {to}: {report}"
+        );
+        assert!(
+            remedy.contains(&format!("path of {} carries less than 1500", names[1])),
+            "{remedy}"
+        );
+    }
+    assert!(
+        of_kind(&report, "vxlan-port-unreachable").is_empty(),
+        "{report}"
+    );
+    assert_eq!(report["matrix"][&names[0]][&names[2]], "ok", "{report}");
+    cluster.nodes[1]
+        .netns
+        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1500"])
+        .unwrap();
+
+    // The third node's agent stops: nobody can ask it, and the others'
+    // probes of it go unanswered.
+    cluster.nodes[2].kill_agent().unwrap();
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let silent = of_kind(&report, "agent-unreachable");
+    assert_eq!(silent.len(), 1, "{report}");
+    assert_eq!(silent[0].0, names[2]);
+    let probe = of_kind(&report, "probe-port-unreachable");
+    assert_eq!(probe.len(), 2, "{report}");
+    assert!(probe.iter().all(|(_, to, remedy)| to == &names[2]
+        && remedy.starts_with(&format!("allow UDP 8473 on {} ", names[2]))));
+}
