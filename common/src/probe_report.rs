@@ -21,6 +21,11 @@ pub struct ProbeReport {
     /// The pods' MTU on this node (its VXLAN device's).
     pub mtu: u32,
     pub peers: Vec<PeerProbes>,
+    /// What this node's kernel holds differently from what etcd says it
+    /// should (the VXLAN device, its MAC, FDB, neighbour, nexthop and route
+    /// entries), seen twice a second apart; empty when they agree.
+    #[serde(default)]
+    pub drift: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -174,7 +174,57 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
         .collect()
 }
 
-pub async fn run(etcd: &Etcd, format: Format, only: Option<&str>) -> Result<Outcome> {
+/// One look at the cluster: what was asked, what came back, what is wrong.
+struct Examination {
+    names: Vec<String>,
+    asked: Vec<String>,
+    matrix: BTreeMap<String, BTreeMap<String, &'static str>>,
+    findings: Vec<Finding>,
+    reports: Vec<ProbeReport>,
+    /// Agents whose kernel differs from etcd, and where to ask them.
+    drifted: Vec<(String, SocketAddr)>,
+}
+
+pub async fn run(etcd: &Etcd, format: Format, only: Option<&str>, fix: bool) -> Result<Outcome> {
+    let mut seen = examine(etcd, only).await?;
+    let mut fixed = Vec::new();
+    if fix && !seen.drifted.is_empty() {
+        for (node, addr) in &seen.drifted {
+            match health::request(*addr, "POST", "/resync").await {
+                Ok((202, _)) => fixed.push(node.clone()),
+                Ok((code, body)) => {
+                    eprintln!("trellisctl: resync of {node}: {code} {}", body.trim())
+                }
+                Err(e) => eprintln!("trellisctl: resync of {node}: {e}"),
+            }
+        }
+        // The resync is one dump and a few writes: then look again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        seen = examine(etcd, only).await?;
+    }
+    match format {
+        Format::Json => output::json(&json!({
+            "matrix": seen.matrix, "findings": seen.findings, "reports": seen.reports,
+            "resynced": fixed,
+        })),
+        Format::Table => {
+            if !fixed.is_empty() {
+                println!(
+                    "re-synced the agents of {} and looked again\n",
+                    fixed.join(", ")
+                );
+            }
+            print_table(&seen);
+        }
+    }
+    Ok(if seen.findings.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+async fn examine(etcd: &Etcd, only: Option<&str>) -> Result<Examination> {
     let mut findings = Vec::new();
     let started = Instant::now();
     let kvs = etcd.list(&etcd.keys.nodes()).await?;
@@ -259,17 +309,43 @@ pub async fn run(etcd: &Etcd, format: Format, only: Option<&str>) -> Result<Outc
         }
     }
     findings.extend(findings_of(&failures, &reports));
-    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    match format {
-        Format::Json => output::json(&json!({
-            "matrix": matrix, "findings": findings, "reports": reports,
-        })),
-        Format::Table => print_table(&names, &asked, &matrix, &findings),
+    for r in &reports {
+        if r.drift.is_empty() {
+            continue;
+        }
+        let shown: Vec<&str> = r.drift.iter().take(5).map(String::as_str).collect();
+        findings.push(Finding {
+            kind: "kernel-drift",
+            from: Some(r.node.clone()),
+            to: None,
+            message: format!(
+                "the kernel of {} differs from etcd in {} entries: {}{}",
+                r.node,
+                r.drift.len(),
+                shown.join("; "),
+                if r.drift.len() > shown.len() { "; ..." } else { "" }
+            ),
+            remedy: format!(
+                "`trellisctl doctor --fix` re-syncs the agent of {} now (it also re-syncs by itself every --resync-interval)",
+                r.node
+            ),
+        });
     }
-    Ok(if findings.is_empty() {
-        Outcome::Done
-    } else {
-        Outcome::Findings
+    let drifted = reports
+        .iter()
+        .filter(|r| !r.drift.is_empty())
+        .filter_map(|r| {
+            let n = nodes.iter().find(|n| n.name == r.node)?;
+            Some((n.name.clone(), n.status_addr?))
+        })
+        .collect();
+    Ok(Examination {
+        names: nodes.iter().map(|n| n.name.clone()).collect(),
+        asked: asked.iter().map(|n| n.name.clone()).collect(),
+        matrix,
+        findings,
+        reports,
+        drifted,
     })
 }
 
@@ -286,37 +362,32 @@ async fn ask(n: &NodeSeen) -> Answer {
     serde_json::from_str(&body).map_err(|e| format!("{addr}: not a probe report: {e}"))
 }
 
-fn print_table(
-    names: &[&str],
-    asked: &[&NodeSeen],
-    matrix: &BTreeMap<String, BTreeMap<String, &'static str>>,
-    findings: &[Finding],
-) {
+fn print_table(seen: &Examination) {
     let mut header = vec!["FROM \\ TO"];
-    header.extend_from_slice(names);
-    let rows: Vec<Vec<String>> = asked
+    header.extend(seen.names.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = seen
+        .asked
         .iter()
         .map(|from| {
-            let mut row = vec![from.name.clone()];
-            for to in names {
-                row.push(match matrix.get(&from.name) {
+            let mut row = vec![from.clone()];
+            for to in &seen.names {
+                row.push(match seen.matrix.get(from) {
                     None => "?".into(),
-                    Some(_) if *to == from.name => "-".into(),
-                    Some(cells) => cells.get(*to).copied().unwrap_or("?").into(),
+                    Some(_) if to == from => "-".into(),
+                    Some(cells) => cells.get(to).copied().unwrap_or("?").into(),
                 });
             }
             row
         })
         .collect();
     output::table(&header, &rows);
-    if findings.is_empty() {
+    if seen.findings.is_empty() {
         println!("no findings");
     }
-    for f in findings {
+    for f in &seen.findings {
         println!("\n{}: {}\n  remedy: {}", f.kind, f.message, f.remedy);
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,12 +51,19 @@ pub async fn probe(addr: SocketAddr) -> Health {
 
 /// `GET path` of the agent at `addr`: the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    request(addr, "GET", path).await
+}
+
+/// `method path` of the agent at `addr`: the status code and the body.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;

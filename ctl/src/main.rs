@@ -54,6 +54,10 @@ enum Command {
         /// Ask only this node's agent (it still probes every other node).
         #[arg(long)]
         node: Option<String>,
+        /// Apply the safe fixes: a full resync of every agent whose kernel
+        /// differs from etcd; then look again.
+        #[arg(long)]
+        fix: bool,
     },
 }
 
@@ -147,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<output::Outcome> {
         Command::Ipam(IpamCommand::Release { from_report }) => {
             ipam_check::run_release(&etcd, format, &from_report).await
         }
-        Command::Doctor { node } => doctor::run(&etcd, format, node.as_deref()).await,
+        Command::Doctor { node, fix } => doctor::run(&etcd, format, node.as_deref(), fix).await,
         Command::Config(ConfigCommand::Get) => config::get(&etcd, format).await,
         Command::Config(ConfigCommand::Set { value, force }) => {
             config::set(&etcd, format, &value, force).await

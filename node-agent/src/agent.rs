@@ -203,6 +203,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         subnet: net.subnet,
         network: config.network,
     };
+    let resync_now = Arc::new(tokio::sync::Notify::new());
     if args.probe_port != 0 {
         let _ = doctor.set(probe::Doctor {
             etcd: client.clone(),
@@ -211,6 +212,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             probe_port: args.probe_port,
             vxlan_port: config.port,
             mtu: net.vxlan.mtu,
+            nl: nl.clone(),
+            vxlan_device: net.vxlan.name.clone(),
+            resync: resync_now.clone(),
         });
     }
     let registry = tokio::spawn(registry::run(
@@ -225,10 +229,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     ));
     // The reconciler ensures the device again before each pass.
     let dataplane = KernelDataplane::new(nl.clone(), net.clone());
-    let reconciler = tokio::spawn(
-        Reconciler::new(dataplane, metrics.clone())
-            .run(updates_rx, Duration::from_secs(args.resync_interval.max(1))),
-    );
+    let reconciler = tokio::spawn(Reconciler::new(dataplane, metrics.clone()).run(
+        updates_rx,
+        Duration::from_secs(args.resync_interval.max(1)),
+        resync_now,
+    ));
     let mut background = vec![registry, reconciler];
     let kube_nodes = kube_api.map(|api| {
         let (nodes, follow) = deleted_nodes::follow(api);

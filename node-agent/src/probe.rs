@@ -7,16 +7,21 @@
 //! fail tells a blocked VXLAN port from a blocked probe port from a path
 //! MTU too low for the pods.
 
-use crate::overlay::DesiredOverlay;
+use crate::overlay::dataplane::read_overlay;
+use crate::overlay::{plan, DesiredOverlay, Op};
 use crate::registry::LocalView;
 use etcd_client::GetOptions;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 use trellis_common::probe_report::{PeerProbes, Probe, ProbeReport, PROBE_MAGIC};
+use trellis_kernel::Netlink;
 
 /// IPv4 and UDP headers: a probe of an IP packet of `size` bytes carries
 /// `size - HEADERS` bytes.
@@ -114,8 +119,8 @@ async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
     Err(last)
 }
 
-/// What `/doctor` needs: where to find the other nodes and how this one
-/// sees them.
+/// What `/doctor` needs: where to find the other nodes, how this one sees
+/// them, its kernel, and the reconciler's resync (`POST /resync`).
 #[derive(Clone)]
 pub struct Doctor {
     pub etcd: EtcdClient,
@@ -124,28 +129,24 @@ pub struct Doctor {
     pub probe_port: u16,
     pub vxlan_port: u16,
     pub mtu: u32,
+    pub nl: Netlink,
+    pub vxlan_device: String,
+    pub resync: Arc<Notify>,
 }
 
 impl Doctor {
     /// Probe every remote node the overlay admits (read from etcd now, the
     /// registry's rule), all at once.
     pub async fn check(&self) -> Result<ProbeReport, String> {
-        let mut c = self.etcd.pick().await.client;
-        let resp = c
-            .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| format!("listing the nodes: {e}"))?;
-        let records = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let name = self.keys.node_name_of(kv.key_str().ok()?)?;
-                Some((name.to_string(), NodeRecord::parse(kv.value()).ok()?))
-            })
-            .collect();
-        let v = &self.view;
-        let (desired, _) =
-            DesiredOverlay::from_records(&v.node, Some(v.subnet), v.network, &records);
+        let (records, desired) = self.desired().await?;
+        let mut drift = self.drift(&records, &desired).await;
+        if !drift.is_empty() {
+            // The agent may have been writing just then: what is still
+            // different a second later is drift.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (records, desired) = self.desired().await?;
+            drift = self.drift(&records, &desired).await;
+        }
         let port = self.probe_port;
         let peers = desired.nodes.into_iter().map(|(name, n)| async move {
             let (underlay, overlay, overlay_full) = tokio::join!(
@@ -163,12 +164,83 @@ impl Doctor {
             }
         });
         Ok(ProbeReport {
-            node: v.node.clone(),
+            node: self.view.node.clone(),
             probe_port: port,
             vxlan_port: self.vxlan_port,
             mtu: self.mtu,
             peers: futures::future::join_all(peers).await,
+            drift,
         })
+    }
+
+    /// The node records in etcd now, and the overlay they make for this
+    /// node (the registry's rule).
+    async fn desired(&self) -> Result<(BTreeMap<String, NodeRecord>, DesiredOverlay), String> {
+        let mut c = self.etcd.pick().await.client;
+        let resp = c
+            .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| format!("listing the nodes: {e}"))?;
+        let records = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = self.keys.node_name_of(kv.key_str().ok()?)?;
+                Some((name.to_string(), NodeRecord::parse(kv.value()).ok()?))
+            })
+            .collect();
+        let v = &self.view;
+        let (desired, _) =
+            DesiredOverlay::from_records(&v.node, Some(v.subnet), v.network, &records);
+        Ok((records, desired))
+    }
+
+    /// Where the kernel differs from `desired`, in words (read only).
+    async fn drift(
+        &self,
+        records: &BTreeMap<String, NodeRecord>,
+        desired: &DesiredOverlay,
+    ) -> Vec<String> {
+        let dev = &self.vxlan_device;
+        let link = match self.nl.link_by_name(dev).await {
+            Ok(Some(link)) => link,
+            Ok(None) => return vec![format!("the VXLAN device {dev} is missing")],
+            Err(e) => return vec![format!("cannot read the VXLAN device {dev}: {e}")],
+        };
+        let mut drift = Vec::new();
+        if let Some(own) = records.get(&self.view.node) {
+            let mac = link.mac.map(|m| m.to_string()).unwrap_or_default();
+            if !own.vtep_mac.eq_ignore_ascii_case(&mac) {
+                drift.push(format!(
+                    "{dev} has MAC {mac}, this node's record says {}",
+                    own.vtep_mac
+                ));
+            }
+        }
+        match read_overlay(&self.nl, link.index).await {
+            Err(e) => drift.push(format!("cannot read the entries of {dev}: {e}")),
+            Ok((actual, style)) => {
+                let p = plan(desired, &actual, style);
+                drift.extend(p.phases().into_iter().flatten().map(describe));
+            }
+        }
+        drift
+    }
+}
+
+/// One correction the agent would make, as a difference a person reads.
+fn describe(op: &Op) -> String {
+    match op {
+        Op::DelFdb(e) => match e.dst {
+            Some(dst) => format!("stale FDB entry {} -> {dst}", e.mac),
+            None => format!("stale FDB entry {}", e.mac),
+        },
+        Op::DelNeighbour(ip) => format!("stale neighbour entry {ip}"),
+        Op::DelRoute(r) => format!("stale route to {}", r.dst),
+        Op::DelNexthop(id) => format!("stale nexthop {id}"),
+        Op::SetFdb { mac, dst } => format!("FDB entry {mac} -> {dst} missing or different"),
+        Op::SetNeighbour { ip, mac } => format!("neighbour {ip} -> {mac} missing or different"),
+        Op::SetRoute { dst, via } => format!("route to {dst} via {via} missing or different"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 server for `/healthz`, `/metrics` and `/doctor` (the
-//! probes of every other node, see `probe`): GET only, one request per
-//! connection, bounded in size and time.
+//! probes of every other node and the kernel's drift, see `probe`), and
+//! `POST /resync` (a full resync of the overlay, `trellisctl doctor
+//! --fix`): one request per connection, bounded in size and time.
 
 use crate::metrics::Metrics;
 use crate::probe::Doctor;
@@ -62,7 +63,16 @@ async fn handle(
     if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
         return Ok(());
     }
-    let (status, content_type, body) = if buf.starts_with(b"GET /doctor ") {
+    let (status, content_type, body) = if buf.starts_with(b"POST /resync ") {
+        match doctor.get() {
+            None => ("503 Service Unavailable", TEXT, "not set up yet\n".into()),
+            Some(d) => {
+                d.resync.notify_one();
+                log::info!("a full resync of the overlay was requested on the status endpoint");
+                ("202 Accepted", TEXT, "resync requested\n".into())
+            }
+        }
+    } else if buf.starts_with(b"GET /doctor ") {
         match doctor.get() {
             None => ("503 Service Unavailable", TEXT, "not set up yet\n".into()),
             Some(d) => match d.check().await {

@@ -147,3 +147,67 @@ fn a_low_mtu_link_and_a_silent_agent_are_named() {
     assert!(probe.iter().all(|(_, to, remedy)| to == &names[2]
         && remedy.starts_with(&format!("allow UDP 8473 on {} ", names[2]))));
 }
+
+#[test]
+fn an_fdb_entry_lost_behind_the_agents_back_is_named_and_fixed() {
+    let cluster = Cluster::start(ClusterSpec {
+        // No periodic resync during the test: only --fix repairs.
+        agent_args: [
+            "--metrics-addr",
+            "0.0.0.0:9464",
+            "--resync-interval",
+            "3600",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..ClusterSpec::default().nodes(3)
+    })
+    .unwrap();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let b_mac = b.record().unwrap().vtep_mac;
+    // The entry goes while a's agent is stopped (frozen), as an operator's
+    // stray `bridge fdb del` or a reboot of a half-configured node would.
+    {
+        let _frozen = a.freeze_agent().unwrap();
+        a.netns
+            .ok(&[
+                "bridge",
+                "fdb",
+                "del",
+                &b_mac,
+                "dev",
+                "trellis.1",
+                "dst",
+                &b.underlay_ip.to_string(),
+            ])
+            .unwrap();
+    }
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let drift: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "kernel-drift")
+        .collect();
+    assert_eq!(drift.len(), 1, "{report}");
+    assert_eq!(drift[0]["from"], a.name.as_str());
+    let message = drift[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("FDB entry {b_mac} -> {} missing", b.underlay_ip)),
+        "{message}"
+    );
+    assert!(drift[0]["remedy"]
+        .as_str()
+        .unwrap()
+        .contains("doctor --fix"));
+    // The lost entry also cuts the tunnel between a and b.
+    assert_eq!(report["matrix"][&a.name][&b.name], "vxlan", "{report}");
+
+    let (code, fixed) = ctl_json_any(&cluster, &["doctor", "--fix"]);
+    assert_eq!(code, 0, "{fixed}");
+    assert_eq!(fixed["resynced"], serde_json::json!([a.name]), "{fixed}");
+    assert_eq!(fixed["findings"], serde_json::json!([]), "{fixed}");
+    assert!(a.agent_log().contains("full resync requested"));
+}

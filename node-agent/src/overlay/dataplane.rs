@@ -51,24 +51,33 @@ impl KernelDataplane {
             style: RouteStyle::Nexthop,
         }
     }
+}
 
-    /// The device's nexthop objects; none, and the gateway style from now
-    /// on, when the kernel has no nexthop objects (EOPNOTSUPP before 5.3).
-    async fn nexthops(&mut self) -> Result<Vec<trellis_kernel::Nexthop>, KernelError> {
-        match self.nl.nexthops_on_device(self.ifindex).await {
-            Ok(found) => Ok(found),
-            Err(e) if e.is_unsupported() => {
-                if self.style == RouteStyle::Nexthop {
-                    log::warn!(
-                        "overlay: the kernel has no nexthop objects ({e}); routes carry their gateways, which is slower with thousands of nodes"
-                    );
-                    self.style = RouteStyle::Gateway;
-                }
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e),
-        }
-    }
+/// What the VXLAN device `ifindex` holds, one dump of each kind (nothing
+/// is written), and how the kernel can take routes: through nexthop
+/// objects, or (EOPNOTSUPP before Linux 5.3) with gateways.
+pub async fn read_overlay(
+    nl: &Netlink,
+    ifindex: u32,
+) -> Result<(ActualOverlay, RouteStyle), KernelError> {
+    let (nexthops, style) = match nl.nexthops_on_device(ifindex).await {
+        Ok(found) => (found, RouteStyle::Nexthop),
+        Err(e) if e.is_unsupported() => (Vec::new(), RouteStyle::Gateway),
+        Err(e) => return Err(e),
+    };
+    let ids: std::collections::HashSet<u32> = nexthops.iter().map(|n| n.id).collect();
+    let (fdb, neighbours, routes) = futures::try_join!(
+        nl.fdb_entries(ifindex),
+        nl.neighbours_on(ifindex),
+        nl.routes_on_device(ifindex, &ids),
+    )?;
+    let actual = ActualOverlay {
+        fdb,
+        neighbours,
+        routes,
+        nexthops,
+    };
+    Ok((actual, style))
 }
 
 async fn execute(
@@ -102,19 +111,14 @@ impl Dataplane for KernelDataplane {
     }
 
     async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
-        let nexthops = self.nexthops().await?;
-        let ids: std::collections::HashSet<u32> = nexthops.iter().map(|n| n.id).collect();
-        let (fdb, neighbours, routes) = futures::try_join!(
-            self.nl.fdb_entries(self.ifindex),
-            self.nl.neighbours_on(self.ifindex),
-            self.nl.routes_on_device(self.ifindex, &ids),
-        )?;
-        Ok(ActualOverlay {
-            fdb,
-            neighbours,
-            routes,
-            nexthops,
-        })
+        let (actual, style) = read_overlay(&self.nl, self.ifindex).await?;
+        if style == RouteStyle::Gateway && self.style == RouteStyle::Nexthop {
+            log::warn!(
+                "overlay: the kernel has no nexthop objects; routes carry their gateways, which is slower with thousands of nodes"
+            );
+            self.style = RouteStyle::Gateway;
+        }
+        Ok(actual)
     }
 
     fn device_index(&self) -> u32 {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use trellis_kernel::KernelError;
 
 /// What one reconcile did.
@@ -146,11 +146,13 @@ impl<D: Dataplane> Reconciler<D> {
     /// Reconcile on every batch of updates (the ones queued meanwhile go
     /// into the same pass; nothing is touched until the first `Replace`),
     /// retrying failures with backoff and resyncing every `resync`.
-    /// Returns when the sender is dropped.
+    /// `resync_now` asks for a full resync at once (`trellisctl doctor
+    /// --fix`). Returns when the sender is dropped.
     pub async fn run(
         mut self,
         mut updates: mpsc::UnboundedReceiver<OverlayUpdate>,
         resync: Duration,
+        resync_now: Arc<Notify>,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut retry_at: Option<tokio::time::Instant> = None;
@@ -168,6 +170,10 @@ impl<D: Dataplane> Reconciler<D> {
                     None => return,
                 },
                 _ = tokio::time::sleep_until(wake) => true,
+                _ = resync_now.notified() => {
+                    log::info!("overlay: full resync requested");
+                    true
+                }
             };
             while let Ok(update) = updates.try_recv() {
                 self.update(update);

@@ -134,7 +134,7 @@ async fn failed_writes_are_retried_and_changes_applied_by_the_loop() {
     let r = Reconciler::new(dp, metrics.clone());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        r.run(rx, Duration::from_secs(3600)).await;
+        r.run(rx, Duration::from_secs(3600), Arc::default()).await;
         let _ = done_tx.send(());
     });
     // Nothing known yet: nothing happens.
