@@ -26,6 +26,10 @@ pub struct ProbeReport {
     /// entries), seen twice a second apart; empty when they agree.
     #[serde(default)]
     pub drift: Vec<String>,
+    /// What is wrong with the runtime's CNI config on this node against
+    /// this agent (when the agent knows the directory: `--cni-conf-dir`).
+    #[serde(default)]
+    pub cni_config: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -331,6 +331,20 @@ async fn examine(etcd: &Etcd, only: Option<&str>) -> Result<Examination> {
             ),
         });
     }
+    for r in &reports {
+        for problem in &r.cni_config {
+            findings.push(Finding {
+                kind: "cni-config",
+                from: Some(r.node.clone()),
+                to: None,
+                message: format!("on {}: {problem}", r.node),
+                remedy: format!(
+                    "re-run `trellis-agent install-cni` on {} (the DaemonSet's init container does), or fix the file",
+                    r.node
+                ),
+            });
+        }
+    }
     let drifted = reports
         .iter()
         .filter(|r| !r.drift.is_empty())

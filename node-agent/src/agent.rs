@@ -215,6 +215,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             nl: nl.clone(),
             vxlan_device: net.vxlan.name.clone(),
             resync: resync_now.clone(),
+            cni_conf: args.cni_conf_dir.clone().map(|dir| {
+                let expected = crate::install_cni::conf_dir::Expected {
+                    bridge: args.bridge.clone(),
+                    state_dir: args.state_dir.clone(),
+                    keys: keys.clone(),
+                };
+                (dir, expected)
+            }),
         });
     }
     let registry = tokio::spawn(registry::run(

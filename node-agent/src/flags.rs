@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// shorter of this and --ipam-gc-interval.
     #[arg(long, env = "TRELLIS_ATTACHMENT_REPORT_INTERVAL", default_value_t = 10)]
     pub attachment_report_interval: u64,
+    /// The runtime's CNI configuration directory, checked by `trellisctl
+    /// doctor` against this agent (bridge, state dir, etcd prefix); unset:
+    /// not checked.
+    #[arg(long, env = "TRELLIS_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     /// UDP port of the agents' probe protocol (echoes for `trellisctl
     /// doctor`), on every address of the node; 0 turns it off.
     #[arg(long, env = "TRELLIS_PROBE_PORT", default_value_t = 8473)]

@@ -23,6 +23,7 @@
 //! paths written into the conflist are valid on the host.
 
 mod cluster_config;
+pub mod conf_dir;
 pub mod conflist;
 pub mod files;
 

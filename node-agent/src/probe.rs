@@ -7,12 +7,14 @@
 //! fail tells a blocked VXLAN port from a blocked probe port from a path
 //! MTU too low for the pods.
 
+use crate::install_cni::conf_dir;
 use crate::overlay::dataplane::read_overlay;
 use crate::overlay::{plan, DesiredOverlay, Op};
 use crate::registry::LocalView;
 use etcd_client::GetOptions;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -132,6 +134,8 @@ pub struct Doctor {
     pub nl: Netlink,
     pub vxlan_device: String,
     pub resync: Arc<Notify>,
+    /// The runtime's CNI config directory and what it must say.
+    pub cni_conf: Option<(PathBuf, conf_dir::Expected)>,
 }
 
 impl Doctor {
@@ -170,6 +174,11 @@ impl Doctor {
             mtu: self.mtu,
             peers: futures::future::join_all(peers).await,
             drift,
+            cni_config: self
+                .cni_conf
+                .as_ref()
+                .map(|(dir, expected)| conf_dir::inspect(dir, expected))
+                .unwrap_or_default(),
         })
     }
 

@@ -492,6 +492,10 @@ impl Cluster {
             "eth0".into(),
             "--state-dir".into(),
             state_dir.display().to_string(),
+            // Only `trellisctl doctor` reads it: the runtime's config
+            // against the agent.
+            "--cni-conf-dir".into(),
+            conf_dir.display().to_string(),
             format!("--ip-masq={}", self.spec.ip_masq),
         ];
         agent_cmd.extend(self.spec.agent_args.iter().cloned());

@@ -98,6 +98,34 @@ fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
         ctl_json(&cluster, &["doctor"])["findings"],
         serde_json::json!([])
     );
+
+    // The first node's conflist goes, then comes back on another bridge.
+    let a = &cluster.nodes[0];
+    let kept = std::fs::read(&a.conflist).unwrap();
+    std::fs::remove_file(&a.conflist).unwrap();
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let cni = of_kind(&report, "cni-config");
+    assert_eq!(cni.len(), 1, "{report}");
+    assert_eq!(cni[0].0, a.name);
+    let message = report["findings"][0]["message"].as_str().unwrap();
+    assert!(message.contains("no CNI config in"), "{message}");
+    let mut other: Value = serde_json::from_slice(&kept).unwrap();
+    other["plugins"][0]["bridge"] = "br9".into();
+    std::fs::write(&a.conflist, other.to_string()).unwrap();
+    let (_, report) = ctl_json_any(&cluster, &["doctor"]);
+    let message = report["findings"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains(r#""bridge" is "br9", this node's agent has trellis0"#),
+        "{report}"
+    );
+    std::fs::write(&a.conflist, kept).unwrap();
+    assert_eq!(
+        ctl_json(&cluster, &["doctor"])["findings"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
