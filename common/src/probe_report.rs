@@ -30,6 +30,17 @@ pub struct ProbeReport {
     /// this agent (when the agent knows the directory: `--cni-conf-dir`).
     #[serde(default)]
     pub cni_config: Vec<String>,
+    /// The agent's wall clock when it answered (milliseconds since the
+    /// epoch), for the doctor's clock-skew check.
+    #[serde(default)]
+    pub time_unix_millis: u64,
+}
+
+/// Milliseconds since the epoch by this host's clock.
+pub fn now_unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

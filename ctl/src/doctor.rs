@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use trellis_common::node::NodeRecord;
-use trellis_common::probe_report::ProbeReport;
+use trellis_common::probe_report::{now_unix_millis, ProbeReport};
 
 /// How long one agent gets to probe all the others.
 const DOCTOR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,8 +41,23 @@ struct NodeSeen {
     lease_left: Option<i64>,
 }
 
-/// What one agent's probes came to, or why it could not be asked.
-type Answer = Result<ProbeReport, String>;
+/// What one agent's probes came to, with its clock's offset from ours
+/// (milliseconds), or why it could not be asked.
+type Answer = Result<(ProbeReport, i64), String>;
+
+/// Clocks further apart than this are a finding.
+const SKEW_LIMIT_MILLIS: i64 = 5_000;
+
+/// The two nodes whose clocks are furthest apart, and by how much, when
+/// that is over the limit. An agent's offset is its clock at the answer
+/// against the middle of our request, so the round trip counts at most
+/// half.
+fn skew(offsets: &[(String, i64)]) -> Option<(String, String, i64)> {
+    let low = offsets.iter().min_by_key(|(_, o)| *o)?;
+    let high = offsets.iter().max_by_key(|(_, o)| *o)?;
+    let apart = high.1 - low.1;
+    (apart > SKEW_LIMIT_MILLIS).then(|| (low.0.clone(), high.0.clone(), apart))
+}
 
 /// A probed pair that failed: which probe, and what it said.
 #[derive(Debug, Clone)]
@@ -290,10 +305,12 @@ async fn examine(etcd: &Etcd, only: Option<&str>) -> Result<Examination> {
     let mut matrix: BTreeMap<String, BTreeMap<String, &'static str>> = BTreeMap::new();
     let mut reports = Vec::new();
     let mut failures = Vec::new();
+    let mut offsets = Vec::new();
     for (n, answer) in asked.iter().zip(answers) {
         match answer {
-            Ok(report) => {
+            Ok((report, offset)) => {
                 matrix.insert(n.name.clone(), judge(&report, &mut failures));
+                offsets.push((n.name.clone(), offset));
                 reports.push(report);
             }
             Err(e) => findings.push(Finding {
@@ -309,6 +326,20 @@ async fn examine(etcd: &Etcd, only: Option<&str>) -> Result<Examination> {
         }
     }
     findings.extend(findings_of(&failures, &reports));
+    if let Some((behind, ahead, apart)) = skew(&offsets) {
+        findings.push(Finding {
+            kind: "clock-skew",
+            from: Some(behind.clone()),
+            to: Some(ahead.clone()),
+            message: format!(
+                "the clocks of {behind} and {ahead} are {:.1} s apart",
+                apart as f64 / 1000.0
+            ),
+            remedy: format!(
+                "run NTP (chrony, systemd-timesyncd) on {behind} and {ahead}: logs, TLS certificate validity and the timestamps operators compare across nodes assume one time (etcd leases are timed by etcd and do not depend on it)"
+            ),
+        });
+    }
     for r in &reports {
         if r.drift.is_empty() {
             continue;
@@ -367,13 +398,18 @@ async fn ask(n: &NodeSeen) -> Answer {
     let addr = n.status_addr.ok_or_else(|| {
         "its record names no status endpoint (the agent runs without --metrics-addr)".to_string()
     })?;
+    let sent = now_unix_millis();
     let (code, body) = tokio::time::timeout(DOCTOR_TIMEOUT, health::get(addr, "/doctor"))
         .await
         .map_err(|_| format!("no answer from {addr} within {DOCTOR_TIMEOUT:?}"))??;
+    let middle = sent + (now_unix_millis().saturating_sub(sent)) / 2;
     if code != 200 {
         return Err(format!("{addr} answered {code}: {}", body.trim()));
     }
-    serde_json::from_str(&body).map_err(|e| format!("{addr}: not a probe report: {e}"))
+    let report: ProbeReport =
+        serde_json::from_str(&body).map_err(|e| format!("{addr}: not a probe report: {e}"))?;
+    let offset = report.time_unix_millis as i64 - middle as i64;
+    Ok((report, offset))
 }
 
 fn print_table(seen: &Examination) {
@@ -413,6 +449,17 @@ mod tests {
             to: to.into(),
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn clocks_far_apart_are_named() {
+        let at = |n: &str, o: i64| (n.to_string(), o);
+        assert_eq!(skew(&[at("a", 10), at("b", -2_000), at("c", 2_900)]), None);
+        assert_eq!(
+            skew(&[at("a", 10), at("b", -2_000), at("c", 3_100)]),
+            Some(("b".into(), "c".into(), 5_100))
+        );
+        assert_eq!(skew(&[]), None);
     }
 
     #[test]

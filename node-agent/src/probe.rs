@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
-use trellis_common::probe_report::{PeerProbes, Probe, ProbeReport, PROBE_MAGIC};
+use trellis_common::probe_report::{now_unix_millis, PeerProbes, Probe, ProbeReport, PROBE_MAGIC};
 use trellis_kernel::Netlink;
 
 /// IPv4 and UDP headers: a probe of an IP packet of `size` bytes carries
@@ -179,6 +179,7 @@ impl Doctor {
                 .as_ref()
                 .map(|(dir, expected)| conf_dir::inspect(dir, expected))
                 .unwrap_or_default(),
+            time_unix_millis: now_unix_millis(),
         })
     }
 
