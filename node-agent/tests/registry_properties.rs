@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use trellis_agent::overlay::{DesiredOverlay, OverlayUpdate};
+use trellis_agent::overlay::DesiredOverlay;
 use trellis_agent::registry::{LocalView, Registry};
 use trellis_common::node::NodeRecord;
 
@@ -65,18 +65,6 @@ fn event_strategy() -> impl Strategy<Value = Event> {
     ]
 }
 
-fn follow(state: &mut DesiredOverlay, update: OverlayUpdate) {
-    match update {
-        OverlayUpdate::Replace(d) => *state = d,
-        OverlayUpdate::Set(name, node) => {
-            state.nodes.insert(name, node);
-        }
-        OverlayUpdate::Remove(name) => {
-            state.nodes.remove(&name);
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -89,7 +77,7 @@ proptest! {
         // The records etcd holds, as they are written.
         let mut etcd: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut followed = DesiredOverlay::default();
-        follow(&mut followed, registry.replace(Vec::new()));
+        followed.apply(registry.replace(Vec::new()));
         for event in events {
             let update = match event {
                 Event::Put(name, value) => {
@@ -103,7 +91,7 @@ proptest! {
                 Event::Relist => Some(registry.replace(etcd.clone())),
             };
             if let Some(u) = update {
-                follow(&mut followed, u);
+                followed.apply(u);
             }
             let readable: BTreeMap<String, NodeRecord> = etcd
                 .iter()

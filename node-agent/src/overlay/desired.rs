@@ -98,6 +98,35 @@ impl DesiredOverlay {
         (was, now)
     }
 
+    /// Apply `update`; the names it touched, each with what it was before
+    /// (a name may come twice).
+    pub fn apply(&mut self, update: OverlayUpdate) -> Vec<(String, Option<RemoteNode>)> {
+        match update {
+            OverlayUpdate::Replace(new) => {
+                let (was, now) = self.delta(&new);
+                let touched = was
+                    .nodes
+                    .into_keys()
+                    .chain(now.nodes.into_keys())
+                    .map(|name| {
+                        let before = self.nodes.get(&name).copied();
+                        (name, before)
+                    })
+                    .collect();
+                *self = new;
+                touched
+            }
+            OverlayUpdate::Set(name, node) => {
+                let before = self.nodes.insert(name.clone(), node);
+                vec![(name, before)]
+            }
+            OverlayUpdate::Remove(name) => match self.nodes.remove(&name) {
+                Some(before) => vec![(name, Some(before))],
+                None => Vec::new(),
+            },
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -71,24 +71,8 @@ impl<D: Dataplane> Reconciler<D> {
             }
             return;
         };
-        match update {
-            OverlayUpdate::Replace(new) => {
-                let (was, now) = desired.delta(&new);
-                for name in was.nodes.into_keys().chain(now.nodes.into_keys()) {
-                    let before = desired.nodes.get(&name).copied();
-                    self.changed.entry(name).or_insert(before);
-                }
-                *desired = new;
-            }
-            OverlayUpdate::Set(name, node) => {
-                let before = desired.nodes.insert(name.clone(), node);
-                self.changed.entry(name).or_insert(before);
-            }
-            OverlayUpdate::Remove(name) => {
-                if let Some(before) = desired.nodes.remove(&name) {
-                    self.changed.entry(name).or_insert(Some(before));
-                }
-            }
+        for (name, before) in desired.apply(update) {
+            self.changed.entry(name).or_insert(before);
         }
     }
 
