@@ -12,6 +12,7 @@ use crate::overlay::dataplane::read_overlay;
 use crate::overlay::{plan, DesiredOverlay, Op};
 use crate::registry::LocalView;
 use etcd_client::GetOptions;
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ const SMALL: u32 = HEADERS + 8;
 /// Attempts per probe, each waiting this long for the echo.
 const ATTEMPTS: u32 = 3;
 const WAIT: Duration = Duration::from_millis(400);
+/// Peers probed at once (three sockets each): bounded so that a cluster
+/// of thousands neither runs out of file descriptors nor floods.
+const PEERS_AT_ONCE: usize = 32;
 /// Largest datagram echoed.
 const MAX_DATAGRAM: usize = 9216;
 
@@ -140,7 +144,7 @@ pub struct Doctor {
 
 impl Doctor {
     /// Probe every remote node the overlay admits (read from etcd now, the
-    /// registry's rule), all at once.
+    /// registry's rule), [`PEERS_AT_ONCE`] at a time.
     pub async fn check(&self) -> Result<ProbeReport, String> {
         let (records, desired) = self.desired().await?;
         let mut drift = self.drift(&records, &desired).await;
@@ -172,7 +176,14 @@ impl Doctor {
             probe_port: port,
             vxlan_port: self.vxlan_port,
             mtu: self.mtu,
-            peers: futures::future::join_all(peers).await,
+            peers: {
+                let mut done: Vec<PeerProbes> = futures::stream::iter(peers)
+                    .buffer_unordered(PEERS_AT_ONCE)
+                    .collect()
+                    .await;
+                done.sort_by(|a, b| a.node.cmp(&b.node));
+                done
+            },
             drift,
             cni_config: self
                 .cni_conf
