@@ -163,7 +163,7 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
                         r.vxlan_port, f.detail
                     ),
                     format!(
-                        "allow UDP {} on {on} (a host firewall, or the network between them, drops it)",
+                        "allow UDP {} on {on} (a host firewall, or the network between them, drops it); if it is open, the NIC or hypervisor may corrupt offloaded VXLAN checksums: run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off)",
                         r.vxlan_port
                     ),
                 ),
@@ -173,7 +173,7 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
                         r.mtu
                     ),
                     format!(
-                        "the underlay path of {on} carries less than {} bytes: raise its MTU to at least that, or give the pods a lower MTU",
+                        "the underlay path of {on} carries less than {} bytes: raise its MTU to at least that, or give the pods a lower MTU; if the path does carry it, large offloaded packets may be corrupted: try --vxlan-tx-checksum-offload=false on the agents of {on}",
                         r.mtu + 50
                     ),
                 ),

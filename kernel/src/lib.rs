@@ -29,6 +29,7 @@ pub mod notrack;
 
 // The overlay: VXLAN device, its forwarding and neighbour entries, routes
 // to remote subnets.
+pub mod ethtool;
 pub mod fdb;
 pub mod mac;
 pub mod neigh;

@@ -156,14 +156,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             },
             leased.lease_id
         );
-        let net = NodeNetwork::new(
-            &node,
-            &config,
-            leased.subnet,
-            &underlay,
-            public_ip,
-            &args.bridge,
-        );
+        let net = NodeNetwork {
+            tx_checksum_offload: args.vxlan_tx_checksum_offload,
+            ..NodeNetwork::new(
+                &node,
+                &config,
+                leased.subnet,
+                &underlay,
+                public_ip,
+                &args.bridge,
+            )
+        };
         let table = node_table::for_node(&net, args.ip_masq, args.vxlan_notrack);
         if let Err(e) = set_up_node(&nl, &net, &table, &args).await {
             // Nothing uses a subnet whose node could not be set up: give a

@@ -78,6 +78,18 @@ pub struct RunArgs {
         default_missing_value = "true"
     )]
     pub vxlan_notrack: bool,
+    /// Transmit checksum offload on the VXLAN device (`ethtool -K DEV tx`);
+    /// `=false` where a NIC or hypervisor corrupts offloaded VXLAN
+    /// checksums (everything but ICMP fails between nodes).
+    #[arg(
+        long,
+        env = "TRELLIS_VXLAN_TX_CHECKSUM_OFFLOAD",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub vxlan_tx_checksum_offload: bool,
     /// How often (seconds) this node's leaked IP allocations are reclaimed;
     /// 0 turns the reclaim off.
     #[arg(long, env = "TRELLIS_IPAM_GC_INTERVAL", default_value_t = 300)]

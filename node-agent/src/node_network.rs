@@ -7,6 +7,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::node::{gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
+use trellis_kernel::ethtool;
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
 use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
 
@@ -89,6 +90,9 @@ pub struct NodeNetwork {
     pub public_ip: Ipv4Addr,
     pub vxlan: VxlanSpec,
     pub bridge: String,
+    /// Leave the VXLAN device's transmit checksum offload on (the kernel's
+    /// default); off, it is turned off whenever the device is ensured.
+    pub tx_checksum_offload: bool,
 }
 
 impl NodeNetwork {
@@ -115,6 +119,7 @@ impl NodeNetwork {
                 mac: MacAddr::derived_from(node_name),
             },
             bridge: bridge.to_string(),
+            tx_checksum_offload: true,
         }
     }
 
@@ -171,6 +176,15 @@ impl NodeNetwork {
         }
         self.keep_only_address(nl, dev.index, self.vtep_address(), |_| true)
             .await?;
+        if !self.tx_checksum_offload {
+            // An ioctl in the agent's own namespace, where its netlink
+            // socket is too.
+            let name = &self.vxlan.name;
+            if ethtool::tx_checksum(name)? {
+                ethtool::set_tx_checksum(name, false)?;
+                log::info!("turned transmit checksum offload off on {name}");
+            }
+        }
         Ok((dev.index, change != VxlanChange::Kept))
     }
 

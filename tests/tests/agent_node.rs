@@ -225,3 +225,43 @@ fn an_expired_lease_is_taken_again_for_the_same_subnet() {
         ));
     cluster.wait_converged(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn tx_checksum_offload_can_be_turned_off_on_the_vxlan_device() {
+    use trellis_kernel::ethtool::{set_tx_checksum, tx_checksum};
+    use trellis_kernel::netns::{run_in_netns, NetnsFile};
+    let cluster = Cluster::start(spec(&["--vxlan-tx-checksum-offload=false"])).unwrap();
+    let offload = |node: usize| {
+        let file = NetnsFile::open(&cluster.nodes[node].netns.path()).unwrap();
+        run_in_netns(&file, || tx_checksum("trellis.1"))
+            .unwrap()
+            .unwrap()
+    };
+    assert!(!offload(0) && !offload(1), "offload still on");
+    // Pods reach each other across the nodes, and so does TCP (the
+    // checksums are the kernel's own now).
+    let a = cluster.add_pod(0, "a").unwrap();
+    let b = cluster.add_pod(1, "b").unwrap();
+    ping(&a.netns, b.ip).unwrap();
+    // Someone turns it on again: the next pass (a node joining here) turns
+    // it off.
+    let file = NetnsFile::open(&cluster.nodes[0].netns.path()).unwrap();
+    run_in_netns(&file, || set_tx_checksum("trellis.1", true))
+        .unwrap()
+        .unwrap();
+    assert!(offload(0));
+    cluster
+        .etcdctl(&[
+            "put",
+            &format!("{}/nodes/extra", cluster.key_prefix()),
+            r#"{"subnet":"10.244.200.0/24","publicIP":"192.0.2.200","vtepMAC":"02:00:00:00:00:c8"}"#,
+        ])
+        .unwrap();
+    trellis_tests::wait::wait_until(Duration::from_secs(5), "offload off again", || {
+        Ok(!offload(0))
+    })
+    .unwrap();
+    assert!(cluster.nodes[0]
+        .agent_log()
+        .contains("turned transmit checksum offload off on trellis.1"));
+}

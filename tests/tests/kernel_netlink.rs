@@ -184,3 +184,42 @@ fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
     let other = ns.ok(&["ip", "nexthop", "show", "id", "7"]).unwrap();
     assert!(other.contains("dev vy"), "{other}");
 }
+
+/// `--vxlan-tx-checksum-offload=false`'s kernel call: the VXLAN device's
+/// transmit checksum offload read, turned off and on, in the namespace of
+/// the calling thread.
+#[test]
+fn tx_checksum_offload_is_read_and_switched() {
+    let ns = Netns::new("ethtool").unwrap();
+    ns.ok(&[
+        "ip",
+        "link",
+        "add",
+        "vx",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    let file = NetnsFile::open(&ns.path()).unwrap();
+    let seen = trellis_kernel::netns::run_in_netns(&file, || {
+        use trellis_kernel::ethtool::{set_tx_checksum, tx_checksum};
+        let before = tx_checksum("vx")?;
+        set_tx_checksum("vx", false)?;
+        let off = tx_checksum("vx")?;
+        set_tx_checksum("vx", true)?;
+        let on = tx_checksum("vx")?;
+        Ok::<_, trellis_kernel::KernelError>((before, off, on))
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, (true, false, true), "(default, after off, after on)");
+    assert!(
+        ns.ok(&["ip", "-d", "link", "show", "vx"]).is_ok(),
+        "the device is still there"
+    );
+}
