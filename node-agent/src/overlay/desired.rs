@@ -1,11 +1,9 @@
 //! What the kernel should hold for the remote nodes: from the node records
 //! in etcd, minus this node and records that would break the overlay.
 
-use super::admission::Admission;
 use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use trellis_common::node::NodeRecord;
 use trellis_kernel::MacAddr;
 
 /// A remote node as the overlay sees it.
@@ -46,21 +44,6 @@ pub fn vtep_ip_of(subnet: Ipv4Network) -> Ipv4Addr {
 }
 
 impl DesiredOverlay {
-    /// The entries for `records` as seen from node `local` (which holds
-    /// `local_subnet` in `network`). Records that cannot be programmed are
-    /// left out with a warning: outside the network, overlapping this node
-    /// or another node, a MAC or public IP already used by another node, an
-    /// unparsable MAC, an IPv6 underlay.
-    pub fn from_records(
-        local: &str,
-        local_subnet: Option<Ipv4Network>,
-        network: Ipv4Network,
-        records: &BTreeMap<String, NodeRecord>,
-    ) -> (DesiredOverlay, Vec<String>) {
-        let (admission, warnings) = Admission::of_records(local, local_subnet, network, records);
-        (admission.into_desired(), warnings)
-    }
-
     /// What differs from `self` (the state programmed last) to `new`: the
     /// old entries of nodes that changed or left, and the new entries of
     /// nodes that changed or joined. Planning the second against the
@@ -139,108 +122,6 @@ impl DesiredOverlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Node records by name, from (name, subnet, public IP, VTEP MAC) rows.
-    fn records(rows: &[(&str, &str, &str, &str)]) -> BTreeMap<String, NodeRecord> {
-        rows.iter()
-            .map(|(name, subnet, ip, mac)| {
-                let record = NodeRecord {
-                    subnet: subnet.parse().unwrap(),
-                    public_ip: ip.parse().unwrap(),
-                    vtep_mac: (*mac).into(),
-                    network: None,
-                    mtu: None,
-                    node_name: None,
-                    kubernetes: false,
-                    status_addr: None,
-                };
-                (name.to_string(), record)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn remote_nodes_become_entries_and_self_is_skipped() {
-        let records = records(&[
-            ("a", "10.244.1.0/24", "192.0.2.1", "02:00:00:00:00:01"),
-            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(
-            "a",
-            Some("10.244.1.0/24".parse().unwrap()),
-            "10.244.0.0/16".parse().unwrap(),
-            &records,
-        );
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(d.len(), 1);
-        let b = d.nodes["b"];
-        assert_eq!(b.vtep_ip.to_string(), "10.244.2.0");
-        assert_eq!(b.public_ip.to_string(), "192.0.2.2");
-        assert_eq!(b.vtep_mac.to_string(), "02:00:00:00:00:02");
-    }
-
-    #[test]
-    fn records_that_would_break_the_overlay_are_left_out() {
-        let records = records(&[
-            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            (
-                "c-outside",
-                "10.99.0.0/24",
-                "192.0.2.3",
-                "02:00:00:00:00:03",
-            ),
-            ("d-mine", "10.244.1.0/24", "192.0.2.4", "02:00:00:00:00:04"),
-            (
-                "e-dup-subnet",
-                "10.244.2.0/24",
-                "192.0.2.5",
-                "02:00:00:00:00:05",
-            ),
-            (
-                "f-dup-mac",
-                "10.244.6.0/24",
-                "192.0.2.6",
-                "02:00:00:00:00:02",
-            ),
-            ("g-bad-mac", "10.244.7.0/24", "192.0.2.7", "nope"),
-            ("h-v6", "10.244.8.0/24", "2001:db8::8", "02:00:00:00:00:08"),
-            ("i-ok", "10.244.9.0/24", "192.0.2.9", "02:00:00:00:00:09"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(
-            "a",
-            Some("10.244.1.0/24".parse().unwrap()),
-            "10.244.0.0/16".parse().unwrap(),
-            &records,
-        );
-        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), vec!["b", "i-ok"]);
-        assert_eq!(warnings.len(), 6, "{warnings:#?}");
-        assert!(warnings
-            .iter()
-            .any(|w| w.contains("overlaps this node's 10.244.1.0/24")));
-        assert!(warnings.iter().any(|w| w.contains("already node b's")));
-    }
-
-    #[test]
-    fn overlaps_of_other_sizes_are_caught() {
-        let records = records(&[
-            ("b", "10.244.4.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            ("c-wide", "10.244.4.0/22", "192.0.2.3", "02:00:00:00:00:03"),
-            (
-                "d-inside",
-                "10.244.4.128/25",
-                "192.0.2.4",
-                "02:00:00:00:00:04",
-            ),
-            ("e", "10.244.5.0/24", "192.0.2.5", "02:00:00:00:00:05"),
-        ]);
-        let (d, warnings) =
-            DesiredOverlay::from_records("a", None, "10.244.0.0/16".parse().unwrap(), &records);
-        assert_eq!(
-            d.nodes.keys().collect::<Vec<_>>(),
-            vec!["b", "e"],
-            "{warnings:?}"
-        );
-    }
 
     #[test]
     fn the_delta_holds_the_changed_joined_and_departed_nodes() {
