@@ -69,6 +69,11 @@ pub struct Report {
     /// Nodes with allocations of trellis attachments but no report (agent
     /// down, or its report turned off).
     pub unreported_nodes: Vec<String>,
+    /// Handles that are fence markers (no address): left alone, since each
+    /// may be what makes a late claim of its attachment fail; the runtime's
+    /// CNI GC removes them.
+    #[serde(default)]
+    pub fence_markers: Vec<String>,
 }
 
 /// An allocation as read.
@@ -93,6 +98,7 @@ pub struct Snapshot {
     handles: BTreeMap<(String, String), HandleRead>,
     nodes: BTreeSet<String>,
     reports: BTreeMap<String, Result<AttachmentReport, String>>,
+    fences: Vec<String>,
 }
 
 impl Snapshot {
@@ -111,6 +117,7 @@ impl Snapshot {
             });
         }
         let mut handles = BTreeMap::new();
+        let mut fences = Vec::new();
         for kv in etcd.list(&keys.handles()).await? {
             let Some(key) = kv.key_str().ok() else {
                 continue;
@@ -118,8 +125,12 @@ impl Snapshot {
             let Some(attachment) = keys.handle_of(key) else {
                 continue;
             };
-            // Fence markers hold no address: an ADD's, or harmless.
-            let Some(ip) = HandleValue::parse(kv.value()).and_then(|v| v.ip()) else {
+            let Some(value) = HandleValue::parse(kv.value()) else {
+                continue;
+            };
+            // Fence markers hold no address: counted, never released.
+            let Some(ip) = value.ip() else {
+                fences.push(key.to_string());
                 continue;
             };
             handles.insert(
@@ -152,6 +163,7 @@ impl Snapshot {
             handles,
             nodes,
             reports,
+            fences,
         })
     }
 }
@@ -267,6 +279,7 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
         allocations: s.held.len(),
         unchecked,
         unreported_nodes: unreported.into_iter().collect(),
+        fence_markers: s.fences.clone(),
     }
 }
 
@@ -344,10 +357,11 @@ pub async fn run_check(etcd: &Etcd, format: Format, leak_after: u64) -> Result<O
                 );
             }
             println!(
-                "{} allocations checked: {} findings, {} newer than their node's last report, nodes without a report: {}",
+                "{} allocations checked: {} findings, {} newer than their node's last report, {} fence markers (left alone), nodes without a report: {}",
                 report.allocations,
                 report.findings.len(),
                 report.unchecked.len(),
+                report.fence_markers.len(),
                 if report.unreported_nodes.is_empty() {
                     "none".to_string()
                 } else {

@@ -78,6 +78,7 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
         .into_iter()
         .collect(),
         nodes: ["n1".to_string()].into_iter().collect(),
+        fences: vec!["/trellis/ipam/handles/fenced/eth0".into()],
         reports: [(
             "n1".to_string(),
             Ok(AttachmentReport {
@@ -124,6 +125,7 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
         (Some("/trellis/ipam/handles/dead/eth0"), 11)
     );
     assert_eq!(r.unchecked, [Ipv4Addr::new(10, 244, 1, 5)]);
+    assert_eq!(r.fence_markers, ["/trellis/ipam/handles/fenced/eth0"]);
     assert!(r.unreported_nodes.is_empty());
     // A shorter threshold takes the young one too; a report of another
     // revision of the same address judges nothing.
@@ -153,6 +155,7 @@ fn a_report_reads_back_for_the_release() {
         held: vec![held(3, owner("dead", "n1"), 11)],
         handles: [handle("dead", 3, 11)].into_iter().collect(),
         nodes: ["n1".to_string()].into_iter().collect(),
+        fences: vec!["/trellis/ipam/handles/fenced/eth0".into()],
         reports: [(
             "n1".to_string(),
             Ok(AttachmentReport {
