@@ -152,6 +152,7 @@ fn main() {
         ("node_port_answers_from_another_node", node_port),
         ("host_port_through_the_chained_portmap", host_port),
         ("egress_leaves_masqueraded_behind_the_node", egress),
+        ("trellisctl_doctor_finds_the_cluster_clean", doctor_clean),
         ("conformance_sig_network", conformance_run),
         ("scale_down_and_up_leaves_no_allocation_or_veth", scale),
         ("agent_rollout_restart_loses_no_request", rollout_restart),
@@ -494,6 +495,44 @@ fn egress(s: &Suite) -> Result<()> {
             pod.node,
             node_ip(index)
         );
+    }
+    Ok(())
+}
+
+/// `trellisctl doctor` against the cluster's etcd, from the underlay: the
+/// DaemonSet's agents answer on their status port, probe each other on the
+/// probe port, find their kernels as etcd says, and read the conflist the
+/// installer wrote as theirs.
+fn doctor_clean(_s: &Suite) -> Result<()> {
+    let endpoint = format!("http://127.0.0.1:{}", kube::layout::ETCD_PORT);
+    let ctl = bins::bin("trellisctl").display().to_string();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", kube::layout::UNDERLAY_NS, &ctl])
+        .args(["--etcd-endpoints", &endpoint, "-o", "json", "doctor"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running trellisctl doctor")?;
+    let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "doctor printed no report: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(
+        out.status.success(),
+        "doctor found: {:#}",
+        report["findings"]
+    );
+    let matrix = report["matrix"].as_object().context("no matrix")?;
+    ensure!(
+        matrix.len() >= 2,
+        "fewer than two agents answered: {report}"
+    );
+    for (from, row) in matrix {
+        for (to, cell) in row.as_object().context("a matrix row")? {
+            ensure!(cell == "ok", "{from} -> {to}: {cell}");
+        }
     }
     Ok(())
 }
