@@ -258,6 +258,9 @@ pub fn trellis_agent(layout: &Layout, trellis_bin: &Path) -> Result<()> {
         // No pods here: nothing to masquerade or reclaim.
         "--ip-masq=false".to_owned(),
         "--ipam-gc-interval=0".to_owned(),
+        // Its status endpoint, as the DaemonSet's agents have theirs, so
+        // that `trellisctl doctor` can ask it too.
+        "--metrics-addr=0.0.0.0:9437".to_owned(),
     ];
     let mut cmd = daemon::command(&in_netns(UNDERLAY_NS), &argv);
     cmd.env("RUST_LOG", "info");
