@@ -246,8 +246,9 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
             findings.push(finding(Kind::Duplicate, h, None, named.is_some(), detail));
         }
     }
+    let by_ip: BTreeMap<Ipv4Addr, &Held> = s.held.iter().map(|h| (h.ip, h)).collect();
     for ((cid, ifname), handle) in &s.handles {
-        let held = s.held.iter().find(|h| h.ip == handle.ip);
+        let held = by_ip.get(&handle.ip).copied();
         let ok = held.is_some_and(|h| {
             h.owner
                 .as_ref()

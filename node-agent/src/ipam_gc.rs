@@ -6,7 +6,7 @@
 //! (`<prefix>/attachments/<node>`, for `trellisctl ipam check`).
 
 use crate::metrics::Metrics;
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -180,7 +180,9 @@ pub async fn pass(
 
 /// Publish `report` at `<prefix>/attachments/<node>` under the lease of
 /// the node's record (it goes when the node goes); nothing while the node
-/// has no record.
+/// has no record. A report equal to the one etcd holds is not written
+/// again (one transaction that compares the value), so a quiet node adds
+/// no revision to etcd's history every pass.
 async fn publish(
     client: &EtcdClient,
     keys: &Keys,
@@ -192,12 +194,20 @@ async fn publish(
     let Some(lease) = record.kvs().first().map(|kv| kv.lease()) else {
         return Ok(());
     };
-    c.put(
-        keys.attachment_report(node),
-        report.to_json(),
-        Some(PutOptions::new().with_lease(lease)),
-    )
-    .await?;
+    let key = keys.attachment_report(node);
+    let json = report.to_json();
+    let txn = Txn::new()
+        .when([Compare::value(
+            key.as_str(),
+            CompareOp::Equal,
+            json.as_str(),
+        )])
+        .or_else([TxnOp::put(
+            key.as_str(),
+            json.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    c.txn(txn).await?;
     Ok(())
 }
 

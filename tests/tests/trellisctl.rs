@@ -168,6 +168,18 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
         Ok(code == 0 && report["unreportedNodes"] == json!([]) && report["unchecked"] == json!([]))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent_logs()));
+    // A quiet node's report is not written again on every pass.
+    let report_key = format!("{prefix}/attachments/{}", cluster.nodes[0].name);
+    let report_rev = || -> i64 {
+        let out = cluster
+            .etcdctl(&["get", &report_key, "-w", "json"])
+            .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["kvs"][0]["mod_revision"].as_i64().unwrap()
+    };
+    let before = report_rev();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(report_rev(), before, "the unchanged report was rewritten");
     let table = ctl(&cluster, &["ipam", "check"]);
     assert!(table.status.success());
     assert!(
