@@ -3,11 +3,19 @@
 //! operator (or the installer, from the ConfigMap) and read by every agent:
 //! [`ClusterConfig::parse`] is the one check both sides apply, so the
 //! installer never seeds what the agents would refuse.
+//!
+//! Dual-stack: with `ipv6Network`, each node's IPv6 subnet is the one at
+//! the same index as its IPv4 subnet ([`ClusterConfig::ipv6_subnet_for`]),
+//! so the one subnet lease of a node holds both families: they are leased,
+//! kept and released together, and no two nodes can share an IPv6 subnet.
 
 use crate::node::MAX_SUBNET_LEN;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The longest prefix of a node's IPv6 subnet: a gateway and pods.
+pub const MAX_IPV6_SUBNET_LEN: u8 = 120;
 
 /// `<prefix>/config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +29,26 @@ pub struct ClusterConfig {
     pub vni: u32,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The IPv6 pod network of a dual-stack cluster, e.g. fd10:244::/56.
+    #[serde(
+        default,
+        rename = "ipv6Network",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_network: Option<Ipv6Network>,
+    #[serde(
+        default = "default_ipv6_subnet_len",
+        rename = "ipv6SubnetLen",
+        skip_serializing_if = "is_default_ipv6_subnet_len"
+    )]
+    pub ipv6_subnet_len: u8,
+}
+
+fn default_ipv6_subnet_len() -> u8 {
+    64
+}
+fn is_default_ipv6_subnet_len(len: &u8) -> bool {
+    *len == default_ipv6_subnet_len()
 }
 
 fn default_subnet_len() -> u8 {
@@ -71,6 +99,41 @@ impl ClusterConfig {
         if self.port == 0 {
             return Err("port must not be 0".into());
         }
+        if let Some(net6) = self.ipv6_network {
+            if net6.network() != net6.ip() {
+                return Err(format!(
+                    "ipv6Network {net6} has host bits set (did you mean {}/{}?)",
+                    net6.network(),
+                    net6.prefix()
+                ));
+            }
+            let len = self.ipv6_subnet_len;
+            if len <= net6.prefix() || len > MAX_IPV6_SUBNET_LEN {
+                return Err(format!(
+                    "ipv6SubnetLen {len} must be longer than the ipv6Network's /{} and at most {MAX_IPV6_SUBNET_LEN}",
+                    net6.prefix()
+                ));
+            }
+            // Every IPv4 subnet needs its IPv6 twin, and every pod address
+            // its IPv6 one at the same offset.
+            let v6_bits = len - net6.prefix();
+            let v4_bits = self.subnet_len - net.prefix();
+            if v6_bits < v4_bits {
+                return Err(format!(
+                    "ipv6Network {net6} holds {} /{len} subnets, fewer than the {} /{} subnets of network {net}: each node needs one of each",
+                    1u128 << v6_bits,
+                    self.subnet_count(),
+                    self.subnet_len
+                ));
+            }
+            if 128 - len < 32 - self.subnet_len {
+                return Err(format!(
+                    "ipv6SubnetLen {len} leaves fewer pod addresses than subnetLen {}: make it at most {}",
+                    self.subnet_len,
+                    96 + self.subnet_len
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -88,6 +151,20 @@ impl ClusterConfig {
         let size = 1u64 << (32 - self.subnet_len);
         let addr = Ipv4Addr::from((base + index * size) as u32);
         Ipv4Network::new(addr, self.subnet_len).ok()
+    }
+
+    /// The IPv6 subnet of the node holding `subnet` (one of the IPv4 node
+    /// subnets) in a dual-stack cluster: the one at the same index.
+    pub fn ipv6_subnet_for(&self, subnet: Ipv4Network) -> Option<Ipv6Network> {
+        let net6 = self.ipv6_network?;
+        if !self.fits(subnet) {
+            return None;
+        }
+        let index = (u32::from(subnet.network()) - u32::from(self.network.network()))
+            >> (32 - self.subnet_len);
+        let size = 1u128 << (128 - self.ipv6_subnet_len);
+        let addr = Ipv6Addr::from(u128::from(net6.network()) + u128::from(index) * size);
+        Ipv6Network::new(addr, self.ipv6_subnet_len).ok()
     }
 
     /// Whether `subnet` is one of the network's node subnets.
@@ -117,6 +194,42 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pairs_each_node_subnet_with_its_ipv6_twin() {
+        let c =
+            ClusterConfig::parse(br#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/56"}"#)
+                .unwrap();
+        assert_eq!(c.ipv6_subnet_len, 64);
+        let twin = |s: &str| c.ipv6_subnet_for(s.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(twin("10.244.0.0/24").as_deref(), Some("fd10:244::/64"));
+        assert_eq!(twin("10.244.3.0/24").as_deref(), Some("fd10:244:0:3::/64"));
+        assert_eq!(
+            twin("10.244.255.0/24").as_deref(),
+            Some("fd10:244:0:ff::/64")
+        );
+        assert_eq!(twin("10.245.3.0/24"), None);
+        // Written back without the default length; IPv4-only stays as it was.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["ipv6Network"], "fd10:244::/56");
+        assert!(v.get("ipv6SubnetLen").is_none());
+        let v4 = ClusterConfig::parse(br#"{"network":"10.244.0.0/16"}"#).unwrap();
+        assert!(serde_json::to_value(&v4)
+            .unwrap()
+            .get("ipv6Network")
+            .is_none());
+        assert_eq!(v4.ipv6_subnet_for("10.244.3.0/24".parse().unwrap()), None);
+        let c = ClusterConfig::parse(
+            br#"{"network":"10.0.0.0/8","subnetLen":24,"ipv6Network":"fd00::/40","ipv6SubnetLen":64}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.ipv6_subnet_for("10.255.255.0/24".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "fd00:0:0:ffff::/64"
+        );
+    }
+
+    #[test]
     fn impossible_configurations_are_refused_with_a_reason() {
         for (bad, reason) in [
             (
@@ -138,6 +251,30 @@ mod tests {
                 "host bits set (did you mean 10.244.0.0/16?)",
             ),
             (r#"{"network":"nope"}"#, "invalid"),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/60"}"#,
+                "holds 16 /64 subnets, fewer than the 256 /24 subnets",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::1/56"}"#,
+                "ipv6Network fd10:244::1/56 has host bits set",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/56","ipv6SubnetLen":56}"#,
+                "ipv6SubnetLen 56 must be longer",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/56","ipv6SubnetLen":124}"#,
+                "ipv6SubnetLen 124 must be longer",
+            ),
+            (
+                r#"{"network":"10.0.0.0/8","subnetLen":16,"ipv6Network":"fd10:244::/56","ipv6SubnetLen":120}"#,
+                "leaves fewer pod addresses than subnetLen 16",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"10.0.0.0/8"}"#,
+                "invalid",
+            ),
             ("not json", "expected"),
         ] {
             let e = ClusterConfig::parse(bad.as_bytes()).unwrap_err();

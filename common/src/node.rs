@@ -1,9 +1,9 @@
 //! The node record the agent publishes in etcd (`<prefix>/nodes/<name>`)
 //! and in `stateDir` (`<stateDir>/node.json`) for the CNI plugins.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// Bytes VXLAN over IPv4 adds to every frame (outer IP 20 + UDP 8 + VXLAN 8
@@ -50,6 +50,22 @@ pub struct NodeRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// This node's IPv6 pod subnet in a dual-stack cluster, e.g.
+    /// fd10:244:0:3::/64 (the cluster config's `ipv6Network`, at the index
+    /// of `subnet`).
+    #[serde(
+        default,
+        rename = "ipv6Subnet",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_subnet: Option<Ipv6Network>,
+    /// The cluster's IPv6 network (for masquerade decisions in the plugins).
+    #[serde(
+        default,
+        rename = "ipv6Network",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_network: Option<Ipv6Network>,
 }
 
 impl NodeRecord {
@@ -64,6 +80,14 @@ impl NodeRecord {
                 "subnet {} leaves no room for a gateway and pods (/{MAX_SUBNET_LEN} or larger)",
                 record.subnet
             )));
+        }
+        if let Some(subnet6) = record.ipv6_subnet {
+            if subnet6.prefix() > crate::cluster_config::MAX_IPV6_SUBNET_LEN {
+                return Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                    "ipv6Subnet {subnet6} leaves no room for a gateway and pods (/{} or larger)",
+                    crate::cluster_config::MAX_IPV6_SUBNET_LEN
+                )));
+            }
         }
         Ok(record)
     }
@@ -80,6 +104,29 @@ impl NodeRecord {
             Ipv4Network::new(self.gateway(), self.subnet.prefix()).expect("prefix is valid"),
         )
     }
+
+    /// The pods' IPv6 gateway in a dual-stack cluster: the first address of
+    /// the node's IPv6 subnet, held by the node bridge beside the IPv4 one.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.ipv6_subnet.map(gateway6_of)
+    }
+
+    /// Both gateways with their subnets' prefixes, as the bridge holds them.
+    pub fn gateway_networks(&self) -> Vec<IpNetwork> {
+        let mut all = vec![self.gateway_network()];
+        if let Some(subnet6) = self.ipv6_subnet {
+            all.push(IpNetwork::V6(
+                Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("prefix is valid"),
+            ));
+        }
+        all
+    }
+}
+
+/// The first address of an IPv6 subnet after its subnet-router anycast
+/// address: the gateway by convention.
+pub fn gateway6_of(subnet: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
 }
 
 /// The first usable address of a subnet, the gateway by convention.
@@ -122,8 +169,32 @@ mod tests {
             node_name: Some("n3".into()),
             kubernetes: false,
             status_addr: None,
+            ipv6_subnet: None,
+            ipv6_network: None,
         };
         let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("ipv6Subnet").is_none(), "{v}");
+        assert_eq!(r.gateway6(), None);
+        let dual = NodeRecord {
+            ipv6_subnet: Some("fd10:244:0:3::/64".parse().unwrap()),
+            ipv6_network: Some("fd10:244::/56".parse().unwrap()),
+            ..r.clone()
+        };
+        let d = serde_json::to_value(&dual).unwrap();
+        assert_eq!(d["ipv6Subnet"], "fd10:244:0:3::/64");
+        assert_eq!(d["ipv6Network"], "fd10:244::/56");
+        assert_eq!(dual.gateway6().unwrap().to_string(), "fd10:244:0:3::1");
+        assert_eq!(
+            dual.gateway_networks()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.244.3.1/24", "fd10:244:0:3::1/64"]
+        );
+        assert_eq!(
+            NodeRecord::parse(&serde_json::to_vec(&dual).unwrap()).unwrap(),
+            dual
+        );
         assert_eq!(v["subnet"], "10.244.3.0/24");
         assert_eq!(v["publicIP"], "192.0.2.3");
         assert_eq!(v["vtepMAC"], "02:aa:bb:cc:dd:ee");

@@ -5,22 +5,29 @@ use crate::handle::Netlink;
 use crate::link::Link;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::AddressMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The address message for `addr` on link `index` (what `ip addr add/del`
-/// sends: local = address, IPv4 broadcast derived from the prefix).
+/// sends: local = address, IPv4 broadcast derived from the prefix). An
+/// IPv6 address goes without duplicate address detection (`nodad`): the
+/// addresses trellis sets are unique by allocation, and with DAD they would
+/// stay "tentative", unusable, for a second or more after they are set.
 pub fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
     match addr.ip() {
         IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
             .address(ip, addr.prefix())
             .build(),
-        IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
-            .index(index)
-            .address(ip, addr.prefix())
-            .build(),
+        IpAddr::V6(ip) => {
+            let mut msg = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(ip, addr.prefix())
+                .build();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! IPv4 neighbour (ARP) entries on a device: for the overlay, each remote
-//! node's VXLAN address pinned to its VTEP MAC, so no ARP crosses the tunnel.
+//! Neighbour entries (ARP for IPv4, NDP for IPv6) on a device: for the
+//! overlay, each remote node's VXLAN addresses pinned to its VTEP MAC, so no
+//! ARP or neighbour solicitation crosses the tunnel.
 
 use crate::error::{KernelError, Result};
 use crate::link::absent;
@@ -10,12 +11,12 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::AddressFamily;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-/// One IPv4 neighbour entry as found on a device.
+/// One neighbour entry as found on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NeighbourEntry {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Option<MacAddr>,
     /// Written by hand or by an agent (NUD_PERMANENT), as opposed to learnt
     /// by ARP.
@@ -27,7 +28,12 @@ fn neighbour_entry_of(msg: &NeighbourMessage) -> Option<NeighbourEntry> {
     let mut mac = None;
     for attr in &msg.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6))
+            }
             NeighbourAttribute::LinkLayerAddress(a) => mac = MacAddr::from_slice(a),
             _ => {}
         }
@@ -61,20 +67,25 @@ impl Netlink {
             .map_err(KernelError::netlink(format!("dumping {what}")))
     }
 
-    /// Every IPv4 neighbour entry of the device `ifindex`, from one dump.
+    /// Every neighbour entry of the device `ifindex`, IPv4 then IPv6, from
+    /// one dump of each family.
     pub async fn neighbours_on(&self, ifindex: u32) -> Result<Vec<NeighbourEntry>> {
-        let msgs = self
+        let mut msgs = self
             .neighbour_messages_on(AddressFamily::Inet, ifindex, "neighbour entries")
             .await?;
+        msgs.extend(
+            self.neighbour_messages_on(AddressFamily::Inet6, ifindex, "IPv6 neighbour entries")
+                .await?,
+        );
         Ok(msgs.iter().filter_map(neighbour_entry_of).collect())
     }
 
     /// Set the permanent entry `ip -> mac` on `ifindex`, replacing whatever
     /// entry `ip` had.
-    pub async fn neighbour_replace(&self, ifindex: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<()> {
+    pub async fn neighbour_replace(&self, ifindex: u32, ip: IpAddr, mac: MacAddr) -> Result<()> {
         self.handle()
             .neighbours()
-            .add(ifindex, IpAddr::V4(ip))
+            .add(ifindex, ip)
             .state(NeighbourState::Permanent)
             .link_layer_address(&mac.octets())
             .replace()
@@ -87,12 +98,16 @@ impl Netlink {
 
     /// Remove the entry for `ip` on `ifindex`; an entry already gone is not
     /// an error.
-    pub async fn neighbour_delete(&self, ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+    pub async fn neighbour_delete(&self, ifindex: u32, ip: IpAddr) -> Result<()> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = ifindex;
+        let (family, address) = match ip {
+            IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+        };
+        msg.header.family = family;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(address));
         let r = self.handle().neighbours().del(msg).execute().await;
         absent(r.map_err(KernelError::netlink(format!("deleting neighbour {ip}"))))?;
         Ok(())

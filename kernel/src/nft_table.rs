@@ -41,6 +41,14 @@ impl NftTable {
         }
     }
 
+    /// An `ip6` table with no part on (the IPv6 twin of a table).
+    pub fn new_ip6(name: impl Into<String>) -> Self {
+        NftTable {
+            id: TableId::new(NfFamily::IP6, name),
+            ..NftTable::new("")
+        }
+    }
+
     /// Masquerade in this table; the table takes the rule's family.
     pub fn with_masquerade(mut self, rule: Masquerade) -> Self {
         self.id.family = rule.family();

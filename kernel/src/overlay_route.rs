@@ -11,10 +11,10 @@ use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rtnetlink::RouteMessageBuilder;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 impl Netlink {
-    /// The unicast IPv4 routes of the main table that leave through
+    /// The unicast routes (IPv4, then IPv6) of the main table that leave through
     /// `ifindex` or through one of `nexthops` (the device's nexthop
     /// objects: a route through one carries no device when the kernel's
     /// `nexthop_compat_mode` is off), from one dump; routes the kernel made
@@ -25,23 +25,28 @@ impl Netlink {
         nexthops: &HashSet<u32>,
     ) -> Result<Vec<Route>> {
         let _turn = self.dump_turn().await;
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut dump = self.handle().route().get(query).execute();
         let mut out = Vec::new();
-        while let Some(msg) = dump
-            .try_next()
-            .await
-            .map_err(KernelError::netlink("dumping routes"))?
-        {
-            if msg.header.protocol == RouteProtocol::Kernel || msg.header.kind != RouteType::Unicast
+        for query in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut dump = self.handle().route().get(query).execute();
+            while let Some(msg) = dump
+                .try_next()
+                .await
+                .map_err(KernelError::netlink("dumping routes"))?
             {
-                continue;
+                if msg.header.protocol == RouteProtocol::Kernel
+                    || msg.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                out.extend(Route::from_message(&msg).filter(|r| {
+                    r.table == MAIN_TABLE
+                        && (r.oif == Some(ifindex)
+                            || r.nexthop.is_some_and(|id| nexthops.contains(&id)))
+                }));
             }
-            out.extend(Route::from_message(&msg).filter(|r| {
-                r.table == MAIN_TABLE
-                    && (r.oif == Some(ifindex)
-                        || r.nexthop.is_some_and(|id| nexthops.contains(&id)))
-            }));
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@ use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
+use crate::node_table::NodeTables;
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
 use crate::{dead_nodes, deleted_nodes, ipam_gc, node_table, probe, status_server};
@@ -21,7 +22,7 @@ use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::{EtcdClient, EtcdError};
 use trellis_common::node::{read_node_record, write_node_record};
 use trellis_common::node_name::{node_name, NodeNameError};
-use trellis_kernel::{KernelError, Netlink, NftTable};
+use trellis_kernel::{KernelError, Netlink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -189,7 +190,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork, NftTable), AgentError>((
+        Ok::<(ClusterConfig, Leased, NodeNetwork, NodeTables), AgentError>((
             config, leased, net, table,
         ))
     };
@@ -205,6 +206,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         node: node.clone(),
         subnet: net.subnet,
         network: config.network,
+        subnet6: net.subnet6,
+        network6: net.network6,
     };
     let resync_now = Arc::new(tokio::sync::Notify::new());
     if args.probe_port != 0 {
@@ -301,7 +304,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match node_table::keep(table.clone()).await {
+                match node_table::keep(&table).await {
                     Ok(true) => log::warn!(
                         "nftables table {} was missing or changed; re-installed",
                         node_table::TABLE
@@ -346,13 +349,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn set_up_node(
     nl: &Netlink,
     net: &NodeNetwork,
-    table: &NftTable,
+    table: &NodeTables,
     args: &RunArgs,
 ) -> Result<(), AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
         log::info!("turned on IPv4 forwarding");
     }
-    node_table::ensure(table.clone()).await?;
+    if net.subnet6.is_some() && trellis_kernel::sysctl::enable_ipv6_forwarding()? {
+        log::info!("turned on IPv6 forwarding");
+    }
+    node_table::ensure(table).await?;
     net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
     write_node_record(&args.state_dir, &record_of(net, args)).map_err(|source| {

@@ -502,6 +502,8 @@ mod tests {
             subnet_len: len,
             vni: 1,
             port: 8472,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
         }
     }
 

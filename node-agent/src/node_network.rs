@@ -1,12 +1,14 @@
 //! This node's own devices: the VXLAN device (VTEP) holding the subnet's
 //! network address /32 (the gateway remote nodes route through, as in
 //! flannel), and the bridge holding the subnet's first address (the pods'
-//! gateway). Both are made idempotently and kept across restarts.
+//! gateway). Both are made idempotently and kept across restarts. In a
+//! dual-stack cluster each also holds the IPv6 twin: the VXLAN device the
+//! IPv6 subnet's network address /128, the bridge its first address.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_common::cluster_config::ClusterConfig;
-use trellis_common::node::{gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
+use trellis_common::node::{gateway6_of, gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
 use trellis_kernel::ethtool;
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
 use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
@@ -87,6 +89,9 @@ pub struct NodeNetwork {
     pub node_name: String,
     pub network: Ipv4Network,
     pub subnet: Ipv4Network,
+    /// The cluster's IPv6 network and this node's IPv6 subnet (dual-stack).
+    pub network6: Option<Ipv6Network>,
+    pub subnet6: Option<Ipv6Network>,
     pub public_ip: Ipv4Addr,
     pub vxlan: VxlanSpec,
     pub bridge: String,
@@ -108,6 +113,8 @@ impl NodeNetwork {
             node_name: node_name.to_string(),
             network: config.network,
             subnet,
+            network6: config.ipv6_network,
+            subnet6: config.ipv6_subnet_for(subnet),
             public_ip,
             vxlan: VxlanSpec {
                 name: vxlan_name(config.vni),
@@ -128,16 +135,40 @@ impl NodeNetwork {
         self.vxlan.mtu
     }
 
-    /// The VXLAN device's address: the subnet's network address /32.
-    pub fn vtep_address(&self) -> IpNetwork {
-        IpNetwork::V4(Ipv4Network::new(self.subnet.network(), 32).expect("/32 is valid"))
+    /// The VXLAN device's addresses: the subnet's network address /32, and
+    /// the IPv6 subnet's network address /128.
+    pub fn vtep_addresses(&self) -> Vec<IpNetwork> {
+        let mut all = vec![IpNetwork::V4(
+            Ipv4Network::new(self.subnet.network(), 32).expect("/32 is valid"),
+        )];
+        if let Some(subnet6) = self.subnet6 {
+            all.push(IpNetwork::V6(
+                Ipv6Network::new(subnet6.network(), 128).expect("/128 is valid"),
+            ));
+        }
+        all
     }
 
-    /// The bridge's address: the pods' gateway, the subnet's first address.
-    pub fn bridge_address(&self) -> IpNetwork {
-        IpNetwork::V4(
+    /// The bridge's addresses: the pods' gateways, the subnets' first
+    /// addresses.
+    pub fn bridge_addresses(&self) -> Vec<IpNetwork> {
+        let mut all = vec![IpNetwork::V4(
             Ipv4Network::new(gateway_of(self.subnet), self.subnet.prefix()).expect("valid prefix"),
-        )
+        )];
+        if let Some(subnet6) = self.subnet6 {
+            all.push(IpNetwork::V6(
+                Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("valid prefix"),
+            ));
+        }
+        all
+    }
+
+    /// Whether `addr` lies in one of the cluster's pod networks.
+    fn in_cluster_network(&self, addr: &IpNetwork) -> bool {
+        match addr {
+            IpNetwork::V4(v4) => self.network.contains(v4.ip()),
+            IpNetwork::V6(v6) => self.network6.is_some_and(|n| n.contains(v6.ip())),
+        }
     }
 
     /// The record published in etcd and in `<stateDir>/node.json`.
@@ -151,6 +182,8 @@ impl NodeNetwork {
             node_name: Some(self.node_name.clone()),
             kubernetes: false,
             status_addr: None,
+            ipv6_subnet: self.subnet6,
+            ipv6_network: self.network6,
         }
     }
 
@@ -174,8 +207,14 @@ impl NodeNetwork {
                 self.vxlan.mtu
             );
         }
-        self.keep_only_address(nl, dev.index, self.vtep_address(), |_| true)
-            .await?;
+        // Any other address of the device is stale (but its IPv6 link-local).
+        self.keep_only_addresses(
+            nl,
+            dev.index,
+            &self.vtep_addresses(),
+            |a| !matches!(a, IpNetwork::V6(v6) if v6.ip().is_unicast_link_local()),
+        )
+        .await?;
         if !self.tx_checksum_offload {
             // An ioctl in the agent's own namespace, where its netlink
             // socket is too.
@@ -195,36 +234,30 @@ impl NodeNetwork {
         if link.mtu != self.mtu() {
             nl.set_link_mtu(link.index, self.mtu()).await?;
         }
-        let network = self.network;
-        self.keep_only_address(
-            nl,
-            link.index,
-            self.bridge_address(),
-            move |a| matches!(a, IpNetwork::V4(v4) if network.contains(v4.ip())),
-        )
+        self.keep_only_addresses(nl, link.index, &self.bridge_addresses(), |a| {
+            self.in_cluster_network(a)
+        })
         .await?;
         Ok(link.index)
     }
 
-    /// Make `want` an address of `index` and remove the IPv4 addresses for
-    /// which `stale` holds.
-    async fn keep_only_address(
+    /// Make `want` the addresses of `index`: remove the others for which
+    /// `stale` holds, add the missing ones (IPv6 ones without duplicate
+    /// address detection: usable at once, not "tentative" for a second).
+    async fn keep_only_addresses(
         &self,
         nl: &Netlink,
         index: u32,
-        want: IpNetwork,
+        want: &[IpNetwork],
         stale: impl Fn(&IpNetwork) -> bool,
     ) -> Result<(), KernelError> {
         let current = nl.addresses(index).await?;
-        for addr in current
-            .iter()
-            .filter(|a| a.is_ipv4() && **a != want && stale(a))
-        {
+        for addr in current.iter().filter(|a| !want.contains(a) && stale(a)) {
             log::info!("removing stale address {addr} from link #{index}");
             nl.delete_address(index, *addr).await?;
         }
-        if !current.contains(&want) {
-            nl.ensure_address(index, want).await?;
+        for addr in want.iter().filter(|a| !current.contains(a)) {
+            nl.ensure_address(index, *addr).await?;
         }
         Ok(())
     }
@@ -256,6 +289,8 @@ pub(crate) mod tests {
             subnet_len: 24,
             vni: 1,
             port: 8472,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
         };
         let underlay = underlay(7, 1500);
         let n = NodeNetwork::new(
@@ -268,13 +303,45 @@ pub(crate) mod tests {
         );
         assert_eq!(n.vxlan.name, "trellis.1");
         assert_eq!(n.mtu(), 1450);
-        assert_eq!(n.vtep_address().to_string(), "10.244.3.0/32");
-        assert_eq!(n.bridge_address().to_string(), "10.244.3.1/24");
+        assert_eq!(n.vtep_addresses()[0].to_string(), "10.244.3.0/32");
+        assert_eq!(n.bridge_addresses()[0].to_string(), "10.244.3.1/24");
+        assert_eq!(n.vtep_addresses().len(), 1);
         let r = n.record();
+        assert_eq!(r.ipv6_subnet, None);
         assert_eq!(r.vtep_mac, MacAddr::derived_from("node-a").to_string());
         assert_eq!(r.mtu, Some(1450));
         assert_eq!(r.network, Some(config.network));
         assert_eq!(r.gateway().to_string(), "10.244.3.1");
+    }
+
+    #[test]
+    fn a_dual_stack_node_holds_both_families() {
+        let config =
+            ClusterConfig::parse(br#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/56"}"#)
+                .unwrap();
+        let n = NodeNetwork::new(
+            "node-a",
+            &config,
+            "10.244.3.0/24".parse().unwrap(),
+            &underlay(7, 1500),
+            "192.0.2.10".parse().unwrap(),
+            "trellis0",
+        );
+        let text = |v: Vec<IpNetwork>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            text(n.vtep_addresses()),
+            ["10.244.3.0/32", "fd10:244:0:3::/128"]
+        );
+        assert_eq!(
+            text(n.bridge_addresses()),
+            ["10.244.3.1/24", "fd10:244:0:3::1/64"]
+        );
+        let r = n.record();
+        assert_eq!(r.ipv6_subnet.unwrap().to_string(), "fd10:244:0:3::/64");
+        assert_eq!(r.ipv6_network.unwrap().to_string(), "fd10:244::/56");
+        assert!(n.in_cluster_network(&"fd10:244:0:9::1/64".parse().unwrap()));
+        assert!(!n.in_cluster_network(&"fe80::1/64".parse().unwrap()));
+        assert!(!n.in_cluster_network(&"10.245.0.1/24".parse().unwrap()));
     }
 
     #[test]

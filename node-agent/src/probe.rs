@@ -210,9 +210,7 @@ impl Doctor {
                 Some((name.to_string(), NodeRecord::parse(kv.value()).ok()?))
             })
             .collect();
-        let v = &self.view;
-        let (desired, _) =
-            DesiredOverlay::from_records(&v.node, Some(v.subnet), v.network, &records);
+        let (desired, _) = DesiredOverlay::from_records(&self.view, &records);
         Ok((records, desired))
     }
 

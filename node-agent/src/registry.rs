@@ -9,7 +9,6 @@ use crate::metrics::Metrics;
 use crate::overlay::admission::Admission;
 use crate::overlay::{DesiredOverlay, OverlayUpdate};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +17,7 @@ use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
-/// Who is looking: this node, its subnet and the cluster network.
-#[derive(Debug, Clone)]
-pub struct LocalView {
-    pub node: String,
-    pub subnet: Ipv4Network,
-    pub network: Ipv4Network,
-}
+pub use crate::overlay::LocalView;
 
 /// The records known right now, and what they mean for the overlay.
 ///
@@ -46,7 +39,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(view: LocalView) -> Self {
-        let admission = Admission::new(&view.node, Some(view.subnet), view.network);
+        let admission = Admission::new(&view);
         Registry {
             view,
             records: BTreeMap::new(),
@@ -120,8 +113,7 @@ impl Registry {
     /// left out.
     fn recompute(&mut self) -> OverlayUpdate {
         let view = &self.view;
-        let (admission, warnings) =
-            Admission::of_records(&view.node, Some(view.subnet), view.network, &self.records);
+        let (admission, warnings) = Admission::of_records(view, &self.records);
         let warnings: BTreeSet<String> = warnings.into_iter().collect();
         for w in warnings.difference(&self.left_out) {
             log::warn!("{w}");
@@ -278,6 +270,8 @@ mod tests {
             node: "a".into(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             network: "10.244.0.0/16".parse().unwrap(),
+            subnet6: None,
+            network6: None,
         }
     }
 

@@ -4,16 +4,17 @@
 //! routes with other gateways or metrics, entries missing), applying the
 //! plan the way the kernel applies it yields exactly the desired entries,
 //! a second plan is empty, and no entry that is already right is touched;
-//! with routes through nexthop objects and with gateway routes alike.
+//! with routes through nexthop objects and with gateway routes alike, for
+//! IPv4-only and dual-stack nodes mixed.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_agent::overlay::desired::vtep_ip_of;
 use trellis_agent::overlay::plan::{nexthop_id, overlay_nexthop};
 use trellis_agent::overlay::{
-    plan, ActualOverlay, DesiredOverlay, Op, Plan, RemoteNode, RouteStyle,
+    plan, ActualOverlay, DesiredOverlay, Op, Plan, Remote6, RemoteNode, RouteStyle,
 };
 use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
@@ -27,8 +28,13 @@ fn subnet(i: u8) -> Ipv4Network {
     Ipv4Network::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap()
 }
 
+/// Node `i`'s IPv6 subnet, fd10:244:0:i::/64.
+fn subnet6(i: u8) -> Ipv6Network {
+    format!("fd10:244:0:{i:x}::/64").parse().unwrap()
+}
+
 /// A remote node per index, as `DesiredOverlay::from_records` admits them:
-/// subnets, MACs and public IPs all distinct.
+/// subnets, MACs and public IPs all distinct; two in three dual-stack.
 fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
     prop::collection::btree_map(1u8..40, (any::<[u8; 4]>(), 2u8..5), 0..12).prop_map(|picks| {
         DesiredOverlay {
@@ -40,6 +46,10 @@ fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
                         vtep_ip: vtep_ip_of(subnet(i)),
                         vtep_mac: MacAddr([2, mac[0], mac[1], mac[2], mac[3], i]),
                         public_ip: Ipv4Addr::new(192, 0, net, i),
+                        ipv6: (i % 3 != 0).then(|| Remote6 {
+                            subnet: subnet6(i),
+                            vtep_ip: subnet6(i).network(),
+                        }),
                     };
                     (format!("node{i}"), node)
                 })
@@ -53,8 +63,11 @@ fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
 #[derive(Debug, Clone)]
 struct Palette {
     macs: Vec<MacAddr>,
+    /// IPv4 addresses (FDB destinations, nexthop gateways).
     ips: Vec<Ipv4Addr>,
-    subnets: Vec<Ipv4Network>,
+    /// Addresses of both families (neighbours, route gateways).
+    addrs: Vec<IpAddr>,
+    subnets: Vec<IpNetwork>,
 }
 
 impl Palette {
@@ -62,13 +75,23 @@ impl Palette {
         let mut p = Palette {
             macs: vec![MacAddr([2, 9, 9, 9, 9, 9]), MacAddr([0; 6])],
             ips: vec![Ipv4Addr::new(203, 0, 113, 5), Ipv4Addr::new(10, 244, 50, 0)],
-            subnets: vec![subnet(50), subnet(51)],
+            addrs: vec!["fd10:244:0:50::".parse().unwrap()],
+            subnets: vec![
+                IpNetwork::V4(subnet(50)),
+                IpNetwork::V4(subnet(51)),
+                IpNetwork::V6(subnet6(50)),
+            ],
         };
         for n in desired.nodes.values() {
             p.macs.push(n.vtep_mac);
             p.ips.extend([n.public_ip, n.vtep_ip]);
-            p.subnets.push(n.subnet);
+            p.subnets.push(IpNetwork::V4(n.subnet));
+            if let Some(v6) = n.ipv6 {
+                p.addrs.push(IpAddr::V6(v6.vtep_ip));
+                p.subnets.push(IpNetwork::V6(v6.subnet));
+            }
         }
+        p.addrs.extend(p.ips.iter().map(|ip| IpAddr::V4(*ip)));
         p
     }
 }
@@ -78,7 +101,7 @@ impl Palette {
 /// nexthops by id, as the kernel keys them; routes through a nexthop of
 /// the state or through one gone.
 fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
-    let (macs, ips, subnets) = (palette.macs, palette.ips, palette.subnets);
+    let (macs, ips, addrs, subnets) = (palette.macs, palette.ips, palette.addrs, palette.subnets);
     let nexthops = prop::collection::vec(
         (
             prop::sample::select(ips.clone()),
@@ -96,7 +119,7 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
     );
     let neighbours = prop::collection::vec(
         (
-            prop::sample::select(ips.clone()),
+            prop::sample::select(addrs.clone()),
             prop::option::weighted(0.8, prop::sample::select(macs)),
             any::<bool>(),
         ),
@@ -105,7 +128,7 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
     let routes = prop::collection::vec(
         (
             prop::sample::select(subnets),
-            prop::option::weighted(0.9, prop::sample::select(ips.clone())),
+            prop::option::weighted(0.9, prop::sample::select(addrs)),
             any::<bool>(),
             prop::sample::select(vec![None, Some(0), Some(100)]),
             prop::option::weighted(0.5, prop::sample::select(ips.clone())),
@@ -132,8 +155,8 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
         let mut seen = BTreeSet::new();
         for (dst, via, onlink, metric, nexthop) in routes {
             if seen.insert((dst, metric.unwrap_or(0))) {
-                let mut r = Route::to(IpNetwork::V4(dst)).dev(IFINDEX);
-                r.gateway = via.map(IpAddr::V4);
+                let mut r = Route::to(dst).dev(IFINDEX);
+                r.gateway = via;
                 r.onlink = onlink;
                 r.metric = metric;
                 r.nexthop = nexthop.map(nexthop_id);
@@ -198,7 +221,7 @@ type RouteKey = (IpNetwork, Option<IpAddr>, bool, u32, Option<u32>);
 /// permanent), routes, nexthops.
 type Entries = (
     BTreeSet<(MacAddr, Option<IpAddr>)>,
-    BTreeMap<Ipv4Addr, (Option<MacAddr>, bool)>,
+    BTreeMap<IpAddr, (Option<MacAddr>, bool)>,
     Vec<RouteKey>,
     BTreeSet<Nexthop>,
 );
@@ -267,8 +290,12 @@ proptest! {
                 Op::SetRoute { dst, via } => {
                     let route = trellis_agent::overlay::plan::overlay_route(style, IFINDEX, *dst, *via);
                     before.2.contains(&route_key(&route))
-                        && (style == RouteStyle::Gateway
-                            || before.3.contains(&overlay_nexthop(IFINDEX, *via)))
+                        && match (style, via) {
+                            (RouteStyle::Nexthop, IpAddr::V4(v4)) => {
+                                before.3.contains(&overlay_nexthop(IFINDEX, *v4))
+                            }
+                            _ => true,
+                        }
                 }
                 other => {
                     prop_assert!(false, "an addition that is not one: {:?}", other);

@@ -16,6 +16,8 @@ fn view() -> LocalView {
         node: "local".into(),
         subnet: "10.244.1.0/24".parse().unwrap(),
         network: "10.244.0.0/16".parse().unwrap(),
+        subnet6: None,
+        network6: None,
     }
 }
 
@@ -98,7 +100,7 @@ proptest! {
                 .filter_map(|(n, v)| Some((n.clone(), NodeRecord::parse(v).ok()?)))
                 .collect();
             let (listed, _) =
-                DesiredOverlay::from_records(&v.node, Some(v.subnet), v.network, &readable);
+                DesiredOverlay::from_records(&v, &readable);
             prop_assert_eq!(registry.desired(), &listed);
             prop_assert_eq!(&followed, &listed);
         }

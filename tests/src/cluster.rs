@@ -91,6 +91,8 @@ impl Default for ClusterSpec {
                 subnet_len: 24,
                 vni: 1,
                 port: 8472,
+                ipv6_network: None,
+                ipv6_subnet_len: 64,
             },
             etcd_prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_owned(),
             ip_masq: true,

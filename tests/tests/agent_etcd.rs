@@ -162,6 +162,8 @@ fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
             subnet_len: 29,
             vni: 1,
             port: 8472,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
         },
         agents: false,
         ..ClusterSpec::default()

@@ -26,6 +26,8 @@ fn spec(grace: &str) -> ClusterSpec {
             subnet_len: 24,
             vni: 1,
             port: 8472,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
         },
         agent_args: [
             "--lease-ttl",

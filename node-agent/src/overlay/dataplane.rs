@@ -1,7 +1,7 @@
 //! Where plans are applied: the kernel (one rtnetlink socket, many requests
 //! in flight) or, in unit tests, a fake.
 
-use super::plan::{overlay_nexthop, overlay_route, ActualOverlay, Op, RouteStyle};
+use super::plan::{overlay_nexthop, overlay_route, style_of, ActualOverlay, Op, RouteStyle};
 use crate::node_network::NodeNetwork;
 use futures::StreamExt;
 use std::future::Future;
@@ -94,7 +94,7 @@ async fn execute(
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
         Op::SetRoute { dst, via } => {
-            if style == RouteStyle::Nexthop {
+            if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
                 nl.replace_nexthop(&overlay_nexthop(ifindex, via)).await?;
             }
             nl.replace_route(&overlay_route(style, ifindex, dst, via))

@@ -1,9 +1,9 @@
 //! What the kernel should hold for the remote nodes: from the node records
 //! in etcd, minus this node and records that would break the overlay.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use trellis_kernel::MacAddr;
 
 /// A remote node as the overlay sees it.
@@ -16,6 +16,17 @@ pub struct RemoteNode {
     pub vtep_mac: MacAddr,
     /// Its underlay address: where the VXLAN packets are sent.
     pub public_ip: Ipv4Addr,
+    /// Its IPv6 subnet and VTEP address in a dual-stack cluster.
+    pub ipv6: Option<Remote6>,
+}
+
+/// The IPv6 side of a remote node: its subnet, and the address of its
+/// VXLAN device in it (the subnet's network address, as flannel's IPv6
+/// VXLAN has it), through which our route to the subnet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote6 {
+    pub subnet: Ipv6Network,
+    pub vtep_ip: Ipv6Addr,
 }
 
 /// The desired overlay entries, by node name.
@@ -130,6 +141,7 @@ mod tests {
             vtep_ip: Ipv4Addr::new(10, 244, i, 0),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
             public_ip: Ipv4Addr::new(192, 0, 2, public),
+            ipv6: None,
         };
         let of = |nodes: &[(u8, u8)]| DesiredOverlay {
             nodes: nodes

@@ -9,7 +9,8 @@ pub mod desired;
 pub mod plan;
 pub mod reconciler;
 
+pub use admission::LocalView;
 pub use dataplane::{Dataplane, KernelDataplane};
-pub use desired::{DesiredOverlay, OverlayUpdate, RemoteNode};
+pub use desired::{DesiredOverlay, OverlayUpdate, Remote6, RemoteNode};
 pub use plan::{plan, ActualOverlay, Op, Plan, RouteStyle};
 pub use reconciler::{ReconcileOutcome, Reconciler};

@@ -2,8 +2,8 @@
 //! which entries to remove (unwanted, stale, left over) and which to set
 //! (missing or different). Pure, so that every case is unit-tested.
 
-use super::desired::DesiredOverlay;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use super::desired::{DesiredOverlay, RemoteNode};
+use ipnetwork::IpNetwork;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_kernel::fdb::FdbEntry;
@@ -43,16 +43,17 @@ impl ActualOverlay {
                 mac: node.vtep_mac,
                 dst: Some(IpAddr::V4(node.public_ip)),
             });
-            a.neighbours.push(NeighbourEntry {
-                ip: node.vtep_ip,
-                mac: Some(node.vtep_mac),
-                permanent: true,
-            });
-            if style == RouteStyle::Nexthop {
-                a.nexthops.push(overlay_nexthop(ifindex, node.vtep_ip));
+            for (dst, via) in node_routes(node) {
+                a.neighbours.push(NeighbourEntry {
+                    ip: via,
+                    mac: Some(node.vtep_mac),
+                    permanent: true,
+                });
+                if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
+                    a.nexthops.push(overlay_nexthop(ifindex, via));
+                }
+                a.routes.push(overlay_route(style, ifindex, dst, via));
             }
-            a.routes
-                .push(overlay_route(style, ifindex, node.subnet, node.vtep_ip));
         }
         a
     }
@@ -90,13 +91,13 @@ impl ActualOverlay {
                 });
             }
             Op::SetRoute { dst, via } => {
-                if style == RouteStyle::Nexthop {
+                if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
                     let nh = overlay_nexthop(ifindex, via);
                     self.nexthops.retain(|x| x.id != nh.id);
                     self.nexthops.push(nh);
                 }
                 self.routes
-                    .retain(|x| !(x.dst == IpNetwork::V4(dst) && x.metric.unwrap_or(0) == 0));
+                    .retain(|x| !(x.dst == dst && x.metric.unwrap_or(0) == 0));
                 self.routes.push(overlay_route(style, ifindex, dst, via));
             }
         }
@@ -107,7 +108,7 @@ impl ActualOverlay {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     DelFdb(FdbEntry),
-    DelNeighbour(Ipv4Addr),
+    DelNeighbour(IpAddr),
     /// Boxed: a `Route` is four times the size of the other ops, and a
     /// plan holds one op per entry (15,000 for 5,000 nodes).
     DelRoute(Box<Route>),
@@ -120,16 +121,36 @@ pub enum Op {
     },
     /// Permanent neighbour `ip -> mac`.
     SetNeighbour {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: MacAddr,
     },
     /// The route to `dst` through `via` on the VXLAN device, replacing
     /// what the table held for `dst` at metric 0: in the nexthop style the
     /// nexthop object of `via` first, then the route through it.
     SetRoute {
-        dst: Ipv4Network,
-        via: Ipv4Addr,
+        dst: IpNetwork,
+        via: IpAddr,
     },
+}
+
+/// The routes a remote node needs, each with its gateway (the VTEP address
+/// in that family, pinned by a neighbour entry): its IPv4 subnet, and in a
+/// dual-stack cluster its IPv6 one.
+pub fn node_routes(node: &RemoteNode) -> impl Iterator<Item = (IpNetwork, IpAddr)> {
+    let v4 = (IpNetwork::V4(node.subnet), IpAddr::V4(node.vtep_ip));
+    let v6 = node
+        .ipv6
+        .map(|v6| (IpNetwork::V6(v6.subnet), IpAddr::V6(v6.vtep_ip)));
+    std::iter::once(v4).chain(v6)
+}
+
+/// The style a route through `via` is written in: IPv6 routes always name
+/// their gateway (nexthop ids are IPv4 VTEP addresses, see [`nexthop_id`]).
+pub fn style_of(style: RouteStyle, via: IpAddr) -> RouteStyle {
+    match via {
+        IpAddr::V4(_) => style,
+        IpAddr::V6(_) => RouteStyle::Gateway,
+    }
 }
 
 /// The id of the nexthop object through which the subnet of the remote
@@ -153,15 +174,12 @@ pub fn overlay_nexthop(ifindex: u32, via: Ipv4Addr) -> Nexthop {
 
 /// How a remote subnet is reached: `dst via via dev <VXLAN device>
 /// onlink`, through `via`'s nexthop object in the nexthop style (as the
-/// kernel reports such a route).
-pub fn overlay_route(style: RouteStyle, ifindex: u32, dst: Ipv4Network, via: Ipv4Addr) -> Route {
-    let route = Route::to(IpNetwork::V4(dst))
-        .via(IpAddr::V4(via))
-        .dev(ifindex)
-        .onlink();
-    match style {
-        RouteStyle::Nexthop => route.nexthop(nexthop_id(via)),
-        RouteStyle::Gateway => route,
+/// kernel reports such a route; IPv4 only).
+pub fn overlay_route(style: RouteStyle, ifindex: u32, dst: IpNetwork, via: IpAddr) -> Route {
+    let route = Route::to(dst).via(via).dev(ifindex).onlink();
+    match (style_of(style, via), via) {
+        (RouteStyle::Nexthop, IpAddr::V4(v4)) => route.nexthop(nexthop_id(v4)),
+        _ => route,
     }
 }
 
@@ -197,12 +215,14 @@ impl Plan {
 pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle) -> Plan {
     let mut out = Plan::default();
     let mut want_fdb: HashMap<MacAddr, Ipv4Addr> = HashMap::with_capacity(desired.len());
-    let mut want_neigh: HashMap<Ipv4Addr, MacAddr> = HashMap::with_capacity(desired.len());
-    let mut want_route: HashMap<IpNetwork, Ipv4Addr> = HashMap::with_capacity(desired.len());
+    let mut want_neigh: HashMap<IpAddr, MacAddr> = HashMap::with_capacity(desired.len());
+    let mut want_route: HashMap<IpNetwork, IpAddr> = HashMap::with_capacity(desired.len());
     for node in desired.nodes.values() {
         want_fdb.insert(node.vtep_mac, node.public_ip);
-        want_neigh.insert(node.vtep_ip, node.vtep_mac);
-        want_route.insert(IpNetwork::V4(node.subnet), node.vtep_ip);
+        for (dst, via) in node_routes(node) {
+            want_neigh.insert(via, node.vtep_mac);
+            want_route.insert(dst, via);
+        }
     }
 
     // FDB: keep an entry only when it is exactly the wanted one.
@@ -231,7 +251,13 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
     // the VTEP's id; a wrong one of a wanted id is replaced with its route,
     // any other goes (after the routes through it).
     let want_nexthop: HashSet<u32> = match style {
-        RouteStyle::Nexthop => want_neigh.keys().map(|vtep| nexthop_id(*vtep)).collect(),
+        RouteStyle::Nexthop => want_neigh
+            .keys()
+            .filter_map(|vtep| match vtep {
+                IpAddr::V4(v4) => Some(nexthop_id(*v4)),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
         RouteStyle::Gateway => HashSet::new(),
     };
     let mut nexthop_ok = HashSet::new();
@@ -251,14 +277,11 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
         let want = want_route.get(&r.dst);
         let exact = want.is_some_and(|via| {
             metric0
-                && match style {
-                    RouteStyle::Nexthop => {
-                        r.nexthop == Some(nexthop_id(*via))
-                            && nexthop_ok.contains(&nexthop_id(*via))
+                && match (style_of(style, *via), via) {
+                    (RouteStyle::Nexthop, IpAddr::V4(v4)) => {
+                        r.nexthop == Some(nexthop_id(*v4)) && nexthop_ok.contains(&nexthop_id(*v4))
                     }
-                    RouteStyle::Gateway => {
-                        r.nexthop.is_none() && r.gateway == Some(IpAddr::V4(*via)) && r.onlink
-                    }
+                    _ => r.nexthop.is_none() && r.gateway == Some(*via) && r.onlink,
                 }
         });
         if exact && route_ok.insert(r.dst) {
@@ -277,17 +300,16 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
                 dst: node.public_ip,
             });
         }
-        if !neigh_ok.contains(&node.vtep_ip) {
-            out.additions.push(Op::SetNeighbour {
-                ip: node.vtep_ip,
-                mac: node.vtep_mac,
-            });
-        }
-        if !route_ok.contains(&IpNetwork::V4(node.subnet)) {
-            out.additions.push(Op::SetRoute {
-                dst: node.subnet,
-                via: node.vtep_ip,
-            });
+        for (dst, via) in node_routes(node) {
+            if !neigh_ok.contains(&via) {
+                out.additions.push(Op::SetNeighbour {
+                    ip: via,
+                    mac: node.vtep_mac,
+                });
+            }
+            if !route_ok.contains(&dst) {
+                out.additions.push(Op::SetRoute { dst, via });
+            }
         }
     }
     out

@@ -189,6 +189,8 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         node_name: Some(node.into()),
         kubernetes: false,
         status_addr: None,
+        ipv6_subnet: None,
+        ipv6_network: None,
     };
     write_node_record(dir.path(), &record).unwrap();
     dir

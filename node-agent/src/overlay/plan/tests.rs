@@ -1,7 +1,8 @@
 //! The plan's cases, in both route styles.
 
 use super::*;
-use crate::overlay::desired::{vtep_ip_of, RemoteNode};
+use crate::overlay::desired::{vtep_ip_of, Remote6, RemoteNode};
+use ipnetwork::Ipv4Network;
 
 fn node(i: u8) -> RemoteNode {
     let subnet: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
@@ -10,7 +11,24 @@ fn node(i: u8) -> RemoteNode {
         vtep_ip: vtep_ip_of(subnet),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
         public_ip: Ipv4Addr::new(192, 0, 2, i),
+        ipv6: None,
     }
+}
+
+/// Node `i` of a dual-stack cluster: fd10:244:0:<i>::/64 beside its IPv4.
+fn node6(i: u8) -> RemoteNode {
+    let subnet: ipnetwork::Ipv6Network = format!("fd10:244:0:{i:x}::/64").parse().unwrap();
+    RemoteNode {
+        ipv6: Some(Remote6 {
+            subnet,
+            vtep_ip: subnet.network(),
+        }),
+        ..node(i)
+    }
+}
+
+fn v4(n: Ipv4Network) -> IpNetwork {
+    IpNetwork::V4(n)
 }
 
 fn desired(ids: &[u8]) -> DesiredOverlay {
@@ -57,8 +75,8 @@ fn empty_kernel_gets_three_writes_per_node() {
             mac: node(3).vtep_mac
         }));
         assert!(p.additions.contains(&Op::SetRoute {
-            dst: node(3).subnet,
-            via: node(3).vtep_ip
+            dst: v4(node(3).subnet),
+            via: IpAddr::V4(node(3).vtep_ip)
         }));
     }
 }
@@ -153,8 +171,8 @@ fn a_wrong_nexthop_of_a_wanted_node_is_replaced_with_its_route() {
         assert_eq!(
             p.additions,
             vec![Op::SetRoute {
-                dst: node(2).subnet,
-                via: node(2).vtep_ip
+                dst: v4(node(2).subnet),
+                via: IpAddr::V4(node(2).vtep_ip)
             }]
         );
         assert_eq!(apply(&a, &p, N), ActualOverlay::after(&d, 1, N));
@@ -178,11 +196,16 @@ fn stale_mac_and_moved_node_are_fixed() {
                 },
             ],
             neighbours: vec![NeighbourEntry {
-                ip: n.vtep_ip,
+                ip: IpAddr::V4(n.vtep_ip),
                 mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
                 permanent: true,
             }],
-            routes: vec![overlay_route(G, 1, n.subnet, "10.244.9.0".parse().unwrap())],
+            routes: vec![overlay_route(
+                G,
+                1,
+                v4(n.subnet),
+                "10.244.9.0".parse().unwrap(),
+            )],
             nexthops: Vec::new(),
         };
         let p = plan(&d, &stale, style);
@@ -255,7 +278,7 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
     let n = node(2);
     let a = ActualOverlay {
         neighbours: vec![NeighbourEntry {
-            ip: n.vtep_ip,
+            ip: IpAddr::V4(n.vtep_ip),
             mac: Some(n.vtep_mac),
             permanent: false,
         }],
@@ -264,9 +287,55 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
     let p = plan(&desired(&[2]), &a, N);
     assert!(p.removals.is_empty());
     assert!(p.additions.contains(&Op::SetNeighbour {
-        ip: n.vtep_ip,
+        ip: IpAddr::V4(n.vtep_ip),
         mac: n.vtep_mac
     }));
+}
+
+#[test]
+fn a_dual_stack_node_gets_a_neighbour_and_a_gateway_route_per_family() {
+    for style in [G, N] {
+        let d = DesiredOverlay {
+            nodes: [("n2".to_string(), node6(2)), ("n3".to_string(), node(3))].into(),
+        };
+        let p = plan(&d, &ActualOverlay::default(), style);
+        let v6_gw: IpAddr = "fd10:244:0:2::".parse().unwrap();
+        assert!(p.additions.contains(&Op::SetNeighbour {
+            ip: v6_gw,
+            mac: node(2).vtep_mac
+        }));
+        assert!(p.additions.contains(&Op::SetRoute {
+            dst: "fd10:244:0:2::/64".parse().unwrap(),
+            via: v6_gw
+        }));
+        // One FDB entry per node, whatever the families.
+        let fdb = p
+            .additions
+            .iter()
+            .filter(|o| matches!(o, Op::SetFdb { .. }));
+        assert_eq!(fdb.count(), 2);
+        let after = apply(&ActualOverlay::default(), &p, style);
+        assert_eq!(after, ActualOverlay::after(&d, 1, style));
+        // IPv6 routes name their gateway in both styles; no IPv6 nexthop.
+        let r6 = after.routes.iter().find(|r| r.dst.is_ipv6()).unwrap();
+        assert_eq!(
+            (r6.nexthop, r6.gateway, r6.onlink),
+            (None, Some(v6_gw), true)
+        );
+        assert_eq!(after.nexthops.len(), if style == N { 2 } else { 0 });
+        assert!(plan(&d, &after, style).is_empty());
+        // The IPv6 side leaving (an IPv4-only record again) takes its
+        // neighbour and route, and nothing else.
+        let v4_only = desired(&[2, 3]);
+        let p = plan(&v4_only, &after, style);
+        assert!(p.additions.is_empty(), "{p:#?}");
+        assert_eq!(p.removals.len(), 2, "{p:#?}");
+        assert!(p.removals.contains(&Op::DelNeighbour(v6_gw)));
+        assert_eq!(
+            apply(&after, &p, style),
+            ActualOverlay::after(&v4_only, 1, style)
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ fn desired(ids: &[u8]) -> DesiredOverlay {
                         vtep_ip: vtep_ip_of(subnet),
                         vtep_mac: MacAddr([2, 0, 0, 0, 0, *i]),
                         public_ip: Ipv4Addr::new(192, 0, 2, *i),
+                        ipv6: None,
                     },
                 )
             })
