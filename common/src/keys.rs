@@ -120,6 +120,17 @@ impl Keys {
         key.strip_prefix(&self.ips())?.parse().ok()
     }
 
+    /// `<prefix>/ipam/ips/fd10:244:0:3::7`: the IPv6 twin of a dual-stack
+    /// allocation, a key of its own beside the IPv4 one.
+    pub fn ip6(&self, ip: std::net::Ipv6Addr) -> String {
+        format!("{}{ip}", self.ips())
+    }
+
+    /// The IPv6 address of a key under [`Keys::ips`].
+    pub fn ip6_of(&self, key: &str) -> Option<std::net::Ipv6Addr> {
+        key.strip_prefix(&self.ips())?.parse().ok()
+    }
+
     /// `<prefix>/ipam/handles/`: which address each attachment holds.
     pub fn handles(&self) -> String {
         format!("{}/ipam/handles/", self.prefix)

@@ -1,7 +1,7 @@
 //! An allocated address and who holds it.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The attachment an address belongs to: container ID + interface name, the
 /// CNI's own key for an attachment (and what GC's valid-attachments lists).
@@ -64,10 +64,13 @@ impl Owner {
     }
 }
 
-/// One allocated address.
+/// One allocated address, and in a dual-stack network its IPv6 twin
+/// (claimed and freed with it: both address keys are written and deleted
+/// in the same transactions, with the same owner and revision).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
     pub owner: Owner,
     /// The etcd revision that wrote this allocation (address key and handle
     /// key share it); `release_exact` frees it only if nothing rewrote it
@@ -90,5 +93,5 @@ pub enum Claim {
     AlreadyHeld(Allocation),
     /// Somebody else holds the address (`None` when its record does not
     /// decode: the address is taken all the same).
-    Taken { ip: Ipv4Addr, owner: Option<Owner> },
+    Taken { ip: IpAddr, owner: Option<Owner> },
 }

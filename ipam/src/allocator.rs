@@ -13,9 +13,10 @@ use crate::allocation::{Allocation, Claim, Owner};
 use crate::cursor::Cursor;
 use crate::error::IpamError;
 use crate::pool::Pool;
+use crate::request::Requested;
 use crate::store::Store;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// How many times the used set is re-read when claims keep losing races
 /// (only possible with writers that do not share our cursor): at most
@@ -31,16 +32,24 @@ pub struct Outcome {
 }
 
 /// Allocate an address of `pool` for `owner`: `requested` if given, else the
-/// next free one after the cursor.
+/// next free one after the cursor; in a dual-stack pool with its IPv6 twin,
+/// or the IPv6 address requested.
 pub async fn allocate<S: Store, C: Cursor>(
     store: &mut S,
     cursor: &mut C,
     pool: &Pool,
     owner: &Owner,
-    requested: Option<Ipv4Addr>,
+    requested: Requested,
 ) -> Result<Outcome, IpamError> {
-    if let Some(ip) = requested {
-        return allocate_static(store, pool, owner, ip).await;
+    if let Some(ip6) = requested.v6 {
+        if let Some(why) = pool.why_unusable6(ip6) {
+            return Err(IpamError::AddressUnavailable(format!(
+                "requested address {ip6} cannot be allocated: {why}"
+            )));
+        }
+    }
+    if let Some(ip) = requested.v4 {
+        return allocate_static(store, pool, owner, ip, requested).await;
     }
     // The first candidate is the cursor's next; only after a lost race is
     // the used set read, and then re-read before every further candidate.
@@ -56,9 +65,18 @@ pub async fn allocate<S: Store, C: Cursor>(
         let Some(ip) = free else {
             return held_or_exhausted(store, pool, owner).await;
         };
-        match store.claim(ip, owner).await? {
+        let ip6 = requested.v6.or_else(|| pool.ipv6_of(ip));
+        match store.claim(ip, ip6, owner).await? {
             Claim::Claimed(a) => return Ok(fresh(a)),
             Claim::AlreadyHeld(a) => return Ok(held(a)),
+            // The requested IPv6 address is someone else's: no other IPv4
+            // candidate changes that.
+            Claim::Taken {
+                ip: IpAddr::V6(taken),
+                owner: other,
+            } if requested.v6 == Some(taken) => {
+                return Err(taken_error(IpAddr::V6(taken), other));
+            }
             Claim::Taken { .. } => {}
         }
     }
@@ -72,33 +90,49 @@ async fn allocate_static<S: Store>(
     pool: &Pool,
     owner: &Owner,
     ip: Ipv4Addr,
+    requested: Requested,
 ) -> Result<Outcome, IpamError> {
     if let Some(why) = pool.why_unusable(ip) {
         return Err(IpamError::AddressUnavailable(format!(
             "requested address {ip} cannot be allocated: {why}"
         )));
     }
-    match store.claim(ip, owner).await? {
+    let ip6 = requested.v6.or_else(|| pool.ipv6_of(ip));
+    match store.claim(ip, ip6, owner).await? {
         Claim::Claimed(a) => Ok(fresh(a)),
-        Claim::AlreadyHeld(a) if a.ip == ip => Ok(held(a)),
+        Claim::AlreadyHeld(a) if a.ip == ip && (requested.v6.is_none() || a.ip6 == ip6) => {
+            Ok(held(a))
+        }
         Claim::AlreadyHeld(a) => Err(IpamError::AddressUnavailable(format!(
-            "requested address {ip}, but container {} interface {} already holds {}",
-            owner.container_id, owner.ifname, a.ip
+            "requested address {ip}{}, but container {} interface {} already holds {}{}",
+            ip6.map(|v6| format!(" and {v6}")).unwrap_or_default(),
+            owner.container_id,
+            owner.ifname,
+            a.ip,
+            a.ip6.map(|v6| format!(" and {v6}")).unwrap_or_default(),
         ))),
-        Claim::Taken { owner: other, .. } => Err(IpamError::AddressUnavailable(match other {
-            Some(o) => format!(
-                "requested address {ip} is already allocated to container {} interface {}{}",
-                o.container_id,
-                o.ifname,
-                if o.node.is_empty() {
-                    String::new()
-                } else {
-                    format!(" on node {}", o.node)
-                }
-            ),
-            None => format!("requested address {ip} is already allocated"),
-        })),
+        Claim::Taken {
+            ip: taken,
+            owner: other,
+        } => Err(taken_error(taken, other)),
     }
+}
+
+/// A requested address held by someone else, named in the error.
+fn taken_error(ip: IpAddr, other: Option<Owner>) -> IpamError {
+    IpamError::AddressUnavailable(match other {
+        Some(o) => format!(
+            "requested address {ip} is already allocated to container {} interface {}{}",
+            o.container_id,
+            o.ifname,
+            if o.node.is_empty() {
+                String::new()
+            } else {
+                format!(" on node {}", o.node)
+            }
+        ),
+        None => format!("requested address {ip} is already allocated"),
+    })
 }
 
 /// A full pool: still answer a repeated ADD with the address it holds.
@@ -165,7 +199,13 @@ mod tests {
     fn add(dir: &std::path::Path, p: &Pool, id: &str) -> Result<Outcome, IpamError> {
         let mut s = open(dir);
         let mut cursor = FileCursor::new(s.cursor_path());
-        run(allocate(&mut s, &mut cursor, p, &owner(id), None))
+        run(allocate(
+            &mut s,
+            &mut cursor,
+            p,
+            &owner(id),
+            Requested::NONE,
+        ))
     }
 
     #[test]
@@ -220,8 +260,106 @@ mod tests {
         let mut s = open(dir.path());
         std::fs::remove_file(s.cursor_path()).unwrap();
         let mut cursor = FileCursor::new(s.cursor_path());
-        let got = run(allocate(&mut s, &mut cursor, &p, &owner("d"), None)).unwrap();
+        let got = run(allocate(
+            &mut s,
+            &mut cursor,
+            &p,
+            &owner("d"),
+            Requested::NONE,
+        ))
+        .unwrap();
         assert_eq!(got.allocation.ip, ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_dual_stack_pool_gives_each_address_its_ipv6_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("10.0.0.0/29")
+            .with_ipv6(Some("fd00:0:0:7::/64".parse().unwrap()))
+            .unwrap();
+        let a = add(dir.path(), &p, "a").unwrap().allocation;
+        assert_eq!(a.ip, ip("10.0.0.2"));
+        assert_eq!(a.ip6, Some("fd00:0:0:7::2".parse().unwrap()));
+        // A repeated ADD answers both; the lookup finds both.
+        assert_eq!(add(dir.path(), &p, "a").unwrap().allocation, a);
+        // A static IPv6 address beside a dynamic IPv4 one.
+        let mut s = open(dir.path());
+        let mut cursor = FileCursor::new(s.cursor_path());
+        let want6 = Requested {
+            v4: None,
+            v6: Some("fd00:0:0:7::99".parse().unwrap()),
+        };
+        let b = run(allocate(&mut s, &mut cursor, &p, &owner("b"), want6)).unwrap();
+        assert_eq!(
+            (b.allocation.ip, b.allocation.ip6),
+            // (.3 went to the repeated ADD's reservation)
+            (ip("10.0.0.4"), want6.v6)
+        );
+        // Taken by b: refused, naming b, whatever IPv4 address is free.
+        let e = run(allocate(&mut s, &mut cursor, &p, &owner("c"), want6)).unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert!(
+            e.to_string()
+                .contains("fd00:0:0:7::99 is already allocated to container b"),
+            "{e}"
+        );
+        for (bad, why) in [
+            ("fd00:0:0:8::1", "outside the subnet"),
+            ("fd00:0:0:7::1", "gateway"),
+            ("fd00:0:0:7::", "subnet-router"),
+        ] {
+            let req = Requested {
+                v4: None,
+                v6: Some(bad.parse().unwrap()),
+            };
+            let e = run(allocate(&mut s, &mut cursor, &p, &owner("c"), req)).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        // Both of one request, static.
+        let both = Requested {
+            v4: Some(ip("10.0.0.6")),
+            v6: Some("fd00:0:0:7::6:6".parse().unwrap()),
+        };
+        let c = run(allocate(&mut s, &mut cursor, &p, &owner("c"), both)).unwrap();
+        assert_eq!(
+            (Some(c.allocation.ip), c.allocation.ip6),
+            (both.v4, both.v6)
+        );
+        // An IPv4-only pool refuses an IPv6 request clearly.
+        let e = run(allocate(
+            &mut s,
+            &mut cursor,
+            &pool("10.0.0.0/29"),
+            &owner("d"),
+            want6,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("has no IPv6 subnet"), "{e}");
+        // DEL frees both: a's twin is free for the next holder of .2.
+        assert_eq!(s.release(&owner("a").handle()).unwrap().unwrap().ip6, a.ip6);
+        assert_eq!(s.list_all().len(), 2);
+        drop(s);
+        let json = std::fs::read_to_string(dir.path().join("allocations.json")).unwrap();
+        assert!(!json.contains("fd00:0:0:7::2\""), "{json}");
+        assert!(json.contains("fd00:0:0:7::99"), "{json}");
+        // A twin of the IPv6 gateway (a custom IPv4 gateway frees .1) is
+        // never handed out.
+        let custom = Pool::new(
+            "10.0.1.0/30".parse().unwrap(),
+            None,
+            None,
+            vec![],
+            Some(ip("10.0.1.2")),
+        )
+        .unwrap()
+        .with_ipv6(Some("fd00:1::/64".parse().unwrap()))
+        .unwrap();
+        assert!(!custom.is_usable(ip("10.0.1.1")));
+        let small = pool("10.0.0.0/8").with_ipv6(Some("fd00::/120".parse().unwrap()));
+        assert!(small
+            .unwrap_err()
+            .to_string()
+            .contains("smaller than the IPv4 subnet"));
     }
 
     #[test]
@@ -243,7 +381,7 @@ mod tests {
                 &mut cursor,
                 &p,
                 &owner(id),
-                Some(ip(addr)),
+                Requested::v4(ip(addr)),
             ))
         };
         assert_eq!(
@@ -283,9 +421,17 @@ mod tests {
         async fn lookup(&mut self, _: &Handle) -> Result<Option<Allocation>, IpamError> {
             Ok(None)
         }
-        async fn claim(&mut self, ip: Ipv4Addr, _: &Owner) -> Result<Claim, IpamError> {
+        async fn claim(
+            &mut self,
+            ip: Ipv4Addr,
+            _: Option<std::net::Ipv6Addr>,
+            _: &Owner,
+        ) -> Result<Claim, IpamError> {
             self.claims.push(ip);
-            Ok(Claim::Taken { ip, owner: None })
+            Ok(Claim::Taken {
+                ip: IpAddr::V4(ip),
+                owner: None,
+            })
         }
         async fn used_in(&mut self, _: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
             self.used_reads += 1;
@@ -302,7 +448,14 @@ mod tests {
         let p = pool("10.0.0.0/24");
         let mut store = AlwaysTaken::default();
         let mut cursor = FileCursor::new(dir.path().join("cursor"));
-        let e = run(allocate(&mut store, &mut cursor, &p, &owner("a"), None)).unwrap_err();
+        let e = run(allocate(
+            &mut store,
+            &mut cursor,
+            &p,
+            &owner("a"),
+            Requested::NONE,
+        ))
+        .unwrap_err();
         assert_eq!(e.code(), 11, "{e}");
         assert!(e.to_string().contains("concurrent writer"), "{e}");
         // The cursor's candidate, then one re-read of the used set before

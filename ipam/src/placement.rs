@@ -48,5 +48,8 @@ pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, S
                 node: node.clone(),
             })?,
     };
-    Ok((conf.pool(record.subnet)?, node))
+    Ok((
+        conf.pool(record.subnet)?.with_ipv6(record.ipv6_subnet)?,
+        node,
+    ))
 }

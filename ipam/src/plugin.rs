@@ -96,21 +96,35 @@ fn local_dir(conf: &IpamConf, data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// The ADD result: the address with the subnet's prefix, the gateway, and a
-/// default route via the gateway unless `routes` is configured.
+/// default route via the gateway unless `routes` is configured; in a
+/// dual-stack pool the IPv6 address too, with its gateway and `::/0`.
 fn result_for(conf: &IpamConf, pool: &Pool, a: &Allocation) -> CniResult {
     let gw = IpAddr::V4(pool.gateway());
+    let mut ips = vec![IpConfig {
+        address: IpNetwork::V4(pool.address_of(a.ip)),
+        gateway: Some(gw),
+        interface: None,
+    }];
+    let mut routes = vec![Route::new(
+        "0.0.0.0/0".parse().expect("valid network"),
+        Some(gw),
+    )];
+    if let (Some(ip6), Some(gw6)) = (a.ip6, pool.gateway6()) {
+        if let Some(address) = pool.address6_of(ip6) {
+            ips.push(IpConfig {
+                address: IpNetwork::V6(address),
+                gateway: Some(IpAddr::V6(gw6)),
+                interface: None,
+            });
+            routes.push(Route::new(
+                "::/0".parse().expect("valid network"),
+                Some(IpAddr::V6(gw6)),
+            ));
+        }
+    }
     CniResult {
-        ips: vec![IpConfig {
-            address: IpNetwork::V4(pool.address_of(a.ip)),
-            gateway: Some(gw),
-            interface: None,
-        }],
-        routes: conf.routes.clone().unwrap_or_else(|| {
-            vec![Route::new(
-                "0.0.0.0/0".parse().expect("valid network"),
-                Some(gw),
-            )]
-        }),
+        ips,
+        routes: conf.routes.clone().unwrap_or(routes),
         dns: conf.dns.clone(),
         interfaces: Vec::new(),
     }

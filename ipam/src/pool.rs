@@ -4,9 +4,9 @@
 //! address handed out) with wrap-around, so freed addresses are reused last.
 
 use crate::error::IpamError;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
@@ -16,6 +16,10 @@ pub struct Pool {
     first: u32,
     last: u32,
     exclude: Vec<Ipv4Network>,
+    /// The IPv6 subnet of a dual-stack pool: each IPv4 address handed out
+    /// comes with the IPv6 address at the same offset (10.244.3.7 with
+    /// fd10:244:0:3::7), so one search and one claim serve both families.
+    ipv6: Option<Ipv6Network>,
 }
 
 impl Pool {
@@ -77,7 +81,70 @@ impl Pool {
             first,
             last,
             exclude,
+            ipv6: None,
         })
+    }
+
+    /// The pool made dual-stack with `subnet6` (none: as it is). It must
+    /// hold at least as many addresses as the IPv4 subnet.
+    pub fn with_ipv6(mut self, subnet6: Option<Ipv6Network>) -> Result<Pool, IpamError> {
+        let Some(subnet6) = subnet6 else {
+            return Ok(self);
+        };
+        let subnet6 = Ipv6Network::new(subnet6.network(), subnet6.prefix())
+            .map_err(|e| IpamError::Config(format!("ipv6 subnet {subnet6}: {e}")))?;
+        if 128 - u32::from(subnet6.prefix()) < 32 - u32::from(self.subnet.prefix()) {
+            return Err(IpamError::Config(format!(
+                "IPv6 subnet {subnet6} is smaller than the IPv4 subnet {}: each address needs its twin",
+                self.subnet
+            )));
+        }
+        self.ipv6 = Some(subnet6);
+        Ok(self)
+    }
+
+    pub fn subnet6(&self) -> Option<Ipv6Network> {
+        self.ipv6
+    }
+
+    /// The IPv6 gateway of a dual-stack pool: its subnet's first address.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+            .map(|s| Ipv6Addr::from(u128::from(s.network()) + 1))
+    }
+
+    /// The IPv6 twin of `ip`: the address at the same offset in the IPv6
+    /// subnet (none in an IPv4-only pool).
+    pub fn ipv6_of(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        let offset = u32::from(ip).checked_sub(u32::from(self.subnet.network()))?;
+        self.ipv6
+            .map(|s| Ipv6Addr::from(u128::from(s.network()) + u128::from(offset)))
+    }
+
+    /// The IPv6 address with the IPv6 subnet's prefix.
+    pub fn address6_of(&self, ip: Ipv6Addr) -> Option<Ipv6Network> {
+        self.ipv6
+            .map(|s| Ipv6Network::new(ip, s.prefix()).expect("prefix is valid"))
+    }
+
+    /// Why the IPv6 address `ip` may not be requested, in words.
+    pub fn why_unusable6(&self, ip: Ipv6Addr) -> Option<String> {
+        let Some(subnet6) = self.ipv6 else {
+            return Some(format!(
+                "{ip} is an IPv6 address, and this node's pool {} has no IPv6 subnet",
+                self.subnet
+            ));
+        };
+        if !subnet6.contains(ip) {
+            return Some(format!("{ip} is outside the subnet {subnet6}"));
+        }
+        if ip == subnet6.network() {
+            return Some(format!("{ip} is the subnet-router address of {subnet6}"));
+        }
+        if Some(ip) == self.gateway6() {
+            return Some(format!("{ip} is the gateway of {subnet6}"));
+        }
+        None
     }
 
     pub fn subnet(&self) -> Ipv4Network {
@@ -123,6 +190,9 @@ impl Pool {
         }
         if let Some(ex) = self.exclude.iter().find(|ex| ex.contains(ip)) {
             return Some(format!("{ip} is excluded ({ex})"));
+        }
+        if let Some(twin) = self.ipv6_of(ip).filter(|t| Some(*t) == self.gateway6()) {
+            return Some(format!("its IPv6 twin {twin} is the IPv6 gateway"));
         }
         None
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use trellis_common::cni::code;
 use trellis_ipam::allocator::allocate;
 use trellis_ipam::cursor::FileCursor;
+use trellis_ipam::request::Requested;
 use trellis_ipam::{Claim, LocalStore, Owner, Pool};
 
 /// A pool's configuration as offsets into a subnet (so that most of them
@@ -231,7 +232,7 @@ proptest! {
             match step {
                 Step::Add(id) => {
                     let id = format!("c{id}");
-                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), None));
+                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Requested::NONE));
                     let taken: BTreeSet<Ipv4Addr> = held.values().copied().collect();
                     match (held.get(&id), got) {
                         (Some(ip), Ok(out)) => {
@@ -264,7 +265,7 @@ proptest! {
                 Step::Static(id, offset) => {
                     let id = format!("c{id}");
                     let ip = at(case.subnet, offset);
-                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Some(ip)));
+                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Requested::v4(ip)));
                     let holder = held.iter().find(|(_, v)| **v == ip).map(|(k, _)| k.clone());
                     let ok = usable.contains(&ip)
                         && match (&holder, held.get(&id)) {
@@ -287,7 +288,7 @@ proptest! {
                     let id = format!("foreign{id}");
                     let ip = at(case.subnet, offset);
                     let before = held.get(&id).copied();
-                    match store.claim(ip, &owner(&id)).unwrap() {
+                    match store.claim(ip, None, &owner(&id)).unwrap() {
                         Claim::Claimed(a) => {
                             prop_assert!(before.is_none() && !held.values().any(|v| *v == ip));
                             held.insert(id, a.ip);

@@ -135,6 +135,7 @@ mod tests {
     fn alloc(ip: &str, node: &str) -> Allocation {
         Allocation {
             ip: ip.parse().unwrap(),
+            ip6: None,
             owner: Owner {
                 container_id: format!("c-{ip}"),
                 ifname: "eth0".into(),

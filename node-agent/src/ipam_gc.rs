@@ -264,6 +264,7 @@ mod tests {
     fn alloc(last: u8, cid: &str, rev: i64) -> Allocation {
         Allocation {
             ip: Ipv4Addr::new(10, 244, 1, last),
+            ip6: None,
             owner: Owner {
                 container_id: cid.into(),
                 ifname: "eth0".into(),

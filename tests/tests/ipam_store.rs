@@ -44,7 +44,7 @@ fn claim_lookup_release_keep_address_and_handle_together() {
     rt().block_on(async {
         let s = store(&etcd).await;
         let a = owner("c1", "n1");
-        let Claim::Claimed(got) = s.claim(ip("10.244.1.5"), &a).await.unwrap() else {
+        let Claim::Claimed(got) = s.claim(ip("10.244.1.5"), None, &a).await.unwrap() else {
             panic!("first claim must succeed")
         };
         assert_eq!(got.ip, ip("10.244.1.5"));
@@ -76,11 +76,11 @@ fn claim_lookup_release_keep_address_and_handle_together() {
         // Taken by another attachment; a repeated claim returns the held one.
         let b = owner("c2", "n1");
         assert!(matches!(
-            s.claim(ip("10.244.1.5"), &b).await.unwrap(),
+            s.claim(ip("10.244.1.5"), None, &b).await.unwrap(),
             Claim::Taken { owner: Some(o), .. } if o.container_id == "c1"
         ));
         assert!(matches!(
-            s.claim(ip("10.244.1.6"), &a).await.unwrap(),
+            s.claim(ip("10.244.1.6"), None, &a).await.unwrap(),
             Claim::AlreadyHeld(h) if h.ip == ip("10.244.1.5")
         ));
         assert_eq!(
@@ -107,7 +107,7 @@ fn a_stale_release_never_frees_a_new_owners_address() {
     rt().block_on(async {
         let s = store(&etcd).await;
         let Claim::Claimed(old) = s
-            .claim(ip("10.244.1.9"), &owner("old", "n1"))
+            .claim(ip("10.244.1.9"), None, &owner("old", "n1"))
             .await
             .unwrap()
         else {
@@ -116,7 +116,7 @@ fn a_stale_release_never_frees_a_new_owners_address() {
         // GC lists, then the address is freed and re-allocated before GC acts.
         s.release(&old.handle()).await.unwrap();
         let Claim::Claimed(new) = s
-            .claim(ip("10.244.1.9"), &owner("new", "n1"))
+            .claim(ip("10.244.1.9"), None, &owner("new", "n1"))
             .await
             .unwrap()
         else {
@@ -151,7 +151,7 @@ fn used_in_scans_only_the_subnet() {
         {
             let o = owner(&format!("c{n}"), "n1");
             assert!(matches!(
-                s.claim(ip(addr), &o).await.unwrap(),
+                s.claim(ip(addr), None, &o).await.unwrap(),
                 Claim::Claimed(_)
             ));
         }
@@ -181,7 +181,7 @@ fn a_paused_etcd_times_out_within_the_deadline() {
         etcd.pause().unwrap();
         let start = Instant::now();
         let err = s
-            .claim(ip("10.244.1.2"), &owner("c1", "n1"))
+            .claim(ip("10.244.1.2"), None, &owner("c1", "n1"))
             .await
             .unwrap_err();
         let took = start.elapsed();

@@ -29,7 +29,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, Txn
 use ipnetwork::Ipv4Network;
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use trellis_common::etcd::{Denial, EtcdClient, EtcdSettings};
@@ -209,34 +209,42 @@ impl EtcdStore {
                 return Ok(None);
             };
             let hrev = hkv.mod_revision();
-            let Some((ip, node, network)) = HandleValue::decode(&hkv).and_then(HandleValue::held)
+            let Some((ip, ip6, node, network)) =
+                HandleValue::decode(&hkv).and_then(HandleValue::held)
             else {
                 self.delete_handle_if(&hkey, hrev).await?;
                 return Ok(None);
             };
             let ikey = self.keys.ip(ip);
+            let ikey6 = ip6.map(|v6| self.keys.ip6(v6));
+            let mut when = vec![
+                Compare::mod_revision(hkey.as_str(), CompareOp::Equal, hrev),
+                Compare::mod_revision(ikey.as_str(), CompareOp::Equal, hrev),
+            ];
+            let mut ops = vec![
+                TxnOp::delete(hkey.as_str(), None),
+                TxnOp::delete(ikey.as_str(), None),
+            ];
+            if let Some(k6) = &ikey6 {
+                when.push(Compare::mod_revision(k6.as_str(), CompareOp::Equal, hrev));
+                ops.push(TxnOp::delete(k6.as_str(), None));
+            }
+            let mut touched = vec![hkey.as_str(), ikey.as_str()];
+            touched.extend(ikey6.as_deref());
             let resp = self
                 .txn(
                     "releasing the address",
-                    &[&hkey, &ikey],
-                    Txn::new()
-                        .when([
-                            Compare::mod_revision(hkey.as_str(), CompareOp::Equal, hrev),
-                            Compare::mod_revision(ikey.as_str(), CompareOp::Equal, hrev),
-                        ])
-                        .and_then([
-                            TxnOp::delete(hkey.as_str(), None),
-                            TxnOp::delete(ikey.as_str(), None),
-                        ])
-                        .or_else([
-                            TxnOp::get(hkey.as_str(), None),
-                            TxnOp::get(ikey.as_str(), None),
-                        ]),
+                    &touched,
+                    Txn::new().when(when).and_then(ops).or_else([
+                        TxnOp::get(hkey.as_str(), None),
+                        TxnOp::get(ikey.as_str(), None),
+                    ]),
                 )
                 .await?;
             if resp.succeeded() {
                 return Ok(Some(Allocation {
                     ip,
+                    ip6,
                     owner: Owner {
                         container_id: handle.container_id.clone(),
                         ifname: handle.ifname.clone(),
@@ -254,7 +262,7 @@ impl EtcdStore {
                 _ => continue, // the handle changed under us: read again
             }
             let ip_kv = got.get(1).and_then(Option::as_ref);
-            match ip_kv.and_then(|kv| held_by(kv, ip, handle)) {
+            match ip_kv.and_then(|kv| held_by(kv, ip, ip6, handle)) {
                 Some(a) => {
                     // Ours, written separately (a restored backup): free it exactly.
                     if self.release_pair(&a, hrev).await? {
@@ -291,28 +299,44 @@ impl EtcdStore {
     async fn release_pair(&self, a: &Allocation, handle_rev: i64) -> Result<bool, IpamError> {
         let ikey = self.keys.ip(a.ip);
         let hkey = self.keys.handle(&a.handle());
+        let ikey6 = a.ip6.map(|v6| self.keys.ip6(v6));
+        let mut ops = vec![
+            TxnOp::delete(ikey.as_str(), None),
+            TxnOp::txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        hkey.as_str(),
+                        CompareOp::Equal,
+                        handle_rev,
+                    )])
+                    .and_then([TxnOp::delete(hkey.as_str(), None)]),
+            ),
+        ];
+        if let Some(k6) = &ikey6 {
+            // The twin, written with the address, goes with it.
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        k6.as_str(),
+                        CompareOp::Equal,
+                        a.revision,
+                    )])
+                    .and_then([TxnOp::delete(k6.as_str(), None)]),
+            ));
+        }
+        let mut touched = vec![ikey.as_str(), hkey.as_str()];
+        touched.extend(ikey6.as_deref());
         let resp = self
             .txn(
                 "releasing the address",
-                &[&ikey, &hkey],
+                &touched,
                 Txn::new()
                     .when([Compare::mod_revision(
                         ikey.as_str(),
                         CompareOp::Equal,
                         a.revision,
                     )])
-                    .and_then([
-                        TxnOp::delete(ikey.as_str(), None),
-                        TxnOp::txn(
-                            Txn::new()
-                                .when([Compare::mod_revision(
-                                    hkey.as_str(),
-                                    CompareOp::Equal,
-                                    handle_rev,
-                                )])
-                                .and_then([TxnOp::delete(hkey.as_str(), None)]),
-                        ),
-                    ]),
+                    .and_then(ops),
             )
             .await?;
         Ok(resp.succeeded())
@@ -354,16 +378,20 @@ impl EtcdStore {
             return Ok(HandleState::Absent);
         };
         let hrev = hkv.mod_revision();
-        let Some(ip) = HandleValue::decode(hkv).and_then(|v| v.ip()) else {
+        let value = HandleValue::decode(hkv);
+        let Some(ip) = value.as_ref().and_then(HandleValue::ip) else {
             return Ok(HandleState::Dangling(hrev));
         };
+        let ip6 = value.as_ref().and_then(HandleValue::ip6);
         let kvs = self
             .get("reading the address", self.keys.ip(ip), None)
             .await?;
-        Ok(match kvs.first().and_then(|kv| held_by(kv, ip, handle)) {
-            Some(a) => HandleState::Holds(a),
-            None => HandleState::Dangling(hrev),
-        })
+        Ok(
+            match kvs.first().and_then(|kv| held_by(kv, ip, ip6, handle)) {
+                Some(a) => HandleState::Holds(a),
+                None => HandleState::Dangling(hrev),
+            },
+        )
     }
 
     /// The lease of this store's claim guard, granted the first time.
@@ -409,46 +437,58 @@ impl EtcdStore {
     /// Give `ip` to `owner` in one transaction: the address key and the
     /// handle key are created together, only if both are absent, and the
     /// claim guard is written under this ADD's lease.
-    pub async fn claim(&self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+    pub async fn claim(
+        &self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        owner: &Owner,
+    ) -> Result<Claim, IpamError> {
         let handle = owner.handle();
         let guard = self.guard_lease().await?;
         let gkey = self.keys.claim_guard(&handle);
         let ikey = self.keys.ip(ip);
+        let ikey6 = ip6.map(|v6| self.keys.ip6(v6));
         let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
         let hvalue = HandleValue::Holds {
             ip,
+            ip6,
             node: owner.node.clone(),
             network: owner.network.clone(),
         }
         .encode();
+        let mut touched = vec![ikey.as_str(), hkey.as_str(), gkey.as_str()];
+        touched.extend(ikey6.as_deref());
         for _ in 0..2 {
-            let claim = Txn::new()
-                .when([
-                    Compare::create_revision(ikey.as_str(), CompareOp::Equal, 0),
-                    Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
-                ])
-                .and_then([
-                    TxnOp::put(ikey.as_str(), ivalue.clone(), None),
-                    TxnOp::put(hkey.as_str(), hvalue.clone(), None),
-                    TxnOp::put(
-                        gkey.as_str(),
-                        Vec::new(),
-                        Some(PutOptions::new().with_lease(guard)),
-                    ),
-                ])
-                .or_else([
-                    TxnOp::get(hkey.as_str(), None),
-                    TxnOp::get(ikey.as_str(), None),
-                ]);
-            let mut resp = match self
-                .txn("allocating an address", &[&ikey, &hkey, &gkey], claim)
-                .await
-            {
+            let mut when = vec![
+                Compare::create_revision(ikey.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
+            ];
+            let mut puts = vec![
+                TxnOp::put(ikey.as_str(), ivalue.clone(), None),
+                TxnOp::put(hkey.as_str(), hvalue.clone(), None),
+                TxnOp::put(
+                    gkey.as_str(),
+                    Vec::new(),
+                    Some(PutOptions::new().with_lease(guard)),
+                ),
+            ];
+            let mut reads = vec![
+                TxnOp::get(hkey.as_str(), None),
+                TxnOp::get(ikey.as_str(), None),
+            ];
+            if let Some(k6) = &ikey6 {
+                when.push(Compare::create_revision(k6.as_str(), CompareOp::Equal, 0));
+                puts.push(TxnOp::put(k6.as_str(), ivalue.clone(), None));
+                reads.push(TxnOp::get(k6.as_str(), None));
+            }
+            let claim = Txn::new().when(when).and_then(puts).or_else(reads);
+            let mut resp = match self.txn("allocating an address", &touched, claim).await {
                 Ok(resp) => resp,
                 Err(e) if e.may_have_applied() => {
-                    *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(fence_for(owner, (&ikey, &ivalue), (&hkey, &hvalue)));
+                    let mut fence = fence_for(owner, (&ikey, &ivalue), (&hkey, &hvalue));
+                    fence.ip6_key = ikey6.clone();
+                    *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -457,6 +497,7 @@ impl EtcdStore {
                 let revision = resp.take_header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(Claim::Claimed(Allocation {
                     ip,
+                    ip6,
                     owner: owner.clone(),
                     revision,
                 }));
@@ -475,15 +516,22 @@ impl EtcdStore {
                     }
                 }
             }
-            match got.get(1).and_then(Option::as_ref) {
-                // Freed between our compare and the read: try again.
-                None => continue,
-                Some(kv) => {
+            let taken6 = ip6.zip(got.get(2).and_then(Option::as_ref));
+            match (got.get(1).and_then(Option::as_ref), taken6) {
+                (Some(kv), _) => {
                     return Ok(Claim::Taken {
-                        ip,
+                        ip: IpAddr::V4(ip),
                         owner: owner_of(kv),
                     })
                 }
+                (None, Some((v6, kv))) => {
+                    return Ok(Claim::Taken {
+                        ip: IpAddr::V6(v6),
+                        owner: owner_of(kv),
+                    })
+                }
+                // Freed between our compare and the read: try again.
+                (None, None) => continue,
             }
         }
         Err(IpamError::Contended(format!(
@@ -516,8 +564,13 @@ impl Store for EtcdStore {
     async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
         EtcdStore::lookup(self, handle).await
     }
-    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
-        EtcdStore::claim(self, ip, owner).await
+    async fn claim(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        owner: &Owner,
+    ) -> Result<Claim, IpamError> {
+        EtcdStore::claim(self, ip, ip6, owner).await
     }
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
         EtcdStore::used_in(self, subnet).await

@@ -10,7 +10,7 @@ use crate::store::records::{held_by, HandleValue};
 use etcd_client::{GetOptions, KeyValue};
 use ipnetwork::Ipv4Network;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use trellis_common::node::NodeRecord;
 
 impl EtcdStore {
@@ -68,6 +68,17 @@ impl EtcdStore {
         keep: impl Fn(Ipv4Addr) -> bool,
     ) -> Vec<Allocation> {
         let dir = self.keys.ips();
+        // The IPv6 twins, by the attachment and revision that wrote them
+        // together with their IPv4 address.
+        let twins: std::collections::HashMap<(Handle, i64), Ipv6Addr> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let ip6: Ipv6Addr = key.strip_prefix(&dir)?.parse().ok()?;
+                let owner = Owner::parse(kv.value()).ok()?;
+                Some(((owner.handle(), kv.mod_revision()), ip6))
+            })
+            .collect();
         kvs.iter()
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
@@ -78,6 +89,7 @@ impl EtcdStore {
                 match Owner::parse(kv.value()) {
                     Ok(owner) => Some(Allocation {
                         ip,
+                        ip6: twins.get(&(owner.handle(), kv.mod_revision())).copied(),
                         owner,
                         revision: kv.mod_revision(),
                     }),
@@ -124,7 +136,7 @@ impl EtcdStore {
                     .get("reading the address", self.keys.ip(ip), None)
                     .await?
                     .first()
-                    .is_some_and(|kv| held_by(kv, ip, &handle).is_some()),
+                    .is_some_and(|kv| held_by(kv, ip, None, &handle).is_some()),
             };
             if !holds {
                 self.delete_handle_if(&key, kv.mod_revision()).await?;

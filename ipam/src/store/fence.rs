@@ -34,6 +34,9 @@ pub struct Fence {
     pub handle_key: String,
     pub handle_value: String,
     pub cancelled_value: String,
+    /// The IPv6 twin's key of a dual-stack claim (its value is `ip_value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6_key: Option<String>,
 }
 
 /// What applying a fence found.
@@ -62,5 +65,6 @@ pub(super) fn fence_for(owner: &Owner, ip: (&str, &[u8]), handle: (&str, &[u8]))
         handle_key: handle.0.to_string(),
         handle_value: String::from_utf8_lossy(handle.1).into_owned(),
         cancelled_value: String::from_utf8_lossy(&cancelled.encode()).into_owned(),
+        ip6_key: None,
     }
 }

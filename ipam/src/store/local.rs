@@ -11,7 +11,7 @@ use crate::store::Store;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use trellis_common::fs::{write_atomically, FileLock};
@@ -25,6 +25,9 @@ pub const CURSOR_FILE: &str = "cursor";
 struct State {
     #[serde(default)]
     allocations: BTreeMap<Ipv4Addr, Owner>,
+    /// The IPv6 twins of dual-stack allocations, by the same owners.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    allocations6: BTreeMap<Ipv6Addr, Owner>,
 }
 
 /// An open, locked local store. The lock is held until it is dropped.
@@ -84,25 +87,59 @@ impl LocalStore {
             .allocations
             .iter()
             .find(|(_, o)| o.holds(handle))
-            .map(|(ip, o)| allocation(*ip, o))
+            .map(|(ip, o)| self.allocation(*ip, o))
     }
 
-    pub fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
+    /// The allocation of `ip` by `owner`, with the IPv6 twin it holds.
+    fn allocation(&self, ip: Ipv4Addr, owner: &Owner) -> Allocation {
+        let handle = owner.handle();
+        Allocation {
+            ip,
+            ip6: self
+                .state
+                .allocations6
+                .iter()
+                .find(|(_, o)| o.holds(&handle))
+                .map(|(ip6, _)| *ip6),
+            owner: owner.clone(),
+            revision: 0,
+        }
+    }
+
+    pub fn claim(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        owner: &Owner,
+    ) -> Result<Claim, IpamError> {
         if let Some(held) = LocalStore::lookup(self, &owner.handle()) {
             return Ok(Claim::AlreadyHeld(held));
         }
         if let Some(other) = self.state.allocations.get(&ip) {
             return Ok(Claim::Taken {
-                ip,
+                ip: IpAddr::V4(ip),
+                owner: Some(other.clone()),
+            });
+        }
+        if let Some((ip6, other)) = ip6.and_then(|v6| Some((v6, self.state.allocations6.get(&v6)?)))
+        {
+            return Ok(Claim::Taken {
+                ip: IpAddr::V6(ip6),
                 owner: Some(other.clone()),
             });
         }
         self.state.allocations.insert(ip, owner.clone());
+        if let Some(v6) = ip6 {
+            self.state.allocations6.insert(v6, owner.clone());
+        }
         if let Err(e) = self.save() {
             self.state.allocations.remove(&ip);
+            if let Some(v6) = ip6 {
+                self.state.allocations6.remove(&v6);
+            }
             return Err(e);
         }
-        Ok(Claim::Claimed(allocation(ip, owner)))
+        Ok(Claim::Claimed(self.allocation(ip, owner)))
     }
 
     pub fn release(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
@@ -110,8 +147,14 @@ impl LocalStore {
             return Ok(None);
         };
         self.state.allocations.remove(&a.ip);
+        if let Some(v6) = a.ip6 {
+            self.state.allocations6.remove(&v6);
+        }
         if let Err(e) = self.save() {
-            self.state.allocations.insert(a.ip, a.owner);
+            self.state.allocations.insert(a.ip, a.owner.clone());
+            if let Some(v6) = a.ip6 {
+                self.state.allocations6.insert(v6, a.owner.clone());
+            }
             return Err(e);
         }
         Ok(Some(a))
@@ -129,7 +172,7 @@ impl LocalStore {
         self.state
             .allocations
             .iter()
-            .map(|(ip, o)| allocation(*ip, o))
+            .map(|(ip, o)| self.allocation(*ip, o))
             .collect()
     }
 
@@ -142,21 +185,17 @@ impl LocalStore {
     }
 }
 
-/// A local allocation: the file keeps no revisions.
-fn allocation(ip: Ipv4Addr, owner: &Owner) -> Allocation {
-    Allocation {
-        ip,
-        owner: owner.clone(),
-        revision: 0,
-    }
-}
-
 impl Store for LocalStore {
     async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError> {
         Ok(LocalStore::lookup(self, handle))
     }
-    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError> {
-        LocalStore::claim(self, ip, owner)
+    async fn claim(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        owner: &Owner,
+    ) -> Result<Claim, IpamError> {
+        LocalStore::claim(self, ip, ip6, owner)
     }
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
         Ok(self
@@ -192,16 +231,16 @@ mod tests {
         {
             let mut s = LocalStore::open(dir.path(), soon()).unwrap();
             assert!(matches!(
-                s.claim(ip, &owner("a")).unwrap(),
+                s.claim(ip, None, &owner("a")).unwrap(),
                 Claim::Claimed(_)
             ));
             assert!(matches!(
-                s.claim(ip, &owner("b")).unwrap(),
+                s.claim(ip, None, &owner("b")).unwrap(),
                 Claim::Taken { owner: Some(o), .. } if o.container_id == "a"
             ));
             let other: Ipv4Addr = "10.88.0.3".parse().unwrap();
             assert!(matches!(
-                s.claim(other, &owner("a")).unwrap(),
+                s.claim(other, None, &owner("a")).unwrap(),
                 Claim::AlreadyHeld(a) if a.ip == ip
             ));
         }
@@ -219,11 +258,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ip: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let mut s = LocalStore::open(dir.path(), soon()).unwrap();
-        let Claim::Claimed(old) = s.claim(ip, &owner("a")).unwrap() else {
+        let Claim::Claimed(old) = s.claim(ip, None, &owner("a")).unwrap() else {
             panic!()
         };
         s.release(&old.handle()).unwrap();
-        s.claim(ip, &owner("b")).unwrap();
+        s.claim(ip, None, &owner("b")).unwrap();
         assert!(!s.release_exact(&old).unwrap());
         assert_eq!(s.lookup(&owner("b").handle()).unwrap().ip, ip);
     }

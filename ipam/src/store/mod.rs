@@ -14,7 +14,7 @@ use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
 use ipnetwork::Ipv4Network;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The atomic operations an allocation store offers, as the allocator and
 /// the CNI GC call them on either store.
@@ -24,9 +24,14 @@ pub trait Store {
     /// agrees that it belongs to that handle).
     async fn lookup(&mut self, handle: &Handle) -> Result<Option<Allocation>, IpamError>;
 
-    /// Atomically give `ip` to `owner` if neither the address nor the owner's
-    /// handle is taken.
-    async fn claim(&mut self, ip: Ipv4Addr, owner: &Owner) -> Result<Claim, IpamError>;
+    /// Atomically give `ip` (and in a dual-stack pool its IPv6 twin `ip6`)
+    /// to `owner` if neither address nor the owner's handle is taken.
+    async fn claim(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        owner: &Owner,
+    ) -> Result<Claim, IpamError>;
 
     /// The addresses held inside `subnet`, by anyone.
     async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError>;

@@ -5,16 +5,18 @@
 use crate::allocation::{Allocation, Handle, Owner};
 use etcd_client::{KeyValue, TxnOpResponse, TxnResponse};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The value of a handle key, `<prefix>/ipam/handles/<containerID>/<ifname>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum HandleValue {
-    /// `{"ip","node","network"}`: the attachment holds `ip` (if the
-    /// address key agrees).
+    /// `{"ip","ip6","node","network"}`: the attachment holds `ip` (if the
+    /// address key agrees), and `ip6` in a dual-stack network.
     Holds {
         ip: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<Ipv6Addr>,
         #[serde(default)]
         node: String,
         #[serde(default)]
@@ -54,10 +56,23 @@ impl HandleValue {
         }
     }
 
-    /// The address, node and network of a handle that holds one.
-    pub(crate) fn held(self) -> Option<(Ipv4Addr, String, String)> {
+    /// The IPv6 address it names beside `ip`, if any.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
         match self {
-            HandleValue::Holds { ip, node, network } => Some((ip, node, network)),
+            HandleValue::Holds { ip6, .. } => *ip6,
+            HandleValue::Cancelled { .. } => None,
+        }
+    }
+
+    /// The addresses, node and network of a handle that holds one.
+    pub(crate) fn held(self) -> Option<(Ipv4Addr, Option<Ipv6Addr>, String, String)> {
+        match self {
+            HandleValue::Holds {
+                ip,
+                ip6,
+                node,
+                network,
+            } => Some((ip, ip6, node, network)),
             HandleValue::Cancelled { .. } => None,
         }
     }
@@ -73,12 +88,18 @@ impl HandleValue {
 }
 
 /// The allocation the address key `kv` of `ip` records, if it belongs to
-/// `handle`.
-pub(crate) fn held_by(kv: &KeyValue, ip: Ipv4Addr, handle: &Handle) -> Option<Allocation> {
+/// `handle` (with `ip6`, the IPv6 twin its handle names).
+pub(crate) fn held_by(
+    kv: &KeyValue,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    handle: &Handle,
+) -> Option<Allocation> {
     owner_of(kv)
         .filter(|o| o.holds(handle))
         .map(|owner| Allocation {
             ip,
+            ip6,
             owner,
             revision: kv.mod_revision(),
         })
@@ -108,6 +129,7 @@ mod tests {
     fn handle_values_keep_their_wire_form() {
         let holds = HandleValue::Holds {
             ip: "10.244.3.7".parse().unwrap(),
+            ip6: None,
             node: "n1".into(),
             network: "trellis".into(),
         };
@@ -139,6 +161,7 @@ mod tests {
                 r#"{"ip":"10.244.3.7"}"#,
                 Some(HandleValue::Holds {
                     ip: "10.244.3.7".parse().unwrap(),
+                    ip6: None,
                     node: String::new(),
                     network: String::new(),
                 }),
@@ -153,6 +176,20 @@ mod tests {
             );
         }
         assert_eq!(holds.ip(), Some("10.244.3.7".parse().unwrap()));
+        let dual = HandleValue::Holds {
+            ip: "10.244.3.7".parse().unwrap(),
+            ip6: Some("fd10:244:0:3::7".parse().unwrap()),
+            node: "n1".into(),
+            network: "trellis".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&dual.encode()).unwrap();
+        assert_eq!(
+            v,
+            json!({"ip": "10.244.3.7", "ip6": "fd10:244:0:3::7", "node": "n1", "network": "trellis"})
+        );
+        assert_eq!(HandleValue::parse(&dual.encode()), Some(dual.clone()));
+        assert_eq!(dual.ip6(), Some("fd10:244:0:3::7".parse().unwrap()));
+        assert_eq!(holds.ip6(), None);
         assert_eq!(cancelled.ip(), None);
         assert!(holds.is_of("n1", "trellis") && cancelled.is_of("n1", "trellis"));
         assert!(!holds.is_of("n2", "trellis") && !cancelled.is_of("n1", "other"));

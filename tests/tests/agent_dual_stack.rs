@@ -1,0 +1,246 @@
+//! Dual-stack in the simulated three-node cluster (network namespaces, a
+//! real etcd, pods through the libcni driver and the real plugins): with
+//! `ipv6Network` in the cluster config every node holds an IPv6 subnet
+//! beside its IPv4 one, every pod one address of each family, and the
+//! overlay carries IPv6 between nodes as it carries IPv4.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use trellis_tests::bins;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Pod};
+use trellis_tests::netns::Netns;
+use trellis_tests::wait::wait_for;
+
+fn dual_stack_spec() -> ClusterSpec {
+    let mut spec = ClusterSpec::default();
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().expect("valid network"));
+    spec
+}
+
+/// The addresses of a CNI result, IPv4 first, with their gateways.
+fn result_ips(result: &Value) -> Vec<(IpNetwork, Option<IpAddr>)> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ip| {
+            (
+                ip["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .parse()
+                    .expect("an address"),
+                ip["gateway"].as_str().and_then(|g| g.parse().ok()),
+            )
+        })
+        .collect()
+}
+
+fn ipv6_of(pod: &Pod) -> Result<IpAddr> {
+    result_ips(&pod.result)
+        .into_iter()
+        .map(|(a, _)| a.ip())
+        .find(IpAddr::is_ipv6)
+        .with_context(|| format!("{} has no IPv6 address: {}", pod.name, pod.result))
+}
+
+/// The address the TCP server in `server` sees `client` connect from, over
+/// IPv6 (trl-peer-addr answers the peer's address).
+fn tcp6_source(server: &Pod, client: &Netns) -> Result<IpAddr> {
+    let bin = bins::bin("trl-peer-addr").display().to_string();
+    let addr = format!("[{}]:7777", ipv6_of(server)?);
+    let mut child = server.netns.spawn(&[&bin, "serve", &addr])?;
+    let answer = wait_for(Duration::from_secs(5), "a TCP answer over IPv6", || {
+        let out = client.exec(&[&bin, "ask", &addr]);
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer.with_context(|| format!("no TCP answer from {addr}"))?;
+    answer
+        .parse()
+        .with_context(|| format!("trl-peer-addr answered {answer:?}"))
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6_and_del_frees_both() -> Result<()> {
+    let cluster = Cluster::start(dual_stack_spec())?;
+    cluster.wait_converged(Duration::from_secs(60))?;
+
+    // Each record holds the IPv6 twin of its IPv4 subnet.
+    for node in &cluster.nodes {
+        let rec = node.record()?;
+        let index = rec.subnet.network().octets()[2];
+        let want: ipnetwork::Ipv6Network = format!("fd10:244:0:{index:x}::/64").parse()?;
+        assert_eq!(rec.ipv6_subnet, Some(want), "{}", node.name);
+        assert_eq!(rec.ipv6_network, cluster.spec().config.ipv6_network);
+    }
+
+    let p0 = cluster.add_pod(0, "p0")?;
+    let p1 = cluster.add_pod(1, "p1")?;
+    let p1b = cluster.add_pod(1, "p1b")?;
+
+    // One address of each family, each with its gateway, and both defaults.
+    let rec0 = cluster.nodes[0].record()?;
+    let ips = result_ips(&p0.result);
+    assert_eq!(ips.len(), 2, "{}", p0.result);
+    assert!(ips[0].0.is_ipv4() && ips[1].0.is_ipv6(), "{}", p0.result);
+    let subnet6 = rec0.ipv6_subnet.expect("dual-stack record");
+    assert!(
+        matches!(ips[1].0.ip(), IpAddr::V6(v6) if subnet6.contains(v6)),
+        "{} in {subnet6}",
+        ips[1].0
+    );
+    assert_eq!(ips[1].0.prefix(), 64);
+    assert_eq!(ips[1].1, rec0.gateway6().map(IpAddr::V6));
+    let routes: Vec<&str> = p0.result["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert!(
+        routes.contains(&"0.0.0.0/0") && routes.contains(&"::/0"),
+        "{routes:?}"
+    );
+
+    // The address is usable at once (no duplicate address detection), and
+    // IPv6 crosses the overlay both ways, and stays on the node's bridge.
+    let addrs: Vec<Value> = serde_json::from_str(
+        &p0.netns
+            .ok(&["ip", "-6", "-j", "addr", "show", "dev", &p0.ifname])?,
+    )?;
+    let v6_text = ipv6_of(&p0)?.to_string();
+    let info = addrs[0]["addr_info"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["local"] == v6_text.as_str()))
+        .with_context(|| format!("{v6_text} not on the interface: {addrs:?}"))?;
+    assert!(info.get("tentative").is_none(), "{info}");
+    ping(&p0.netns, ipv6_of(&p1)?)?;
+    ping(&p1.netns, ipv6_of(&p0)?)?;
+    ping(&p1.netns, ipv6_of(&p1b)?)?;
+    ping(&p0.netns, IpAddr::V6(rec0.gateway6().expect("gateway")))?;
+    // TCP keeps the pod's own address inside the cluster network.
+    assert_eq!(tcp6_source(&p1, &p0.netns)?, ipv6_of(&p0)?);
+    // The node reaches its pods over IPv6 too.
+    ping(&cluster.nodes[1].netns, ipv6_of(&p1)?)?;
+
+    // Masquerade for IPv6 egress lives in the agent's ip6 table.
+    let table = cluster.nodes[0]
+        .netns
+        .ok(&["nft", "list", "table", "ip6", "trellis-agent"])?;
+    assert!(
+        table.contains(&format!("ip6 saddr {subnet6}")) && table.contains("masquerade"),
+        "{table}"
+    );
+
+    // Both addresses have their etcd key; DEL frees both.
+    let v6_0 = ipv6_of(&p0)?;
+    let held = cluster.allocations()?;
+    assert!(held.contains(&p0.ip) && held.contains(&v6_0), "{held:?}");
+    assert_eq!(held.len(), 6, "{held:?}");
+    cluster.del_pod(p0).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let held = cluster.allocations()?;
+    assert_eq!(held.len(), 4, "{held:?}");
+    assert!(!held.contains(&v6_0), "{held:?}");
+    cluster.del_pod(p1).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    cluster.del_pod(p1b).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert!(cluster.allocations()?.is_empty());
+    Ok(())
+}
+
+/// The IPv6 routes of a node's VXLAN device: (destination, gateway).
+fn vxlan_routes6(node: &Netns) -> Result<Vec<(String, String)>> {
+    let out = node.ok(&["ip", "-6", "-j", "route", "show", "dev", "trellis.1"])?;
+    let routes: Vec<Value> = serde_json::from_str(&out)?;
+    Ok(routes
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["dst"].as_str()?.to_string(),
+                r["gateway"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+#[test]
+fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Result<()> {
+    let mut cluster = Cluster::start(dual_stack_spec().nodes(2))?;
+    cluster.wait_converged(Duration::from_secs(60))?;
+    let peer6 = cluster.nodes[1].record()?.ipv6_subnet.expect("dual-stack");
+    let want = (peer6.to_string(), peer6.network().to_string());
+    let node = cluster.nodes[0].netns.name().to_string();
+    wait_for(
+        Duration::from_secs(10),
+        "the IPv6 route to the peer",
+        || {
+            Ok(vxlan_routes6(&cluster.nodes[0].netns)?
+                .contains(&want)
+                .then_some(()))
+        },
+    )
+    .with_context(|| format!("{node} has no IPv6 route to {peer6}"))?;
+
+    cluster.nodes[0].kill_agent()?;
+    let ns = &cluster.nodes[0].netns;
+    // A departed node's IPv6 route and neighbour, and the peer's route
+    // deleted, all while the agent was down.
+    ns.ok(&[
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        "fd10:244:0:77::",
+        "lladdr",
+        "02:77:77:77:77:77",
+        "dev",
+        "trellis.1",
+        "nud",
+        "permanent",
+    ])?;
+    ns.ok(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        "fd10:244:0:77::/64",
+        "via",
+        "fd10:244:0:77::",
+        "dev",
+        "trellis.1",
+        "onlink",
+    ])?;
+    ns.ok(&["ip", "-6", "route", "del", &want.0, "dev", "trellis.1"])?;
+    cluster.nodes[0].start_agent()?;
+
+    let converged = wait_for(Duration::from_secs(20), "stale IPv6 entries gone", || {
+        let routes = vxlan_routes6(&cluster.nodes[0].netns)?;
+        let neigh =
+            cluster.nodes[0]
+                .netns
+                .ok(&["ip", "-6", "neigh", "show", "dev", "trellis.1"])?;
+        Ok((routes == vec![want.clone()] && !neigh.contains("fd10:244:0:77::")).then_some(()))
+    });
+    if converged.is_err() {
+        bail!(
+            "stale IPv6 entries not removed: routes {:?}\n{}",
+            vxlan_routes6(&cluster.nodes[0].netns)?,
+            cluster.agent_logs()
+        );
+    }
+    // And the overlay works again over IPv6.
+    let p0 = cluster.add_pod(0, "q0")?;
+    let p1 = cluster.add_pod(1, "q1")?;
+    ping(&p0.netns, ipv6_of(&p1)?)?;
+    cluster.del_pod(p0).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    cluster.del_pod(p1).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
