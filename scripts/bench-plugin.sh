@@ -11,6 +11,7 @@
 #
 #   sudo scripts/bench-plugin.sh                         # N=40 ROUNDS=3 BURST=200
 #   N=50 ROUNDS=5 BURST=0 IP_MASQ=true sudo -E scripts/bench-plugin.sh
+#   DUAL_STACK=true sudo -E scripts/bench-plugin.sh     # + dual-stack against IPv4 only
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,4 +24,5 @@ echo "building release binaries..." >&2
 cargo build --release -q --bin trellis --bin trellis-ipam --bin trellis-agent --bin trellis-bench-plugin
 flags=(--n "${N:-40}" --rounds "${ROUNDS:-3}" --burst "${BURST:-200}")
 [[ ${IP_MASQ:-false} == true ]] && flags+=(--ip-masq)
+[[ ${DUAL_STACK:-false} == true ]] && flags+=(--dual-stack)
 TRELLIS_BIN_DIR=$target/release exec "$target/release/trellis-bench-plugin" "${flags[@]}"

@@ -9,13 +9,10 @@
 //! so the one subnet lease of a node holds both families: they are leased,
 //! kept and released together, and no two nodes can share an IPv6 subnet.
 
-use crate::node::MAX_SUBNET_LEN;
+use crate::node::{MAX_IPV6_SUBNET_LEN, MAX_SUBNET_LEN};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
-
-/// The longest prefix of a node's IPv6 subnet: a gateway and pods.
-pub const MAX_IPV6_SUBNET_LEN: u8 = 120;
 
 /// `<prefix>/config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

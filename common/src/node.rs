@@ -15,6 +15,8 @@ pub const DEFAULT_BRIDGE: &str = "trellis0";
 pub const NODE_RECORD_FILE: &str = "node.json";
 /// The longest prefix of a node subnet: a gateway and one pod address.
 pub const MAX_SUBNET_LEN: u8 = 30;
+/// The longest prefix of a node's IPv6 subnet: a gateway and pods.
+pub const MAX_IPV6_SUBNET_LEN: u8 = 120;
 
 /// What the agent publishes about its node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,10 +84,10 @@ impl NodeRecord {
             )));
         }
         if let Some(subnet6) = record.ipv6_subnet {
-            if subnet6.prefix() > crate::cluster_config::MAX_IPV6_SUBNET_LEN {
+            if subnet6.prefix() > MAX_IPV6_SUBNET_LEN {
                 return Err(<serde_json::Error as serde::de::Error>::custom(format!(
                     "ipv6Subnet {subnet6} leaves no room for a gateway and pods (/{} or larger)",
-                    crate::cluster_config::MAX_IPV6_SUBNET_LEN
+                    MAX_IPV6_SUBNET_LEN
                 )));
             }
         }

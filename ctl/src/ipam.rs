@@ -7,13 +7,15 @@ use crate::output::{self, Format, Outcome};
 use anyhow::Result;
 use etcd_client::KeyValue;
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use trellis_ipam::allocation::Owner;
 use trellis_ipam::store::records::HandleValue;
 
-/// One allocation as read, or why it could not be read.
+/// One allocation as read, or why it could not be read: each address key
+/// (the IPv6 twin of a dual-stack attachment is a row of its own, with the
+/// same owner and revision).
 struct Row {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     owner: Result<Owner, String>,
     revision: i64,
 }
@@ -26,7 +28,11 @@ async fn allocations(etcd: &Etcd) -> Result<Vec<Row>> {
 }
 
 fn row(etcd: &Etcd, kv: &KeyValue) -> Option<Row> {
-    let ip = etcd.keys.ip_of(kv.key_str().ok()?)?;
+    let key = kv.key_str().ok()?;
+    let ip = match etcd.keys.ip_of(key) {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(etcd.keys.ip6_of(key)?),
+    };
     Some(Row {
         ip,
         owner: Owner::parse(kv.value()).map_err(|e| format!("unreadable allocation: {e}")),
@@ -104,7 +110,10 @@ pub async fn show(etcd: &Etcd, format: Format, what: &str) -> Result<Outcome> {
             Some(kv) => row(etcd, &kv).into_iter().collect(),
             None => Vec::new(),
         },
-        Ok(IpAddr::V6(ip)) => anyhow::bail!("{ip}: trellis allocates IPv4 addresses only"),
+        Ok(IpAddr::V6(ip)) => match etcd.get(&etcd.keys.ip6(ip)).await? {
+            Some(kv) => row(etcd, &kv).into_iter().collect(),
+            None => Vec::new(),
+        },
         Err(_) => {
             let rows = allocations(etcd).await?;
             let ids: std::collections::BTreeSet<String> = rows

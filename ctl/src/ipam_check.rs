@@ -54,6 +54,10 @@ pub struct Finding {
     pub handle_key: Option<String>,
     #[serde(default)]
     pub handle_mod_revision: i64,
+    /// The IPv6 twin's key of a dual-stack allocation (written with the
+    /// address at its revision), freed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6_key: Option<String>,
     pub releasable: bool,
     pub detail: String,
 }
@@ -88,6 +92,8 @@ struct Held {
 struct HandleRead {
     key: String,
     ip: Ipv4Addr,
+    /// The key of the IPv6 twin it names, if any.
+    ip6_key: Option<String>,
     mod_revision: i64,
 }
 
@@ -138,6 +144,7 @@ impl Snapshot {
                 HandleRead {
                     key: key.to_string(),
                     ip,
+                    ip6_key: value.ip6().map(|v6| keys.ip6(v6)),
                     mod_revision: kv.mod_revision(),
                 },
             );
@@ -269,6 +276,7 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
                 ifname: ifname.clone(),
                 handle_key: None,
                 handle_mod_revision: 0,
+                ip6_key: None,
                 releasable: true,
                 detail,
             });
@@ -311,6 +319,7 @@ fn finding(
         ifname: owner.map(|o| o.ifname.clone()).unwrap_or_default(),
         handle_key: handle.map(|h| h.key.clone()),
         handle_mod_revision: handle.map_or(0, |h| h.mod_revision),
+        ip6_key: handle.and_then(|h| h.ip6_key.clone()),
         releasable,
         detail,
     }
@@ -428,9 +437,21 @@ pub async fn run_release(etcd: &Etcd, format: Format, file: &str) -> Result<Outc
 }
 
 /// Delete the finding's key if its revision is still the report's, and
-/// with it the handle it names (if that too is unchanged).
+/// with it the handle it names (if that too is unchanged) and its IPv6
+/// twin (if still of the same revision).
 async fn release(etcd: &Etcd, f: &Finding) -> Result<bool> {
     let mut then = vec![TxnOp::delete(f.key.as_str(), None)];
+    if let Some(k6) = &f.ip6_key {
+        then.push(TxnOp::txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    k6.as_str(),
+                    CompareOp::Equal,
+                    f.mod_revision,
+                )])
+                .and_then([TxnOp::delete(k6.as_str(), None)]),
+        ));
+    }
     if let Some(hkey) = &f.handle_key {
         then.push(TxnOp::txn(
             Txn::new()

@@ -19,7 +19,7 @@
 
 use crate::error::IpamError;
 use crate::pool::Pool;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ struct RawIpam {
     #[serde(default)]
     etcd_timeout_ms: Option<u64>,
     #[serde(default)]
-    subnet: Option<IpNetwork>,
+    subnet: Option<Subnets>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -78,6 +78,43 @@ struct RawIpam {
     dns: Option<Dns>,
     #[serde(default)]
     node_name: Option<String>,
+}
+
+/// `"subnet"`: one subnet, or a list of one IPv4 and one IPv6 subnet
+/// (dual-stack).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Subnets {
+    One(IpNetwork),
+    List(Vec<IpNetwork>),
+}
+
+impl Subnets {
+    /// The IPv4 subnet and the IPv6 one beside it.
+    fn split(self) -> Result<(Ipv4Network, Option<Ipv6Network>), IpamError> {
+        let all = match self {
+            Subnets::One(one) => vec![one],
+            Subnets::List(list) => list,
+        };
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for net in all {
+            match net {
+                IpNetwork::V4(n) => v4.push(n),
+                IpNetwork::V6(n) => v6.push(n),
+            }
+        }
+        match (v4.as_slice(), v6.as_slice()) {
+            ([one], []) => Ok((*one, None)),
+            ([one], [six]) => Ok((*one, Some(*six))),
+            ([], _) => Err(IpamError::Config(format!(
+                "subnet {}: trellis-ipam needs an IPv4 subnet (IPv6 comes beside one, as a list: [\"10.88.0.0/16\", \"fd00:88::/64\"])",
+                v6.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ))),
+            _ => Err(IpamError::Config(
+                "subnet: at most one IPv4 and one IPv6 subnet".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +139,8 @@ pub struct IpamConf {
     pub backend: Backend,
     /// A pinned subnet; in cluster mode `None` means the node's subnet.
     pub subnet: Option<Ipv4Network>,
+    /// The IPv6 subnet pinned beside it (dual-stack).
+    pub subnet6: Option<Ipv6Network>,
     pub range_start: Option<Ipv4Addr>,
     pub range_end: Option<Ipv4Addr>,
     pub exclude: Vec<Ipv4Network>,
@@ -193,10 +232,18 @@ impl IpamConf {
             Backend::Etcd(settings)
         };
 
+        let (subnet, subnet6) = match r.subnet {
+            Some(s) => {
+                let (v4, v6) = s.split()?;
+                (Some(v4), v6)
+            }
+            None => (None, None),
+        };
         let conf = IpamConf {
             network: network.to_string(),
             backend,
-            subnet: r.subnet.map(|s| v4_net("subnet", s)).transpose()?,
+            subnet,
+            subnet6,
             range_start: r.range_start.map(|ip| v4("rangeStart", ip)).transpose()?,
             range_end: r.range_end.map(|ip| v4("rangeEnd", ip)).transpose()?,
             exclude: r
@@ -212,7 +259,7 @@ impl IpamConf {
         };
         if let Some(subnet) = conf.subnet {
             // Fail early on a pool that can never work.
-            conf.pool(subnet)?;
+            conf.pool(subnet)?.with_ipv6(conf.subnet6)?;
         }
         Ok(conf)
     }
@@ -282,6 +329,31 @@ mod tests {
         assert!(!pool.is_usable("10.88.0.12".parse().unwrap()));
         assert!(!pool.is_usable("10.88.0.17".parse().unwrap()));
         assert!(pool.is_usable("10.88.0.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn single_host_subnet_may_be_one_of_each_family() {
+        let c = conf(json!({"ipam": {"subnet": ["10.88.0.0/16", "fd00:88::/64"]}})).unwrap();
+        assert_eq!(c.subnet.unwrap().to_string(), "10.88.0.0/16");
+        assert_eq!(c.subnet6.unwrap().to_string(), "fd00:88::/64");
+        let one = conf(json!({"ipam": {"subnet": ["10.88.0.0/16"]}})).unwrap();
+        assert_eq!(one.subnet6, None);
+        for (bad, why) in [
+            (
+                json!(["10.88.0.0/16", "10.89.0.0/16"]),
+                "at most one IPv4 and one IPv6",
+            ),
+            (json!(["fd00:88::/64"]), "needs an IPv4 subnet"),
+            (
+                json!(["10.0.0.0/8", "fd00::/120"]),
+                "smaller than the IPv4 subnet",
+            ),
+            (json!([]), "needs an IPv4 subnet"),
+        ] {
+            let e = conf(json!({"ipam": {"subnet": bad}})).unwrap_err();
+            assert_eq!(e.code(), 7, "{e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, S
     let record = local_record(conf)?;
     let node = node_name(conf, record.as_ref())?;
     if let Some(subnet) = conf.subnet {
-        return Ok((conf.pool(subnet)?, node));
+        return Ok((conf.pool(subnet)?.with_ipv6(conf.subnet6)?, node));
     }
     let record = match record {
         Some(r) => r,

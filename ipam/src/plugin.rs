@@ -199,7 +199,7 @@ fn add_local(
     let subnet = conf
         .subnet
         .ok_or_else(|| IpamError::Config("single-host mode needs \"subnet\"".into()))?;
-    let pool = conf.pool(subnet)?;
+    let pool = conf.pool(subnet)?.with_ipv6(conf.subnet6)?;
     let owner = owner_of(req, conf, String::new());
     let mut store = LocalStore::open(&local_dir(conf, data_dir), deadline)?;
     if requested.is_none() {

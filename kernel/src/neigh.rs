@@ -38,8 +38,18 @@ fn neighbour_entry_of(msg: &NeighbourMessage) -> Option<NeighbourEntry> {
             _ => {}
         }
     }
+    let ip = ip?;
+    // The kernel's own: multicast entries (NOARP, the group's MAC) and IPv6
+    // link-local neighbours, which it makes on any IPv6-enabled device and
+    // would make again at once; nobody programs them.
+    let kernel_made = msg.header.state == NeighbourState::Noarp
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    if kernel_made {
+        return None;
+    }
     Some(NeighbourEntry {
-        ip: ip?,
+        ip,
         mac,
         permanent: msg.header.state == NeighbourState::Permanent,
     })

@@ -26,6 +26,7 @@ fn handle(cid: &str, last: u8, rev: i64) -> ((String, String), HandleRead) {
         HandleRead {
             key: format!("/trellis/ipam/handles/{cid}/eth0"),
             ip: Ipv4Addr::new(10, 244, 1, last),
+            ip6_key: None,
             mod_revision: rev,
         },
     )

@@ -3,7 +3,12 @@
 //! run. The node is a simulated cluster's (etcd, its agent), so trellis runs
 //! in cluster mode as on a real node, and in single-host mode beside it.
 //!
-//!   trellis-bench-plugin [--n 40] [--rounds 3] [--burst 200] [--ip-masq]
+//!   trellis-bench-plugin [--n 40] [--rounds 3] [--burst 200] [--ip-masq] [--dual-stack]
+//!
+//! With `--dual-stack` the cluster has an `ipv6Network` and cluster mode
+//! runs twice: dual-stack (an address of each family per ADD) and IPv4 only
+//! (the same node's subnet pinned as `ipam.subnet`, which leaves the IPv6
+//! twin out), so the cost of the second family is measured in one run.
 //!
 //! Sequential rounds (N ADDs, then N DELs; the contenders alternate, round
 //! by round) give per-operation medians; a burst (B ADDs at once, then B
@@ -26,6 +31,7 @@ struct Options {
     rounds: usize,
     burst: usize,
     ip_masq: bool,
+    dual_stack: bool,
 }
 
 fn options() -> Result<Options> {
@@ -34,6 +40,7 @@ fn options() -> Result<Options> {
         rounds: 3,
         burst: 200,
         ip_masq: false,
+        dual_stack: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,9 +54,10 @@ fn options() -> Result<Options> {
             "--rounds" => o.rounds = number("--rounds")?,
             "--burst" => o.burst = number("--burst")?,
             "--ip-masq" => o.ip_masq = true,
+            "--dual-stack" => o.dual_stack = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: trellis-bench-plugin [--n N] [--rounds N] [--burst N] [--ip-masq]"
+                    "usage: trellis-bench-plugin [--n N] [--rounds N] [--burst N] [--ip-masq] [--dual-stack]"
                 );
                 std::process::exit(0);
             }
@@ -79,12 +87,15 @@ fn main() {
 fn run() -> Result<()> {
     let o = options()?;
     eprintln!("starting etcd and a node with its agent...");
-    let spec = ClusterSpec {
+    let mut spec = ClusterSpec {
         nodes: 1,
         ip_masq: o.ip_masq,
         chain: Vec::new(),
         ..ClusterSpec::default()
     };
+    if o.dual_stack {
+        spec.config.ipv6_network = Some("fd10:244::/56".parse()?);
+    }
     let cluster = Cluster::start(spec)?;
     let node = &cluster.nodes[0];
     let count = o.n.max(o.burst);
@@ -119,12 +130,18 @@ fn run() -> Result<()> {
             "ipMasq": o.ip_masq, "hairpinMode": true,
             "ipam": {"type": "host-local", "subnet": "10.89.0.0/16",
                      "dataDir": work.join("host-local")}}]});
+    let mut all = vec![("trellis, cluster mode (etcd)", cluster_conf.clone())];
+    if o.dual_stack {
+        all[0].0 = "trellis, cluster, dual-stack";
+        let mut v4_only = cluster_conf;
+        v4_only["name"] = json!("bench-cluster-v4");
+        v4_only["plugins"][0]["ipam"]["subnet"] = json!(node.subnet()?.to_string());
+        all.push(("trellis, cluster, IPv4 only", v4_only));
+    }
+    all.push(("trellis, single host", single_conf));
+    all.push(("reference bridge + host-local", reference_conf));
     let mut contenders = Vec::new();
-    for (name, conf) in [
-        ("trellis, cluster mode (etcd)", cluster_conf),
-        ("trellis, single host", single_conf),
-        ("reference bridge + host-local", reference_conf),
-    ] {
+    for (name, conf) in all {
         let file = write_conflist(work, &file_name(name), &conf)?;
         contenders.push(Contender {
             name,
@@ -148,11 +165,10 @@ fn run() -> Result<()> {
         );
         // Alternate who goes first, so that no contender always gets the
         // quieter moment.
-        let order: Vec<usize> = if round % 2 == 0 {
-            vec![0, 1, 2]
-        } else {
-            vec![2, 1, 0]
-        };
+        let mut order: Vec<usize> = (0..contenders.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for i in order {
             let t = driver.bench(&contenders[i].conflist, &paths, o.n)?;
             contenders[i].rounds.push(t);
@@ -201,6 +217,15 @@ fn print_report(o: &Options, contenders: &[Contender], reference_name: &str) {
         println!(
             "{:<32} {:>9.2}ms {:>9.2}ms {:>10.1}ms {:>10.0}ms {:>10.0}ms {:>9}",
             c.name, f.0, f.1, f.2, f.3, f.4, failures
+        );
+    }
+    if o.dual_stack {
+        let (dual, v4) = (figures[0], figures[1]);
+        println!(
+            "ratio dual-stack / IPv4 only (cluster mode): ADD {:.2}  DEL {:.2}  round {:.2}  (target ADD <= 1.2)",
+            dual.0 / v4.0,
+            dual.1 / v4.1,
+            dual.2 / v4.2
         );
     }
     let reference = figures.last().copied().unwrap_or_default();
