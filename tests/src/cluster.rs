@@ -18,7 +18,7 @@
 //! removes its namespace (without a CNI DEL: use [`Cluster::del_pod`]).
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +47,13 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// The underlay namespace's address on the outside link.
 pub const OUTSIDE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The IPv6 underlay of a cluster with [`ClusterSpec::underlay6`]: the
+/// bridge's address (nodes are 2001:db8:2::<index+1>/64) ...
+pub const UNDERLAY6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
+/// ... the outside host's IPv6 address ...
+pub const OUTSIDE6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 2);
+/// ... and the underlay namespace's on the outside link.
+pub const OUTSIDE6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 1);
 /// The CNI network name of the cluster's conflists.
 pub const NETWORK_NAME: &str = "trellis";
 
@@ -76,6 +83,9 @@ pub struct ClusterSpec {
     /// Name the namespaces `<prefix>-underlay`, `<prefix>-node1`,
     /// `<prefix>-<pod>` instead of unique test names (the demo).
     pub name_prefix: Option<String>,
+    /// Give the underlay, the nodes and the outside host IPv6 addresses
+    /// too (2001:db8:2::/64 and 2001:db8:51::/64), beside the IPv4 ones.
+    pub underlay6: bool,
     /// etcd members: 1 (in the underlay namespace, at
     /// [`UNDERLAY_GATEWAY`]) or 3 (see [`crate::etcd_cluster`]); every
     /// agent and conflist is given every member.
@@ -104,6 +114,7 @@ impl Default for ClusterSpec {
             converge_timeout: Duration::from_secs(60),
             name_prefix: None,
             etcd_members: 1,
+            underlay6: false,
         }
     }
 }
@@ -146,6 +157,9 @@ pub struct Node {
     pub netns: Netns,
     /// Its address on the underlay, 192.0.2.<index+1>.
     pub underlay_ip: Ipv4Addr,
+    /// Its IPv6 underlay address, 2001:db8:2::<index+1> (with
+    /// [`ClusterSpec::underlay6`]).
+    pub underlay_ip6: Option<Ipv6Addr>,
     /// The agent's `--state-dir`, the conflist's `stateDir`.
     pub state_dir: PathBuf,
     /// The CNI conf dir holding [`Node::conflist`].
@@ -362,6 +376,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     outside: Netns,
     outside_server: Mutex<Option<Child>>,
+    outside_server6: Mutex<Option<Child>>,
     etcd: EtcdCluster,
     underlay: Netns,
     bins: CniBinDir,
@@ -406,6 +421,21 @@ impl Cluster {
             "via",
             &OUTSIDE_GATEWAY.to_string(),
         ])?;
+        if spec.underlay6 {
+            underlay.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            underlay.add_addr("br0", v6net(UNDERLAY6_GATEWAY, 64))?;
+            underlay.add_addr("out0", v6net(OUTSIDE6_GATEWAY, 64))?;
+            outside.add_addr("eth0", v6net(OUTSIDE6_IP, 64))?;
+            outside.ok(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "2001:db8:2::/64",
+                "via",
+                &OUTSIDE6_GATEWAY.to_string(),
+            ])?;
+        }
 
         let etcd = match spec.etcd_members {
             1 => EtcdCluster::single(&underlay, IpAddr::V4(UNDERLAY_GATEWAY))?,
@@ -417,6 +447,7 @@ impl Cluster {
             nodes: Vec::new(),
             outside,
             outside_server: Mutex::new(None),
+            outside_server6: Mutex::new(None),
             etcd,
             underlay,
             bins,
@@ -467,6 +498,22 @@ impl Cluster {
             "via",
             &UNDERLAY_GATEWAY.to_string(),
         ])?;
+        let underlay_ip6 = self
+            .spec
+            .underlay6
+            .then(|| Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, (index + 1) as u16));
+        if let Some(ip6) = underlay_ip6 {
+            netns.add_addr("eth0", v6net(ip6, 64))?;
+            netns.ok(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &UNDERLAY6_GATEWAY.to_string(),
+            ])?;
+        }
 
         let root = self.dir.path().join(&name);
         let state_dir = root.join("state");
@@ -506,6 +553,7 @@ impl Cluster {
             name,
             netns,
             underlay_ip,
+            underlay_ip6,
             state_dir,
             conf_dir,
             conflist,
@@ -680,11 +728,22 @@ impl Cluster {
     /// Starts (once) the `trl-peer-addr` service on the outside host, port
     /// 7777: it answers every TCP connection with the source address it saw.
     pub fn outside_peer_addr_service(&self) -> Result<std::net::SocketAddr> {
-        let addr = std::net::SocketAddr::new(IpAddr::V4(OUTSIDE_IP), 7777);
-        let mut server = self
-            .outside_server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        self.outside_service_at(IpAddr::V4(OUTSIDE_IP), &self.outside_server)
+    }
+
+    /// The outside host's peer-address service on its IPv6 address (a
+    /// cluster with [`ClusterSpec::underlay6`]).
+    pub fn outside_peer_addr_service6(&self) -> Result<std::net::SocketAddr> {
+        self.outside_service_at(IpAddr::V6(OUTSIDE6_IP), &self.outside_server6)
+    }
+
+    fn outside_service_at(
+        &self,
+        ip: IpAddr,
+        slot: &Mutex<Option<Child>>,
+    ) -> Result<std::net::SocketAddr> {
+        let addr = std::net::SocketAddr::new(ip, 7777);
+        let mut server = slot.lock().unwrap_or_else(|e| e.into_inner());
         if server.is_none() {
             let bin = bins::bin("trl-peer-addr");
             // Its own stdio: a kept demo must not hold the caller's pipes.
@@ -719,7 +778,15 @@ impl Cluster {
     /// The source address the outside host sees for a TCP connection from
     /// `from` (a pod or node namespace).
     pub fn source_seen_outside(&self, from: &Netns) -> Result<IpAddr> {
-        let addr = self.outside_peer_addr_service()?;
+        self.source_seen_at(from, self.outside_peer_addr_service()?)
+    }
+
+    /// The same over IPv6 (a cluster with [`ClusterSpec::underlay6`]).
+    pub fn source_seen_outside6(&self, from: &Netns) -> Result<IpAddr> {
+        self.source_seen_at(from, self.outside_peer_addr_service6()?)
+    }
+
+    fn source_seen_at(&self, from: &Netns, addr: std::net::SocketAddr) -> Result<IpAddr> {
         let bin = bins::bin("trl-peer-addr");
         let answer = from.ok(&[bin.display().to_string(), "ask".into(), addr.to_string()])?;
         answer
@@ -920,7 +987,13 @@ impl Drop for Cluster {
             .outside_server
             .get_mut()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(mut server) = server.take() {
+        let mut servers: Vec<Child> = server.take().into_iter().collect();
+        let server6 = self
+            .outside_server6
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        servers.extend(server6.take());
+        for mut server in servers {
             let _ = server.kill();
             let _ = server.wait();
         }
@@ -983,6 +1056,10 @@ fn agent_log_level() -> String {
 
 fn v4net(addr: Ipv4Addr, prefix: u8) -> IpNetwork {
     IpNetwork::V4(Ipv4Network::new(addr, prefix).expect("prefix <= 32"))
+}
+
+fn v6net(addr: Ipv6Addr, prefix: u8) -> IpNetwork {
+    IpNetwork::V6(ipnetwork::Ipv6Network::new(addr, prefix).expect("prefix <= 128"))
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -202,9 +202,15 @@ impl Netns {
             .collect())
     }
 
-    /// Adds an address to a link of this namespace and brings the link up.
+    /// Adds an address to a link of this namespace and brings the link up
+    /// (an IPv6 one without duplicate address detection: usable at once).
     pub fn add_addr(&self, ifname: &str, addr: IpNetwork) -> Result<()> {
-        self.ok(&["ip", "addr", "add", &addr.to_string(), "dev", ifname])?;
+        let text = addr.to_string();
+        let mut argv = vec!["ip", "addr", "add", &text, "dev", ifname];
+        if addr.is_ipv6() {
+            argv.push("nodad");
+        }
+        self.ok(&argv)?;
         self.ok(&["ip", "link", "set", ifname, "up"])?;
         Ok(())
     }

@@ -16,7 +16,10 @@ use trellis_tests::netns::Netns;
 use trellis_tests::wait::wait_for;
 
 fn dual_stack_spec() -> ClusterSpec {
-    let mut spec = ClusterSpec::default();
+    let mut spec = ClusterSpec {
+        underlay6: true,
+        ..ClusterSpec::default()
+    };
     spec.config.ipv6_network = Some("fd10:244::/56".parse().expect("valid network"));
     spec
 }
@@ -132,6 +135,17 @@ fn dual_stack_pods_reach_each_other_over_ipv6_and_del_frees_both() -> Result<()>
     // The node reaches its pods over IPv6 too.
     ping(&cluster.nodes[1].netns, ipv6_of(&p1)?)?;
 
+    // Egress to a host outside the cluster network leaves with the node's
+    // underlay address, over IPv6 as over IPv4 (the outside host has no
+    // route to the pod networks: unmasqueraded, no answer would come back).
+    assert_eq!(
+        cluster.source_seen_outside6(&p0.netns)?,
+        IpAddr::V6(cluster.nodes[0].underlay_ip6.expect("an IPv6 underlay"))
+    );
+    assert_eq!(
+        cluster.source_seen_outside(&p0.netns)?,
+        IpAddr::V4(cluster.nodes[0].underlay_ip)
+    );
     // Masquerade for IPv6 egress lives in the agent's ip6 table.
     let table = cluster.nodes[0]
         .netns
@@ -242,5 +256,42 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
     ping(&p0.netns, ipv6_of(&p1)?)?;
     cluster.del_pod(p0).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     cluster.del_pod(p1).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+#[test]
+fn a_full_dual_stack_subnet_refuses_with_102_and_keeps_no_half_allocation() -> Result<()> {
+    let mut spec = dual_stack_spec().nodes(1);
+    // /29: five pod addresses of each family (and an IPv6 network with a
+    // /64 for each of the 8192 /29s).
+    spec.config.subnet_len = 29;
+    spec.config.ipv6_network = Some("fd10:244::/48".parse()?);
+    let cluster = Cluster::start(spec)?;
+    let pods: Vec<Pod> = (0..5)
+        .map(|i| cluster.add_pod(0, &format!("f{i}")))
+        .collect::<Result<_>>()?;
+    let v6: std::collections::BTreeSet<IpAddr> = pods.iter().map(ipv6_of).collect::<Result<_>>()?;
+    assert_eq!(v6.len(), 5, "{v6:?}");
+    let failed = match cluster.try_add_pod(0, "f5")? {
+        Ok(pod) => bail!("a sixth pod got {}", pod.result),
+        Err(failed) => failed,
+    };
+    assert_eq!(failed.failure.code, 102, "{}", failed.failure);
+    assert_eq!(cluster.allocations()?.len(), 10);
+    cluster
+        .del_failed(&failed)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A DEL frees both families; the next ADD gets an address of each.
+    let mut pods = pods.into_iter();
+    let first = pods.next().expect("five pods");
+    let freed6 = ipv6_of(&first)?;
+    cluster.del_pod(first).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let again = cluster.add_pod(0, "f6")?;
+    assert_eq!(ipv6_of(&again)?, freed6);
+    assert_eq!(cluster.allocations()?.len(), 10);
+    for pod in pods.chain([again]) {
+        cluster.del_pod(pod).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    assert!(cluster.allocations()?.is_empty());
     Ok(())
 }
