@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 /// Bytes VXLAN over IPv4 adds to every frame (outer IP 20 + UDP 8 + VXLAN 8
 /// + inner Ethernet 14).
 pub const VXLAN_V4_OVERHEAD: u32 = 50;
+/// Bytes VXLAN over IPv6 adds (outer IPv6 40 + UDP 8 + VXLAN 8 + inner
+/// Ethernet 14).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
+
+/// What VXLAN adds to every frame over an underlay of `public_ip`'s family.
+pub fn vxlan_overhead(public_ip: IpAddr) -> u32 {
+    match public_ip {
+        IpAddr::V4(_) => VXLAN_V4_OVERHEAD,
+        IpAddr::V6(_) => VXLAN_V6_OVERHEAD,
+    }
+}
 
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis";
 pub const DEFAULT_BRIDGE: &str = "trellis0";

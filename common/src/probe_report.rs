@@ -48,7 +48,7 @@ pub fn now_unix_millis() -> u64 {
 pub struct PeerProbes {
     pub node: String,
     #[serde(rename = "publicIP")]
-    pub public_ip: Ipv4Addr,
+    pub public_ip: std::net::IpAddr,
     #[serde(rename = "vtepIP")]
     pub vtep_ip: Ipv4Addr,
     /// To `publicIP:probePort` over the underlay.

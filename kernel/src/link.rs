@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::LinkUnspec;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A link as the kernel reports it, reduced to what trellis looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Link {
 pub struct VxlanInfo {
     pub vni: Option<u32>,
     pub port: Option<u16>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// The underlay device the tunnel is bound to.
     pub underlay_index: Option<u32>,
     pub learning: Option<bool>,
@@ -79,7 +79,8 @@ impl Link {
                                     match d {
                                         InfoVxlan::Id(id) => v.vni = Some(*id),
                                         InfoVxlan::Port(p) => v.port = Some(*p),
-                                        InfoVxlan::Local(l) => v.local = Some(*l),
+                                        InfoVxlan::Local(l) => v.local = Some(IpAddr::V4(*l)),
+                                        InfoVxlan::Local6(l) => v.local = Some(IpAddr::V6(*l)),
                                         InfoVxlan::Link(i) => v.underlay_index = Some(*i),
                                         InfoVxlan::Learning(l) => v.learning = Some(*l),
                                         _ => {}

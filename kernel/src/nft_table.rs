@@ -56,9 +56,17 @@ impl NftTable {
         self
     }
 
-    /// Untracked tunnel packets in this table (an `ip` table).
+    /// Untracked tunnel packets in this table (an `ip` table, or an `ip6`
+    /// one for an IPv6 tunnel endpoint).
     pub fn with_notrack(mut self, rule: TunnelNotrack) -> Self {
-        debug_assert_eq!(self.id.family, NfFamily::IP);
+        debug_assert_eq!(
+            self.id.family,
+            if rule.local.is_ipv4() {
+                NfFamily::IP
+            } else {
+                NfFamily::IP6
+            }
+        );
         self.notrack = Some(rule);
         self
     }

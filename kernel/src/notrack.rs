@@ -19,7 +19,7 @@ use nftables::schema::{FlushObject, NfCmd, NfListObject, Nftables, Rule};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainType, NfHook};
 use std::borrow::Cow;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The chain untracking tunnel packets addressed to this node.
 pub const IN_CHAIN: &str = "tunnel-in";
@@ -29,17 +29,18 @@ pub const OUT_CHAIN: &str = "tunnel-out";
 /// Priority of `raw`: before conntrack (-200).
 const RAW_PRIORITY: i32 = -300;
 
-/// The untracked tunnel: UDP to `port` from and to `local` (an `ip` table).
+/// The untracked tunnel: UDP to `port` from and to `local` (in an `ip`
+/// table, or an `ip6` one for an IPv6 underlay).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelNotrack {
     /// This node's tunnel endpoint (the VXLAN device's `local`).
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     /// The VXLAN UDP destination port of every node.
     pub port: u16,
 }
 
 impl TunnelNotrack {
-    pub fn new(local: Ipv4Addr, port: u16) -> Self {
+    pub fn new(local: IpAddr, port: u16) -> Self {
         TunnelNotrack { local, port }
     }
 
@@ -48,7 +49,7 @@ impl TunnelNotrack {
         let addr_field = if chain == IN_CHAIN { "daddr" } else { "saddr" };
         let expr = vec![
             Statement::Match(Match {
-                left: payload("ip", addr_field),
+                left: payload(if self.local.is_ipv4() { "ip" } else { "ip6" }, addr_field),
                 right: Expression::String(Cow::Owned(self.local.to_string())),
                 op: Operator::EQ,
             }),

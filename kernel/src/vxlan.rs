@@ -7,7 +7,7 @@ use crate::link::Link;
 use crate::mac::MacAddr;
 use crate::Netlink;
 use rtnetlink::{LinkUnspec, LinkVxlan};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// What the VXLAN device must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +16,9 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// UDP destination port (8472 is the Linux and flannel default).
     pub port: u16,
-    /// Source address of the encapsulated packets: the node's public IP.
-    pub local: Ipv4Addr,
+    /// Source address of the encapsulated packets: the node's public IP
+    /// (IPv4 or IPv6: VXLAN over an IPv6 underlay).
+    pub local: IpAddr,
     /// Underlay device the tunnel is bound to.
     pub underlay_index: u32,
     pub mtu: u32,
@@ -111,8 +112,12 @@ impl Netlink {
         }
         let msg = LinkVxlan::new(&spec.name, spec.vni)
             .dev(spec.underlay_index)
-            .port(spec.port)
-            .local(spec.local)
+            .port(spec.port);
+        let msg = match spec.local {
+            IpAddr::V4(v4) => msg.local(v4),
+            IpAddr::V6(v6) => msg.local6(v6),
+        };
+        let msg = msg
             .learning(false)
             .mtu(spec.mtu)
             .address(spec.mac.octets().to_vec())

@@ -208,6 +208,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         network: config.network,
         subnet6: net.subnet6,
         network6: net.network6,
+        underlay_v6: net.public_ip.is_ipv6(),
     };
     let resync_now = Arc::new(tokio::sync::Notify::new());
     if args.probe_port != 0 {

@@ -3,7 +3,7 @@
 //! environment variable so that a DaemonSet can set it.
 
 use clap::{Args, Parser, Subcommand};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 pub use trellis_common::etcd_flags::{EtcdArgs, REQUEST_TIMEOUT};
 
@@ -48,7 +48,7 @@ pub struct RunArgs {
     /// Underlay address published for this node; default: the first IPv4
     /// address of the underlay interface.
     #[arg(long, env = "TRELLIS_PUBLIC_IP")]
-    pub public_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<std::net::IpAddr>,
     /// Where this node's record is written for the CNI plugins; must match
     /// the conflist's stateDir.
     #[arg(long, env = "TRELLIS_STATE_DIR", default_value = trellis_common::node::DEFAULT_STATE_DIR)]

@@ -6,9 +6,9 @@
 //! IPv6 subnet's network address /128, the bridge its first address.
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use trellis_common::cluster_config::ClusterConfig;
-use trellis_common::node::{gateway6_of, gateway_of, NodeRecord, VXLAN_V4_OVERHEAD};
+use trellis_common::node::{gateway6_of, gateway_of, vxlan_overhead, NodeRecord};
 use trellis_kernel::ethtool;
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
 use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
@@ -17,12 +17,14 @@ use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
 pub enum NodeNetworkError {
     #[error("underlay: {0}")]
     Underlay(#[source] KernelError),
-    #[error("underlay interface {iface} has no IPv4 address; pass --public-ip")]
+    #[error("underlay interface {iface} has no IPv4 or global IPv6 address; pass --public-ip")]
     NoAddress { iface: String },
-    #[error(
-        "underlay interface {iface} MTU {mtu} leaves no room for VXLAN ({VXLAN_V4_OVERHEAD} bytes)"
-    )]
-    MtuTooSmall { iface: String, mtu: u32 },
+    #[error("underlay interface {iface} MTU {mtu} leaves no room for VXLAN ({overhead} bytes)")]
+    MtuTooSmall {
+        iface: String,
+        mtu: u32,
+        overhead: u32,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }
@@ -40,16 +42,17 @@ pub fn vxlan_name(vni: u32) -> String {
 
 /// The underlay interface and the public IP: `--iface` when given, else
 /// the interface holding `--public-ip`, else the default route's; the
-/// public IP is `--public-ip`, else the interface's first IPv4 address.
+/// public IP is `--public-ip`, else the interface's first IPv4 address,
+/// else its first global IPv6 one (an IPv6 underlay: VXLAN over IPv6).
 pub async fn resolve_underlay(
     nl: &Netlink,
     iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
-) -> Result<(Link, Ipv4Addr), NodeNetworkError> {
+    public_ip: Option<IpAddr>,
+) -> Result<(Link, IpAddr), NodeNetworkError> {
     let (found, what) = match (iface, public_ip) {
         (Some(name), _) => (nl.link_by_name(name).await, name.to_string()),
         (None, Some(ip)) => (
-            nl.link_holding(IpAddr::V4(ip)).await,
+            nl.link_holding(ip).await,
             format!("an interface holding {ip}"),
         ),
         (None, None) => (
@@ -60,24 +63,34 @@ pub async fn resolve_underlay(
     let link = found
         .map_err(NodeNetworkError::Underlay)?
         .ok_or(NodeNetworkError::Underlay(KernelError::NotFound(what)))?;
-    let first_ipv4 = || async {
+    let first_address = || async {
         let addresses = nl.addresses(link.index).await?;
-        Ok::<_, KernelError>(addresses.iter().find_map(|a| match a {
-            IpNetwork::V4(v4) => Some(v4.ip()),
+        let v4 = addresses.iter().find_map(|a| match a {
+            IpNetwork::V4(v4) => Some(IpAddr::V4(v4.ip())),
             IpNetwork::V6(_) => None,
-        }))
+        });
+        let v6 = addresses.iter().find_map(|a| match a {
+            IpNetwork::V6(v6) if !v6.ip().is_unicast_link_local() && !v6.ip().is_loopback() => {
+                Some(IpAddr::V6(v6.ip()))
+            }
+            _ => None,
+        });
+        Ok::<_, KernelError>(v4.or(v6))
     };
     let ip = match public_ip {
         Some(ip) => ip,
-        None => match first_ipv4().await.map_err(NodeNetworkError::Underlay)? {
+        None => match first_address().await.map_err(NodeNetworkError::Underlay)? {
             Some(ip) => ip,
             None => return Err(NodeNetworkError::NoAddress { iface: link.name }),
         },
     };
-    if link.mtu <= VXLAN_V4_OVERHEAD + 68 {
+    let overhead = vxlan_overhead(ip);
+    // 1280: the least MTU IPv6 allows a link (and more than IPv4's 68).
+    if link.mtu <= overhead + if ip.is_ipv4() { 68 } else { 1280 } {
         return Err(NodeNetworkError::MtuTooSmall {
             iface: link.name,
             mtu: link.mtu,
+            overhead,
         });
     }
     Ok((link, ip))
@@ -92,7 +105,7 @@ pub struct NodeNetwork {
     /// The cluster's IPv6 network and this node's IPv6 subnet (dual-stack).
     pub network6: Option<Ipv6Network>,
     pub subnet6: Option<Ipv6Network>,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     pub vxlan: VxlanSpec,
     pub bridge: String,
     /// Leave the VXLAN device's transmit checksum offload on (the kernel's
@@ -106,7 +119,7 @@ impl NodeNetwork {
         config: &ClusterConfig,
         subnet: Ipv4Network,
         underlay: &Link,
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         bridge: &str,
     ) -> NodeNetwork {
         NodeNetwork {
@@ -122,7 +135,7 @@ impl NodeNetwork {
                 port: config.port,
                 local: public_ip,
                 underlay_index: underlay.index,
-                mtu: underlay.mtu - VXLAN_V4_OVERHEAD,
+                mtu: underlay.mtu - vxlan_overhead(public_ip),
                 mac: MacAddr::derived_from(node_name),
             },
             bridge: bridge.to_string(),
@@ -175,7 +188,7 @@ impl NodeNetwork {
     pub fn record(&self) -> NodeRecord {
         NodeRecord {
             subnet: self.subnet,
-            public_ip: IpAddr::V4(self.public_ip),
+            public_ip: self.public_ip,
             vtep_mac: self.vxlan.mac.to_string(),
             network: Some(self.network),
             mtu: Some(self.mtu()),
@@ -342,6 +355,22 @@ pub(crate) mod tests {
         assert!(n.in_cluster_network(&"fd10:244:0:9::1/64".parse().unwrap()));
         assert!(!n.in_cluster_network(&"fe80::1/64".parse().unwrap()));
         assert!(!n.in_cluster_network(&"10.245.0.1/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_ipv6_underlay_costs_70_bytes_and_carries_the_tunnel() {
+        let config = ClusterConfig::parse(br#"{"network":"10.244.0.0/16"}"#).unwrap();
+        let n = NodeNetwork::new(
+            "node-a",
+            &config,
+            "10.244.3.0/24".parse().unwrap(),
+            &underlay(7, 1500),
+            "2001:db8:2::1".parse().unwrap(),
+            "trellis0",
+        );
+        assert_eq!(n.mtu(), 1430);
+        assert_eq!(n.vxlan.local.to_string(), "2001:db8:2::1");
+        assert_eq!(n.record().public_ip.to_string(), "2001:db8:2::1");
     }
 
     #[test]

@@ -41,7 +41,13 @@ pub fn for_node(net: &NodeNetwork, ip_masq: bool, vxlan_notrack: bool) -> NodeTa
         }
     }
     if vxlan_notrack {
-        ip = ip.with_notrack(TunnelNotrack::new(net.vxlan.local, net.vxlan.port));
+        // In the table of the tunnel's own family.
+        let rule = TunnelNotrack::new(net.vxlan.local, net.vxlan.port);
+        if net.vxlan.local.is_ipv4() {
+            ip = ip.with_notrack(rule);
+        } else {
+            ip6 = ip6.with_notrack(rule);
+        }
     }
     NodeTables { ip, ip6 }
 }

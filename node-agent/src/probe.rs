@@ -14,7 +14,7 @@ use crate::registry::LocalView;
 use etcd_client::GetOptions;
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,9 +59,22 @@ pub async fn respond(socket: UdpSocket) {
     }
 }
 
-/// Bind the responder's socket (so that a port in use fails start-up).
+/// Bind the responder's socket (so that a port in use fails start-up): on
+/// both families where the namespace has IPv6 (an IPv6 underlay), else on
+/// IPv4.
 pub async fn bind(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).await
+    match UdpSocket::bind(std::net::SocketAddrV6::new(
+        Ipv6Addr::UNSPECIFIED,
+        port,
+        0,
+        0,
+    ))
+    .await
+    {
+        Ok(socket) => Ok(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+        Err(_) => UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).await,
+    }
 }
 
 /// Send a probe of an IP packet of `size` bytes to `to` and wait for its
@@ -84,14 +97,20 @@ pub async fn probe(to: SocketAddr, size: u32) -> Probe {
 }
 
 async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    let local: SocketAddr = match to {
+        SocketAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
+    };
+    let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| format!("binding a probe socket: {e}"))?;
     socket
         .connect(to)
         .await
         .map_err(|e| format!("no route to {to}: {e}"))?;
-    let len = size.saturating_sub(HEADERS).max(8) as usize;
+    // IPv6's header is 20 bytes longer than IPv4's.
+    let headers = if to.is_ipv4() { HEADERS } else { HEADERS + 20 };
+    let len = size.saturating_sub(headers).max(8) as usize;
     let mut payload = vec![0u8; len];
     payload[..4].copy_from_slice(PROBE_MAGIC);
     let mut echo = vec![0u8; MAX_DATAGRAM];

@@ -272,6 +272,7 @@ mod tests {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet6: None,
             network6: None,
+            underlay_v6: false,
         }
     }
 

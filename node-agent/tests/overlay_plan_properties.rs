@@ -45,7 +45,7 @@ fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
                         subnet: subnet(i),
                         vtep_ip: vtep_ip_of(subnet(i)),
                         vtep_mac: MacAddr([2, mac[0], mac[1], mac[2], mac[3], i]),
-                        public_ip: Ipv4Addr::new(192, 0, net, i),
+                        public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, net, i)),
                         ipv6: (i % 3 != 0).then(|| Remote6 {
                             subnet: subnet6(i),
                             vtep_ip: subnet6(i).network(),
@@ -84,7 +84,10 @@ impl Palette {
         };
         for n in desired.nodes.values() {
             p.macs.push(n.vtep_mac);
-            p.ips.extend([n.public_ip, n.vtep_ip]);
+            if let IpAddr::V4(public) = n.public_ip {
+                p.ips.push(public);
+            }
+            p.ips.push(n.vtep_ip);
             p.subnets.push(IpNetwork::V4(n.subnet));
             if let Some(v6) = n.ipv6 {
                 p.addrs.push(IpAddr::V6(v6.vtep_ip));
@@ -285,7 +288,7 @@ proptest! {
         let before = entries_of(&actual);
         for op in &p.additions {
             let already = match op {
-                Op::SetFdb { mac, dst } => before.0.contains(&(*mac, Some(IpAddr::V4(*dst)))),
+                Op::SetFdb { mac, dst } => before.0.contains(&(*mac, Some(*dst))),
                 Op::SetNeighbour { ip, mac } => before.1.get(ip) == Some(&(Some(*mac), true)),
                 Op::SetRoute { dst, via } => {
                     let route = trellis_agent::overlay::plan::overlay_route(style, IFINDEX, *dst, *via);

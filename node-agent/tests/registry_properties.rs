@@ -18,6 +18,7 @@ fn view() -> LocalView {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet6: None,
         network6: None,
+        underlay_v6: false,
     }
 }
 

@@ -86,6 +86,9 @@ pub struct ClusterSpec {
     /// Give the underlay, the nodes and the outside host IPv6 addresses
     /// too (2001:db8:2::/64 and 2001:db8:51::/64), beside the IPv4 ones.
     pub underlay6: bool,
+    /// Run the tunnel over the IPv6 underlay: every agent gets
+    /// `--public-ip <its IPv6 underlay address>` (needs `underlay6`).
+    pub tunnel6: bool,
     /// etcd members: 1 (in the underlay namespace, at
     /// [`UNDERLAY_GATEWAY`]) or 3 (see [`crate::etcd_cluster`]); every
     /// agent and conflist is given every member.
@@ -115,6 +118,7 @@ impl Default for ClusterSpec {
             name_prefix: None,
             etcd_members: 1,
             underlay6: false,
+            tunnel6: false,
         }
     }
 }
@@ -547,6 +551,9 @@ impl Cluster {
             conf_dir.display().to_string(),
             format!("--ip-masq={}", self.spec.ip_masq),
         ];
+        if let (true, Some(ip6)) = (self.spec.tunnel6, underlay_ip6) {
+            agent_cmd.extend(["--public-ip".into(), ip6.to_string()]);
+        }
         agent_cmd.extend(self.spec.agent_args.iter().cloned());
         Ok(Node {
             agent_log: root.join("agent.log"),

@@ -295,3 +295,69 @@ fn a_full_dual_stack_subnet_refuses_with_102_and_keeps_no_half_allocation() -> R
     assert!(cluster.allocations()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn vxlan_over_an_ipv6_underlay_carries_both_families_and_refuses_a_mixed_node() -> Result<()> {
+    let spec = ClusterSpec {
+        tunnel6: true,
+        ..dual_stack_spec()
+    };
+    let cluster = Cluster::start(spec)?;
+    // Each node publishes its IPv6 underlay address; the overlay MTU is the
+    // underlay's minus 70.
+    for node in &cluster.nodes {
+        let rec = node.record()?;
+        let ip6 = node.underlay_ip6.expect("an IPv6 underlay");
+        assert_eq!(rec.public_ip, IpAddr::V6(ip6), "{}", node.name);
+        assert_eq!(rec.mtu, Some(1430), "{}", node.name);
+        let link = node
+            .netns
+            .ok(&["ip", "-j", "-d", "link", "show", "trellis.1"])?;
+        assert!(link.contains(&ip6.to_string()), "{link}");
+    }
+    // The FDB sends to the peers' IPv6 addresses.
+    let fdb = cluster.nodes[0]
+        .netns
+        .ok(&["bridge", "fdb", "show", "dev", "trellis.1"])?;
+    for peer in &cluster.nodes[1..] {
+        let want = format!("dst {}", peer.underlay_ip6.expect("IPv6"));
+        assert!(fdb.contains(&want), "{want} missing:\n{fdb}");
+    }
+    let p0 = cluster.add_pod(0, "u0")?;
+    let p2 = cluster.add_pod(2, "u2")?;
+    let mtu = p0
+        .netns
+        .ok(&["cat", &format!("/sys/class/net/{}/mtu", p0.ifname)])?;
+    assert_eq!(mtu.trim(), "1430");
+    ping(&p0.netns, p2.ip)?;
+    ping(&p0.netns, ipv6_of(&p2)?)?;
+    assert_eq!(tcp6_source(&p2, &p0.netns)?, ipv6_of(&p0)?);
+
+    // A node whose record has an IPv4 public IP cannot join this overlay:
+    // left out with a warning naming it, and no entry is made for it.
+    let key = format!("{}/nodes/x-v4", cluster.key_prefix());
+    cluster.etcdctl(&[
+        "put",
+        &key,
+        r#"{"subnet":"10.244.250.0/24","publicIP":"192.0.2.99","vtepMAC":"02:99:99:99:99:99"}"#,
+    ])?;
+    wait_for(
+        Duration::from_secs(10),
+        "the mixed underlay refused",
+        || {
+            Ok(cluster.nodes[0]
+            .agent_log()
+            .contains("node x-v4: public IP 192.0.2.99 is IPv4, but this node node1 has an IPv6 underlay")
+            .then_some(()))
+        },
+    )?;
+    let fdb = cluster.nodes[0]
+        .netns
+        .ok(&["bridge", "fdb", "show", "dev", "trellis.1"])?;
+    assert!(!fdb.contains("02:99:99:99:99:99"), "{fdb}");
+    ping(&p0.netns, ipv6_of(&p2)?)?;
+    cluster.etcdctl(&["del", &key])?;
+    cluster.del_pod(p0).map_err(|e| anyhow::anyhow!("{e}"))?;
+    cluster.del_pod(p2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

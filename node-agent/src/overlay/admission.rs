@@ -7,7 +7,6 @@
 use super::desired::{vtep_ip_of, DesiredOverlay, Remote6, RemoteNode};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use trellis_common::node::NodeRecord;
 use trellis_kernel::MacAddr;
 
@@ -20,6 +19,8 @@ pub struct LocalView {
     pub network: Ipv4Network,
     pub subnet6: Option<Ipv6Network>,
     pub network6: Option<Ipv6Network>,
+    /// This node's underlay is IPv6 (VXLAN over IPv6): every node's must be.
+    pub underlay_v6: bool,
 }
 
 /// The admitted remote nodes as seen from one node, with their indexes.
@@ -104,14 +105,18 @@ impl Admission {
                 "node {name}: VTEP MAC {vtep_mac} is already node {other}'s; ignored"
             ));
         }
-        let public_ip = match rec.public_ip {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => {
-                return Err(format!(
-                    "node {name}: IPv6 public IP {v6} on an IPv4 overlay; ignored"
-                ))
-            }
-        };
+        let public_ip = rec.public_ip;
+        if public_ip.is_ipv6() != self.view.underlay_v6 {
+            let family = |v6: bool| if v6 { "IPv6" } else { "IPv4" };
+            return Err(format!(
+                "node {name}: public IP {public_ip} is {}, but this node {} has an {} underlay: \
+                 one VXLAN device cannot join mixed underlays; give every node a public IP of \
+                 one family (--public-ip); ignored",
+                family(public_ip.is_ipv6()),
+                self.view.node,
+                family(self.view.underlay_v6)
+            ));
+        }
         // A node of an IPv4-only view (an agent not yet restarted with the
         // cluster's new ipv6Network) keeps the IPv4 entries of dual-stack
         // nodes; a dual-stack one needs the IPv6 subnet to fit.
@@ -223,6 +228,7 @@ mod tests {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet6: None,
             network6: None,
+            underlay_v6: false,
         }
     }
 
@@ -407,5 +413,27 @@ mod tests {
         let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &rows);
         assert_eq!(d.len(), 6, "{warnings:#?}");
         assert!(d.nodes.values().all(|n| n.ipv6.is_none()));
+    }
+
+    #[test]
+    fn an_ipv6_underlay_admits_ipv6_public_ips_only() {
+        let view = LocalView {
+            underlay_v6: true,
+            ..view_of_a()
+        };
+        let rows = records(&[
+            ("b", "10.244.2.0/24", "2001:db8:2::2", "02:00:00:00:00:02"),
+            ("c-v4", "10.244.3.0/24", "192.0.2.3", "02:00:00:00:00:03"),
+        ]);
+        let (d, warnings) = DesiredOverlay::from_records(&view, &rows);
+        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(d.nodes["b"].public_ip.to_string(), "2001:db8:2::2");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains(
+                "node c-v4: public IP 192.0.2.3 is IPv4, but this node a has an IPv6 underlay"
+            ),
+            "{warnings:?}"
+        );
     }
 }

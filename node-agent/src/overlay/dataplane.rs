@@ -91,7 +91,7 @@ async fn execute(
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
         Op::DelRoute(ref r) => nl.delete_route(r).await,
         Op::DelNexthop(id) => nl.delete_nexthop(id).await,
-        Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, IpAddr::V4(dst)).await,
+        Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, dst).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
         Op::SetRoute { dst, via } => {
             if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {

@@ -3,7 +3,7 @@
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trellis_kernel::MacAddr;
 
 /// A remote node as the overlay sees it.
@@ -14,8 +14,9 @@ pub struct RemoteNode {
     /// flannel): the gateway our route to its subnet goes through.
     pub vtep_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
-    /// Its underlay address: where the VXLAN packets are sent.
-    pub public_ip: Ipv4Addr,
+    /// Its underlay address: where the VXLAN packets are sent (of this
+    /// node's underlay family).
+    pub public_ip: IpAddr,
     /// Its IPv6 subnet and VTEP address in a dual-stack cluster.
     pub ipv6: Option<Remote6>,
 }
@@ -140,7 +141,7 @@ mod tests {
             subnet: format!("10.244.{i}.0/24").parse().unwrap(),
             vtep_ip: Ipv4Addr::new(10, 244, i, 0),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
-            public_ip: Ipv4Addr::new(192, 0, 2, public),
+            public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, public)),
             ipv6: None,
         };
         let of = |nodes: &[(u8, u8)]| DesiredOverlay {

@@ -41,7 +41,7 @@ impl ActualOverlay {
         for node in desired.nodes.values() {
             a.fdb.push(FdbEntry {
                 mac: node.vtep_mac,
-                dst: Some(IpAddr::V4(node.public_ip)),
+                dst: Some(node.public_ip),
             });
             for (dst, via) in node_routes(node) {
                 a.neighbours.push(NeighbourEntry {
@@ -79,7 +79,7 @@ impl ActualOverlay {
                 self.fdb.retain(|x| x.mac != mac);
                 self.fdb.push(FdbEntry {
                     mac,
-                    dst: Some(IpAddr::V4(dst)),
+                    dst: Some(dst),
                 });
             }
             Op::SetNeighbour { ip, mac } => {
@@ -117,7 +117,7 @@ pub enum Op {
     /// Permanent FDB entry `mac -> dst` (replacing `mac`'s destination).
     SetFdb {
         mac: MacAddr,
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     /// Permanent neighbour `ip -> mac`.
     SetNeighbour {
@@ -214,7 +214,7 @@ impl Plan {
 /// The plan that turns `actual` into `desired`, routes written in `style`.
 pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle) -> Plan {
     let mut out = Plan::default();
-    let mut want_fdb: HashMap<MacAddr, Ipv4Addr> = HashMap::with_capacity(desired.len());
+    let mut want_fdb: HashMap<MacAddr, IpAddr> = HashMap::with_capacity(desired.len());
     let mut want_neigh: HashMap<IpAddr, MacAddr> = HashMap::with_capacity(desired.len());
     let mut want_route: HashMap<IpNetwork, IpAddr> = HashMap::with_capacity(desired.len());
     for node in desired.nodes.values() {
@@ -229,7 +229,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
     let mut fdb_ok = HashSet::new();
     for e in &actual.fdb {
         match (want_fdb.get(&e.mac), e.dst) {
-            (Some(want), Some(IpAddr::V4(dst))) if *want == dst && fdb_ok.insert(e.mac) => {}
+            (Some(want), Some(dst)) if *want == dst && fdb_ok.insert(e.mac) => {}
             _ => out.removals.push(Op::DelFdb(*e)),
         }
     }

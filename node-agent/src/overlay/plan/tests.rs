@@ -10,7 +10,7 @@ fn node(i: u8) -> RemoteNode {
         subnet,
         vtep_ip: vtep_ip_of(subnet),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
-        public_ip: Ipv4Addr::new(192, 0, 2, i),
+        public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)),
         ipv6: None,
     }
 }
@@ -188,7 +188,7 @@ fn stale_mac_and_moved_node_are_fixed() {
             fdb: vec![
                 FdbEntry {
                     mac: MacAddr([2, 9, 9, 9, 9, 9]),
-                    dst: Some(IpAddr::V4(n.public_ip)),
+                    dst: Some(n.public_ip),
                 },
                 FdbEntry {
                     mac: n.vtep_mac,
@@ -217,7 +217,7 @@ fn stale_mac_and_moved_node_are_fixed() {
             after.fdb,
             vec![FdbEntry {
                 mac: n.vtep_mac,
-                dst: Some(IpAddr::V4(n.public_ip))
+                dst: Some(n.public_ip)
             }]
         );
     }

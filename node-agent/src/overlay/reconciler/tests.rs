@@ -17,7 +17,7 @@ fn desired(ids: &[u8]) -> DesiredOverlay {
                         subnet,
                         vtep_ip: vtep_ip_of(subnet),
                         vtep_mac: MacAddr([2, 0, 0, 0, 0, *i]),
-                        public_ip: Ipv4Addr::new(192, 0, 2, *i),
+                        public_ip: std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, *i)),
                         ipv6: None,
                     },
                 )
@@ -165,7 +165,7 @@ async fn a_change_touches_only_the_nodes_that_changed() {
     // Node 7 gets another public IP: its FDB entry alone is rewritten
     // (the old destination removed, the new one set).
     let mut moved = desired(&ids);
-    moved.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
+    moved.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7).into();
     let o = r.pass(&moved, false).await;
     assert!(!o.dumped);
     assert_eq!(
@@ -177,7 +177,7 @@ async fn a_change_touches_only_the_nodes_that_changed() {
             }),
             Op::SetFdb {
                 mac: MacAddr([2, 0, 0, 0, 0, 7]),
-                dst: Ipv4Addr::new(198, 51, 100, 7)
+                dst: Ipv4Addr::new(198, 51, 100, 7).into()
             }
         ]
     );
@@ -187,7 +187,7 @@ async fn a_change_touches_only_the_nodes_that_changed() {
     moved.nodes.remove("n8");
     let ids: Vec<u8> = (1..=201).filter(|i| *i != 8).collect();
     let mut joined = desired(&ids);
-    joined.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7);
+    joined.nodes.get_mut("n7").unwrap().public_ip = Ipv4Addr::new(198, 51, 100, 7).into();
     let o = r.pass(&joined, false).await;
     assert_eq!((o.added, o.removed), (3, 4));
     assert_eq!(r.dataplane().applied.len(), 7);
