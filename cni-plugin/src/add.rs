@@ -18,7 +18,7 @@ use trellis_common::cni::delegate::Delegation;
 use trellis_common::cni::result::{Interface, IpConfig};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
-use trellis_common::node::VXLAN_V4_OVERHEAD;
+use trellis_common::node::vxlan_overhead;
 use trellis_kernel::netns::NetnsFile;
 use trellis_kernel::{sysctl, Link, Netlink, VethPair};
 use trellis_plugin::config::{Config, Mode};
@@ -149,7 +149,7 @@ impl Add<'_> {
             .map_err(kernel_error)?
             .map_or(ETHERNET_MTU, |l| l.mtu);
         Ok(match self.mode {
-            Mode::Cluster { .. } => underlay - VXLAN_V4_OVERHEAD,
+            Mode::Cluster { record } => underlay - vxlan_overhead(record.public_ip),
             Mode::SingleHost { .. } => underlay,
         })
     }

@@ -39,6 +39,9 @@ impl std::fmt::Debug for CriClient {
 #[derive(Clone, Debug)]
 pub struct SandboxNetwork {
     pub ip: Option<IpAddr>,
+    /// The pod's other addresses (the IPv6 one of a dual-stack pod), which
+    /// the kubelet reports in `status.podIPs`.
+    pub additional_ips: Vec<IpAddr>,
     pub netns: Option<PathBuf>,
 }
 
@@ -121,12 +124,20 @@ impl CriClient {
             .with_context(|| format!("CRI PodSandboxStatus {id}"))?
             .into_inner();
         let status = resp.status.context("PodSandboxStatus without status")?;
-        let ip = status
-            .network
-            .and_then(|n| n.ip.parse().ok().filter(|_| !n.ip.is_empty()));
+        let network = status.network.unwrap_or_default();
+        let ip = network.ip.parse().ok().filter(|_| !network.ip.is_empty());
+        let additional_ips = network
+            .additional_ips
+            .iter()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
         // containerd reports the sandbox's netns path in its verbose info.
         let netns = resp.info.get("info").and_then(|info| netns_from_info(info));
-        Ok(SandboxNetwork { ip, netns })
+        Ok(SandboxNetwork {
+            ip,
+            additional_ips,
+            netns,
+        })
     }
 
     /// StopPodSandbox: the runtime calls CNI DEL and kills the sandbox.

@@ -144,6 +144,24 @@ volume_path = "{d}/root/volumes"
             .with_context(|| format!("podman IPAddress {ip:?}"))
     }
 
+    /// The container's IPv6 address on the network (dual-stack), as podman
+    /// recorded it from the CNI result.
+    pub fn ip6(&self, name: &str) -> Result<IpAddr> {
+        let inspect: serde_json::Value =
+            serde_json::from_str(&self.ok(&["inspect", "--type", "container", name])?)?;
+        let ip = inspect[0]["NetworkSettings"]["Networks"][&self.network]["GlobalIPv6Address"]
+            .as_str()
+            .unwrap_or_default();
+        if ip.is_empty() {
+            bail!(
+                "podman reports no IPv6 address for {name} on {}",
+                self.network
+            );
+        }
+        ip.parse()
+            .with_context(|| format!("podman GlobalIPv6Address {ip:?}"))
+    }
+
     /// Runs `script` with `sh -c` inside a running container.
     pub fn exec(&self, name: &str, script: &str) -> Result<Output> {
         self.run(&["exec", name, "/bin/sh", "-c", script])

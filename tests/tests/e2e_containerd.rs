@@ -83,3 +83,46 @@ fn cri_sandboxes_reach_across_nodes_their_node_and_the_outside() {
         );
     }
 }
+
+#[test]
+fn cri_dual_stack_sandboxes_report_both_addresses_and_reach_over_ipv6() {
+    let mut spec = ClusterSpec {
+        underlay6: true,
+        ..ClusterSpec::default().nodes(2)
+    };
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    let cluster = Cluster::start(spec).unwrap();
+    let rootfs = Rootfs::busybox().unwrap();
+    let runtimes = [
+        containerd_on(&cluster, 0, &rootfs),
+        containerd_on(&cluster, 1, &rootfs),
+    ];
+    let mut cri: Vec<_> = runtimes.iter().map(|r| r.cri().unwrap()).collect();
+    let mut sandboxes = Vec::new();
+    for (node, client) in cri.iter_mut().enumerate() {
+        let name = format!("cri6-{node}");
+        let id = client
+            .run_pod_sandbox(&name, "default", &format!("uid-{name}"))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", runtimes[node].log_tail()));
+        let net = client.sandbox_network(&id).unwrap();
+        // The pod IP and, beside it, the IPv6 one: what the kubelet puts in
+        // status.podIPs.
+        let ip = net.ip.expect("a pod IP");
+        assert!(ip.is_ipv4(), "{ip}");
+        let [IpAddr::V6(v6)] = net.additional_ips[..] else {
+            panic!("additional IPs {:?}", net.additional_ips)
+        };
+        let subnet6 = cluster.nodes[node].record().unwrap().ipv6_subnet.unwrap();
+        assert!(subnet6.contains(v6), "{v6} not in {subnet6}");
+        sandboxes.push((node, id, IpAddr::V6(v6), net.netns.expect("sandbox netns")));
+    }
+    assert_eq!(cluster.allocations().unwrap().len(), 4);
+    let (a, b) = (&sandboxes[0], &sandboxes[1]);
+    ping_from_path(&a.3, b.2).unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    ping_from_path(&b.3, a.2).unwrap();
+    for (node, id, _, _) in &sandboxes {
+        cri[*node].stop_pod_sandbox(id).unwrap();
+        cri[*node].remove_pod_sandbox(id).unwrap();
+    }
+    assert!(cluster.allocations().unwrap().is_empty());
+}

@@ -110,3 +110,59 @@ fn podman_run_rm_attaches_and_releases() {
     assert!(cluster.allocations().unwrap().is_empty());
     assert!(cluster.nodes[0].host_veths().unwrap().is_empty());
 }
+
+/// A two-node cluster with `ipv6Network` and an IPv6 underlay.
+fn dual_stack_spec() -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        underlay6: true,
+        ..ClusterSpec::default().nodes(2)
+    };
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    spec
+}
+
+#[test]
+fn podman_dual_stack_containers_reach_each_other_and_the_outside_over_ipv6() {
+    let cluster = Cluster::start(dual_stack_spec()).unwrap();
+    let rootfs = Rootfs::busybox().unwrap();
+    let podmen = [
+        podman_on(&cluster, 0, &rootfs),
+        podman_on(&cluster, 1, &rootfs),
+    ];
+    podmen[0].start("pm6-a").unwrap();
+    podmen[1].start("pm6-b").unwrap();
+    let (a6, b6) = (
+        podmen[0].ip6("pm6-a").unwrap(),
+        podmen[1].ip6("pm6-b").unwrap(),
+    );
+    for (node, ip) in [(0, a6), (1, b6)] {
+        let IpAddr::V6(v6) = ip else { panic!("{ip}") };
+        let subnet6 = cluster.nodes[node].record().unwrap().ipv6_subnet.unwrap();
+        assert!(subnet6.contains(v6), "{v6} not in {subnet6}");
+    }
+    assert_eq!(cluster.allocations().unwrap().len(), 4);
+    let out = podmen[0].exec("pm6-a", &ping_script(b6)).unwrap();
+    assert!(
+        out.status.success(),
+        "pm6-a -> pm6-b: {out:?}\n{}",
+        cluster.agent_logs()
+    );
+    let out = podmen[1].exec("pm6-b", &ping_script(a6)).unwrap();
+    assert!(out.status.success(), "pm6-b -> pm6-a: {out:?}");
+    // Egress over IPv6, masqueraded behind the node's IPv6 address.
+    let service = cluster.outside_peer_addr_service6().unwrap();
+    let out = podmen[0]
+        .exec(
+            "pm6-a",
+            &format!("nc -w 3 {} {}", service.ip(), service.port()),
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        cluster.nodes[0].underlay_ip6.unwrap().to_string()
+    );
+    podmen[0].remove("pm6-a").unwrap();
+    podmen[1].remove("pm6-b").unwrap();
+    assert!(cluster.allocations().unwrap().is_empty());
+}
