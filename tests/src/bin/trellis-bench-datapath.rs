@@ -1,7 +1,8 @@
 //! The data path benchmark: TCP throughput (iperf3) and ping latency between
 //! pods on two nodes over the VXLAN overlay, against the same between the
 //! two node namespaces directly over the underlay, in the same run, on a
-//! simulated cluster. Prints medians and the overlay/underlay ratio.
+//! simulated dual-stack cluster: the pods' IPv4 and IPv6 addresses each
+//! get a row. Prints medians and the overlay/underlay ratio.
 //!
 //!   trellis-bench-datapath [--seconds N] [--reps N] [--streams N] [--ab-notrack] [--no-pin]
 //!                          [--congestion ALGO]
@@ -106,6 +107,7 @@ fn run() -> Result<()> {
     let opts = parse_args()?;
     eprintln!("starting a 2-node cluster...");
     let mut spec = ClusterSpec::default().nodes(2);
+    spec.config.ipv6_network = Some("fd10:244::/56".parse()?);
     if opts.ab_notrack {
         // The bench empties and fills the notrack chains itself: no resync
         // may put them back in between.
@@ -118,11 +120,24 @@ fn run() -> Result<()> {
     let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let node_b_ip = IpAddr::V4(node_b.underlay_ip);
     let node_a_ip = IpAddr::V4(node_a.underlay_ip);
+    let ipv6_of = |result: &serde_json::Value| -> Result<IpAddr> {
+        result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.parse::<ipnetwork::IpNetwork>().ok())
+            .map(|n| n.ip())
+            .find(IpAddr::is_ipv6)
+            .context("the pod has no IPv6 address")
+    };
+    let (pod_a6, pod_b6) = (ipv6_of(&pod_a.result)?, ipv6_of(&pod_b.result)?);
     ping(&pod_a.netns, pod_b.ip)?;
+    ping(&pod_a.netns, pod_b6)?;
     ping(&node_a.netns, node_b_ip)?;
 
-    let _server_pod = IperfServer::start(&pod_b.netns, pod_b.ip)?;
-    let _server_node = IperfServer::start(&node_b.netns, node_b_ip)?;
+    let _server_pod = IperfServer::start(&pod_b.netns, pod_b.ip, 5201)?;
+    let _server_pod6 = IperfServer::start(&pod_b.netns, pod_b6, 5202)?;
+    let _server_node = IperfServer::start(&node_b.netns, node_b_ip, 5201)?;
 
     println!(
         "data path: {} s TCP per run, {} stream(s), {} runs each, alternating",
@@ -151,30 +166,42 @@ fn run() -> Result<()> {
         return ab_notrack(&cluster, &pod_a.netns, pod_b.ip, node_b_ip, port, &opts);
     }
     let mut overlay = Vec::new();
+    let mut overlay6 = Vec::new();
     let mut underlay = Vec::new();
     for rep in 0..opts.reps {
-        let o = iperf(&pod_a.netns, pod_b.ip, &opts)?;
-        let u = iperf(&node_a.netns, node_b_ip, &opts)?;
+        let o = iperf(&pod_a.netns, pod_b.ip, 5201, &opts)?;
+        let o6 = iperf(&pod_a.netns, pod_b6, 5202, &opts)?;
+        let u = iperf(&node_a.netns, node_b_ip, 5201, &opts)?;
         println!(
-            "  run {}: overlay {:>7.2} Gbit/s   underlay {:>7.2} Gbit/s",
+            "  run {}: overlay IPv4 {:>7.2} Gbit/s   overlay IPv6 {:>7.2} Gbit/s   underlay {:>7.2} Gbit/s",
             rep + 1,
             o / 1e9,
+            o6 / 1e9,
             u / 1e9
         );
         overlay.push(o);
+        overlay6.push(o6);
         underlay.push(u);
     }
-    let (o, u) = (median(&overlay), median(&underlay));
+    let (o, o6, u) = (median(&overlay), median(&overlay6), median(&underlay));
     println!(
         "throughput (median): overlay pod->pod {:.2} Gbit/s, underlay node->node {:.2} Gbit/s, ratio {:.2}",
         o / 1e9,
         u / 1e9,
         o / u
     );
+    println!(
+        "throughput (median): overlay pod->pod over IPv6 {:.2} Gbit/s, ratio to underlay {:.2}, to IPv4 pod->pod {:.2}",
+        o6 / 1e9,
+        o6 / u,
+        o6 / o
+    );
 
     let lat = [
         ("overlay  pod A -> pod B ", rtt_ms(&pod_a.netns, pod_b.ip)?),
         ("overlay  pod B -> pod A ", rtt_ms(&pod_b.netns, pod_a.ip)?),
+        ("overlay6 pod A -> pod B ", rtt_ms(&pod_a.netns, pod_b6)?),
+        ("overlay6 pod B -> pod A ", rtt_ms(&pod_b.netns, pod_a6)?),
         (
             "underlay node A -> node B",
             rtt_ms(&node_a.netns, node_b_ip)?,
@@ -215,9 +242,9 @@ fn ab_notrack(
         }
         for (on, bps) in pair.iter_mut() {
             set(*on)?;
-            *bps = iperf(pod_a, pod_b, opts)?;
+            *bps = iperf(pod_a, pod_b, 5201, opts)?;
         }
-        let u = iperf(&cluster.nodes[0].netns, node_b, opts)?;
+        let u = iperf(&cluster.nodes[0].netns, node_b, 5201, opts)?;
         let get = |on: bool| pair.iter().find(|(o, _)| *o == on).map_or(0.0, |p| p.1);
         let (n, t) = (get(true), get(false));
         println!(
@@ -273,9 +300,10 @@ fn set_notrack(node: &trellis_tests::cluster::Node, on: bool, port: u16) -> Resu
 struct IperfServer;
 
 impl IperfServer {
-    fn start(ns: &Netns, bind: IpAddr) -> Result<IperfServer> {
+    fn start(ns: &Netns, bind: IpAddr, port: u16) -> Result<IperfServer> {
         let bind = bind.to_string();
-        let mut cmd = ns.command(&["iperf3", "-s", "-B", &bind, "-p", "5201"]);
+        let port_text = port.to_string();
+        let mut cmd = ns.command(&["iperf3", "-s", "-B", &bind, "-p", &port_text]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -283,8 +311,8 @@ impl IperfServer {
             .context("starting iperf3 (install iperf3: scripts/setup.sh)")?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let out = ns.exec(&["ss", "-Htln", "sport", "=", ":5201"]);
-            if String::from_utf8_lossy(&out.stdout).contains("5201") {
+            let out = ns.exec(&["ss", "-Htln", "sport", "=", &format!(":{port}")]);
+            if String::from_utf8_lossy(&out.stdout).contains(&port_text) {
                 return Ok(IperfServer);
             }
             if Instant::now() > deadline {
@@ -296,7 +324,7 @@ impl IperfServer {
 }
 
 /// Bits per second received in one iperf3 run.
-fn iperf(client: &Netns, server: IpAddr, opts: &Options) -> Result<f64> {
+fn iperf(client: &Netns, server: IpAddr, port: u16, opts: &Options) -> Result<f64> {
     let server = server.to_string();
     let seconds = opts.seconds.to_string();
     let streams = opts.streams.to_string();
@@ -307,7 +335,7 @@ fn iperf(client: &Netns, server: IpAddr, opts: &Options) -> Result<f64> {
         "-c".into(),
         server.clone(),
         "-p".into(),
-        "5201".into(),
+        port.to_string(),
         "-t".into(),
         seconds,
         "-P".into(),
