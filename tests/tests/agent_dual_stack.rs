@@ -361,3 +361,60 @@ fn vxlan_over_an_ipv6_underlay_carries_both_families_and_refuses_a_mixed_node() 
     cluster.del_pod(p2).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+#[test]
+fn leak_reclaim_and_a_node_leaving_free_the_ipv6_twins_too() -> Result<()> {
+    let mut spec = dual_stack_spec().nodes(2);
+    spec.agent_args = vec!["--ipam-gc-interval".into(), "1".into()];
+    let mut cluster = Cluster::start(spec)?;
+    let kept = cluster.add_pod(0, "kept")?;
+    let leaked = cluster.add_pod(0, "leaked")?;
+    let gone = cluster.add_pod(1, "gone")?;
+    let (kept6, leaked6, gone6) = (ipv6_of(&kept)?, ipv6_of(&leaked)?, ipv6_of(&gone)?);
+    let leaked_ip = leaked.ip;
+    assert_eq!(cluster.allocations()?.len(), 6);
+
+    // The container dies without a CNI DEL: both its addresses are
+    // reclaimed, the live pods keep theirs.
+    drop(leaked);
+    wait_for(Duration::from_secs(15), "the leaked pair released", || {
+        let held = cluster.allocations()?;
+        Ok((!held.contains(&leaked_ip) && !held.contains(&leaked6)).then_some(()))
+    })
+    .with_context(|| cluster.agent_logs())?;
+    let held = cluster.allocations()?;
+    assert!(held.contains(&kept6) && held.contains(&gone6), "{held:?}");
+
+    // Node 2 leaves (cleanup --release): its pod's addresses of both
+    // families go, and node 1 drops its IPv6 route.
+    let gone_subnet6 = cluster.nodes[1].record()?.ipv6_subnet.expect("dual-stack");
+    cluster.nodes[1].stop_agent(Duration::from_secs(5))?;
+    let node = &cluster.nodes[1];
+    node.agent_cleanup(&[
+        "--release".into(),
+        "--node-name".into(),
+        node.name.clone(),
+        "--etcd-endpoints".into(),
+        cluster.etcd_endpoint(),
+    ])?;
+    let mut held = cluster.allocations()?;
+    held.sort();
+    let mut want = vec![kept.ip, kept6];
+    want.sort();
+    assert_eq!(held, want);
+    wait_for(
+        Duration::from_secs(5),
+        "the IPv6 route to node2 removed",
+        || {
+            let routes = vxlan_routes6(&cluster.nodes[0].netns)?;
+            Ok((!routes
+                .iter()
+                .any(|(dst, _)| *dst == gone_subnet6.to_string()))
+            .then_some(()))
+        },
+    )?;
+    drop(gone);
+    cluster.del_pod(kept).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(cluster.allocations()?.is_empty());
+    Ok(())
+}
