@@ -7,10 +7,10 @@
 
 #![no_main]
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-use trellis_agent::overlay::DesiredOverlay;
+use trellis_agent::overlay::{DesiredOverlay, LocalView};
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::node::NodeRecord;
 use trellis_ipam::fence_keeper::Job;
@@ -28,13 +28,28 @@ fuzz_target!(|data: &[u8]| {
             };
             let _ = record.gateway();
             let _ = record.gateway_network();
+            let _ = record.gateway6();
+            let _ = record.gateway_networks();
             let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
-            let local: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+            let network6: Ipv6Network = "fd10:244::/56".parse().unwrap();
             let records = BTreeMap::from([("remote".to_string(), record)]);
-            let (desired, _warnings) =
-                DesiredOverlay::from_records("local", Some(local), network, &records);
-            for node in desired.nodes.values() {
-                assert!(network.contains(node.subnet.network()));
+            // Seen from an IPv4-only node and from a dual-stack one.
+            for dual in [false, true] {
+                let view = LocalView {
+                    node: "local".into(),
+                    subnet: "10.244.1.0/24".parse().unwrap(),
+                    network,
+                    subnet6: dual.then(|| "fd10:244:0:1::/64".parse().unwrap()),
+                    network6: dual.then_some(network6),
+                    underlay_v6: false,
+                };
+                let (desired, _warnings) = DesiredOverlay::from_records(&view, &records);
+                for node in desired.nodes.values() {
+                    assert!(network.contains(node.subnet.network()));
+                    if let Some(v6) = node.ipv6 {
+                        assert!(dual && network6.contains(v6.subnet.network()));
+                    }
+                }
             }
         }
         1 => {
@@ -48,6 +63,11 @@ fuzz_target!(|data: &[u8]| {
             let last = config.subnet_at(count - 1).expect("a last subnet");
             assert!(config.fits(last));
             assert_eq!(config.subnet_at(count), None);
+            if config.ipv6_network.is_some() {
+                let first6 = config.ipv6_subnet_for(first).expect("a twin");
+                let last6 = config.ipv6_subnet_for(last).expect("a twin");
+                assert!(first6 != last6 || count == 1);
+            }
         }
         2 => {
             if let Ok(owner) = Owner::parse(value) {
