@@ -418,3 +418,42 @@ fn leak_reclaim_and_a_node_leaving_free_the_ipv6_twins_too() -> Result<()> {
     assert!(cluster.allocations()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn resyncs_of_a_converged_dual_stack_overlay_change_no_kernel_entry() -> Result<()> {
+    let mut spec = dual_stack_spec();
+    spec.agent_args = vec!["--resync-interval".into(), "1".into()];
+    let cluster = Cluster::start(spec)?;
+    // Converged: every node has its peers' IPv6 routes.
+    for node in &cluster.nodes {
+        wait_for(Duration::from_secs(10), "the IPv6 routes", || {
+            Ok((vxlan_routes6(&node.netns)?.len() == 2).then_some(()))
+        })?;
+    }
+    // Three resyncs of every agent while the kernel is watched: an IPv6
+    // route the kernel reports at metric 1024 is the one written.
+    let watch: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.netns
+                .command(&["timeout", "3.5", "ip", "monitor", "neigh", "route"])
+                .output()
+        })
+        .collect();
+    for (node, out) in cluster.nodes.iter().zip(watch) {
+        let events = String::from_utf8_lossy(&out?.stdout).into_owned();
+        let on_vxlan: Vec<&str> = events
+            .lines()
+            .filter(|l| l.contains("trellis.1") && !l.contains("proto kernel"))
+            .filter(|l| !l.contains("ff02::") && !l.contains("fe80::"))
+            .collect();
+        assert!(
+            on_vxlan.is_empty(),
+            "{}: resyncs rewrote overlay entries:\n{}",
+            node.name,
+            on_vxlan.join("\n")
+        );
+    }
+    Ok(())
+}

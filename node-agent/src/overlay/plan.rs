@@ -97,7 +97,7 @@ impl ActualOverlay {
                     self.nexthops.push(nh);
                 }
                 self.routes
-                    .retain(|x| !(x.dst == dst && x.metric.unwrap_or(0) == 0));
+                    .retain(|x| !(x.dst == dst && at_default_metric(x)));
                 self.routes.push(overlay_route(style, ifindex, dst, via));
             }
         }
@@ -131,6 +131,17 @@ pub enum Op {
         dst: IpNetwork,
         via: IpAddr,
     },
+}
+
+/// Whether `route` sits at the metric a route written without one gets:
+/// 0 for IPv4, 1024 for IPv6 (the kernel's `IP6_RT_PRIO_USER`), which is
+/// what an overlay route is written with and what `replace` replaces.
+pub fn at_default_metric(route: &Route) -> bool {
+    match (route.dst, route.metric.unwrap_or(0)) {
+        (_, 0) => true,
+        (IpNetwork::V6(_), 1024) => true,
+        _ => false,
+    }
 }
 
 /// The routes a remote node needs, each with its gateway (the VTEP address
@@ -273,7 +284,7 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
     // route); others go.
     let mut route_ok = HashSet::new();
     for r in &actual.routes {
-        let metric0 = r.metric.unwrap_or(0) == 0;
+        let metric0 = at_default_metric(r);
         let want = want_route.get(&r.dst);
         let exact = want.is_some_and(|via| {
             metric0

@@ -293,6 +293,30 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
 }
 
 #[test]
+fn an_ipv6_route_as_the_kernel_reports_it_at_metric_1024_is_the_wanted_one() {
+    // Found by `trellisctl doctor` in the Kubernetes suite: the kernel gives
+    // an IPv6 route written without a metric 1024, and every resync
+    // replaced it again.
+    for style in [G, N] {
+        let d = DesiredOverlay {
+            nodes: [("n2".to_string(), node6(2))].into(),
+        };
+        let mut kernel = ActualOverlay::after(&d, 1, style);
+        for r in kernel.routes.iter_mut().filter(|r| r.dst.is_ipv6()) {
+            r.metric = Some(1024);
+        }
+        assert!(plan(&d, &kernel, style).is_empty(), "{style:?}");
+        // Another metric is still a route of someone else's.
+        for r in kernel.routes.iter_mut().filter(|r| r.dst.is_ipv6()) {
+            r.metric = Some(100);
+        }
+        let p = plan(&d, &kernel, style);
+        assert_eq!(p.removals.len(), 1, "{p:#?}");
+        assert_eq!(p.additions.len(), 1, "{p:#?}");
+    }
+}
+
+#[test]
 fn a_dual_stack_node_gets_a_neighbour_and_a_gateway_route_per_family() {
     for style in [G, N] {
         let d = DesiredOverlay {
