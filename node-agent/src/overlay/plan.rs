@@ -137,11 +137,10 @@ pub enum Op {
 /// 0 for IPv4, 1024 for IPv6 (the kernel's `IP6_RT_PRIO_USER`), which is
 /// what an overlay route is written with and what `replace` replaces.
 pub fn at_default_metric(route: &Route) -> bool {
-    match (route.dst, route.metric.unwrap_or(0)) {
-        (_, 0) => true,
-        (IpNetwork::V6(_), 1024) => true,
-        _ => false,
-    }
+    matches!(
+        (route.dst, route.metric.unwrap_or(0)),
+        (_, 0) | (IpNetwork::V6(_), 1024)
+    )
 }
 
 /// The routes a remote node needs, each with its gateway (the VTEP address
