@@ -153,7 +153,12 @@ fn main() {
         ("host_port_through_the_chained_portmap", host_port),
         ("egress_leaves_masqueraded_behind_the_node", egress),
         ("trellisctl_doctor_finds_the_cluster_clean", doctor_clean),
+        (
+            "pods_have_both_families_and_are_reached_over_ipv6",
+            dual_stack,
+        ),
         ("conformance_sig_network", conformance_run),
+        ("conformance_dual_stack", dual_stack_run),
         ("scale_down_and_up_leaves_no_allocation_or_veth", scale),
         ("agent_rollout_restart_loses_no_request", rollout_restart),
         ("a_drained_and_deleted_node_is_released", drain_and_delete),
@@ -581,9 +586,95 @@ fn conformance_run(s: &Suite) -> Result<()> {
     Ok(())
 }
 
-/// Pods on the pod network (not hostNetwork, with an address), by node.
-fn pod_network_pods(s: &Suite) -> Result<BTreeMap<String, Vec<String>>> {
-    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// The dual-stack tests of the suite: every one selected must pass.
+fn dual_stack_run(s: &Suite) -> Result<()> {
+    let dir = bins::target_dir().join("kube");
+    std::fs::create_dir_all(&dir)?;
+    let report = dir.join("conformance-dual-stack.json");
+    let started = Instant::now();
+    let results = conformance::run_dual_stack(&s.bed, 4, &report)?;
+    std::fs::write(
+        dir.join("conformance-dual-stack.md"),
+        conformance::table(&results),
+    )?;
+    let passed = results.iter().filter(|r| r.state == "passed").count();
+    eprintln!(
+        "dual-stack: {} tests in {:.0} s: {passed} passed",
+        results.len(),
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        results.len() >= 15,
+        "the run selected {} dual-stack tests",
+        results.len()
+    );
+    let not_passed: Vec<String> = results
+        .iter()
+        .filter(|r| r.state != "passed")
+        .map(|r| {
+            format!(
+                "{}: {} {}",
+                r.name,
+                r.state,
+                r.message.lines().next().unwrap_or("")
+            )
+        })
+        .collect();
+    ensure!(
+        not_passed.is_empty(),
+        "not passed:\n{}",
+        not_passed.join("\n")
+    );
+    Ok(())
+}
+
+/// Every netexec pod has an address of each family (`status.podIPs`, from
+/// the CRI's additional IPs), the IPv6 one in its node's IPv6 subnet, and
+/// every node reaches every pod over IPv6 (the overlay for the pods of the
+/// other nodes).
+fn dual_stack(s: &Suite) -> Result<()> {
+    let items = s
+        .bed
+        .kubectl
+        .items(&["pods", "-n", NS, "-l", "app=netexec"])?;
+    let mut pods = Vec::new();
+    for p in items
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+    {
+        let name = p["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let ips: Vec<std::net::IpAddr> = p["status"]["podIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["ip"].as_str()?.parse().ok())
+            .collect();
+        ensure!(
+            ips.len() == 2 && ips[0].is_ipv4() && ips[1].is_ipv6(),
+            "{name}: podIPs {ips:?}"
+        );
+        pods.push((name, ips[1]));
+    }
+    ensure!(pods.len() == 6, "netexec pods: {pods:?}");
+    let mut failures = Vec::new();
+    for node in &s.bed.info.nodes {
+        for (name, ip6) in &pods {
+            let url = format!("http://[{ip6}]:{HTTP}/hostname");
+            match s.bed.curl(node, &url) {
+                Ok(body) if body.trim() == name => {}
+                Ok(body) => failures.push(format!("{node} -> {name} [{ip6}]: {body}")),
+                Err(e) => failures.push(format!("{node} -> {name} [{ip6}]: {e:#}")),
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "over IPv6:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Pods on the pod network (not hostNetwork, with an address), by node:
+/// each pod's addresses (`status.podIPs`, both families).
+fn pod_network_pods(s: &Suite) -> Result<BTreeMap<String, Vec<Vec<String>>>> {
+    let mut by_node: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
     for p in s.bed.kubectl.items(&["pods", "-A"])? {
         if p["spec"]["hostNetwork"] == true || p["status"]["podIP"].is_null() {
             continue;
@@ -592,13 +683,19 @@ fn pod_network_pods(s: &Suite) -> Result<BTreeMap<String, Vec<String>>> {
             continue;
         }
         let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_owned();
-        let ip = p["status"]["podIP"].as_str().unwrap_or("").to_owned();
-        by_node.entry(node).or_default().push(ip);
+        let ips = p["status"]["podIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["ip"].as_str().map(str::to_owned))
+            .collect();
+        by_node.entry(node).or_default().push(ips);
     }
     Ok(by_node)
 }
 
-/// Waits until etcd holds exactly one allocation per pod address and every
+/// Waits until etcd holds exactly one allocation per pod address (of each
+/// family) and every
 /// node exactly one veth per pod.
 fn allocations_match_pods(s: &Suite) -> Result<()> {
     let last = std::cell::RefCell::new(String::new());
@@ -607,7 +704,7 @@ fn allocations_match_pods(s: &Suite) -> Result<()> {
         "allocations and veths to match the pods",
         || {
             let pods = pod_network_pods(s)?;
-            let want: BTreeSet<String> = pods.values().flatten().cloned().collect();
+            let want: BTreeSet<String> = pods.values().flatten().flatten().cloned().collect();
             let allocated: BTreeSet<String> = s
                 .bed
                 .etcd_entries("/trellis/ipam/ips/")?

@@ -52,13 +52,55 @@ impl SpecResult {
     }
 }
 
+/// The dual-stack run: every `[Feature:IPv6DualStack]` test but SCTP's
+/// (no SCTP here) and the slow, serial and disruptive ones.
+pub const DUAL_STACK_FOCUS: &str = r"\[Feature:IPv6DualStack\]";
+pub const DUAL_STACK_SKIP: &str =
+    r"\[Feature:SCTPConnectivity\]|\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]";
+
+/// Whether the dual-stack run selects `name` (as [`selected`] for the
+/// default run).
+pub fn dual_stack_selected(name: &str) -> bool {
+    name.contains("[Feature:IPv6DualStack]")
+        && ![
+            "[Feature:SCTPConnectivity]",
+            "[Slow]",
+            "[Serial]",
+            "[Disruptive]",
+            "[Flaky]",
+        ]
+        .iter()
+        .any(|tag| name.contains(tag))
+}
+
 /// Runs the selection with `procs` parallel ginkgo processes; the results
 /// of every test it selected (ginkgo's own setup nodes left out).
 pub fn run(bed: &Testbed, procs: usize, report: &Path) -> Result<Vec<SpecResult>> {
+    let selection: Selection = (FOCUS, SKIP, selected);
+    run_selection(bed, procs, report, selection)
+}
+
+/// The dual-stack tests ([`DUAL_STACK_FOCUS`]).
+pub fn run_dual_stack(bed: &Testbed, procs: usize, report: &Path) -> Result<Vec<SpecResult>> {
+    let selection: Selection = (DUAL_STACK_FOCUS, DUAL_STACK_SKIP, dual_stack_selected);
+    run_selection(bed, procs, report, selection)
+}
+
+/// What a run selects: ginkgo's focus and skip, and the same as a test of
+/// a name.
+type Selection = (&'static str, &'static str, fn(&str) -> bool);
+
+/// Runs the tests `focus` selects but `skip` leaves out.
+fn run_selection(
+    bed: &Testbed,
+    procs: usize,
+    report: &Path,
+    (focus, skip, chosen): Selection,
+) -> Result<Vec<SpecResult>> {
     let args: Vec<String> = vec![
         format!("--procs={procs}"),
-        format!("--focus={FOCUS}"),
-        format!("--skip={SKIP}"),
+        format!("--focus={focus}"),
+        format!("--skip={skip}"),
         format!("--json-report={}", report.display()),
     ];
     let log = report.with_extension("log");
@@ -69,7 +111,7 @@ pub fn run(bed: &Testbed, procs: usize, report: &Path) -> Result<Vec<SpecResult>
         .stdin(Stdio::null())
         .status()
         .context("running ginkgo")?;
-    let results = parse(report).with_context(|| {
+    let results = parse_selected(report, chosen).with_context(|| {
         format!(
             "reading the report of the e2e run (ginkgo exited with {status}; its output is in {})",
             log.display()
@@ -81,8 +123,14 @@ pub fn run(bed: &Testbed, procs: usize, report: &Path) -> Result<Vec<SpecResult>
     Ok(results)
 }
 
-/// Reads ginkgo's JSON report: a list of suites, each with its specs.
+/// Reads ginkgo's JSON report: a list of suites, each with its specs (those
+/// of the default selection).
 pub fn parse(report: &Path) -> Result<Vec<SpecResult>> {
+    parse_selected(report, selected)
+}
+
+/// The specs of the report that `chosen` selects.
+pub fn parse_selected(report: &Path, chosen: fn(&str) -> bool) -> Result<Vec<SpecResult>> {
     let text = std::fs::read_to_string(report)?;
     let suites: Vec<Value> = serde_json::from_str(&text)?;
     let mut out = Vec::new();
@@ -99,7 +147,7 @@ pub fn parse(report: &Path) -> Result<Vec<SpecResult>> {
                 .collect();
             parts.push(spec["LeafNodeText"].as_str().unwrap_or(""));
             let name = parts.join(" ");
-            if !selected(&name) {
+            if !chosen(&name) {
                 continue;
             }
             out.push(SpecResult {
@@ -137,7 +185,7 @@ pub fn table(results: &[SpecResult]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::selected;
+    use super::{dual_stack_selected, selected};
 
     #[test]
     fn the_selection_is_the_networking_tests_and_the_network_conformance_tests() {
@@ -156,5 +204,21 @@ mod tests {
             "[sig-network] Services should be able to up and down services"
         ));
         assert!(!selected("[sig-api-machinery] AdmissionWebhook [Privileged:ClusterAdmin] should honor timeout [Conformance]"));
+    }
+
+    #[test]
+    fn the_dual_stack_selection_leaves_out_sctp() {
+        assert!(dual_stack_selected(
+            "[sig-network] [Feature:IPv6DualStack] should have ipv4 and ipv6 internal node ip"
+        ));
+        assert!(dual_stack_selected("[sig-network] [Feature:IPv6DualStack] Granular Checks: Services Secondary IP Family [LinuxOnly] should function for pod-Service: udp"));
+        assert!(!dual_stack_selected("[sig-network] [Feature:IPv6DualStack] Granular Checks: Services Secondary IP Family [LinuxOnly] should function for pod-Service: sctp [Feature:SCTPConnectivity]"));
+        assert!(!dual_stack_selected(
+            "[sig-network] Networking should check kube-proxy urls"
+        ));
+        // The default run never selects them.
+        assert!(!selected(
+            "[sig-network] [Feature:IPv6DualStack] should have ipv4 and ipv6 internal node ip"
+        ));
     }
 }

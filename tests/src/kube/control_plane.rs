@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use super::daemon::{self, Namespaces};
 use super::layout::{
     Layout, ETCD_PORT, OUTSIDE_GATEWAY, OUTSIDE_HTTP_PORT, OUTSIDE_IP, OUTSIDE_NS, POD_CIDR,
-    SERVICE_CIDR, UNDERLAY_GATEWAY, UNDERLAY_NS,
+    POD_CIDR6, SERVICE_CIDR, SERVICE_CIDR6, UNDERLAY6_GATEWAY, UNDERLAY_GATEWAY, UNDERLAY_NS,
 };
 use super::pki::Pki;
 use crate::netns::check;
@@ -61,6 +61,16 @@ pub fn underlay() -> Result<()> {
         "dev",
         "br0",
     ])?;
+    ip(&[
+        "-n",
+        u,
+        "addr",
+        "add",
+        &format!("{UNDERLAY6_GATEWAY}/64"),
+        "dev",
+        "br0",
+        "nodad",
+    ])?;
     ip(&["-n", u, "link", "set", "br0", "up"])?;
     ip(&[
         "-n", u, "link", "add", "outside", "type", "veth", "peer", "name", "eth0", "netns",
@@ -95,10 +105,12 @@ pub fn underlay() -> Result<()> {
         "via",
         &OUTSIDE_GATEWAY.to_string(),
     ])?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", u, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        .output()?;
-    check(&out).context("forwarding in the underlay")?;
+    for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", u, "sysctl", "-qw", sysctl])
+            .output()?;
+        check(&out).with_context(|| format!("{sysctl} in the underlay"))?;
+    }
     Ok(())
 }
 
@@ -169,7 +181,7 @@ pub fn apiserver(layout: &Layout, pki: &Pki, kube_bin: &Path, port: u16) -> Resu
         format!("--service-account-key-file={}", p(pki.sa_pub())),
         format!("--service-account-signing-key-file={}", p(pki.sa_key())),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR6}"),
         "--authorization-mode=Node,RBAC".to_owned(),
         "--enable-admission-plugins=NodeRestriction".to_owned(),
         "--allow-privileged=true".to_owned(),
@@ -209,9 +221,9 @@ pub fn controllers(layout: &Layout, pki: &Pki, kube_bin: &Path, port: u16) -> Re
             "--cluster-signing-key-file={}",
             pki.cert("ca").key.display()
         ),
-        format!("--cluster-cidr={POD_CIDR}"),
+        format!("--cluster-cidr={POD_CIDR},{POD_CIDR6}"),
         "--allocate-node-cidrs=false".to_owned(),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR6}"),
         "--bind-address=127.0.0.1".to_owned(),
         "--v=1".to_owned(),
     ];

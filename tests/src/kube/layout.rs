@@ -2,7 +2,7 @@
 //! directory, fixed namespace names, one cgroup parent, the addresses. `up`
 //! makes these, `down` removes exactly these, also after a failed `up`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// The default state directory (`TRELLIS_KUBE_STATE` overrides it).
@@ -26,6 +26,12 @@ pub const OUTSIDE_HTTP_PORT: u16 = 8080;
 /// The pod network, trellis's cluster config and kube-proxy's cluster CIDR.
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The cluster is dual-stack: trellis's `ipv6Network`, kube-proxy's and
+/// the controller manager's second cluster CIDR, the Services' second range.
+pub const POD_CIDR6: &str = "fd10:244::/56";
+pub const SERVICE_CIDR6: &str = "fd00:96::/112";
+/// The underlay bridge's IPv6 address (nodes are 2001:db8:2::<index+1>/64).
+pub const UNDERLAY6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -200,4 +206,9 @@ pub fn node_name(index: usize) -> String {
 /// A node's underlay address: 192.0.2.<index+1>.
 pub fn node_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, index as u8 + 1)
+}
+
+/// The node's IPv6 address on the underlay, its second `--node-ip`.
+pub fn node_ip6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, index as u16 + 1)
 }

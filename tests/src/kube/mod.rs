@@ -331,22 +331,34 @@ fn api_port() -> Result<u16> {
 /// The etcd endpoint line of the ConfigMap in `manifests/trellis.yaml`.
 const MANIFEST_ETCD_ENDPOINTS: &str = "etcd_endpoints: \"http://10.96.0.23:2379\"";
 
+/// The cluster config line of that ConfigMap.
+const MANIFEST_CLUSTER_CONFIG: &str =
+    r#"{"network": "10.244.0.0/16", "subnetLen": 24, "vni": 1, "port": 8472}"#;
+
 /// `manifests/trellis.yaml` with its ConfigMap pointed at `etcd_endpoints`
-/// (the README's step 2: "Set etcd_endpoints in the ConfigMap").
+/// (the README's step 2: "Set etcd_endpoints in the ConfigMap") and, as
+/// the cluster is dual-stack, its cluster config given the `ipv6Network`
+/// (the README's "Dual-stack").
 pub fn trellis_manifest(etcd_endpoints: &str) -> Result<String> {
     let file = workspace_dir().join("manifests/trellis.yaml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    if text.matches(MANIFEST_ETCD_ENDPOINTS).count() != 1 {
-        bail!(
-            "{} no longer holds exactly one `{MANIFEST_ETCD_ENDPOINTS}`",
-            file.display()
-        );
+    for line in [MANIFEST_ETCD_ENDPOINTS, MANIFEST_CLUSTER_CONFIG] {
+        if text.matches(line).count() != 1 {
+            bail!("{} no longer holds exactly one `{line}`", file.display());
+        }
     }
-    Ok(text.replace(
-        MANIFEST_ETCD_ENDPOINTS,
-        &format!("etcd_endpoints: \"{etcd_endpoints}\""),
-    ))
+    let dual = format!(
+        r#"{{"network": "{}", "subnetLen": 24, "vni": 1, "port": 8472, "ipv6Network": "{}"}}"#,
+        layout::POD_CIDR,
+        layout::POD_CIDR6
+    );
+    Ok(text
+        .replace(
+            MANIFEST_ETCD_ENDPOINTS,
+            &format!("etcd_endpoints: \"{etcd_endpoints}\""),
+        )
+        .replace(MANIFEST_CLUSTER_CONFIG, &dual))
 }
 
 /// Applies trellis's manifests with the ConfigMap's etcd endpoints set.

@@ -13,8 +13,9 @@ use serde_json::json;
 use super::daemon::{self, Namespaces};
 use super::images;
 use super::layout::{
-    node_ip, Layout, NodeLayout, CGROUP_PARENT, CLUSTER_DOMAIN, DNS_SERVICE_IP, KUBELET_SYSCTLS,
-    NODE_PRIVATE_DIRS, OUTSIDE_IP, POD_CIDR, UNDERLAY_GATEWAY, UNDERLAY_NS,
+    node_ip, node_ip6, Layout, NodeLayout, CGROUP_PARENT, CLUSTER_DOMAIN, DNS_SERVICE_IP,
+    KUBELET_SYSCTLS, NODE_PRIVATE_DIRS, OUTSIDE_IP, POD_CIDR, POD_CIDR6, UNDERLAY6_GATEWAY,
+    UNDERLAY_GATEWAY, UNDERLAY_NS,
 };
 use super::pki::Pki;
 use crate::netns::check;
@@ -91,7 +92,19 @@ fn network(node: &NodeLayout, index: usize) -> Result<()> {
         "up",
     ])?;
     ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+    let addr6 = format!("{}/64", node_ip6(index));
+    ip(&["-n", &ns, "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &UNDERLAY6_GATEWAY.to_string(),
+    ])?;
     ip(&[
         "-n",
         &ns,
@@ -103,7 +116,9 @@ fn network(node: &NodeLayout, index: usize) -> Result<()> {
     ])?;
     for sysctl in [
         "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
         "net.bridge.bridge-nf-call-iptables=1",
+        "net.bridge.bridge-nf-call-ip6tables=1",
     ] {
         let out = Command::new("ip")
             .args(["netns", "exec", &ns, "sysctl", "-qw", sysctl])
@@ -388,7 +403,7 @@ fn kubelet(ctx: &NodeContext<'_>, node: &NodeLayout, index: usize) -> Result<()>
         format!("--root-dir={}", node.kubelet_dir().display()),
         format!("--cert-dir={}", node.kubelet_dir().join("pki").display()),
         format!("--hostname-override={}", node.name),
-        format!("--node-ip={}", node_ip(index)),
+        format!("--node-ip={},{}", node_ip(index), node_ip6(index)),
         "--v=2".to_owned(),
     ];
     daemon::spawn(
@@ -411,7 +426,7 @@ fn kube_proxy(ctx: &NodeContext<'_>, node: &NodeLayout) -> Result<()> {
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": kubeconfig},
         "mode": "nftables",
-        "clusterCIDR": POD_CIDR,
+        "clusterCIDR": format!("{POD_CIDR},{POD_CIDR6}"),
         "hostnameOverride": node.name,
         "healthzBindAddress": "0.0.0.0:10256",
         "metricsBindAddress": "127.0.0.1:10249",
