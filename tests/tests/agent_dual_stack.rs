@@ -72,6 +72,20 @@ fn tcp6_source(server: &Pod, client: &Netns) -> Result<IpAddr> {
         .with_context(|| format!("trl-peer-addr answered {answer:?}"))
 }
 
+/// A subnet index (the third octet of 10.244.i.0/24) that no node of
+/// `cluster` holds: agents lease at random, so a planted entry must avoid
+/// theirs.
+fn unheld_index(cluster: &Cluster) -> Result<u8> {
+    let held: Vec<u8> = cluster
+        .nodes
+        .iter()
+        .map(|n| Ok(n.record()?.subnet.network().octets()[2]))
+        .collect::<Result<_>>()?;
+    (200..=255)
+        .find(|i| !held.contains(i))
+        .context("every index of 200-255 held")
+}
+
 #[test]
 fn dual_stack_pods_reach_each_other_over_ipv6_and_del_frees_both() -> Result<()> {
     let cluster = Cluster::start(dual_stack_spec())?;
@@ -203,6 +217,8 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
     )
     .with_context(|| format!("{node} has no IPv6 route to {peer6}"))?;
 
+    let gone = format!("fd10:244:0:{:x}::", unheld_index(&cluster)?);
+    let gone_net = format!("{gone}/64");
     cluster.nodes[0].kill_agent()?;
     let ns = &cluster.nodes[0].netns;
     // A departed node's IPv6 route and neighbour, and the peer's route
@@ -212,7 +228,7 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
         "-6",
         "neigh",
         "replace",
-        "fd10:244:0:77::",
+        &gone,
         "lladdr",
         "02:77:77:77:77:77",
         "dev",
@@ -225,9 +241,9 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
         "-6",
         "route",
         "replace",
-        "fd10:244:0:77::/64",
+        &gone_net,
         "via",
-        "fd10:244:0:77::",
+        &gone,
         "dev",
         "trellis.1",
         "onlink",
@@ -241,7 +257,7 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
             cluster.nodes[0]
                 .netns
                 .ok(&["ip", "-6", "neigh", "show", "dev", "trellis.1"])?;
-        Ok((routes == vec![want.clone()] && !neigh.contains("fd10:244:0:77::")).then_some(()))
+        Ok((routes == vec![want.clone()] && !neigh.contains(&gone)).then_some(()))
     });
     if converged.is_err() {
         bail!(
@@ -336,11 +352,11 @@ fn vxlan_over_an_ipv6_underlay_carries_both_families_and_refuses_a_mixed_node() 
     // A node whose record has an IPv4 public IP cannot join this overlay:
     // left out with a warning naming it, and no entry is made for it.
     let key = format!("{}/nodes/x-v4", cluster.key_prefix());
-    cluster.etcdctl(&[
-        "put",
-        &key,
-        r#"{"subnet":"10.244.250.0/24","publicIP":"192.0.2.99","vtepMAC":"02:99:99:99:99:99"}"#,
-    ])?;
+    let record = format!(
+        r#"{{"subnet":"10.244.{}.0/24","publicIP":"192.0.2.99","vtepMAC":"02:99:99:99:99:99"}}"#,
+        unheld_index(&cluster)?
+    );
+    cluster.etcdctl(&["put", &key, &record])?;
     wait_for(
         Duration::from_secs(10),
         "the mixed underlay refused",
