@@ -110,9 +110,10 @@ impl Keys {
         format!("{}/ipam/ips/", self.prefix)
     }
 
-    /// `<prefix>/ipam/ips/10.244.3.7`.
-    pub fn ip(&self, ip: Ipv4Addr) -> String {
-        format!("{}{ip}", self.ips())
+    /// `<prefix>/ipam/ips/10.244.3.7`, or `<prefix>/ipam/ips/fd10:244:0:3::7`
+    /// for the IPv6 twin of a dual-stack allocation (a key of its own).
+    pub fn ip(&self, ip: impl Into<std::net::IpAddr>) -> String {
+        format!("{}{}", self.ips(), ip.into())
     }
 
     /// The address of a key under [`Keys::ips`].
@@ -120,14 +121,8 @@ impl Keys {
         key.strip_prefix(&self.ips())?.parse().ok()
     }
 
-    /// `<prefix>/ipam/ips/fd10:244:0:3::7`: the IPv6 twin of a dual-stack
-    /// allocation, a key of its own beside the IPv4 one.
-    pub fn ip6(&self, ip: std::net::Ipv6Addr) -> String {
-        format!("{}{ip}", self.ips())
-    }
-
-    /// The IPv6 address of a key under [`Keys::ips`].
-    pub fn ip6_of(&self, key: &str) -> Option<std::net::Ipv6Addr> {
+    /// The address, of either family, of a key under [`Keys::ips`].
+    pub fn address_of(&self, key: &str) -> Option<std::net::IpAddr> {
         key.strip_prefix(&self.ips())?.parse().ok()
     }
 
@@ -301,7 +296,7 @@ mod tests {
             assert_eq!(k.config(), "/trellis/config");
             assert_eq!(k.node("n1"), "/trellis/nodes/n1");
             assert_eq!(
-                k.ip("10.244.3.7".parse().unwrap()),
+                k.ip("10.244.3.7".parse::<Ipv4Addr>().unwrap()),
                 "/trellis/ipam/ips/10.244.3.7"
             );
         }
@@ -327,6 +322,11 @@ mod tests {
         let ip: Ipv4Addr = "10.244.3.7".parse().unwrap();
         assert_eq!(k.ip_of(&k.ip(ip)), Some(ip));
         assert_eq!(k.ip_of("/trellis/ipam/ips/junk"), None);
+        let v6: std::net::Ipv6Addr = "fd10:244:0:3::7".parse().unwrap();
+        assert_eq!(k.ip(v6), "/trellis/ipam/ips/fd10:244:0:3::7");
+        assert_eq!(k.address_of(&k.ip(v6)), Some(v6.into()));
+        assert_eq!(k.address_of(&k.ip(ip)), Some(ip.into()));
+        assert_eq!(k.ip_of(&k.ip(v6)), None);
         let a = Attachment {
             container_id: "c1".into(),
             ifname: "eth0".into(),

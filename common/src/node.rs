@@ -126,14 +126,22 @@ impl NodeRecord {
 
     /// Both gateways with their subnets' prefixes, as the bridge holds them.
     pub fn gateway_networks(&self) -> Vec<IpNetwork> {
-        let mut all = vec![self.gateway_network()];
-        if let Some(subnet6) = self.ipv6_subnet {
-            all.push(IpNetwork::V6(
-                Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("prefix is valid"),
-            ));
-        }
-        all
+        gateway_networks_of(self.subnet, self.ipv6_subnet)
     }
+}
+
+/// The gateways of a node holding `subnet` (and `subnet6`), with their
+/// subnets' prefixes: the bridge's addresses.
+pub fn gateway_networks_of(subnet: Ipv4Network, subnet6: Option<Ipv6Network>) -> Vec<IpNetwork> {
+    let mut all = vec![IpNetwork::V4(
+        Ipv4Network::new(gateway_of(subnet), subnet.prefix()).expect("prefix is valid"),
+    )];
+    if let Some(subnet6) = subnet6 {
+        all.push(IpNetwork::V6(
+            Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("prefix is valid"),
+        ));
+    }
+    all
 }
 
 /// The first address of an IPv6 subnet after its subnet-router anycast

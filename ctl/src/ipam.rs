@@ -28,11 +28,7 @@ async fn allocations(etcd: &Etcd) -> Result<Vec<Row>> {
 }
 
 fn row(etcd: &Etcd, kv: &KeyValue) -> Option<Row> {
-    let key = kv.key_str().ok()?;
-    let ip = match etcd.keys.ip_of(key) {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(etcd.keys.ip6_of(key)?),
-    };
+    let ip = etcd.keys.address_of(kv.key_str().ok()?)?;
     Some(Row {
         ip,
         owner: Owner::parse(kv.value()).map_err(|e| format!("unreadable allocation: {e}")),
@@ -106,11 +102,7 @@ pub async fn list(
 
 pub async fn show(etcd: &Etcd, format: Format, what: &str) -> Result<Outcome> {
     let found: Vec<Row> = match what.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => match etcd.get(&etcd.keys.ip(ip)).await? {
-            Some(kv) => row(etcd, &kv).into_iter().collect(),
-            None => Vec::new(),
-        },
-        Ok(IpAddr::V6(ip)) => match etcd.get(&etcd.keys.ip6(ip)).await? {
+        Ok(ip) => match etcd.get(&etcd.keys.ip(ip)).await? {
             Some(kv) => row(etcd, &kv).into_iter().collect(),
             None => Vec::new(),
         },

@@ -144,7 +144,7 @@ impl Snapshot {
                 HandleRead {
                     key: key.to_string(),
                     ip,
-                    ip6_key: value.ip6().map(|v6| keys.ip6(v6)),
+                    ip6_key: value.ip6().map(|v6| keys.ip(v6)),
                     mod_revision: kv.mod_revision(),
                 },
             );

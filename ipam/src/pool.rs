@@ -109,8 +109,7 @@ impl Pool {
 
     /// The IPv6 gateway of a dual-stack pool: its subnet's first address.
     pub fn gateway6(&self) -> Option<Ipv6Addr> {
-        self.ipv6
-            .map(|s| Ipv6Addr::from(u128::from(s.network()) + 1))
+        self.ipv6.map(trellis_common::node::gateway6_of)
     }
 
     /// The IPv6 twin of `ip`: the address at the same offset in the IPv6

@@ -71,7 +71,8 @@ impl NftTable {
         self
     }
 
-    fn is_empty(&self) -> bool {
+    /// No part on: the table is removed rather than written.
+    pub fn is_empty(&self) -> bool {
         self.masquerade.is_none() && self.notrack.is_none()
     }
 

@@ -8,7 +8,7 @@
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::net::IpAddr;
 use trellis_common::cluster_config::ClusterConfig;
-use trellis_common::node::{gateway6_of, gateway_of, vxlan_overhead, NodeRecord};
+use trellis_common::node::{gateway_networks_of, vxlan_overhead, NodeRecord};
 use trellis_kernel::ethtool;
 use trellis_kernel::vxlan::{VxlanChange, VxlanSpec};
 use trellis_kernel::{KernelError, Link, MacAddr, Netlink};
@@ -165,15 +165,7 @@ impl NodeNetwork {
     /// The bridge's addresses: the pods' gateways, the subnets' first
     /// addresses.
     pub fn bridge_addresses(&self) -> Vec<IpNetwork> {
-        let mut all = vec![IpNetwork::V4(
-            Ipv4Network::new(gateway_of(self.subnet), self.subnet.prefix()).expect("valid prefix"),
-        )];
-        if let Some(subnet6) = self.subnet6 {
-            all.push(IpNetwork::V6(
-                Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("valid prefix"),
-            ));
-        }
-        all
+        gateway_networks_of(self.subnet, self.subnet6)
     }
 
     /// Whether `addr` lies in one of the cluster's pod networks.

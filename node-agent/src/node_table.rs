@@ -84,10 +84,10 @@ pub async fn keep(tables: &NodeTables) -> Result<bool, KernelError> {
     tokio::task::spawn_blocking(move || {
         let mut rebuilt = false;
         for table in &both {
-            let wanted_absent = table.masquerade.is_none() && table.notrack.is_none();
             let state = table.state()?;
+            // An empty table is one that is removed: absent is right.
             let fine =
-                state == TableState::Exactly || (wanted_absent && state == TableState::Absent);
+                state == TableState::Exactly || (table.is_empty() && state == TableState::Absent);
             if !fine {
                 table.ensure()?;
                 rebuilt = true;

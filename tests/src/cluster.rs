@@ -1014,6 +1014,16 @@ pub fn result_ip(result: &Value) -> Option<IpAddr> {
     addr.parse::<IpNetwork>().ok().map(|n| n.ip())
 }
 
+/// The IPv6 address of a CNI result (a dual-stack attachment's second).
+pub fn result_ip6(result: &Value) -> Option<IpAddr> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.parse::<IpNetwork>().ok())
+        .map(|n| n.ip())
+        .find(IpAddr::is_ipv6)
+}
+
 /// Pings `to` from inside `from`: one echo at a time, 1 s each, at most 5
 /// tries (the first packets may wait for neighbour resolution).
 pub fn ping(from: &Netns, to: IpAddr) -> Result<()> {

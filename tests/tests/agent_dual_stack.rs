@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use trellis_tests::bins;
-use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Pod};
+use trellis_tests::cluster::{ping, result_ip6, Cluster, ClusterSpec, Pod};
 use trellis_tests::netns::Netns;
 use trellis_tests::wait::wait_for;
 
@@ -44,10 +44,7 @@ fn result_ips(result: &Value) -> Vec<(IpNetwork, Option<IpAddr>)> {
 }
 
 fn ipv6_of(pod: &Pod) -> Result<IpAddr> {
-    result_ips(&pod.result)
-        .into_iter()
-        .map(|(a, _)| a.ip())
-        .find(IpAddr::is_ipv6)
+    result_ip6(&pod.result)
         .with_context(|| format!("{} has no IPv6 address: {}", pod.name, pod.result))
 }
 

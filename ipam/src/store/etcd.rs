@@ -216,7 +216,7 @@ impl EtcdStore {
                 return Ok(None);
             };
             let ikey = self.keys.ip(ip);
-            let ikey6 = ip6.map(|v6| self.keys.ip6(v6));
+            let ikey6 = ip6.map(|v6| self.keys.ip(v6));
             let mut when = vec![
                 Compare::mod_revision(hkey.as_str(), CompareOp::Equal, hrev),
                 Compare::mod_revision(ikey.as_str(), CompareOp::Equal, hrev),
@@ -299,7 +299,7 @@ impl EtcdStore {
     async fn release_pair(&self, a: &Allocation, handle_rev: i64) -> Result<bool, IpamError> {
         let ikey = self.keys.ip(a.ip);
         let hkey = self.keys.handle(&a.handle());
-        let ikey6 = a.ip6.map(|v6| self.keys.ip6(v6));
+        let ikey6 = a.ip6.map(|v6| self.keys.ip(v6));
         let mut ops = vec![
             TxnOp::delete(ikey.as_str(), None),
             TxnOp::txn(
@@ -447,7 +447,7 @@ impl EtcdStore {
         let guard = self.guard_lease().await?;
         let gkey = self.keys.claim_guard(&handle);
         let ikey = self.keys.ip(ip);
-        let ikey6 = ip6.map(|v6| self.keys.ip6(v6));
+        let ikey6 = ip6.map(|v6| self.keys.ip(v6));
         let hkey = self.keys.handle(&handle);
         let ivalue = serde_json::to_vec(owner).expect("owner serializes");
         let hvalue = HandleValue::Holds {

@@ -31,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use trellis_tests::cluster::{ping, Cluster, ClusterSpec};
+use trellis_tests::cluster::{ping, result_ip6, Cluster, ClusterSpec};
 use trellis_tests::libcni::median;
 use trellis_tests::netns::Netns;
 
@@ -120,16 +120,8 @@ fn run() -> Result<()> {
     let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let node_b_ip = IpAddr::V4(node_b.underlay_ip);
     let node_a_ip = IpAddr::V4(node_a.underlay_ip);
-    let ipv6_of = |result: &serde_json::Value| -> Result<IpAddr> {
-        result["ips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip["address"].as_str()?.parse::<ipnetwork::IpNetwork>().ok())
-            .map(|n| n.ip())
-            .find(IpAddr::is_ipv6)
-            .context("the pod has no IPv6 address")
-    };
+    let ipv6_of =
+        |result: &serde_json::Value| result_ip6(result).context("the pod has no IPv6 address");
     let (pod_a6, pod_b6) = (ipv6_of(&pod_a.result)?, ipv6_of(&pod_b.result)?);
     ping(&pod_a.netns, pod_b.ip)?;
     ping(&pod_a.netns, pod_b6)?;
