@@ -4,7 +4,7 @@
 //! - [`lease`]: the node subnet, leased in etcd; [`membership`] keeps the
 //!   lease alive and the node record published.
 //! - [`node_network`]: this node's VXLAN device and bridge.
-//! - [`registry`]: every node record, listed and watched.
+//! - [`registry`]: every node record, followed ([`etcd_follow`]).
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
@@ -18,6 +18,7 @@ pub mod cleanup;
 pub mod dead_nodes;
 pub mod deleted_nodes;
 pub mod departure;
+pub mod etcd_follow;
 pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;

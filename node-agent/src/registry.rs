@@ -1,17 +1,13 @@
-//! The node registry: every record under `<prefix>/nodes/`, listed once,
-//! then followed with a watch from the listing's revision. A compacted
-//! revision, a cancelled or broken watch, or an etcd restart leads to a
-//! fresh listing (with backoff); until the first listing nothing is known
-//! and the kernel is left alone.
+//! The node registry: every record under `<prefix>/nodes/`, followed
+//! ([`crate::etcd_follow`]): until the first listing nothing is known and
+//! the kernel is left alone.
 
-use crate::backoff::Backoff;
+use crate::etcd_follow::{self, Follower};
 use crate::metrics::Metrics;
 use crate::overlay::admission::Admission;
 use crate::overlay::{DesiredOverlay, OverlayUpdate};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
@@ -167,98 +163,54 @@ pub async fn run(
     out: RegistryChannels,
     metrics: Arc<Metrics>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut registry = Registry::new(view);
-    loop {
-        // Each listing on the endpoint in use; one that failed hands over
-        // to the next (a watch on a member that died, froze or lost its
-        // leader ends with an error: keep-alives, require-leader).
-        let mut picked = etcd.pick().await;
-        match list_and_watch(&mut picked.client, &keys, &out, &mut registry).await {
-            Ok(()) => backoff.reset(),
-            Err(e) => {
-                etcd.failed(picked.index);
-                metrics.etcd_errors.inc();
-                log::warn!("node registry ({}): {e}", picked.endpoint);
-            }
-        }
-        if out.updates.is_closed() {
-            return;
-        }
-        let delay = backoff.next_delay();
-        log::info!("node registry: listing again in {delay:?}");
-        tokio::time::sleep(delay).await;
-    }
+    let prefix = keys.nodes();
+    let mut following = Following {
+        keys,
+        out,
+        registry: Registry::new(view),
+    };
+    etcd_follow::follow(etcd, prefix, "node registry", &mut following, metrics).await;
 }
 
-/// One listing and the watch that follows it, until the watch ends (or
-/// nobody takes the updates any more).
-async fn list_and_watch(
-    client: &mut Client,
-    keys: &Keys,
-    out: &RegistryChannels,
-    registry: &mut Registry,
-) -> Result<(), etcd_client::Error> {
-    let prefix = keys.nodes();
-    let resp = client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let listed = registry.replace(resp.kvs().iter().filter_map(|kv| {
-        let name = keys.node_name_of(kv.key_str().ok()?)?;
-        Some((name.to_string(), kv.value().to_vec()))
-    }));
-    if !out.send(Some(listed)) {
-        return Ok(());
+/// The registry as it follows `<prefix>/nodes/`, and where its updates go.
+struct Following {
+    keys: Keys,
+    out: RegistryChannels,
+    registry: Registry,
+}
+
+impl Follower for Following {
+    fn listed(&mut self, kvs: Vec<(String, Vec<u8>)>, _revision: i64) -> bool {
+        let keys = &self.keys;
+        let listed =
+            self.registry
+                .replace(kvs.into_iter().filter_map(|(key, value)| {
+                    Some((keys.node_name_of(&key)?.to_string(), value))
+                }));
+        let listening = self.out.send(Some(listed));
+        self.out.publish_own(&self.registry);
+        listening
     }
-    out.publish_own(registry);
-    log::info!(
-        "node registry: {} records at revision {revision}; watching",
-        registry.len()
-    );
-    let mut stream = client
-        .watch(
-            prefix.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1)
-                    .with_fragment(),
-            ),
-        )
-        .await?;
-    while let Some(resp) = stream.message().await? {
-        if resp.compact_revision() > 0 {
-            log::warn!(
-                "node registry: watch fell behind compaction (revision {}); listing again",
-                resp.compact_revision()
-            );
-            return Ok(());
-        }
-        if resp.canceled() {
-            log::warn!(
-                "node registry: watch cancelled by etcd ({}); listing again",
-                resp.cancel_reason()
-            );
-            return Ok(());
-        }
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let Some(name) = kv.key_str().ok().and_then(|k| keys.node_name_of(k)) else {
-                continue;
-            };
-            let update = match event.event_type() {
-                EventType::Put => registry.put(name.to_string(), kv.value()),
-                EventType::Delete => registry.delete(name),
-            };
-            if !out.send(update) {
-                return Ok(());
-            }
-        }
-        out.publish_own(registry);
+
+    fn put(&mut self, key: &str, value: &[u8]) -> bool {
+        let Some(name) = self.keys.node_name_of(key) else {
+            return true;
+        };
+        let update = self.registry.put(name.to_string(), value);
+        self.out.send(update)
     }
-    log::warn!("node registry: watch stream ended");
-    Ok(())
+
+    fn delete(&mut self, key: &str) -> bool {
+        let Some(name) = self.keys.node_name_of(key) else {
+            return true;
+        };
+        let update = self.registry.delete(name);
+        self.out.send(update)
+    }
+
+    fn caught_up(&mut self) {
+        self.out.publish_own(&self.registry);
+    }
 }
 
 #[cfg(test)]
