@@ -5,13 +5,15 @@
 //! the next when one is away; `etcd_flags`: the etcd flags of every
 //! command line; `cluster_config`; `node_name`), files shared between
 //! processes (`fs`), the node record the agent publishes for the plugins
-//! (`node`) and its report of the attachments on its node
+//! (`node`), the container names its DNS answers (`container_name`) and
+//! its report of the attachments on its node
 //! (`attachment_report`), and what its probes of the other nodes found
 //! (`probe_report`).
 
 pub mod attachment_report;
 pub mod cluster_config;
 pub mod cni;
+pub mod container_name;
 pub mod etcd;
 pub mod etcd_errors;
 pub mod etcd_failover;

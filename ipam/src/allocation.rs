@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub use trellis_common::cni::Attachment as Handle;
 
 /// The owner of an address: the value of `<prefix>/ipam/ips/<ip>` in etcd
-/// (`{"containerID","ifname","node","network"}`) and of a local-store entry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// (`{"containerID","ifname","node","network","name"}`) and of a local-store
+/// entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -26,6 +27,11 @@ pub struct Owner {
     /// whose host veth it knows how to look for.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub plugin: String,
+    /// The container's name, from `K8S_POD_NAME` in `CNI_ARGS` (podman
+    /// sets it to the container name): what the agents' DNS answers with
+    /// this address. Empty: the address has no name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 impl Owner {
@@ -60,6 +66,7 @@ impl Owner {
             node: String::new(),
             network: "net".into(),
             plugin: "trellis".into(),
+            name: String::new(),
         }
     }
 }

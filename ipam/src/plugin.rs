@@ -55,6 +55,7 @@ fn owner_of(req: &Request, conf: &IpamConf, node: String) -> Owner {
         node,
         network: conf.network.clone(),
         plugin: req.conf.plugin_type.clone(),
+        name: trellis_common::container_name::of_env(&req.env).unwrap_or_default(),
     }
 }
 

@@ -186,6 +186,7 @@ fn owner(id: &str) -> Owner {
         node: String::new(),
         network: "net".into(),
         plugin: "trellis".into(),
+        name: String::new(),
     }
 }
 

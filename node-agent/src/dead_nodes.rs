@@ -142,6 +142,7 @@ mod tests {
                 node: node.into(),
                 network: "net".into(),
                 plugin: "trellis".into(),
+                name: String::new(),
             },
             revision: 7,
         }

@@ -271,6 +271,7 @@ mod tests {
                 node: "n1".into(),
                 network: "trellis".into(),
                 plugin: "trellis".into(),
+                name: String::new(),
             },
             revision: rev,
         }

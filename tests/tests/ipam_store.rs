@@ -21,6 +21,7 @@ fn owner(id: &str, node: &str) -> Owner {
         node: node.into(),
         network: "trellis".into(),
         plugin: "trellis".into(),
+        name: String::new(),
     }
 }
 

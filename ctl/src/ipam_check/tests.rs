@@ -8,6 +8,7 @@ fn owner(cid: &str, node: &str) -> Owner {
         node: node.into(),
         network: "trellis".into(),
         plugin: "trellis".into(),
+        name: String::new(),
     }
 }
 

@@ -252,6 +252,7 @@ impl EtcdStore {
                         network,
                         // The handle does not say: only the address key does.
                         plugin: String::new(),
+                        name: String::new(),
                     },
                     revision: hrev,
                 }));
