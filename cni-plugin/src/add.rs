@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::thread::JoinHandle;
 use trellis_common::cni::delegate::Delegation;
-use trellis_common::cni::result::{Interface, IpConfig};
+use trellis_common::cni::result::{Dns, Interface, IpConfig};
 use trellis_common::cni::{code, CniError, CniResult, Command, Request};
 use trellis_common::naming::host_veth_name;
 use trellis_common::node::vxlan_overhead;
@@ -314,7 +314,25 @@ impl Add<'_> {
                 })
                 .collect(),
             routes,
-            dns: ipam.dns,
+            dns: self.dns(ipam.dns),
+        }
+    }
+
+    /// The IPAM's DNS settings if it gave any, else, where the node's agent
+    /// serves DNS, its gateways as nameservers and the network's name as
+    /// the search domain (the agent answers `NAME` and `NAME.<network>`).
+    fn dns(&self, ipam: Dns) -> Dns {
+        match self.mode {
+            Mode::Cluster { record } if ipam.is_empty() && record.dns => Dns {
+                nameservers: record
+                    .gateway_networks()
+                    .iter()
+                    .map(|n| n.ip().to_string())
+                    .collect(),
+                search: vec![self.req.conf.name.to_ascii_lowercase()],
+                ..Dns::default()
+            },
+            _ => ipam,
         }
     }
 

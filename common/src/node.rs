@@ -63,6 +63,10 @@ pub struct NodeRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// The agent serves DNS on the gateways (`trellis-agent --dns`): the
+    /// plugin names them as the containers' nameservers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
     /// This node's IPv6 pod subnet in a dual-stack cluster, e.g.
     /// fd10:244:0:3::/64 (the cluster config's `ipv6Network`, at the index
     /// of `subnet`).
@@ -190,6 +194,7 @@ mod tests {
             node_name: Some("n3".into()),
             kubernetes: false,
             status_addr: None,
+            dns: false,
             ipv6_subnet: None,
             ipv6_network: None,
         };

@@ -3,18 +3,20 @@
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
 use crate::backoff::Backoff;
+use crate::dns::{self, DnsServer};
 use crate::flags::{RunArgs, REQUEST_TIMEOUT};
 use crate::kube_api::KubeApi;
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::names::{self, NameTable};
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::node_table::NodeTables;
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{dead_nodes, deleted_nodes, ipam_gc, node_table, probe, status_server};
+use crate::{dead_nodes, deleted_nodes, etcd_follow, ipam_gc, node_table, probe, status_server};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -169,7 +171,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             )
         };
         let table = node_table::for_node(&net, args.ip_masq, args.vxlan_notrack);
-        if let Err(e) = set_up_node(&nl, &net, &table, &args).await {
+        let set_up = set_up_node(&nl, &net, &table, &args).await;
+        if set_up.is_err() {
             // Nothing uses a subnet whose node could not be set up: give a
             // fresh lease back (a kept one stays: pods may hold its addresses).
             if !leased.reused {
@@ -179,9 +182,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     let _ = c.lease_revoke(leased.grace_lease_id).await;
                 }
             }
-            return Err(e);
         }
-        let record = record_of(&net, &args);
+        let dns = set_up?;
+        let record = record_of(&net, &args, dns.is_some());
         retry("publishing the node record", &metrics, &client, |mut c| {
             let (keys, node, record) = (keys.clone(), node.clone(), record.clone());
             async move {
@@ -190,11 +193,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
         .await?;
         metrics.leased.store(true, Ordering::Relaxed);
-        Ok::<(ClusterConfig, Leased, NodeNetwork, NodeTables), AgentError>((
-            config, leased, net, table,
-        ))
+        Ok::<
+            (
+                ClusterConfig,
+                Leased,
+                NodeNetwork,
+                NodeTables,
+                Option<DnsServer>,
+            ),
+            AgentError,
+        >((config, leased, net, table, dns))
     };
-    let (config, leased, net, table) = tokio::select! {
+    let (config, leased, net, table, dns) = tokio::select! {
         r = start => r?,
         _ = sigterm.recv() => { log::info!("SIGTERM during start-up; stopping"); return Ok(()); }
         _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
@@ -250,6 +260,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         resync_now,
     ));
     let mut background = vec![registry, reconciler];
+    if let Some(dns) = &dns {
+        let mut following = names::Following {
+            keys: keys.clone(),
+            table: dns.names(),
+        };
+        let (etcd, prefix, metrics) = (client.clone(), keys.ips(), metrics.clone());
+        background.push(tokio::spawn(async move {
+            etcd_follow::follow(etcd, prefix, "names", &mut following, metrics).await
+        }));
+    }
     let kube_nodes = kube_api.map(|api| {
         let (nodes, follow) = deleted_nodes::follow(api);
         background.push(tokio::spawn(follow));
@@ -267,7 +287,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         keys: keys.clone(),
         config: config.clone(),
         node: node.clone(),
-        record: record_of(&net, &args),
+        record: record_of(&net, &args, dns.is_some()),
         lease_id: leased.lease_id,
         grace_lease_id: leased.grace_lease_id,
         times,
@@ -352,7 +372,7 @@ async fn set_up_node(
     net: &NodeNetwork,
     table: &NodeTables,
     args: &RunArgs,
-) -> Result<(), AgentError> {
+) -> Result<Option<DnsServer>, AgentError> {
     if trellis_kernel::sysctl::enable_ipv4_forwarding()? {
         log::info!("turned on IPv4 forwarding");
     }
@@ -362,7 +382,8 @@ async fn set_up_node(
     node_table::ensure(table).await?;
     net.ensure_vxlan(nl).await?;
     net.ensure_bridge(nl).await?;
-    write_node_record(&args.state_dir, &record_of(net, args)).map_err(|source| {
+    let dns = args.dns.then(|| start_dns(net, args)).flatten();
+    write_node_record(&args.state_dir, &record_of(net, args, dns.is_some())).map_err(|source| {
         AgentError::StateFile {
             path: trellis_common::node::record_path(&args.state_dir)
                 .display()
@@ -370,11 +391,44 @@ async fn set_up_node(
             source,
         }
     })?;
-    Ok(())
+    Ok(dns)
+}
+
+/// The DNS server on this node's gateways. One that cannot start (port 53
+/// taken on a gateway address) is warned about and leaves the node without
+/// it: containers then keep the runtime's resolvers.
+fn start_dns(net: &NodeNetwork, args: &RunArgs) -> Option<DnsServer> {
+    let listen: Vec<std::net::IpAddr> = net.bridge_addresses().iter().map(|n| n.ip()).collect();
+    let upstreams = if args.dns_upstream.is_empty() {
+        dns::system_upstreams(&listen)
+    } else {
+        args.dns_upstream.clone()
+    };
+    let settings = dns::DnsSettings {
+        listen,
+        port: args.dns_port,
+        upstreams,
+    };
+    let names = NameTable::new(net.cluster_networks());
+    match DnsServer::start(&settings, Arc::new(RwLock::new(names))) {
+        Ok(server) => {
+            log::info!(
+                "serving DNS on {:?} port {}, forwarding to {:?}",
+                settings.listen,
+                settings.port,
+                settings.upstreams
+            );
+            Some(server)
+        }
+        Err(e) => {
+            log::warn!("no DNS on this node: {e}");
+            None
+        }
+    }
 }
 
 /// The record this node publishes (etcd and `node.json`).
-fn record_of(net: &NodeNetwork, args: &RunArgs) -> trellis_common::node::NodeRecord {
+fn record_of(net: &NodeNetwork, args: &RunArgs, dns: bool) -> trellis_common::node::NodeRecord {
     let record = net.record();
     let status_addr = args.metrics_addr.map(|a| {
         if a.ip().is_unspecified() {
@@ -386,6 +440,7 @@ fn record_of(net: &NodeNetwork, args: &RunArgs) -> trellis_common::node::NodeRec
     trellis_common::node::NodeRecord {
         kubernetes: args.kubernetes,
         status_addr,
+        dns,
         ..record
     }
 }

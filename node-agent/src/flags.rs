@@ -162,6 +162,36 @@ pub struct RunArgs {
         default_missing_value = "true"
     )]
     pub ipam_service: bool,
+    /// Serve DNS on the bridge's gateway addresses (port --dns-port, UDP
+    /// and TCP): the names of the cluster's containers (`K8S_POD_NAME`, as
+    /// podman sets it) on every node, other names forwarded to
+    /// --dns-upstream. The plugins then name the gateway as the
+    /// containers' nameserver.
+    #[arg(
+        long,
+        env = "TRELLIS_DNS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub dns: bool,
+    #[arg(long, env = "TRELLIS_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
+    /// Where names that are not the containers' go: `IP` or `IP:PORT`,
+    /// comma-separated; default: the nameservers of the node's
+    /// /etc/resolv.conf.
+    #[arg(long, env = "TRELLIS_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+/// `IP` (port 53), `IP:PORT` or `[IPv6]:PORT`.
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@
 //!   lease alive and the node record published.
 //! - [`node_network`]: this node's VXLAN device and bridge.
 //! - [`registry`]: every node record, followed ([`etcd_follow`]).
+//! - [`names`]: the containers' names, followed; [`dns`] answers them.
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
@@ -18,6 +19,7 @@ pub mod cleanup;
 pub mod dead_nodes;
 pub mod deleted_nodes;
 pub mod departure;
+pub mod dns;
 pub mod etcd_follow;
 pub mod flags;
 pub mod install_cni;
@@ -27,6 +29,7 @@ pub mod kube_api;
 pub mod lease;
 pub mod membership;
 pub mod metrics;
+pub mod names;
 pub mod node_network;
 pub mod node_table;
 pub mod overlay;

@@ -168,6 +168,13 @@ impl NodeNetwork {
         gateway_networks_of(self.subnet, self.subnet6)
     }
 
+    /// The cluster's pod networks.
+    pub fn cluster_networks(&self) -> Vec<IpNetwork> {
+        std::iter::once(IpNetwork::V4(self.network))
+            .chain(self.network6.map(IpNetwork::V6))
+            .collect()
+    }
+
     /// Whether `addr` lies in one of the cluster's pod networks.
     fn in_cluster_network(&self, addr: &IpNetwork) -> bool {
         match addr {
@@ -187,6 +194,7 @@ impl NodeNetwork {
             node_name: Some(self.node_name.clone()),
             kubernetes: false,
             status_addr: None,
+            dns: false,
             ipv6_subnet: self.subnet6,
             ipv6_network: self.network6,
         }

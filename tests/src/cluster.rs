@@ -550,6 +550,9 @@ impl Cluster {
             "--cni-conf-dir".into(),
             conf_dir.display().to_string(),
             format!("--ip-masq={}", self.spec.ip_masq),
+            // Names the agent's DNS does not know go to the outside host
+            // (never to the machine's own resolvers).
+            format!("--dns-upstream={OUTSIDE_IP}:53"),
         ];
         if let (true, Some(ip6)) = (self.spec.tunnel6, underlay_ip6) {
             agent_cmd.extend(["--public-ip".into(), ip6.to_string()]);
@@ -725,6 +728,11 @@ impl Cluster {
     /// The namespace holding the underlay bridge and etcd.
     pub fn underlay(&self) -> &Netns {
         &self.underlay
+    }
+
+    /// The cluster's own scratch directory (removed with it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The host beyond the cluster, at [`OUTSIDE_IP`].

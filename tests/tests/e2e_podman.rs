@@ -166,3 +166,70 @@ fn podman_dual_stack_containers_reach_each_other_and_the_outside_over_ipv6() {
     podmen[1].remove("pm6-b").unwrap();
     assert!(cluster.allocations().unwrap().is_empty());
 }
+
+/// The seed's scenario on the default network: `podman run --name host1` on
+/// one node, `--name host2` on the other, and each finds the other by name
+/// through the agents' DNS, which podman's resolv.conf points at from the
+/// CNI result.
+#[test]
+fn podman_containers_on_two_nodes_find_each_other_by_name() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let rootfs = Rootfs::busybox().unwrap();
+    let podmen = [
+        podman_on(&cluster, 0, &rootfs),
+        podman_on(&cluster, 1, &rootfs),
+    ];
+    let host1 = podmen[0].start("host1").unwrap();
+    let host2 = podmen[1].start("host2").unwrap();
+
+    let gateway = cluster.nodes[0].record().unwrap().gateway();
+    let resolv = podmen[0].exec("host1", "cat /etc/resolv.conf").unwrap();
+    let resolv = String::from_utf8_lossy(&resolv.stdout).into_owned();
+    assert!(
+        resolv.contains(&format!("nameserver {gateway}")),
+        "resolv.conf of host1:\n{resolv}"
+    );
+    let mtu = podmen[0]
+        .exec("host1", "cat /sys/class/net/eth0/mtu")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
+
+    // host1 pings host2 by name, over the overlay.
+    let out = podmen[0]
+        .exec(
+            "host1",
+            "for i in 1 2 3 4 5; do ping -c 1 -W 1 host2 && exit 0; done; exit 1",
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host1 -> host2: {out:?}\n{}",
+        cluster.agent_logs()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("({host2})")),
+        "{out:?}"
+    );
+    // host2 resolves host1, bare and in the network's domain.
+    for name in ["host1", &format!("host1.{NETWORK_NAME}")] {
+        let out = podmen[1]
+            .exec("host2", &format!("nslookup {name}"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains(&host1.to_string()),
+            "host2: nslookup {name}: {out:?}"
+        );
+    }
+    // A removed container stops resolving on the other node within 2 s.
+    podmen[0].remove("host1").unwrap();
+    let out = podmen[1]
+        .exec(
+            "host2",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do nslookup host1 || exit 0; sleep 0.2; done; exit 1",
+        )
+        .unwrap();
+    assert!(out.status.success(), "host1 still resolves: {out:?}");
+    podmen[1].remove("host2").unwrap();
+    assert!(cluster.allocations().unwrap().is_empty());
+}

@@ -335,6 +335,7 @@ fn a_node_without_a_name_is_an_error_in_the_agent_and_the_ipam_plugin() {
         node_name: None,
         kubernetes: false,
         status_addr: None,
+        dns: false,
         ipv6_subnet: None,
         ipv6_network: None,
     };

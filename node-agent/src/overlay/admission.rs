@@ -242,6 +242,7 @@ mod tests {
             node_name: None,
             kubernetes: false,
             status_addr: None,
+            dns: false,
             ipv6_subnet: None,
             ipv6_network: None,
         }
@@ -274,6 +275,7 @@ mod tests {
                     node_name: None,
                     kubernetes: false,
                     status_addr: None,
+                    dns: false,
                     ipv6_subnet: None,
                     ipv6_network: None,
                 };

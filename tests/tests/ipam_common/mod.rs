@@ -189,6 +189,7 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         node_name: Some(node.into()),
         kubernetes: false,
         status_addr: None,
+        dns: false,
         ipv6_subnet: None,
         ipv6_network: None,
     };

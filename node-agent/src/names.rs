@@ -1,0 +1,281 @@
+//! The names of the cluster's containers, for the agent's DNS
+//! ([`crate::dns`]). A name is the `"name"` of an allocation
+//! (`<prefix>/ipam/ips/<ip>`, written with the address by trellis-ipam),
+//! so a name lives exactly as long as its address: a DEL, leak reclaim, GC
+//! or a dead node's reclaim that frees the address removes the name on
+//! every node as the watch delivers the deletion. The table follows the
+//! allocation keys ([`crate::etcd_follow`]).
+//!
+//! `NAME` answers the addresses of every container called NAME; `NAME.NET`
+//! those of the containers called NAME on CNI network NET (the network's
+//! domain). Two live containers of one name answer both addresses.
+
+use crate::etcd_follow::Follower;
+use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use trellis_common::keys::Keys;
+use trellis_ipam::Owner;
+
+/// What an address is called, on which network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    name: String,
+    network: String,
+}
+
+/// Every named address of the served networks.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    /// The pod networks whose addresses are served (the cluster's).
+    served: Vec<IpNetwork>,
+    by_address: HashMap<IpAddr, Named>,
+    by_name: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// How many named addresses each network has: its domain is ours.
+    networks: BTreeMap<String, usize>,
+}
+
+/// What a query for a name came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The name is ours: its addresses (possibly none of the asked family).
+    Addresses(Vec<IpAddr>),
+    /// The name is in one of our domains, and no container has it.
+    NoSuchName,
+    /// Not ours: for the upstream resolvers.
+    NotOurs,
+}
+
+impl NameTable {
+    pub fn new(served: Vec<IpNetwork>) -> Self {
+        NameTable {
+            served,
+            ..NameTable::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_address.is_empty()
+    }
+
+    /// Everything known before is forgotten: the listing is the state.
+    pub fn replace(&mut self, entries: impl IntoIterator<Item = (IpAddr, Owner)>) {
+        self.by_address.clear();
+        self.by_name.clear();
+        self.networks.clear();
+        for (ip, owner) in entries {
+            self.set(ip, &owner);
+        }
+    }
+
+    /// The address `ip` is now `owner`'s (named or not).
+    pub fn set(&mut self, ip: IpAddr, owner: &Owner) {
+        self.remove(ip);
+        if owner.name.is_empty() || !self.served.iter().any(|n| n.contains(ip)) {
+            return;
+        }
+        // Names are stored lowercase (trellis-ipam writes them so); the
+        // network's name becomes a domain, compared lowercase too.
+        let named = Named {
+            name: owner.name.to_ascii_lowercase(),
+            network: owner.network.to_ascii_lowercase(),
+        };
+        self.by_name
+            .entry(named.name.clone())
+            .or_default()
+            .insert(ip);
+        *self.networks.entry(named.network.clone()).or_default() += 1;
+        self.by_address.insert(ip, named);
+    }
+
+    /// The address `ip` is free.
+    pub fn remove(&mut self, ip: IpAddr) {
+        let Some(named) = self.by_address.remove(&ip) else {
+            return;
+        };
+        if let Some(set) = self.by_name.get_mut(&named.name) {
+            set.remove(&ip);
+            if set.is_empty() {
+                self.by_name.remove(&named.name);
+            }
+        }
+        if let Some(count) = self.networks.get_mut(&named.network) {
+            *count -= 1;
+            if *count == 0 {
+                self.networks.remove(&named.network);
+            }
+        }
+    }
+
+    /// `query` (lowercase, without the trailing dot): `NAME` or `NAME.NET`.
+    pub fn lookup(&self, query: &str) -> Answer {
+        let mut found: BTreeSet<IpAddr> = self.by_name.get(query).cloned().unwrap_or_default();
+        let mut in_domain = false;
+        for (dot, _) in query.match_indices('.') {
+            let (name, network) = (&query[..dot], &query[dot + 1..]);
+            if !self.networks.contains_key(network) {
+                continue;
+            }
+            in_domain = true;
+            if let Some(ips) = self.by_name.get(name) {
+                found.extend(
+                    ips.iter()
+                        .filter(|ip| self.by_address[ip].network == network),
+                );
+            }
+        }
+        if !found.is_empty() {
+            Answer::Addresses(found.into_iter().collect())
+        } else if in_domain || self.networks.contains_key(query) {
+            Answer::NoSuchName
+        } else {
+            Answer::NotOurs
+        }
+    }
+}
+
+/// The table as it follows `<prefix>/ipam/ips/`, shared with the DNS.
+pub struct Following {
+    pub keys: Keys,
+    pub table: Arc<RwLock<NameTable>>,
+}
+
+fn owner_of(value: &[u8]) -> Option<Owner> {
+    Owner::parse(value).ok()
+}
+
+impl Follower for Following {
+    fn listed(&mut self, kvs: Vec<(String, Vec<u8>)>, _revision: i64) -> bool {
+        let keys = &self.keys;
+        let entries = kvs
+            .into_iter()
+            .filter_map(|(key, value)| Some((keys.address_of(&key)?, owner_of(&value)?)));
+        let mut table = self.table.write().expect("name table lock");
+        table.replace(entries);
+        log::info!("names: {} named addresses", table.len());
+        true
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) -> bool {
+        if let Some(ip) = self.keys.address_of(key) {
+            let mut table = self.table.write().expect("name table lock");
+            match owner_of(value) {
+                Some(owner) => table.set(ip, &owner),
+                None => table.remove(ip),
+            }
+        }
+        true
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        if let Some(ip) = self.keys.address_of(key) {
+            self.table.write().expect("name table lock").remove(ip);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(name: &str, network: &str) -> Owner {
+        Owner {
+            container_id: format!("c-{name}"),
+            ifname: "eth0".into(),
+            network: network.into(),
+            name: name.into(),
+            ..Owner::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn table() -> NameTable {
+        NameTable::new(vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd10:244::/56".parse().unwrap(),
+        ])
+    }
+
+    fn addrs(list: &[&str]) -> Answer {
+        Answer::Addresses(list.iter().map(|s| ip(s)).collect())
+    }
+
+    #[test]
+    fn names_answer_bare_and_in_their_networks_domain() {
+        let mut t = table();
+        t.set(ip("10.244.1.2"), &owner("host1", "trellis"));
+        t.set(ip("fd10:244:0:1::2"), &owner("host1", "trellis"));
+        t.set(ip("10.244.2.2"), &owner("host2", "trellis"));
+        assert_eq!(t.lookup("host1"), addrs(&["10.244.1.2", "fd10:244:0:1::2"]));
+        assert_eq!(t.lookup("host2.trellis"), addrs(&["10.244.2.2"]));
+        assert_eq!(t.lookup("host3.trellis"), Answer::NoSuchName);
+        assert_eq!(t.lookup("trellis"), Answer::NoSuchName);
+        assert_eq!(t.lookup("host2.other"), Answer::NotOurs);
+        assert_eq!(t.lookup("example.com"), Answer::NotOurs);
+        assert_eq!(t.lookup("host3"), Answer::NotOurs);
+    }
+
+    #[test]
+    fn a_freed_address_stops_answering_and_a_shared_name_answers_both() {
+        let mut t = table();
+        t.set(ip("10.244.1.2"), &owner("web", "trellis"));
+        t.set(ip("10.244.2.9"), &owner("web", "trellis"));
+        assert_eq!(t.lookup("web"), addrs(&["10.244.1.2", "10.244.2.9"]));
+        t.remove(ip("10.244.1.2"));
+        assert_eq!(t.lookup("web.trellis"), addrs(&["10.244.2.9"]));
+        // Re-owned by a container of another name.
+        t.set(ip("10.244.2.9"), &owner("db", "trellis"));
+        assert_eq!(t.lookup("web"), Answer::NotOurs);
+        assert_eq!(t.lookup("db"), addrs(&["10.244.2.9"]));
+        t.remove(ip("10.244.2.9"));
+        assert!(t.is_empty());
+        assert_eq!(t.lookup("db.trellis"), Answer::NotOurs);
+    }
+
+    #[test]
+    fn unnamed_addresses_and_addresses_outside_the_network_are_not_served() {
+        let mut t = table();
+        t.set(ip("10.244.1.2"), &owner("", "trellis"));
+        t.set(ip("192.168.7.7"), &owner("elsewhere", "trellis"));
+        assert!(t.is_empty());
+        t.replace([(ip("10.244.3.3"), owner("a", "n1"))]);
+        assert_eq!(t.lookup("a.n1"), addrs(&["10.244.3.3"]));
+        t.replace([]);
+        assert_eq!(t.lookup("a"), Answer::NotOurs);
+    }
+
+    #[test]
+    fn following_decodes_allocation_keys() {
+        let table = Arc::new(RwLock::new(table()));
+        let mut f = Following {
+            keys: Keys::new("/trellis"),
+            table: table.clone(),
+        };
+        let value = |name: &str| {
+            format!(r#"{{"containerID":"c","ifname":"eth0","node":"n","network":"trellis","name":"{name}"}}"#)
+                .into_bytes()
+        };
+        assert!(f.listed(
+            vec![("/trellis/ipam/ips/10.244.1.5".into(), value("one"))],
+            7
+        ));
+        assert!(f.put("/trellis/ipam/ips/fd10:244:0:1::5", &value("one")));
+        assert!(f.put("/trellis/ipam/handles/x/eth0", b"{}"));
+        assert_eq!(
+            table.read().unwrap().lookup("one"),
+            addrs(&["10.244.1.5", "fd10:244:0:1::5"])
+        );
+        assert!(f.put("/trellis/ipam/ips/10.244.1.5", b"{garbage"));
+        assert!(f.delete("/trellis/ipam/ips/fd10:244:0:1::5"));
+        assert_eq!(table.read().unwrap().lookup("one"), Answer::NotOurs);
+    }
+}
