@@ -29,6 +29,9 @@ PACKAGES=(
     # and the programs of the e2e suite's images (agnhost is Alpine with
     # curl, bind-tools and netcat; jessie-dnsutils is Debian's dnsutils)
     gcc libc6-dev iptables curl bind9-dnsutils netcat-openbsd
+    # the agent's DNS suite: dig (bind9-dnsutils, above) asks it, and
+    # dnsmasq plays the resolver it forwards to, on the harness's outside host
+    dnsmasq-base
 )
 
 if [[ $(id -u) -ne 0 ]]; then
