@@ -32,6 +32,8 @@ PACKAGES=(
     # the agent's DNS suite: dig (bind9-dnsutils, above) asks it, and
     # dnsmasq plays the resolver it forwards to, on the harness's outside host
     dnsmasq-base
+    # scripts/bench-dns.sh: podman's name server, the reference
+    aardvark-dns
 )
 
 if [[ $(id -u) -ne 0 ]]; then
