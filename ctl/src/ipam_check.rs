@@ -12,7 +12,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trellis_common::attachment_report::AttachmentReport;
 use trellis_ipam::allocation::Owner;
 use trellis_ipam::store::records::HandleValue;
@@ -31,6 +31,10 @@ pub enum Kind {
     UnknownNode,
     /// An address key that does not decode.
     Unreadable,
+    /// An IPv6 address key that neither a handle nor an IPv4 address of
+    /// the same attachment goes with (ADD writes the three in one
+    /// transaction, so this is never an ADD in progress).
+    LoneIpv6,
 }
 
 /// One finding, as `-o json` prints it and `release --from-report` reads it.
@@ -88,6 +92,14 @@ struct Held {
     mod_revision: i64,
 }
 
+/// An IPv6 address key as read (a dual-stack allocation's twin).
+struct Held6 {
+    ip: Ipv6Addr,
+    key: String,
+    owner: Result<Owner, String>,
+    mod_revision: i64,
+}
+
 /// A handle holding an address, as read.
 struct HandleRead {
     key: String,
@@ -100,6 +112,7 @@ struct HandleRead {
 /// Everything the check compares, read from etcd.
 pub struct Snapshot {
     held: Vec<Held>,
+    held6: Vec<Held6>,
     /// Handles that name an address, by (containerID, ifname).
     handles: BTreeMap<(String, String), HandleRead>,
     nodes: BTreeSet<String>,
@@ -110,17 +123,27 @@ pub struct Snapshot {
 impl Snapshot {
     pub async fn read(etcd: &Etcd) -> Result<Snapshot> {
         let keys = &etcd.keys;
-        let mut held = Vec::new();
+        let (mut held, mut held6) = (Vec::new(), Vec::new());
         for kv in etcd.list(&keys.ips()).await? {
-            let Some(ip) = kv.key_str().ok().and_then(|k| keys.ip_of(k)) else {
+            let Some(ip) = kv.key_str().ok().and_then(|k| keys.address_of(k)) else {
                 continue;
             };
-            held.push(Held {
-                ip,
-                key: keys.ip(ip),
-                owner: Owner::parse(kv.value()).map_err(|e| e.to_string()),
-                mod_revision: kv.mod_revision(),
-            });
+            let owner = Owner::parse(kv.value()).map_err(|e| e.to_string());
+            let (key, mod_revision) = (keys.ip(ip), kv.mod_revision());
+            match ip {
+                IpAddr::V4(ip) => held.push(Held {
+                    ip,
+                    key,
+                    owner,
+                    mod_revision,
+                }),
+                IpAddr::V6(ip) => held6.push(Held6 {
+                    ip,
+                    key,
+                    owner,
+                    mod_revision,
+                }),
+            }
         }
         let mut handles = BTreeMap::new();
         let mut fences = Vec::new();
@@ -167,6 +190,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             held,
+            held6,
             handles,
             nodes,
             reports,
@@ -282,6 +306,7 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
             });
         }
     }
+    findings.extend(lone_ipv6(s));
     findings.sort_by(|a, b| (a.kind, a.ip, &a.key).cmp(&(b.kind, b.ip, &b.key)));
     Report {
         findings,
@@ -290,6 +315,63 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
         unreported_nodes: unreported.into_iter().collect(),
         fence_markers: s.fences.clone(),
     }
+}
+
+/// IPv6 keys that no handle names and whose attachment holds no IPv4
+/// address: releasable (if unchanged since). One that does not decode is
+/// unreadable, as an IPv4 key would be.
+fn lone_ipv6(s: &Snapshot) -> Vec<Finding> {
+    let named: BTreeSet<&str> = s
+        .handles
+        .values()
+        .filter_map(|h| h.ip6_key.as_deref())
+        .collect();
+    let with_ipv4: BTreeSet<(&str, &str, &str)> = s
+        .held
+        .iter()
+        .filter_map(|h| h.owner.as_ref().ok())
+        .map(|o| {
+            (
+                o.network.as_str(),
+                o.container_id.as_str(),
+                o.ifname.as_str(),
+            )
+        })
+        .collect();
+    let mut findings = Vec::new();
+    for h in &s.held6 {
+        if named.contains(h.key.as_str()) {
+            continue;
+        }
+        let (kind, owner, releasable, detail) = match &h.owner {
+            Err(e) => (Kind::Unreadable, None, false, format!("{}: {e}", h.ip)),
+            Ok(o) if with_ipv4.contains(&(&o.network, &o.container_id, &o.ifname)) => continue,
+            Ok(o) => (
+                Kind::LoneIpv6,
+                Some(o),
+                true,
+                format!(
+                    "{} is held for {}/{} but neither a handle nor an IPv4 address of that attachment goes with it",
+                    h.ip, o.container_id, o.ifname
+                ),
+            ),
+        };
+        findings.push(Finding {
+            kind,
+            key: h.key.clone(),
+            mod_revision: h.mod_revision,
+            ip: None,
+            node: owner.map(|o| o.node.clone()).unwrap_or_default(),
+            container_id: owner.map(|o| o.container_id.clone()).unwrap_or_default(),
+            ifname: owner.map(|o| o.ifname.clone()).unwrap_or_default(),
+            handle_key: None,
+            handle_mod_revision: 0,
+            ip6_key: None,
+            releasable,
+            detail,
+        });
+    }
+    findings
 }
 
 impl Snapshot {
@@ -343,7 +425,9 @@ pub async fn run_check(etcd: &Etcd, format: Format, leak_after: u64) -> Result<O
                 .map(|f| {
                     vec![
                         kind_name(f.kind),
-                        f.ip.map_or("-".into(), |ip| ip.to_string()),
+                        etcd.keys
+                            .address_of(&f.key)
+                            .map_or("-".into(), |ip| ip.to_string()),
                         or_dash(&f.node),
                         or_dash(&f.container_id),
                         or_dash(&f.ifname),

@@ -77,7 +77,7 @@ enum IpamCommand {
     Show { what: String },
     /// Compare every allocation and handle with the agents' reports of the
     /// attachments on their nodes: leaked, duplicate, orphaned-handle,
-    /// unknown-node, unreadable. Exit 1 with findings. `-o json` prints the
+    /// unknown-node, lone-ipv6, unreadable. Exit 1 with findings. `-o json` prints the
     /// report that `release --from-report` takes.
     Check {
         /// Seconds an allocation must have been seen without its veth by its

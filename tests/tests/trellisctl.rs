@@ -206,6 +206,14 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
             r#"{"containerID":"g","ifname":"eth0","node":"ghost","network":"trellis","plugin":"trellis"}"#,
         ])
         .unwrap();
+    // An IPv6 address key left without its IPv4 twin and handle (none is
+    // ever written alone; an operator's or a failed restore's).
+    let lone_key = format!("{prefix}/ipam/ips/fd10:244:0:1::9");
+    let lone_owner = format!(
+        r#"{{"containerID":"lone","ifname":"eth0","node":"{}","network":"trellis","plugin":"trellis"}}"#,
+        cluster.nodes[0].name
+    );
+    cluster.etcdctl(&["put", &lone_key, &lone_owner]).unwrap();
     let leaked_key = format!("{prefix}/ipam/ips/{}", leaked.ip);
     let leaked_handle = format!("{prefix}/ipam/handles/{}/eth0", leaked.container_id);
     drop(leaked);
@@ -225,6 +233,11 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
     assert_eq!(
         findings_of(&report, "unknown-node"),
         [ghost_key.as_str()],
+        "{report}"
+    );
+    assert_eq!(
+        findings_of(&report, "lone-ipv6"),
+        [lone_key.as_str()],
         "{report}"
     );
     let table = stdout(&ctl(&cluster, &["ipam", "check", "--leak-after", "2"]));
@@ -253,7 +266,10 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
             .map(|f| f["key"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(keys(&released["released"]), [leaked_key.as_str()]);
+    assert_eq!(
+        keys(&released["released"]),
+        [leaked_key.as_str(), lone_key.as_str()]
+    );
     assert_eq!(keys(&released["skipped"]), [stray.as_str()]);
 
     // The leaked address and its handle are gone; live pods, the ghost
@@ -276,6 +292,7 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
         cluster.etcd_entries("ipam/ips/10.244.251.9").unwrap().len(),
         1
     );
+    assert!(cluster.etcd_entries("ipam/ips/fd10").unwrap().is_empty());
     assert_eq!(
         cluster.etcd_entries("ipam/handles/stray/").unwrap().len(),
         1
@@ -284,7 +301,7 @@ fn ipam_check_finds_a_leak_and_release_frees_exactly_what_the_report_names() {
     let again = ctl(&cluster, &["ipam", "release", "--from-report", &path]);
     assert_eq!(again.status.code(), Some(1));
     assert!(
-        stdout(&again).contains("0 released, 2 skipped"),
+        stdout(&again).contains("0 released, 3 skipped"),
         "{}",
         stdout(&again)
     );

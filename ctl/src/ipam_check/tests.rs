@@ -71,6 +71,7 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
                 mod_revision: 17,
             },
         ],
+        held6: vec![],
         handles: [
             handle("live", 2, 10),
             handle("dead", 3, 11),
@@ -155,6 +156,7 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
 fn a_report_reads_back_for_the_release() {
     let s = Snapshot {
         held: vec![held(3, owner("dead", "n1"), 11)],
+        held6: vec![],
         handles: [handle("dead", 3, 11)].into_iter().collect(),
         nodes: ["n1".to_string()].into_iter().collect(),
         fences: vec!["/trellis/ipam/handles/fenced/eth0".into()],
@@ -173,4 +175,67 @@ fn a_report_reads_back_for_the_release() {
     assert!(text.contains(r#""kind":"leaked""#), "{text}");
     let back: Report = serde_json::from_str(&text).unwrap();
     assert_eq!(back.findings, r.findings);
+}
+
+fn held6(last: u8, owner: Owner, rev: i64) -> Held6 {
+    Held6 {
+        ip: format!("fd10:244:0:1::{last:x}").parse().unwrap(),
+        key: format!("/trellis/ipam/ips/fd10:244:0:1::{last:x}"),
+        owner: Ok(owner),
+        mod_revision: rev,
+    }
+}
+
+#[test]
+fn an_ipv6_key_without_its_handle_or_ipv4_twin_is_named_and_twins_are_not() {
+    let mut named = handle("named", 2, 10);
+    named.1.ip6_key = Some("/trellis/ipam/ips/fd10:244:0:1::2".into());
+    let s = Snapshot {
+        held: vec![
+            held(2, owner("named", "n1"), 10),
+            held(3, owner("twin", "n1"), 11),
+        ],
+        held6: vec![
+            held6(2, owner("named", "n1"), 10),
+            // Its handle is gone, its IPv4 twin is there: the IPv4 key's
+            // findings cover the attachment.
+            held6(3, owner("twin", "n1"), 11),
+            held6(4, owner("lone", "n1"), 12),
+            Held6 {
+                owner: Err("expected value".into()),
+                ..held6(5, owner("x", "n1"), 13)
+            },
+        ],
+        handles: [named].into_iter().collect(),
+        nodes: ["n1".to_string()].into_iter().collect(),
+        reports: BTreeMap::new(),
+        fences: vec![],
+    };
+    let r = check(&s, 60);
+    let lone: Vec<_> = kinds(&r)
+        .into_iter()
+        .filter(|(_, key, _)| key.contains("fd10"))
+        .collect();
+    assert_eq!(
+        lone,
+        vec![
+            (
+                Kind::Unreadable,
+                "/trellis/ipam/ips/fd10:244:0:1::5".to_string(),
+                false
+            ),
+            (
+                Kind::LoneIpv6,
+                "/trellis/ipam/ips/fd10:244:0:1::4".to_string(),
+                true
+            ),
+        ]
+    );
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.kind == Kind::LoneIpv6)
+        .unwrap();
+    assert_eq!((f.container_id.as_str(), f.mod_revision), ("lone", 12));
+    assert!(f.detail.contains("fd10:244:0:1::4"), "{}", f.detail);
 }
