@@ -105,7 +105,7 @@ fn run() -> Result<()> {
         }
     }
     print_pods(&cluster, &pods);
-    let failures = print_matrix(&cluster, &pods);
+    let failures = print_matrix(&cluster, &pods) + print_names(&cluster, &pods)?;
     print_egress(&cluster, &pods)?;
 
     if opts.keep {
@@ -205,6 +205,48 @@ fn print_matrix(cluster: &Cluster, pods: &[Pod]) -> usize {
         println!();
     }
     failures
+}
+
+/// Each node's first pod asks its node's agent (DNS on the gateway) for
+/// the name of a pod on the next node; returns the failures.
+fn print_names(cluster: &Cluster, pods: &[Pod]) -> Result<usize> {
+    println!("\nNames (each node's agent answers DNS on its gateway for every pod):");
+    let firsts: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.name.starts_with("pod-a"))
+        .collect();
+    let mut failures = 0;
+    for (i, pod) in firsts.iter().enumerate() {
+        let peer = firsts[(i + 1) % firsts.len()];
+        let peer = pods.iter().rfind(|p| p.node == peer.node).unwrap_or(peer);
+        let gateway = cluster.nodes[pod.node].record()?.gateway();
+        let answer = pod
+            .netns
+            .ok(&[
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=2",
+                &format!("@{gateway}"),
+                &peer.name,
+            ])
+            .unwrap_or_default();
+        let answer = answer.trim();
+        let ok = answer == peer.ip.to_string();
+        failures += usize::from(!ok);
+        println!(
+            "  {} asks {gateway} for {} -> {}: {}",
+            short(&pod.name),
+            peer.name,
+            if answer.is_empty() {
+                "no answer"
+            } else {
+                answer
+            },
+            if ok { "ok (its address)" } else { "FAILED" }
+        );
+    }
+    Ok(failures)
 }
 
 fn print_egress(cluster: &Cluster, pods: &[Pod]) -> Result<()> {
