@@ -329,7 +329,9 @@ impl Add<'_> {
                     .iter()
                     .map(|n| n.ip().to_string())
                     .collect(),
-                search: vec![self.req.conf.name.to_ascii_lowercase()],
+                search: vec![trellis_common::container_name::domain_of(
+                    &self.req.conf.name,
+                )],
                 ..Dns::default()
             },
             _ => ipam,

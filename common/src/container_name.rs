@@ -37,6 +37,13 @@ pub fn normalized(name: &str) -> Option<String> {
     fits.then(|| name.to_ascii_lowercase())
 }
 
+/// The DNS domain of the CNI network `network` (the conflist's `name`):
+/// the agents answer `NAME.<domain>`, and the plugin's result gives it as
+/// the container's search domain.
+pub fn domain_of(network: &str) -> String {
+    network.to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

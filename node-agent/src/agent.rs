@@ -200,11 +200,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 NodeNetwork,
                 NodeTables,
                 Option<DnsServer>,
+                trellis_common::node::NodeRecord,
             ),
             AgentError,
-        >((config, leased, net, table, dns))
+        >((config, leased, net, table, dns, record))
     };
-    let (config, leased, net, table, dns) = tokio::select! {
+    let (config, leased, net, table, dns, record) = tokio::select! {
         r = start => r?,
         _ = sigterm.recv() => { log::info!("SIGTERM during start-up; stopping"); return Ok(()); }
         _ = sigint.recv() => { log::info!("SIGINT during start-up; stopping"); return Ok(()); }
@@ -287,7 +288,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         keys: keys.clone(),
         config: config.clone(),
         node: node.clone(),
-        record: record_of(&net, &args, dns.is_some()),
+        record,
         lease_id: leased.lease_id,
         grace_lease_id: leased.grace_lease_id,
         times,

@@ -79,11 +79,11 @@ impl NameTable {
         if owner.name.is_empty() || !self.served.iter().any(|n| n.contains(ip)) {
             return;
         }
-        // Names are stored lowercase (trellis-ipam writes them so); the
-        // network's name becomes a domain, compared lowercase too.
+        // Names are stored lowercase (trellis-ipam writes them so; another
+        // writer may not); the network's name becomes its domain.
         let named = Named {
             name: owner.name.to_ascii_lowercase(),
-            network: owner.network.to_ascii_lowercase(),
+            network: trellis_common::container_name::domain_of(&owner.network),
         };
         self.by_name
             .entry(named.name.clone())
