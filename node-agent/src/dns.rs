@@ -22,6 +22,10 @@ use std::time::Duration;
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses buffered per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 16;
+/// How long a query waits for the names' first listing (an agent just
+/// started) before it is answered SERVFAIL: never NXDOMAIN for a name the
+/// agent has not yet read.
+const LISTING_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -79,8 +83,10 @@ pub struct DnsServer {
 impl DnsServer {
     /// Bind every address of `settings` (UDP and TCP) and serve `table`.
     pub fn start(settings: &DnsSettings, table: Arc<RwLock<NameTable>>) -> Result<Self, DnsError> {
+        let listing = table.read().expect("name table lock").listing();
         let handler = Handler {
             table: table.clone(),
+            listing,
             forward: forwarder(&settings.upstreams)?,
         };
         let mut server = Server::new(handler);
@@ -154,6 +160,7 @@ fn forwarder(upstreams: &[SocketAddr]) -> Result<Option<Catalog>, DnsError> {
 
 struct Handler {
     table: Arc<RwLock<NameTable>>,
+    listing: tokio::sync::watch::Receiver<bool>,
     forward: Option<Catalog>,
 }
 
@@ -183,6 +190,17 @@ impl RequestHandler for Handler {
             let msg = builder.error_msg(&request.metadata, ResponseCode::FormErr);
             return sent(response.send_response(msg).await, request);
         };
+        let listed = *self.listing.borrow();
+        if !listed {
+            let mut listing = self.listing.clone();
+            let listed = tokio::time::timeout(LISTING_WAIT, listing.wait_for(|l| *l))
+                .await
+                .is_ok_and(|waited| waited.is_ok());
+            if !listed {
+                let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+                return sent(response.send_response(msg).await, request);
+            }
+        }
         let query = info.query;
         let text = query.name().to_string();
         let text = text.strip_suffix('.').unwrap_or(&text);
@@ -232,6 +250,60 @@ fn sent(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_server::proto::op::{Message, Query};
+
+    /// A query held while the names are unread is answered once they are
+    /// in, with what they say (not NXDOMAIN from the empty table).
+    #[tokio::test]
+    async fn a_query_before_the_first_listing_waits_for_it() {
+        // A free port on loopback, for UDP and TCP alike.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let table = Arc::new(RwLock::new(NameTable::new(vec!["10.244.0.0/16"
+            .parse()
+            .unwrap()])));
+        let settings = DnsSettings {
+            listen: vec!["127.0.0.1".parse().unwrap()],
+            port,
+            upstreams: vec![],
+        };
+        let _server = DnsServer::start(&settings, table.clone()).unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_ascii("web.").unwrap(),
+            RecordType::A,
+        ));
+        client
+            .send_to(&query.to_vec().unwrap(), ("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let early = tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await;
+        assert!(early.is_err(), "answered before the names were read");
+        let owner = trellis_ipam::Owner {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            network: "trellis".into(),
+            name: "web".into(),
+            ..Default::default()
+        };
+        table
+            .write()
+            .unwrap()
+            .replace([("10.244.1.2".parse().unwrap(), owner)]);
+        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+            .await
+            .expect("the held query is answered once the names are in")
+            .unwrap();
+        let answer = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        let ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(ips, vec!["10.244.1.2"]);
+    }
 
     #[test]
     fn resolv_conf_nameservers_are_read_and_scoped_ones_dropped() {

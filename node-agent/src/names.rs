@@ -15,6 +15,7 @@ use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
 use trellis_common::keys::Keys;
 use trellis_ipam::Owner;
 
@@ -26,10 +27,14 @@ struct Named {
 }
 
 /// Every named address of the served networks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NameTable {
     /// The pod networks whose addresses are served (the cluster's).
     served: Vec<IpNetwork>,
+    /// True once a first listing is in: until then the table knows
+    /// nothing, and an empty answer would be a lie (the DNS holds
+    /// queries instead, [`NameTable::listing`]).
+    listed: watch::Sender<bool>,
     by_address: HashMap<IpAddr, Named>,
     by_name: BTreeMap<String, BTreeSet<IpAddr>>,
     /// How many named addresses each network has: its domain is ours.
@@ -51,8 +56,16 @@ impl NameTable {
     pub fn new(served: Vec<IpNetwork>) -> Self {
         NameTable {
             served,
-            ..NameTable::default()
+            listed: watch::Sender::new(false),
+            by_address: HashMap::new(),
+            by_name: BTreeMap::new(),
+            networks: BTreeMap::new(),
         }
+    }
+
+    /// Whether a first listing is in, and a way to wait for it.
+    pub fn listing(&self) -> watch::Receiver<bool> {
+        self.listed.subscribe()
     }
 
     pub fn len(&self) -> usize {
@@ -71,6 +84,7 @@ impl NameTable {
         for (ip, owner) in entries {
             self.set(ip, &owner);
         }
+        self.listed.send_replace(true);
     }
 
     /// The address `ip` is now `owner`'s (named or not).
@@ -251,6 +265,18 @@ mod tests {
         assert_eq!(t.lookup("a.n1"), addrs(&["10.244.3.3"]));
         t.replace([]);
         assert_eq!(t.lookup("a"), Answer::NotOurs);
+    }
+
+    #[test]
+    fn a_table_is_listed_once_its_first_listing_is_in() {
+        let mut t = table();
+        let listing = t.listing();
+        assert!(!*listing.borrow());
+        t.set(ip("10.244.1.2"), &owner("early", "trellis"));
+        assert!(!*listing.borrow(), "a watch event is not a listing");
+        t.replace([]);
+        assert!(*listing.borrow());
+        assert!(*t.listing().borrow());
     }
 
     #[test]
