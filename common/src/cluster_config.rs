@@ -63,6 +63,12 @@ fn default_port() -> u16 {
 #[error("{0}")]
 pub struct InvalidClusterConfig(String);
 
+impl InvalidClusterConfig {
+    pub(crate) fn new(why: String) -> Self {
+        InvalidClusterConfig(why)
+    }
+}
+
 impl ClusterConfig {
     /// Decode and check a configuration as stored: JSON with the documented
     /// keys, a network without host bits, node subnets that leave room for
@@ -70,8 +76,14 @@ impl ClusterConfig {
     pub fn parse(bytes: &[u8]) -> Result<ClusterConfig, InvalidClusterConfig> {
         let config: ClusterConfig =
             serde_json::from_slice(bytes).map_err(|e| InvalidClusterConfig(e.to_string()))?;
-        config.check().map_err(InvalidClusterConfig)?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// The checks of [`ClusterConfig::parse`] on a decoded configuration
+    /// (a named network's record embeds one).
+    pub fn validate(&self) -> Result<(), InvalidClusterConfig> {
+        self.check().map_err(InvalidClusterConfig)
     }
 
     fn check(&self) -> Result<(), String> {

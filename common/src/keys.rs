@@ -46,6 +46,22 @@ impl Keys {
         format!("{}/config", self.prefix)
     }
 
+    /// `<prefix>/networks/`: every named network's record.
+    pub fn networks(&self) -> String {
+        format!("{}/networks/", self.prefix)
+    }
+
+    /// `<prefix>/networks/<name>`.
+    pub fn network(&self, name: &str) -> String {
+        format!("{}{name}", self.networks())
+    }
+
+    /// The network name of a key under [`Keys::networks`].
+    pub fn network_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.networks())
+            .filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+
     /// `<prefix>/nodes/`: every node record.
     pub fn nodes(&self) -> String {
         format!("{}/nodes/", self.prefix)
@@ -311,6 +327,13 @@ mod tests {
         assert_eq!(k.node_name_of("/trellis/nodes/n1"), Some("n1"));
         assert_eq!(k.node_name_of("/trellis/nodes/"), None);
         assert_eq!(k.node_name_of("/trellis/nodes/a/b"), None);
+        assert_eq!(k.network("multihost"), "/trellis/networks/multihost");
+        assert_eq!(
+            k.network_name_of(&k.network("multihost")),
+            Some("multihost")
+        );
+        assert_eq!(k.network_name_of("/trellis/networks/"), None);
+        assert_eq!(k.network_name_of("/trellis/networks/a/b"), None);
         let net: Ipv4Network = "10.244.3.0/24".parse().unwrap();
         assert_eq!(k.subnet(net), "/trellis/subnets/10.244.3.0-24");
         assert_eq!(k.subnet_of(&k.subnet(net)), Some(net));

@@ -3,7 +3,8 @@
 //! layout under its one prefix rule; `etcd`: settings, TLS checks and the
 //! connection; `etcd_failover`: one client per endpoint and moving on to
 //! the next when one is away; `etcd_flags`: the etcd flags of every
-//! command line; `cluster_config`; `node_name`), files shared between
+//! command line; `cluster_config`; the named networks beside it
+//! (`network`); `node_name`), files shared between
 //! processes (`fs`), the node record the agent publishes for the plugins
 //! (`node`), the container names its DNS answers (`container_name`) and
 //! its report of the attachments on its node
@@ -21,6 +22,7 @@ pub mod etcd_flags;
 pub mod fs;
 pub mod keys;
 pub mod naming;
+pub mod network;
 pub mod node;
 pub mod node_name;
 pub mod probe_report;

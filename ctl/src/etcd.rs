@@ -2,7 +2,7 @@
 //! and going on to the next endpoint when one is away (the agent's client).
 
 use anyhow::{anyhow, Context, Result};
-use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, GetResponse, KeyValue, Txn, TxnOp};
 use std::time::{Duration, Instant};
 use trellis_common::etcd::{EtcdClient, EtcdSettings};
 use trellis_common::etcd_failover::Failed;
@@ -34,21 +34,32 @@ impl Etcd {
             .await
     }
 
+    /// Every key under `prefix`, and the revision of the listing.
+    pub async fn list_at(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let mut resp = self
+            .get_response(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.take_kvs(), revision))
+    }
+
     /// The key, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         Ok(self.read(key, None).await?.into_iter().next())
     }
 
     async fn read(&self, key: &str, options: Option<GetOptions>) -> Result<Vec<KeyValue>> {
-        let mut resp = self
-            .client
+        Ok(self.get_response(key, options).await?.take_kvs())
+    }
+
+    async fn get_response(&self, key: &str, options: Option<GetOptions>) -> Result<GetResponse> {
+        self.client
             .call(self.deadline(), |c| {
                 let (key, options) = (key.to_string(), options.clone());
                 async move { c.kv_client().get(key, options).await }
             })
             .await
-            .map_err(|f| self.failed(&format!("reading {key}"), &f))?;
-        Ok(resp.take_kvs())
+            .map_err(|f| self.failed(&format!("reading {key}"), &f))
     }
 
     fn failed(&self, doing: &str, f: &Failed) -> anyhow::Error {

@@ -1,10 +1,12 @@
 //! `trellisctl`: the operator's view of a trellis cluster, read from (and,
-//! for `config set`, written to) etcd with the agent's etcd flags.
+//! for `config set` and `network create|rm`, written to) etcd with the
+//! agent's etcd flags.
 //!
 //! Exit status: 0 done; 1 an error (etcd unreachable, a refused or invalid
 //! value, records that cannot be read, listed beside the rest), findings of
 //! `ipam check`, releases `ipam release` skipped; 2 bad usage; 3 nothing
-//! found (`ipam show`, `config get` with no config).
+//! found (`ipam show`, `config get` with no config, `network inspect|rm`
+//! of no such network).
 
 mod config;
 mod doctor;
@@ -12,6 +14,7 @@ mod etcd;
 mod health;
 mod ipam;
 mod ipam_check;
+mod network;
 mod nodes;
 mod output;
 
@@ -46,6 +49,9 @@ enum Command {
     /// The cluster config at <prefix>/config.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Named networks (<prefix>/networks/NAME), beside the default one.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Every agent (or one) probes every other node: a matrix and findings
     /// with their remedies (VXLAN or probe port blocked, path MTU too low,
     /// leases about to expire, agents that cannot be asked, etcd slow).
@@ -91,6 +97,28 @@ enum IpamCommand {
         /// The report file (`-` for standard input).
         #[arg(long)]
         from_report: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Create a network: its own pod network, node subnets, VXLAN id and
+    /// bridge on every node. Refused when the VNI is taken or the subnet
+    /// overlaps another network's (the default's included).
+    Create(network::CreateArgs),
+    /// Every network, the default first: pod networks, VNI, nodes holding
+    /// a subnet of it, addresses allocated in it. Records the agents ignore
+    /// are named on standard error (exit 1).
+    Ls,
+    /// One network's record, its nodes' subnets and their addresses.
+    Inspect { name: String },
+    /// Remove a network: refused while addresses are allocated in it,
+    /// naming their nodes (unless --force).
+    Rm {
+        name: String,
+        /// Take it down even with containers attached (they lose it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -152,6 +180,16 @@ async fn run(cli: Cli) -> anyhow::Result<output::Outcome> {
             ipam_check::run_release(&etcd, format, &from_report).await
         }
         Command::Doctor { node, fix } => doctor::run(&etcd, format, node.as_deref(), fix).await,
+        Command::Network(NetworkCommand::Create(args)) => {
+            network::create(&etcd, format, &args).await
+        }
+        Command::Network(NetworkCommand::Ls) => network::list(&etcd, format).await,
+        Command::Network(NetworkCommand::Inspect { name }) => {
+            network::inspect(&etcd, format, &name).await
+        }
+        Command::Network(NetworkCommand::Rm { name, force }) => {
+            network::remove(&etcd, format, &name, force).await
+        }
         Command::Config(ConfigCommand::Get) => config::get(&etcd, format).await,
         Command::Config(ConfigCommand::Set { value, force }) => {
             config::set(&etcd, format, &value, force).await

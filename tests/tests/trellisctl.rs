@@ -352,3 +352,176 @@ fn nodes_show_each_agents_health_and_a_hung_agent_fails_the_listing() {
         "ok"
     );
 }
+
+/// `network create|ls|inspect|rm` as an operator runs them against a
+/// running cluster: records written as the agents read them, every refusal
+/// with its reason, a record written around trellisctl named as ignored,
+/// and `rm` refused while addresses are allocated in the network.
+#[test]
+fn networks_are_created_checked_listed_and_removed() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let default = ctl_json(&cluster, &["config", "get"])["config"].clone();
+    let default_net = default["network"].as_str().unwrap().to_string();
+
+    let made = ctl_json(
+        &cluster,
+        &["network", "create", "multihost", "--subnet", "10.0.0.0/16"],
+    );
+    assert_eq!(made["network"]["vni"], 2, "{made}");
+    let stored: Value =
+        serde_json::from_str(&cluster.etcd_entries("networks/multihost").unwrap()[0].1).unwrap();
+    assert_eq!(stored["network"], "10.0.0.0/16");
+    assert_eq!(stored["subnetLen"], 24);
+    assert_eq!(stored["port"], default["port"].as_u64().unwrap_or(8472));
+    let table = stdout(&ctl(
+        &cluster,
+        &[
+            "network",
+            "create",
+            "back",
+            "--subnet",
+            "10.1.0.0/16",
+            "--internal",
+            "--subnet-len",
+            "26",
+        ],
+    ));
+    assert!(
+        table.contains("network back created: 10.1.0.0/16, VNI 3"),
+        "{table}"
+    );
+
+    // Refused, each with its reason, and nothing written.
+    for (args, reason) in [
+        (
+            vec!["multihost", "--subnet", "10.9.0.0/16"],
+            "network multihost exists".to_string(),
+        ),
+        (
+            vec!["onto", "--subnet", "10.244.128.0/17"],
+            format!("overlaps {default_net} of the default network"),
+        ),
+        (
+            vec!["inside", "--subnet", "10.0.64.0/18"],
+            "10.0.64.0/18 overlaps 10.0.0.0/16 of network multihost".into(),
+        ),
+        (
+            vec!["twin", "--subnet", "10.9.0.0/16", "--vni", "2"],
+            "VNI 2 is taken by network multihost".into(),
+        ),
+        (vec!["Upper", "--subnet", "10.9.0.0/16"], "lowercase".into()),
+        (
+            vec!["bits", "--subnet", "10.9.0.1/16"],
+            "host bits set".into(),
+        ),
+        (
+            vec!["short", "--subnet", "10.9.0.0/16", "--subnet-len", "8"],
+            "subnetLen 8 must be longer".into(),
+        ),
+    ] {
+        let mut argv = vec!["network", "create"];
+        argv.extend(&args);
+        let out = ctl(&cluster, &argv);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(&reason), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(cluster.etcd_entries("networks/").unwrap().len(), 2);
+
+    // ls: the default first, then by age.
+    let listed = ctl_json(&cluster, &["network", "ls"]);
+    let nets = listed["networks"].as_array().unwrap();
+    let names: Vec<&Value> = nets.iter().map(|n| &n["name"]).collect();
+    assert_eq!(
+        names,
+        [&Value::Null, &json!("multihost"), &json!("back")],
+        "{listed}"
+    );
+    assert_eq!(nets[0]["default"], true);
+    assert_eq!(nets[0]["config"]["network"], default_net.as_str());
+    assert_eq!(nets[2]["internal"], true);
+    assert_eq!(nets[2]["config"]["subnetLen"], 26);
+    assert_eq!(listed["ignored"], json!([]));
+    let table = stdout(&ctl(&cluster, &["network", "ls"]));
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("(default)") && table.contains("back"),
+        "{table}"
+    );
+
+    // A record written around trellisctl that the agents would ignore:
+    // listed as ignored, exit 1.
+    let prefix = cluster.key_prefix();
+    cluster
+        .etcdctl(&[
+            "put",
+            &format!("{prefix}/networks/clash"),
+            r#"{"network":"10.0.5.0/24","subnetLen":26,"vni":9}"#,
+        ])
+        .unwrap();
+    let (code, listed) = ctl_json_any(&cluster, &["network", "ls"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        listed["ignored"],
+        json!(["network clash: 10.0.5.0/24 overlaps 10.0.0.0/16 of network multihost"])
+    );
+    let (code, seen) = ctl_json_any(&cluster, &["network", "inspect", "clash"]);
+    assert_eq!(code, 1);
+    assert!(
+        seen["ignored"].as_str().unwrap().contains("overlaps"),
+        "{seen}"
+    );
+    assert!(ctl(&cluster, &["network", "rm", "clash"]).status.success());
+
+    let seen = ctl_json(&cluster, &["network", "inspect", "multihost"]);
+    assert_eq!(seen["network"]["network"], "10.0.0.0/16");
+    assert_eq!(
+        (seen["addresses"].clone(), seen["nodes"].clone()),
+        (json!(0), json!([]))
+    );
+    let missing = ctl(&cluster, &["network", "inspect", "nosuch"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(stderr(&missing).contains("no network nosuch"));
+
+    // rm: refused while an address of the network is allocated, naming
+    // its node; forced, it goes and the allocation stays for its DEL.
+    let node1 = cluster.nodes[0].name.clone();
+    let held = format!("{prefix}/ipam/ips/10.0.3.7");
+    let owner =
+        json!({"containerID": "c-held", "ifname": "eth0", "node": node1, "network": "multihost"});
+    cluster
+        .etcdctl(&["put", &held, &owner.to_string()])
+        .unwrap();
+    let refused = ctl(&cluster, &["network", "rm", "multihost"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(&format!("still has 1 attached addresses, on {node1} (1)")),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        ctl_json(&cluster, &["network", "inspect", "multihost"])["addresses"],
+        1
+    );
+    let forced = ctl_json(&cluster, &["network", "rm", "multihost", "--force"]);
+    assert_eq!(
+        (forced["removed"].clone(), forced["addresses"].clone()),
+        (json!(true), json!(1))
+    );
+    assert!(cluster
+        .etcd_entries("networks/multihost")
+        .unwrap()
+        .is_empty());
+    assert_eq!(cluster.etcd_entries("ipam/ips/10.0.3.7").unwrap().len(), 1);
+    cluster.etcdctl(&["del", &held]).unwrap();
+    assert!(ctl(&cluster, &["network", "rm", "back"]).status.success());
+    assert_eq!(
+        ctl(&cluster, &["network", "rm", "back"]).status.code(),
+        Some(3)
+    );
+    // Its VNI is free again.
+    let again = ctl_json(
+        &cluster,
+        &["network", "create", "again", "--subnet", "10.0.0.0/16"],
+    );
+    assert_eq!(again["network"]["vni"], 2);
+}
