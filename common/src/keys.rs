@@ -259,7 +259,7 @@ impl Keys {
     /// the node records and subnet leases and reclaims allocations (GC,
     /// departed nodes), and seeds the config; the plugins read the config
     /// and node records and own the allocations. The agent also reports the
-    /// attachments on its node.
+    /// attachments on its node, and reads the named networks.
     pub fn grants(&self, role: EtcdRole) -> Vec<Grant> {
         let one = |key: String, access| Grant {
             key,
@@ -281,6 +281,7 @@ impl Keys {
                 under(self.handles(), Access::ReadWrite),
                 under(self.guards(), Access::ReadWrite),
                 under(self.attachment_reports(), Access::ReadWrite),
+                under(self.networks(), Access::Read),
             ],
             EtcdRole::Plugin => vec![
                 one(self.config(), Access::Read),

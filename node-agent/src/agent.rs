@@ -10,6 +10,7 @@ use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::names::{self, NameTable};
+use crate::networks;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::node_table::NodeTables;
 use crate::overlay::{KernelDataplane, Reconciler};
@@ -271,6 +272,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             etcd_follow::follow(etcd, prefix, "names", &mut following, metrics).await
         }));
     }
+    let mut networks = networks::Following {
+        keys: keys.clone(),
+        set: networks::NetworkSet::new(config.clone()),
+        metrics: metrics.clone(),
+    };
+    let (etcd, prefix, follow_metrics) = (client.clone(), keys.networks(), metrics.clone());
+    background.push(tokio::spawn(async move {
+        etcd_follow::follow(etcd, prefix, "networks", &mut networks, follow_metrics).await
+    }));
     let kube_nodes = kube_api.map(|api| {
         let (nodes, follow) = deleted_nodes::follow(api);
         background.push(tokio::spawn(follow));

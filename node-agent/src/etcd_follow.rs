@@ -2,7 +2,8 @@
 //! listing's revision, forever. A compacted revision, a cancelled or broken
 //! watch, or an etcd restart leads to a fresh listing (with backoff) that
 //! replaces everything known; until the first listing nothing is known.
-//! The node registry and the name table follow their prefixes this way.
+//! The node registry, the name table and the named networks follow their
+//! prefixes this way.
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
@@ -11,13 +12,33 @@ use std::sync::Arc;
 use std::time::Duration;
 use trellis_common::etcd::EtcdClient;
 
+/// A key as listed or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The revision that created the key (the older of two records that
+    /// conflict may be the one that wins).
+    pub create_revision: i64,
+}
+
+impl Entry {
+    fn of(kv: &etcd_client::KeyValue) -> Option<Entry> {
+        Some(Entry {
+            key: kv.key_str().ok()?.to_string(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+        })
+    }
+}
+
 /// What follows a prefix. Each method returns `false` once nobody needs
 /// the state any more, which ends [`follow`].
 pub trait Follower {
     /// A fresh listing of every key under the prefix, at `revision`.
-    fn listed(&mut self, kvs: Vec<(String, Vec<u8>)>, revision: i64) -> bool;
+    fn listed(&mut self, entries: Vec<Entry>, revision: i64) -> bool;
     /// A key written.
-    fn put(&mut self, key: &str, value: &[u8]) -> bool;
+    fn put(&mut self, entry: Entry) -> bool;
     /// A key deleted (or expired with its lease).
     fn delete(&mut self, key: &str) -> bool;
     /// Every event of one watch response is in.
@@ -71,11 +92,7 @@ async fn list_and_watch(
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let kvs: Vec<(String, Vec<u8>)> = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
-        .collect();
+    let kvs: Vec<Entry> = resp.kvs().iter().filter_map(Entry::of).collect();
     let count = kvs.len();
     if !follower.listed(kvs, revision) {
         return Ok(Flow::Stop);
@@ -108,11 +125,12 @@ async fn list_and_watch(
             return Ok(Flow::ListAgain);
         }
         for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let Ok(key) = kv.key_str() else { continue };
+            let Some(entry) = event.kv().and_then(Entry::of) else {
+                continue;
+            };
             let listening = match event.event_type() {
-                EventType::Put => follower.put(key, kv.value()),
-                EventType::Delete => follower.delete(key),
+                EventType::Put => follower.put(entry),
+                EventType::Delete => follower.delete(&entry.key),
             };
             if !listening {
                 return Ok(Flow::Stop);

@@ -6,6 +6,7 @@
 //! - [`node_network`]: this node's VXLAN device and bridge.
 //! - [`registry`]: every node record, followed ([`etcd_follow`]).
 //! - [`names`]: the containers' names, followed; [`dns`] answers them.
+//! - [`networks`]: the named networks, followed and judged (not yet served).
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
@@ -30,6 +31,7 @@ pub mod lease;
 pub mod membership;
 pub mod metrics;
 pub mod names;
+pub mod networks;
 pub mod node_network;
 pub mod node_table;
 pub mod overlay;

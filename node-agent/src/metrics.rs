@@ -53,6 +53,9 @@ pub struct Metrics {
     pub ipam_served: Counter,
     /// Calls it declined (the plugin ran `trellis-ipam` itself).
     pub ipam_declined: Counter,
+    /// Named networks in use, and records left out (`crate::networks`).
+    pub networks: Gauge,
+    pub networks_ignored: Gauge,
     /// The subnet lease is held and the node record published.
     pub leased: AtomicBool,
     /// The last reconcile wrote everything it planned.
@@ -79,6 +82,18 @@ impl Metrics {
             "gauge",
             "Remote nodes the overlay reaches.",
             self.remote_nodes.get().to_string(),
+        );
+        metric(
+            "trellis_agent_networks",
+            "gauge",
+            "Named networks (<prefix>/networks/) in use.",
+            self.networks.get().to_string(),
+        );
+        metric(
+            "trellis_agent_networks_ignored",
+            "gauge",
+            "Named network records left out: unreadable, or a VNI or subnet another network has.",
+            self.networks_ignored.get().to_string(),
         );
         metric(
             "trellis_agent_overlay_entries",

@@ -10,7 +10,7 @@
 //! those of the containers called NAME on CNI network NET (the network's
 //! domain). Two live containers of one name answer both addresses.
 
-use crate::etcd_follow::Follower;
+use crate::etcd_follow::{Entry, Follower};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -164,21 +164,21 @@ fn owner_of(value: &[u8]) -> Option<Owner> {
 }
 
 impl Follower for Following {
-    fn listed(&mut self, kvs: Vec<(String, Vec<u8>)>, _revision: i64) -> bool {
+    fn listed(&mut self, entries: Vec<Entry>, _revision: i64) -> bool {
         let keys = &self.keys;
-        let entries = kvs
+        let entries = entries
             .into_iter()
-            .filter_map(|(key, value)| Some((keys.address_of(&key)?, owner_of(&value)?)));
+            .filter_map(|e| Some((keys.address_of(&e.key)?, owner_of(&e.value)?)));
         let mut table = self.table.write().expect("name table lock");
         table.replace(entries);
         log::info!("names: {} named addresses", table.len());
         true
     }
 
-    fn put(&mut self, key: &str, value: &[u8]) -> bool {
-        if let Some(ip) = self.keys.address_of(key) {
+    fn put(&mut self, entry: Entry) -> bool {
+        if let Some(ip) = self.keys.address_of(&entry.key) {
             let mut table = self.table.write().expect("name table lock");
-            match owner_of(value) {
+            match owner_of(&entry.value) {
                 Some(owner) => table.set(ip, &owner),
                 None => table.remove(ip),
             }
@@ -290,17 +290,22 @@ mod tests {
             format!(r#"{{"containerID":"c","ifname":"eth0","node":"n","network":"trellis","name":"{name}"}}"#)
                 .into_bytes()
         };
+        let entry = |key: &str, value: &[u8]| Entry {
+            key: key.into(),
+            value: value.to_vec(),
+            create_revision: 3,
+        };
         assert!(f.listed(
-            vec![("/trellis/ipam/ips/10.244.1.5".into(), value("one"))],
+            vec![entry("/trellis/ipam/ips/10.244.1.5", &value("one"))],
             7
         ));
-        assert!(f.put("/trellis/ipam/ips/fd10:244:0:1::5", &value("one")));
-        assert!(f.put("/trellis/ipam/handles/x/eth0", b"{}"));
+        assert!(f.put(entry("/trellis/ipam/ips/fd10:244:0:1::5", &value("one"))));
+        assert!(f.put(entry("/trellis/ipam/handles/x/eth0", b"{}")));
         assert_eq!(
             table.read().unwrap().lookup("one"),
             addrs(&["10.244.1.5", "fd10:244:0:1::5"])
         );
-        assert!(f.put("/trellis/ipam/ips/10.244.1.5", b"{garbage"));
+        assert!(f.put(entry("/trellis/ipam/ips/10.244.1.5", b"{garbage")));
         assert!(f.delete("/trellis/ipam/ips/fd10:244:0:1::5"));
         assert_eq!(table.read().unwrap().lookup("one"), Answer::NotOurs);
     }

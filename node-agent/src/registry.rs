@@ -2,7 +2,7 @@
 //! ([`crate::etcd_follow`]): until the first listing nothing is known and
 //! the kernel is left alone.
 
-use crate::etcd_follow::{self, Follower};
+use crate::etcd_follow::{self, Entry, Follower};
 use crate::metrics::Metrics;
 use crate::overlay::admission::Admission;
 use crate::overlay::{DesiredOverlay, OverlayUpdate};
@@ -180,23 +180,23 @@ struct Following {
 }
 
 impl Follower for Following {
-    fn listed(&mut self, kvs: Vec<(String, Vec<u8>)>, _revision: i64) -> bool {
+    fn listed(&mut self, entries: Vec<Entry>, _revision: i64) -> bool {
         let keys = &self.keys;
-        let listed =
-            self.registry
-                .replace(kvs.into_iter().filter_map(|(key, value)| {
-                    Some((keys.node_name_of(&key)?.to_string(), value))
-                }));
+        let listed = self.registry.replace(
+            entries
+                .into_iter()
+                .filter_map(|e| Some((keys.node_name_of(&e.key)?.to_string(), e.value))),
+        );
         let listening = self.out.send(Some(listed));
         self.out.publish_own(&self.registry);
         listening
     }
 
-    fn put(&mut self, key: &str, value: &[u8]) -> bool {
-        let Some(name) = self.keys.node_name_of(key) else {
+    fn put(&mut self, entry: Entry) -> bool {
+        let Some(name) = self.keys.node_name_of(&entry.key) else {
             return true;
         };
-        let update = self.registry.put(name.to_string(), value);
+        let update = self.registry.put(name.to_string(), &entry.value);
         self.out.send(update)
     }
 

@@ -464,6 +464,22 @@ fn networks_are_created_checked_listed_and_removed() {
         listed["ignored"],
         json!(["network clash: 10.0.5.0/24 overlaps 10.0.0.0/16 of network multihost"])
     );
+    // Every agent judges the records as trellisctl does, and says so.
+    for node in &cluster.nodes {
+        wait_until(
+            Duration::from_secs(5),
+            "the agent sees the networks",
+            || {
+                let log = node.agent_log();
+                Ok(log.contains("network multihost: 10.0.0.0/16, VNI 2")
+                && log.contains("network back: 10.1.0.0/16, VNI 3, internal")
+                && log.contains(
+                    "ignoring network clash: 10.0.5.0/24 overlaps 10.0.0.0/16 of network multihost",
+                ))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.agent_log()));
+    }
     let (code, seen) = ctl_json_any(&cluster, &["network", "inspect", "clash"]);
     assert_eq!(code, 1);
     assert!(
