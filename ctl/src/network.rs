@@ -40,7 +40,7 @@ pub struct CreateArgs {
 }
 
 /// Writes that lost a race with another writer are tried again this often.
-const CREATE_ATTEMPTS: usize = 3;
+const CREATE_ATTEMPTS: usize = 10;
 
 /// The cluster config (if any, and readable) with its mod revision (0:
 /// absent), and every network record as listed, at the listing's revision.

@@ -540,4 +540,25 @@ fn networks_are_created_checked_listed_and_removed() {
         &["network", "create", "again", "--subnet", "10.0.0.0/16"],
     );
     assert_eq!(again["network"]["vni"], 2);
+
+    // Eight operators at once, each taking the smallest free VNI: the
+    // transaction that compares every network record makes them differ.
+    let vnis: Vec<u64> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let cluster = &cluster;
+                s.spawn(move || {
+                    let (name, subnet) = (format!("racer{i}"), format!("10.{}.0.0/16", 20 + i));
+                    ctl_json(cluster, &["network", "create", &name, "--subnet", &subnet])["network"]
+                        ["vni"]
+                        .as_u64()
+                        .unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut sorted = vnis.clone();
+    sorted.sort();
+    assert_eq!(sorted, (3..11).collect::<Vec<u64>>(), "{vnis:?}");
 }
