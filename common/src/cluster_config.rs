@@ -10,9 +10,9 @@
 //! kept and released together, and no two nodes can share an IPv6 subnet.
 
 use crate::node::{MAX_IPV6_SUBNET_LEN, MAX_SUBNET_LEN};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `<prefix>/config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +176,22 @@ impl ClusterConfig {
         Ipv6Network::new(addr, self.ipv6_subnet_len).ok()
     }
 
+    /// The pod networks: the IPv4 one, and the IPv6 one of a dual-stack
+    /// cluster.
+    pub fn pod_networks(&self) -> Vec<IpNetwork> {
+        std::iter::once(IpNetwork::V4(self.network))
+            .chain(self.ipv6_network.map(IpNetwork::V6))
+            .collect()
+    }
+
+    /// Whether `ip` lies in one of the pod networks.
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => self.network.contains(v4),
+            IpAddr::V6(v6) => self.ipv6_network.is_some_and(|n| n.contains(v6)),
+        }
+    }
+
     /// Whether `subnet` is one of the network's node subnets.
     pub fn fits(&self, subnet: Ipv4Network) -> bool {
         subnet.prefix() == self.subnet_len
@@ -216,6 +232,12 @@ mod tests {
             Some("fd10:244:0:ff::/64")
         );
         assert_eq!(twin("10.245.3.0/24"), None);
+        let nets: Vec<String> = c.pod_networks().iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.244.0.0/16", "fd10:244::/56"]);
+        assert!(c.holds("10.244.9.9".parse().unwrap()));
+        assert!(c.holds("fd10:244:0:9::9".parse().unwrap()));
+        assert!(!c.holds("10.245.0.1".parse().unwrap()));
+        assert!(!c.holds("fd10:245::1".parse().unwrap()));
         // Written back without the default length; IPv4-only stays as it was.
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["ipv6Network"], "fd10:244::/56");

@@ -7,7 +7,7 @@
 //! older record winning, so that both sides agree which network is in.
 
 use crate::cluster_config::{ClusterConfig, InvalidClusterConfig};
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 /// The longest network name: a DNS label (it is the network's domain).
@@ -151,9 +151,11 @@ pub fn conflict(
         if other.vni == record.config.vni {
             return Some(format!("VNI {} is taken by {what}", record.config.vni));
         }
-        for (mine, theirs) in pod_networks(&record.config)
+        for (mine, theirs) in record
+            .config
+            .pod_networks()
             .into_iter()
-            .flat_map(|m| pod_networks(other).into_iter().map(move |t| (m, t)))
+            .flat_map(|m| other.pod_networks().into_iter().map(move |t| (m, t)))
         {
             if overlaps(mine, theirs) {
                 return Some(format!("{mine} overlaps {theirs} of {what}"));
@@ -173,14 +175,6 @@ pub fn free_vni(default: Option<&ClusterConfig>, others: &[(String, NetworkRecor
     (2..=0x00ff_ffff)
         .find(|vni| !taken.contains(vni))
         .expect("fewer networks than VNIs")
-}
-
-fn pod_networks(config: &ClusterConfig) -> Vec<IpNetwork> {
-    let v4: Ipv4Network = config.network;
-    let v6: Option<Ipv6Network> = config.ipv6_network;
-    std::iter::once(IpNetwork::V4(v4))
-        .chain(v6.map(IpNetwork::V6))
-        .collect()
 }
 
 fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {

@@ -7,10 +7,9 @@ use crate::etcd::Etcd;
 use crate::output::{self, Format, Outcome};
 use anyhow::{bail, Result};
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::network::{self, NetworkRecord, Networks, StoredNetwork};
 use trellis_ipam::allocation::Owner;
@@ -48,33 +47,35 @@ struct Read {
     default: Option<ClusterConfig>,
     config_revision: i64,
     stored: Vec<StoredNetwork>,
-    revisions: BTreeMap<String, i64>,
     revision: i64,
+}
+
+impl Read {
+    fn stored(&self, name: &str) -> Option<&StoredNetwork> {
+        self.stored.iter().find(|s| s.name == name)
+    }
 }
 
 async fn read(etcd: &Etcd) -> Result<Read> {
     let config = etcd.get(&etcd.keys.config()).await?;
     let (kvs, revision) = etcd.list_at(&etcd.keys.networks()).await?;
-    let mut stored = Vec::new();
-    let mut revisions = BTreeMap::new();
-    for kv in &kvs {
-        let Some(name) = kv.key_str().ok().and_then(|k| etcd.keys.network_name_of(k)) else {
-            continue;
-        };
-        revisions.insert(name.to_string(), kv.mod_revision());
-        stored.push(StoredNetwork {
-            name: name.to_string(),
-            create_revision: kv.create_revision(),
-            value: kv.value().to_vec(),
-        });
-    }
+    let stored = kvs
+        .iter()
+        .filter_map(|kv| {
+            let name = etcd.keys.network_name_of(kv.key_str().ok()?)?;
+            Some(StoredNetwork {
+                name: name.to_string(),
+                create_revision: kv.create_revision(),
+                value: kv.value().to_vec(),
+            })
+        })
+        .collect();
     Ok(Read {
         default: config
             .as_ref()
             .and_then(|kv| ClusterConfig::parse(kv.value()).ok()),
         config_revision: config.as_ref().map_or(0, |kv| kv.mod_revision()),
         stored,
-        revisions,
         revision,
     })
 }
@@ -84,7 +85,7 @@ pub async fn create(etcd: &Etcd, format: Format, args: &CreateArgs) -> Result<Ou
     let key = etcd.keys.network(&args.name);
     for _ in 0..CREATE_ATTEMPTS {
         let read = read(etcd).await?;
-        if read.revisions.contains_key(&args.name) {
+        if read.stored(&args.name).is_some() {
             bail!(
                 "network {} exists (`trellisctl network inspect {}`)",
                 args.name,
@@ -92,13 +93,11 @@ pub async fn create(etcd: &Etcd, format: Format, args: &CreateArgs) -> Result<Ou
             );
         }
         let networks = network::usable(read.default.as_ref(), &read.stored);
-        let record = record_of(args, read.default.as_ref(), &networks)?;
+        // Checked as the agents check it.
+        let (record, bytes) = record_of(args, read.default.as_ref(), &networks)?;
         if let Some(why) = network::conflict(read.default.as_ref(), &networks.usable, &record) {
             bail!("refused: {why}");
         }
-        let bytes = serde_json::to_vec(&record)?;
-        // What the agents will read, checked as they check it.
-        NetworkRecord::parse(&args.name, &bytes)?;
         let config_unchanged = if read.config_revision == 0 {
             Compare::create_revision(etcd.keys.config(), CompareOp::Equal, 0)
         } else {
@@ -124,7 +123,9 @@ pub async fn create(etcd: &Etcd, format: Format, args: &CreateArgs) -> Result<Ou
                 Format::Table => println!(
                     "network {} created: {}, VNI {}",
                     args.name,
-                    pod_networks(&record.config)
+                    record
+                        .config
+                        .pod_networks()
                         .iter()
                         .map(|n| n.to_string())
                         .collect::<Vec<_>>()
@@ -138,13 +139,14 @@ pub async fn create(etcd: &Etcd, format: Format, args: &CreateArgs) -> Result<Ou
     bail!("the networks changed while this ran, {CREATE_ATTEMPTS} times: try again")
 }
 
-/// The record `args` ask for: unset fields as the cluster config has them
-/// (its port), or their defaults; a VNI no other network uses.
+/// The record `args` ask for, checked, and its bytes to store: unset fields as the
+/// cluster config has them (its port), or their defaults; a VNI no other
+/// network uses.
 fn record_of(
     args: &CreateArgs,
     default: Option<&ClusterConfig>,
     networks: &Networks,
-) -> Result<NetworkRecord> {
+) -> Result<(NetworkRecord, Vec<u8>)> {
     let mut value = json!({
         "network": args.subnet,
         "vni": args.vni.unwrap_or_else(|| network::free_vni(default, &networks.usable)),
@@ -166,16 +168,11 @@ fn record_of(
     if args.internal {
         value["internal"] = json!(true);
     }
-    Ok(NetworkRecord::parse(
-        &args.name,
-        value.to_string().as_bytes(),
-    )?)
-}
-
-fn pod_networks(config: &ClusterConfig) -> Vec<IpNetwork> {
-    std::iter::once(IpNetwork::V4(config.network))
-        .chain(config.ipv6_network.map(IpNetwork::V6))
-        .collect()
+    let record = NetworkRecord::parse(&args.name, value.to_string().as_bytes())?;
+    // Stored with every field spelled out (defaults included), so that the
+    // record says what the network is whatever later defaults become.
+    let bytes = serde_json::to_vec(&record)?;
+    Ok((record, bytes))
 }
 
 /// Who uses a network: the nodes holding a subnet of it, and the
@@ -215,7 +212,7 @@ async fn usage(etcd: &Etcd, configs: &[(&str, &ClusterConfig)]) -> Result<Vec<Us
         };
         let node = Owner::parse(kv.value()).map_or_else(|_| "?".into(), |o| o.node);
         for (usage, (_, config)) in out.iter_mut().zip(configs) {
-            if holds(config, ip) {
+            if config.holds(ip) {
                 *usage.attachments.entry(node.clone()).or_default() += 1;
             }
         }
@@ -229,13 +226,6 @@ fn claim_node(kv: &KeyValue) -> String {
         .ok()
         .and_then(|v| v["node"].as_str().map(str::to_string))
         .unwrap_or_else(|| "?".into())
-}
-
-fn holds(config: &ClusterConfig, ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => config.network.contains(v4),
-        IpAddr::V6(v6) => config.ipv6_network.is_some_and(|n| n.contains(v6)),
-    }
 }
 
 /// The default network's row name.
@@ -314,17 +304,16 @@ pub async fn list(etcd: &Etcd, format: Format) -> Result<Outcome> {
 
 pub async fn inspect(etcd: &Etcd, format: Format, name: &str) -> Result<Outcome> {
     let read = read(etcd).await?;
-    if !read.revisions.contains_key(name) {
+    let Some(stored) = read.stored(name) else {
         eprintln!("trellisctl: no network {name}");
         return Ok(Outcome::NotFound);
-    }
+    };
     let networks = network::usable(read.default.as_ref(), &read.stored);
     let refused = networks
         .refused
         .iter()
         .find(|e| e.network() == name)
         .map(|e| e.to_string());
-    let stored = read.stored.iter().find(|s| s.name == name).expect("listed");
     let value: Value = serde_json::from_slice(&stored.value)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&stored.value).into_owned()));
     let usable = networks.usable.iter().find(|(n, _)| n == name);
