@@ -7,6 +7,13 @@ use crate::cni::Attachment;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 
+/// The node name of a node record's key under `prefix` (`<prefix>/nodes/`
+/// or a network's `<prefix>/network-nodes/<network>/`).
+pub fn record_name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(prefix)
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
 /// The key prefix when none is configured.
 pub const DEFAULT_ETCD_PREFIX: &str = "/trellis";
 
@@ -62,6 +69,23 @@ impl Keys {
             .filter(|name| !name.is_empty() && !name.contains('/'))
     }
 
+    /// `<prefix>/network-nodes/<network>/`: the node records of a named
+    /// network, one per node that set it up (under that network's subnet
+    /// lease), shaped as those of the default network.
+    pub fn network_nodes(&self, network: &str) -> String {
+        format!("{}/network-nodes/{network}/", self.prefix)
+    }
+
+    /// `<prefix>/network-nodes/<network>/<node>`.
+    pub fn network_node(&self, network: &str, node: &str) -> String {
+        format!("{}{node}", self.network_nodes(network))
+    }
+
+    /// `<prefix>/network-nodes/`: the node records of every named network.
+    pub fn all_network_nodes(&self) -> String {
+        format!("{}/network-nodes/", self.prefix)
+    }
+
     /// `<prefix>/nodes/`: every node record.
     pub fn nodes(&self) -> String {
         format!("{}/nodes/", self.prefix)
@@ -74,8 +98,7 @@ impl Keys {
 
     /// The node name of a key under [`Keys::nodes`].
     pub fn node_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(&self.nodes())
-            .filter(|n| !n.is_empty() && !n.contains('/'))
+        record_name_of(&self.nodes(), key)
     }
 
     /// `<prefix>/subnets/`: one key per leased node subnet.
@@ -282,10 +305,12 @@ impl Keys {
                 under(self.guards(), Access::ReadWrite),
                 under(self.attachment_reports(), Access::ReadWrite),
                 under(self.networks(), Access::Read),
+                under(self.all_network_nodes(), Access::ReadWrite),
             ],
             EtcdRole::Plugin => vec![
                 one(self.config(), Access::Read),
                 under(self.nodes(), Access::Read),
+                under(self.all_network_nodes(), Access::Read),
                 under(self.ips(), Access::ReadWrite),
                 under(self.handles(), Access::ReadWrite),
                 under(self.guards(), Access::ReadWrite),
@@ -334,6 +359,16 @@ mod tests {
             Some("multihost")
         );
         assert_eq!(k.network_name_of("/trellis/networks/"), None);
+        assert_eq!(
+            k.network_node("multihost", "n1"),
+            "/trellis/network-nodes/multihost/n1"
+        );
+        let prefix = k.network_nodes("multihost");
+        assert_eq!(
+            record_name_of(&prefix, &k.network_node("multihost", "n1")),
+            Some("n1")
+        );
+        assert_eq!(record_name_of(&prefix, &k.node("n1")), None);
         assert_eq!(k.network_name_of("/trellis/networks/a/b"), None);
         let net: Ipv4Network = "10.244.3.0/24".parse().unwrap();
         assert_eq!(k.subnet(net), "/trellis/subnets/10.244.3.0-24");
@@ -379,6 +414,7 @@ mod tests {
             [
                 "etcdctl role grant-permission trellis-cni read /tr/config",
                 "etcdctl role grant-permission trellis-cni --prefix=true read /tr/nodes/",
+                "etcdctl role grant-permission trellis-cni --prefix=true read /tr/network-nodes/",
                 "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/ips/",
                 "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/handles/",
                 "etcdctl role grant-permission trellis-cni --prefix=true readwrite /tr/ipam/guards/",

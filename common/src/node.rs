@@ -83,6 +83,10 @@ pub struct NodeRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipv6_network: Option<Ipv6Network>,
+    /// The bridge of a named network's record (`trbr.<vni>`); absent in
+    /// the default network's, whose bridge is the conflist's `bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 impl NodeRecord {
@@ -163,9 +167,33 @@ pub fn record_path(state_dir: &Path) -> PathBuf {
     state_dir.join(NODE_RECORD_FILE)
 }
 
+/// Where the agent keeps the records of the named networks it set up:
+/// `<stateDir>/networks/`.
+pub fn network_records_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("networks")
+}
+
+/// The record file of `network` (`None`: the default network):
+/// `<stateDir>/networks/<name>.json`, else `<stateDir>/node.json`.
+pub fn record_path_for(state_dir: &Path, network: Option<&str>) -> PathBuf {
+    match network {
+        Some(name) => network_records_dir(state_dir).join(format!("{name}.json")),
+        None => record_path(state_dir),
+    }
+}
+
 /// Read `<stateDir>/node.json`; `Ok(None)` when the agent has not written it.
 pub fn read_node_record(state_dir: &Path) -> std::io::Result<Option<NodeRecord>> {
-    match std::fs::read(record_path(state_dir)) {
+    read_node_record_for(state_dir, None)
+}
+
+/// Read the record of `network` ([`record_path_for`]); `Ok(None)` when
+/// the agent has not written it (or removed it with the network).
+pub fn read_node_record_for(
+    state_dir: &Path,
+    network: Option<&str>,
+) -> std::io::Result<Option<NodeRecord>> {
+    match std::fs::read(record_path_for(state_dir, network)) {
         Ok(bytes) => NodeRecord::parse(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
@@ -175,8 +203,21 @@ pub fn read_node_record(state_dir: &Path) -> std::io::Result<Option<NodeRecord>>
 }
 
 pub fn write_node_record(state_dir: &Path, record: &NodeRecord) -> std::io::Result<()> {
+    write_node_record_for(state_dir, None, record)
+}
+
+/// Write the record of `network` atomically (its directory made first).
+pub fn write_node_record_for(
+    state_dir: &Path,
+    network: Option<&str>,
+    record: &NodeRecord,
+) -> std::io::Result<()> {
+    let path = record_path_for(state_dir, network);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let json = serde_json::to_vec_pretty(record).expect("node record serializes");
-    crate::fs::write_atomically(&record_path(state_dir), &json, 0o644)
+    crate::fs::write_atomically(&path, &json, 0o644)
 }
 
 #[cfg(test)]
@@ -197,6 +238,7 @@ mod tests {
             dns: false,
             ipv6_subnet: None,
             ipv6_network: None,
+            bridge: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("ipv6Subnet").is_none(), "{v}");

@@ -197,6 +197,7 @@ impl NodeNetwork {
             dns: false,
             ipv6_subnet: self.subnet6,
             ipv6_network: self.network6,
+            bridge: None,
         }
     }
 

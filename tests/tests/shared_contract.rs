@@ -338,6 +338,7 @@ fn a_node_without_a_name_is_an_error_in_the_agent_and_the_ipam_plugin() {
         dns: false,
         ipv6_subnet: None,
         ipv6_network: None,
+        bridge: None,
     };
     write_node_record(dir.path(), &record).unwrap();
     let plugin = Plugin::snapshot();

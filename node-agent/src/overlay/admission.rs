@@ -245,6 +245,7 @@ mod tests {
             dns: false,
             ipv6_subnet: None,
             ipv6_network: None,
+            bridge: None,
         }
     }
 
@@ -278,6 +279,7 @@ mod tests {
                     dns: false,
                     ipv6_subnet: None,
                     ipv6_network: None,
+                    bridge: None,
                 };
                 (name.to_string(), record)
             })

@@ -192,6 +192,7 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         dns: false,
         ipv6_subnet: None,
         ipv6_network: None,
+        bridge: None,
     };
     write_node_record(dir.path(), &record).unwrap();
     dir
