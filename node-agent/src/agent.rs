@@ -142,14 +142,23 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             .flatten()
             .filter(|r| r.node_name.as_deref().is_none_or(|n| n == node))
             .map(|r| r.subnet);
-        let leased =
-            retry("leasing a node subnet", &metrics, &client, |mut c| {
-                let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
-                async move {
-                    lease::acquire(&mut c, &keys, &config, &node, preferred, false, times).await
-                }
-            })
-            .await?;
+        let leased = retry("leasing a node subnet", &metrics, &client, |mut c| {
+            let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
+            async move {
+                lease::acquire(
+                    &mut c,
+                    &keys,
+                    &config,
+                    lease::Scope::Default,
+                    &node,
+                    preferred,
+                    false,
+                    times,
+                )
+                .await
+            }
+        })
+        .await?;
         log::info!(
             "node {node}: subnet {} ({}), etcd lease {:x}",
             leased.subnet,
@@ -189,7 +198,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         retry("publishing the node record", &metrics, &client, |mut c| {
             let (keys, node, record) = (keys.clone(), node.clone(), record.clone());
             async move {
-                lease::publish_record(&mut c, &keys, &node, &record, leased.lease_id).await
+                lease::publish_record(&mut c, &keys.node(&node), &record, leased.lease_id).await
             }
         })
         .await?;
@@ -246,7 +255,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     let registry = tokio::spawn(registry::run(
         client.clone(),
-        keys.clone(),
+        keys.nodes(),
         view,
         RegistryChannels {
             updates: updates_tx,
@@ -298,6 +307,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         keys: keys.clone(),
         config: config.clone(),
         node: node.clone(),
+        scope: lease::Scope::Default,
+        record_key: keys.node(&node),
         record,
         lease_id: leased.lease_id,
         grace_lease_id: leased.grace_lease_id,

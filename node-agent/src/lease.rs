@@ -125,18 +125,66 @@ pub fn choose_subnet(
         .find(|s| !taken.contains(s))
 }
 
-/// Of the subnet keys naming `node`, the one it keeps: `preferred` if it is
-/// among them, else the first that fits the network. The others are to be
-/// released.
+/// Which of a node's subnet keys one network's lease answers for (a node
+/// holds one subnet per network it serves, all under `<prefix>/subnets/`,
+/// and networks never overlap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The default network: every subnet outside the named networks (a
+    /// subnet of an earlier default network included: it is released).
+    Default,
+    /// A named network: the subnets inside its network.
+    Named(Ipv4Network),
+}
+
+impl Scope {
+    /// Whether `subnet` is this scope's, the named networks being `named`.
+    pub fn holds(&self, subnet: Ipv4Network, named: &[Ipv4Network]) -> bool {
+        match self {
+            Scope::Default => !named.iter().any(|n| overlap(*n, subnet)),
+            Scope::Named(net) => overlap(*net, subnet),
+        }
+    }
+}
+
+fn overlap(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The IPv4 networks of the records under `<prefix>/networks/` (all that
+/// parse, usable or not: a subnet of a network some agent may serve is
+/// never released as stale by the default network's lease).
+pub async fn named_networks(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<Vec<Ipv4Network>, LeaseError> {
+    let resp = client
+        .get(keys.networks(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = keys.network_name_of(kv.key_str().ok()?)?;
+            let record = trellis_common::network::NetworkRecord::parse(name, kv.value()).ok()?;
+            Some(record.config.network)
+        })
+        .collect())
+}
+
+/// Of the subnet keys naming `node` that `in_scope` holds, the one it
+/// keeps: `preferred` if it is among them, else the first that fits the
+/// network. The others are to be released.
 pub fn own_subnet<'a>(
     config: &ClusterConfig,
     listing: &'a [LeasedSubnet],
     node: &str,
     preferred: Option<Ipv4Network>,
+    in_scope: impl Fn(Ipv4Network) -> bool,
 ) -> (Option<&'a LeasedSubnet>, Vec<&'a LeasedSubnet>) {
     let mut mine: Vec<&LeasedSubnet> = listing
         .iter()
-        .filter(|s| s.owner.as_deref() == Some(node))
+        .filter(|s| s.owner.as_deref() == Some(node) && in_scope(s.subnet))
         .collect();
     mine.sort_by_key(|s| {
         (
@@ -238,10 +286,12 @@ pub fn taken_for(
 /// in another node's grace is not free).
 /// `require` demands exactly that subnet (after a lost lease: the pods have
 /// its addresses).
+#[allow(clippy::too_many_arguments)]
 pub async fn acquire(
     client: &mut Client,
     keys: &Keys,
     config: &ClusterConfig,
+    scope: Scope,
     node: &str,
     preferred: Option<Ipv4Network>,
     require: bool,
@@ -251,6 +301,7 @@ pub async fn acquire(
         client,
         keys,
         config,
+        scope,
         node,
         times,
         granted: None,
@@ -276,6 +327,7 @@ struct Acquisition<'a> {
     client: &'a mut Client,
     keys: &'a Keys,
     config: &'a ClusterConfig,
+    scope: Scope,
     node: &'a str,
     times: LeaseTimes,
     granted: Option<i64>,
@@ -288,7 +340,11 @@ impl Acquisition<'_> {
         preferred: Option<Ipv4Network>,
         require: bool,
     ) -> Result<Leased, LeaseError> {
-        let (keys, config, node) = (self.keys, self.config, self.node);
+        let (keys, config, node, scope) = (self.keys, self.config, self.node, self.scope);
+        let named = match scope {
+            Scope::Default => named_networks(self.client, keys).await?,
+            Scope::Named(_) => Vec::new(),
+        };
         for attempt in 0..MAX_ATTEMPTS {
             let listing = list_subnets(self.client, keys).await?;
             let graces = list_graces(self.client, keys).await?;
@@ -299,7 +355,9 @@ impl Acquisition<'_> {
                     .find(|g| g.subnet == subnet)
                     .map_or(0, |g| g.mod_revision)
             };
-            let (own, stale) = own_subnet(config, &listing, node, preferred);
+            let (own, stale) = own_subnet(config, &listing, node, preferred, |s| {
+                scope.holds(s, &named)
+            });
             for s in stale {
                 log::info!("releasing {} (no longer this node's subnet)", s.subnet);
                 let key = keys.subnet(s.subnet);
@@ -439,21 +497,17 @@ impl Acquisition<'_> {
     }
 }
 
-/// Write this node's record under its lease.
+/// Write this node's record at `key` (`<prefix>/nodes/<node>`, or a named
+/// network's `<prefix>/network-nodes/<network>/<node>`) under its lease.
 pub async fn publish_record(
     client: &mut Client,
-    keys: &Keys,
-    node: &str,
+    key: &str,
     record: &NodeRecord,
     lease_id: i64,
 ) -> Result<(), LeaseError> {
     let json = serde_json::to_string(record).expect("node record serializes");
     client
-        .put(
-            keys.node(node),
-            json,
-            Some(PutOptions::new().with_lease(lease_id)),
-        )
+        .put(key, json, Some(PutOptions::new().with_lease(lease_id)))
         .await?;
     Ok(())
 }
@@ -614,24 +668,59 @@ mod tests {
             lease: 5,
             mod_revision: 1,
         };
+        let all = |_| true;
         let listing = vec![
             l("10.244.1.0/24", "a"),
             l("10.244.2.0/24", "b"),
             l("10.244.3.0/24", "a"),
             l("10.99.0.0/24", "a"),
         ];
-        let (own, stale) = own_subnet(&c, &listing, "a", Some(net("10.244.3.0/24")));
+        let (own, stale) = own_subnet(&c, &listing, "a", Some(net("10.244.3.0/24")), all);
         assert_eq!(own.unwrap().subnet, net("10.244.3.0/24"));
         let mut stale: Vec<_> = stale.iter().map(|s| s.subnet).collect();
         stale.sort();
         assert_eq!(stale, vec![net("10.99.0.0/24"), net("10.244.1.0/24")]);
-        let (own, _) = own_subnet(&c, &listing, "a", None);
+        let (own, _) = own_subnet(&c, &listing, "a", None, all);
         assert_eq!(own.unwrap().subnet, net("10.244.1.0/24"));
-        let (own, stale) = own_subnet(&c, &listing, "c", None);
+        let (own, stale) = own_subnet(&c, &listing, "c", None, all);
         assert!(own.is_none() && stale.is_empty());
         // A subnet outside the (changed) network is not kept.
-        let (own, stale) = own_subnet(&c, &listing[3..], "a", None);
+        let (own, stale) = own_subnet(&c, &listing[3..], "a", None, all);
         assert!(own.is_none());
         assert_eq!(stale.len(), 1);
+    }
+
+    #[test]
+    fn each_network_keeps_and_releases_only_its_own_subnets() {
+        let l = |s: &str| LeasedSubnet {
+            subnet: net(s),
+            owner: Some("a".into()),
+            lease: 5,
+            mod_revision: 1,
+        };
+        let listing = vec![
+            l("10.244.1.0/24"),
+            l("10.0.3.0/24"),
+            l("10.0.4.0/26"),
+            l("10.99.0.0/24"),
+        ];
+        let named = [net("10.0.0.0/16")];
+        // The default network keeps its own and releases the subnet of an
+        // earlier default network, never a named network's.
+        let default = config("10.244.0.0/16", 24);
+        let (own, stale) = own_subnet(&default, &listing, "a", None, |s| {
+            Scope::Default.holds(s, &named)
+        });
+        assert_eq!(own.unwrap().subnet, net("10.244.1.0/24"));
+        let stale: Vec<_> = stale.iter().map(|s| s.subnet).collect();
+        assert_eq!(stale, [net("10.99.0.0/24")]);
+        // The named network keeps its own and releases one of a length it
+        // no longer has, never the default network's.
+        let multihost = config("10.0.0.0/16", 24);
+        let scope = Scope::Named(multihost.network);
+        let (own, stale) = own_subnet(&multihost, &listing, "a", None, |s| scope.holds(s, &[]));
+        assert_eq!(own.unwrap().subnet, net("10.0.3.0/24"));
+        let stale: Vec<_> = stale.iter().map(|s| s.subnet).collect();
+        assert_eq!(stale, [net("10.0.4.0/26")]);
     }
 }

@@ -26,6 +26,11 @@ pub struct Membership {
     pub keys: Keys,
     pub config: ClusterConfig,
     pub node: String,
+    /// Which subnets are this network's ([`lease::Scope`]).
+    pub scope: lease::Scope,
+    /// Where the record is published: `<prefix>/nodes/<node>`, or a named
+    /// network's `<prefix>/network-nodes/<network>/<node>`.
+    pub record_key: String,
     pub record: NodeRecord,
     pub lease_id: i64,
     /// The lease of the subnet's grace key (0: none yet or no grace).
@@ -64,7 +69,8 @@ impl Membership {
                     if let Some(seen) = seen {
                         if seen.as_ref() != Some(&self.record) {
                             log::warn!(
-                                "this node's record in etcd is {}; publishing it again",
+                                "this node's record {} in etcd is {}; publishing it again",
+                                self.record_key,
                                 if seen.is_some() { "not ours" } else { "gone" }
                             );
                             record_due = true;
@@ -121,8 +127,7 @@ impl Membership {
         let mut picked = self.client.pick().await;
         lease::publish_record(
             &mut picked.client,
-            &self.keys,
-            &self.node,
+            &self.record_key,
             &self.record,
             self.lease_id,
         )
@@ -198,6 +203,7 @@ impl Membership {
             client,
             &self.keys,
             &self.config,
+            self.scope,
             &self.node,
             Some(self.record.subnet),
             true,

@@ -1,4 +1,5 @@
-//! The node registry: every record under `<prefix>/nodes/`, followed
+//! The node registry: every record under `<prefix>/nodes/` (or a named
+//! network's `<prefix>/network-nodes/<network>/`), followed
 //! ([`crate::etcd_follow`]): until the first listing nothing is known and
 //! the kernel is left alone.
 
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use trellis_common::etcd::EtcdClient;
-use trellis_common::keys::Keys;
+use trellis_common::keys::record_name_of;
 use trellis_common::node::NodeRecord;
 
 pub use crate::overlay::LocalView;
@@ -155,37 +156,36 @@ impl RegistryChannels {
     }
 }
 
-/// List and watch `<prefix>/nodes/` forever.
+/// List and watch the node records under `prefix` forever.
 pub async fn run(
     etcd: EtcdClient,
-    keys: Keys,
+    prefix: String,
     view: LocalView,
     out: RegistryChannels,
     metrics: Arc<Metrics>,
 ) {
-    let prefix = keys.nodes();
     let mut following = Following {
-        keys,
+        prefix: prefix.clone(),
         out,
         registry: Registry::new(view),
     };
     etcd_follow::follow(etcd, prefix, "node registry", &mut following, metrics).await;
 }
 
-/// The registry as it follows `<prefix>/nodes/`, and where its updates go.
+/// The registry as it follows its prefix, and where its updates go.
 struct Following {
-    keys: Keys,
+    prefix: String,
     out: RegistryChannels,
     registry: Registry,
 }
 
 impl Follower for Following {
     fn listed(&mut self, entries: Vec<Entry>, _revision: i64) -> bool {
-        let keys = &self.keys;
+        let prefix = &self.prefix;
         let listed = self.registry.replace(
             entries
                 .into_iter()
-                .filter_map(|e| Some((keys.node_name_of(&e.key)?.to_string(), e.value))),
+                .filter_map(|e| Some((record_name_of(prefix, &e.key)?.to_string(), e.value))),
         );
         let listening = self.out.send(Some(listed));
         self.out.publish_own(&self.registry);
@@ -193,7 +193,7 @@ impl Follower for Following {
     }
 
     fn put(&mut self, entry: Entry) -> bool {
-        let Some(name) = self.keys.node_name_of(&entry.key) else {
+        let Some(name) = record_name_of(&self.prefix, &entry.key) else {
             return true;
         };
         let update = self.registry.put(name.to_string(), &entry.value);
@@ -201,7 +201,7 @@ impl Follower for Following {
     }
 
     fn delete(&mut self, key: &str) -> bool {
-        let Some(name) = self.keys.node_name_of(key) else {
+        let Some(name) = record_name_of(&self.prefix, key) else {
             return true;
         };
         let update = self.registry.delete(name);
