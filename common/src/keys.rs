@@ -7,9 +7,10 @@ use crate::cni::Attachment;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 
-/// The node name of a node record's key under `prefix` (`<prefix>/nodes/`
-/// or a network's `<prefix>/network-nodes/<network>/`).
-pub fn record_name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+/// The name a key holds directly under `prefix` (a node record's under
+/// `<prefix>/nodes/` or `<prefix>/network-nodes/<network>/`, a network's
+/// under `<prefix>/networks/`): not empty, no further `/`.
+pub fn name_under<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(prefix)
         .filter(|n| !n.is_empty() && !n.contains('/'))
 }
@@ -65,8 +66,7 @@ impl Keys {
 
     /// The network name of a key under [`Keys::networks`].
     pub fn network_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(&self.networks())
-            .filter(|name| !name.is_empty() && !name.contains('/'))
+        name_under(&self.networks(), key)
     }
 
     /// `<prefix>/network-nodes/<network>/`: the node records of a named
@@ -98,7 +98,7 @@ impl Keys {
 
     /// The node name of a key under [`Keys::nodes`].
     pub fn node_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
-        record_name_of(&self.nodes(), key)
+        name_under(&self.nodes(), key)
     }
 
     /// `<prefix>/subnets/`: one key per leased node subnet.
@@ -212,8 +212,7 @@ impl Keys {
 
     /// The node whose report `key` is.
     pub fn attachment_report_of<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(&self.attachment_reports())
-            .filter(|n| !n.is_empty() && !n.contains('/'))
+        name_under(&self.attachment_reports(), key)
     }
 
     /// The attachment of a key under [`Keys::handles`].
@@ -365,10 +364,10 @@ mod tests {
         );
         let prefix = k.network_nodes("multihost");
         assert_eq!(
-            record_name_of(&prefix, &k.network_node("multihost", "n1")),
+            name_under(&prefix, &k.network_node("multihost", "n1")),
             Some("n1")
         );
-        assert_eq!(record_name_of(&prefix, &k.node("n1")), None);
+        assert_eq!(name_under(&prefix, &k.node("n1")), None);
         assert_eq!(k.network_name_of("/trellis/networks/a/b"), None);
         let net: Ipv4Network = "10.244.3.0/24".parse().unwrap();
         assert_eq!(k.subnet(net), "/trellis/subnets/10.244.3.0-24");

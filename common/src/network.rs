@@ -177,7 +177,8 @@ pub fn free_vni(default: Option<&ClusterConfig>, others: &[(String, NetworkRecor
         .expect("fewer networks than VNIs")
 }
 
-fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+/// Whether `a` and `b` share an address (never across families).
+pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     match (a, b) {
         (IpNetwork::V4(a), IpNetwork::V4(b)) => a.contains(b.network()) || b.contains(a.network()),
         (IpNetwork::V6(a), IpNetwork::V6(b)) => a.contains(b.network()) || b.contains(a.network()),

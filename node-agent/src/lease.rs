@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::keys::Keys;
+use trellis_common::network::{overlaps, NetworkRecord};
 use trellis_common::node::NodeRecord;
 
 /// Transactions lost to other agents before giving up (each loss means
@@ -141,14 +142,10 @@ impl Scope {
     /// Whether `subnet` is this scope's, the named networks being `named`.
     pub fn holds(&self, subnet: Ipv4Network, named: &[Ipv4Network]) -> bool {
         match self {
-            Scope::Default => !named.iter().any(|n| overlap(*n, subnet)),
-            Scope::Named(net) => overlap(*net, subnet),
+            Scope::Default => !named.iter().any(|n| overlaps((*n).into(), subnet.into())),
+            Scope::Named(net) => overlaps((*net).into(), subnet.into()),
         }
     }
-}
-
-fn overlap(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 /// The IPv4 networks of the records under `<prefix>/networks/` (all that
@@ -166,7 +163,7 @@ pub async fn named_networks(
         .iter()
         .filter_map(|kv| {
             let name = keys.network_name_of(kv.key_str().ok()?)?;
-            let record = trellis_common::network::NetworkRecord::parse(name, kv.value()).ok()?;
+            let record = NetworkRecord::parse(name, kv.value()).ok()?;
             Some(record.config.network)
         })
         .collect())

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use trellis_common::etcd::EtcdClient;
-use trellis_common::keys::record_name_of;
+use trellis_common::keys::name_under;
 use trellis_common::node::NodeRecord;
 
 pub use crate::overlay::LocalView;
@@ -185,7 +185,7 @@ impl Follower for Following {
         let listed = self.registry.replace(
             entries
                 .into_iter()
-                .filter_map(|e| Some((record_name_of(prefix, &e.key)?.to_string(), e.value))),
+                .filter_map(|e| Some((name_under(prefix, &e.key)?.to_string(), e.value))),
         );
         let listening = self.out.send(Some(listed));
         self.out.publish_own(&self.registry);
@@ -193,7 +193,7 @@ impl Follower for Following {
     }
 
     fn put(&mut self, entry: Entry) -> bool {
-        let Some(name) = record_name_of(&self.prefix, &entry.key) else {
+        let Some(name) = name_under(&self.prefix, &entry.key) else {
             return true;
         };
         let update = self.registry.put(name.to_string(), &entry.value);
@@ -201,7 +201,7 @@ impl Follower for Following {
     }
 
     fn delete(&mut self, key: &str) -> bool {
-        let Some(name) = record_name_of(&self.prefix, key) else {
+        let Some(name) = name_under(&self.prefix, key) else {
             return true;
         };
         let update = self.registry.delete(name);
