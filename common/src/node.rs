@@ -271,6 +271,32 @@ mod tests {
     }
 
     #[test]
+    fn each_named_network_has_its_own_record_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r: NodeRecord = NodeRecord::parse(
+            br#"{"subnet":"10.0.3.0/24","publicIP":"192.0.2.3","vtepMAC":"02:aa:bb:cc:dd:ee","bridge":"trbr.2"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.bridge.as_deref(), Some("trbr.2"));
+        assert_eq!(
+            read_node_record_for(dir.path(), Some("multihost")).unwrap(),
+            None
+        );
+        write_node_record_for(dir.path(), Some("multihost"), &r).unwrap();
+        assert!(dir.path().join("networks/multihost.json").is_file());
+        assert_eq!(
+            read_node_record_for(dir.path(), Some("multihost")).unwrap(),
+            Some(r)
+        );
+        // The default network's node.json is another file.
+        assert_eq!(read_node_record(dir.path()).unwrap(), None);
+        assert_eq!(
+            record_path_for(dir.path(), None),
+            dir.path().join("node.json")
+        );
+    }
+
+    #[test]
     fn a_record_without_room_for_a_gateway_is_refused() {
         // Confirmed with the fuzz target node_json: the gateway of
         // 255.255.255.255/32 overflowed (a panic in the plugins).
