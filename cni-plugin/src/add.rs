@@ -154,6 +154,16 @@ impl Add<'_> {
         })
     }
 
+    /// The bridge the container joins: the configured one, or a named
+    /// network's from its record (which [`Config::mode`] found naming one).
+    fn bridge(&self) -> &str {
+        let record = match self.mode {
+            Mode::Cluster { record } => Some(record),
+            Mode::SingleHost { .. } => None,
+        };
+        self.cfg.bridge_for(record).unwrap_or(&self.cfg.bridge)
+    }
+
     async fn wire<'w>(
         &self,
         w: &'w Wiring,
@@ -165,7 +175,7 @@ impl Add<'_> {
         let (node, pod) = (&w.node, &w.pod);
         let mtu = self.mtu(node).await?;
         let bridge = node
-            .ensure_bridge(&self.cfg.bridge, Some(mtu))
+            .ensure_bridge(self.bridge(), Some(mtu))
             .await
             .map_err(kernel_error)?;
         node.create_veth(&VethPair {

@@ -56,10 +56,18 @@ impl Checker<'_> {
     async fn run(&self) -> Result<(), CniError> {
         let ifname = &self.req.env.ifname;
         let host_name = host_veth_name(&self.req.env.container_id, ifname);
+        let record = self.cfg.node_record()?;
+        let bridge_name = self.cfg.bridge_for(record.as_ref()).ok_or_else(|| {
+            failed(format!(
+                "network {} is not set up on this node (no {})",
+                self.cfg.network.as_deref().unwrap_or_default(),
+                self.cfg.record_path().display()
+            ))
+        })?;
         let (container, host, bridge) = tokio::join!(
             self.pod.link_by_name(ifname),
             self.node.link_by_name(&host_name),
-            self.node.link_by_name(&self.cfg.bridge),
+            self.node.link_by_name(bridge_name),
         );
         let container = container
             .map_err(kernel_error)?
@@ -69,7 +77,7 @@ impl Checker<'_> {
             .ok_or_else(|| failed(format!("host veth {host_name} of {ifname} is missing")))?;
         let bridge = bridge
             .map_err(kernel_error)?
-            .ok_or_else(|| failed(format!("bridge {} is missing", self.cfg.bridge)))?;
+            .ok_or_else(|| failed(format!("bridge {bridge_name} is missing")))?;
 
         self.check_links(&container, &host, &bridge).await?;
         let container_index = self.check_against_prev_interface(&container)?;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use trellis_common::cni::env::ifname_problem;
 use trellis_common::cni::{CniError, Request};
+use trellis_common::network;
 use trellis_common::node::{self, NodeRecord, DEFAULT_BRIDGE, DEFAULT_STATE_DIR};
 
 /// The smallest MTU IPv4 allows; veth accepts up to 65535.
@@ -50,6 +51,10 @@ fn field<T: DeserializeOwned>(conf: &Value, key: &str) -> Result<Option<T>, CniE
 /// The validated `trellis` configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The named network selected (`"network"`); `None`: the default one.
+    pub network: Option<String>,
+    /// The bridge of the default network or of single-host mode; a named
+    /// network's is in its record ([`Config::bridge_for`]).
     pub bridge: String,
     pub state_dir: PathBuf,
     pub mtu: Option<u32>,
@@ -93,11 +98,25 @@ impl Mode {
 impl Config {
     /// Decode and check the configuration: every problem is code 7.
     pub fn from_request(req: &Request) -> Result<Config, CniError> {
-        let raw = RawConfig::from_value(&req.conf.raw)?;
-        Self::from_parts(raw, req.conf.ipam.as_ref())
+        Self::from_value(&req.conf.raw, req.conf.ipam.as_ref())
     }
 
-    fn from_parts(raw: RawConfig, ipam: Option<&Value>) -> Result<Config, CniError> {
+    fn from_value(conf: &Value, ipam: Option<&Value>) -> Result<Config, CniError> {
+        let raw = RawConfig::from_value(conf)?;
+        let network = network::selected_by(conf).map_err(CniError::invalid_config)?;
+        Self::from_parts(raw, ipam, network)
+    }
+
+    fn from_parts(
+        raw: RawConfig,
+        ipam: Option<&Value>,
+        network: Option<String>,
+    ) -> Result<Config, CniError> {
+        if let (Some(name), Some(_)) = (&network, &raw.bridge) {
+            return Err(CniError::invalid_config(format!(
+                "bridge: network {name} has the bridge the agent made for it; remove \"bridge\""
+            )));
+        }
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         if let Some(why) = ifname_problem(&bridge) {
             return Err(CniError::invalid_config(format!("bridge: {why}")).with_details(bridge));
@@ -142,7 +161,14 @@ impl Config {
                 )))
             }
         };
+        if let (Some(name), Some(subnet)) = (&network, ipam_subnet) {
+            return Err(CniError::invalid_config(format!(
+                "ipam.subnet {subnet}: network {name} takes its subnet from the agent \
+                 (ipam.subnet is for single-host mode)"
+            )));
+        }
         Ok(Config {
+            network,
             bridge,
             state_dir,
             mtu: raw.mtu,
@@ -159,25 +185,53 @@ impl Config {
         if let Some(subnet) = self.ipam_subnet {
             return Ok(Mode::SingleHost { subnet });
         }
-        match self.node_record()? {
-            Some(record) => Ok(Mode::Cluster { record }),
-            None => Err(CniError::try_again(format!(
+        let path = self.record_path();
+        match (self.node_record()?, &self.network) {
+            (Some(record), None) => Ok(Mode::Cluster { record }),
+            (Some(record), Some(name)) => match record.bridge {
+                Some(_) => Ok(Mode::Cluster { record }),
+                None => Err(CniError::try_again(format!(
+                    "the record of network {name} at {} names no bridge",
+                    path.display()
+                ))),
+            },
+            (None, None) => Err(CniError::try_again(format!(
                 "no node record at {}: is trellis-agent running on this node? \
                  (or name a subnet in ipam for single-host mode)",
-                node::record_path(&self.state_dir).display()
+                path.display()
+            ))),
+            (None, Some(name)) => Err(CniError::try_again(format!(
+                "network {name} is not set up on this node (no {}): \
+                 does `trellisctl network ls` list it, and is trellis-agent running?",
+                path.display()
             ))),
         }
     }
 
-    /// `<stateDir>/node.json`; unreadable or corrupt is code 11 (the agent
-    /// rewrites it).
+    /// The agent's record for this network: `<stateDir>/node.json`, or a
+    /// named network's `<stateDir>/networks/<name>.json`.
+    pub fn record_path(&self) -> PathBuf {
+        node::record_path_for(&self.state_dir, self.network.as_deref())
+    }
+
+    /// The agent's record for this network; unreadable or corrupt is code
+    /// 11 (the agent rewrites it).
     pub fn node_record(&self) -> Result<Option<NodeRecord>, CniError> {
-        node::read_node_record(&self.state_dir).map_err(|e| {
+        node::read_node_record_for(&self.state_dir, self.network.as_deref()).map_err(|e| {
             CniError::try_again(format!(
                 "cannot read the node record {}: {e}",
-                node::record_path(&self.state_dir).display()
+                self.record_path().display()
             ))
         })
+    }
+
+    /// This network's bridge on this node: the configured one, or a named
+    /// network's as its record names it (`None`: not set up here).
+    pub fn bridge_for<'a>(&'a self, record: Option<&'a NodeRecord>) -> Option<&'a str> {
+        match self.network {
+            None => Some(&self.bridge),
+            Some(_) => record.and_then(|r| r.bridge.as_deref()),
+        }
     }
 
     /// The nftables table of this bridge's single-host masquerade rule.
@@ -201,7 +255,69 @@ mod tests {
     use serde_json::json;
 
     fn parse(conf: Value) -> Result<Config, CniError> {
-        Config::from_parts(RawConfig::from_value(&conf)?, conf.get("ipam"))
+        Config::from_value(&conf, conf.get("ipam"))
+    }
+
+    #[test]
+    fn a_named_network_takes_its_bridge_and_subnet_from_the_agents_record() {
+        let dir = std::env::temp_dir().join(format!("trellis-conf-{}", std::process::id()));
+        let c = parse(json!({"network": "multihost", "stateDir": dir,
+            "ipam": {"type": "trellis-ipam"}}))
+        .unwrap();
+        assert_eq!(c.network.as_deref(), Some("multihost"));
+        assert_eq!(c.record_path(), dir.join("networks/multihost.json"));
+        let e = c.mode().unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(
+            e.msg
+                .starts_with("network multihost is not set up on this node (no "),
+            "{}",
+            e.msg
+        );
+        assert_eq!(c.bridge_for(None), None);
+        let record = NodeRecord {
+            bridge: Some("trbr.2".into()),
+            ..NodeRecord::parse(
+                br#"{"subnet":"10.0.3.0/24","publicIP":"192.0.2.1","vtepMAC":"02:00:00:00:00:01"}"#,
+            )
+            .unwrap()
+        };
+        node::write_node_record_for(&dir, Some("multihost"), &record).unwrap();
+        assert_eq!(
+            c.mode().unwrap(),
+            Mode::Cluster {
+                record: record.clone()
+            }
+        );
+        assert_eq!(c.bridge_for(Some(&record)), Some("trbr.2"));
+        // The default network's record is not this network's.
+        let default = parse(json!({"stateDir": dir, "ipam": {"type": "trellis-ipam"}})).unwrap();
+        assert_eq!(default.mode().unwrap_err().code, 11);
+        assert_eq!(default.bridge_for(Some(&record)), Some("trellis0"));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for (conf, key) in [
+            (
+                json!({"network": "Bad_Name", "ipam": {"type": "x"}}),
+                "network: ",
+            ),
+            (
+                json!({"network": 3, "ipam": {"type": "x"}}),
+                "network must be",
+            ),
+            (
+                json!({"network": "m", "bridge": "br0", "ipam": {"type": "x"}}),
+                "bridge: ",
+            ),
+            (
+                json!({"network": "m", "ipam": {"type": "x", "subnet": "10.1.0.0/16"}}),
+                "ipam.subnet 10.1.0.0/16: ",
+            ),
+        ] {
+            let e = parse(conf.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{conf}");
+            assert!(e.msg.starts_with(key), "{conf}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -25,7 +25,13 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
     let released = ipam::call(&cfg, Command::Gc, &req.env, &req.stdin);
     runtime()?.block_on(async {
         let node = Netlink::current().map_err(kernel_error)?;
-        if let Some(bridge) = node.link_by_name(&cfg.bridge).await.map_err(kernel_error)? {
+        // A named network not set up here has no bridge, nor ports to sweep.
+        let record = cfg.node_record().ok().flatten();
+        let bridge = match cfg.bridge_for(record.as_ref()) {
+            Some(name) => node.link_by_name(name).await.map_err(kernel_error)?,
+            None => None,
+        };
+        if let Some(bridge) = bridge {
             let ports = node
                 .links_with_master(bridge.index)
                 .await

@@ -9,10 +9,16 @@ use trellis_plugin::config::Config;
 pub fn status(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;
     if cfg.ipam_subnet.is_none() && cfg.node_record().ok().flatten().is_none() {
-        return Err(CniError::not_ready(format!(
-            "no node record in {}: trellis-agent has not published this node yet",
-            cfg.state_dir.display()
-        )));
+        return Err(CniError::not_ready(match &cfg.network {
+            None => format!(
+                "no node record in {}: trellis-agent has not published this node yet",
+                cfg.state_dir.display()
+            ),
+            Some(name) => format!(
+                "network {name} is not set up on this node yet (no {})",
+                cfg.record_path().display()
+            ),
+        }));
     }
     ipam::call(&cfg, Command::Status, &req.env, &req.stdin)?;
     Ok(())

@@ -92,6 +92,26 @@ pub fn check_name(name: &str) -> Result<(), InvalidNetwork> {
     }
 }
 
+/// The key of the `trellis` plugin's configuration that selects a named
+/// network (`"network": "NAME"`); the plugin and `trellis-ipam` (which
+/// receives the whole configuration) read it alike.
+pub const CONF_KEY: &str = "network";
+
+/// The named network a network configuration selects (`None`: the default
+/// network); a value that is not a valid name is refused with the reason.
+pub fn selected_by(conf: &serde_json::Value) -> Result<Option<String>, String> {
+    match conf.get(CONF_KEY) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(name)) => {
+            check_name(name).map_err(|e| format!("{CONF_KEY}: {e}"))?;
+            Ok(Some(name.clone()))
+        }
+        Some(other) => Err(format!(
+            "{CONF_KEY} must be the name of a network (a string), not {other}"
+        )),
+    }
+}
+
 /// A stored network record, as read: its name, its creation revision
 /// (which decides between two that conflict) and its bytes.
 #[derive(Debug, Clone)]
@@ -189,6 +209,27 @@ pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_selects_a_network_by_a_valid_name() {
+        let sel = |v: serde_json::Value| selected_by(&v);
+        assert_eq!(sel(serde_json::json!({"type": "trellis"})), Ok(None));
+        assert_eq!(sel(serde_json::json!({"network": null})), Ok(None));
+        assert_eq!(
+            sel(serde_json::json!({"network": "multihost"})),
+            Ok(Some("multihost".into()))
+        );
+        let bad = sel(serde_json::json!({"network": "Multi_Host"})).unwrap_err();
+        assert!(
+            bad.starts_with("network: network name \"Multi_Host\""),
+            "{bad}"
+        );
+        let bad = sel(serde_json::json!({"network": 7})).unwrap_err();
+        assert_eq!(
+            bad,
+            "network must be the name of a network (a string), not 7"
+        );
+    }
 
     fn stored(name: &str, rev: i64, value: &str) -> StoredNetwork {
         StoredNetwork {

@@ -136,6 +136,9 @@ pub enum Backend {
 pub struct IpamConf {
     /// The CNI network name (allocations are per network).
     pub network: String,
+    /// The named trellis network selected (the top-level `"network"`, as
+    /// the `trellis` plugin reads it); `None`: the default network.
+    pub named: Option<String>,
     pub backend: Backend,
     /// A pinned subnet; in cluster mode `None` means the node's subnet.
     pub subnet: Option<Ipv4Network>,
@@ -239,8 +242,15 @@ impl IpamConf {
             }
             None => (None, None),
         };
+        let named = trellis_common::network::selected_by(raw).map_err(IpamError::Config)?;
+        if let (Some(name), Backend::Local { .. }) = (&named, &backend) {
+            return Err(IpamError::Config(format!(
+                "network {name} is served by the agents: it needs etcdEndpoints"
+            )));
+        }
         let conf = IpamConf {
             network: network.to_string(),
+            named,
             backend,
             subnet,
             subnet6,
@@ -290,6 +300,23 @@ mod tests {
 
     fn conf(v: serde_json::Value) -> Result<IpamConf, IpamError> {
         IpamConf::from_netconf("net", &v)
+    }
+
+    #[test]
+    fn the_named_network_is_read_as_the_plugin_reads_it() {
+        let etcd = json!({"type": "trellis-ipam", "etcdEndpoints": ["http://127.0.0.1:2379"]});
+        let c = conf(json!({"network": "multihost", "ipam": etcd})).unwrap();
+        assert_eq!(c.named.as_deref(), Some("multihost"));
+        assert_eq!(conf(json!({"ipam": etcd})).unwrap().named, None);
+        let e = conf(json!({"network": "Not_A_Name", "ipam": etcd})).unwrap_err();
+        assert!(e.to_string().contains("network name \"Not_A_Name\""), "{e}");
+        let local = json!({"type": "trellis-ipam", "subnet": "10.88.0.0/16"});
+        let e = conf(json!({"network": "multihost", "ipam": local})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("network multihost is served by the agents"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,8 +42,16 @@ pub enum IpamError {
     Contended(String),
 
     /// Cluster mode before the agent has leased this node's subnet (code 11).
-    #[error("no node record for node \"{node}\" (neither {} nor in etcd): trellis-agent has not leased this node's subnet yet; is trellis-agent running on this node?", state_dir.join(trellis_common::node::NODE_RECORD_FILE).display())]
-    NoNodeRecord { state_dir: PathBuf, node: String },
+    /// For a named network: the network is not set up on this node (yet).
+    #[error("{} for node \"{node}\" (neither {} nor in etcd): trellis-agent has not leased {} yet; is trellis-agent running on this node?",
+        network.as_ref().map_or("no node record".to_string(), |n| format!("network {n} has no record")),
+        path.display(),
+        network.as_ref().map_or("this node's subnet".to_string(), |n| format!("a subnet of network {n} for it")))]
+    NoNodeRecord {
+        path: PathBuf,
+        node: String,
+        network: Option<String>,
+    },
 
     /// Another allocation on this node held the lock for too long (code 11).
     #[error("timed out after {after:?} waiting for the allocation lock {}", path.display())]

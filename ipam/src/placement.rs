@@ -1,21 +1,25 @@
 //! Which node this is and which subnet its containers get (cluster mode):
 //! the record the agent publishes in `stateDir`, else the one it keeps in
-//! etcd, unless the configuration pins a `subnet`.
+//! etcd (the named network's when the configuration selects one), unless
+//! the configuration pins a `subnet`.
 
 use crate::config::IpamConf;
 use crate::error::IpamError;
 use crate::pool::Pool;
 use crate::store::etcd::EtcdStore;
-use trellis_common::node::{read_node_record, record_path, NodeRecord};
+use trellis_common::node::{read_node_record_for, record_path_for, NodeRecord};
 
-/// `<stateDir>/node.json`, if the agent wrote it.
+/// The agent's record for the network, if it wrote it:
+/// `<stateDir>/node.json`, or a named network's
+/// `<stateDir>/networks/<name>.json`.
 pub fn local_record(conf: &IpamConf) -> Result<Option<NodeRecord>, IpamError> {
-    read_node_record(&conf.state_dir).map_err(|e| match e.kind() {
+    let path = record_path_for(&conf.state_dir, conf.named.as_deref());
+    read_node_record_for(&conf.state_dir, conf.named.as_deref()).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => IpamError::Corrupt {
-            key: record_path(&conf.state_dir).display().to_string(),
+            key: path.display().to_string(),
             reason: e.to_string(),
         },
-        _ => IpamError::store(record_path(&conf.state_dir))(e),
+        _ => IpamError::store(&path)(e),
     })
 }
 
@@ -41,11 +45,12 @@ pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, S
     let record = match record {
         Some(r) => r,
         None => store
-            .node_record(&node)
+            .node_record(&node, conf.named.as_deref())
             .await?
             .ok_or_else(|| IpamError::NoNodeRecord {
-                state_dir: conf.state_dir.clone(),
+                path: record_path_for(&conf.state_dir, conf.named.as_deref()),
                 node: node.clone(),
+                network: conf.named.clone(),
             })?,
     };
     Ok((

@@ -28,8 +28,15 @@ impl EtcdStore {
     }
 
     /// This node's record as its agent published it (`<prefix>/nodes/<node>`).
-    pub async fn node_record(&self, node: &str) -> Result<Option<NodeRecord>, IpamError> {
-        let key = self.keys.node(node);
+    pub async fn node_record(
+        &self,
+        node: &str,
+        network: Option<&str>,
+    ) -> Result<Option<NodeRecord>, IpamError> {
+        let key = match network {
+            None => self.keys.node(node),
+            Some(name) => self.keys.network_node(name, node),
+        };
         let kvs = self
             .get("reading the node record", key.clone(), None)
             .await?;
