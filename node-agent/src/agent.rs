@@ -2,27 +2,27 @@
 //! publish the node, then keep the overlay in step with etcd until SIGTERM
 //! (which leaves the data path as it is, so a restart does not touch pods).
 
-use crate::backoff::Backoff;
 use crate::dns::{self, DnsServer};
+use crate::etcd_retry::retry;
 use crate::flags::{RunArgs, REQUEST_TIMEOUT};
 use crate::kube_api::KubeApi;
 use crate::lease::{self, LeaseError, Leased};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::names::{self, NameTable};
-use crate::networks;
 use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::node_table::NodeTables;
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
 use crate::{dead_nodes, deleted_nodes, etcd_follow, ipam_gc, node_table, probe, status_server};
+use crate::{network_runner, networks};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use trellis_common::cluster_config::ClusterConfig;
-use trellis_common::etcd::{EtcdClient, EtcdError};
+use trellis_common::etcd::EtcdError;
 use trellis_common::node::{read_node_record, write_node_record};
 use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink};
@@ -223,14 +223,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     let (own_tx, own_rx) = watch::channel(None);
-    let view = LocalView {
-        node: node.clone(),
-        subnet: net.subnet,
-        network: config.network,
-        subnet6: net.subnet6,
-        network6: net.network6,
-        underlay_v6: net.public_ip.is_ipv6(),
-    };
+    let view = LocalView::of(&net);
     let resync_now = Arc::new(tokio::sync::Notify::new());
     if args.probe_port != 0 {
         let _ = doctor.set(probe::Doctor {
@@ -281,11 +274,30 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             etcd_follow::follow(etcd, prefix, "names", &mut following, metrics).await
         }));
     }
+    let (served_tx, served_rx) = watch::channel(None);
     let mut networks = networks::Following {
         keys: keys.clone(),
         set: networks::NetworkSet::new(config.clone()),
         metrics: metrics.clone(),
+        served: served_tx,
     };
+    let named = network_runner::NodeContext {
+        client: client.clone(),
+        keys: keys.clone(),
+        node: node.clone(),
+        nl: nl.clone(),
+        underlay: underlay.clone(),
+        public_ip,
+        state_dir: args.state_dir.clone(),
+        times,
+        resync: Duration::from_secs(args.resync_interval.max(1)),
+        tx_checksum_offload: args.vxlan_tx_checksum_offload,
+        metrics: metrics.clone(),
+    };
+    background.push(tokio::spawn(network_runner::run(
+        Arc::new(named),
+        served_rx,
+    )));
     let (etcd, prefix, follow_metrics) = (client.clone(), keys.networks(), metrics.clone());
     background.push(tokio::spawn(async move {
         etcd_follow::follow(etcd, prefix, "networks", &mut networks, follow_metrics).await
@@ -464,39 +476,5 @@ fn record_of(net: &NodeNetwork, args: &RunArgs, dns: bool) -> trellis_common::no
         status_addr,
         dns,
         ..record
-    }
-}
-
-/// Retry `op` with backoff while it fails with a transient error (etcd
-/// unreachable, a missing config the operator has yet to write, an
-/// exhausted network some node may free); permanent errors return. Each
-/// attempt runs on the endpoint in use; an etcd error hands over to the
-/// next one, and the first retry after one comes at once.
-async fn retry<T, F, Fut>(
-    what: &str,
-    metrics: &Metrics,
-    etcd: &EtcdClient,
-    mut op: F,
-) -> Result<T, AgentError>
-where
-    F: FnMut(etcd_client::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, LeaseError>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
-    loop {
-        let picked = etcd.pick().await;
-        match op(picked.client).await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_permanent() => return Err(e.into()),
-            Err(e) => {
-                if matches!(e, LeaseError::Etcd(_)) {
-                    metrics.etcd_errors.inc();
-                    etcd.failed(picked.index);
-                }
-                let delay = backoff.next_delay();
-                log::warn!("{what} ({}): {e}; retrying in {delay:?}", picked.endpoint);
-                tokio::time::sleep(delay).await;
-            }
-        }
     }
 }

@@ -522,9 +522,35 @@ pub async fn release(
     keys: &Keys,
     node: &str,
 ) -> Result<Vec<Ipv4Network>, LeaseError> {
+    release_where(client, keys, node, |_| true, &keys.node(node)).await
+}
+
+/// Take this node out of named network `network` (the network was
+/// removed): its subnet there is free at once, its record there is gone.
+pub async fn release_named(
+    client: &mut Client,
+    keys: &Keys,
+    node: &str,
+    network: Ipv4Network,
+    record_key: &str,
+) -> Result<Vec<Ipv4Network>, LeaseError> {
+    let scope = Scope::Named(network);
+    release_where(client, keys, node, |s| scope.holds(s, &[]), record_key).await
+}
+
+/// Delete `node`'s subnet and grace keys that `in_scope` holds, revoke
+/// their leases, and delete the record at `record_key`.
+async fn release_where(
+    client: &mut Client,
+    keys: &Keys,
+    node: &str,
+    in_scope: impl Fn(Ipv4Network) -> bool,
+    record_key: &str,
+) -> Result<Vec<Ipv4Network>, LeaseError> {
     let listing = list_subnets(client, keys).await?;
     let mut released = Vec::new();
-    for s in listing.iter().filter(|s| s.owner.as_deref() == Some(node)) {
+    let mine = |owner: &Option<String>, subnet| owner.as_deref() == Some(node) && in_scope(subnet);
+    for s in listing.iter().filter(|s| mine(&s.owner, s.subnet)) {
         client.delete(keys.subnet(s.subnet), None).await?;
         if s.lease != 0 {
             let _ = client.lease_revoke(s.lease).await;
@@ -532,14 +558,14 @@ pub async fn release(
         released.push(s.subnet);
     }
     for g in list_graces(client, keys).await? {
-        if g.owner.as_deref() == Some(node) {
+        if mine(&g.owner, g.subnet) {
             client.delete(keys.subnet_grace(g.subnet), None).await?;
             if g.lease != 0 {
                 let _ = client.lease_revoke(g.lease).await;
             }
         }
     }
-    client.delete(keys.node(node), None).await?;
+    client.delete(record_key, None).await?;
     Ok(released)
 }
 

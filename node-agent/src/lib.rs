@@ -6,7 +6,8 @@
 //! - [`node_network`]: this node's VXLAN device and bridge.
 //! - [`registry`]: every node record, followed ([`etcd_follow`]).
 //! - [`names`]: the containers' names, followed; [`dns`] answers them.
-//! - [`networks`]: the named networks, followed and judged (not yet served).
+//! - [`networks`]: the named networks, followed and judged;
+//!   [`network_runner`] serves them on this node.
 //! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
 //!   desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
@@ -22,6 +23,7 @@ pub mod deleted_nodes;
 pub mod departure;
 pub mod dns;
 pub mod etcd_follow;
+pub mod etcd_retry;
 pub mod flags;
 pub mod install_cni;
 pub mod ipam_gc;
@@ -31,6 +33,7 @@ pub mod lease;
 pub mod membership;
 pub mod metrics;
 pub mod names;
+pub mod network_runner;
 pub mod networks;
 pub mod node_network;
 pub mod node_table;

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Named networks in use, and records left out (`crate::networks`).
     pub networks: Gauge,
     pub networks_ignored: Gauge,
+    /// Named networks this node serves (set up, or being set up).
+    pub networks_served: Gauge,
     /// The subnet lease is held and the node record published.
     pub leased: AtomicBool,
     /// The last reconcile wrote everything it planned.
@@ -88,6 +90,12 @@ impl Metrics {
             "gauge",
             "Named networks (<prefix>/networks/) in use.",
             self.networks.get().to_string(),
+        );
+        metric(
+            "trellis_agent_networks_served",
+            "gauge",
+            "Named networks this node serves (set up, or being set up).",
+            self.networks_served.get().to_string(),
         );
         metric(
             "trellis_agent_networks_ignored",

@@ -3,12 +3,15 @@
 //! config by the one rule `trellisctl network create` applies
 //! (`trellis_common::network::usable`: the older of two conflicting records
 //! wins). Each network coming in, changing, being ignored (with the reason,
-//! once) and going is logged, and the counts are on `/metrics`.
+//! once) and going is logged, the counts are on `/metrics`, and the usable
+//! ones go to [`crate::network_runner`], which serves them.
 
 use crate::etcd_follow::{Entry, Follower};
 use crate::metrics::Metrics;
+use crate::network_runner::Desired;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::watch;
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::keys::Keys;
 use trellis_common::network::{self, NetworkRecord, StoredNetwork};
@@ -106,6 +109,9 @@ pub struct Following {
     pub keys: Keys,
     pub set: NetworkSet,
     pub metrics: Arc<Metrics>,
+    /// Where the usable networks go after every listing and change (to
+    /// [`crate::network_runner`]).
+    pub served: watch::Sender<Desired>,
 }
 
 impl Following {
@@ -132,6 +138,12 @@ impl Following {
         self.metrics
             .networks_ignored
             .set(self.set.ignored.len() as u64);
+        let usable = Some(self.set.usable.clone());
+        self.served.send_if_modified(|served| {
+            let changed = *served != usable;
+            *served = usable;
+            changed
+        });
         true
     }
 }

@@ -40,6 +40,12 @@ pub fn vxlan_name(vni: u32) -> String {
     }
 }
 
+/// The bridge of a named network with `vni`: `trbr.<vni>` (at most 13
+/// characters). Its name reaches the plugins through the network's record.
+pub fn named_bridge_name(vni: u32) -> String {
+    format!("trbr.{vni}")
+}
+
 /// The underlay interface and the public IP: `--iface` when given, else
 /// the interface holding `--public-ip`, else the default route's; the
 /// public IP is `--public-ip`, else the interface's first IPv4 address,
@@ -108,6 +114,8 @@ pub struct NodeNetwork {
     pub public_ip: IpAddr,
     pub vxlan: VxlanSpec,
     pub bridge: String,
+    /// The named network these devices serve (`None`: the default one).
+    pub named: Option<String>,
     /// Leave the VXLAN device's transmit checksum offload on (the kernel's
     /// default); off, it is turned off whenever the device is ensured.
     pub tx_checksum_offload: bool,
@@ -139,8 +147,27 @@ impl NodeNetwork {
                 mac: MacAddr::derived_from(node_name),
             },
             bridge: bridge.to_string(),
+            named: None,
             tx_checksum_offload: true,
         }
+    }
+
+    /// The devices of named network `name` on this node: VXLAN device
+    /// `trellis.<vni>`, bridge `trbr.<vni>`, and a VTEP MAC of its own
+    /// (derived from `<node>/<name>`), so that no two VTEPs share one.
+    pub fn named(
+        node_name: &str,
+        name: &str,
+        config: &ClusterConfig,
+        subnet: Ipv4Network,
+        underlay: &Link,
+        public_ip: IpAddr,
+    ) -> NodeNetwork {
+        let bridge = named_bridge_name(config.vni);
+        let mut net = NodeNetwork::new(node_name, config, subnet, underlay, public_ip, &bridge);
+        net.vxlan.mac = MacAddr::derived_from(&format!("{node_name}/{name}"));
+        net.named = Some(name.to_string());
+        net
     }
 
     /// The MTU of the overlay: the VXLAN device, the bridge, the pods.
@@ -197,7 +224,9 @@ impl NodeNetwork {
             dns: false,
             ipv6_subnet: self.subnet6,
             ipv6_network: self.network6,
-            bridge: None,
+            // The plugins take a named network's bridge from its record;
+            // the default network's is in their configuration.
+            bridge: self.named.as_ref().map(|_| self.bridge.clone()),
         }
     }
 
@@ -372,6 +401,31 @@ pub(crate) mod tests {
         assert_eq!(n.mtu(), 1430);
         assert_eq!(n.vxlan.local.to_string(), "2001:db8:2::1");
         assert_eq!(n.record().public_ip.to_string(), "2001:db8:2::1");
+    }
+
+    #[test]
+    fn a_named_network_has_devices_and_a_vtep_mac_of_its_own() {
+        let config = ClusterConfig::parse(br#"{"network":"10.0.0.0/16","vni":7}"#).unwrap();
+        let n = NodeNetwork::named(
+            "node-a",
+            "multihost",
+            &config,
+            "10.0.3.0/24".parse().unwrap(),
+            &underlay(7, 1500),
+            "192.0.2.10".parse().unwrap(),
+        );
+        assert_eq!(
+            (n.vxlan.name.as_str(), n.bridge.as_str()),
+            ("trellis.7", "trbr.7")
+        );
+        let default_mac = MacAddr::derived_from("node-a");
+        assert_ne!(n.vxlan.mac, default_mac);
+        assert_eq!(n.vxlan.mac, MacAddr::derived_from("node-a/multihost"));
+        let r = n.record();
+        assert_eq!(r.bridge.as_deref(), Some("trbr.7"));
+        assert_eq!(r.mtu, Some(1450));
+        assert_eq!(r.gateway().to_string(), "10.0.3.1");
+        assert!(named_bridge_name(16_777_215).len() <= 15);
     }
 
     #[test]

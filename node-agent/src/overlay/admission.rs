@@ -23,6 +23,20 @@ pub struct LocalView {
     pub underlay_v6: bool,
 }
 
+impl LocalView {
+    /// The view from this node's devices `net`.
+    pub fn of(net: &crate::node_network::NodeNetwork) -> LocalView {
+        LocalView {
+            node: net.node_name.clone(),
+            subnet: net.subnet,
+            network: net.network,
+            subnet6: net.subnet6,
+            network6: net.network6,
+            underlay_v6: net.public_ip.is_ipv6(),
+        }
+    }
+}
+
 /// The admitted remote nodes as seen from one node, with their indexes.
 #[derive(Debug, Clone)]
 pub struct Admission {
