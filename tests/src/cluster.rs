@@ -336,6 +336,8 @@ pub struct Pod {
     pub ip: IpAddr,
     /// The CNI result the runtime got.
     pub result: Value,
+    /// The conflist it was added with (every verb uses it).
+    pub conflist: PathBuf,
 }
 
 impl Pod {
@@ -358,6 +360,7 @@ pub struct FailedAdd {
     pub container_id: String,
     pub netns: Netns,
     pub failure: CniFailure,
+    pub conflist: PathBuf,
 }
 
 impl FailedAdd {
@@ -591,6 +594,22 @@ impl Cluster {
         json!({"cniVersion": self.spec.cni_version, "name": NETWORK_NAME, "plugins": plugins})
     }
 
+    /// Writes node `node`'s conflist for named network `network` (as a
+    /// user writes it: `"network"` and nothing else network-specific) in
+    /// its conf dir; its path.
+    pub fn named_conflist(&self, node: usize, network: &str) -> Result<PathBuf> {
+        let n = self.node(node)?;
+        let mut conf = self.conflist_for(&n.state_dir);
+        conf["name"] = json!(network);
+        let plugin = &mut conf["plugins"][0];
+        plugin["network"] = json!(network);
+        plugin
+            .as_object_mut()
+            .context("the trellis plugin's config")?
+            .remove("bridge");
+        write_conflist(&n.conf_dir, &format!("20-{network}"), &conf)
+    }
+
     /// Waits until every agent published its record and every node has a
     /// route to every other node's subnet.
     pub fn wait_converged(&self, timeout: Duration) -> Result<()> {
@@ -663,6 +682,18 @@ impl Cluster {
     /// and DEL as a runtime would ([`Cluster::del_failed`]). `Err` only
     /// for a harness failure.
     pub fn try_add_pod(&self, node: usize, name: &str) -> Result<Result<Pod, FailedAdd>> {
+        let conflist = self.node(node)?.conflist.clone();
+        self.try_add_pod_with(node, name, &conflist)
+    }
+
+    /// Like [`Cluster::try_add_pod`], with another conflist (a named
+    /// network's, say).
+    pub fn try_add_pod_with(
+        &self,
+        node: usize,
+        name: &str,
+        conflist: &Path,
+    ) -> Result<Result<Pod, FailedAdd>> {
         let n = self.pods_made.fetch_add(1, Ordering::Relaxed);
         let container_id = format!("{name}-{}-{n}", std::process::id());
         let netns = match self.spec.name_prefix {
@@ -672,7 +703,7 @@ impl Cluster {
         let ifname = "eth0".to_owned();
         let att = pod_attachment(&container_id, &netns.path(), &ifname, name);
         let node_ref = self.node(node)?;
-        let result = match node_ref.driver.add(&node_ref.conflist, &att) {
+        let result = match node_ref.driver.add(conflist, &att) {
             Ok(result) => result,
             Err(failure) => {
                 return Ok(Err(FailedAdd {
@@ -681,6 +712,7 @@ impl Cluster {
                     container_id,
                     netns,
                     failure,
+                    conflist: conflist.to_owned(),
                 }))
             }
         };
@@ -694,6 +726,7 @@ impl Cluster {
             netns,
             ip,
             result,
+            conflist: conflist.to_owned(),
         }))
     }
 
@@ -701,21 +734,21 @@ impl Cluster {
     /// failed ADD).
     pub fn del_failed(&self, failed: &FailedAdd) -> Result<(), CniFailure> {
         let node = &self.nodes[failed.node];
-        node.driver.del(&node.conflist, &failed.attachment())?;
+        node.driver.del(&failed.conflist, &failed.attachment())?;
         Ok(())
     }
 
     /// CNI DEL of a pod, then its namespace goes.
     pub fn del_pod(&self, pod: Pod) -> Result<(), CniFailure> {
         let node = &self.nodes[pod.node];
-        node.driver.del(&node.conflist, &pod.attachment())?;
+        node.driver.del(&pod.conflist, &pod.attachment())?;
         Ok(())
     }
 
     /// CNI CHECK of a pod.
     pub fn check_pod(&self, pod: &Pod) -> Result<(), CniFailure> {
         let node = &self.nodes[pod.node];
-        node.driver.check(&node.conflist, &pod.attachment())?;
+        node.driver.check(&pod.conflist, &pod.attachment())?;
         Ok(())
     }
 

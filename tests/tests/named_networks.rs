@@ -1,0 +1,146 @@
+//! Named networks served by the agents (issue 14): a network made with
+//! `trellisctl network create` appears on every node (its own subnet,
+//! VXLAN device, bridge, record file and etcd record), containers whose
+//! conflist names it reach each other across nodes, and `network rm
+//! --force` takes all of it down again on every node.
+
+use serde_json::Value;
+use std::time::Duration;
+use trellis_common::node::NodeRecord;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
+use trellis_tests::ctl::{ctl, ctl_json, stderr};
+use trellis_tests::wait::wait_until;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn links(node: &Node) -> Vec<String> {
+    let out = node.netns.ok(&["ip", "-j", "link", "show"]).unwrap();
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    all.iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn network_record(node: &Node, network: &str) -> Option<NodeRecord> {
+    let path = node
+        .state_dir
+        .join("networks")
+        .join(format!("{network}.json"));
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(NodeRecord::parse(text.as_bytes()).unwrap())
+}
+
+fn mtu_in(pod: &trellis_tests::cluster::Pod) -> String {
+    pod.netns
+        .ok(&["cat", "/sys/class/net/eth0/mtu"])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    cluster.wait_converged(TIMEOUT).unwrap();
+    let made = ctl_json(
+        &cluster,
+        &["network", "create", "multihost", "--subnet", "10.0.0.0/16"],
+    );
+    let vni = made["network"]["vni"].as_u64().unwrap();
+    let (vxlan, bridge) = (format!("trellis.{vni}"), format!("trbr.{vni}"));
+
+    wait_until(TIMEOUT, "every node serves multihost", || {
+        Ok(cluster.nodes.iter().all(|n| {
+            network_record(n, "multihost").is_some()
+                && links(n).contains(&vxlan)
+                && links(n).contains(&bridge)
+        }) && cluster.etcd_entries("network-nodes/multihost/")?.len() == 2)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    let records: Vec<NodeRecord> = cluster
+        .nodes
+        .iter()
+        .map(|n| network_record(n, "multihost").unwrap())
+        .collect();
+    for (node, record) in cluster.nodes.iter().zip(&records) {
+        let net: ipnetwork::Ipv4Network = "10.0.0.0/16".parse().unwrap();
+        assert!(net.contains(record.subnet.network()), "{record:?}");
+        assert_eq!(record.bridge.as_deref(), Some(bridge.as_str()));
+        assert_ne!(
+            record.vtep_mac,
+            node.record().unwrap().vtep_mac,
+            "each network's VTEP has a MAC of its own"
+        );
+    }
+    assert_ne!(records[0].subnet, records[1].subnet);
+    // Each node routes the other's subnet in the network over its VXLAN.
+    wait_until(TIMEOUT, "routes between the network's subnets", || {
+        Ok((0..2).all(|i| {
+            let other = records[1 - i].subnet.to_string();
+            let routes = cluster.nodes[i]
+                .netns
+                .ok(&["ip", "route", "show", &other])
+                .unwrap_or_default();
+            routes.contains(&format!("dev {vxlan}"))
+        }))
+    })
+    .unwrap();
+
+    // Containers whose conflist names the network, on both nodes.
+    let conflists: Vec<_> = (0..2)
+        .map(|i| cluster.named_conflist(i, "multihost").unwrap())
+        .collect();
+    let host1 = cluster
+        .try_add_pod_with(0, "host1", &conflists[0])
+        .unwrap()
+        .unwrap_or_else(|f| panic!("ADD host1: {}", f.failure));
+    let host2 = cluster
+        .try_add_pod_with(1, "host2", &conflists[1])
+        .unwrap()
+        .unwrap_or_else(|f| panic!("ADD host2: {}", f.failure));
+    assert!(records[0].subnet.contains(match host1.ip {
+        std::net::IpAddr::V4(v4) => v4,
+        other => panic!("{other}"),
+    }));
+    assert_eq!(mtu_in(&host1), "1450");
+    ping(&host1.netns, host2.ip).unwrap();
+    ping(&host2.netns, host1.ip).unwrap();
+    cluster.check_pod(&host1).unwrap();
+    let gateway = host1.result["ips"][0]["gateway"].as_str().unwrap();
+    assert_eq!(gateway, records[0].gateway().to_string());
+
+    // Forced removal takes it down everywhere; ADDs then fail, DELs pass.
+    let refused = ctl(&cluster, &["network", "rm", "multihost"]);
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    ctl_json(&cluster, &["network", "rm", "multihost", "--force"]);
+    wait_until(TIMEOUT, "multihost is gone from every node", || {
+        Ok(cluster.nodes.iter().all(|n| {
+            network_record(n, "multihost").is_none()
+                && !links(n).contains(&vxlan)
+                && !links(n).contains(&bridge)
+        }) && cluster.etcd_entries("network-nodes/multihost/")?.is_empty()
+            && cluster
+                .etcd_entries("subnets/")?
+                .iter()
+                .all(|(k, _)| !k.contains("/10.0.")))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    let failed = cluster
+        .try_add_pod_with(0, "late", &conflists[0])
+        .unwrap()
+        .expect_err("an ADD on a removed network");
+    assert_eq!(failed.failure.code, 11, "{}", failed.failure);
+    assert!(
+        failed
+            .failure
+            .msg
+            .starts_with("network multihost is not set up on this node"),
+        "{}",
+        failed.failure
+    );
+    cluster.del_failed(&failed).unwrap();
+    cluster.del_pod(host1).unwrap();
+    cluster.del_pod(host2).unwrap();
+    // The default network was left alone.
+    cluster.wait_converged(TIMEOUT).unwrap();
+}
