@@ -339,8 +339,10 @@ impl Add<'_> {
                     .iter()
                     .map(|n| n.ip().to_string())
                     .collect(),
+                // A named network's domain is its own name, whatever the
+                // conflist's.
                 search: vec![trellis_common::container_name::domain_of(
-                    &self.req.conf.name,
+                    self.cfg.network.as_deref().unwrap_or(&self.req.conf.name),
                 )],
                 ..Dns::default()
             },

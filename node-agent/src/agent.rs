@@ -17,7 +17,7 @@ use crate::registry::{self, LocalView, RegistryChannels};
 use crate::{dead_nodes, deleted_nodes, etcd_follow, ipam_gc, node_table, probe, status_server};
 use crate::{network_runner, networks};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -292,6 +292,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         times,
         resync: Duration::from_secs(args.resync_interval.max(1)),
         tx_checksum_offload: args.vxlan_tx_checksum_offload,
+        dns: args.dns.then(|| dns::On {
+            port: args.dns_port,
+            upstreams: args.dns_upstream.clone(),
+        }),
         metrics: metrics.clone(),
     };
     background.push(tokio::spawn(network_runner::run(
@@ -428,37 +432,14 @@ async fn set_up_node(
     Ok(dns)
 }
 
-/// The DNS server on this node's gateways. One that cannot start (port 53
-/// taken on a gateway address) is warned about and leaves the node without
-/// it: containers then keep the runtime's resolvers.
+/// The DNS server on this node's gateways for the default network.
 fn start_dns(net: &NodeNetwork, args: &RunArgs) -> Option<DnsServer> {
-    let listen: Vec<std::net::IpAddr> = net.bridge_addresses().iter().map(|n| n.ip()).collect();
-    let upstreams = if args.dns_upstream.is_empty() {
-        dns::system_upstreams(&listen)
-    } else {
-        args.dns_upstream.clone()
-    };
-    let settings = dns::DnsSettings {
-        listen,
-        port: args.dns_port,
-        upstreams,
-    };
     let names = NameTable::new(net.cluster_networks());
-    match DnsServer::start(&settings, Arc::new(RwLock::new(names))) {
-        Ok(server) => {
-            log::info!(
-                "serving DNS on {:?} port {}, forwarding to {:?}",
-                settings.listen,
-                settings.port,
-                settings.upstreams
-            );
-            Some(server)
-        }
-        Err(e) => {
-            log::warn!("no DNS on this node: {e}");
-            None
-        }
-    }
+    let on = dns::On {
+        port: args.dns_port,
+        upstreams: args.dns_upstream.clone(),
+    };
+    dns::serve_gateways(net, &on, names)
 }
 
 /// The record this node publishes (etcd and `node.json`).

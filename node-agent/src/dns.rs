@@ -5,6 +5,7 @@
 //! other name forwarded to the node's own resolvers (or `--dns-upstream`).
 
 use crate::names::{Answer, NameTable};
+use crate::node_network::NodeNetwork;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA};
@@ -47,6 +48,47 @@ pub struct DnsSettings {
     pub port: u16,
     /// The resolvers other names go to; empty: none (they are refused).
     pub upstreams: Vec<SocketAddr>,
+}
+
+/// Where the agent serves DNS: the port, and where other names go (empty:
+/// the node's resolvers).
+#[derive(Debug, Clone)]
+pub struct On {
+    pub port: u16,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// The DNS server on the gateways of `net` (a bridge of this node),
+/// answering from `names`. One that cannot start (port 53 taken on a
+/// gateway address) is warned about and leaves the network without it:
+/// containers then keep the runtime's resolvers.
+pub fn serve_gateways(net: &NodeNetwork, on: &On, names: NameTable) -> Option<DnsServer> {
+    let listen: Vec<IpAddr> = net.bridge_addresses().iter().map(|n| n.ip()).collect();
+    let upstreams = if on.upstreams.is_empty() {
+        system_upstreams(&listen)
+    } else {
+        on.upstreams.clone()
+    };
+    let settings = DnsSettings {
+        listen,
+        port: on.port,
+        upstreams,
+    };
+    match DnsServer::start(&settings, Arc::new(RwLock::new(names))) {
+        Ok(server) => {
+            log::info!(
+                "serving DNS on {:?} port {}, forwarding to {:?}",
+                settings.listen,
+                settings.port,
+                settings.upstreams
+            );
+            Some(server)
+        }
+        Err(e) => {
+            log::warn!("no DNS on {}: {e}", net.bridge);
+            None
+        }
+    }
 }
 
 /// The node's resolvers (`/etc/resolv.conf`, port 53), without `own`

@@ -8,7 +8,9 @@
 //!
 //! `NAME` answers the addresses of every container called NAME; `NAME.NET`
 //! those of the containers called NAME on CNI network NET (the network's
-//! domain). Two live containers of one name answer both addresses.
+//! domain). Two live containers of one name answer both addresses. A named
+//! network's table ([`NameTable::for_network`]) holds its addresses only,
+//! all in its domain.
 
 use crate::etcd_follow::{Entry, Follower};
 use ipnetwork::IpNetwork;
@@ -31,6 +33,9 @@ struct Named {
 pub struct NameTable {
     /// The pod networks whose addresses are served (the cluster's).
     served: Vec<IpNetwork>,
+    /// A named network's table: every address is in its domain, whatever
+    /// the CNI network name of the conflist that attached it.
+    domain: Option<String>,
     /// True once a first listing is in: until then the table knows
     /// nothing, and an empty answer would be a lie (the DNS holds
     /// queries instead, [`NameTable::listing`]).
@@ -56,10 +61,20 @@ impl NameTable {
     pub fn new(served: Vec<IpNetwork>) -> Self {
         NameTable {
             served,
+            domain: None,
             listed: watch::Sender::new(false),
             by_address: HashMap::new(),
             by_name: BTreeMap::new(),
             networks: BTreeMap::new(),
+        }
+    }
+
+    /// The table of named network `name`, whose addresses are `served`:
+    /// `NAME` and `NAME.<name>` answer its containers' addresses.
+    pub fn for_network(served: Vec<IpNetwork>, name: &str) -> Self {
+        NameTable {
+            domain: Some(trellis_common::container_name::domain_of(name)),
+            ..NameTable::new(served)
         }
     }
 
@@ -97,7 +112,10 @@ impl NameTable {
         // writer may not); the network's name becomes its domain.
         let named = Named {
             name: owner.name.to_ascii_lowercase(),
-            network: trellis_common::container_name::domain_of(&owner.network),
+            network: match &self.domain {
+                Some(domain) => domain.clone(),
+                None => trellis_common::container_name::domain_of(&owner.network),
+            },
         };
         self.by_name
             .entry(named.name.clone())
@@ -126,13 +144,19 @@ impl NameTable {
         }
     }
 
+    /// Whether `network` is one of our domains: one with named addresses,
+    /// or a named network's own (empty or not).
+    fn is_domain(&self, network: &str) -> bool {
+        self.networks.contains_key(network) || self.domain.as_deref() == Some(network)
+    }
+
     /// `query` (lowercase, without the trailing dot): `NAME` or `NAME.NET`.
     pub fn lookup(&self, query: &str) -> Answer {
         let mut found: BTreeSet<IpAddr> = self.by_name.get(query).cloned().unwrap_or_default();
         let mut in_domain = false;
         for (dot, _) in query.match_indices('.') {
             let (name, network) = (&query[..dot], &query[dot + 1..]);
-            if !self.networks.contains_key(network) {
+            if !self.is_domain(network) {
                 continue;
             }
             in_domain = true;
@@ -145,7 +169,7 @@ impl NameTable {
         }
         if !found.is_empty() {
             Answer::Addresses(found.into_iter().collect())
-        } else if in_domain || self.networks.contains_key(query) {
+        } else if in_domain || self.is_domain(query) {
             Answer::NoSuchName
         } else {
             Answer::NotOurs
@@ -236,6 +260,21 @@ mod tests {
         assert_eq!(t.lookup("host2.other"), Answer::NotOurs);
         assert_eq!(t.lookup("example.com"), Answer::NotOurs);
         assert_eq!(t.lookup("host3"), Answer::NotOurs);
+    }
+
+    #[test]
+    fn a_named_networks_table_answers_in_its_domain_only_its_addresses() {
+        let mut t = NameTable::for_network(vec!["10.0.0.0/16".parse().unwrap()], "multihost");
+        assert_eq!(t.lookup("host2.multihost"), Answer::NoSuchName);
+        // The conflist's CNI name does not matter: the domain is the network's.
+        t.set(ip("10.0.3.2"), &owner("host2", "some-conflist"));
+        t.set(ip("10.244.1.9"), &owner("other", "trellis"));
+        assert_eq!(t.lookup("host2"), addrs(&["10.0.3.2"]));
+        assert_eq!(t.lookup("host2.multihost"), addrs(&["10.0.3.2"]));
+        assert_eq!(t.lookup("host2.some-conflist"), Answer::NotOurs);
+        assert_eq!(t.lookup("other"), Answer::NotOurs, "another network's name");
+        t.remove(ip("10.0.3.2"));
+        assert_eq!(t.lookup("host2.multihost"), Answer::NoSuchName);
     }
 
     #[test]

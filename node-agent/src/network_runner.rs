@@ -10,10 +10,13 @@
 //! usable networks after every change, and with the first one it removes
 //! what an earlier run left of networks that are gone by now.
 
+use crate::dns::{self, DnsServer};
+use crate::etcd_follow;
 use crate::etcd_retry::retry;
 use crate::lease::{self, LeaseError, LeaseTimes};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::names::{self, NameTable};
 use crate::node_network::{named_bridge_name, vxlan_name, NodeNetwork};
 use crate::overlay::{KernelDataplane, LocalView, Reconciler};
 use crate::registry::{self, RegistryChannels};
@@ -45,6 +48,9 @@ pub struct NodeContext {
     pub times: LeaseTimes,
     pub resync: Duration,
     pub tx_checksum_offload: bool,
+    /// With `--dns`: each network's DNS on its gateways, answering its
+    /// containers' names.
+    pub dns: Option<dns::On>,
     /// The agent's metrics: etcd errors of every network count there, and
     /// the number of networks served.
     pub metrics: Arc<Metrics>,
@@ -274,7 +280,8 @@ async fn serve_once(
             ctx.public_ip,
         )
     };
-    if let Err(e) = set_up(ctx, name, &net).await {
+    let set_up = set_up(ctx, name, &net).await;
+    if let Err(e) = set_up {
         // A fresh subnet nothing uses goes back (a kept one stays: pods
         // may hold its addresses).
         if !leased.reused {
@@ -286,7 +293,7 @@ async fn serve_once(
         }
         return Err(e);
     }
-    let own = net.record();
+    let (own, dns) = set_up.expect("checked above");
     let key = ctx.keys.network_node(name, &ctx.node);
     let what = format!("network {name}: publishing the node record");
     retry(&what, &ctx.metrics, &ctx.client, |mut c| {
@@ -334,33 +341,70 @@ async fn serve_once(
         lease_id: leased.lease_id,
         grace_lease_id: leased.grace_lease_id,
         times: ctx.times,
-        metrics,
+        metrics: metrics.clone(),
         kube_nodes: None,
     };
-    // All three in this task: aborting it stops every one of them.
+    let names = async {
+        match &dns {
+            Some(server) => {
+                let mut following = names::Following {
+                    keys: ctx.keys.clone(),
+                    table: server.names(),
+                };
+                let what = format!("names of network {name}");
+                let prefix = ctx.keys.ips();
+                etcd_follow::follow(
+                    ctx.client.clone(),
+                    prefix,
+                    &what,
+                    &mut following,
+                    metrics.clone(),
+                )
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    // All of it in this task: aborting it stops every part (and drops the
+    // DNS server).
     tokio::select! {
         r = membership.run(own_rx) => r?,
         () = registry => {}
         () = reconciler => {}
+        () = names => {}
     }
     Ok(())
 }
 
-/// The devices and the record file of `net`.
-async fn set_up(ctx: &NodeContext, name: &str, net: &NodeNetwork) -> Result<(), ServeError> {
+/// The devices, the DNS server and the record file of `net`: the record
+/// as published, and the server.
+async fn set_up(
+    ctx: &NodeContext,
+    name: &str,
+    net: &NodeNetwork,
+) -> Result<(NodeRecord, Option<DnsServer>), ServeError> {
     if net.subnet6.is_some() {
         trellis_kernel::sysctl::enable_ipv6_forwarding()?;
     }
     net.ensure_vxlan(&ctx.nl).await?;
     net.ensure_bridge(&ctx.nl).await?;
-    node::write_node_record_for(&ctx.state_dir, Some(name), &net.record()).map_err(|source| {
+    let server = ctx.dns.as_ref().and_then(|on| {
+        let names = NameTable::for_network(net.cluster_networks(), name);
+        dns::serve_gateways(net, on, names)
+    });
+    let record = NodeRecord {
+        dns: server.is_some(),
+        ..net.record()
+    };
+    node::write_node_record_for(&ctx.state_dir, Some(name), &record).map_err(|source| {
         ServeError::StateFile {
             path: node::record_path_for(&ctx.state_dir, Some(name))
                 .display()
                 .to_string(),
             source,
         }
-    })
+    })?;
+    Ok((record, server))
 }
 
 #[cfg(test)]

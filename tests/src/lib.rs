@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod cri;
 pub mod ctl;
 pub mod cut_proxy;
+pub mod dig;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod kube;

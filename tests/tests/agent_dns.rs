@@ -10,57 +10,11 @@ use std::net::IpAddr;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use trellis_tests::cluster::{Cluster, ClusterSpec, Pod, NETWORK_NAME, OUTSIDE_IP};
+use anyhow::Result;
+use trellis_tests::cluster::{Cluster, ClusterSpec, NETWORK_NAME, OUTSIDE_IP};
+use trellis_tests::dig::{dig, result_dns, status};
 use trellis_tests::netns::Netns;
 use trellis_tests::wait::{wait_for, wait_until};
-
-/// What `dig` prints for `name` asked of `server` from `from`: the
-/// addresses (`+short`), sorted; an error carries dig's whole answer.
-fn dig(from: &Netns, server: IpAddr, name: &str, extra: &[&str]) -> Result<Vec<IpAddr>> {
-    let at = format!("@{server}");
-    let mut argv = vec!["dig", "+time=1", "+tries=1", &at, name];
-    argv.extend(extra);
-    let full = from.ok(&argv)?;
-    if !full.contains("status: NOERROR") {
-        bail!("dig {name} at {server}: {full}");
-    }
-    let mut argv = argv.clone();
-    argv.push("+short");
-    let mut ips: Vec<IpAddr> = from
-        .ok(&argv)?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    ips.sort();
-    Ok(ips)
-}
-
-/// The response code dig reports for `name`.
-fn status(from: &Netns, server: IpAddr, name: &str) -> Result<String> {
-    let at = format!("@{server}");
-    let out = from.ok(&["dig", "+time=1", "+tries=1", &at, name])?;
-    out.split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .map(str::to_string)
-        .with_context(|| format!("no status in {out}"))
-}
-
-/// The nameserver and search domain the ADD result gave the pod.
-fn result_dns(pod: &Pod) -> (Vec<String>, Vec<String>) {
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect()
-    };
-    (
-        strings(&pod.result["dns"]["nameservers"]),
-        strings(&pod.result["dns"]["search"]),
-    )
-}
 
 fn gateway(cluster: &Cluster, node: usize) -> IpAddr {
     IpAddr::V4(cluster.nodes[node].record().unwrap().gateway())

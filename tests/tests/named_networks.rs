@@ -1,14 +1,17 @@
 //! Named networks served by the agents (issue 14): a network made with
 //! `trellisctl network create` appears on every node (its own subnet,
 //! VXLAN device, bridge, record file and etcd record), containers whose
-//! conflist names it reach each other across nodes, and `network rm
-//! --force` takes all of it down again on every node.
+//! conflist names it reach each other across nodes and by name (the
+//! network's DNS on its gateways), and `network rm --force` takes all of it
+//! down again on every node.
 
 use serde_json::Value;
+use std::net::IpAddr;
 use std::time::Duration;
 use trellis_common::node::NodeRecord;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
 use trellis_tests::ctl::{ctl, ctl_json, stderr};
+use trellis_tests::dig::{dig, result_dns, status};
 use trellis_tests::wait::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +112,44 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     let gateway = host1.result["ips"][0]["gateway"].as_str().unwrap();
     assert_eq!(gateway, records[0].gateway().to_string());
 
+    // Names across hosts: each container's name answers on the network's
+    // DNS (its gateway on each node), bare and in the network's domain;
+    // a default-network container's name does not.
+    assert_eq!(
+        result_dns(&host1),
+        (vec![gateway.to_string()], vec!["multihost".to_string()])
+    );
+    let plain = cluster.add_pod(1, "plain").unwrap();
+    let gw = |i: usize| IpAddr::V4(records[i].gateway());
+    wait_until(TIMEOUT, "host2 resolves from host1", || {
+        Ok(dig(&host1.netns, gw(0), "host2", &[])? == vec![host2.ip])
+    })
+    .unwrap();
+    assert_eq!(
+        dig(&host1.netns, gw(0), "host2.multihost", &[]).unwrap(),
+        vec![host2.ip]
+    );
+    assert_eq!(
+        dig(&host2.netns, gw(1), "host1", &[]).unwrap(),
+        vec![host1.ip]
+    );
+    assert_eq!(
+        status(&host1.netns, gw(0), "nosuch.multihost").unwrap(),
+        "NXDOMAIN"
+    );
+    assert!(
+        !dig(&host1.netns, gw(0), "plain", &[])
+            .unwrap_or_default()
+            .contains(&plain.ip),
+        "a name of the default network resolves in multihost"
+    );
+    // A removed container stops resolving within 2 s on every node.
+    cluster.del_pod(host2).unwrap();
+    wait_until(Duration::from_secs(2), "host2 stops resolving", || {
+        Ok(status(&host1.netns, gw(0), "host2.multihost")? == "NXDOMAIN")
+    })
+    .unwrap();
+
     // Forced removal takes it down everywhere; ADDs then fail, DELs pass.
     let refused = ctl(&cluster, &["network", "rm", "multihost"]);
     assert!(!refused.status.success(), "{}", stderr(&refused));
@@ -140,7 +181,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     );
     cluster.del_failed(&failed).unwrap();
     cluster.del_pod(host1).unwrap();
-    cluster.del_pod(host2).unwrap();
+    cluster.del_pod(plain).unwrap();
     // The default network was left alone.
     cluster.wait_converged(TIMEOUT).unwrap();
 }
