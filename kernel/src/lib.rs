@@ -22,6 +22,7 @@ pub mod veth;
 
 // nftables: one table type, rebuilt whole, holding the chains of
 // masquerade and of the untracked tunnel packets.
+pub mod isolation;
 pub mod masquerade;
 pub mod nft;
 pub mod nft_table;
@@ -40,6 +41,7 @@ pub mod vxlan;
 
 pub use error::{KernelError, Result};
 pub use handle::Netlink;
+pub use isolation::{Isolated, Isolation};
 pub use link::{Link, VxlanInfo};
 pub use mac::MacAddr;
 pub use masquerade::Masquerade;

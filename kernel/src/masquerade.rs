@@ -3,7 +3,7 @@
 //! with one rule
 //! `<family> saddr SOURCE <family> daddr != { EXCLUDE..., multicast } masquerade`.
 
-use crate::nft::{chain_holds_only, payload, prefix, TableId};
+use crate::nft::{chain_holds_only, payload, prefix, prefixes, TableId};
 use ipnetwork::IpNetwork;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, SetItem};
@@ -17,18 +17,34 @@ pub const CHAIN: &str = "postrouting";
 /// Priority of `srcnat`.
 const SRCNAT_PRIORITY: i32 = 100;
 
-/// Traffic from `source` to anything outside `exclude` (and outside
-/// multicast) leaves with the node's address.
+/// Traffic from `source` (or any of `also`) to anything outside `exclude`
+/// (and outside multicast) leaves with the node's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Masquerade {
     pub source: IpNetwork,
+    /// More sources of the same family (a node's subnets in several
+    /// networks): one rule matches them as a set.
+    pub also: Vec<IpNetwork>,
     /// Destinations that keep the pod's address (the pod network itself).
     pub exclude: Vec<IpNetwork>,
 }
 
 impl Masquerade {
     pub fn new(source: IpNetwork, exclude: Vec<IpNetwork>) -> Self {
-        Masquerade { source, exclude }
+        Masquerade {
+            source,
+            also: Vec::new(),
+            exclude,
+        }
+    }
+
+    /// One rule for all of `sources` (`None` when there is none).
+    pub fn of_all(sources: &[IpNetwork], exclude: Vec<IpNetwork>) -> Option<Self> {
+        let (first, rest) = sources.split_first()?;
+        Some(Masquerade {
+            also: rest.to_vec(),
+            ..Masquerade::new(*first, exclude)
+        })
     }
 
     /// The family of the table it belongs in.
@@ -53,10 +69,15 @@ impl Masquerade {
         } else {
             "ff00::/8".parse().expect("valid")
         });
+        // In order, as nft prints a set back.
+        keep.sort();
+        let sources: Vec<IpNetwork> = std::iter::once(self.source)
+            .chain(self.also.iter().copied())
+            .collect();
         let expr = vec![
             Statement::Match(Match {
                 left: payload(proto, "saddr"),
-                right: prefix(self.source),
+                right: prefixes(&sources),
                 op: Operator::EQ,
             }),
             Statement::Match(Match {
@@ -70,13 +91,15 @@ impl Masquerade {
             }),
             Statement::Masquerade(None),
         ];
+        let named = sources
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         table.rule(
             CHAIN,
             expr,
-            format!(
-                "trellis: masquerade {} leaving the pod network",
-                self.source
-            ),
+            format!("trellis: masquerade {named} leaving the pod network"),
         )
     }
 

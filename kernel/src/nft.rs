@@ -140,6 +140,12 @@ pub(crate) fn has_chain(current: &Nftables<'_>, chain: &str) -> bool {
 /// Whether `chain` of a listed table holds exactly `want`, as nft prints it
 /// back, and nothing else.
 pub(crate) fn chain_holds_only<'a>(current: &Nftables<'a>, chain: &str, want: &Rule<'a>) -> bool {
+    chain_holds(current, chain, std::slice::from_ref(want))
+}
+
+/// Whether `chain` of a listed table holds exactly the rules `want`, in
+/// order, as nft prints them back, and nothing else.
+pub(crate) fn chain_holds<'a>(current: &Nftables<'a>, chain: &str, want: &[Rule<'a>]) -> bool {
     let rules: Vec<&Rule> = current
         .objects
         .iter()
@@ -148,7 +154,25 @@ pub(crate) fn chain_holds_only<'a>(current: &Nftables<'a>, chain: &str, want: &R
             _ => None,
         })
         .collect();
-    matches!(rules.as_slice(), [r] if r.expr == want.expr)
+    rules.len() == want.len() && rules.iter().zip(want).all(|(r, w)| r.expr == w.expr)
+}
+
+/// `net` as a prefix, or `nets` as an anonymous set of prefixes (sorted:
+/// nft prints a set back in order) when there are several.
+pub(crate) fn prefixes(nets: &[IpNetwork]) -> Expression<'static> {
+    match nets {
+        [one] => prefix(*one),
+        many => {
+            let mut sorted = many.to_vec();
+            sorted.sort();
+            Expression::Named(NamedExpression::Set(
+                sorted
+                    .into_iter()
+                    .map(|n| nftables::expr::SetItem::Element(prefix(n)))
+                    .collect(),
+            ))
+        }
+    }
 }
 
 /// Apply `ruleset` in one `nft` transaction (all or nothing). The

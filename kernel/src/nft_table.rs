@@ -1,11 +1,13 @@
 //! One nftables table owned by one program and rebuilt as a whole: the
 //! plugin's single-host masquerade table (`ip trellis-<bridge>`) and the
-//! agent's `ip trellis-agent` (masquerade and untracked tunnel packets).
+//! agent's `ip trellis-agent` (masquerade and untracked tunnel packets) and
+//! `ip trellis-networks` (the named networks: masquerade and isolation).
 //! Every change is one transaction that deletes the table and creates it
 //! again with exactly the parts that are on, so nothing of an earlier
 //! configuration stays behind and readers never see a half-written table.
 
 use crate::error::Result;
+use crate::isolation::{self, Isolation};
 use crate::masquerade::{self, Masquerade};
 use crate::nft::{self, has_chain, TableId};
 use crate::notrack::{self, TunnelNotrack};
@@ -29,6 +31,7 @@ pub struct NftTable {
     pub id: TableId,
     pub masquerade: Option<Masquerade>,
     pub notrack: Option<TunnelNotrack>,
+    pub isolation: Option<Isolation>,
 }
 
 impl NftTable {
@@ -38,6 +41,7 @@ impl NftTable {
             id: TableId::new(NfFamily::IP, name),
             masquerade: None,
             notrack: None,
+            isolation: None,
         }
     }
 
@@ -71,9 +75,16 @@ impl NftTable {
         self
     }
 
+    /// Networks kept apart in this table (of its family); one without any
+    /// rule leaves the part off.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = (!isolation.is_empty()).then_some(isolation);
+        self
+    }
+
     /// No part on: the table is removed rather than written.
     pub fn is_empty(&self) -> bool {
-        self.masquerade.is_none() && self.notrack.is_none()
+        self.masquerade.is_none() && self.notrack.is_none() && self.isolation.is_none()
     }
 
     /// The transaction that removes the table (creating it first makes the
@@ -97,6 +108,9 @@ impl NftTable {
         }
         if let Some(n) = &self.notrack {
             n.build(&self.id, &mut batch);
+        }
+        if let Some(i) = &self.isolation {
+            i.build(&self.id, &mut batch);
         }
         batch.to_nftables()
     }
@@ -141,7 +155,11 @@ impl NftTable {
                 .into_iter()
                 .any(|c| has_chain(current, c)),
         };
-        masquerade && notrack && !self.is_empty()
+        let isolation = match &self.isolation {
+            Some(i) => i.holds_in(&self.id, current),
+            None => !has_chain(current, isolation::CHAIN),
+        };
+        masquerade && notrack && isolation && !self.is_empty()
     }
 }
 
@@ -259,6 +277,79 @@ mod tests {
             assert_eq!(expr[1]["match"]["right"], 8472);
             assert_eq!(expr[2], serde_json::json!({ "notrack": null }));
         }
+    }
+
+    #[test]
+    fn networks_are_kept_apart_in_a_filter_forward_chain() {
+        let net = |s: &str| s.parse::<ipnetwork::IpNetwork>().unwrap();
+        let table = NftTable::new("trellis-networks")
+            .with_masquerade(
+                Masquerade::of_all(
+                    &[net("10.1.3.0/24"), net("10.0.3.0/24")],
+                    vec![net("10.244.0.0/16"), net("10.0.0.0/16"), net("10.1.0.0/16")],
+                )
+                .unwrap(),
+            )
+            .with_isolation(Isolation {
+                networks: vec![
+                    isolation::Isolated {
+                        network: net("10.0.0.0/16"),
+                        others: vec![net("10.244.0.0/16"), net("10.1.0.0/16")],
+                        internal: false,
+                    },
+                    isolation::Isolated {
+                        network: net("10.1.0.0/16"),
+                        others: vec![net("10.244.0.0/16")],
+                        internal: true,
+                    },
+                ],
+            });
+        let cmds = commands(&table);
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        assert_eq!(rules.len(), 5, "a masquerade rule, two per network");
+        let m = &rules[0]["expr"];
+        let sources = m[0]["match"]["right"]["set"].as_array().unwrap();
+        assert_eq!(sources[0]["prefix"]["addr"], "10.0.3.0", "sorted");
+        let exclude = m[1]["match"]["right"]["set"].as_array().unwrap();
+        assert_eq!(exclude.len(), 4);
+        assert_eq!(exclude[0]["prefix"]["addr"], "10.0.0.0");
+        assert_eq!(exclude[3]["prefix"]["addr"], "224.0.0.0");
+        let chain = cmds
+            .iter()
+            .find_map(|c| {
+                c["add"]["chain"]
+                    .as_object()
+                    .filter(|c| c["name"] == "isolation")
+            })
+            .unwrap();
+        assert_eq!(
+            (&chain["type"], &chain["hook"]),
+            (&"filter".into(), &"forward".into())
+        );
+        // Out of 10.0.0.0/16 to the others, and back: dropped.
+        let out = &rules[1]["expr"];
+        assert_eq!(out[0]["match"]["left"]["payload"]["field"], "saddr");
+        assert_eq!(out[0]["match"]["right"]["prefix"]["addr"], "10.0.0.0");
+        assert_eq!(out[1]["match"]["op"], "==");
+        assert_eq!(out[1]["match"]["right"]["set"].as_array().unwrap().len(), 2);
+        assert!(out[2].get("drop").is_some());
+        assert_eq!(
+            rules[2]["expr"][0]["match"]["left"]["payload"]["field"],
+            "daddr"
+        );
+        // The internal one: to and from anything but itself.
+        let internal = &rules[3]["expr"];
+        assert_eq!(internal[1]["match"]["op"], "!=");
+        assert_eq!(internal[1]["match"]["right"]["prefix"]["addr"], "10.1.0.0");
+        // Kept from nothing: no part at all.
+        let alone = Isolation {
+            networks: vec![isolation::Isolated {
+                network: net("10.0.0.0/16"),
+                others: vec![],
+                internal: false,
+            }],
+        };
+        assert!(NftTable::new("t").with_isolation(alone).is_empty());
     }
 
     #[test]
