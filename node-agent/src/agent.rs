@@ -292,6 +292,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         times,
         resync: Duration::from_secs(args.resync_interval.max(1)),
         tx_checksum_offload: args.vxlan_tx_checksum_offload,
+        default: config.clone(),
+        ip_masq: args.ip_masq,
         dns: args.dns.then(|| dns::On {
             port: args.dns_port,
             upstreams: args.dns_upstream.clone(),

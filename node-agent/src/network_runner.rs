@@ -18,6 +18,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::names::{self, NameTable};
 use crate::node_network::{named_bridge_name, vxlan_name, NodeNetwork};
+use crate::node_table;
 use crate::overlay::{KernelDataplane, LocalView, Reconciler};
 use crate::registry::{self, RegistryChannels};
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::network::NetworkRecord;
@@ -48,6 +50,11 @@ pub struct NodeContext {
     pub times: LeaseTimes,
     pub resync: Duration,
     pub tx_checksum_offload: bool,
+    /// The default network, which every named one is kept apart from.
+    pub default: ClusterConfig,
+    /// `--ip-masq`: the named networks' egress is masqueraded too (but an
+    /// internal network's, which has none).
+    pub ip_masq: bool,
     /// With `--dns`: each network's DNS on its gateways, answering its
     /// containers' names.
     pub dns: Option<dns::On>,
@@ -75,10 +82,26 @@ impl Drop for Served {
 pub async fn run(ctx: Arc<NodeContext>, mut desired: watch::Receiver<Desired>) {
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut swept = false;
-    while desired.changed().await.is_ok() {
+    let mut tables = None;
+    let mut resync = tokio::time::interval(ctx.resync);
+    loop {
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = resync.tick() => {
+                keep_tables(tables.as_ref()).await;
+                continue;
+            }
+        }
         let Some(want) = desired.borrow_and_update().clone() else {
             continue;
         };
+        // Isolation first: a network's pods are kept apart before any is
+        // attached.
+        let now = node_table::for_networks(&ctx.default, &want, ctx.ip_masq);
+        if let Err(e) = node_table::ensure(&now).await {
+            log::error!("nftables table {}: {e}", node_table::NETWORKS_TABLE);
+        }
+        tables = Some(now);
         if !swept {
             sweep_leftovers(&ctx, &want).await;
             swept = true;
@@ -100,6 +123,21 @@ pub async fn run(ctx: Arc<NodeContext>, mut desired: watch::Receiver<Desired>) {
             }
         }
         ctx.metrics.networks_served.set(served.len() as u64);
+    }
+}
+
+/// Put the named networks' tables back when someone changed them.
+async fn keep_tables(tables: Option<&node_table::NodeTables>) {
+    let Some(tables) = tables else {
+        return;
+    };
+    match node_table::keep(tables).await {
+        Ok(true) => log::warn!(
+            "nftables table {} was missing or changed; re-installed",
+            node_table::NETWORKS_TABLE
+        ),
+        Ok(false) => {}
+        Err(e) => log::warn!("nftables table {}: {e}", node_table::NETWORKS_TABLE),
     }
 }
 

@@ -9,7 +9,12 @@
 
 use crate::node_network::NodeNetwork;
 use ipnetwork::IpNetwork;
-use trellis_kernel::{KernelError, Masquerade, NftTable, TableState, TunnelNotrack};
+use std::collections::BTreeMap;
+use trellis_common::cluster_config::ClusterConfig;
+use trellis_common::network::NetworkRecord;
+use trellis_kernel::{
+    Isolated, Isolation, KernelError, Masquerade, NftTable, TableState, TunnelNotrack,
+};
 
 /// The agent's nftables tables' name (`nft list table ip trellis-agent`,
 /// `nft list table ip6 trellis-agent`).
@@ -58,6 +63,62 @@ impl NodeTables {
     }
 }
 
+/// The named networks' tables `ip trellis-networks` and `ip6
+/// trellis-networks`, owned by [`crate::network_runner`].
+pub const NETWORKS_TABLE: &str = "trellis-networks";
+
+/// What the named networks' tables hold: each network kept apart from
+/// every other trellis network (the default one too), an internal one
+/// from everything; with `ip_masq`, the traffic of the others leaving the
+/// cluster's networks masqueraded. A network's pods egress through their
+/// own node, so matching the whole network is matching this node's
+/// subnet of it.
+pub fn for_networks(
+    default: &ClusterConfig,
+    networks: &BTreeMap<String, NetworkRecord>,
+    ip_masq: bool,
+) -> NodeTables {
+    let family = |v4: bool| {
+        let nets = |c: &ClusterConfig| -> Vec<IpNetwork> {
+            std::iter::once(IpNetwork::V4(c.network))
+                .chain(c.ipv6_network.map(IpNetwork::V6))
+                .filter(|n| n.is_ipv4() == v4)
+                .collect()
+        };
+        let all: Vec<IpNetwork> = nets(default)
+            .into_iter()
+            .chain(networks.values().flat_map(|r| nets(&r.config)))
+            .collect();
+        let mut isolated = Vec::new();
+        let mut masqueraded = Vec::new();
+        for record in networks.values() {
+            for network in nets(&record.config) {
+                isolated.push(Isolated {
+                    network,
+                    others: all.iter().copied().filter(|n| *n != network).collect(),
+                    internal: record.internal,
+                });
+                if !record.internal {
+                    masqueraded.push(network);
+                }
+            }
+        }
+        let mut table = if v4 {
+            NftTable::new(NETWORKS_TABLE)
+        } else {
+            NftTable::new_ip6(NETWORKS_TABLE)
+        };
+        if let Some(rule) = Masquerade::of_all(&masqueraded, all).filter(|_| ip_masq) {
+            table = table.with_masquerade(rule);
+        }
+        table.with_isolation(Isolation { networks: isolated })
+    };
+    NodeTables {
+        ip: family(true),
+        ip6: family(false),
+    }
+}
+
 /// Install (or rebuild) the tables, off the async threads (`nft` runs as a
 /// child process). A table with nothing on is removed.
 pub async fn ensure(tables: &NodeTables) -> Result<(), KernelError> {
@@ -67,11 +128,14 @@ pub async fn ensure(tables: &NodeTables) -> Result<(), KernelError> {
         .expect("nft task panicked")
 }
 
-/// Remove the agent's tables (absent is fine).
+/// Remove the agent's tables, the named networks' too (absent is fine).
 pub async fn remove() -> Result<(), KernelError> {
     tokio::task::spawn_blocking(|| {
-        NftTable::new(TABLE).remove()?;
-        NftTable::new_ip6(TABLE).remove()
+        for name in [TABLE, NETWORKS_TABLE] {
+            NftTable::new(name).remove()?;
+            NftTable::new_ip6(name).remove()?;
+        }
+        Ok(())
     })
     .await
     .expect("nft task panicked")
@@ -102,17 +166,20 @@ pub async fn keep(tables: &NodeTables) -> Result<bool, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_common::cluster_config::ClusterConfig;
 
-    fn node() -> NodeNetwork {
-        let config = ClusterConfig {
+    fn node_config() -> ClusterConfig {
+        ClusterConfig {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
             port: 4789,
             ipv6_network: None,
             ipv6_subnet_len: 64,
-        };
+        }
+    }
+
+    fn node() -> NodeNetwork {
+        let config = node_config();
         let underlay = crate::node_network::tests::underlay(2, 1500);
         NodeNetwork::new(
             "n",
@@ -137,6 +204,38 @@ mod tests {
         assert_eq!(for_node(&node(), false, false).ip, NftTable::new(TABLE));
         // IPv4 only: the ip6 table stays empty (absent).
         assert_eq!(for_node(&node(), true, true).ip6, NftTable::new_ip6(TABLE));
+    }
+
+    #[test]
+    fn named_networks_are_kept_apart_and_masqueraded_unless_internal() {
+        let default = node_config();
+        let record = |json: &str| NetworkRecord::parse("n", json.as_bytes()).unwrap();
+        let mut networks = BTreeMap::new();
+        assert!(for_networks(&default, &networks, true).ip.is_empty());
+        networks.insert(
+            "a".to_string(),
+            record(r#"{"network":"10.0.0.0/16","vni":2}"#),
+        );
+        networks.insert(
+            "b".to_string(),
+            record(r#"{"network":"10.1.0.0/16","vni":3,"internal":true}"#),
+        );
+        let tables = for_networks(&default, &networks, true);
+        let isolated = &tables.ip.isolation.as_ref().unwrap().networks;
+        let a = &isolated[0];
+        assert_eq!(a.network.to_string(), "10.0.0.0/16");
+        let others: Vec<String> = a.others.iter().map(ToString::to_string).collect();
+        assert_eq!(others, ["10.244.0.0/16", "10.1.0.0/16"]);
+        assert!(!a.internal && isolated[1].internal);
+        let m = tables.ip.masquerade.as_ref().unwrap();
+        assert_eq!(m.source.to_string(), "10.0.0.0/16");
+        assert!(m.also.is_empty(), "the internal network has no egress");
+        assert_eq!(m.exclude.len(), 3);
+        assert!(tables.ip6.is_empty());
+        assert!(for_networks(&default, &networks, false)
+            .ip
+            .masquerade
+            .is_none());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! VXLAN device, bridge, record file and etcd record), containers whose
 //! conflist names it reach each other across nodes and by name (the
 //! network's DNS on its gateways), and `network rm --force` takes all of it
-//! down again on every node.
+//! down again on every node. Nothing passes between two networks; an
+//! internal network has no egress.
 
 use serde_json::Value;
 use std::net::IpAddr;
@@ -33,6 +34,17 @@ fn network_record(node: &Node, network: &str) -> Option<NodeRecord> {
     Some(NodeRecord::parse(text.as_bytes()).unwrap())
 }
 
+/// `to` does not answer `from`: two pings, a second each.
+fn blocked(from: &trellis_tests::netns::Netns, to: IpAddr) {
+    let to = to.to_string();
+    let out = from.exec(&["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &to]);
+    assert!(
+        !out.status.success(),
+        "{to} answers:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn mtu_in(pod: &trellis_tests::cluster::Pod) -> String {
     pod.netns
         .ok(&["cat", "/sys/class/net/eth0/mtu"])
@@ -43,7 +55,11 @@ fn mtu_in(pod: &trellis_tests::cluster::Pod) -> String {
 
 #[test]
 fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
-    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let spec = ClusterSpec {
+        agent_args: vec!["--resync-interval".into(), "1".into()],
+        ..ClusterSpec::default().nodes(2)
+    };
+    let cluster = Cluster::start(spec).unwrap();
     cluster.wait_converged(TIMEOUT).unwrap();
     let made = ctl_json(
         &cluster,
@@ -143,6 +159,79 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
             .contains(&plain.ip),
         "a name of the default network resolves in multihost"
     );
+    // Isolation: nothing passes between multihost and the default network,
+    // on one node or across nodes, either way; egress leaves masqueraded.
+    let plain0 = cluster.add_pod(0, "plain0").unwrap();
+    ping(&plain0.netns, plain.ip).unwrap();
+    for (from, to) in [
+        (&host1, &plain0),
+        (&host1, &plain),
+        (&plain0, &host1),
+        (&plain, &host2),
+    ] {
+        blocked(&from.netns, to.ip);
+    }
+    assert_eq!(
+        cluster.source_seen_outside(&host1.netns).unwrap(),
+        IpAddr::V4(cluster.nodes[0].underlay_ip)
+    );
+    // The agents read back what they wrote (resyncs change nothing), and
+    // put it back when someone flushes the ruleset.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = cluster.nodes[0].agent_log();
+    assert!(!log.contains("re-installed"), "{log}");
+    cluster.nodes[0]
+        .netns
+        .ok(&["nft", "flush", "ruleset"])
+        .unwrap();
+    wait_until(TIMEOUT, "the networks' table is back", || {
+        Ok(cluster.nodes[0]
+            .agent_log()
+            .contains("nftables table trellis-networks was missing or changed; re-installed"))
+    })
+    .unwrap();
+    blocked(&host1.netns, plain0.ip);
+
+    // An internal network: its containers reach each other, nothing else.
+    ctl_json(
+        &cluster,
+        &[
+            "network",
+            "create",
+            "quiet",
+            "--subnet",
+            "10.9.0.0/16",
+            "--internal",
+        ],
+    );
+    wait_until(TIMEOUT, "every node serves quiet", || {
+        Ok(cluster
+            .nodes
+            .iter()
+            .all(|n| network_record(n, "quiet").is_some()))
+    })
+    .unwrap();
+    let q: Vec<_> = (0..2)
+        .map(|i| {
+            let conflist = cluster.named_conflist(i, "quiet").unwrap();
+            let pod = cluster
+                .try_add_pod_with(i, &format!("q{i}"), &conflist)
+                .unwrap();
+            pod.unwrap_or_else(|f| panic!("ADD q{i}: {}", f.failure))
+        })
+        .collect();
+    ping(&q[0].netns, q[1].ip).unwrap();
+    blocked(
+        &q[0].netns,
+        std::net::IpAddr::V4(trellis_tests::cluster::OUTSIDE_IP),
+    );
+    blocked(&q[0].netns, host1.ip);
+    blocked(&host2.netns, q[0].ip);
+    for pod in q {
+        cluster.del_pod(pod).unwrap();
+    }
+    assert!(ctl(&cluster, &["network", "rm", "quiet"]).status.success());
+
     // A removed container stops resolving within 2 s on every node.
     cluster.del_pod(host2).unwrap();
     wait_until(Duration::from_secs(2), "host2 stops resolving", || {
@@ -182,6 +271,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     cluster.del_failed(&failed).unwrap();
     cluster.del_pod(host1).unwrap();
     cluster.del_pod(plain).unwrap();
+    cluster.del_pod(plain0).unwrap();
     // The default network was left alone.
     cluster.wait_converged(TIMEOUT).unwrap();
 }
