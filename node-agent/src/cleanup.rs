@@ -1,10 +1,11 @@
 //! `trellis-agent cleanup`: remove everything the agent created on this
-//! node (VXLAN device and with it every overlay entry, the bridge, the
-//! nftables table, the state file) and, with `--release`, its record and
+//! node (VXLAN devices and with them every overlay entry, the bridges, the
+//! nftables tables, the state files, the named networks' too) and, with `--release`, its record and
 //! subnet lease in etcd.
 
 use crate::departure::{self, DepartureError};
 use crate::flags::CleanupArgs;
+use crate::node_network::is_named_bridge_name;
 use crate::node_table;
 use trellis_common::etcd::EtcdError;
 use trellis_common::node_name::{node_name, NodeNameError};
@@ -48,6 +49,25 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
     }
     if nl.delete_link_by_name(&args.bridge).await? {
         log::info!("deleted bridge {}", args.bridge);
+    }
+    for link in nl.links().await? {
+        if link.is_kind("bridge")
+            && is_named_bridge_name(&link.name)
+            && nl.delete_link(&link).await?
+        {
+            log::info!("deleted bridge {} of a named network", link.name);
+        }
+    }
+    let networks = trellis_common::node::network_records_dir(&args.state_dir);
+    match std::fs::remove_dir_all(&networks) {
+        Ok(()) => log::info!("removed {}", networks.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(CleanupError::StateFile {
+                path: networks.display().to_string(),
+                source,
+            })
+        }
     }
     node_table::remove().await?;
     let path = trellis_common::node::record_path(&args.state_dir);

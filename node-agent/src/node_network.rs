@@ -46,6 +46,13 @@ pub fn named_bridge_name(vni: u32) -> String {
     format!("trbr.{vni}")
 }
 
+/// Whether `name` is a named network's bridge as the agent names them.
+pub fn is_named_bridge_name(name: &str) -> bool {
+    name.strip_prefix("trbr.")
+        .and_then(|d| d.parse::<u32>().ok())
+        .is_some_and(|vni| named_bridge_name(vni) == name && (1..=0x00ff_ffff).contains(&vni))
+}
+
 /// The underlay interface and the public IP: `--iface` when given, else
 /// the interface holding `--public-ip`, else the default route's; the
 /// public IP is `--public-ip`, else the interface's first IPv4 address,
@@ -426,6 +433,10 @@ pub(crate) mod tests {
         assert_eq!(r.mtu, Some(1450));
         assert_eq!(r.gateway().to_string(), "10.0.3.1");
         assert!(named_bridge_name(16_777_215).len() <= 15);
+        assert!(is_named_bridge_name("trbr.7"));
+        for other in ["trbr.", "trbr.07", "trbr.0", "trbr.x", "trellis0", "trbr7"] {
+            assert!(!is_named_bridge_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -275,3 +275,58 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     // The default network was left alone.
     cluster.wait_converged(TIMEOUT).unwrap();
 }
+
+/// An agent that was down comes back as desired against actual: the
+/// network it still serves keeps its subnet, the one removed meanwhile is
+/// taken down on its node too; `cleanup` then removes every network's
+/// devices, files and table.
+#[test]
+fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
+    let mut cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    cluster.wait_converged(TIMEOUT).unwrap();
+    let mut vnis = Vec::new();
+    for (name, subnet) in [("alpha", "10.0.0.0/16"), ("beta", "10.1.0.0/16")] {
+        let made = ctl_json(&cluster, &["network", "create", name, "--subnet", subnet]);
+        vnis.push(made["network"]["vni"].as_u64().unwrap());
+    }
+    wait_until(TIMEOUT, "both networks on both nodes", || {
+        Ok(cluster.etcd_entries("network-nodes/")?.len() == 4)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    let alpha = network_record(&cluster.nodes[0], "alpha").unwrap().subnet;
+
+    cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
+    assert!(ctl(&cluster, &["network", "rm", "beta"]).status.success());
+    let beta_bridge = format!("trbr.{}", vnis[1]);
+    wait_until(TIMEOUT, "node2 takes beta down", || {
+        Ok(!links(&cluster.nodes[1]).contains(&beta_bridge))
+    })
+    .unwrap();
+    assert!(
+        links(&cluster.nodes[0]).contains(&beta_bridge),
+        "a stopped agent leaves the data path as it is"
+    );
+    cluster.nodes[0].start_agent().unwrap();
+    let node0 = &cluster.nodes[0];
+    wait_until(TIMEOUT, "node1 takes beta down after its restart", || {
+        Ok(!links(node0).contains(&beta_bridge)
+            && !links(node0).contains(&format!("trellis.{}", vnis[1]))
+            && network_record(node0, "beta").is_none()
+            && cluster.etcd_entries("network-nodes/beta/")?.is_empty())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", node0.agent_log()));
+    assert_eq!(network_record(node0, "alpha").unwrap().subnet, alpha);
+    assert!(links(node0).contains(&format!("trbr.{}", vnis[0])));
+
+    cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
+    let node0 = &cluster.nodes[0];
+    node0.agent_cleanup(&[]).unwrap();
+    let left: Vec<String> = links(node0)
+        .into_iter()
+        .filter(|l| l.starts_with("trbr.") || l.starts_with("trellis"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!node0.state_dir.join("networks").exists());
+    let tables = node0.netns.ok(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("trellis-networks"), "{tables}");
+}
