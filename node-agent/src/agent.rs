@@ -294,6 +294,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tx_checksum_offload: args.vxlan_tx_checksum_offload,
         default: config.clone(),
         ip_masq: args.ip_masq,
+        cni_conf_dir: args.cni_conf_dir.clone(),
         dns: args.dns.then(|| dns::On {
             port: args.dns_port,
             upstreams: args.dns_upstream.clone(),

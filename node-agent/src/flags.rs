@@ -101,8 +101,10 @@ pub struct RunArgs {
     #[arg(long, env = "TRELLIS_ATTACHMENT_REPORT_INTERVAL", default_value_t = 10)]
     pub attachment_report_interval: u64,
     /// The runtime's CNI configuration directory, checked by `trellisctl
-    /// doctor` against this agent (bridge, state dir, etcd prefix); unset:
-    /// not checked.
+    /// doctor` against this agent (bridge, state dir, etcd prefix), where
+    /// the agent writes one conflist per named network (made from the
+    /// node's trellis conflist) and removes it when the network goes;
+    /// unset: neither.
     #[arg(long, env = "TRELLIS_CNI_CONF_DIR")]
     pub cni_conf_dir: Option<PathBuf>,
     /// UDP port of the agents' probe protocol (echoes for `trellisctl

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::time::Duration;
 use trellis_common::node::NodeRecord;
-use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node};
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Node, Pod};
 use trellis_tests::ctl::{ctl, ctl_json, stderr};
 use trellis_tests::dig::{dig, result_dns, status};
 use trellis_tests::wait::wait_until;
@@ -34,6 +34,12 @@ fn network_record(node: &Node, network: &str) -> Option<NodeRecord> {
     Some(NodeRecord::parse(text.as_bytes()).unwrap())
 }
 
+/// The conflist node's agent writes for `network` (`--cni-conf-dir`).
+fn agent_conflist(node: &Node, network: &str) -> std::path::PathBuf {
+    node.conf_dir
+        .join(format!("10-trellis.net-{network}.conflist"))
+}
+
 /// `to` does not answer `from`: two pings, a second each.
 fn blocked(from: &trellis_tests::netns::Netns, to: IpAddr) {
     let to = to.to_string();
@@ -45,7 +51,7 @@ fn blocked(from: &trellis_tests::netns::Netns, to: IpAddr) {
     );
 }
 
-fn mtu_in(pod: &trellis_tests::cluster::Pod) -> String {
+fn mtu_in(pod: &Pod) -> String {
     pod.netns
         .ok(&["cat", "/sys/class/net/eth0/mtu"])
         .unwrap()
@@ -105,10 +111,22 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     })
     .unwrap();
 
-    // Containers whose conflist names the network, on both nodes.
-    let conflists: Vec<_> = (0..2)
-        .map(|i| cluster.named_conflist(i, "multihost").unwrap())
+    // Containers attached through the conflist each agent wrote for the
+    // network (beside the node's own, after it in the runtime's order).
+    let conflists: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| agent_conflist(n, "multihost"))
         .collect();
+    wait_until(TIMEOUT, "the agents write the network's conflists", || {
+        Ok(conflists.iter().all(|c| c.exists()))
+    })
+    .unwrap();
+    let written: Value = serde_json::from_slice(&std::fs::read(&conflists[0]).unwrap()).unwrap();
+    assert_eq!(
+        (&written["name"], &written["plugins"][0]["network"]),
+        (&Value::from("multihost"), &Value::from("multihost"))
+    );
     let host1 = cluster
         .try_add_pod_with(0, "host1", &conflists[0])
         .unwrap()
@@ -208,12 +226,12 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         Ok(cluster
             .nodes
             .iter()
-            .all(|n| network_record(n, "quiet").is_some()))
+            .all(|n| network_record(n, "quiet").is_some() && agent_conflist(n, "quiet").exists()))
     })
     .unwrap();
     let q: Vec<_> = (0..2)
         .map(|i| {
-            let conflist = cluster.named_conflist(i, "quiet").unwrap();
+            let conflist = agent_conflist(&cluster.nodes[i], "quiet");
             let pod = cluster
                 .try_add_pod_with(i, &format!("q{i}"), &conflist)
                 .unwrap();
@@ -246,6 +264,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     wait_until(TIMEOUT, "multihost is gone from every node", || {
         Ok(cluster.nodes.iter().all(|n| {
             network_record(n, "multihost").is_none()
+                && !agent_conflist(n, "multihost").exists()
                 && !links(n).contains(&vxlan)
                 && !links(n).contains(&bridge)
         }) && cluster.etcd_entries("network-nodes/multihost/")?.is_empty()
@@ -255,8 +274,10 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
                 .all(|(k, _)| !k.contains("/10.0.")))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    // The user's own conflist naming the network, as a runtime keeps it.
+    let kept = cluster.named_conflist(0, "multihost").unwrap();
     let failed = cluster
-        .try_add_pod_with(0, "late", &conflists[0])
+        .try_add_pod_with(0, "late", &kept)
         .unwrap()
         .expect_err("an ADD on a removed network");
     assert_eq!(failed.failure.code, 11, "{}", failed.failure);
@@ -269,6 +290,12 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         failed.failure
     );
     cluster.del_failed(&failed).unwrap();
+    // The agent's conflist went with the network; the runtime DELs with
+    // the configuration it kept.
+    let host1 = Pod {
+        conflist: kept,
+        ..host1
+    };
     cluster.del_pod(host1).unwrap();
     cluster.del_pod(plain).unwrap();
     cluster.del_pod(plain0).unwrap();

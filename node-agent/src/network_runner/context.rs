@@ -29,6 +29,8 @@ pub struct NodeContext {
     /// `--ip-masq`: the named networks' egress is masqueraded too (but an
     /// internal network's, which has none).
     pub ip_masq: bool,
+    /// `--cni-conf-dir`: each network's conflist is written there.
+    pub cni_conf_dir: Option<PathBuf>,
     /// With `--dns`: each network's DNS on its gateways, answering its
     /// containers' names.
     pub dns: Option<dns::On>,

@@ -10,6 +10,7 @@
 //! usable networks after every change, and with the first one it removes
 //! what an earlier run left of networks that are gone by now.
 
+mod conflists;
 mod context;
 mod serve;
 mod teardown;
@@ -49,13 +50,19 @@ impl Drop for Served {
 pub async fn run(ctx: Arc<NodeContext>, mut desired: watch::Receiver<Desired>) {
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut swept = false;
-    let mut tables = None;
+    // The tables and the networks as last set up, kept on every resync.
+    let mut last: Option<(node_table::NodeTables, BTreeMap<String, NetworkRecord>)> = None;
     let mut resync = tokio::time::interval(ctx.resync);
     loop {
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
             _ = resync.tick() => {
-                keep_tables(tables.as_ref()).await;
+                if let Some((tables, networks)) = &last {
+                    keep_tables(tables).await;
+                    if let Some(dir) = &ctx.cni_conf_dir {
+                        conflists::sync(dir, networks);
+                    }
+                }
                 continue;
             }
         }
@@ -63,12 +70,15 @@ pub async fn run(ctx: Arc<NodeContext>, mut desired: watch::Receiver<Desired>) {
             continue;
         };
         // Isolation first: a network's pods are kept apart before any is
-        // attached.
-        let now = node_table::for_networks(&ctx.default, &want, ctx.ip_masq);
-        if let Err(e) = node_table::ensure(&now).await {
+        // attached; the conflists of networks that go, before they go.
+        let tables = node_table::for_networks(&ctx.default, &want, ctx.ip_masq);
+        if let Err(e) = node_table::ensure(&tables).await {
             log::error!("nftables table {}: {e}", node_table::NETWORKS_TABLE);
         }
-        tables = Some(now);
+        if let Some(dir) = &ctx.cni_conf_dir {
+            conflists::sync(dir, &want);
+        }
+        last = Some((tables, want.clone()));
         if !swept {
             sweep_leftovers(&ctx, &want).await;
             swept = true;
@@ -94,10 +104,7 @@ pub async fn run(ctx: Arc<NodeContext>, mut desired: watch::Receiver<Desired>) {
 }
 
 /// Put the named networks' tables back when someone changed them.
-async fn keep_tables(tables: Option<&node_table::NodeTables>) {
-    let Some(tables) = tables else {
-        return;
-    };
+async fn keep_tables(tables: &node_table::NodeTables) {
     match node_table::keep(tables).await {
         Ok(true) => log::warn!(
             "nftables table {} was missing or changed; re-installed",
