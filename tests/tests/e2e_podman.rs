@@ -13,12 +13,17 @@ fn ping_script(ip: IpAddr) -> String {
 }
 
 fn podman_on(cluster: &Cluster, node: usize, rootfs: &Rootfs) -> Podman {
+    podman_for(cluster, node, rootfs, NETWORK_NAME)
+}
+
+/// podman on `node` whose `--network` is `network`.
+fn podman_for(cluster: &Cluster, node: usize, rootfs: &Rootfs, network: &str) -> Podman {
     let n = &cluster.nodes[node];
     Podman::new(
         &n.netns,
         cluster.cni_bin_dir(),
         &n.conf_dir,
-        NETWORK_NAME,
+        network,
         rootfs,
     )
     .unwrap()
@@ -230,6 +235,101 @@ fn podman_containers_on_two_nodes_find_each_other_by_name() {
         )
         .unwrap();
     assert!(out.status.success(), "host1 still resolves: {out:?}");
+    podmen[1].remove("host2").unwrap();
+    assert!(cluster.allocations().unwrap().is_empty());
+}
+
+/// The seed's scenario as its users ran it: `trellisctl network create
+/// multihost`, the network appears in `podman network ls` on every node,
+/// `podman run --network multihost --name host1` on one node and `host2` on
+/// the other, and host1 pings host2 by name over the network's VXLAN; a
+/// container of the default network is neither resolved nor reached.
+#[test]
+fn podman_on_a_named_network_finds_containers_by_name_and_nothing_else() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    let out = trellis_tests::ctl::ctl(
+        &cluster,
+        &["network", "create", "multihost", "--subnet", "10.0.0.0/16"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rootfs = Rootfs::busybox().unwrap();
+    let podmen = [
+        podman_for(&cluster, 0, &rootfs, "multihost"),
+        podman_for(&cluster, 1, &rootfs, "multihost"),
+    ];
+    trellis_tests::wait::wait_until(
+        std::time::Duration::from_secs(30),
+        "podman lists multihost on both nodes",
+        || {
+            Ok(podmen.iter().all(|p| {
+                p.ok(&["network", "ls", "--format", "{{.Name}}"])
+                    .is_ok_and(|names| names.lines().any(|n| n == "multihost"))
+            }))
+        },
+    )
+    .unwrap();
+    // The network is set up on a node shortly after its conflist appears:
+    // until then ADD says to try again, as a runtime would.
+    let start = |p: &Podman, name: &str| {
+        let mut last = None;
+        for _ in 0..50 {
+            match p.start(name) {
+                Ok(ip) => return ip,
+                Err(e) => last = Some(e),
+            }
+            let _ = p.remove(name);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("podman run {name}: {:?}\n{}", last, cluster.agent_logs())
+    };
+    let host1 = start(&podmen[0], "host1");
+    let host2 = start(&podmen[1], "host2");
+    let net: ipnetwork::Ipv4Network = "10.0.0.0/16".parse().unwrap();
+    assert!(
+        matches!(host1, IpAddr::V4(v4) if net.contains(v4)),
+        "{host1}"
+    );
+    let mtu = podmen[0]
+        .exec("host1", "cat /sys/class/net/eth0/mtu")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
+    let out = podmen[0]
+        .exec(
+            "host1",
+            "for i in 1 2 3 4 5; do ping -c 1 -W 1 host2 && exit 0; done; exit 1",
+        )
+        .unwrap();
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("({host2})")),
+        "host1 -> host2: {out:?}\n{}",
+        cluster.agent_logs()
+    );
+    let out = podmen[1].exec("host2", "nslookup host1.multihost").unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&host1.to_string()),
+        "host2: nslookup host1.multihost: {out:?}"
+    );
+
+    // A container of the default network on node 2: not a name in
+    // multihost, and not reachable from it.
+    let default = podman_on(&cluster, 1, &rootfs);
+    let other = default.start("other").unwrap();
+    let out = podmen[0].exec("host1", "nslookup other").unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&other.to_string()),
+        "{out:?}"
+    );
+    let out = podmen[0]
+        .exec("host1", &format!("ping -c 2 -W 1 {other}"))
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "host1 reaches the default network: {out:?}"
+    );
+
+    default.remove("other").unwrap();
+    podmen[0].remove("host1").unwrap();
     podmen[1].remove("host2").unwrap();
     assert!(cluster.allocations().unwrap().is_empty());
 }
