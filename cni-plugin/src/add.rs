@@ -7,7 +7,7 @@ use crate::ipam;
 use crate::masq;
 use crate::netns::open_netns;
 use crate::rollback::{Rollback, Step};
-use crate::routes::{container_route, container_routes};
+use crate::routes::{container_route, container_routes, network_routes};
 use crate::runtime::{kernel_error, runtime};
 use ipnetwork::IpNetwork;
 use std::cell::RefCell;
@@ -255,7 +255,8 @@ impl Add<'_> {
                 .await
                 .map_err(kernel_error)?;
         }
-        let routes = container_routes(&ipam.routes, &ips);
+        let mut routes = container_routes(&ipam.routes, &ips);
+        routes.extend(network_routes(&self.named_ranges(), &routes, &ips));
         for route in &routes {
             let kernel_route = container_route(route, container.index, ips.iter().map(|(_, g)| *g));
             match pod.add_route(&kernel_route).await {
@@ -325,6 +326,20 @@ impl Add<'_> {
                 .collect(),
             routes,
             dns: self.dns(ipam.dns),
+        }
+    }
+
+    /// A named network's ranges (its record's), for [`network_routes`].
+    fn named_ranges(&self) -> Vec<IpNetwork> {
+        match (self.mode, &self.cfg.network) {
+            (Mode::Cluster { record }, Some(_)) => [
+                record.network.map(IpNetwork::V4),
+                record.ipv6_network.map(IpNetwork::V6),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -24,6 +24,25 @@ pub fn container_routes(ipam_routes: &[CniRoute], ips: &[(IpNetwork, IpAddr)]) -
     routes
 }
 
+/// A named network's whole ranges via the gateway of their family, unless
+/// `routes` has them: a container on several networks has one default
+/// route (its first interface's), and reaches every other network's
+/// containers on other nodes through that network's own interface.
+pub fn network_routes(
+    ranges: &[IpNetwork],
+    routes: &[CniRoute],
+    ips: &[(IpNetwork, IpAddr)],
+) -> Vec<CniRoute> {
+    ranges
+        .iter()
+        .filter(|n| !routes.iter().any(|r| r.dst == **n))
+        .filter_map(|n| {
+            let (_, gateway) = ips.iter().find(|(ip, _)| ip.is_ipv4() == n.is_ipv4())?;
+            Some(CniRoute::new(*n, Some(*gateway)))
+        })
+        .collect()
+}
+
 /// The kernel route ADD installs in the container for a CNI route, and
 /// CHECK looks for: out of the container interface `oif`, via the route's
 /// own gateway or else the first of `gateways` of the destination's family.
@@ -68,6 +87,25 @@ mod tests {
         assert_eq!(container_routes(&ipam, &ips), ipam);
         let ipam = vec![CniRoute::new("192.168.0.0/16".parse().unwrap(), None)];
         assert_eq!(container_routes(&ipam, &ips).len(), 2);
+    }
+
+    #[test]
+    fn a_named_networks_range_goes_via_its_gateway() {
+        let ips = vec![("10.0.3.5/24".parse().unwrap(), "10.0.3.1".parse().unwrap())];
+        let ranges = [
+            "10.0.0.0/16".parse().unwrap(),
+            "fd00:1::/56".parse().unwrap(),
+        ];
+        let routes = network_routes(&ranges, &[], &ips);
+        assert_eq!(
+            routes,
+            vec![CniRoute::new(
+                "10.0.0.0/16".parse().unwrap(),
+                Some("10.0.3.1".parse().unwrap())
+            )],
+            "no IPv6 address, no IPv6 route"
+        );
+        assert!(network_routes(&ranges, &routes, &ips).is_empty());
     }
 
     #[test]

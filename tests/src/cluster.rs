@@ -730,6 +730,26 @@ impl Cluster {
         }))
     }
 
+    /// Attaches `pod` to one more network: interface `ifname` through
+    /// `conflist` (a container on several networks); the CNI result.
+    pub fn add_interface(&self, pod: &Pod, conflist: &Path, ifname: &str) -> Result<Value> {
+        let att = pod_attachment(&pod.container_id, &pod.netns.path(), ifname, &pod.name);
+        let node = self.node(pod.node)?;
+        node.driver
+            .add(conflist, &att)
+            .map_err(|f| anyhow::anyhow!("ADD of {ifname} to pod {}: {f}", pod.name))
+    }
+
+    /// CNI DEL of an interface [`Cluster::add_interface`] added.
+    pub fn del_interface(&self, pod: &Pod, conflist: &Path, ifname: &str) -> Result<()> {
+        let att = pod_attachment(&pod.container_id, &pod.netns.path(), ifname, &pod.name);
+        let node = self.node(pod.node)?;
+        node.driver
+            .del(conflist, &att)
+            .map_err(|f| anyhow::anyhow!("DEL of {ifname} of pod {}: {f}", pod.name))?;
+        Ok(())
+    }
+
     /// CNI DEL of a failed ADD's attachment (what a runtime does after a
     /// failed ADD).
     pub fn del_failed(&self, failed: &FailedAdd) -> Result<(), CniFailure> {

@@ -193,6 +193,20 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         cluster.source_seen_outside(&host1.netns).unwrap(),
         IpAddr::V4(cluster.nodes[0].underlay_ip)
     );
+    // A container on both networks (eth0 default, eth1 multihost) reaches
+    // either network's containers on the other node, and is reached back.
+    let both = cluster
+        .add_interface(&plain0, &conflists[0], "eth1")
+        .unwrap();
+    let eth1 = trellis_tests::cluster::result_ip(&both).unwrap();
+    ping(&plain0.netns, plain.ip).unwrap();
+    ping(&plain0.netns, host2.ip).unwrap();
+    ping(&host2.netns, eth1).unwrap();
+    cluster
+        .del_interface(&plain0, &conflists[0], "eth1")
+        .unwrap();
+    blocked(&plain0.netns, host2.ip);
+
     // The agents read back what they wrote (resyncs change nothing), and
     // put it back when someone flushes the ruleset.
     std::thread::sleep(Duration::from_millis(2500));
