@@ -184,6 +184,21 @@ impl Node {
         serde_json::from_str(&text).with_context(|| path.display().to_string())
     }
 
+    /// The conflist this node's agent writes for named network `network`
+    /// beside the node's own (`--cni-conf-dir`).
+    pub fn network_conflist(&self, network: &str) -> PathBuf {
+        self.conf_dir
+            .join(format!("10-trellis.net-{network}.conflist"))
+    }
+
+    /// The agent's record for named network `network`
+    /// (`<stateDir>/networks/<network>.json`), once it serves it.
+    pub fn network_record(&self, network: &str) -> Option<NodeRecord> {
+        let path = trellis_common::node::record_path_for(&self.state_dir, Some(network));
+        let text = std::fs::read_to_string(path).ok()?;
+        NodeRecord::parse(text.as_bytes()).ok()
+    }
+
     /// This node's pod subnet (from its record).
     pub fn subnet(&self) -> Result<Ipv4Network> {
         Ok(self.record()?.subnet)

@@ -25,21 +25,6 @@ fn links(node: &Node) -> Vec<String> {
         .collect()
 }
 
-fn network_record(node: &Node, network: &str) -> Option<NodeRecord> {
-    let path = node
-        .state_dir
-        .join("networks")
-        .join(format!("{network}.json"));
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(NodeRecord::parse(text.as_bytes()).unwrap())
-}
-
-/// The conflist node's agent writes for `network` (`--cni-conf-dir`).
-fn agent_conflist(node: &Node, network: &str) -> std::path::PathBuf {
-    node.conf_dir
-        .join(format!("10-trellis.net-{network}.conflist"))
-}
-
 /// `to` does not answer `from`: two pings, a second each.
 fn blocked(from: &trellis_tests::netns::Netns, to: IpAddr) {
     let to = to.to_string();
@@ -76,7 +61,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
 
     wait_until(TIMEOUT, "every node serves multihost", || {
         Ok(cluster.nodes.iter().all(|n| {
-            network_record(n, "multihost").is_some()
+            n.network_record("multihost").is_some()
                 && links(n).contains(&vxlan)
                 && links(n).contains(&bridge)
         }) && cluster.etcd_entries("network-nodes/multihost/")?.len() == 2)
@@ -85,7 +70,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     let records: Vec<NodeRecord> = cluster
         .nodes
         .iter()
-        .map(|n| network_record(n, "multihost").unwrap())
+        .map(|n| n.network_record("multihost").unwrap())
         .collect();
     for (node, record) in cluster.nodes.iter().zip(&records) {
         let net: ipnetwork::Ipv4Network = "10.0.0.0/16".parse().unwrap();
@@ -116,7 +101,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     let conflists: Vec<_> = cluster
         .nodes
         .iter()
-        .map(|n| agent_conflist(n, "multihost"))
+        .map(|n| n.network_conflist("multihost"))
         .collect();
     wait_until(TIMEOUT, "the agents write the network's conflists", || {
         Ok(conflists.iter().all(|c| c.exists()))
@@ -240,12 +225,12 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         Ok(cluster
             .nodes
             .iter()
-            .all(|n| network_record(n, "quiet").is_some() && agent_conflist(n, "quiet").exists()))
+            .all(|n| n.network_record("quiet").is_some() && n.network_conflist("quiet").exists()))
     })
     .unwrap();
     let q: Vec<_> = (0..2)
         .map(|i| {
-            let conflist = agent_conflist(&cluster.nodes[i], "quiet");
+            let conflist = cluster.nodes[i].network_conflist("quiet");
             let pod = cluster
                 .try_add_pod_with(i, &format!("q{i}"), &conflist)
                 .unwrap();
@@ -277,8 +262,8 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     ctl_json(&cluster, &["network", "rm", "multihost", "--force"]);
     wait_until(TIMEOUT, "multihost is gone from every node", || {
         Ok(cluster.nodes.iter().all(|n| {
-            network_record(n, "multihost").is_none()
-                && !agent_conflist(n, "multihost").exists()
+            n.network_record("multihost").is_none()
+                && !n.network_conflist("multihost").exists()
                 && !links(n).contains(&vxlan)
                 && !links(n).contains(&bridge)
         }) && cluster.etcd_entries("network-nodes/multihost/")?.is_empty()
@@ -334,7 +319,7 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
         Ok(cluster.etcd_entries("network-nodes/")?.len() == 4)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
-    let alpha = network_record(&cluster.nodes[0], "alpha").unwrap().subnet;
+    let alpha = cluster.nodes[0].network_record("alpha").unwrap().subnet;
 
     cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
     assert!(ctl(&cluster, &["network", "rm", "beta"]).status.success());
@@ -352,11 +337,11 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     wait_until(TIMEOUT, "node1 takes beta down after its restart", || {
         Ok(!links(node0).contains(&beta_bridge)
             && !links(node0).contains(&format!("trellis.{}", vnis[1]))
-            && network_record(node0, "beta").is_none()
+            && node0.network_record("beta").is_none()
             && cluster.etcd_entries("network-nodes/beta/")?.is_empty())
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", node0.agent_log()));
-    assert_eq!(network_record(node0, "alpha").unwrap().subnet, alpha);
+    assert_eq!(node0.network_record("alpha").unwrap().subnet, alpha);
     assert!(links(node0).contains(&format!("trbr.{}", vnis[0])));
 
     cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();

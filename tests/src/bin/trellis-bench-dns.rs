@@ -3,7 +3,8 @@
 //! the same name on one host, in one run. Each side gets the same load:
 //! two clients at `--rate / 2` queries per second each for `--secs`
 //! seconds, asking an A record of a container's bare name. On trellis the
-//! clients are pods on the two nodes, each asking its own node's gateway;
+//! clients are pods of a named network (`trellisctl network create`) on
+//! the two nodes, each asking its own node's gateway on it;
 //! on aardvark-dns they are two namespaces on its bridge asking its gateway.
 //! Prints answered/failed counts and latency p50/p99/max per side and the
 //! ratios. Wrapped by scripts/bench-dns.sh (release binaries).
@@ -22,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use trellis_tests::cluster::{Cluster, ClusterSpec};
+use trellis_tests::cluster::{Cluster, ClusterSpec, Pod};
 use trellis_tests::netns::{attach_to_bridge, Netns};
 
 /// aardvark-dns as Debian installs it for podman.
 const AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
 /// The name both servers answer.
 const NAME: &str = "web";
+/// The named network the trellis side runs on.
+const NETWORK: &str = "multihost";
 /// A query without an answer by then is a failure.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,7 +72,7 @@ fn main() -> Result<()> {
         "server", "answered", "failed", "p50 ms", "p99 ms", "max ms"
     );
     for (label, side) in [
-        ("trellis-agent (2 nodes, etcd)", &trellis),
+        ("trellis-agent (2 nodes, named net)", &trellis),
         ("aardvark-dns 1.4 (one host)", &aardvark),
     ] {
         println!(
@@ -150,15 +153,39 @@ fn run_clients(clients: &[(&Netns, IpAddr)], rate: u32, secs: u32) -> Result<Sid
     Ok(side)
 }
 
+/// The seed's setup: a named network made with `trellisctl network
+/// create`, the pods attached through the conflists the agents write for
+/// it, each client asking its own node's gateway on the network.
 fn trellis_side(rate: u32, secs: u32) -> Result<Side> {
     let cluster = Cluster::start(ClusterSpec::default().nodes(2))?;
-    let web = cluster.add_pod(0, NAME)?;
-    let clients = [
-        cluster.add_pod(0, "client1")?,
-        cluster.add_pod(1, "client2")?,
-    ];
+    let made = trellis_tests::ctl::ctl(
+        &cluster,
+        &["network", "create", NETWORK, "--subnet", "10.0.0.0/16"],
+    );
+    if !made.status.success() {
+        bail!("trellisctl network create: {made:?}");
+    }
+    trellis_tests::wait::wait_until(Duration::from_secs(30), "the network on both nodes", || {
+        Ok(cluster
+            .nodes
+            .iter()
+            .all(|n| n.network_record(NETWORK).is_some() && n.network_conflist(NETWORK).exists()))
+    })?;
+    let add = |node: usize, name: &str| -> Result<Pod> {
+        let conflist = cluster.nodes[node].network_conflist(NETWORK);
+        cluster
+            .try_add_pod_with(node, name, &conflist)?
+            .map_err(|f| anyhow::anyhow!("ADD {name}: {}", f.failure))
+    };
+    let web = add(0, NAME)?;
+    let clients = [add(0, "client1")?, add(1, "client2")?];
     let gateways: Vec<IpAddr> = (0..2)
-        .map(|n| Ok(IpAddr::V4(cluster.nodes[n].record()?.gateway())))
+        .map(|n| {
+            let record = cluster.nodes[n]
+                .network_record(NETWORK)
+                .context("no record")?;
+            Ok(IpAddr::V4(record.gateway()))
+        })
         .collect::<Result<_>>()?;
     // Both agents answer the name before the clock starts.
     for (client, gw) in clients.iter().zip(&gateways) {
