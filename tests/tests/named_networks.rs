@@ -25,6 +25,26 @@ fn links(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// Once every node serves `network`, one pod on it per node
+/// (`<prefix><node index>`), through the agents' conflists.
+fn pods_on(cluster: &Cluster, network: &str, prefix: &str) -> Vec<Pod> {
+    wait_until(TIMEOUT, &format!("every node serves {network}"), || {
+        Ok(cluster
+            .nodes
+            .iter()
+            .all(|n| n.network_record(network).is_some() && n.network_conflist(network).exists()))
+    })
+    .unwrap();
+    (0..cluster.nodes.len())
+        .map(|i| {
+            let conflist = cluster.nodes[i].network_conflist(network);
+            let name = format!("{prefix}{i}");
+            let pod = cluster.try_add_pod_with(i, &name, &conflist).unwrap();
+            pod.unwrap_or_else(|f| panic!("ADD {name}: {}", f.failure))
+        })
+        .collect()
+}
+
 /// `to` does not answer `from`: two pings, a second each.
 fn blocked(from: &trellis_tests::netns::Netns, to: IpAddr) {
     let to = to.to_string();
@@ -221,22 +241,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
             "--internal",
         ],
     );
-    wait_until(TIMEOUT, "every node serves quiet", || {
-        Ok(cluster
-            .nodes
-            .iter()
-            .all(|n| n.network_record("quiet").is_some() && n.network_conflist("quiet").exists()))
-    })
-    .unwrap();
-    let q: Vec<_> = (0..2)
-        .map(|i| {
-            let conflist = cluster.nodes[i].network_conflist("quiet");
-            let pod = cluster
-                .try_add_pod_with(i, &format!("q{i}"), &conflist)
-                .unwrap();
-            pod.unwrap_or_else(|f| panic!("ADD q{i}: {}", f.failure))
-        })
-        .collect();
+    let q = pods_on(&cluster, "quiet", "q");
     ping(&q[0].netns, q[1].ip).unwrap();
     blocked(
         &q[0].netns,
@@ -248,6 +253,27 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         cluster.del_pod(pod).unwrap();
     }
     assert!(ctl(&cluster, &["network", "rm", "quiet"]).status.success());
+
+    // Two named networks: nothing passes between them either, both ways,
+    // on one node and across nodes.
+    ctl_json(
+        &cluster,
+        &["network", "create", "back", "--subnet", "10.1.0.0/16"],
+    );
+    let b = pods_on(&cluster, "back", "b");
+    ping(&b[0].netns, b[1].ip).unwrap();
+    for (from, to) in [
+        (&host1, &b[0]),
+        (&host1, &b[1]),
+        (&b[1], &host2),
+        (&b[0], &host2),
+    ] {
+        blocked(&from.netns, to.ip);
+    }
+    for pod in b {
+        cluster.del_pod(pod).unwrap();
+    }
+    assert!(ctl(&cluster, &["network", "rm", "back"]).status.success());
 
     // A removed container stops resolving within 2 s on every node.
     cluster.del_pod(host2).unwrap();
