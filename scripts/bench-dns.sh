@@ -17,6 +17,6 @@ target=${CARGO_TARGET_DIR:-$root/target}
 [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "building release binaries..." >&2
-cargo build --release -q --bin trellis --bin trellis-ipam --bin trellis-agent --bin trellis-bench-dns
+cargo build --release -q --bin trellis --bin trellis-ipam --bin trellis-agent --bin trellisctl --bin trellis-bench-dns
 TRELLIS_BIN_DIR=$target/release exec "$target/release/trellis-bench-dns" \
     --rate "${RATE:-1000}" --secs "${SECS:-10}"
