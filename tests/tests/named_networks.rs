@@ -1,5 +1,5 @@
-//! Named networks served by the agents (issue 14): a network made with
-//! `trellisctl network create` appears on every node (its own subnet,
+//! Named networks served by the agents (issue 14), on three nodes: a
+//! network made with `trellisctl network create` appears on every node (its own subnet,
 //! VXLAN device, bridge, record file and etcd record), containers whose
 //! conflist names it reach each other across nodes and by name (the
 //! network's DNS on its gateways), and `network rm --force` takes all of it
@@ -68,7 +68,7 @@ fn mtu_in(pod: &Pod) -> String {
 fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     let spec = ClusterSpec {
         agent_args: vec!["--resync-interval".into(), "1".into()],
-        ..ClusterSpec::default().nodes(2)
+        ..ClusterSpec::default().nodes(3)
     };
     let cluster = Cluster::start(spec).unwrap();
     cluster.wait_converged(TIMEOUT).unwrap();
@@ -84,7 +84,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
             n.network_record("multihost").is_some()
                 && links(n).contains(&vxlan)
                 && links(n).contains(&bridge)
-        }) && cluster.etcd_entries("network-nodes/multihost/")?.len() == 2)
+        }) && cluster.etcd_entries("network-nodes/multihost/")?.len() == cluster.nodes.len())
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
     let records: Vec<NodeRecord> = cluster
@@ -102,11 +102,15 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
             "each network's VTEP has a MAC of its own"
         );
     }
-    assert_ne!(records[0].subnet, records[1].subnet);
-    // Each node routes the other's subnet in the network over its VXLAN.
+    let subnets: std::collections::HashSet<_> = records.iter().map(|r| r.subnet).collect();
+    assert_eq!(subnets.len(), records.len(), "{records:?}");
+    // Each node routes every other's subnet in the network over its VXLAN.
+    let pairs: Vec<(usize, usize)> = (0..3)
+        .flat_map(|i| (0..3).filter(move |j| *j != i).map(move |j| (i, j)))
+        .collect();
     wait_until(TIMEOUT, "routes between the network's subnets", || {
-        Ok((0..2).all(|i| {
-            let other = records[1 - i].subnet.to_string();
+        Ok(pairs.iter().all(|&(i, j)| {
+            let other = records[j].subnet.to_string();
             let routes = cluster.nodes[i]
                 .netns
                 .ok(&["ip", "route", "show", &other])
@@ -147,6 +151,14 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     assert_eq!(mtu_in(&host1), "1450");
     ping(&host1.netns, host2.ip).unwrap();
     ping(&host2.netns, host1.ip).unwrap();
+    // The third node: its container reaches both others.
+    let host3 = cluster
+        .try_add_pod_with(2, "host3", &conflists[2])
+        .unwrap()
+        .unwrap_or_else(|f| panic!("ADD host3: {}", f.failure));
+    ping(&host3.netns, host1.ip).unwrap();
+    ping(&host3.netns, host2.ip).unwrap();
+    cluster.del_pod(host3).unwrap();
     cluster.check_pod(&host1).unwrap();
     let gateway = host1.result["ips"][0]["gateway"].as_str().unwrap();
     assert_eq!(gateway, records[0].gateway().to_string());
@@ -261,12 +273,13 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         &["network", "create", "back", "--subnet", "10.1.0.0/16"],
     );
     let b = pods_on(&cluster, "back", "b");
-    ping(&b[0].netns, b[1].ip).unwrap();
+    ping(&b[0].netns, b[2].ip).unwrap();
     for (from, to) in [
         (&host1, &b[0]),
         (&host1, &b[1]),
         (&b[1], &host2),
         (&b[0], &host2),
+        (&b[2], &host1),
     ] {
         blocked(&from.netns, to.ip);
     }
