@@ -172,6 +172,21 @@ fn podman_dual_stack_containers_reach_each_other_and_the_outside_over_ipv6() {
     assert!(cluster.allocations().unwrap().is_empty());
 }
 
+/// `from` (on `podman`) has the overlay's MTU 1450 and pings `to` by name,
+/// reaching `to_ip`.
+fn pings_by_name(cluster: &Cluster, podman: &Podman, from: &str, to: &str, to_ip: IpAddr) {
+    let mtu = podman.exec(from, "cat /sys/class/net/eth0/mtu").unwrap();
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
+    let script = format!("for i in 1 2 3 4 5; do ping -c 1 -W 1 {to} && exit 0; done; exit 1");
+    let out = podman.exec(from, &script).unwrap();
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("({to_ip})")),
+        "{from} -> {to}: {out:?}\n{}",
+        cluster.agent_logs()
+    );
+}
+
 /// The seed's scenario on the default network: `podman run --name host1` on
 /// one node, `--name host2` on the other, and each finds the other by name
 /// through the agents' DNS, which podman's resolv.conf points at from the
@@ -194,27 +209,8 @@ fn podman_containers_on_two_nodes_find_each_other_by_name() {
         resolv.contains(&format!("nameserver {gateway}")),
         "resolv.conf of host1:\n{resolv}"
     );
-    let mtu = podmen[0]
-        .exec("host1", "cat /sys/class/net/eth0/mtu")
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
-
     // host1 pings host2 by name, over the overlay.
-    let out = podmen[0]
-        .exec(
-            "host1",
-            "for i in 1 2 3 4 5; do ping -c 1 -W 1 host2 && exit 0; done; exit 1",
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "host1 -> host2: {out:?}\n{}",
-        cluster.agent_logs()
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("({host2})")),
-        "{out:?}"
-    );
+    pings_by_name(&cluster, &podmen[0], "host1", "host2", host2);
     // host2 resolves host1, bare and in the network's domain.
     for name in ["host1", &format!("host1.{NETWORK_NAME}")] {
         let out = podmen[1]
@@ -289,22 +285,7 @@ fn podman_on_a_named_network_finds_containers_by_name_and_nothing_else() {
         matches!(host1, IpAddr::V4(v4) if net.contains(v4)),
         "{host1}"
     );
-    let mtu = podmen[0]
-        .exec("host1", "cat /sys/class/net/eth0/mtu")
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1450");
-    let out = podmen[0]
-        .exec(
-            "host1",
-            "for i in 1 2 3 4 5; do ping -c 1 -W 1 host2 && exit 0; done; exit 1",
-        )
-        .unwrap();
-    assert!(
-        out.status.success()
-            && String::from_utf8_lossy(&out.stdout).contains(&format!("({host2})")),
-        "host1 -> host2: {out:?}\n{}",
-        cluster.agent_logs()
-    );
+    pings_by_name(&cluster, &podmen[0], "host1", "host2", host2);
     let out = podmen[1].exec("host2", "nslookup host1.multihost").unwrap();
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&host1.to_string()),

@@ -76,20 +76,22 @@ async fn serve_once(
             ctx.public_ip,
         )
     };
-    let set_up = set_up(ctx, name, &net).await;
-    if let Err(e) = set_up {
-        // A fresh subnet nothing uses goes back (a kept one stays: pods
-        // may hold its addresses).
-        if !leased.reused {
-            let mut c = ctx.client.pick().await.client;
-            let _ = c.lease_revoke(leased.lease_id).await;
-            if leased.grace_lease_id != 0 {
-                let _ = c.lease_revoke(leased.grace_lease_id).await;
+    let (own, dns) = match set_up(ctx, name, &net).await {
+        Ok(done) => done,
+        Err(e) => {
+            // A fresh subnet nothing uses goes back (a kept one stays: pods
+            // may hold its addresses). Devices made before the failure stay
+            // for the next attempt, or go with the network.
+            if !leased.reused {
+                let mut c = ctx.client.pick().await.client;
+                let _ = c.lease_revoke(leased.lease_id).await;
+                if leased.grace_lease_id != 0 {
+                    let _ = c.lease_revoke(leased.grace_lease_id).await;
+                }
             }
+            return Err(e);
         }
-        return Err(e);
-    }
-    let (own, dns) = set_up.expect("checked above");
+    };
     let key = ctx.keys.network_node(name, &ctx.node);
     let what = format!("network {name}: publishing the node record");
     retry(&what, &ctx.metrics, &ctx.client, |mut c| {
