@@ -359,6 +359,12 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
     let alpha = cluster.nodes[0].network_record("alpha").unwrap().subnet;
+    let a = pods_on(&cluster, "alpha", "a");
+    wait_until(TIMEOUT, "a1 resolves on node 1", || {
+        let gw = IpAddr::V4(cluster.nodes[0].network_record("alpha").unwrap().gateway());
+        Ok(dig(&a[0].netns, gw, "a1.alpha", &[])? == vec![a[1].ip])
+    })
+    .unwrap();
 
     cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
     assert!(ctl(&cluster, &["network", "rm", "beta"]).status.success());
@@ -372,6 +378,17 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
         "a stopped agent leaves the data path as it is"
     );
     cluster.nodes[0].start_agent().unwrap();
+    let started = std::time::Instant::now();
+    // Its network's DNS answers again within a second of its start.
+    let gw = IpAddr::V4(cluster.nodes[0].network_record("alpha").unwrap().gateway());
+    wait_until(Duration::from_secs(1), "alpha's DNS answers again", || {
+        Ok(dig(&a[0].netns, gw, "a1.alpha", &[])? == vec![a[1].ip])
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.nodes[0].agent_log()));
+    eprintln!(
+        "alpha's DNS answered {:?} after the agent's start",
+        started.elapsed()
+    );
     let node0 = &cluster.nodes[0];
     wait_until(TIMEOUT, "node1 takes beta down after its restart", || {
         Ok(!links(node0).contains(&beta_bridge)
@@ -383,6 +400,9 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     assert_eq!(node0.network_record("alpha").unwrap().subnet, alpha);
     assert!(links(node0).contains(&format!("trbr.{}", vnis[0])));
 
+    for pod in a {
+        cluster.del_pod(pod).unwrap();
+    }
     cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
     let node0 = &cluster.nodes[0];
     node0.agent_cleanup(&[]).unwrap();
@@ -394,4 +414,49 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     assert!(!node0.state_dir.join("networks").exists());
     let tables = node0.netns.ok(&["nft", "list", "tables"]).unwrap();
     assert!(!tables.contains("trellis-networks"), "{tables}");
+}
+
+/// A dual-stack named network on an IPv4 cluster: each container gets an
+/// address of each family from its node's subnets in the network, and both
+/// families carry traffic and names across nodes.
+#[test]
+fn a_dual_stack_named_network_carries_both_families_across_nodes() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    cluster.wait_converged(TIMEOUT).unwrap();
+    ctl_json(
+        &cluster,
+        &[
+            "network",
+            "create",
+            "six",
+            "--subnet",
+            "10.2.0.0/16",
+            "--ipv6-subnet",
+            "fd20::/56",
+        ],
+    );
+    let pods = pods_on(&cluster, "six", "s");
+    let ip6: Vec<IpAddr> = pods
+        .iter()
+        .map(|p| trellis_tests::cluster::result_ip6(&p.result).expect("an IPv6 address"))
+        .collect();
+    let net6: ipnetwork::Ipv6Network = "fd20::/56".parse().unwrap();
+    for (pod, ip) in pods.iter().zip(&ip6) {
+        assert!(
+            matches!(ip, IpAddr::V6(v6) if net6.contains(*v6)),
+            "{}",
+            pod.result
+        );
+    }
+    ping(&pods[0].netns, ip6[1]).unwrap();
+    ping(&pods[1].netns, ip6[0]).unwrap();
+    ping(&pods[0].netns, pods[1].ip).unwrap();
+    let gw = IpAddr::V4(cluster.nodes[0].network_record("six").unwrap().gateway());
+    wait_until(TIMEOUT, "s1 answers AAAA", || {
+        Ok(dig(&pods[0].netns, gw, "s1.six", &["AAAA"])? == vec![ip6[1]])
+    })
+    .unwrap();
+    for pod in pods {
+        cluster.del_pod(pod).unwrap();
+    }
 }
