@@ -2,8 +2,10 @@
 //! health on `/healthz`. The parts of the agent set them (the reconciler
 //! its own, see `overlay::reconciler`); this module knows none of them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// A number that only goes up.
 #[derive(Debug, Default)]
@@ -62,6 +64,9 @@ pub struct Metrics {
     pub leased: AtomicBool,
     /// The last reconcile wrote everything it planned.
     pub converged: AtomicBool,
+    /// Each named network's own figures, by network (its reconciler,
+    /// lease and etcd calls count there), rendered with a `network` label.
+    pub per_network: RwLock<BTreeMap<String, Arc<Metrics>>>,
 }
 
 impl Metrics {
@@ -175,13 +180,96 @@ impl Metrics {
             "1 while the node subnet lease is held.",
             u8::from(self.leased.load(Ordering::Relaxed)).to_string(),
         );
+        self.render_networks(&mut out);
         out
+    }
+
+    /// The named networks' figures: one sample per network of each.
+    fn render_networks(&self, out: &mut String) {
+        let networks = self.per_network.read().expect("metrics lock");
+        if networks.is_empty() {
+            return;
+        }
+        let figures: [(&str, &str, &str, fn(&Metrics) -> u64); 6] = [
+            (
+                "trellis_agent_network_remote_nodes",
+                "gauge",
+                "Remote nodes the named network's overlay reaches.",
+                |m| m.remote_nodes.get(),
+            ),
+            (
+                "trellis_agent_network_overlay_entries",
+                "gauge",
+                "FDB, neighbour and route entries programmed on the named network's VXLAN device.",
+                |m| m.entries_programmed.get(),
+            ),
+            (
+                "trellis_agent_network_reconciles_total",
+                "counter",
+                "Reconciles of the named network's overlay entries.",
+                |m| m.reconciles.get(),
+            ),
+            (
+                "trellis_agent_network_failed_writes_total",
+                "counter",
+                "Netlink writes of the named network that failed (and were retried).",
+                |m| m.failed_writes.get(),
+            ),
+            (
+                "trellis_agent_network_etcd_errors_total",
+                "counter",
+                "etcd requests, watches and keep-alives of the named network that failed.",
+                |m| m.etcd_errors.get(),
+            ),
+            (
+                "trellis_agent_network_subnet_leased",
+                "gauge",
+                "1 while this node's subnet in the named network is leased.",
+                |m| u64::from(m.leased.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (network, m) in networks.iter() {
+                let _ = writeln!(out, "{name}{{network=\"{network}\"}} {}", value(m));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_named_network_has_its_labelled_samples() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("trellis_agent_network_"));
+        let multihost = Arc::new(Metrics::default());
+        multihost.remote_nodes.set(2);
+        multihost.leased.store(true, Ordering::Relaxed);
+        m.per_network
+            .write()
+            .unwrap()
+            .insert("multihost".into(), multihost);
+        m.per_network
+            .write()
+            .unwrap()
+            .insert("back".into(), Arc::default());
+        let text = m.render();
+        assert!(
+            text.contains("\ntrellis_agent_network_remote_nodes{network=\"multihost\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ntrellis_agent_network_remote_nodes{network=\"back\"} 0\n"));
+        assert!(text.contains("\ntrellis_agent_network_subnet_leased{network=\"multihost\"} 1\n"));
+        assert_eq!(
+            text.matches("# TYPE trellis_agent_network_remote_nodes gauge")
+                .count(),
+            1
+        );
+    }
 
     #[test]
     fn renders_prometheus_text() {

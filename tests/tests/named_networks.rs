@@ -16,6 +16,8 @@ use trellis_tests::dig::{dig, result_dns, status};
 use trellis_tests::wait::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// The agents' `--metrics-addr`, inside their nodes.
+const METRICS: &str = "127.0.0.1:9464";
 
 fn links(node: &Node) -> Vec<String> {
     let out = node.netns.ok(&["ip", "-j", "link", "show"]).unwrap();
@@ -67,7 +69,9 @@ fn mtu_in(pod: &Pod) -> String {
 #[test]
 fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     let spec = ClusterSpec {
-        agent_args: vec!["--resync-interval".into(), "1".into()],
+        agent_args: ["--resync-interval", "1", "--metrics-addr", METRICS]
+            .map(String::from)
+            .to_vec(),
         ..ClusterSpec::default().nodes(3)
     };
     let cluster = Cluster::start(spec).unwrap();
@@ -119,6 +123,22 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         }))
     })
     .unwrap();
+
+    // Each network's figures are on /metrics under its name.
+    let figure = |name: &str| {
+        let labelled = format!("trellis_agent_network_{name}{{network=\"multihost\"}}");
+        cluster.nodes[0].agent_counter(METRICS, &labelled)
+    };
+    wait_until(TIMEOUT, "multihost's figures", || {
+        Ok(figure("remote_nodes")? == 2 && figure("subnet_leased")? == 1)
+    })
+    .unwrap();
+    assert_eq!(
+        cluster.nodes[0]
+            .agent_counter(METRICS, "trellis_agent_networks_served")
+            .unwrap(),
+        1
+    );
 
     // Containers attached through the conflist each agent wrote for the
     // network (beside the node's own, after it in the runtime's order).
@@ -312,6 +332,10 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
                 .all(|(k, _)| !k.contains("/10.0.")))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    assert!(
+        figure("remote_nodes").is_err(),
+        "a gone network's figures go"
+    );
     // The user's own conflist naming the network, as a runtime keeps it.
     let kept = cluster.named_conflist(0, "multihost").unwrap();
     let failed = cluster

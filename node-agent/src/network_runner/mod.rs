@@ -133,6 +133,11 @@ async fn stop(ctx: &NodeContext, name: &str, mut served: Served, keep: bool) {
     // Every part of the network runs inside its task: once it is gone,
     // nothing writes to its devices any more.
     let _ = (&mut served.task).await;
+    ctx.metrics
+        .per_network
+        .write()
+        .expect("metrics lock")
+        .remove(name);
     if keep {
         log::info!("network {name} changed: serving it again");
         return;

@@ -23,8 +23,17 @@ use trellis_kernel::KernelError;
 /// Serve `name` until aborted; a failure (devices that cannot be made, a
 /// subnet taken by another node) starts it again after a pause.
 pub(super) async fn serve(ctx: Arc<NodeContext>, name: String, record: NetworkRecord) {
+    // Its own figures, so that its remote nodes and entries are not mixed
+    // with the default network's: on `/metrics` with its name as label
+    // while it is served (the runner removes them when it stops it).
+    let metrics = Arc::new(Metrics::default());
+    ctx.metrics
+        .per_network
+        .write()
+        .expect("metrics lock")
+        .insert(name.clone(), metrics.clone());
     loop {
-        if let Err(e) = serve_once(&ctx, &name, &record).await {
+        if let Err(e) = serve_once(&ctx, &name, &record, &metrics).await {
             log::error!("network {name}: {e}; setting it up again in 10s");
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -49,6 +58,7 @@ async fn serve_once(
     ctx: &NodeContext,
     name: &str,
     record: &NetworkRecord,
+    metrics: &Arc<Metrics>,
 ) -> Result<(), ServeError> {
     let config = &record.config;
     let scope = lease::Scope::Named(config.network);
@@ -58,7 +68,7 @@ async fn serve_once(
         .filter(|r| r.node_name.as_deref().is_none_or(|n| n == ctx.node))
         .map(|r| r.subnet);
     let what = format!("network {name}: leasing a subnet");
-    let leased = retry(&what, &ctx.metrics, &ctx.client, |mut c| async move {
+    let leased = retry(&what, metrics, &ctx.client, |mut c| async move {
         lease::acquire(
             &mut c, &ctx.keys, config, scope, &ctx.node, preferred, false, ctx.times,
         )
@@ -94,11 +104,14 @@ async fn serve_once(
     };
     let key = ctx.keys.network_node(name, &ctx.node);
     let what = format!("network {name}: publishing the node record");
-    retry(&what, &ctx.metrics, &ctx.client, |mut c| {
+    retry(&what, metrics, &ctx.client, |mut c| {
         let (key, own) = (key.clone(), own.clone());
         async move { lease::publish_record(&mut c, &key, &own, leased.lease_id).await }
     })
     .await?;
+    metrics
+        .leased
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     log::info!(
         "network {name}: subnet {} on {} and {} (MTU {})",
         net.subnet,
@@ -107,9 +120,6 @@ async fn serve_once(
         net.mtu()
     );
 
-    // Its own metrics, so that its remote nodes and entries are not
-    // mixed with the default network's.
-    let metrics = Arc::new(Metrics::default());
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let (own_tx, own_rx) = watch::channel(None);
     let registry = registry::run(
