@@ -7,6 +7,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// One per-network figure: its name, kind, help, and how it is read.
+type NetworkFigure = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Metrics) -> u64,
+);
+
 /// A number that only goes up.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -190,7 +198,7 @@ impl Metrics {
         if networks.is_empty() {
             return;
         }
-        let figures: [(&str, &str, &str, fn(&Metrics) -> u64); 6] = [
+        let figures: [NetworkFigure; 6] = [
             (
                 "trellis_agent_network_remote_nodes",
                 "gauge",
