@@ -2,7 +2,8 @@
 //! remote node it knows, probed three ways with the agents' probe protocol
 //! (`trellis-agent --probe-port`): over the underlay to the node's public
 //! address, through the VXLAN tunnel to its VTEP address, and through the
-//! tunnel again at the pods' full MTU. `trellisctl doctor` reads it.
+//! tunnel again at the pods' full MTU; in a dual-stack cluster also to its
+//! IPv6 VTEP address. `trellisctl doctor` reads it.
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -57,6 +58,12 @@ pub struct PeerProbes {
     pub overlay: Probe,
     /// The same at the pods' MTU (an IP packet of `mtu` bytes).
     pub overlay_full: Probe,
+    /// In a dual-stack cluster: the node's IPv6 VTEP address, and a small
+    /// datagram to it through the tunnel (the inner IPv6 path).
+    #[serde(default, rename = "vtepIP6", skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay6: Option<Probe>,
 }
 
 /// One probe: whether an echo came back, and how fast.

@@ -78,6 +78,8 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
             ("vxlan-port-unreachable", p.overlay.error.clone())
         } else if !p.overlay_full.ok {
             ("path-mtu", p.overlay_full.error.clone())
+        } else if let Some(failed) = p.overlay6.as_ref().filter(|o| !o.ok) {
+            ("ipv6-tunnel", failed.error.clone())
         } else {
             row.insert(p.node.clone(), "ok");
             continue;
@@ -93,6 +95,7 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
             match kind {
                 "probe-port-unreachable" => "probe-port",
                 "vxlan-port-unreachable" => "vxlan",
+                "ipv6-tunnel" => "ipv6",
                 _ => "mtu",
             },
         );
@@ -165,6 +168,15 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
                     format!(
                         "allow UDP {} on {on} (a host firewall, or the network between them, drops it); if it is open, the NIC or hypervisor may corrupt offloaded VXLAN checksums: run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off)",
                         r.vxlan_port
+                    ),
+                ),
+                "ipv6-tunnel" => (
+                    format!(
+                        "IPv4 passes between {from} and {to} through the tunnel, IPv6 does not (to {to}'s IPv6 VTEP address): {}",
+                        f.detail
+                    ),
+                    format!(
+                        "check IPv6 on {on}: an ip6 or inet firewall rule dropping it, IPv6 turned off (net.ipv6.conf.*.disable_ipv6), and the node's IPv6 overlay entries (drift findings; trellisctl doctor --fix resyncs them)"
                     ),
                 ),
                 _ => (

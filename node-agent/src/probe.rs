@@ -176,10 +176,18 @@ impl Doctor {
         }
         let port = self.probe_port;
         let peers = desired.nodes.into_iter().map(|(name, n)| async move {
-            let (underlay, overlay, overlay_full) = tokio::join!(
+            let vtep_ip6 = n.ipv6.as_ref().map(|v6| v6.vtep_ip);
+            let overlay6 = async {
+                match vtep_ip6 {
+                    Some(ip) => Some(probe(SocketAddr::from((ip, port)), SMALL).await),
+                    None => None,
+                }
+            };
+            let (underlay, overlay, overlay_full, overlay6) = tokio::join!(
                 probe(SocketAddr::from((n.public_ip, port)), SMALL),
                 probe(SocketAddr::from((n.vtep_ip, port)), SMALL),
                 probe(SocketAddr::from((n.vtep_ip, port)), self.mtu),
+                overlay6,
             );
             PeerProbes {
                 node: name,
@@ -188,6 +196,8 @@ impl Doctor {
                 underlay,
                 overlay,
                 overlay_full,
+                vtep_ip6,
+                overlay6,
             }
         });
         Ok(ProbeReport {

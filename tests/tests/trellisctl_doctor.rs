@@ -239,3 +239,60 @@ fn an_fdb_entry_lost_behind_the_agents_back_is_named_and_fixed() {
     assert_eq!(fixed["findings"], serde_json::json!([]), "{fixed}");
     assert!(a.agent_log().contains("full resync requested"));
 }
+
+/// In a dual-stack cluster the agents also probe each node's IPv6 VTEP
+/// address through the tunnel: IPv6 dropped on its way into one node while
+/// IPv4 passes is named, with that node as the one to fix.
+#[test]
+fn ipv6_lost_in_the_tunnel_while_ipv4_passes_is_named() {
+    let mut spec = ClusterSpec {
+        agent_args: vec!["--metrics-addr".into(), "0.0.0.0:9464".into()],
+        ..ClusterSpec::default().nodes(3)
+    };
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    let cluster = Cluster::start(spec).unwrap();
+    cluster
+        .wait_converged(std::time::Duration::from_secs(30))
+        .unwrap();
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let clean = ctl_json(&cluster, &["doctor"]);
+    assert_eq!(clean["findings"], serde_json::json!([]), "{clean}");
+    let probes = &clean["reports"][0]["peers"][0];
+    assert!(probes["vtepIP6"].is_string(), "{probes}");
+    assert_eq!(probes["overlay6"]["ok"], true, "{probes}");
+
+    let c = &cluster.nodes[2];
+    for rule in [
+        "add table inet doctor-test6",
+        "add chain inet doctor-test6 in { type filter hook input priority -10 ; }",
+        "add rule inet doctor-test6 in meta nfproto ipv6 udp dport 8473 drop",
+    ] {
+        let mut argv = vec!["nft"];
+        argv.extend(rule.split(' '));
+        c.netns.ok(&argv).unwrap();
+    }
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let lost = of_kind(&report, "ipv6-tunnel");
+    let pairs: Vec<(&str, &str)> = lost
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [(names[0], names[2]), (names[1], names[2])],
+        "{report}"
+    );
+    for (_, _, remedy) in &lost {
+        assert!(
+            remedy.starts_with(&format!("check IPv6 on {}:", names[2])),
+            "{remedy}"
+        );
+    }
+    assert_eq!(report["matrix"][names[0]][names[2]], "ipv6", "{report}");
+    assert_eq!(report["matrix"][names[2]][names[0]], "ok", "{report}");
+    assert!(
+        of_kind(&report, "vxlan-port-unreachable").is_empty(),
+        "{report}"
+    );
+}
