@@ -64,6 +64,11 @@ pub struct PeerProbes {
     pub vtep_ip6: Option<std::net::Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay6: Option<Probe>,
+    /// An ICMP echo to `vtepIP` through the tunnel, sent when the small
+    /// datagram got no echo: passing, it tells the checksum-offload
+    /// pattern (ICMP passes, UDP and TCP do not) from a blocked VXLAN port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_icmp: Option<Probe>,
 }
 
 /// One probe: whether an echo came back, and how fast.

@@ -74,6 +74,8 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
     for p in &report.peers {
         let (kind, detail) = if !p.underlay.ok {
             ("probe-port-unreachable", p.underlay.error.clone())
+        } else if !p.overlay.ok && p.overlay_icmp.as_ref().is_some_and(|o| o.ok) {
+            ("tunnel-udp-lost", p.overlay.error.clone())
         } else if !p.overlay.ok {
             ("vxlan-port-unreachable", p.overlay.error.clone())
         } else if !p.overlay_full.ok {
@@ -96,6 +98,7 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
                 "probe-port-unreachable" => "probe-port",
                 "vxlan-port-unreachable" => "vxlan",
                 "ipv6-tunnel" => "ipv6",
+                "tunnel-udp-lost" => "udp",
                 _ => "mtu",
             },
         );
@@ -168,6 +171,15 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
                     format!(
                         "allow UDP {} on {on} (a host firewall, or the network between them, drops it); if it is open, the NIC or hypervisor may corrupt offloaded VXLAN checksums: run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off)",
                         r.vxlan_port
+                    ),
+                ),
+                "tunnel-udp-lost" => (
+                    format!(
+                        "ICMP passes between {from} and {to} through the tunnel, UDP does not: the checksum-offload pattern (a NIC or hypervisor corrupting the offloaded checksums of the pods' UDP and TCP, calico#9433), or a filter of the pods' UDP: {}",
+                        f.detail
+                    ),
+                    format!(
+                        "run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off); if that does not help, look for a rule dropping UDP that arrives through the tunnel on {on}"
                     ),
                 ),
                 "ipv6-tunnel" => (

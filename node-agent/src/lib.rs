@@ -25,6 +25,7 @@ pub mod dns;
 pub mod etcd_follow;
 pub mod etcd_retry;
 pub mod flags;
+pub mod icmp_echo;
 pub mod install_cni;
 pub mod ipam_gc;
 pub mod ipam_service;

@@ -144,6 +144,25 @@ async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
     Err(last)
 }
 
+/// An ICMP echo to `to` as a [`Probe`] (the IP packet of a small echo).
+async fn icmp_probe(to: Ipv4Addr) -> Probe {
+    let size = 20 + 8 + 14;
+    match crate::icmp_echo::echo(to, ATTEMPTS, WAIT).await {
+        Ok(rtt) => Probe {
+            ok: true,
+            size,
+            rtt_micros: Some(rtt.as_micros() as u64),
+            error: String::new(),
+        },
+        Err(error) => Probe {
+            ok: false,
+            size,
+            rtt_micros: None,
+            error,
+        },
+    }
+}
+
 /// What `/doctor` needs: where to find the other nodes, how this one sees
 /// them, its kernel, and the reconciler's resync (`POST /resync`).
 #[derive(Clone)]
@@ -189,6 +208,11 @@ impl Doctor {
                 probe(SocketAddr::from((n.vtep_ip, port)), self.mtu),
                 overlay6,
             );
+            let overlay_icmp = if overlay.ok || !underlay.ok {
+                None
+            } else {
+                Some(icmp_probe(n.vtep_ip).await)
+            };
             PeerProbes {
                 node: name,
                 public_ip: n.public_ip,
@@ -198,6 +222,7 @@ impl Doctor {
                 overlay_full,
                 vtep_ip6,
                 overlay6,
+                overlay_icmp,
             }
         });
         Ok(ProbeReport {
