@@ -80,7 +80,13 @@ pub async fn bind(port: u16) -> std::io::Result<UdpSocket> {
 /// Send a probe of an IP packet of `size` bytes to `to` and wait for its
 /// echo, a few times.
 pub async fn probe(to: SocketAddr, size: u32) -> Probe {
-    match try_probe(to, size).await {
+    outcome(size, try_probe(to, size).await)
+}
+
+/// A probe of an IP packet of `size` bytes as it came out: its round trip,
+/// or why there was no echo.
+fn outcome(size: u32, rtt: Result<Duration, String>) -> Probe {
+    match rtt {
         Ok(rtt) => Probe {
             ok: true,
             size,
@@ -147,20 +153,7 @@ async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
 /// An ICMP echo to `to` as a [`Probe`] (the IP packet of a small echo).
 async fn icmp_probe(to: Ipv4Addr) -> Probe {
     let size = 20 + 8 + 14;
-    match crate::icmp_echo::echo(to, ATTEMPTS, WAIT).await {
-        Ok(rtt) => Probe {
-            ok: true,
-            size,
-            rtt_micros: Some(rtt.as_micros() as u64),
-            error: String::new(),
-        },
-        Err(error) => Probe {
-            ok: false,
-            size,
-            rtt_micros: None,
-            error,
-        },
-    }
+    outcome(size, crate::icmp_echo::echo(to, ATTEMPTS, WAIT).await)
 }
 
 /// What `/doctor` needs: where to find the other nodes, how this one sees

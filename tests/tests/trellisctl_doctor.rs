@@ -32,6 +32,38 @@ fn of_kind(report: &Value, kind: &str) -> Vec<(String, String, String)> {
     found
 }
 
+/// A firewall on `node`: table `table`, dropping what `rule` matches on
+/// its way in.
+fn drop_into(node: &trellis_tests::cluster::Node, table: &str, rule: &str) {
+    for command in [
+        format!("add table inet {table}"),
+        format!("add chain inet {table} in {{ type filter hook input priority -10 ; }}"),
+        format!("add rule inet {table} in {rule} drop"),
+    ] {
+        let mut argv = vec!["nft"];
+        argv.extend(command.split(' '));
+        node.netns.ok(&argv).unwrap();
+    }
+}
+
+/// The (from, to) pairs of findings.
+fn pairs(findings: &[(String, String, String)]) -> Vec<(&str, &str)> {
+    findings
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect()
+}
+
+/// Every pair into and out of node `i`, sorted.
+fn into_and_out_of<'a>(names: &[&'a str], i: usize) -> Vec<(&'a str, &'a str)> {
+    let mut all: Vec<(&str, &str)> = (0..names.len())
+        .filter(|j| *j != i)
+        .flat_map(|j| [(names[j], names[i]), (names[i], names[j])])
+        .collect();
+    all.sort();
+    all
+}
+
 #[test]
 fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
     let cluster = cluster();
@@ -50,30 +82,11 @@ fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
 
     // The seed's firewall: UDP 8472 dropped on the way into the third node.
     let c = &cluster.nodes[2];
-    for rule in [
-        "add table inet doctor-test",
-        "add chain inet doctor-test in { type filter hook input priority -10 ; }",
-        "add rule inet doctor-test in udp dport 8472 drop",
-    ] {
-        let mut argv = vec!["nft"];
-        argv.extend(rule.split(' '));
-        c.netns.ok(&argv).unwrap();
-    }
+    drop_into(c, "doctor-test", "udp dport 8472");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     assert_eq!(code, 1, "{report}");
     let vxlan = of_kind(&report, "vxlan-port-unreachable");
-    let pairs: Vec<(&str, &str)> = vxlan
-        .iter()
-        .map(|(f, t, _)| (f.as_str(), t.as_str()))
-        .collect();
-    let mut want = vec![
-        (names[0], names[2]),
-        (names[1], names[2]),
-        (names[2], names[0]),
-        (names[2], names[1]),
-    ];
-    want.sort();
-    assert_eq!(pairs, want, "{report}");
+    assert_eq!(pairs(&vxlan), into_and_out_of(&names, 2), "{report}");
     for (_, _, remedy) in &vxlan {
         assert!(
             remedy.starts_with(&format!("allow UDP 8472 on {} ", names[2])),
@@ -262,24 +275,12 @@ fn ipv6_lost_in_the_tunnel_while_ipv4_passes_is_named() {
     assert_eq!(probes["overlay6"]["ok"], true, "{probes}");
 
     let c = &cluster.nodes[2];
-    for rule in [
-        "add table inet doctor-test6",
-        "add chain inet doctor-test6 in { type filter hook input priority -10 ; }",
-        "add rule inet doctor-test6 in meta nfproto ipv6 udp dport 8473 drop",
-    ] {
-        let mut argv = vec!["nft"];
-        argv.extend(rule.split(' '));
-        c.netns.ok(&argv).unwrap();
-    }
+    drop_into(c, "doctor-test6", "meta nfproto ipv6 udp dport 8473");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     assert_eq!(code, 1, "{report}");
     let lost = of_kind(&report, "ipv6-tunnel");
-    let pairs: Vec<(&str, &str)> = lost
-        .iter()
-        .map(|(f, t, _)| (f.as_str(), t.as_str()))
-        .collect();
     assert_eq!(
-        pairs,
+        pairs(&lost),
         [(names[0], names[2]), (names[1], names[2])],
         "{report}"
     );
@@ -307,30 +308,11 @@ fn udp_lost_in_the_tunnel_while_icmp_passes_is_the_checksum_pattern() {
     let cluster = cluster();
     let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     let c = &cluster.nodes[2];
-    for rule in [
-        "add table inet doctor-udp",
-        "add chain inet doctor-udp in { type filter hook input priority -10 ; }",
-        "add rule inet doctor-udp in iifname \"trellis.1\" meta l4proto udp drop",
-    ] {
-        let mut argv = vec!["nft"];
-        argv.extend(rule.split(' '));
-        c.netns.ok(&argv).unwrap();
-    }
+    drop_into(c, "doctor-udp", "iifname \"trellis.1\" meta l4proto udp");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     assert_eq!(code, 1, "{report}");
     let lost = of_kind(&report, "tunnel-udp-lost");
-    let pairs: Vec<(&str, &str)> = lost
-        .iter()
-        .map(|(f, t, _)| (f.as_str(), t.as_str()))
-        .collect();
-    let mut want = vec![
-        (names[0], names[2]),
-        (names[1], names[2]),
-        (names[2], names[0]),
-        (names[2], names[1]),
-    ];
-    want.sort();
-    assert_eq!(pairs, want, "{report}");
+    assert_eq!(pairs(&lost), into_and_out_of(&names, 2), "{report}");
     for (_, _, remedy) in &lost {
         assert!(
             remedy.starts_with(&format!(
