@@ -39,6 +39,16 @@ pub struct ClusterConfig {
         skip_serializing_if = "is_default_ipv6_subnet_len"
     )]
     pub ipv6_subnet_len: u8,
+    /// Route straight to the nodes whose public address is on a subnet of
+    /// this node's underlay interface (via that address, no VXLAN), and
+    /// over VXLAN to the others (flannel's DirectRouting, Calico's
+    /// VXLANCrossSubnet). The agents follow it without a restart.
+    #[serde(
+        default,
+        rename = "directRouting",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub direct_routing: bool,
 }
 
 fn default_ipv6_subnet_len() -> u8 {
@@ -243,6 +253,18 @@ mod tests {
         assert_eq!(v["ipv6Network"], "fd10:244::/56");
         assert!(v.get("ipv6SubnetLen").is_none());
         let v4 = ClusterConfig::parse(br#"{"network":"10.244.0.0/16"}"#).unwrap();
+        assert!(!v4.direct_routing);
+        assert!(serde_json::to_value(&v4)
+            .unwrap()
+            .get("directRouting")
+            .is_none());
+        let direct =
+            ClusterConfig::parse(br#"{"network":"10.244.0.0/16","directRouting":true}"#).unwrap();
+        assert!(direct.direct_routing);
+        assert_eq!(
+            serde_json::to_value(&direct).unwrap()["directRouting"],
+            true
+        );
         assert!(serde_json::to_value(&v4)
             .unwrap()
             .get("ipv6Network")

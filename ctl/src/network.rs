@@ -36,6 +36,10 @@ pub struct CreateArgs {
     /// The length of each node's IPv6 subnet (default 64).
     #[arg(long)]
     pub ipv6_subnet_len: Option<u8>,
+    /// Route straight (no VXLAN) to the nodes on this node's underlay
+    /// subnet, as the cluster config's `directRouting` does.
+    #[arg(long)]
+    pub direct_routing: bool,
 }
 
 /// Writes that lost a race with another writer are tried again this often.
@@ -167,6 +171,9 @@ fn record_of(
     }
     if args.internal {
         value["internal"] = json!(true);
+    }
+    if args.direct_routing {
+        value["directRouting"] = json!(true);
     }
     let record = NetworkRecord::parse(&args.name, value.to_string().as_bytes())?;
     // Stored with every field spelled out (defaults included), so that the

@@ -581,6 +581,7 @@ mod tests {
             port: 8472,
             ipv6_network: None,
             ipv6_subnet_len: 64,
+            direct_routing: false,
         }
     }
 

@@ -341,6 +341,7 @@ pub(crate) mod tests {
             port: 8472,
             ipv6_network: None,
             ipv6_subnet_len: 64,
+            direct_routing: false,
         };
         let underlay = underlay(7, 1500);
         let n = NodeNetwork::new(

@@ -175,6 +175,7 @@ mod tests {
             port: 4789,
             ipv6_network: None,
             ipv6_subnet_len: 64,
+            direct_routing: false,
         }
     }
 

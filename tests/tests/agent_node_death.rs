@@ -28,6 +28,7 @@ fn spec(grace: &str) -> ClusterSpec {
             port: 8472,
             ipv6_network: None,
             ipv6_subnet_len: 64,
+            direct_routing: false,
         },
         agent_args: [
             "--lease-ttl",
