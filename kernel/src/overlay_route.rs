@@ -15,13 +15,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 impl Netlink {
     /// The unicast routes (IPv4, then IPv6) of the main table that leave through
-    /// `ifindex` or through one of `nexthops` (the device's nexthop
+    /// one of `devices` or through one of `nexthops` (the devices' nexthop
     /// objects: a route through one carries no device when the kernel's
     /// `nexthop_compat_mode` is off), from one dump; routes the kernel made
     /// itself are left out.
-    pub async fn routes_on_device(
+    pub async fn routes_on_devices(
         &self,
-        ifindex: u32,
+        devices: &[u32],
         nexthops: &HashSet<u32>,
     ) -> Result<Vec<Route>> {
         let _turn = self.dump_turn().await;
@@ -43,7 +43,7 @@ impl Netlink {
                 }
                 out.extend(Route::from_message(&msg).filter(|r| {
                     r.table == MAIN_TABLE
-                        && (r.oif == Some(ifindex)
+                        && (r.oif.is_some_and(|oif| devices.contains(&oif))
                             || r.nexthop.is_some_and(|id| nexthops.contains(&id)))
                 }));
             }
@@ -63,7 +63,7 @@ impl Netlink {
             .map_err(KernelError::netlink(format!("setting route {}", route.dst)))
     }
 
-    /// Remove `route` as found by [`Netlink::routes_on_device`], whoever
+    /// Remove `route` as found by [`Netlink::routes_on_devices`], whoever
     /// made it (any protocol, scope and type, as `ip route del` matches); a
     /// route already gone is not an error.
     pub async fn delete_route(&self, route: &Route) -> Result<()> {

@@ -104,7 +104,11 @@ async fn counts(nl: &Netlink, ifindex: u32) -> (usize, usize, usize, usize) {
         .iter()
         .map(|n| n.id)
         .collect();
-    let r = nl.routes_on_device(ifindex, &nexthops).await.unwrap().len();
+    let r = nl
+        .routes_on_devices(&[ifindex], &nexthops)
+        .await
+        .unwrap()
+        .len();
     (f, n, r, nexthops.len())
 }
 

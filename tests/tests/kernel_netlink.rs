@@ -56,10 +56,11 @@ fn concurrent_dumps_on_one_socket_all_succeed() {
         let lo = nl.link_by_name("br0").await.unwrap().unwrap().index;
         let vx = nl.link_by_name("vx").await.unwrap().unwrap().index;
         let none = std::collections::HashSet::new();
+        let devices = [lo];
         for round in 0..20 {
             let (links, routes, neigh, fdb, addrs) = futures::join!(
                 nl.links(),
-                nl.routes_on_device(lo, &none),
+                nl.routes_on_devices(&devices, &none),
                 nl.neighbours_on(lo),
                 nl.fdb_entries(vx),
                 nl.addresses(lo),
@@ -139,7 +140,7 @@ fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
         // A route through it, as the kernel reports it.
         let route = Route::to("10.244.2.0/24".parse().unwrap()).nexthop(nh.id);
         nl.replace_route(&route).await.unwrap();
-        let routes = nl.routes_on_device(vx, &[nh.id].into()).await.unwrap();
+        let routes = nl.routes_on_devices(&[vx], &[nh.id].into()).await.unwrap();
         assert_eq!(routes.len(), 1, "{routes:?}");
         assert_eq!(routes[0].nexthop, Some(nh.id));
         assert_eq!(routes[0].gateway, Some(gw.into()));
@@ -156,7 +157,7 @@ fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
         };
         nl.replace_nexthop(&moved).await.unwrap();
         assert_eq!(nl.nexthops_on_device(vx).await.unwrap(), vec![moved]);
-        let routes = nl.routes_on_device(vx, &[nh.id].into()).await.unwrap();
+        let routes = nl.routes_on_devices(&[vx], &[nh.id].into()).await.unwrap();
         assert_eq!(routes[0].gateway, Some(moved.gateway));
         // A route to a missing nexthop is refused with the kernel's error.
         let err = nl
@@ -168,7 +169,7 @@ fn nexthops_are_made_read_replaced_and_deleted_with_their_routes() {
         nl.delete_nexthop(nh.id).await.unwrap();
         assert!(nl.nexthops_on_device(vx).await.unwrap().is_empty());
         assert!(nl
-            .routes_on_device(vx, &[nh.id].into())
+            .routes_on_devices(&[vx], &[nh.id].into())
             .await
             .unwrap()
             .is_empty());
