@@ -14,8 +14,9 @@ use crate::node_network::{resolve_underlay, NodeNetwork, NodeNetworkError};
 use crate::node_table::NodeTables;
 use crate::overlay::{KernelDataplane, Reconciler};
 use crate::registry::{self, LocalView, RegistryChannels};
-use crate::{dead_nodes, deleted_nodes, etcd_follow, ipam_gc, node_table, probe, status_server};
+use crate::{config_follow, dead_nodes, deleted_nodes, etcd_follow, ipam_gc};
 use crate::{network_runner, networks};
+use crate::{node_table, probe, status_server};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,6 +226,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (own_tx, own_rx) = watch::channel(None);
     let view = LocalView::of(&net);
     let resync_now = Arc::new(tokio::sync::Notify::new());
+    let (direct_tx, direct) = watch::channel(config.direct_routing);
     if args.probe_port != 0 {
         let _ = doctor.set(probe::Doctor {
             etcd: client.clone(),
@@ -235,6 +237,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             mtu: net.vxlan.mtu,
             nl: nl.clone(),
             vxlan_device: net.vxlan.name.clone(),
+            underlay: net.vxlan.underlay_index,
+            direct: direct.clone(),
+            pod_networks: net.cluster_networks(),
             resync: resync_now.clone(),
             cni_conf: args.cni_conf_dir.clone().map(|dir| {
                 let expected = crate::install_cni::conf_dir::Expected {
@@ -257,13 +262,25 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     // The reconciler ensures the device again before each pass.
-    let dataplane = KernelDataplane::new(nl.clone(), net.clone());
+    let dataplane = KernelDataplane::new(nl.clone(), net.clone(), direct);
     let reconciler = tokio::spawn(Reconciler::new(dataplane, metrics.clone()).run(
         updates_rx,
         Duration::from_secs(args.resync_interval.max(1)),
-        resync_now,
+        resync_now.clone(),
     ));
-    let mut background = vec![registry, reconciler];
+    let mut following_config = config_follow::ConfigFollower {
+        key: keys.config(),
+        running: config.clone(),
+        direct: direct_tx,
+        resync: resync_now,
+        pending: None,
+    };
+    let (etcd, prefix, follow_metrics) = (client.clone(), keys.config(), metrics.clone());
+    let config_task = tokio::spawn(async move {
+        let what = "cluster config";
+        etcd_follow::follow(etcd, prefix, what, &mut following_config, follow_metrics).await
+    });
+    let mut background = vec![registry, reconciler, config_task];
     if let Some(dns) = &dns {
         let mut following = names::Following {
             keys: keys.clone(),

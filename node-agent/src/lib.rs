@@ -4,12 +4,13 @@
 //! - [`lease`]: the node subnet, leased in etcd; [`membership`] keeps the
 //!   lease alive and the node record published.
 //! - [`node_network`]: this node's VXLAN device and bridge.
-//! - [`registry`]: every node record, followed ([`etcd_follow`]).
+//! - [`registry`]: every node record, followed ([`etcd_follow`]);
+//!   [`config_follow`]: the cluster config, followed (direct routing).
 //! - [`names`]: the containers' names, followed; [`dns`] answers them.
 //! - [`networks`]: the named networks, followed and judged;
 //!   [`network_runner`] serves them on this node.
-//! - [`overlay`]: FDB, neighbour and route entries for the remote nodes,
-//!   desired vs actual, reconciled.
+//! - [`overlay`]: FDB, neighbour and route entries for the remote nodes
+//!   (and direct routes over the underlay), desired vs actual, reconciled.
 //! - [`node_table`] (masquerade, untracked tunnel packets), [`ipam_gc`], [`metrics`] + [`status_server`].
 //! - [`deleted_nodes`] (with `--kubernetes`, over [`kube_api`]): nodes
 //!   Kubernetes deleted leave trellis ([`departure`], also `cleanup --release`).
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cleanup;
+pub mod config_follow;
 pub mod dead_nodes;
 pub mod deleted_nodes;
 pub mod departure;

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub remote_nodes: Gauge,
     /// FDB + neighbour + route entries in place after the last reconcile.
     pub entries_programmed: Gauge,
+    /// Routes to remote subnets straight over the underlay (direct
+    /// routing), of the entries above.
+    pub direct_routes: Gauge,
     pub reconciles: Counter,
     pub reconcile_errors: Counter,
     pub failed_writes: Counter,
@@ -121,6 +124,12 @@ impl Metrics {
             "gauge",
             "FDB, neighbour and route entries programmed for remote nodes.",
             self.entries_programmed.get().to_string(),
+        );
+        metric(
+            "trellis_agent_direct_routes",
+            "gauge",
+            "Routes to remote node subnets over the underlay, unencapsulated (direct routing).",
+            self.direct_routes.get().to_string(),
         );
         metric(
             "trellis_agent_reconciles_total",
@@ -198,7 +207,7 @@ impl Metrics {
         if networks.is_empty() {
             return;
         }
-        let figures: [NetworkFigure; 6] = [
+        let figures: [NetworkFigure; 7] = [
             (
                 "trellis_agent_network_remote_nodes",
                 "gauge",
@@ -210,6 +219,12 @@ impl Metrics {
                 "gauge",
                 "FDB, neighbour and route entries programmed on the named network's VXLAN device.",
                 |m| m.entries_programmed.get(),
+            ),
+            (
+                "trellis_agent_network_direct_routes",
+                "gauge",
+                "Routes to the named network's remote subnets over the underlay (direct routing).",
+                |m| m.direct_routes.get(),
             ),
             (
                 "trellis_agent_network_reconciles_total",

@@ -8,18 +8,19 @@
 //! MTU too low for the pods.
 
 use crate::install_cni::conf_dir;
-use crate::overlay::dataplane::read_overlay;
-use crate::overlay::{plan, DesiredOverlay, Op};
+use crate::overlay::dataplane::{read_overlay, read_underlay};
+use crate::overlay::{plan, DesiredOverlay, Op, Paths};
 use crate::registry::LocalView;
 use etcd_client::GetOptions;
 use futures::StreamExt;
+use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
@@ -107,13 +108,13 @@ async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
         SocketAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
     };
+    // Not connected: a node reached by a direct route answers a probe of
+    // its VTEP address from the address the kernel picks towards this node
+    // (its public one), so the echo is known by its port and payload (this
+    // socket's port is this probe's alone), not by its source address.
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| format!("binding a probe socket: {e}"))?;
-    socket
-        .connect(to)
-        .await
-        .map_err(|e| format!("no route to {to}: {e}"))?;
     // IPv6's header is 20 bytes longer than IPv4's.
     let headers = if to.is_ipv4() { HEADERS } else { HEADERS + 20 };
     let len = size.saturating_sub(headers).max(8) as usize;
@@ -124,26 +125,27 @@ async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
     for seq in 0..ATTEMPTS {
         payload[4..8].copy_from_slice(&seq.to_be_bytes());
         let sent = Instant::now();
-        if let Err(e) = socket.send(&payload).await {
-            last = format!("sending: {e}");
+        if let Err(e) = socket.send_to(&payload, to).await {
+            last = format!("sending to {to}: {e}");
             continue;
         }
         let deadline = sent + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, socket.recv(&mut echo)).await {
+            match tokio::time::timeout(left, socket.recv_from(&mut echo)).await {
                 Err(_) => {
                     last = format!("no echo within {WAIT:?}, {ATTEMPTS} tries");
                     break;
                 }
-                // An ICMP error (port unreachable) shows as a failed receive.
                 Ok(Err(e)) => {
                     last = e.to_string();
                     tokio::time::sleep(left.min(Duration::from_millis(50))).await;
                     break;
                 }
-                Ok(Ok(n)) if echo[..n] == payload[..] => return Ok(sent.elapsed()),
-                Ok(Ok(_)) => continue, // an echo of an earlier try
+                Ok(Ok((n, from))) if from.port() == to.port() && echo[..n] == payload[..] => {
+                    return Ok(sent.elapsed())
+                }
+                Ok(Ok(_)) => continue, // an echo of an earlier try, or a stranger
             }
         }
     }
@@ -168,6 +170,13 @@ pub struct Doctor {
     pub mtu: u32,
     pub nl: Netlink,
     pub vxlan_device: String,
+    /// The underlay device's index, where direct routes leave.
+    pub underlay: u32,
+    /// Direct routing on or off, as the agent follows it.
+    pub direct: watch::Receiver<bool>,
+    /// The pod networks (the routes into them on the underlay device are
+    /// the overlay's).
+    pub pod_networks: Vec<IpNetwork>,
     pub resync: Arc<Notify>,
     /// The runtime's CNI config directory and what it must say.
     pub cni_conf: Option<(PathBuf, conf_dir::Expected)>,
@@ -283,10 +292,29 @@ impl Doctor {
                 ));
             }
         }
-        match read_overlay(&self.nl, link.index).await {
+        let direct = *self.direct.borrow();
+        let underlay = match read_underlay(&self.nl, self.underlay, direct).await {
+            Ok(underlay) => underlay,
+            Err(e) => {
+                drift.push(format!("cannot read the underlay device: {e}"));
+                return drift;
+            }
+        };
+        let read = read_overlay(
+            &self.nl,
+            link.index,
+            Some(underlay.ifindex),
+            &self.pod_networks,
+        );
+        match read.await {
             Err(e) => drift.push(format!("cannot read the entries of {dev}: {e}")),
             Ok((actual, style)) => {
-                let p = plan(desired, &actual, style);
+                let paths = Paths {
+                    style,
+                    vxlan: link.index,
+                    underlay: Some(underlay),
+                };
+                let p = plan(desired, &actual, &paths);
                 drift.extend(p.phases().into_iter().flatten().map(describe));
             }
         }
@@ -307,6 +335,9 @@ fn describe(op: &Op) -> String {
         Op::SetFdb { mac, dst } => format!("FDB entry {mac} -> {dst} missing or different"),
         Op::SetNeighbour { ip, mac } => format!("neighbour {ip} -> {mac} missing or different"),
         Op::SetRoute { dst, via } => format!("route to {dst} via {via} missing or different"),
+        Op::SetDirectRoute { dst, via } => {
+            format!("direct route to {dst} via {via} on the underlay missing or different")
+        }
     }
 }
 

@@ -5,16 +5,18 @@
 //! plan the way the kernel applies it yields exactly the desired entries,
 //! a second plan is empty, and no entry that is already right is touched;
 //! with routes through nexthop objects and with gateway routes alike, for
-//! IPv4-only and dual-stack nodes mixed.
+//! IPv4-only and dual-stack nodes mixed, with direct routing off and on
+//! (some nodes on the underlay's subnets, routes on both devices).
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_agent::overlay::desired::vtep_ip_of;
-use trellis_agent::overlay::plan::{nexthop_id, overlay_nexthop};
+use trellis_agent::overlay::paths::{nexthop_id, overlay_nexthop, style_of};
 use trellis_agent::overlay::{
-    plan, ActualOverlay, DesiredOverlay, Op, Plan, Remote6, RemoteNode, RouteStyle,
+    plan, ActualOverlay, DesiredOverlay, Hop, Op, Paths, Plan, Remote6, RemoteNode, RouteStyle,
+    Underlay,
 };
 use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
@@ -22,6 +24,8 @@ use trellis_kernel::{MacAddr, Nexthop, Route};
 
 /// The VXLAN device's index in these states.
 const IFINDEX: u32 = 7;
+/// The underlay device's.
+const UNDERLAY: u32 = 2;
 
 /// Node `i`'s subnet, 10.244.i.0/24.
 fn subnet(i: u8) -> Ipv4Network {
@@ -135,6 +139,7 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
             any::<bool>(),
             prop::sample::select(vec![None, Some(0), Some(100)]),
             prop::option::weighted(0.5, prop::sample::select(ips.clone())),
+            any::<bool>(),
         ),
         0..16,
     );
@@ -156,13 +161,14 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
             }
         }
         let mut seen = BTreeSet::new();
-        for (dst, via, onlink, metric, nexthop) in routes {
+        for (dst, via, onlink, metric, nexthop, on_underlay) in routes {
             if seen.insert((dst, metric.unwrap_or(0))) {
-                let mut r = Route::to(dst).dev(IFINDEX);
+                // A route on the underlay device is a direct one (no nexthop).
+                let mut r = Route::to(dst).dev(if on_underlay { UNDERLAY } else { IFINDEX });
                 r.gateway = via;
                 r.onlink = onlink;
                 r.metric = metric;
-                r.nexthop = nexthop.map(nexthop_id);
+                r.nexthop = nexthop.filter(|_| !on_underlay).map(nexthop_id);
                 a.routes.push(r);
             }
         }
@@ -195,29 +201,58 @@ fn actual_strategy(palette: Palette) -> impl Strategy<Value = ActualOverlay> {
     })
 }
 
-fn case() -> impl Strategy<Value = (DesiredOverlay, ActualOverlay, RouteStyle)> {
+/// Both route styles; direct routing off, or on with the underlay on one
+/// or two of the subnets the nodes' public addresses are drawn from.
+fn paths_strategy() -> impl Strategy<Value = Paths> {
+    let direct: Vec<Vec<IpNetwork>> = vec![
+        vec![],
+        vec!["192.0.2.0/24".parse().unwrap()],
+        vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "192.0.3.0/24".parse().unwrap(),
+        ],
+    ];
+    (
+        prop::sample::select(vec![RouteStyle::Nexthop, RouteStyle::Gateway]),
+        prop::sample::select(direct),
+    )
+        .prop_map(|(style, direct)| Paths {
+            style,
+            vxlan: IFINDEX,
+            underlay: Some(Underlay {
+                ifindex: UNDERLAY,
+                direct,
+            }),
+        })
+}
+
+fn case() -> impl Strategy<Value = (DesiredOverlay, ActualOverlay, Paths)> {
     desired_strategy().prop_flat_map(|d| {
         let palette = Palette::of(&d);
-        (
-            Just(d),
-            actual_strategy(palette),
-            prop::sample::select(vec![RouteStyle::Nexthop, RouteStyle::Gateway]),
-        )
+        (Just(d), actual_strategy(palette), paths_strategy())
     })
 }
 
-/// The state after the kernel applied `plan` to `actual`: removals first
+/// The state after the kernel applied `plan` to `actual`, phase by phase
 /// (the kernel model is `ActualOverlay::apply`).
-fn apply(actual: &ActualOverlay, plan: &Plan, style: RouteStyle) -> ActualOverlay {
+fn apply(actual: &ActualOverlay, plan: &Plan, paths: &Paths) -> ActualOverlay {
     let mut a = actual.clone();
     for op in plan.phases().into_iter().flatten() {
-        a.apply(op, style, IFINDEX);
+        a.apply(op, paths);
     }
     a
 }
 
-/// A route as compared: destination, gateway, onlink, metric, nexthop.
-type RouteKey = (IpNetwork, Option<IpAddr>, bool, u32, Option<u32>);
+/// A route as compared: destination, gateway, device, onlink, metric,
+/// nexthop.
+type RouteKey = (
+    IpNetwork,
+    Option<IpAddr>,
+    Option<u32>,
+    bool,
+    u32,
+    Option<u32>,
+);
 
 /// The entries of the desired state, and of a kernel state, compared as
 /// sets of what matters: FDB (MAC, destination), neighbours (address, MAC,
@@ -230,7 +265,14 @@ type Entries = (
 );
 
 fn route_key(r: &Route) -> RouteKey {
-    (r.dst, r.gateway, r.onlink, r.metric.unwrap_or(0), r.nexthop)
+    (
+        r.dst,
+        r.gateway,
+        r.oif,
+        r.onlink,
+        r.metric.unwrap_or(0),
+        r.nexthop,
+    )
 }
 
 fn entries_of(a: &ActualOverlay) -> Entries {
@@ -247,26 +289,55 @@ fn entries_of(a: &ActualOverlay) -> Entries {
     )
 }
 
-fn wanted(d: &DesiredOverlay, style: RouteStyle) -> Entries {
-    entries_of(&ActualOverlay::after(d, IFINDEX, style))
+fn wanted(d: &DesiredOverlay, paths: &Paths) -> Entries {
+    entries_of(&ActualOverlay::after(d, paths))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn applying_the_plan_to_any_state_yields_the_desired_one((desired, actual, style) in case()) {
-        let p = plan(&desired, &actual, style);
-        let after = apply(&actual, &p, style);
-        prop_assert_eq!(entries_of(&after), wanted(&desired, style), "plan {:#?}", p);
-        let again = plan(&desired, &after, style);
+    fn applying_the_plan_to_any_state_yields_the_desired_one((desired, actual, paths) in case()) {
+        let p = plan(&desired, &actual, &paths);
+        let after = apply(&actual, &p, &paths);
+        prop_assert_eq!(entries_of(&after), wanted(&desired, &paths), "plan {:#?}", p);
+        let again = plan(&desired, &after, &paths);
         prop_assert!(again.is_empty(), "second plan {:#?}", again);
     }
 
+    /// A subnet reached directly has its route on the underlay device and
+    /// never anything on the VXLAN device; a node reached only directly
+    /// has no FDB entry either.
     #[test]
-    fn entries_already_right_are_left_alone((desired, actual, style) in case()) {
-        let p = plan(&desired, &actual, style);
-        let want = wanted(&desired, style);
+    fn direct_nodes_leave_the_vxlan_device_alone((desired, _actual, paths) in case()) {
+        let after = ActualOverlay::after(&desired, &paths);
+        for node in desired.nodes.values() {
+            let hops: Vec<(IpNetwork, Hop)> = paths.hops(node).collect();
+            for (dst, hop) in &hops {
+                let route = after.routes.iter().find(|r| r.dst == *dst).unwrap();
+                match hop {
+                    Hop::Direct(via) => {
+                        prop_assert_eq!((route.oif, route.gateway), (Some(UNDERLAY), Some(*via)));
+                        prop_assert_eq!(*via, node.public_ip);
+                    }
+                    Hop::Overlay(via) => {
+                        prop_assert_eq!(route.gateway, Some(*via));
+                        prop_assert!(after.neighbours.iter().any(|n| n.ip == *via));
+                    }
+                }
+            }
+            let fdb = after.fdb.iter().any(|e| e.mac == node.vtep_mac);
+            let direct_v4 = matches!(hops[0].1, Hop::Direct(_));
+            prop_assert_eq!(direct_v4, paths.underlay.as_ref().unwrap().direct.iter().any(|s| s.contains(node.public_ip)));
+            prop_assert_eq!(fdb, hops.iter().any(|(_, h)| matches!(h, Hop::Overlay(_))));
+        }
+    }
+
+    #[test]
+    fn entries_already_right_are_left_alone((desired, actual, paths) in case()) {
+        let style = paths.style;
+        let p = plan(&desired, &actual, &paths);
+        let want = wanted(&desired, &paths);
         // The right entries of `actual`, each counted once (a duplicate
         // route of the same path may go).
         for op in p.removals.iter().chain(&p.nexthop_removals) {
@@ -286,14 +357,17 @@ proptest! {
             }
         }
         let before = entries_of(&actual);
-        for op in &p.additions {
+        for op in p.direct.iter().chain(&p.additions) {
             let already = match op {
                 Op::SetFdb { mac, dst } => before.0.contains(&(*mac, Some(*dst))),
                 Op::SetNeighbour { ip, mac } => before.1.get(ip) == Some(&(Some(*mac), true)),
+                Op::SetDirectRoute { dst, via } => {
+                        before.2.contains(&route_key(&paths.route(*dst, Hop::Direct(*via))))
+                }
                 Op::SetRoute { dst, via } => {
-                    let route = trellis_agent::overlay::plan::overlay_route(style, IFINDEX, *dst, *via);
+                    let route = paths.route(*dst, Hop::Overlay(*via));
                     before.2.contains(&route_key(&route))
-                        && match (style, via) {
+                        && match (style_of(style, *via), via) {
                             (RouteStyle::Nexthop, IpAddr::V4(v4)) => {
                                 before.3.contains(&overlay_nexthop(IFINDEX, *v4))
                             }
@@ -316,11 +390,11 @@ proptest! {
     fn a_delta_plan_yields_the_new_state(
         old in desired_strategy(),
         new in desired_strategy(),
-        style in prop::sample::select(vec![RouteStyle::Nexthop, RouteStyle::Gateway]),
+        paths in paths_strategy(),
     ) {
         let (was, now) = old.delta(&new);
-        let p = plan(&now, &ActualOverlay::after(&was, IFINDEX, style), style);
-        let after = apply(&ActualOverlay::after(&old, IFINDEX, style), &p, style);
-        prop_assert_eq!(entries_of(&after), wanted(&new, style), "plan {:#?}", p);
+        let p = plan(&now, &ActualOverlay::after(&was, &paths), &paths);
+        let after = apply(&ActualOverlay::after(&old, &paths), &p, &paths);
+        prop_assert_eq!(entries_of(&after), wanted(&new, &paths), "plan {:#?}", p);
     }
 }

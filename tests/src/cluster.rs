@@ -93,6 +93,16 @@ pub struct ClusterSpec {
     /// [`UNDERLAY_GATEWAY`]) or 3 (see [`crate::etcd_cluster`]); every
     /// agent and conflist is given every member.
     pub etcd_members: usize,
+    /// Nodes (by index) behind a router rather than on the underlay
+    /// bridge: node `i` on a link of its own to the underlay namespace,
+    /// which routes, as 198.18.<i+1>.1/24 (see [`routed_ip`]). IPv4 only.
+    pub routed: Vec<usize>,
+}
+
+/// The underlay address of node `index` placed behind the router
+/// ([`ClusterSpec::routed`]); the router's is 198.18.<index+1>.254.
+pub fn routed_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, (index + 1) as u8, 1)
 }
 
 impl Default for ClusterSpec {
@@ -106,6 +116,7 @@ impl Default for ClusterSpec {
                 port: 8472,
                 ipv6_network: None,
                 ipv6_subnet_len: 64,
+                direct_routing: false,
             },
             etcd_prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_owned(),
             ip_masq: true,
@@ -119,6 +130,7 @@ impl Default for ClusterSpec {
             etcd_members: 1,
             underlay6: false,
             tunnel6: false,
+            routed: Vec::new(),
         }
     }
 }
@@ -159,7 +171,7 @@ pub struct Node {
     /// The node name (`node1`, `node2`, ...), as registered in etcd.
     pub name: String,
     pub netns: Netns,
-    /// Its address on the underlay, 192.0.2.<index+1>.
+    /// Its address on the underlay, 192.0.2.<index+1> (or [`routed_ip`]).
     pub underlay_ip: Ipv4Addr,
     /// Its IPv6 underlay address, 2001:db8:2::<index+1> (with
     /// [`ClusterSpec::underlay6`]).
@@ -434,15 +446,21 @@ impl Cluster {
             "eth0",
             Some(v4net(OUTSIDE_IP, 24)),
         )?;
-        // Back to the underlay, not to the pod network.
-        outside.ok(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            &OUTSIDE_GATEWAY.to_string(),
-        ])?;
+        // Back to the underlay (and the routed nodes' links), not to the
+        // pod network.
+        for back in ["192.0.2.0/24", "198.18.0.0/16"] {
+            outside.ok(&[
+                "ip",
+                "route",
+                "add",
+                back,
+                "via",
+                &OUTSIDE_GATEWAY.to_string(),
+            ])?;
+        }
+        if !spec.routed.is_empty() && spec.underlay6 {
+            bail!("routed nodes have no IPv6 underlay");
+        }
         if spec.underlay6 {
             underlay.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
             underlay.add_addr("br0", v6net(UNDERLAY6_GATEWAY, 64))?;
@@ -497,29 +515,33 @@ impl Cluster {
 
     fn make_node(&self, index: usize) -> Result<Node> {
         let name = format!("node{}", index + 1);
-        let underlay_ip = Ipv4Addr::new(192, 0, 2, (index + 1) as u8);
         let netns = self.spec.netns(&name)?;
-        attach_to_bridge(
-            &self.underlay,
-            "br0",
-            &format!("n{}", index + 1),
-            &netns,
-            "eth0",
-            None,
-        )?;
+        let port = format!("n{}", index + 1);
+        let (underlay_ip, gateway) = if self.spec.routed.contains(&index) {
+            // Its own link to the underlay namespace, which routes.
+            let ip = routed_ip(index);
+            let router = Ipv4Addr::new(198, 18, (index + 1) as u8, 254);
+            veth_pair(
+                &self.underlay,
+                &port,
+                Some(v4net(router, 24)),
+                &netns,
+                "eth0",
+                None,
+            )?;
+            netns.add_addr("eth0", v4net(ip, 24))?;
+            (ip, router)
+        } else {
+            let ip = Ipv4Addr::new(192, 0, 2, (index + 1) as u8);
+            attach_to_bridge(&self.underlay, "br0", &port, &netns, "eth0", None)?;
+            netns.add_addr("eth0", v4net(ip, UNDERLAY_PREFIX))?;
+            (ip, UNDERLAY_GATEWAY)
+        };
         let mtu = self.spec.underlay_mtu.to_string();
         self.underlay
-            .ok(&["ip", "link", "set", &format!("n{}", index + 1), "mtu", &mtu])?;
+            .ok(&["ip", "link", "set", &port, "mtu", &mtu])?;
         netns.ok(&["ip", "link", "set", "eth0", "mtu", &mtu])?;
-        netns.add_addr("eth0", v4net(underlay_ip, UNDERLAY_PREFIX))?;
-        netns.ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &UNDERLAY_GATEWAY.to_string(),
-        ])?;
+        netns.ok(&["ip", "route", "add", "default", "via", &gateway.to_string()])?;
         let underlay_ip6 = self
             .spec
             .underlay6

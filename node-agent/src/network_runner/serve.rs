@@ -132,7 +132,9 @@ async fn serve_once(
         },
         metrics.clone(),
     );
-    let dataplane = KernelDataplane::new(ctx.nl.clone(), net.clone());
+    // A record that changes is served again: direct routing as it says.
+    let direct = watch::channel(config.direct_routing).1;
+    let dataplane = KernelDataplane::new(ctx.nl.clone(), net.clone(), direct);
     let reconciler = Reconciler::new(dataplane, metrics.clone()).run(
         updates_rx,
         ctx.resync,

@@ -1,11 +1,14 @@
 //! Where plans are applied: the kernel (one rtnetlink socket, many requests
 //! in flight) or, in unit tests, a fake.
 
-use super::plan::{overlay_nexthop, overlay_route, style_of, ActualOverlay, Op, RouteStyle};
+use super::paths::{overlay_nexthop, style_of, Hop, Paths, RouteStyle, Underlay};
+use super::plan::{ActualOverlay, Op};
 use crate::node_network::NodeNetwork;
 use futures::StreamExt;
+use ipnetwork::IpNetwork;
 use std::future::Future;
 use std::net::IpAddr;
+use tokio::sync::watch;
 use trellis_kernel::{KernelError, Netlink};
 
 /// Requests kept in flight on the netlink socket while applying a plan.
@@ -14,63 +17,93 @@ pub const IN_FLIGHT: usize = 128;
 /// The overlay's kernel state, as the reconciler needs it.
 pub trait Dataplane: Send {
     /// Make sure the VXLAN device is there (re-creating it when it vanished
-    /// or changed); `true` when it had to be made.
+    /// or changed), and read what the routes depend on (the underlay's
+    /// subnets, with direct routing); `true` when the device had to be made.
     fn ensure_device(&mut self) -> impl Future<Output = Result<bool, KernelError>> + Send;
 
-    /// The entries on the VXLAN device, one dump per kind.
+    /// The entries for remote nodes, one dump per kind.
     fn dump(&mut self) -> impl Future<Output = Result<ActualOverlay, KernelError>> + Send;
 
     /// Apply `ops` (in any order among themselves); the ones that failed.
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = Vec<(Op, KernelError)>> + Send;
 
-    /// The VXLAN device's index, as the last `ensure_device` found it.
-    fn device_index(&self) -> u32;
-
-    /// How routes are written: through nexthop objects unless the last
-    /// dump found the kernel without them.
-    fn route_style(&self) -> RouteStyle;
+    /// Where routes leave, as the last `ensure_device` and `dump` found
+    /// it: the devices, the route style (through nexthop objects unless
+    /// the last dump found the kernel without them), the direct subnets.
+    fn paths(&self) -> &Paths;
 }
 
-/// The real dataplane: this node's VXLAN device.
+/// The real dataplane: this node's VXLAN device and its underlay device.
 pub struct KernelDataplane {
     nl: Netlink,
     /// What the device must look like (it makes it again when it vanished).
     node: NodeNetwork,
-    /// The VXLAN device's index, as `ensure_device` (which every pass
-    /// starts with) last found it.
-    ifindex: u32,
-    style: RouteStyle,
+    /// Direct routing on or off, as the cluster config says now.
+    direct: watch::Receiver<bool>,
+    paths: Paths,
 }
 
 impl KernelDataplane {
-    pub fn new(nl: Netlink, node: NodeNetwork) -> Self {
+    pub fn new(nl: Netlink, node: NodeNetwork, direct: watch::Receiver<bool>) -> Self {
         KernelDataplane {
             nl,
             node,
-            ifindex: 0,
-            style: RouteStyle::Nexthop,
+            direct,
+            paths: Paths::overlay(RouteStyle::Nexthop, 0),
         }
     }
 }
 
-/// What the VXLAN device `ifindex` holds, one dump of each kind (nothing
-/// is written), and how the kernel can take routes: through nexthop
-/// objects, or (EOPNOTSUPP before Linux 5.3) with gateways.
-pub async fn read_overlay(
+/// The underlay device `ifindex` as the plan needs it: with `direct`
+/// routing on, the subnets of its addresses (IPv6 link-local ones left
+/// out: no node's public address is link-local).
+pub async fn read_underlay(
     nl: &Netlink,
     ifindex: u32,
+    direct: bool,
+) -> Result<Underlay, KernelError> {
+    let mut subnets = Vec::new();
+    if direct {
+        for a in nl.addresses(ifindex).await? {
+            if matches!(a, IpNetwork::V6(v6) if v6.ip().is_unicast_link_local()) {
+                continue;
+            }
+            subnets.extend(IpNetwork::new(a.network(), a.prefix()).ok());
+        }
+        subnets.sort();
+        subnets.dedup();
+    }
+    Ok(Underlay {
+        ifindex,
+        direct: subnets,
+    })
+}
+
+/// What the kernel holds for the remote nodes, one dump of each kind
+/// (nothing is written): the VXLAN device `vxlan`'s entries and routes,
+/// and the routes on the `underlay` device into `pod_networks` (direct
+/// ones, wanted or stale; its other routes are not the overlay's); and how
+/// the kernel can take routes: through nexthop objects, or (EOPNOTSUPP
+/// before Linux 5.3) with gateways.
+pub async fn read_overlay(
+    nl: &Netlink,
+    vxlan: u32,
+    underlay: Option<u32>,
+    pod_networks: &[IpNetwork],
 ) -> Result<(ActualOverlay, RouteStyle), KernelError> {
-    let (nexthops, style) = match nl.nexthops_on_device(ifindex).await {
+    let (nexthops, style) = match nl.nexthops_on_device(vxlan).await {
         Ok(found) => (found, RouteStyle::Nexthop),
         Err(e) if e.is_unsupported() => (Vec::new(), RouteStyle::Gateway),
         Err(e) => return Err(e),
     };
     let ids: std::collections::HashSet<u32> = nexthops.iter().map(|n| n.id).collect();
-    let (fdb, neighbours, routes) = futures::try_join!(
-        nl.fdb_entries(ifindex),
-        nl.neighbours_on(ifindex),
-        nl.routes_on_device(ifindex, &ids),
+    let devices: Vec<u32> = std::iter::once(vxlan).chain(underlay).collect();
+    let (fdb, neighbours, mut routes) = futures::try_join!(
+        nl.fdb_entries(vxlan),
+        nl.neighbours_on(vxlan),
+        nl.routes_on_devices(&devices, &ids),
     )?;
+    routes.retain(|r| underlay.is_none() || r.oif != underlay || within(pod_networks, r.dst));
     let actual = ActualOverlay {
         fdb,
         neighbours,
@@ -80,12 +113,15 @@ pub async fn read_overlay(
     Ok((actual, style))
 }
 
-async fn execute(
-    nl: &Netlink,
-    ifindex: u32,
-    style: RouteStyle,
-    op: &Op,
-) -> Result<(), KernelError> {
+/// Whether `dst` lies inside one of `networks`.
+fn within(networks: &[IpNetwork], dst: IpNetwork) -> bool {
+    networks
+        .iter()
+        .any(|n| n.prefix() <= dst.prefix() && n.contains(dst.network()))
+}
+
+async fn execute(nl: &Netlink, paths: &Paths, op: &Op) -> Result<(), KernelError> {
+    let ifindex = paths.vxlan;
     match *op {
         Op::DelFdb(e) => nl.fdb_delete(ifindex, e).await,
         Op::DelNeighbour(ip) => nl.neighbour_delete(ifindex, ip).await,
@@ -94,11 +130,13 @@ async fn execute(
         Op::SetFdb { mac, dst } => nl.fdb_replace(ifindex, mac, dst).await,
         Op::SetNeighbour { ip, mac } => nl.neighbour_replace(ifindex, ip, mac).await,
         Op::SetRoute { dst, via } => {
-            if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
+            if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(paths.style, via), via) {
                 nl.replace_nexthop(&overlay_nexthop(ifindex, via)).await?;
             }
-            nl.replace_route(&overlay_route(style, ifindex, dst, via))
-                .await
+            nl.replace_route(&paths.route(dst, Hop::Overlay(via))).await
+        }
+        Op::SetDirectRoute { dst, via } => {
+            nl.replace_route(&paths.route(dst, Hop::Direct(via))).await
         }
     }
 }
@@ -106,36 +144,47 @@ async fn execute(
 impl Dataplane for KernelDataplane {
     async fn ensure_device(&mut self) -> Result<bool, KernelError> {
         let (ifindex, made) = self.node.ensure_vxlan(&self.nl).await?;
-        self.ifindex = ifindex;
+        self.paths.vxlan = ifindex;
+        let direct = *self.direct.borrow();
+        let underlay = read_underlay(&self.nl, self.node.vxlan.underlay_index, direct).await?;
+        if self.paths.underlay.as_ref() != Some(&underlay) {
+            if underlay.direct.is_empty() {
+                log::info!("overlay: every remote node over VXLAN");
+            } else {
+                let subnets: Vec<String> = underlay.direct.iter().map(|s| s.to_string()).collect();
+                log::info!(
+                    "overlay: direct routes to the nodes on {}, VXLAN to the others",
+                    subnets.join(", ")
+                );
+            }
+        }
+        self.paths.underlay = Some(underlay);
         Ok(made)
     }
 
     async fn dump(&mut self) -> Result<ActualOverlay, KernelError> {
-        let (actual, style) = read_overlay(&self.nl, self.ifindex).await?;
-        if style == RouteStyle::Gateway && self.style == RouteStyle::Nexthop {
+        let underlay = self.paths.underlay.as_ref().map(|u| u.ifindex);
+        let networks = self.node.cluster_networks();
+        let (actual, style) = read_overlay(&self.nl, self.paths.vxlan, underlay, &networks).await?;
+        if style == RouteStyle::Gateway && self.paths.style == RouteStyle::Nexthop {
             log::warn!(
                 "overlay: the kernel has no nexthop objects; routes carry their gateways, which is slower with thousands of nodes"
             );
-            self.style = RouteStyle::Gateway;
+            self.paths.style = RouteStyle::Gateway;
         }
         Ok(actual)
     }
 
-    fn device_index(&self) -> u32 {
-        self.ifindex
-    }
-
-    fn route_style(&self) -> RouteStyle {
-        self.style
+    fn paths(&self) -> &Paths {
+        &self.paths
     }
 
     async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
         let nl = &self.nl;
-        let ifindex = self.ifindex;
-        let style = self.style;
+        let paths = &self.paths;
         futures::stream::iter(ops.iter().cloned())
             .map(|op| async move {
-                let done = execute(nl, ifindex, style, &op).await;
+                let done = execute(nl, paths, &op).await;
                 (op, done)
             })
             .buffer_unordered(IN_FLIGHT)
@@ -160,7 +209,7 @@ pub mod fake {
         pub applied: Vec<Op>,
         pub device_missing: bool,
         pub devices_made: usize,
-        pub style: RouteStyle,
+        pub paths: Paths,
     }
 
     impl Default for FakeDataplane {
@@ -172,7 +221,7 @@ pub mod fake {
                 applied: Vec::new(),
                 device_missing: false,
                 devices_made: 0,
-                style: RouteStyle::Nexthop,
+                paths: Paths::overlay(RouteStyle::Nexthop, 1),
             }
         }
     }
@@ -193,12 +242,8 @@ pub mod fake {
             Ok(self.state.clone())
         }
 
-        fn device_index(&self) -> u32 {
-            1
-        }
-
-        fn route_style(&self) -> RouteStyle {
-            self.style
+        fn paths(&self) -> &Paths {
+            &self.paths
         }
 
         async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, KernelError)> {
@@ -215,7 +260,7 @@ pub mod fake {
                     continue;
                 }
                 self.applied.push(op.clone());
-                self.state.apply(op, self.style, 1);
+                self.state.apply(op, &self.paths);
             }
             failed
         }

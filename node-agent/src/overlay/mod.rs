@@ -6,11 +6,13 @@
 pub mod admission;
 pub mod dataplane;
 pub mod desired;
+pub mod paths;
 pub mod plan;
 pub mod reconciler;
 
 pub use admission::LocalView;
 pub use dataplane::{Dataplane, KernelDataplane};
 pub use desired::{DesiredOverlay, OverlayUpdate, Remote6, RemoteNode};
-pub use plan::{plan, ActualOverlay, Op, Plan, RouteStyle};
+pub use paths::{Hop, Paths, RouteStyle, Underlay};
+pub use plan::{plan, ActualOverlay, Op, Plan};
 pub use reconciler::{ReconcileOutcome, Reconciler};

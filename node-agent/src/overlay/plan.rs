@@ -2,7 +2,8 @@
 //! which entries to remove (unwanted, stale, left over) and which to set
 //! (missing or different). Pure, so that every case is unit-tested.
 
-use super::desired::{DesiredOverlay, RemoteNode};
+use super::desired::DesiredOverlay;
+use super::paths::{nexthop_id, overlay_nexthop, style_of, Hop, Paths, RouteStyle};
 use ipnetwork::IpNetwork;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,20 +11,9 @@ use trellis_kernel::fdb::FdbEntry;
 use trellis_kernel::neigh::NeighbourEntry;
 use trellis_kernel::{MacAddr, Nexthop, Route};
 
-/// How the routes to remote subnets are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteStyle {
-    /// `<subnet> nhid <id>`, the id a nexthop object `via <vtep> dev
-    /// <vxlan> onlink` (Linux 5.3 and later): the kernel inserts these in
-    /// constant time, where gateway routes on one device slow down with
-    /// each one already there.
-    Nexthop,
-    /// `<subnet> via <vtep> dev <vxlan> onlink`, for kernels without
-    /// nexthop objects.
-    Gateway,
-}
-
-/// What the kernel holds on the VXLAN device, from one dump of each kind.
+/// What the kernel holds for the remote nodes, from one dump of each kind:
+/// the VXLAN device's FDB entries, neighbours and nexthop objects, and the
+/// routes to remote subnets on it and on the underlay device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualOverlay {
     pub fdb: Vec<FdbEntry>,
@@ -33,26 +23,32 @@ pub struct ActualOverlay {
 }
 
 impl ActualOverlay {
-    /// What the device on `ifindex` holds once a plan for `desired` went
+    /// What the kernel holds once a plan for `desired` over `paths` went
     /// through in full: the state the next change is planned against,
     /// without a dump.
-    pub fn after(desired: &DesiredOverlay, ifindex: u32, style: RouteStyle) -> ActualOverlay {
+    pub fn after(desired: &DesiredOverlay, paths: &Paths) -> ActualOverlay {
         let mut a = ActualOverlay::default();
         for node in desired.nodes.values() {
-            a.fdb.push(FdbEntry {
-                mac: node.vtep_mac,
-                dst: Some(node.public_ip),
-            });
-            for (dst, via) in node_routes(node) {
-                a.neighbours.push(NeighbourEntry {
-                    ip: via,
-                    mac: Some(node.vtep_mac),
-                    permanent: true,
+            if paths.needs_overlay(node) {
+                a.fdb.push(FdbEntry {
+                    mac: node.vtep_mac,
+                    dst: Some(node.public_ip),
                 });
-                if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
-                    a.nexthops.push(overlay_nexthop(ifindex, via));
+            }
+            for (dst, hop) in paths.hops(node) {
+                if let Hop::Overlay(via) = hop {
+                    a.neighbours.push(NeighbourEntry {
+                        ip: via,
+                        mac: Some(node.vtep_mac),
+                        permanent: true,
+                    });
+                    if let (RouteStyle::Nexthop, IpAddr::V4(via)) =
+                        (style_of(paths.style, via), via)
+                    {
+                        a.nexthops.push(overlay_nexthop(paths.vxlan, via));
+                    }
                 }
-                a.routes.push(overlay_route(style, ifindex, dst, via));
+                a.routes.push(paths.route(dst, hop));
             }
         }
         a
@@ -60,13 +56,13 @@ impl ActualOverlay {
 }
 
 impl ActualOverlay {
-    /// What the kernel does with `op` on the device `ifindex`: a Set
-    /// replaces what the kernel keys the same way (the FDB entry of the MAC,
-    /// the neighbour of the address, the nexthop of the id, the route of
-    /// the destination at metric 0); a deleted nexthop takes its routes.
+    /// What the kernel does with `op` over `paths`: a Set replaces what the
+    /// kernel keys the same way (the FDB entry of the MAC, the neighbour of
+    /// the address, the nexthop of the id, the route of the destination at
+    /// metric 0, whatever its device); a deleted nexthop takes its routes.
     /// The model that the fake dataplane and the plan's tests apply plans
     /// with.
-    pub fn apply(&mut self, op: &Op, style: RouteStyle, ifindex: u32) {
+    pub fn apply(&mut self, op: &Op, paths: &Paths) {
         match op.clone() {
             Op::DelFdb(e) => self.fdb.retain(|x| *x != e),
             Op::DelNeighbour(ip) => self.neighbours.retain(|x| x.ip != ip),
@@ -91,16 +87,21 @@ impl ActualOverlay {
                 });
             }
             Op::SetRoute { dst, via } => {
-                if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(style, via), via) {
-                    let nh = overlay_nexthop(ifindex, via);
+                if let (RouteStyle::Nexthop, IpAddr::V4(via)) = (style_of(paths.style, via), via) {
+                    let nh = overlay_nexthop(paths.vxlan, via);
                     self.nexthops.retain(|x| x.id != nh.id);
                     self.nexthops.push(nh);
                 }
-                self.routes
-                    .retain(|x| !(x.dst == dst && at_default_metric(x)));
-                self.routes.push(overlay_route(style, ifindex, dst, via));
+                self.set_route(paths.route(dst, Hop::Overlay(via)));
             }
+            Op::SetDirectRoute { dst, via } => self.set_route(paths.route(dst, Hop::Direct(via))),
         }
+    }
+
+    fn set_route(&mut self, route: Route) {
+        self.routes
+            .retain(|x| !(x.dst == route.dst && at_default_metric(x)));
+        self.routes.push(route);
     }
 }
 
@@ -131,6 +132,13 @@ pub enum Op {
         dst: IpNetwork,
         via: IpAddr,
     },
+    /// The route to `dst` through the remote node's public address `via`
+    /// on the underlay device, replacing what the table held for `dst` at
+    /// metric 0 (an overlay route: no moment without a route).
+    SetDirectRoute {
+        dst: IpNetwork,
+        via: IpAddr,
+    },
 }
 
 /// Whether `route` sits at the metric a route written without one gets:
@@ -143,63 +151,17 @@ pub fn at_default_metric(route: &Route) -> bool {
     )
 }
 
-/// The routes a remote node needs, each with its gateway (the VTEP address
-/// in that family, pinned by a neighbour entry): its IPv4 subnet, and in a
-/// dual-stack cluster its IPv6 one.
-pub fn node_routes(node: &RemoteNode) -> impl Iterator<Item = (IpNetwork, IpAddr)> {
-    let v4 = (IpNetwork::V4(node.subnet), IpAddr::V4(node.vtep_ip));
-    let v6 = node
-        .ipv6
-        .map(|v6| (IpNetwork::V6(v6.subnet), IpAddr::V6(v6.vtep_ip)));
-    std::iter::once(v4).chain(v6)
-}
-
-/// The style a route through `via` is written in: IPv6 routes always name
-/// their gateway (nexthop ids are IPv4 VTEP addresses, see [`nexthop_id`]).
-pub fn style_of(style: RouteStyle, via: IpAddr) -> RouteStyle {
-    match via {
-        IpAddr::V4(_) => style,
-        IpAddr::V6(_) => RouteStyle::Gateway,
-    }
-}
-
-/// The id of the nexthop object through which the subnet of the remote
-/// VTEP `vtep` is reached: the address itself, read as a number. It is
-/// unique per node (the VTEP address is its subnet's first address), never
-/// 0 (the kernel's "pick one"; no cluster network holds 0.0.0.0), and the
-/// same on every agent and across restarts, so no table of ids is kept.
-pub fn nexthop_id(vtep: Ipv4Addr) -> u32 {
-    u32::from(vtep)
-}
-
-/// The nexthop object `via dev <VXLAN device> onlink` of remote VTEP `via`.
-pub fn overlay_nexthop(ifindex: u32, via: Ipv4Addr) -> Nexthop {
-    Nexthop {
-        id: nexthop_id(via),
-        gateway: IpAddr::V4(via),
-        oif: ifindex,
-        onlink: true,
-    }
-}
-
-/// How a remote subnet is reached: `dst via via dev <VXLAN device>
-/// onlink`, through `via`'s nexthop object in the nexthop style (as the
-/// kernel reports such a route; IPv4 only).
-pub fn overlay_route(style: RouteStyle, ifindex: u32, dst: IpNetwork, via: IpAddr) -> Route {
-    let route = Route::to(dst).via(via).dev(ifindex).onlink();
-    match (style_of(style, via), via) {
-        (RouteStyle::Nexthop, IpAddr::V4(v4)) => route.nexthop(nexthop_id(v4)),
-        _ => route,
-    }
-}
-
-/// Removals run before additions, so that a node whose MAC, address or
-/// subnet changed never has old and new entries fighting; nexthop objects
-/// go in between, once the routes through them are gone: the kernel deletes
-/// a nexthop still in use by flushing every routing table, once per
-/// nexthop (10,000 departing nodes took a second that way).
+/// Direct routes go first: each replaces an overlay route to its subnet
+/// in place, before the neighbour and the nexthop object that route went
+/// through are removed (a deleted nexthop takes its routes along). Then
+/// removals before additions, so that a node whose MAC, address or subnet
+/// changed never has old and new entries fighting; nexthop objects go in
+/// between, once the routes through them are gone: the kernel deletes a
+/// nexthop still in use by flushing every routing table, once per nexthop
+/// (10,000 departing nodes took a second that way).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    pub direct: Vec<Op>,
     pub removals: Vec<Op>,
     pub nexthop_removals: Vec<Op>,
     pub additions: Vec<Op>,
@@ -208,8 +170,13 @@ pub struct Plan {
 impl Plan {
     /// The ops in the order they must be applied: each phase after the one
     /// before has gone through, the ops of one phase in any order.
-    pub fn phases(&self) -> [&[Op]; 3] {
-        [&self.removals, &self.nexthop_removals, &self.additions]
+    pub fn phases(&self) -> [&[Op]; 4] {
+        [
+            &self.direct,
+            &self.removals,
+            &self.nexthop_removals,
+            &self.additions,
+        ]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -217,21 +184,31 @@ impl Plan {
     }
 
     pub fn len(&self) -> usize {
-        self.removals.len() + self.nexthop_removals.len() + self.additions.len()
+        self.phases().iter().map(|p| p.len()).sum()
+    }
+
+    /// The writes that set an entry (rather than remove one).
+    pub fn sets(&self) -> usize {
+        self.direct.len() + self.additions.len()
     }
 }
 
-/// The plan that turns `actual` into `desired`, routes written in `style`.
-pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle) -> Plan {
+/// The plan that turns `actual` into `desired`, routes leaving by `paths`.
+pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, paths: &Paths) -> Plan {
+    let style = paths.style;
     let mut out = Plan::default();
     let mut want_fdb: HashMap<MacAddr, IpAddr> = HashMap::with_capacity(desired.len());
     let mut want_neigh: HashMap<IpAddr, MacAddr> = HashMap::with_capacity(desired.len());
-    let mut want_route: HashMap<IpNetwork, IpAddr> = HashMap::with_capacity(desired.len());
+    let mut want_route: HashMap<IpNetwork, Hop> = HashMap::with_capacity(desired.len());
     for node in desired.nodes.values() {
-        want_fdb.insert(node.vtep_mac, node.public_ip);
-        for (dst, via) in node_routes(node) {
-            want_neigh.insert(via, node.vtep_mac);
-            want_route.insert(dst, via);
+        if paths.needs_overlay(node) {
+            want_fdb.insert(node.vtep_mac, node.public_ip);
+        }
+        for (dst, hop) in paths.hops(node) {
+            if let Hop::Overlay(via) = hop {
+                want_neigh.insert(via, node.vtep_mac);
+            }
+            want_route.insert(dst, hop);
         }
     }
 
@@ -278,20 +255,20 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
             nexthop_ok.insert(nh.id);
         }
     }
-    // Routes: exactly the wanted one at metric 0, once. A wrong route to a
-    // wanted subnet at metric 0 is replaced in place (no moment without a
-    // route); others go.
+    // Routes: exactly the wanted one at metric 0, once, on either device.
+    // A wrong route to a wanted subnet at metric 0 is replaced in place (no
+    // moment without a route, also when it moves between the devices);
+    // others go.
     let mut route_ok = HashSet::new();
     for r in &actual.routes {
         let metric0 = at_default_metric(r);
         let want = want_route.get(&r.dst);
-        let exact = want.is_some_and(|via| {
+        let exact = want.is_some_and(|hop| {
             metric0
-                && match (style_of(style, *via), via) {
-                    (RouteStyle::Nexthop, IpAddr::V4(v4)) => {
-                        r.nexthop == Some(nexthop_id(*v4)) && nexthop_ok.contains(&nexthop_id(*v4))
-                    }
-                    _ => r.nexthop.is_none() && r.gateway == Some(*via) && r.onlink,
+                && paths.is_route(r, *hop)
+                && match (hop, r.nexthop) {
+                    (Hop::Overlay(_), Some(id)) => nexthop_ok.contains(&id),
+                    _ => true,
                 }
         });
         if exact && route_ok.insert(r.dst) {
@@ -304,21 +281,30 @@ pub fn plan(desired: &DesiredOverlay, actual: &ActualOverlay, style: RouteStyle)
     }
 
     for node in desired.nodes.values() {
-        if !fdb_ok.contains(&node.vtep_mac) {
+        if want_fdb.contains_key(&node.vtep_mac) && !fdb_ok.contains(&node.vtep_mac) {
             out.additions.push(Op::SetFdb {
                 mac: node.vtep_mac,
                 dst: node.public_ip,
             });
         }
-        for (dst, via) in node_routes(node) {
-            if !neigh_ok.contains(&via) {
-                out.additions.push(Op::SetNeighbour {
-                    ip: via,
-                    mac: node.vtep_mac,
-                });
-            }
-            if !route_ok.contains(&dst) {
-                out.additions.push(Op::SetRoute { dst, via });
+        for (dst, hop) in paths.hops(node) {
+            match hop {
+                Hop::Overlay(via) => {
+                    if !neigh_ok.contains(&via) {
+                        out.additions.push(Op::SetNeighbour {
+                            ip: via,
+                            mac: node.vtep_mac,
+                        });
+                    }
+                    if !route_ok.contains(&dst) {
+                        out.additions.push(Op::SetRoute { dst, via });
+                    }
+                }
+                Hop::Direct(via) => {
+                    if !route_ok.contains(&dst) {
+                        out.direct.push(Op::SetDirectRoute { dst, via });
+                    }
+                }
             }
         }
     }

@@ -7,7 +7,8 @@
 
 use super::dataplane::Dataplane;
 use super::desired::{DesiredOverlay, OverlayUpdate, RemoteNode};
-use super::plan::{plan, ActualOverlay, RouteStyle};
+use super::paths::{Hop, Paths};
+use super::plan::{plan, ActualOverlay};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use std::borrow::Cow;
@@ -38,10 +39,10 @@ pub struct Reconciler<D: Dataplane> {
     /// The desired state as the registry's updates made it; `None` until
     /// the first `Replace` (nothing is touched before).
     desired: Option<DesiredOverlay>,
-    /// The route style in which the last pass put the state it saw into
-    /// the kernel in full (no failed write); `None` when only a dump can
-    /// tell what the kernel holds.
-    programmed: Option<RouteStyle>,
+    /// The paths over which the last pass put the state it saw into the
+    /// kernel in full (no failed write); `None` when only a dump can tell
+    /// what the kernel holds.
+    programmed: Option<Paths>,
     /// The nodes changed since the last pass, with what that pass saw of
     /// each (`None`: absent).
     changed: BTreeMap<String, Option<RemoteNode>>,
@@ -87,23 +88,24 @@ impl<D: Dataplane> Reconciler<D> {
         };
         let started = Instant::now();
         let device_made = self.dataplane.ensure_device().await?;
-        let style = self.dataplane.route_style();
         let changed = std::mem::take(&mut self.changed);
+        // Paths that changed (the route style, direct routing switched, the
+        // underlay's subnets) change routes of nodes that did not.
         let known = self
             .programmed
             .take()
-            .is_some_and(|was_style| !full && !device_made && was_style == style);
+            .is_some_and(|was| !full && !device_made && was == *self.dataplane.paths());
         let (target, actual) = if known {
             let (was, now) = changes(desired, changed);
-            let ifindex = self.dataplane.device_index();
-            (Cow::Owned(now), ActualOverlay::after(&was, ifindex, style))
+            let after = ActualOverlay::after(&was, self.dataplane.paths());
+            (Cow::Owned(now), after)
         } else {
             (Cow::Borrowed(desired), self.dataplane.dump().await?)
         };
         let dumped = !known;
         // The dump may have found the kernel without nexthop objects.
-        let style = self.dataplane.route_style();
-        let p = plan(&target, &actual, style);
+        let paths = self.dataplane.paths().clone();
+        let p = plan(&target, &actual, &paths);
         let mut failed = Vec::new();
         for phase in p.phases() {
             failed.extend(self.dataplane.apply(phase).await);
@@ -114,16 +116,16 @@ impl<D: Dataplane> Reconciler<D> {
         if failed.len() > 5 {
             log::warn!("overlay: and {} more writes failed", failed.len() - 5);
         }
-        self.programmed = failed.is_empty().then_some(style);
+        self.programmed = failed.is_empty().then_some(paths.clone());
         let outcome = ReconcileOutcome {
             removed: p.removals.len() + p.nexthop_removals.len(),
-            added: p.additions.len(),
+            added: p.sets(),
             failed: failed.len(),
             device_made,
             dumped,
             duration: started.elapsed(),
         };
-        record(&self.metrics, &outcome, desired.len());
+        record(&self.metrics, &outcome, desired, &paths);
         Ok(outcome)
     }
 
@@ -234,14 +236,29 @@ fn changes(
 }
 
 /// What a reconcile did, in the agent's figures.
-fn record(metrics: &Metrics, o: &ReconcileOutcome, desired_nodes: usize) {
+fn record(metrics: &Metrics, o: &ReconcileOutcome, desired: &DesiredOverlay, paths: &Paths) {
     metrics.reconciles.inc();
     metrics.failed_writes.add(o.failed as u64);
     let micros = o.duration.as_micros() as u64;
     metrics.reconcile_micros_sum.add(micros);
     metrics.last_reconcile_micros.set(micros);
-    metrics.remote_nodes.set(desired_nodes as u64);
-    let wanted = 3 * desired_nodes as u64;
+    metrics.remote_nodes.set(desired.len() as u64);
+    // An FDB entry per node over VXLAN, a neighbour and a route per subnet
+    // over VXLAN, a route per direct subnet.
+    let (mut wanted, mut direct) = (0u64, 0u64);
+    for node in desired.nodes.values() {
+        wanted += u64::from(paths.needs_overlay(node));
+        for (_, hop) in paths.hops(node) {
+            match hop {
+                Hop::Overlay(_) => wanted += 2,
+                Hop::Direct(_) => {
+                    wanted += 1;
+                    direct += 1;
+                }
+            }
+        }
+    }
+    metrics.direct_routes.set(direct);
     metrics
         .entries_programmed
         .set(wanted.saturating_sub(o.failed as u64));

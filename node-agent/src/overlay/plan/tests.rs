@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::overlay::desired::{vtep_ip_of, Remote6, RemoteNode};
+use crate::overlay::paths::overlay_route;
 use ipnetwork::Ipv4Network;
 
 fn node(i: u8) -> RemoteNode {
@@ -44,7 +45,7 @@ const N: RouteStyle = RouteStyle::Nexthop;
 fn apply(actual: &ActualOverlay, plan: &Plan, style: RouteStyle) -> ActualOverlay {
     let mut a = actual.clone();
     for op in plan.phases().into_iter().flatten() {
-        a.apply(op, style, 1);
+        a.apply(op, &Paths::overlay(style, 1));
     }
     a
 }
@@ -53,17 +54,33 @@ fn apply(actual: &ActualOverlay, plan: &Plan, style: RouteStyle) -> ActualOverla
 fn the_state_after_a_plan_needs_no_further_plan() {
     let d = desired(&[1, 2, 3]);
     for style in [G, N] {
-        assert!(plan(&d, &ActualOverlay::after(&d, 1, style), style).is_empty());
+        assert!(plan(
+            &d,
+            &ActualOverlay::after(&d, &Paths::overlay(style, 1)),
+            &Paths::overlay(style, 1)
+        )
+        .is_empty());
     }
-    assert_eq!(ActualOverlay::after(&d, 7, G).fdb.len(), 3);
-    assert!(ActualOverlay::after(&d, 7, G).nexthops.is_empty());
-    assert_eq!(ActualOverlay::after(&d, 7, N).nexthops.len(), 3);
+    assert_eq!(ActualOverlay::after(&d, &Paths::overlay(G, 7)).fdb.len(), 3);
+    assert!(ActualOverlay::after(&d, &Paths::overlay(G, 7))
+        .nexthops
+        .is_empty());
+    assert_eq!(
+        ActualOverlay::after(&d, &Paths::overlay(N, 7))
+            .nexthops
+            .len(),
+        3
+    );
 }
 
 #[test]
 fn empty_kernel_gets_three_writes_per_node() {
     for style in [G, N] {
-        let p = plan(&desired(&[2, 3]), &ActualOverlay::default(), style);
+        let p = plan(
+            &desired(&[2, 3]),
+            &ActualOverlay::default(),
+            &Paths::overlay(style, 1),
+        );
         assert!(p.removals.is_empty());
         assert_eq!(p.additions.len(), 6);
         assert!(p.additions.contains(&Op::SetFdb {
@@ -86,14 +103,14 @@ fn a_route_goes_through_the_nexthop_of_its_vtep() {
     let d = desired(&[3]);
     let after = apply(
         &ActualOverlay::default(),
-        &plan(&d, &ActualOverlay::default(), N),
+        &plan(&d, &ActualOverlay::default(), &Paths::overlay(N, 1)),
         N,
     );
     assert_eq!(after.nexthops, vec![overlay_nexthop(1, node(3).vtep_ip)]);
     assert_eq!(after.nexthops[0].id, 0x0af4_0300); // 10.244.3.0
     assert_eq!(after.routes.len(), 1);
     assert_eq!(after.routes[0].nexthop, Some(0x0af4_0300));
-    assert_eq!(after, ActualOverlay::after(&d, 1, N));
+    assert_eq!(after, ActualOverlay::after(&d, &Paths::overlay(N, 1)));
 }
 
 #[test]
@@ -101,8 +118,8 @@ fn converged_state_needs_nothing() {
     let d = desired(&[2, 3, 4]);
     for style in [G, N] {
         let empty = ActualOverlay::default();
-        let after = apply(&empty, &plan(&d, &empty, style), style);
-        assert!(plan(&d, &after, style).is_empty());
+        let after = apply(&empty, &plan(&d, &empty, &Paths::overlay(style, 1)), style);
+        assert!(plan(&d, &after, &Paths::overlay(style, 1)).is_empty());
     }
 }
 
@@ -111,8 +128,8 @@ fn departed_node_entries_are_removed() {
     let d = desired(&[2, 3]);
     let empty = ActualOverlay::default();
     // Gateway routes: its FDB entry, neighbour and route.
-    let full = apply(&empty, &plan(&d, &empty, G), G);
-    let p = plan(&desired(&[2]), &full, G);
+    let full = apply(&empty, &plan(&d, &empty, &Paths::overlay(G, 1)), G);
+    let p = plan(&desired(&[2]), &full, &Paths::overlay(G, 1));
     assert!(p.additions.is_empty());
     assert_eq!(p.removals.len(), 3);
     let after = apply(&full, &p, G);
@@ -121,8 +138,8 @@ fn departed_node_entries_are_removed() {
         (1, 1, 1)
     );
     // Nexthops: the route first, then its nexthop, no longer in use.
-    let full = apply(&empty, &plan(&d, &empty, N), N);
-    let p = plan(&desired(&[2]), &full, N);
+    let full = apply(&empty, &plan(&d, &empty, &Paths::overlay(N, 1)), N);
+    let p = plan(&desired(&[2]), &full, &Paths::overlay(N, 1));
     assert!(p.additions.is_empty());
     assert_eq!(p.removals.len(), 3, "{p:#?}");
     assert!(p
@@ -134,27 +151,37 @@ fn departed_node_entries_are_removed() {
         vec![Op::DelNexthop(nexthop_id(node(3).vtep_ip))]
     );
     let after = apply(&full, &p, N);
-    assert_eq!(after, ActualOverlay::after(&desired(&[2]), 1, N));
+    assert_eq!(
+        after,
+        ActualOverlay::after(&desired(&[2]), &Paths::overlay(N, 1))
+    );
 }
 
 #[test]
 fn gateway_routes_left_by_an_older_agent_are_replaced_in_place() {
     let d = desired(&[2, 3]);
-    let old = ActualOverlay::after(&d, 1, G);
-    let p = plan(&d, &old, N);
+    let old = ActualOverlay::after(&d, &Paths::overlay(G, 1));
+    let p = plan(&d, &old, &Paths::overlay(N, 1));
     // No removal: each route is replaced by one through a nexthop, with
     // no moment without a route.
     assert!(p.removals.is_empty(), "{p:#?}");
     assert_eq!(p.additions.len(), 2);
-    assert_eq!(apply(&old, &p, N), ActualOverlay::after(&d, 1, N));
+    assert_eq!(
+        apply(&old, &p, N),
+        ActualOverlay::after(&d, &Paths::overlay(N, 1))
+    );
     // And back, in the gateway style: the nexthops go, the routes are
     // set again.
-    let p = plan(&d, &ActualOverlay::after(&d, 1, N), G);
+    let p = plan(
+        &d,
+        &ActualOverlay::after(&d, &Paths::overlay(N, 1)),
+        &Paths::overlay(G, 1),
+    );
     assert_eq!(p.additions.len(), 2);
     assert_eq!(p.nexthop_removals.len(), 2);
     assert_eq!(
-        apply(&ActualOverlay::after(&d, 1, N), &p, G),
-        ActualOverlay::after(&d, 1, G)
+        apply(&ActualOverlay::after(&d, &Paths::overlay(N, 1)), &p, G),
+        ActualOverlay::after(&d, &Paths::overlay(G, 1))
     );
 }
 
@@ -164,9 +191,9 @@ fn a_wrong_nexthop_of_a_wanted_node_is_replaced_with_its_route() {
     let wrong_gateway = |nh: &mut Nexthop| nh.gateway = "10.244.9.9".parse().unwrap();
     let not_onlink = |nh: &mut Nexthop| nh.onlink = false;
     for spoil in [&wrong_gateway as &dyn Fn(&mut Nexthop), &not_onlink] {
-        let mut a = ActualOverlay::after(&d, 1, N);
+        let mut a = ActualOverlay::after(&d, &Paths::overlay(N, 1));
         spoil(&mut a.nexthops[0]);
-        let p = plan(&d, &a, N);
+        let p = plan(&d, &a, &Paths::overlay(N, 1));
         assert!(p.removals.is_empty());
         assert_eq!(
             p.additions,
@@ -175,7 +202,10 @@ fn a_wrong_nexthop_of_a_wanted_node_is_replaced_with_its_route() {
                 via: IpAddr::V4(node(2).vtep_ip)
             }]
         );
-        assert_eq!(apply(&a, &p, N), ActualOverlay::after(&d, 1, N));
+        assert_eq!(
+            apply(&a, &p, N),
+            ActualOverlay::after(&d, &Paths::overlay(N, 1))
+        );
     }
 }
 
@@ -208,11 +238,14 @@ fn stale_mac_and_moved_node_are_fixed() {
             )],
             nexthops: Vec::new(),
         };
-        let p = plan(&d, &stale, style);
+        let p = plan(&d, &stale, &Paths::overlay(style, 1));
         // Both FDB entries go; the neighbour and the route are replaced.
         assert_eq!(p.removals.len(), 2, "{p:#?}");
         let after = apply(&stale, &p, style);
-        assert!(plan(&d, &after, style).is_empty(), "{after:#?}");
+        assert!(
+            plan(&d, &after, &Paths::overlay(style, 1)).is_empty(),
+            "{after:#?}"
+        );
         assert_eq!(
             after.fdb,
             vec![FdbEntry {
@@ -263,13 +296,13 @@ fn leftovers_and_arp_junk_are_removed() {
     };
     let d = desired(&[2]);
     for style in [G, N] {
-        let p = plan(&d, &junk, style);
+        let p = plan(&d, &junk, &Paths::overlay(style, 1));
         assert_eq!(p.removals.len(), 5, "{p:#?}");
         assert_eq!(p.nexthop_removals.len(), 1, "{p:#?}");
         let after = apply(&junk, &p, style);
-        assert!(plan(&d, &after, style).is_empty());
+        assert!(plan(&d, &after, &Paths::overlay(style, 1)).is_empty());
         assert_eq!(after.routes.len(), 1);
-        assert_eq!(after, ActualOverlay::after(&d, 1, style));
+        assert_eq!(after, ActualOverlay::after(&d, &Paths::overlay(style, 1)));
     }
 }
 
@@ -284,7 +317,7 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
         }],
         ..Default::default()
     };
-    let p = plan(&desired(&[2]), &a, N);
+    let p = plan(&desired(&[2]), &a, &Paths::overlay(N, 1));
     assert!(p.removals.is_empty());
     assert!(p.additions.contains(&Op::SetNeighbour {
         ip: IpAddr::V4(n.vtep_ip),
@@ -301,16 +334,19 @@ fn an_ipv6_route_as_the_kernel_reports_it_at_metric_1024_is_the_wanted_one() {
         let d = DesiredOverlay {
             nodes: [("n2".to_string(), node6(2))].into(),
         };
-        let mut kernel = ActualOverlay::after(&d, 1, style);
+        let mut kernel = ActualOverlay::after(&d, &Paths::overlay(style, 1));
         for r in kernel.routes.iter_mut().filter(|r| r.dst.is_ipv6()) {
             r.metric = Some(1024);
         }
-        assert!(plan(&d, &kernel, style).is_empty(), "{style:?}");
+        assert!(
+            plan(&d, &kernel, &Paths::overlay(style, 1)).is_empty(),
+            "{style:?}"
+        );
         // Another metric is still a route of someone else's.
         for r in kernel.routes.iter_mut().filter(|r| r.dst.is_ipv6()) {
             r.metric = Some(100);
         }
-        let p = plan(&d, &kernel, style);
+        let p = plan(&d, &kernel, &Paths::overlay(style, 1));
         assert_eq!(p.removals.len(), 1, "{p:#?}");
         assert_eq!(p.additions.len(), 1, "{p:#?}");
     }
@@ -322,7 +358,7 @@ fn a_dual_stack_node_gets_a_neighbour_and_a_gateway_route_per_family() {
         let d = DesiredOverlay {
             nodes: [("n2".to_string(), node6(2)), ("n3".to_string(), node(3))].into(),
         };
-        let p = plan(&d, &ActualOverlay::default(), style);
+        let p = plan(&d, &ActualOverlay::default(), &Paths::overlay(style, 1));
         let v6_gw: IpAddr = "fd10:244:0:2::".parse().unwrap();
         assert!(p.additions.contains(&Op::SetNeighbour {
             ip: v6_gw,
@@ -339,7 +375,7 @@ fn a_dual_stack_node_gets_a_neighbour_and_a_gateway_route_per_family() {
             .filter(|o| matches!(o, Op::SetFdb { .. }));
         assert_eq!(fdb.count(), 2);
         let after = apply(&ActualOverlay::default(), &p, style);
-        assert_eq!(after, ActualOverlay::after(&d, 1, style));
+        assert_eq!(after, ActualOverlay::after(&d, &Paths::overlay(style, 1)));
         // IPv6 routes name their gateway in both styles; no IPv6 nexthop.
         let r6 = after.routes.iter().find(|r| r.dst.is_ipv6()).unwrap();
         assert_eq!(
@@ -347,17 +383,17 @@ fn a_dual_stack_node_gets_a_neighbour_and_a_gateway_route_per_family() {
             (None, Some(v6_gw), true)
         );
         assert_eq!(after.nexthops.len(), if style == N { 2 } else { 0 });
-        assert!(plan(&d, &after, style).is_empty());
+        assert!(plan(&d, &after, &Paths::overlay(style, 1)).is_empty());
         // The IPv6 side leaving (an IPv4-only record again) takes its
         // neighbour and route, and nothing else.
         let v4_only = desired(&[2, 3]);
-        let p = plan(&v4_only, &after, style);
+        let p = plan(&v4_only, &after, &Paths::overlay(style, 1));
         assert!(p.additions.is_empty(), "{p:#?}");
         assert_eq!(p.removals.len(), 2, "{p:#?}");
         assert!(p.removals.contains(&Op::DelNeighbour(v6_gw)));
         assert_eq!(
             apply(&after, &p, style),
-            ActualOverlay::after(&v4_only, 1, style)
+            ActualOverlay::after(&v4_only, &Paths::overlay(style, 1))
         );
     }
 }
@@ -367,8 +403,8 @@ fn large_plans_stay_linear() {
     let ids: Vec<u8> = (1..=250).collect();
     let d = desired(&ids);
     let empty = ActualOverlay::default();
-    let full = apply(&empty, &plan(&d, &empty, N), N);
+    let full = apply(&empty, &plan(&d, &empty, &Paths::overlay(N, 1)), N);
     assert_eq!(full.fdb.len(), 250);
     assert_eq!(full.nexthops.len(), 250);
-    assert!(plan(&d, &full, N).is_empty());
+    assert!(plan(&d, &full, &Paths::overlay(N, 1)).is_empty());
 }

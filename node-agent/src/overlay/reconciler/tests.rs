@@ -1,7 +1,8 @@
 use super::*;
 use crate::overlay::dataplane::fake::FakeDataplane;
 use crate::overlay::desired::vtep_ip_of;
-use crate::overlay::plan::{Op, RouteStyle};
+use crate::overlay::paths::{Paths, RouteStyle};
+use crate::overlay::plan::Op;
 use std::net::Ipv4Addr;
 use trellis_kernel::MacAddr;
 
@@ -57,7 +58,12 @@ fn a_reconcile_is_recorded_in_the_figures() {
         duration: Duration::from_millis(12),
         ..Default::default()
     };
-    record(&m, &o, 2);
+    record(
+        &m,
+        &o,
+        &desired(&[1, 2]),
+        &Paths::overlay(RouteStyle::Nexthop, 1),
+    );
     assert_eq!(m.reconciles.get(), 1);
     assert_eq!(m.failed_writes.get(), 1);
     assert_eq!(m.entries_programmed.get(), 5);
@@ -81,7 +87,12 @@ async fn changes_are_planned_without_a_dump_and_resyncs_read_the_kernel() {
     assert_eq!(r.dataplane().dumps, 1);
     let kernel = r.dataplane().state.clone();
     assert_eq!(kernel.fdb.len(), 2);
-    assert!(plan(&desired(&[2, 3]), &kernel, RouteStyle::Nexthop).is_empty());
+    assert!(plan(
+        &desired(&[2, 3]),
+        &kernel,
+        &Paths::overlay(RouteStyle::Nexthop, 1)
+    )
+    .is_empty());
     // Someone deletes an entry behind the agent's back: a change does
     // not see it, the resync does.
     r.dataplane.state.fdb.clear();
@@ -181,7 +192,12 @@ async fn a_change_touches_only_the_nodes_that_changed() {
             }
         ]
     );
-    assert!(plan(&moved, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
+    assert!(plan(
+        &moved,
+        &r.dataplane().state,
+        &Paths::overlay(RouteStyle::Nexthop, 1)
+    )
+    .is_empty());
     // Node 8 leaves and node 201 joins in one change.
     r.dataplane.applied.clear();
     moved.nodes.remove("n8");
@@ -191,7 +207,12 @@ async fn a_change_touches_only_the_nodes_that_changed() {
     let o = r.pass(&joined, false).await;
     assert_eq!((o.added, o.removed), (3, 4));
     assert_eq!(r.dataplane().applied.len(), 7);
-    assert!(plan(&joined, &r.dataplane().state, RouteStyle::Nexthop).is_empty());
+    assert!(plan(
+        &joined,
+        &r.dataplane().state,
+        &Paths::overlay(RouteStyle::Nexthop, 1)
+    )
+    .is_empty());
 }
 
 #[tokio::test]
@@ -223,12 +244,63 @@ async fn single_node_updates_write_that_node_only() {
     assert_eq!((o.added, o.removed), (3, 4));
     assert_eq!(r.dataplane().dumps, 1);
     let mut want: Vec<u8> = (1..=51).filter(|i| *i != 3).collect();
-    assert!(plan(&desired(&want), &r.dataplane().state, RouteStyle::Nexthop).is_empty());
+    assert!(plan(
+        &desired(&want),
+        &r.dataplane().state,
+        &Paths::overlay(RouteStyle::Nexthop, 1)
+    )
+    .is_empty());
     // A listing after a reconnect that finds one more node: its
     // entries only, still without a dump.
     want.push(60);
     r.dataplane.applied.clear();
     let o = r.pass(&desired(&want), false).await;
     assert_eq!((o.added, o.removed, o.dumped), (3, 0, false));
-    assert!(plan(&desired(&want), &r.dataplane().state, RouteStyle::Nexthop).is_empty());
+    assert!(plan(
+        &desired(&want),
+        &r.dataplane().state,
+        &Paths::overlay(RouteStyle::Nexthop, 1)
+    )
+    .is_empty());
+}
+
+#[tokio::test]
+async fn switching_direct_routing_moves_the_routes_without_a_full_resync_asked() {
+    let mut r = Reconciler::new(FakeDataplane::default(), Arc::new(Metrics::default()));
+    let all = desired(&[1, 2, 3]);
+    r.pass(&all, true).await;
+    assert_eq!(r.dataplane().state.fdb.len(), 3);
+    // The underlay is on 192.0.2.0/24, where every node's public address is.
+    r.dataplane.paths.underlay = Some(crate::overlay::Underlay {
+        ifindex: 2,
+        direct: vec!["192.0.2.0/24".parse().unwrap()],
+    });
+    let before = r.dataplane().applied.len();
+    let o = r.reconcile_once(false).await.unwrap();
+    assert!(o.dumped, "changed paths need the kernel read");
+    // Three routes replaced in place, first; then FDB, neighbours, nexthops.
+    assert_eq!((o.added, o.removed), (3, 9));
+    assert!(r.dataplane().applied[before..before + 3]
+        .iter()
+        .all(|op| matches!(op, Op::SetDirectRoute { .. })));
+    let state = &r.dataplane().state;
+    assert!(state.fdb.is_empty() && state.neighbours.is_empty() && state.nexthops.is_empty());
+    assert!(state.routes.iter().all(|route| route.oif == Some(2)));
+    assert_eq!(r.metrics.direct_routes.get(), 3);
+    assert_eq!(r.metrics.entries_programmed.get(), 3);
+    // Nothing left to do on the next change.
+    let o = r.reconcile_once(false).await.unwrap();
+    assert_eq!((o.added, o.removed, o.dumped), (0, 0, false));
+    // Off again: back over VXLAN.
+    r.dataplane.paths.underlay.as_mut().unwrap().direct.clear();
+    let o = r.reconcile_once(false).await.unwrap();
+    assert_eq!((o.added, o.removed, o.dumped), (9, 0, true));
+    assert_eq!(r.metrics.direct_routes.get(), 0);
+    assert!(r
+        .dataplane()
+        .state
+        .routes
+        .iter()
+        .all(|route| route.oif == Some(1)));
+    assert_eq!(r.dataplane().state.fdb.len(), 3);
 }

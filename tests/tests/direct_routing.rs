@@ -1,0 +1,390 @@
+//! Direct routing (issue 17), on three nodes: node1 and node2 share the
+//! underlay subnet 192.0.2.0/24, node3 sits behind a router on a subnet of
+//! its own. With `"directRouting": true` the first two route each other's
+//! pod subnets straight over the underlay (nothing is encapsulated between
+//! them) and reach node3 over VXLAN; switching the option off and on
+//! converges without a restart and without breaking a TCP connection;
+//! stale direct routes planted while an agent is down are gone after its
+//! restart, and the doctor sees a direct route lost.
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use trellis_tests::cluster::{ping, routed_ip, Cluster, ClusterSpec, Node, Pod};
+use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, stderr, stdout};
+use trellis_tests::wait::wait_until;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const METRICS: &str = "127.0.0.1:9464";
+
+/// node3 behind the router; the agents' figures and probes served; no
+/// periodic resync during the test (only changes and restarts resync).
+fn spec(direct: bool) -> ClusterSpec {
+    let mut spec = ClusterSpec {
+        routed: vec![2],
+        agent_args: [
+            "--metrics-addr",
+            "0.0.0.0:9464",
+            "--resync-interval",
+            "3600",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterSpec::default().nodes(3)
+    };
+    spec.config.direct_routing = direct;
+    spec
+}
+
+/// The device and gateway of `node`'s route to `dst`.
+fn route(node: &Node, dst: &str) -> (String, String) {
+    let out = node.netns.ok(&["ip", "-j", "route", "show", dst]).unwrap();
+    let routes: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let Some(r) = routes.iter().find(|r| r["dst"] == dst) else {
+        return (String::new(), String::new());
+    };
+    let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+    (text("dev"), text("gateway"))
+}
+
+fn subnet(node: &Node) -> String {
+    node.subnet().unwrap().to_string()
+}
+
+/// Packets the node's VXLAN device sent and received (encapsulated).
+fn vxlan_packets(node: &Node) -> (u64, u64) {
+    let out = node
+        .netns
+        .ok(&["ip", "-j", "-s", "link", "show", "trellis.1"])
+        .unwrap();
+    let link: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let stats = &link[0]["stats64"];
+    (
+        stats["tx"]["packets"].as_u64().unwrap(),
+        stats["rx"]["packets"].as_u64().unwrap(),
+    )
+}
+
+/// 20 pings from `from` to `to`, all answered.
+fn pings(from: &Pod, to: &Pod) {
+    let out = from.netns.exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "20",
+        "-i",
+        "0.02",
+        "-W",
+        "1",
+        &to.ip.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{} -> {}: {}",
+        from.name,
+        to.name,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Waits until node `a` routes node `b`'s subnet through `dev`.
+fn wait_route(cluster: &Cluster, a: usize, b: usize, dev: &str) {
+    let (na, nb) = (&cluster.nodes[a], &cluster.nodes[b]);
+    let dst = subnet(nb);
+    wait_until(
+        TIMEOUT,
+        &format!("{} routes {dst} on {dev}", na.name),
+        || Ok(route(na, &dst).0 == dev),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+}
+
+fn set_direct(cluster: &Cluster, on: bool) {
+    let mut config = cluster_config(cluster);
+    config.direct_routing = on;
+    let json = serde_json::to_string(&config).unwrap();
+    let out = ctl(cluster, &["config", "set", &json]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn cluster_config(cluster: &Cluster) -> trellis_common::cluster_config::ClusterConfig {
+    let got = ctl_json(cluster, &["config", "get"]);
+    serde_json::from_value(got["config"].clone()).unwrap()
+}
+
+#[test]
+fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan() {
+    let cluster = Cluster::start(spec(true)).unwrap();
+    let [a, b, c] = [0, 1, 2].map(|i| &cluster.nodes[i]);
+    assert_eq!(c.underlay_ip, routed_ip(2));
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| cluster.add_pod(i, &format!("d{i}")).unwrap())
+        .collect();
+
+    // The kernel entries: a and b straight to each other's public
+    // address; node3 through the tunnel, and it to them.
+    assert_eq!(
+        route(a, &subnet(b)),
+        ("eth0".into(), b.underlay_ip.to_string())
+    );
+    assert_eq!(
+        route(b, &subnet(a)),
+        ("eth0".into(), a.underlay_ip.to_string())
+    );
+    for (x, y) in [(a, c), (b, c), (c, a), (c, b)] {
+        assert_eq!(
+            route(x, &subnet(y)).0,
+            "trellis.1",
+            "{} -> {}",
+            x.name,
+            y.name
+        );
+    }
+    let fdb = a
+        .netns
+        .ok(&["bridge", "fdb", "show", "dev", "trellis.1"])
+        .unwrap();
+    assert!(!fdb.contains(&b.underlay_ip.to_string()), "{fdb}");
+    assert!(fdb.contains(&c.underlay_ip.to_string()), "{fdb}");
+    assert_eq!(
+        a.agent_counter(METRICS, "trellis_agent_direct_routes")
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.agent_counter(METRICS, "trellis_agent_direct_routes")
+            .unwrap(),
+        0
+    );
+
+    // Every pod reaches every other.
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in pods.iter().enumerate() {
+            if i != j {
+                ping(&from.netns, to.ip).unwrap();
+            }
+        }
+    }
+    // Between a and b nothing is encapsulated; to node3 everything is.
+    let (a_tx, _) = vxlan_packets(a);
+    let (_, b_rx) = vxlan_packets(b);
+    pings(&pods[0], &pods[1]);
+    assert_eq!(
+        vxlan_packets(a).0,
+        a_tx,
+        "pod a -> pod b went through the tunnel"
+    );
+    assert_eq!(
+        vxlan_packets(b).1,
+        b_rx,
+        "pod b got pod a's pings from the tunnel"
+    );
+    pings(&pods[0], &pods[2]);
+    assert!(vxlan_packets(a).0 >= a_tx + 20);
+
+    // The doctor agrees with the agents, and sees a direct route lost.
+    let (code, clean) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(
+        (code, &clean["findings"]),
+        (0, &serde_json::json!([])),
+        "{clean}"
+    );
+    {
+        let _frozen = a.freeze_agent().unwrap();
+        a.netns.ok(&["ip", "route", "del", &subnet(b)]).unwrap();
+    }
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    // The route is lost, and with it the path through the tunnel's
+    // address; the drift says why.
+    let drift: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "kernel-drift")
+        .collect();
+    assert_eq!(drift.len(), 1, "{report}");
+    assert_eq!(drift[0]["from"], a.name.as_str());
+    let message = drift[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "direct route to {} via {} on the underlay missing",
+            subnet(b),
+            b.underlay_ip
+        )),
+        "{report}"
+    );
+    let (code, fixed) = ctl_json_any(&cluster, &["doctor", "--fix"]);
+    assert_eq!(code, 0, "{fixed}");
+    assert_eq!(route(a, &subnet(b)).0, "eth0");
+}
+
+#[test]
+fn switching_direct_routing_converges_under_a_live_tcp_connection() {
+    let cluster = Cluster::start(spec(false)).unwrap();
+    let [a, b] = [0, 1].map(|i| &cluster.nodes[i]);
+    let p0 = cluster.add_pod(0, "t0").unwrap();
+    let p1 = cluster.add_pod(1, "t1").unwrap();
+    assert_eq!(route(a, &subnet(b)).0, "trellis.1");
+
+    // One TCP connection from a's pod to b's for the whole test.
+    let server_ip = p1.ip.to_string();
+    let mut cmd = p1
+        .netns
+        .command(&["iperf3", "-s", "-1", "-B", &server_ip, "-p", "5301"]);
+    cmd.stdout(std::process::Stdio::null());
+    let mut server = p1.netns.spawn_command(cmd).unwrap();
+    wait_until(TIMEOUT, "iperf3 listens", || {
+        let out = p1.netns.ok(&["ss", "-Hltn", "sport = :5301"])?;
+        Ok(!out.trim().is_empty())
+    })
+    .unwrap();
+    let mut cmd = p0.netns.command(&[
+        "iperf3", "-c", &server_ip, "-p", "5301", "-t", "14", "-i", "1", "-b", "200M", "-J",
+    ]);
+    cmd.stdout(std::process::Stdio::piped());
+    let client = p0.netns.spawn_command(cmd).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    set_direct(&cluster, true);
+    wait_route(&cluster, 0, 1, "eth0");
+    wait_route(&cluster, 1, 0, "eth0");
+    let on_took = started.elapsed();
+    assert_eq!(route(a, &subnet(cluster.node(2).unwrap())).0, "trellis.1");
+    let (tx, _) = vxlan_packets(a);
+    std::thread::sleep(Duration::from_secs(3));
+    let (tx_direct, _) = vxlan_packets(a);
+    // The connection's segments leave unencapsulated (a stray packet of
+    // the kernel's own may still use the tunnel).
+    assert!(
+        tx_direct - tx < 10,
+        "{} packets through the tunnel",
+        tx_direct - tx
+    );
+
+    let started = Instant::now();
+    set_direct(&cluster, false);
+    wait_route(&cluster, 0, 1, "trellis.1");
+    wait_route(&cluster, 1, 0, "trellis.1");
+    let off_took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        vxlan_packets(a).0 > tx_direct + 1000,
+        "the connection is not back in the tunnel"
+    );
+    assert!(a
+        .agent_log()
+        .contains("direct routes to the nodes on 192.0.2.0/24"));
+    assert!(
+        on_took < Duration::from_secs(5) && off_took < Duration::from_secs(5),
+        "on in {on_took:?}, off in {off_took:?}"
+    );
+
+    let out = client.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(out.status.success(), "iperf3 failed: {report}");
+    let intervals = report["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 13, "{report}");
+    for (i, interval) in intervals.iter().enumerate() {
+        let bytes = interval["sum"]["bytes"].as_u64().unwrap();
+        assert!(bytes > 0, "second {i} carried nothing: {report}");
+    }
+    assert!(server.wait().unwrap().success(), "the iperf3 server failed");
+    ping(&p0.netns, p1.ip).unwrap();
+}
+
+#[test]
+fn stale_direct_routes_go_when_the_agent_starts_and_a_named_network_routes_directly() {
+    let mut cluster = Cluster::start(spec(true)).unwrap();
+    let (sa, sb, sc) = (
+        subnet(&cluster.nodes[0]),
+        subnet(&cluster.nodes[1]),
+        subnet(&cluster.nodes[2]),
+    );
+    let b_ip = cluster.nodes[1].underlay_ip.to_string();
+    // A subnet no node holds (subnets are leased at random).
+    let nobody = (240..256)
+        .map(|i| format!("10.244.{i}.0/24"))
+        .find(|n| ![&sa, &sb, &sc].contains(&n))
+        .unwrap();
+    cluster.nodes[0].stop_agent(Duration::from_secs(5)).unwrap();
+    let a = &cluster.nodes[0];
+    for planted in [
+        // node3 is behind the router: no direct route to it.
+        vec!["replace", &sc, "via", &b_ip, "dev", "eth0"],
+        // node2 through the wrong gateway.
+        vec!["replace", &sb, "via", "192.0.2.3", "dev", "eth0"],
+        // A subnet nobody holds.
+        vec!["add", &nobody, "via", "192.0.2.3", "dev", "eth0"],
+        // Not the overlay's: stays.
+        vec!["add", "203.0.113.0/24", "via", "192.0.2.254", "dev", "eth0"],
+    ] {
+        let mut argv = vec!["ip", "route"];
+        argv.extend(planted);
+        a.netns.ok(&argv).unwrap();
+    }
+    cluster.nodes[0].start_agent().unwrap();
+    let a = &cluster.nodes[0];
+    wait_until(TIMEOUT, "node1's routes are right again", || {
+        Ok(route(a, &sc).0 == "trellis.1"
+            && route(a, &sb) == ("eth0".into(), b_ip.clone())
+            && route(a, &nobody).0.is_empty())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    assert_eq!(route(a, "203.0.113.0/24").0, "eth0");
+    assert_eq!(route(&cluster.nodes[2], &sa).0, "trellis.1");
+
+    // A named network made with --direct-routing does the same on its own
+    // devices; the default network's routes stay as they are.
+    let made = ctl_json(
+        &cluster,
+        &[
+            "network",
+            "create",
+            "multihost",
+            "--subnet",
+            "10.0.0.0/16",
+            "--direct-routing",
+        ],
+    );
+    assert_eq!(made["network"]["directRouting"], true, "{made}");
+    let vni = made["network"]["vni"].as_u64().unwrap();
+    let vxlan = format!("trellis.{vni}");
+    wait_until(TIMEOUT, "every node serves multihost", || {
+        Ok(cluster.nodes.iter().all(|n| {
+            n.network_record("multihost").is_some() && n.network_conflist("multihost").exists()
+        }))
+    })
+    .unwrap();
+    let named: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.network_record("multihost").unwrap().subnet.to_string())
+        .collect();
+    wait_until(TIMEOUT, "multihost routed", || {
+        Ok(route(a, &named[1]) == ("eth0".into(), b_ip.clone())
+            && route(a, &named[2]).0 == vxlan
+            && route(&cluster.nodes[2], &named[0]).0 == vxlan)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| {
+            let conflist = cluster.nodes[i].network_conflist("multihost");
+            let pod = cluster
+                .try_add_pod_with(i, &format!("m{i}"), &conflist)
+                .unwrap();
+            pod.unwrap_or_else(|f| panic!("ADD m{i}: {}", f.failure))
+        })
+        .collect();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in pods.iter().enumerate() {
+            if i != j {
+                ping(&from.netns, to.ip).unwrap();
+            }
+        }
+    }
+    let shown = stdout(&ctl(&cluster, &["network", "inspect", "multihost"]));
+    assert!(shown.contains(r#""directRouting": true"#), "{shown}");
+}
