@@ -1,13 +1,16 @@
 //! `trellis-agent cleanup`: remove everything the agent created on this
 //! node (VXLAN devices and with them every overlay entry, the bridges, the
-//! nftables tables, the state files, the named networks' too) and, with `--release`, its record and
+//! nftables tables, the direct routes, the state files, the named networks' too) and, with `--release`, its record and
 //! subnet lease in etcd.
 
 use crate::departure::{self, DepartureError};
 use crate::flags::CleanupArgs;
 use crate::node_network::is_named_bridge_name;
 use crate::node_table;
+use crate::overlay::dataplane::remove_direct_routes;
+use ipnetwork::IpNetwork;
 use trellis_common::etcd::EtcdError;
+use trellis_common::node::{network_records_dir, read_node_record, NodeRecord};
 use trellis_common::node_name::{node_name, NodeNameError};
 use trellis_kernel::{KernelError, Netlink};
 
@@ -46,6 +49,10 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         if is_agent_vxlan_name(&dev.name) && nl.delete_link(&dev).await? {
             log::info!("deleted VXLAN device {} and its entries", dev.name);
         }
+    }
+    let direct = remove_direct_routes(&nl, &pod_networks(&args.state_dir)).await?;
+    if direct > 0 {
+        log::info!("removed {direct} direct routes to other nodes");
     }
     if nl.delete_link_by_name(&args.bridge).await? {
         log::info!("deleted bridge {}", args.bridge);
@@ -95,6 +102,32 @@ pub async fn run(args: CleanupArgs) -> Result<(), CleanupError> {
         );
     }
     Ok(())
+}
+
+/// The pod networks of this node's records (the default network's and
+/// every named network's), read before the records go: the direct routes
+/// into them are the agent's.
+fn pod_networks(state_dir: &std::path::Path) -> Vec<IpNetwork> {
+    let mut records: Vec<NodeRecord> = read_node_record(state_dir)
+        .ok()
+        .flatten()
+        .into_iter()
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(network_records_dir(state_dir)) {
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            records.extend(NodeRecord::parse(&bytes).ok());
+        }
+    }
+    records
+        .iter()
+        .flat_map(|r| {
+            r.network
+                .map(IpNetwork::V4)
+                .into_iter()
+                .chain(r.ipv6_network.map(IpNetwork::V6))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ fn cluster_config(cluster: &Cluster) -> trellis_common::cluster_config::ClusterC
 
 #[test]
 fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan() {
-    let cluster = Cluster::start(spec(true)).unwrap();
+    let mut cluster = Cluster::start(spec(true)).unwrap();
     let [a, b, c] = [0, 1, 2].map(|i| &cluster.nodes[i]);
     assert_eq!(c.underlay_ip, routed_ip(2));
     let pods: Vec<Pod> = (0..3)
@@ -166,9 +166,23 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
         }
     }
     // Between a and b nothing is encapsulated; to node3 everything is.
+    // Not masqueraded either: b forwards what comes from a's pod.
+    let (from, to) = (pods[0].ip, pods[1].ip);
+    b.netns
+        .sh_ok(&format!(
+            "nft add table ip dr-test && \
+             nft add chain ip dr-test counted '{{ type filter hook forward priority -10; }}' && \
+             nft add rule ip dr-test counted ip saddr {from} ip daddr {to} counter"
+        ))
+        .unwrap();
     let (a_tx, _) = vxlan_packets(a);
     let (_, b_rx) = vxlan_packets(b);
     pings(&pods[0], &pods[1]);
+    let counted = b
+        .netns
+        .ok(&["nft", "list", "chain", "ip", "dr-test", "counted"])
+        .unwrap();
+    assert!(counted.contains("counter packets 20 "), "{counted}");
     assert_eq!(
         vxlan_packets(a).0,
         a_tx,
@@ -217,6 +231,29 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
     let (code, fixed) = ctl_json_any(&cluster, &["doctor", "--fix"]);
     assert_eq!(code, 0, "{fixed}");
     assert_eq!(route(a, &subnet(b)).0, "eth0");
+
+    // node2 leaves: its direct routes go with it, and node1's to it.
+    let gone = subnet(b);
+    cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
+    let node = &cluster.nodes[1];
+    node.agent_cleanup(&[
+        "--release".into(),
+        "--node-name".into(),
+        node.name.clone(),
+        "--etcd-endpoints".into(),
+        cluster.etcd_endpoint(),
+    ])
+    .unwrap();
+    let left = node
+        .netns
+        .ok(&["ip", "route", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(!left.contains("10.244."), "{left}");
+    wait_until(TIMEOUT, "node1 drops its route to node2", || {
+        Ok(route(&cluster.nodes[0], &gone).0.is_empty())
+    })
+    .unwrap();
+    ping(&pods[0].netns, pods[2].ip).unwrap();
 }
 
 #[test]
@@ -387,4 +424,13 @@ fn stale_direct_routes_go_when_the_agent_starts_and_a_named_network_routes_direc
     }
     let shown = stdout(&ctl(&cluster, &["network", "inspect", "multihost"]));
     assert!(shown.contains(r#""directRouting": true"#), "{shown}");
+    // Taken down, it leaves no direct route behind; the default network's stay.
+    drop(pods);
+    let rm = ctl(&cluster, &["network", "rm", "multihost", "--force"]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    wait_until(TIMEOUT, "multihost's routes gone", || {
+        Ok(route(a, &named[1]).0.is_empty())
+    })
+    .unwrap();
+    assert_eq!(route(a, &sb), ("eth0".into(), b_ip.clone()));
 }

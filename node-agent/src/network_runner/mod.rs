@@ -22,7 +22,7 @@ use crate::node_table;
 use serve::serve;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use teardown::{release, remove_file, remove_links, sweep_leftovers};
+use teardown::{release, remove_direct_routes, remove_file, remove_links, sweep_leftovers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trellis_common::network::NetworkRecord;
@@ -144,6 +144,7 @@ async fn stop(ctx: &NodeContext, name: &str, mut served: Served, keep: bool) {
     }
     let vni = served.record.config.vni;
     remove_links(&ctx.nl, &[vxlan_name(vni), named_bridge_name(vni)]).await;
+    remove_direct_routes(&ctx.nl, name, &served.record.config.pod_networks()).await;
     release(ctx, name, served.record.config.network).await;
     log::info!("network {name} is taken down on this node");
 }

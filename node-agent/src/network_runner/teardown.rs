@@ -4,6 +4,7 @@
 use super::context::NodeContext;
 use crate::lease;
 use crate::node_network::named_bridge_name;
+use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 use trellis_common::network::NetworkRecord;
 use trellis_common::node::{self, NodeRecord};
@@ -49,6 +50,16 @@ pub(super) async fn remove_links(nl: &Netlink, names: &[String]) {
     }
 }
 
+/// Remove the network's direct routes on the underlay (its VXLAN routes
+/// went with the device).
+pub(super) async fn remove_direct_routes(nl: &Netlink, name: &str, networks: &[IpNetwork]) {
+    match crate::overlay::dataplane::remove_direct_routes(nl, networks).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("network {name}: removed {n} direct routes"),
+        Err(e) => log::warn!("network {name}: removing its direct routes: {e}"),
+    }
+}
+
 /// What an earlier run left: the record files of networks that are gone
 /// (with their devices and subnets), and the devices of networks whose VNI
 /// changed while the agent was down.
@@ -82,6 +93,13 @@ pub(super) async fn sweep_leftovers(ctx: &NodeContext, want: &BTreeMap<String, N
         let mut links: Vec<String> = left.bridge.iter().cloned().collect();
         links.extend(vxlan_with_mac(&ctx.nl, &left).await);
         remove_links(&ctx.nl, &links).await;
+        let networks: Vec<IpNetwork> = left
+            .network
+            .map(IpNetwork::V4)
+            .into_iter()
+            .chain(left.ipv6_network.map(IpNetwork::V6))
+            .collect();
+        remove_direct_routes(&ctx.nl, &name, &networks).await;
         if wanted.is_none() {
             remove_file(&path);
             if let Some(network) = left.network {

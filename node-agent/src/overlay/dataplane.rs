@@ -120,6 +120,26 @@ fn within(networks: &[IpNetwork], dst: IpNetwork) -> bool {
         .any(|n| n.prefix() <= dst.prefix() && n.contains(dst.network()))
 }
 
+/// Remove the direct routes into `networks` (a network taken down, the
+/// node cleaned up): the main table's routes into them through a gateway
+/// that is not `onlink` (the overlay's own routes are, and go with their
+/// VXLAN device). How many went.
+pub async fn remove_direct_routes(
+    nl: &Netlink,
+    networks: &[IpNetwork],
+) -> Result<usize, KernelError> {
+    let mut removed = 0;
+    for family in [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])] {
+        for r in nl.routes(family, trellis_kernel::route::MAIN_TABLE).await? {
+            if r.gateway.is_some() && !r.onlink && within(networks, r.dst) {
+                nl.delete_route(&r).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 async fn execute(nl: &Netlink, paths: &Paths, op: &Op) -> Result<(), KernelError> {
     let ifindex = paths.vxlan;
     match *op {
