@@ -69,6 +69,11 @@ pub struct PeerProbes {
     /// pattern (ICMP passes, UDP and TCP do not) from a blocked VXLAN port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_icmp: Option<Probe>,
+    /// The node is routed directly (direct routing): the probes of
+    /// `vtepIP` took the unencapsulated path over the underlay, not the
+    /// tunnel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
 }
 
 /// One probe: whether an echo came back, and how fast.

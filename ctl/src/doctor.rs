@@ -74,6 +74,8 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
     for p in &report.peers {
         let (kind, detail) = if !p.underlay.ok {
             ("probe-port-unreachable", p.underlay.error.clone())
+        } else if !p.overlay.ok && p.direct {
+            ("direct-route-blocked", p.overlay.error.clone())
         } else if !p.overlay.ok && p.overlay_icmp.as_ref().is_some_and(|o| o.ok) {
             ("tunnel-udp-lost", p.overlay.error.clone())
         } else if !p.overlay.ok {
@@ -99,6 +101,7 @@ fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, 
                 "vxlan-port-unreachable" => "vxlan",
                 "ipv6-tunnel" => "ipv6",
                 "tunnel-udp-lost" => "udp",
+                "direct-route-blocked" => "direct",
                 _ => "mtu",
             },
         );
@@ -171,6 +174,15 @@ fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
                     format!(
                         "allow UDP {} on {on} (a host firewall, or the network between them, drops it); if it is open, the NIC or hypervisor may corrupt offloaded VXLAN checksums: run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off)",
                         r.vxlan_port
+                    ),
+                ),
+                "direct-route-blocked" => (
+                    format!(
+                        "{from} and {to} reach each other over the underlay, but not on the direct route between their pod networks (unencapsulated, directRouting): {}",
+                        f.detail
+                    ),
+                    format!(
+                        "the underlay on {on} must carry the pod networks' addresses: turn off a source/destination check or anti-spoofing there, allow the pod networks in its host firewall; or switch directRouting off (trellisctl config set) to use VXLAN"
                     ),
                 ),
                 "tunnel-udp-lost" => (

@@ -15,7 +15,7 @@ use etcd_client::GetOptions;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,9 +79,10 @@ pub async fn bind(port: u16) -> std::io::Result<UdpSocket> {
 }
 
 /// Send a probe of an IP packet of `size` bytes to `to` and wait for its
-/// echo, a few times.
-pub async fn probe(to: SocketAddr, size: u32) -> Probe {
-    outcome(size, try_probe(to, size).await)
+/// echo, a few times; from `local` when given (else the address the kernel
+/// picks).
+pub async fn probe(local: Option<IpAddr>, to: SocketAddr, size: u32) -> Probe {
+    outcome(size, try_probe(local, to, size).await)
 }
 
 /// A probe of an IP packet of `size` bytes as it came out: its round trip,
@@ -103,10 +104,13 @@ fn outcome(size: u32, rtt: Result<Duration, String>) -> Probe {
     }
 }
 
-async fn try_probe(to: SocketAddr, size: u32) -> Result<Duration, String> {
-    let local: SocketAddr = match to {
-        SocketAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
+async fn try_probe(local: Option<IpAddr>, to: SocketAddr, size: u32) -> Result<Duration, String> {
+    let local: SocketAddr = match (local, to) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+        (None, SocketAddr::V6(_)) => {
+            std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into()
+        }
     };
     // Not connected: a node reached by a direct route answers a probe of
     // its VTEP address from the address the kernel picks towards this node
@@ -196,21 +200,36 @@ impl Doctor {
             drift = self.drift(&records, &desired).await;
         }
         let port = self.probe_port;
+        // The subnets of the nodes routed directly (none with direct
+        // routing off): their VTEP address is reached unencapsulated.
+        let direct = *self.direct.borrow();
+        let direct_to = match read_underlay(&self.nl, self.underlay, direct).await {
+            Ok(underlay) => underlay.direct,
+            Err(_) => Vec::new(),
+        };
+        let direct_to = &direct_to;
+        // Through the tunnel (or the direct route) from this node's own VTEP
+        // address, as pod traffic goes: between pod networks, so that an
+        // underlay that drops pod addresses drops the probe either way.
+        let own = Some(IpAddr::V4(self.view.subnet.network()));
+        let own6 = self.view.subnet6.map(|s| IpAddr::V6(s.network()));
         let peers = desired.nodes.into_iter().map(|(name, n)| async move {
+            let direct = direct_to.iter().any(|s| s.contains(n.public_ip));
             let vtep_ip6 = n.ipv6.as_ref().map(|v6| v6.vtep_ip);
             let overlay6 = async {
                 match vtep_ip6 {
-                    Some(ip) => Some(probe(SocketAddr::from((ip, port)), SMALL).await),
+                    Some(ip) => Some(probe(own6, SocketAddr::from((ip, port)), SMALL).await),
                     None => None,
                 }
             };
             let (underlay, overlay, overlay_full, overlay6) = tokio::join!(
-                probe(SocketAddr::from((n.public_ip, port)), SMALL),
-                probe(SocketAddr::from((n.vtep_ip, port)), SMALL),
-                probe(SocketAddr::from((n.vtep_ip, port)), self.mtu),
+                probe(None, SocketAddr::from((n.public_ip, port)), SMALL),
+                probe(own, SocketAddr::from((n.vtep_ip, port)), SMALL),
+                probe(own, SocketAddr::from((n.vtep_ip, port)), self.mtu),
                 overlay6,
             );
-            let overlay_icmp = if overlay.ok || !underlay.ok {
+            // The checksum pattern is a tunnel's: not asked of a direct path.
+            let overlay_icmp = if overlay.ok || !underlay.ok || direct {
                 None
             } else {
                 Some(icmp_probe(n.vtep_ip).await)
@@ -225,6 +244,7 @@ impl Doctor {
                 vtep_ip6,
                 overlay6,
                 overlay_icmp,
+                direct,
             }
         });
         Ok(ProbeReport {
@@ -351,15 +371,15 @@ mod tests {
         let port = socket.local_addr().unwrap().port();
         tokio::spawn(respond(socket));
         let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let small = probe(to, SMALL).await;
+        let small = probe(None, to, SMALL).await;
         assert!(small.ok && small.rtt_micros.is_some(), "{small:?}");
-        let full = probe(to, 1450).await;
+        let full = probe(Some(Ipv4Addr::LOCALHOST.into()), to, 1450).await;
         assert!(full.ok && full.size == 1450, "{full:?}");
         // Nobody listens there: the probe says so.
         let quiet = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = quiet.local_addr().unwrap();
         drop(quiet);
-        let none = probe(to, SMALL).await;
+        let none = probe(None, to, SMALL).await;
         assert!(!none.ok && !none.error.is_empty(), "{none:?}");
     }
 

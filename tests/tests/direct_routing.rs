@@ -203,6 +203,61 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
         (0, &serde_json::json!([])),
         "{clean}"
     );
+    let marked = |report: &Value, from: &str, to: &str| {
+        report["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == from)
+            .and_then(|r| {
+                r["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["node"] == to)
+            })
+            .map(|p| p["direct"] == true)
+            .unwrap()
+    };
+    assert!(marked(&clean, &a.name, &b.name) && !marked(&clean, &a.name, &c.name));
+    // An underlay that does not carry pod addresses (anti-spoofing, a
+    // cloud's source/destination check) into node2: the direct pairs fail,
+    // node3's tunnel passes.
+    b.netns
+        .sh_ok(
+            "nft add table inet dr-drop && \
+             nft add chain inet dr-drop in '{ type filter hook prerouting priority -10; }' && \
+             nft add rule inet dr-drop in iifname eth0 ip daddr 10.244.0.0/16 drop",
+        )
+        .unwrap();
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    assert_eq!(code, 1, "{report}");
+    let blocked: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "direct-route-blocked")
+        .collect();
+    let mut pairs: Vec<(&str, &str)> = blocked
+        .iter()
+        .map(|f| (f["from"].as_str().unwrap(), f["to"].as_str().unwrap()))
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, [("node1", "node2"), ("node2", "node1")], "{report}");
+    for f in &blocked {
+        let remedy = f["remedy"].as_str().unwrap();
+        // Only node1 and node2 share the subnet: nothing tells them apart.
+        assert!(
+            remedy.starts_with("the underlay on node1 and on node2 must carry"),
+            "{remedy}"
+        );
+    }
+    assert_eq!(report["matrix"]["node1"]["node2"], "direct", "{report}");
+    assert_eq!(report["matrix"]["node1"]["node3"], "ok", "{report}");
+    assert_eq!(report["matrix"]["node3"]["node2"], "ok", "{report}");
+    b.netns
+        .ok(&["nft", "delete", "table", "inet", "dr-drop"])
+        .unwrap();
     {
         let _frozen = a.freeze_agent().unwrap();
         a.netns.ok(&["ip", "route", "del", &subnet(b)]).unwrap();
