@@ -5,7 +5,8 @@
 //! them) and reach node3 over VXLAN; switching the option off and on
 //! converges without a restart and without breaking a TCP connection;
 //! stale direct routes planted while an agent is down are gone after its
-//! restart, and the doctor sees a direct route lost.
+//! restart, and the doctor sees a direct route lost and an underlay that
+//! drops pod addresses. Over an IPv6 underlay the IPv6 subnets go direct.
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -488,4 +489,60 @@ fn stale_direct_routes_go_when_the_agent_starts_and_a_named_network_routes_direc
     })
     .unwrap();
     assert_eq!(route(a, &sb), ("eth0".into(), b_ip.clone()));
+}
+
+/// Over an IPv6 underlay the IPv6 pod subnets are the ones routed directly
+/// (via the nodes' IPv6 addresses) and the IPv4 ones go over VXLAN.
+#[test]
+fn an_ipv6_underlay_routes_the_ipv6_pod_subnets_directly() {
+    let mut spec = ClusterSpec {
+        underlay6: true,
+        tunnel6: true,
+        agent_args: ["--resync-interval", "3600"].map(String::from).to_vec(),
+        ..ClusterSpec::default().nodes(2)
+    };
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    spec.config.direct_routing = true;
+    let cluster = Cluster::start(spec).unwrap();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let b6 = b.record().unwrap().ipv6_subnet.unwrap().to_string();
+    let out = a
+        .netns
+        .ok(&["ip", "-j", "-6", "route", "show", &b6])
+        .unwrap();
+    let routes: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(routes.len(), 1, "{out}");
+    assert_eq!(routes[0]["dev"], "eth0", "{out}");
+    assert_eq!(
+        routes[0]["gateway"],
+        b.underlay_ip6.unwrap().to_string(),
+        "{out}"
+    );
+    assert_eq!(route(a, &subnet(b)).0, "trellis.1");
+
+    let p0 = cluster.add_pod(0, "v0").unwrap();
+    let p1 = cluster.add_pod(1, "v1").unwrap();
+    let ip6 = trellis_tests::cluster::result_ip6(&p1.result).unwrap();
+    ping(&p0.netns, p1.ip).unwrap();
+    ping(&p0.netns, ip6).unwrap();
+    // The IPv6 pings left unencapsulated, the IPv4 ones through the tunnel.
+    let (tx, _) = vxlan_packets(a);
+    let six = p0.netns.exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "20",
+        "-i",
+        "0.02",
+        &ip6.to_string(),
+    ]);
+    assert!(six.status.success());
+    assert_eq!(
+        vxlan_packets(a).0,
+        tx,
+        "IPv6 pod traffic went through the tunnel"
+    );
+    pings(&p0, &p1);
+    assert!(vxlan_packets(a).0 >= tx + 20);
 }
