@@ -49,6 +49,12 @@ pub struct ClusterConfig {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub direct_routing: bool,
+    /// The pods' MTU (and the node bridges'), in place of the overlay's
+    /// (the underlay's minus the VXLAN overhead). Larger than the overlay's
+    /// only with `directRouting`, where the nodes of one subnet carry it
+    /// unencapsulated; see the README's "Direct routing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 fn default_ipv6_subnet_len() -> u8 {
@@ -117,6 +123,19 @@ impl ClusterConfig {
         }
         if self.port == 0 {
             return Err("port must not be 0".into());
+        }
+        if let Some(mtu) = self.mtu {
+            let least = if self.ipv6_network.is_some() {
+                1280
+            } else {
+                68
+            };
+            if !(least..=65535).contains(&mtu) {
+                return Err(format!(
+                    "mtu {mtu} must be between {least} and 65535{}",
+                    if least > 68 { " (IPv6 needs 1280)" } else { "" }
+                ));
+            }
         }
         if let Some(net6) = self.ipv6_network {
             if net6.network() != net6.ip() {
@@ -299,6 +318,14 @@ mod tests {
                 "vni 16777216",
             ),
             (r#"{"network":"10.244.0.0/16","port":0}"#, "port"),
+            (
+                r#"{"network":"10.244.0.0/16","mtu":67}"#,
+                "mtu 67 must be between 68 and 65535",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","ipv6Network":"fd10:244::/56","mtu":1200}"#,
+                "mtu 1200 must be between 1280 and 65535 (IPv6 needs 1280)",
+            ),
             (
                 r#"{"network":"10.244.1.0/16"}"#,
                 "host bits set (did you mean 10.244.0.0/16?)",

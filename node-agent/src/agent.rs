@@ -68,6 +68,8 @@ pub enum AgentError {
     Kube(#[from] crate::kube_api::KubeError),
     #[error(transparent)]
     IpamService(#[from] crate::ipam_service::ServiceError),
+    #[error(transparent)]
+    PodMtu(#[from] crate::pod_mtu::PodMtuError),
 }
 
 /// Run the agent until SIGTERM or SIGINT (`Ok`) or a fatal error.
@@ -138,6 +140,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             },
         )
         .await?;
+        // Before anything is leased or made.
+        crate::pod_mtu::check(&config, &underlay, public_ip)?;
         let preferred = read_node_record(&args.state_dir)
             .ok()
             .flatten()
@@ -274,6 +278,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         direct: direct_tx,
         resync: resync_now,
         pending: None,
+        overlay_mtu: net.vxlan.mtu,
     };
     let (etcd, prefix, follow_metrics) = (client.clone(), keys.config(), metrics.clone());
     let config_task = tokio::spawn(async move {

@@ -22,6 +22,9 @@ pub struct ConfigFollower {
     /// The last config that differed from `running` beyond direct routing
     /// (logged once).
     pub pending: Option<ClusterConfig>,
+    /// The VXLAN device's MTU, against which pods of a larger `mtu` are
+    /// warned about when direct routing goes off.
+    pub overlay_mtu: u32,
 }
 
 impl ConfigFollower {
@@ -46,6 +49,13 @@ impl ConfigFollower {
                 if on { "on" } else { "off" }
             );
             self.resync.notify_one();
+            if let Some(mtu) = self.running.mtu.filter(|m| !on && *m > self.overlay_mtu) {
+                log::warn!(
+                    "the pods' MTU {mtu} is larger than the overlay's {}: with direct routing off, their larger packets rely on path MTU discovery (restart the agents with an mtu of at most {} to avoid it)",
+                    self.overlay_mtu,
+                    self.overlay_mtu
+                );
+            }
         }
         let beyond = ClusterConfig {
             direct_routing: self.running.direct_routing,
@@ -114,6 +124,7 @@ mod tests {
             direct: tx,
             resync: resync.clone(),
             pending: None,
+            overlay_mtu: 1450,
         };
         let on = r#"{"network":"10.244.0.0/16","directRouting":true}"#;
         f.listed(vec![entry("/trellis/config", on)], 5);

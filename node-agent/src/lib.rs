@@ -3,7 +3,8 @@
 //!
 //! - [`lease`]: the node subnet, leased in etcd; [`membership`] keeps the
 //!   lease alive and the node record published.
-//! - [`node_network`]: this node's VXLAN device and bridge.
+//! - [`node_network`]: this node's VXLAN device and bridge; [`pod_mtu`]:
+//!   the pods' MTU against what the paths carry.
 //! - [`registry`]: every node record, followed ([`etcd_follow`]);
 //!   [`config_follow`]: the cluster config, followed (direct routing).
 //! - [`names`]: the containers' names, followed; [`dns`] answers them.
@@ -41,6 +42,7 @@ pub mod networks;
 pub mod node_network;
 pub mod node_table;
 pub mod overlay;
+pub mod pod_mtu;
 pub mod probe;
 pub mod registry;
 pub mod status_server;

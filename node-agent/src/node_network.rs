@@ -126,6 +126,9 @@ pub struct NodeNetwork {
     /// Leave the VXLAN device's transmit checksum offload on (the kernel's
     /// default); off, it is turned off whenever the device is ensured.
     pub tx_checksum_offload: bool,
+    /// The pods' and the bridge's MTU: the cluster config's `mtu`, else the
+    /// overlay's (checked by [`crate::pod_mtu::check`]).
+    pub pod_mtu: u32,
 }
 
 impl NodeNetwork {
@@ -156,6 +159,9 @@ impl NodeNetwork {
             bridge: bridge.to_string(),
             named: None,
             tx_checksum_offload: true,
+            pod_mtu: config
+                .mtu
+                .unwrap_or(underlay.mtu - vxlan_overhead(public_ip)),
         }
     }
 
@@ -177,9 +183,10 @@ impl NodeNetwork {
         net
     }
 
-    /// The MTU of the overlay: the VXLAN device, the bridge, the pods.
+    /// The pods' MTU, and the bridge's: the overlay's (the VXLAN
+    /// device's) unless the cluster config sets `mtu`.
     pub fn mtu(&self) -> u32 {
-        self.vxlan.mtu
+        self.pod_mtu
     }
 
     /// The VXLAN device's addresses: the subnet's network address /32, and
@@ -342,6 +349,7 @@ pub(crate) mod tests {
             ipv6_network: None,
             ipv6_subnet_len: 64,
             direct_routing: false,
+            mtu: None,
         };
         let underlay = underlay(7, 1500);
         let n = NodeNetwork::new(

@@ -176,6 +176,7 @@ mod tests {
             ipv6_network: None,
             ipv6_subnet_len: 64,
             direct_routing: false,
+            mtu: None,
         }
     }
 

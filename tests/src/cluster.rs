@@ -117,6 +117,7 @@ impl Default for ClusterSpec {
                 ipv6_network: None,
                 ipv6_subnet_len: 64,
                 direct_routing: false,
+                mtu: None,
             },
             etcd_prefix: trellis_common::keys::DEFAULT_ETCD_PREFIX.to_owned(),
             ip_masq: true,

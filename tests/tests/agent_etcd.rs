@@ -165,6 +165,7 @@ fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
             ipv6_network: None,
             ipv6_subnet_len: 64,
             direct_routing: false,
+            mtu: None,
         },
         agents: false,
         ..ClusterSpec::default()

@@ -29,6 +29,7 @@ fn spec(grace: &str) -> ClusterSpec {
             ipv6_network: None,
             ipv6_subnet_len: 64,
             direct_routing: false,
+            mtu: None,
         },
         agent_args: [
             "--lease-ttl",

@@ -6,112 +6,17 @@
 //! converges without a restart and without breaking a TCP connection;
 //! stale direct routes planted while an agent is down are gone after its
 //! restart, and the doctor sees a direct route lost and an underlay that
-//! drops pod addresses. Over an IPv6 underlay the IPv6 subnets go direct.
+//! drops pod addresses (more in `direct_routing_mtu.rs`).
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use trellis_tests::cluster::{ping, routed_ip, Cluster, ClusterSpec, Node, Pod};
+use trellis_tests::cluster::{ping, routed_ip, Cluster, Pod};
 use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, stderr, stdout};
 use trellis_tests::wait::wait_until;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-const METRICS: &str = "127.0.0.1:9464";
+mod direct_common;
 
-/// node3 behind the router; the agents' figures and probes served; no
-/// periodic resync during the test (only changes and restarts resync).
-fn spec(direct: bool) -> ClusterSpec {
-    let mut spec = ClusterSpec {
-        routed: vec![2],
-        agent_args: [
-            "--metrics-addr",
-            "0.0.0.0:9464",
-            "--resync-interval",
-            "3600",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..ClusterSpec::default().nodes(3)
-    };
-    spec.config.direct_routing = direct;
-    spec
-}
-
-/// The device and gateway of `node`'s route to `dst`.
-fn route(node: &Node, dst: &str) -> (String, String) {
-    let out = node.netns.ok(&["ip", "-j", "route", "show", dst]).unwrap();
-    let routes: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let Some(r) = routes.iter().find(|r| r["dst"] == dst) else {
-        return (String::new(), String::new());
-    };
-    let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-    (text("dev"), text("gateway"))
-}
-
-fn subnet(node: &Node) -> String {
-    node.subnet().unwrap().to_string()
-}
-
-/// Packets the node's VXLAN device sent and received (encapsulated).
-fn vxlan_packets(node: &Node) -> (u64, u64) {
-    let out = node
-        .netns
-        .ok(&["ip", "-j", "-s", "link", "show", "trellis.1"])
-        .unwrap();
-    let link: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let stats = &link[0]["stats64"];
-    (
-        stats["tx"]["packets"].as_u64().unwrap(),
-        stats["rx"]["packets"].as_u64().unwrap(),
-    )
-}
-
-/// 20 pings from `from` to `to`, all answered.
-fn pings(from: &Pod, to: &Pod) {
-    let out = from.netns.exec(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "20",
-        "-i",
-        "0.02",
-        "-W",
-        "1",
-        &to.ip.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{} -> {}: {}",
-        from.name,
-        to.name,
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// Waits until node `a` routes node `b`'s subnet through `dev`.
-fn wait_route(cluster: &Cluster, a: usize, b: usize, dev: &str) {
-    let (na, nb) = (&cluster.nodes[a], &cluster.nodes[b]);
-    let dst = subnet(nb);
-    wait_until(
-        TIMEOUT,
-        &format!("{} routes {dst} on {dev}", na.name),
-        || Ok(route(na, &dst).0 == dev),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
-}
-
-fn set_direct(cluster: &Cluster, on: bool) {
-    let mut config = cluster_config(cluster);
-    config.direct_routing = on;
-    let json = serde_json::to_string(&config).unwrap();
-    let out = ctl(cluster, &["config", "set", &json]);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-fn cluster_config(cluster: &Cluster) -> trellis_common::cluster_config::ClusterConfig {
-    let got = ctl_json(cluster, &["config", "get"]);
-    serde_json::from_value(got["config"].clone()).unwrap()
-}
+use direct_common::*;
 
 #[test]
 fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan() {
@@ -490,60 +395,4 @@ fn stale_direct_routes_go_when_the_agent_starts_and_a_named_network_routes_direc
     })
     .unwrap();
     assert_eq!(route(a, &sb), ("eth0".into(), b_ip.clone()));
-}
-
-/// Over an IPv6 underlay the IPv6 pod subnets are the ones routed directly
-/// (via the nodes' IPv6 addresses) and the IPv4 ones go over VXLAN.
-#[test]
-fn an_ipv6_underlay_routes_the_ipv6_pod_subnets_directly() {
-    let mut spec = ClusterSpec {
-        underlay6: true,
-        tunnel6: true,
-        agent_args: ["--resync-interval", "3600"].map(String::from).to_vec(),
-        ..ClusterSpec::default().nodes(2)
-    };
-    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
-    spec.config.direct_routing = true;
-    let cluster = Cluster::start(spec).unwrap();
-    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
-    let b6 = b.record().unwrap().ipv6_subnet.unwrap().to_string();
-    let out = a
-        .netns
-        .ok(&["ip", "-j", "-6", "route", "show", &b6])
-        .unwrap();
-    let routes: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(routes.len(), 1, "{out}");
-    assert_eq!(routes[0]["dev"], "eth0", "{out}");
-    assert_eq!(
-        routes[0]["gateway"],
-        b.underlay_ip6.unwrap().to_string(),
-        "{out}"
-    );
-    assert_eq!(route(a, &subnet(b)).0, "trellis.1");
-
-    let p0 = cluster.add_pod(0, "v0").unwrap();
-    let p1 = cluster.add_pod(1, "v1").unwrap();
-    let ip6 = trellis_tests::cluster::result_ip6(&p1.result).unwrap();
-    ping(&p0.netns, p1.ip).unwrap();
-    ping(&p0.netns, ip6).unwrap();
-    // The IPv6 pings left unencapsulated, the IPv4 ones through the tunnel.
-    let (tx, _) = vxlan_packets(a);
-    let six = p0.netns.exec(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "20",
-        "-i",
-        "0.02",
-        &ip6.to_string(),
-    ]);
-    assert!(six.status.success());
-    assert_eq!(
-        vxlan_packets(a).0,
-        tx,
-        "IPv6 pod traffic went through the tunnel"
-    );
-    pings(&p0, &p1);
-    assert!(vxlan_packets(a).0 >= tx + 20);
 }

@@ -52,6 +52,8 @@ enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    PodMtu(#[from] crate::pod_mtu::PodMtuError),
 }
 
 async fn serve_once(
@@ -61,6 +63,7 @@ async fn serve_once(
     metrics: &Arc<Metrics>,
 ) -> Result<(), ServeError> {
     let config = &record.config;
+    crate::pod_mtu::check(config, &ctx.underlay, ctx.public_ip)?;
     let scope = lease::Scope::Named(config.network);
     let preferred = node::read_node_record_for(&ctx.state_dir, Some(name))
         .ok()
