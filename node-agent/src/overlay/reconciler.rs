@@ -1,6 +1,8 @@
 //! The reconcile loop, as Calico's vxlan manager works: at start, after a
 //! failed write (on a retry timer), when the VXLAN device had to be made
-//! again and on every periodic resync, it dumps the kernel once, diffs in
+//! again, when the paths changed (direct routing switched, the underlay's
+//! subnets, the route style) and on every periodic resync (or one asked
+//! for), it dumps the kernel once, diffs in
 //! memory and applies the plan; a change of the desired state in between is
 //! planned for the nodes that changed only, against what the last pass
 //! left in the kernel for them, without a dump.
