@@ -214,7 +214,9 @@ impl Doctor {
         let own = Some(IpAddr::V4(self.view.subnet.network()));
         let own6 = self.view.subnet6.map(|s| IpAddr::V6(s.network()));
         let peers = desired.nodes.into_iter().map(|(name, n)| async move {
-            let direct = direct_to.iter().any(|s| s.contains(n.public_ip));
+            // The probes below go to the IPv4 VTEP: direct over an IPv4
+            // underlay only (an IPv6 one carries IPv4 over VXLAN).
+            let direct = n.public_ip.is_ipv4() && direct_to.iter().any(|s| s.contains(n.public_ip));
             let vtep_ip6 = n.ipv6.as_ref().map(|v6| v6.vtep_ip);
             let overlay6 = async {
                 match vtep_ip6 {
