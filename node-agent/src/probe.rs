@@ -9,7 +9,7 @@
 
 use crate::install_cni::conf_dir;
 use crate::overlay::dataplane::{read_overlay, read_underlay};
-use crate::overlay::{plan, DesiredOverlay, Op, Paths};
+use crate::overlay::{plan, DesiredOverlay, Op, Paths, Underlay};
 use crate::registry::LocalView;
 use etcd_client::GetOptions;
 use futures::StreamExt;
@@ -190,24 +190,23 @@ impl Doctor {
     /// Probe every remote node the overlay admits (read from etcd now, the
     /// registry's rule), [`PEERS_AT_ONCE`] at a time.
     pub async fn check(&self) -> Result<ProbeReport, String> {
+        // Read once for the drift and the probes: with direct routing on,
+        // the subnets whose nodes' VTEP addresses are reached unencapsulated.
+        let direct = *self.direct.borrow();
+        let underlay = read_underlay(&self.nl, self.underlay, direct)
+            .await
+            .map_err(|e| format!("cannot read the underlay device: {e}"));
         let (records, desired) = self.desired().await?;
-        let mut drift = self.drift(&records, &desired).await;
+        let mut drift = self.drift(&records, &desired, underlay.as_ref()).await;
         if !drift.is_empty() {
             // The agent may have been writing just then: what is still
             // different a second later is drift.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (records, desired) = self.desired().await?;
-            drift = self.drift(&records, &desired).await;
+            drift = self.drift(&records, &desired, underlay.as_ref()).await;
         }
         let port = self.probe_port;
-        // The subnets of the nodes routed directly (none with direct
-        // routing off): their VTEP address is reached unencapsulated.
-        let direct = *self.direct.borrow();
-        let direct_to = match read_underlay(&self.nl, self.underlay, direct).await {
-            Ok(underlay) => underlay.direct,
-            Err(_) => Vec::new(),
-        };
-        let direct_to = &direct_to;
+        let direct_to: &[IpNetwork] = underlay.as_ref().map_or(&[], |u| &u.direct);
         // Through the tunnel (or the direct route) from this node's own VTEP
         // address, as pod traffic goes: between pod networks, so that an
         // underlay that drops pod addresses drops the probe either way.
@@ -297,6 +296,7 @@ impl Doctor {
         &self,
         records: &BTreeMap<String, NodeRecord>,
         desired: &DesiredOverlay,
+        underlay: Result<&Underlay, &String>,
     ) -> Vec<String> {
         let dev = &self.vxlan_device;
         let link = match self.nl.link_by_name(dev).await {
@@ -314,11 +314,10 @@ impl Doctor {
                 ));
             }
         }
-        let direct = *self.direct.borrow();
-        let underlay = match read_underlay(&self.nl, self.underlay, direct).await {
-            Ok(underlay) => underlay,
+        let underlay = match underlay {
+            Ok(underlay) => underlay.clone(),
             Err(e) => {
-                drift.push(format!("cannot read the underlay device: {e}"));
+                drift.push(e.clone());
                 return drift;
             }
         };
