@@ -916,6 +916,26 @@ impl Cluster {
     }
 
     /// etcd's (first member's) client URL, as reachable from the nodes.
+    /// Node `index` leaves the cluster as an operator takes it out: its
+    /// agent stopped (SIGTERM, SIGKILL after 5 s), then `trellis-agent
+    /// cleanup --release` on it against the cluster's etcd.
+    pub fn leave(&mut self, index: usize) -> Result<()> {
+        let endpoint = self.etcd_endpoint();
+        let node = self
+            .nodes
+            .get_mut(index)
+            .with_context(|| format!("no node {index}"))?;
+        node.stop_agent(Duration::from_secs(5))?;
+        let name = node.name.clone();
+        node.agent_cleanup(&[
+            "--release".into(),
+            "--node-name".into(),
+            name,
+            "--etcd-endpoints".into(),
+            endpoint,
+        ])
+    }
+
     pub fn etcd_endpoint(&self) -> String {
         self.etcd.member(0).endpoint()
     }

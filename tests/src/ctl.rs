@@ -46,3 +46,24 @@ pub fn ctl_json_any(cluster: &Cluster, args: &[&str]) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("{args:?}: {e}: {}{}", stdout(&out), stderr(&out)));
     (out.status.code().unwrap_or(-1), value)
 }
+
+/// The findings of one kind in a `doctor -o json` report.
+pub fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .map(|all| all.iter().filter(|f| f["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
+/// The findings of one kind, as (from, to, remedy), sorted.
+pub fn of_kind(report: &Value, kind: &str) -> Vec<(String, String, String)> {
+    let mut found: Vec<_> = findings(report, kind)
+        .into_iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+            (s("from"), s("to"), s("remedy"))
+        })
+        .collect();
+    found.sort();
+    found
+}

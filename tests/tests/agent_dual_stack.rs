@@ -401,15 +401,7 @@ fn leak_reclaim_and_a_node_leaving_free_the_ipv6_twins_too() -> Result<()> {
     // Node 2 leaves (cleanup --release): its pod's addresses of both
     // families go, and node 1 drops its IPv6 route.
     let gone_subnet6 = cluster.nodes[1].record()?.ipv6_subnet.expect("dual-stack");
-    cluster.nodes[1].stop_agent(Duration::from_secs(5))?;
-    let node = &cluster.nodes[1];
-    node.agent_cleanup(&[
-        "--release".into(),
-        "--node-name".into(),
-        node.name.clone(),
-        "--etcd-endpoints".into(),
-        cluster.etcd_endpoint(),
-    ])?;
+    cluster.leave(1)?;
     let mut held = cluster.allocations()?;
     held.sort();
     let mut want = vec![kept.ip, kept6];

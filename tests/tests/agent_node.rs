@@ -160,16 +160,8 @@ fn cleanup_removes_everything_the_agent_made() {
     let mut want = vec![kept.ip, gone.ip];
     want.sort();
     assert_eq!(both, want);
-    cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
+    cluster.leave(1).unwrap();
     let node = &cluster.nodes[1];
-    node.agent_cleanup(&[
-        "--release".into(),
-        "--node-name".into(),
-        node.name.clone(),
-        "--etcd-endpoints".into(),
-        cluster.etcd_endpoint(),
-    ])
-    .unwrap();
     let links = node.netns.links().unwrap();
     assert!(
         !links.iter().any(|l| l == "trellis.1" || l == "trellis0"),

@@ -11,7 +11,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use trellis_tests::cluster::{ping, routed_ip, Cluster, Pod};
-use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, stderr, stdout};
+use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, findings, of_kind, stderr, stdout};
 use trellis_tests::wait::wait_until;
 
 mod direct_common;
@@ -138,20 +138,13 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
         .unwrap();
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     assert_eq!(code, 1, "{report}");
-    let blocked: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
+    let blocked = of_kind(&report, "direct-route-blocked");
+    let pairs: Vec<(&str, &str)> = blocked
         .iter()
-        .filter(|f| f["kind"] == "direct-route-blocked")
+        .map(|(from, to, _)| (from.as_str(), to.as_str()))
         .collect();
-    let mut pairs: Vec<(&str, &str)> = blocked
-        .iter()
-        .map(|f| (f["from"].as_str().unwrap(), f["to"].as_str().unwrap()))
-        .collect();
-    pairs.sort();
     assert_eq!(pairs, [("node1", "node2"), ("node2", "node1")], "{report}");
-    for f in &blocked {
-        let remedy = f["remedy"].as_str().unwrap();
+    for (_, _, remedy) in &blocked {
         // Only node1 and node2 share the subnet: nothing tells them apart.
         assert!(
             remedy.starts_with("the underlay on node1 and on node2 must carry"),
@@ -172,12 +165,7 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
     assert_eq!(code, 1, "{report}");
     // The route is lost, and with it the path through the tunnel's
     // address; the drift says why.
-    let drift: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "kernel-drift")
-        .collect();
+    let drift = findings(&report, "kernel-drift");
     assert_eq!(drift.len(), 1, "{report}");
     assert_eq!(drift[0]["from"], a.name.as_str());
     let message = drift[0]["message"].as_str().unwrap_or_default();
@@ -195,16 +183,8 @@ fn nodes_on_one_subnet_route_directly_and_the_one_behind_the_router_over_vxlan()
 
     // node2 leaves: its direct routes go with it, and node1's to it.
     let gone = subnet(b);
-    cluster.nodes[1].stop_agent(Duration::from_secs(5)).unwrap();
+    cluster.leave(1).unwrap();
     let node = &cluster.nodes[1];
-    node.agent_cleanup(&[
-        "--release".into(),
-        "--node-name".into(),
-        node.name.clone(),
-        "--etcd-endpoints".into(),
-        cluster.etcd_endpoint(),
-    ])
-    .unwrap();
     let left = node
         .netns
         .ok(&["ip", "route", "show", "dev", "eth0"])

@@ -49,17 +49,7 @@ fn an_ipv6_underlay_routes_the_ipv6_pod_subnets_directly() {
     ping(&p0.netns, ip6).unwrap();
     // The IPv6 pings left unencapsulated, the IPv4 ones through the tunnel.
     let (tx, _) = vxlan_packets(a);
-    let six = p0.netns.exec(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "20",
-        "-i",
-        "0.02",
-        &ip6.to_string(),
-    ]);
-    assert!(six.status.success());
+    assert!(ping_with(&p0, ip6, &["-c", "20", "-i", "0.02"]));
     assert_eq!(
         vxlan_packets(a).0,
         tx,
@@ -84,11 +74,7 @@ fn exited_log(node: &mut trellis_tests::cluster::Node) -> String {
 
 fn ping_df(from: &trellis_tests::cluster::Pod, to: std::net::IpAddr, payload: u32) -> bool {
     let size = payload.to_string();
-    let to = to.to_string();
-    let argv = [
-        "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", &size, &to,
-    ];
-    from.netns.exec(&argv).status.success()
+    ping_with(from, to, &["-c", "3", "-i", "0.2", "-M", "do", "-s", &size])
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
-use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, stdout};
+use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, findings, of_kind, stdout};
 
 fn cluster() -> Cluster {
     Cluster::start(ClusterSpec {
@@ -14,22 +14,6 @@ fn cluster() -> Cluster {
         ..ClusterSpec::default().nodes(3)
     })
     .unwrap()
-}
-
-/// The findings of one kind, as (from, to, remedy).
-fn of_kind(report: &Value, kind: &str) -> Vec<(String, String, String)> {
-    let mut found: Vec<_> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == kind)
-        .map(|f| {
-            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
-            (s("from"), s("to"), s("remedy"))
-        })
-        .collect();
-    found.sort();
-    found
 }
 
 /// A firewall on `node`: table `table`, dropping what `rule` matches on
@@ -226,12 +210,7 @@ fn an_fdb_entry_lost_behind_the_agents_back_is_named_and_fixed() {
     }
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     assert_eq!(code, 1, "{report}");
-    let drift: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "kernel-drift")
-        .collect();
+    let drift = findings(&report, "kernel-drift");
     assert_eq!(drift.len(), 1, "{report}");
     assert_eq!(drift[0]["from"], a.name.as_str());
     let message = drift[0]["message"].as_str().unwrap();

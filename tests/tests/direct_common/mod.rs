@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each suite uses a part
 
 use serde_json::Value;
+use std::net::IpAddr;
 use std::time::Duration;
 use trellis_tests::cluster::{Cluster, ClusterSpec, Node, Pod};
 use trellis_tests::ctl::{ctl, ctl_json, stderr};
@@ -60,26 +61,23 @@ pub fn vxlan_packets(node: &Node) -> (u64, u64) {
     )
 }
 
+/// Pings from `from` to `to` with `options` (count, interval, size, DF);
+/// whether every one was answered.
+pub fn ping_with(from: &Pod, to: IpAddr, options: &[&str]) -> bool {
+    let to = to.to_string();
+    let mut argv = vec!["ping", "-n", "-q", "-W", "1"];
+    argv.extend_from_slice(options);
+    argv.push(&to);
+    from.netns.exec(&argv).status.success()
+}
+
 /// 20 pings from `from` to `to`, all answered.
 pub fn pings(from: &Pod, to: &Pod) {
-    let out = from.netns.exec(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "20",
-        "-i",
-        "0.02",
-        "-W",
-        "1",
-        &to.ip.to_string(),
-    ]);
     assert!(
-        out.status.success(),
-        "{} -> {}: {}",
+        ping_with(from, to.ip, &["-c", "20", "-i", "0.02"]),
+        "{} -> {}: pings lost",
         from.name,
-        to.name,
-        String::from_utf8_lossy(&out.stdout)
+        to.name
     );
 }
 
