@@ -3,33 +3,15 @@
 //! `ETHTOOL_STXCSUM`, what `ethtool -K DEV tx off` sends). Some NICs and
 //! hypervisors corrupt the checksums of offloaded VXLAN packets, so that
 //! everything but ICMP fails (calico#9433); turning the offload off on the
-//! VXLAN device is the known remedy. The crate's only `unsafe` code: one
-//! ioctl on a socket of the calling thread's network namespace.
+//! VXLAN device is the known remedy. The ioctl itself is in [`crate::sys`],
+//! on a socket of the calling thread's network namespace.
 
 use crate::error::{KernelError, Result};
+use crate::sys::{siocethtool, EthtoolValue, IfReq, IFNAMSIZ};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-use std::os::fd::AsRawFd;
 
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_STXCSUM: u32 = 0x17;
-const IFNAMSIZ: usize = 16;
-
-/// `struct ethtool_value`.
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-/// `struct ifreq` with its `ifr_data` member (40 bytes on 64-bit Linux).
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    data: *mut EthtoolValue,
-    _rest: [u8; 24 - std::mem::size_of::<usize>()],
-}
-
-nix::ioctl_readwrite_bad!(siocethtool, nix::libc::SIOCETHTOOL, IfReq);
 
 fn call(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
     let op = || format!("ethtool on {ifname}");
@@ -53,11 +35,7 @@ fn call(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
         _rest: [0; 24 - std::mem::size_of::<usize>()],
     };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
-    // SAFETY: `req` is a valid `struct ifreq` whose data pointer refers to
-    // `value`, which outlives the call; the kernel reads and writes only
-    // these two structures.
-    unsafe { siocethtool(sock.as_raw_fd(), &mut req) }
-        .map_err(|e| KernelError::io(op())(e.into()))?;
+    siocethtool(&sock, &mut req).map_err(|e| KernelError::io(op())(e.into()))?;
     Ok(value.data)
 }
 
@@ -74,12 +52,6 @@ pub fn set_tx_checksum(ifname: &str, on: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_request_has_the_kernels_layout() {
-        assert_eq!(std::mem::size_of::<IfReq>(), 40);
-        assert_eq!(std::mem::size_of::<EthtoolValue>(), 8);
-    }
 
     #[test]
     fn a_link_that_is_not_there_is_an_error_naming_it() {

@@ -39,6 +39,9 @@ mod nexthop_socket;
 pub mod overlay_route;
 pub mod vxlan;
 
+// The two calls no safe API reaches (the crate's only `unsafe` code).
+pub mod sys;
+
 pub use error::{KernelError, Result};
 pub use handle::Netlink;
 pub use isolation::{Isolated, Isolation};
