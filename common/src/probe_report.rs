@@ -1,9 +1,10 @@
 //! What an agent answers on `GET /doctor` of its status endpoint: each
-//! remote node it knows, probed three ways with the agents' probe protocol
+//! remote node it knows, probed four ways with the agents' probe protocol
 //! (`trellis-agent --probe-port`): over the underlay to the node's public
-//! address, through the VXLAN tunnel to its VTEP address, and through the
-//! tunnel again at the pods' full MTU; in a dual-stack cluster also to its
-//! IPv6 VTEP address. `trellisctl doctor` reads it.
+//! address, through the VXLAN tunnel to its VTEP address, through the
+//! tunnel again at the pods' full MTU, and over the underlay at the size of
+//! the tunnel's packets (both don't-fragment); in a dual-stack cluster also
+//! to its IPv6 VTEP address. `trellisctl doctor` reads it.
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -19,7 +20,8 @@ pub struct ProbeReport {
     pub probe_port: u16,
     /// The VXLAN UDP port of the cluster config.
     pub vxlan_port: u16,
-    /// The pods' MTU on this node (its VXLAN device's).
+    /// The VXLAN device's MTU on this node (the pods', unless direct
+    /// routing with an explicit `mtu` gives them more).
     pub mtu: u32,
     pub peers: Vec<PeerProbes>,
     /// What this node's kernel holds differently from what etcd says it
@@ -56,8 +58,15 @@ pub struct PeerProbes {
     pub underlay: Probe,
     /// To `vtepIP:probePort` through the tunnel, a small datagram.
     pub overlay: Probe,
-    /// The same at the pods' MTU (an IP packet of `mtu` bytes).
+    /// The same at full size, don't-fragment: an IP packet of `mtu` bytes
+    /// (the tunnel's), or of the pods' MTU to a node routed directly.
     pub overlay_full: Probe,
+    /// To `publicIP:probePort` over the underlay at the size of the
+    /// tunnel's packets (`mtu` plus VXLAN's overhead), don't-fragment: a
+    /// path that carries the tunnel only in fragments fails it while
+    /// `overlayFull` passes. Not sent to a node routed directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_full: Option<Probe>,
     /// In a dual-stack cluster: the node's IPv6 VTEP address, and a small
     /// datagram to it through the tunnel (the inner IPv6 path).
     #[serde(default, rename = "vtepIP6", skip_serializing_if = "Option::is_none")]

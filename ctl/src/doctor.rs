@@ -3,11 +3,15 @@
 //! module); the answers become a node-by-node matrix and findings, each
 //! with the pair of nodes and the remedy. Read-only.
 
+mod finding;
+mod pairs;
+
 use crate::etcd::Etcd;
 use crate::health;
 use crate::output::{self, Format, Outcome};
 use anyhow::Result;
-use serde::Serialize;
+use finding::Finding;
+use pairs::{findings_of, judge};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,18 +25,6 @@ const DOCTOR_TIMEOUT: Duration = Duration::from_secs(30);
 const LEASE_WARNING_SECONDS: i64 = 60;
 /// etcd answering slower than this is a finding.
 const ETCD_SLOW: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Finding {
-    pub kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
-    pub message: String,
-    pub remedy: String,
-}
 
 /// One node as read from etcd.
 struct NodeSeen {
@@ -57,172 +49,6 @@ fn skew(offsets: &[(String, i64)]) -> Option<(String, String, i64)> {
     let high = offsets.iter().max_by_key(|(_, o)| *o)?;
     let apart = high.1 - low.1;
     (apart > SKEW_LIMIT_MILLIS).then(|| (low.0.clone(), high.0.clone(), apart))
-}
-
-/// A probed pair that failed: which probe, and what it said.
-#[derive(Debug, Clone)]
-struct Failure {
-    kind: &'static str,
-    from: String,
-    to: String,
-    detail: String,
-}
-
-/// The matrix row of one agent's report, and its failed pairs.
-fn judge(report: &ProbeReport, failures: &mut Vec<Failure>) -> BTreeMap<String, &'static str> {
-    let mut row = BTreeMap::new();
-    for p in &report.peers {
-        let (kind, detail) = if !p.underlay.ok {
-            ("probe-port-unreachable", p.underlay.error.clone())
-        } else if !p.overlay.ok && p.direct {
-            ("direct-route-blocked", p.overlay.error.clone())
-        } else if !p.overlay.ok && p.overlay_icmp.as_ref().is_some_and(|o| o.ok) {
-            ("tunnel-udp-lost", p.overlay.error.clone())
-        } else if !p.overlay.ok {
-            ("vxlan-port-unreachable", p.overlay.error.clone())
-        } else if !p.overlay_full.ok {
-            ("path-mtu", p.overlay_full.error.clone())
-        } else if let Some(failed) = p.overlay6.as_ref().filter(|o| !o.ok) {
-            ("ipv6-tunnel", failed.error.clone())
-        } else {
-            row.insert(p.node.clone(), "ok");
-            continue;
-        };
-        failures.push(Failure {
-            kind,
-            from: report.node.clone(),
-            to: p.node.clone(),
-            detail,
-        });
-        row.insert(
-            p.node.clone(),
-            match kind {
-                "probe-port-unreachable" => "probe-port",
-                "vxlan-port-unreachable" => "vxlan",
-                "ipv6-tunnel" => "ipv6",
-                "tunnel-udp-lost" => "udp",
-                "direct-route-blocked" => "direct",
-                _ => "mtu",
-            },
-        );
-    }
-    row
-}
-
-/// Which node each failed pair is blamed on. A probe is answered by an
-/// echo, so it fails when either direction is blocked: the node that the
-/// most failed pairs of one kind have in common is taken first (a firewall
-/// on B fails A to B and B to A alike), then the next, until every pair
-/// is covered; a pair whose two nodes tie names both.
-fn blame(failures: &[Failure]) -> Vec<Vec<String>> {
-    let mut blamed = vec![Vec::new(); failures.len()];
-    let mut open: Vec<usize> = (0..failures.len()).collect();
-    while !open.is_empty() {
-        let mut count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        for &i in &open {
-            let f = &failures[i];
-            *count.entry((f.kind, f.from.as_str())).or_default() += 1;
-            *count.entry((f.kind, f.to.as_str())).or_default() += 1;
-        }
-        let (&(kind, node), &most) = count.iter().max_by_key(|(_, n)| **n).expect("open pairs");
-        let (kind, node) = (kind.to_string(), node.to_string());
-        open.retain(|&i| {
-            let f = &failures[i];
-            if f.kind != kind || (f.from != node && f.to != node) {
-                return true;
-            }
-            let other = if f.from == node { &f.to } else { &f.from };
-            blamed[i].push(node.clone());
-            if count.get(&(f.kind, other.as_str())) == Some(&most) && other != &node {
-                blamed[i].push(other.clone());
-            }
-            false
-        });
-    }
-    for b in &mut blamed {
-        b.sort();
-    }
-    blamed
-}
-
-/// The findings of the failed pairs, each naming both nodes, the port and
-/// the node(s) to fix.
-fn findings_of(failures: &[Failure], reports: &[ProbeReport]) -> Vec<Finding> {
-    let report_of = |node: &str| reports.iter().find(|r| r.node == node);
-    failures
-        .iter()
-        .zip(blame(failures))
-        .map(|(f, on)| {
-            let r = report_of(&f.from).expect("a failure comes from a report");
-            let (from, to, on) = (&f.from, &f.to, on.join(" and on "));
-            let (message, remedy) = match f.kind {
-                "probe-port-unreachable" => (
-                    format!(
-                        "the probe port UDP {} does not answer from {from} to {to} over the underlay: {}",
-                        r.probe_port, f.detail
-                    ),
-                    format!(
-                        "allow UDP {} on {on} and check that its agent runs (the tunnel cannot be judged until then)",
-                        r.probe_port
-                    ),
-                ),
-                "vxlan-port-unreachable" => (
-                    format!(
-                        "{from} and {to} reach each other over the underlay but not through the tunnel (VXLAN, UDP {}): {}",
-                        r.vxlan_port, f.detail
-                    ),
-                    format!(
-                        "allow UDP {} on {on} (a host firewall, or the network between them, drops it); if it is open, the NIC or hypervisor may corrupt offloaded VXLAN checksums: run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off)",
-                        r.vxlan_port
-                    ),
-                ),
-                "direct-route-blocked" => (
-                    format!(
-                        "{from} and {to} reach each other over the underlay, but not on the direct route between their pod networks (unencapsulated, directRouting): {}",
-                        f.detail
-                    ),
-                    format!(
-                        "the underlay on {on} must carry the pod networks' addresses: turn off a source/destination check or anti-spoofing there, allow the pod networks in its host firewall; or switch directRouting off (trellisctl config set) to use VXLAN"
-                    ),
-                ),
-                "tunnel-udp-lost" => (
-                    format!(
-                        "ICMP passes between {from} and {to} through the tunnel, UDP does not: the checksum-offload pattern (a NIC or hypervisor corrupting the offloaded checksums of the pods' UDP and TCP, calico#9433), or a filter of the pods' UDP: {}",
-                        f.detail
-                    ),
-                    format!(
-                        "run the agents of {on} with --vxlan-tx-checksum-offload=false (ethtool -K trellis.<vni> tx off); if that does not help, look for a rule dropping UDP that arrives through the tunnel on {on}"
-                    ),
-                ),
-                "ipv6-tunnel" => (
-                    format!(
-                        "IPv4 passes between {from} and {to} through the tunnel, IPv6 does not (to {to}'s IPv6 VTEP address): {}",
-                        f.detail
-                    ),
-                    format!(
-                        "check IPv6 on {on}: an ip6 or inet firewall rule dropping it, IPv6 turned off (net.ipv6.conf.*.disable_ipv6), and the node's IPv6 overlay entries (drift findings; trellisctl doctor --fix resyncs them)"
-                    ),
-                ),
-                _ => (
-                    format!(
-                        "small packets pass between {from} and {to} through the tunnel, packets of the pods' MTU ({} bytes) do not",
-                        r.mtu
-                    ),
-                    format!(
-                        "the underlay path of {on} carries less than {} bytes: raise its MTU to at least that, or give the pods a lower MTU; if the path does carry it, large offloaded packets may be corrupted: try --vxlan-tx-checksum-offload=false on the agents of {on}",
-                        r.mtu + 50
-                    ),
-                ),
-            };
-            Finding {
-                kind: f.kind,
-                from: Some(from.clone()),
-                to: Some(to.clone()),
-                message,
-                remedy,
-            }
-        })
-        .collect()
 }
 
 /// One look at the cluster: what was asked, what came back, what is wrong.
@@ -474,18 +300,10 @@ fn print_table(seen: &Examination) {
         println!("\n{}: {}\n  remedy: {}", f.kind, f.message, f.remedy);
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fail(kind: &'static str, from: &str, to: &str) -> Failure {
-        Failure {
-            kind,
-            from: from.into(),
-            to: to.into(),
-            detail: String::new(),
-        }
-    }
 
     #[test]
     fn clocks_far_apart_are_named() {
@@ -496,35 +314,5 @@ mod tests {
             Some(("b".into(), "c".into(), 5_100))
         );
         assert_eq!(skew(&[]), None);
-    }
-
-    #[test]
-    fn the_node_all_failures_share_is_blamed() {
-        // A firewall on c: every pair with c fails, both ways.
-        let v = "vxlan-port-unreachable";
-        let f = [
-            fail(v, "a", "c"),
-            fail(v, "b", "c"),
-            fail(v, "c", "a"),
-            fail(v, "c", "b"),
-        ];
-        assert_eq!(blame(&f), vec![vec!["c".to_string()]; 4]);
-        // Two nodes only: nothing tells which one drops, both are named.
-        let f = [fail(v, "a", "b"), fail(v, "b", "a")];
-        assert_eq!(blame(&f), vec![vec!["a".to_string(), "b".to_string()]; 2]);
-        // Kinds are blamed apart.
-        let f = [
-            fail(v, "a", "c"),
-            fail("path-mtu", "a", "b"),
-            fail("path-mtu", "c", "b"),
-        ];
-        assert_eq!(
-            blame(&f),
-            [
-                vec!["a".to_string(), "c".to_string()],
-                vec!["b".into()],
-                vec!["b".into()]
-            ]
-        );
     }
 }

@@ -239,6 +239,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             probe_port: args.probe_port,
             vxlan_port: config.port,
             mtu: net.vxlan.mtu,
+            pod_mtu: net.pod_mtu,
             nl: nl.clone(),
             vxlan_device: net.vxlan.name.clone(),
             underlay: net.vxlan.underlay_index,

@@ -1,11 +1,13 @@
 //! The agents' probe protocol (`--probe-port`, UDP): every agent echoes
 //! each datagram that starts with [`PROBE_MAGIC`] back to its sender, and
-//! on `GET /doctor` probes every remote node it knows three ways: over the
+//! on `GET /doctor` probes every remote node it knows four ways: over the
 //! underlay to the node's public address, through the VXLAN tunnel to its
 //! VTEP address (answered by the same responder, since that address is the
-//! node's own), and through the tunnel at the pods' full MTU. Which of them
-//! fail tells a blocked VXLAN port from a blocked probe port from a path
-//! MTU too low for the pods.
+//! node's own), through the tunnel at the pods' full MTU, and over the
+//! underlay at the size of the tunnel's packets, the last two with
+//! don't-fragment set. Which of them fail tells a blocked VXLAN port from a
+//! blocked probe port from a path MTU too low for the pods from an underlay
+//! that carries the tunnel only in fragments.
 
 use crate::install_cni::conf_dir;
 use crate::overlay::dataplane::{read_overlay, read_underlay};
@@ -23,7 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
-use trellis_common::node::NodeRecord;
+use trellis_common::node::{vxlan_overhead, NodeRecord};
 use trellis_common::probe_report::{now_unix_millis, PeerProbes, Probe, ProbeReport, PROBE_MAGIC};
 use trellis_kernel::Netlink;
 
@@ -35,7 +37,7 @@ const SMALL: u32 = HEADERS + 8;
 /// Attempts per probe, each waiting this long for the echo.
 const ATTEMPTS: u32 = 3;
 const WAIT: Duration = Duration::from_millis(400);
-/// Peers probed at once (three sockets each): bounded so that a cluster
+/// Peers probed at once (four or five sockets each): bounded so that a cluster
 /// of thousands neither runs out of file descriptors nor floods.
 const PEERS_AT_ONCE: usize = 32;
 /// Largest datagram echoed.
@@ -119,6 +121,10 @@ async fn try_probe(local: Option<IpAddr>, to: SocketAddr, size: u32) -> Result<D
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| format!("binding a probe socket: {e}"))?;
+    // A full-size probe must not pass in fragments: a path that fragments
+    // the tunnel's packets is what it is there to find.
+    trellis_kernel::sys::dont_fragment(&socket, local.is_ipv6())
+        .map_err(|e| format!("setting don't-fragment on a probe socket: {e}"))?;
     // IPv6's header is 20 bytes longer than IPv4's.
     let headers = if to.is_ipv4() { HEADERS } else { HEADERS + 20 };
     let len = size.saturating_sub(headers).max(8) as usize;
@@ -172,6 +178,9 @@ pub struct Doctor {
     pub probe_port: u16,
     pub vxlan_port: u16,
     pub mtu: u32,
+    /// The pods' MTU: above `mtu` only with direct routing (the cluster
+    /// config's `mtu`), what the probe of a directly routed node carries.
+    pub pod_mtu: u32,
     pub nl: Netlink,
     pub vxlan_device: String,
     /// The underlay device's index, where direct routes leave.
@@ -223,10 +232,21 @@ impl Doctor {
                     None => None,
                 }
             };
-            let (underlay, overlay, overlay_full, overlay6) = tokio::join!(
+            // The tunnel's packets whole over the underlay: what the VXLAN
+            // device sends for a pod's packet of the full MTU.
+            let underlay_full = async {
+                let size = self.mtu + vxlan_overhead(n.public_ip);
+                match direct {
+                    true => None,
+                    false => Some(probe(None, SocketAddr::from((n.public_ip, port)), size).await),
+                }
+            };
+            let full = if direct { self.pod_mtu } else { self.mtu };
+            let (underlay, overlay, overlay_full, underlay_full, overlay6) = tokio::join!(
                 probe(None, SocketAddr::from((n.public_ip, port)), SMALL),
                 probe(own, SocketAddr::from((n.vtep_ip, port)), SMALL),
-                probe(own, SocketAddr::from((n.vtep_ip, port)), self.mtu),
+                probe(own, SocketAddr::from((n.vtep_ip, port)), full),
+                underlay_full,
                 overlay6,
             );
             // The checksum pattern is a tunnel's: not asked of a direct path.
@@ -242,6 +262,7 @@ impl Doctor {
                 underlay,
                 overlay,
                 overlay_full,
+                underlay_full,
                 vtep_ip6,
                 overlay6,
                 overlay_icmp,
