@@ -2,7 +2,8 @@
 //! their agents: a clean cluster passes, and each planted fault is named
 //! with the pair of nodes, the port and the remedy (an nftables drop of the
 //! VXLAN port into one node, as a host firewall does; a lower MTU on one
-//! node's underlay link; an agent that cannot be asked).
+//! node's underlay link; a router that carries the tunnel to one node
+//! only in fragments; an agent that cannot be asked).
 
 use serde_json::Value;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
@@ -171,6 +172,52 @@ fn a_low_mtu_link_and_a_silent_agent_are_named() {
     assert_eq!(probe.len(), 2, "{report}");
     assert!(probe.iter().all(|(_, to, remedy)| to == &names[2]
         && remedy.starts_with(&format!("allow UDP 8473 on {} ", names[2]))));
+}
+
+#[test]
+fn a_router_that_fragments_the_tunnel_is_named() {
+    // The third node behind a router whose link to it carries 1400 bytes:
+    // the tunnel's packets of 1500 bytes (the pods' 1450 and VXLAN's 50)
+    // reach it, but only because the router fragments them.
+    let cluster = Cluster::start(ClusterSpec {
+        routed: vec![2],
+        agent_args: vec!["--metrics-addr".into(), "0.0.0.0:9464".into()],
+        ..ClusterSpec::default().nodes(3)
+    })
+    .unwrap();
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        ctl_json(&cluster, &["doctor"])["findings"],
+        serde_json::json!([])
+    );
+    let set_mtu = |mtu: &str| {
+        cluster
+            .underlay()
+            .ok(&["ip", "link", "set", "dev", "n3", "mtu", mtu])
+            .unwrap();
+        cluster.nodes[2]
+            .netns
+            .ok(&["ip", "link", "set", "dev", "eth0", "mtu", mtu])
+            .unwrap();
+    };
+    set_mtu("1400");
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    set_mtu("1500");
+    assert_eq!(code, 1, "{report}");
+    let fragments = of_kind(&report, "underlay-fragments");
+    assert_eq!(pairs(&fragments), into_and_out_of(&names, 2), "{report}");
+    for (_, _, remedy) in &fragments {
+        assert!(
+            remedy.starts_with(&format!(
+                "raise the MTU of the underlay path of {} to at least 1500 bytes",
+                names[2]
+            )),
+            "{remedy}"
+        );
+    }
+    assert_eq!(report["matrix"][names[0]][names[2]], "frag", "{report}");
+    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+    assert!(of_kind(&report, "path-mtu").is_empty(), "{report}");
 }
 
 #[test]
