@@ -90,8 +90,14 @@ impl ClusterConfig {
     /// keys, a network without host bits, node subnets that leave room for
     /// nodes and pods, a VNI and a port that VXLAN can use.
     pub fn parse(bytes: &[u8]) -> Result<ClusterConfig, InvalidClusterConfig> {
-        let config: ClusterConfig =
-            serde_json::from_slice(bytes).map_err(|e| InvalidClusterConfig(e.to_string()))?;
+        let config: ClusterConfig = serde_json::from_slice(bytes).map_err(|e| {
+            InvalidClusterConfig(match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(v) if v.get("network").is_none() && v.get("ipv6Network").is_some() => {
+                    "an IPv6-only cluster (\"ipv6Network\" without \"network\") is not supported: add an IPv4 \"network\" beside it for a dual-stack cluster".into()
+                }
+                _ => e.to_string(),
+            })
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -318,6 +324,11 @@ mod tests {
                 "vni 16777216",
             ),
             (r#"{"network":"10.244.0.0/16","port":0}"#, "port"),
+            (
+                r#"{"ipv6Network":"fd10:244::/56"}"#,
+                "an IPv6-only cluster (\"ipv6Network\" without \"network\") is not supported",
+            ),
+            (r#"{"subnetLen":24}"#, "missing field `network`"),
             (
                 r#"{"network":"10.244.0.0/16","mtu":67}"#,
                 "mtu 67 must be between 68 and 65535",
