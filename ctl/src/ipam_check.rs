@@ -5,199 +5,21 @@
 //! since (its etcd revision), so that nothing changed meanwhile (a live
 //! attachment, an address taken again) is ever freed.
 
+mod release;
+mod report;
+mod snapshot;
+
+pub use release::run_release;
+use report::kind_name;
+pub use report::{Finding, Kind, Report};
+pub use snapshot::Snapshot;
+use snapshot::{HandleRead, Held};
+
 use crate::etcd::Etcd;
 use crate::output::{self, Format, Outcome};
-use anyhow::{Context, Result};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use trellis_common::attachment_report::AttachmentReport;
-use trellis_ipam::allocation::Owner;
-use trellis_ipam::store::records::HandleValue;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// Its node's agent has seen it without its host veth for long enough.
-    Leaked,
-    /// A second address of one attachment, not the one its handle names.
-    Duplicate,
-    /// A handle naming an address that is absent or someone else's.
-    OrphanedHandle,
-    /// Held for a node that has no record (left or dead): its agent's
-    /// dead-node reclaim frees it after the grace; not released here.
-    UnknownNode,
-    /// An address key that does not decode.
-    Unreadable,
-    /// An IPv6 address key that neither a handle nor an IPv4 address of
-    /// the same attachment goes with (ADD writes the three in one
-    /// transaction, so this is never an ADD in progress).
-    LoneIpv6,
-}
-
-/// One finding, as `-o json` prints it and `release --from-report` reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Finding {
-    pub kind: Kind,
-    /// The key to free, and its modification revision when checked.
-    pub key: String,
-    pub mod_revision: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
-    #[serde(default)]
-    pub node: String,
-    #[serde(default, rename = "containerID")]
-    pub container_id: String,
-    #[serde(default)]
-    pub ifname: String,
-    /// The attachment's handle, freed with the address when it names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle_key: Option<String>,
-    #[serde(default)]
-    pub handle_mod_revision: i64,
-    /// The IPv6 twin's key of a dual-stack allocation (written with the
-    /// address at its revision), freed with it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip6_key: Option<String>,
-    pub releasable: bool,
-    pub detail: String,
-}
-
-/// What `ipam check -o json` prints.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub findings: Vec<Finding>,
-    pub allocations: usize,
-    /// Allocations newer than their node's last report (judged next time).
-    pub unchecked: Vec<Ipv4Addr>,
-    /// Nodes with allocations of trellis attachments but no report (agent
-    /// down, or its report turned off).
-    pub unreported_nodes: Vec<String>,
-    /// Handles that are fence markers (no address): left alone, since each
-    /// may be what makes a late claim of its attachment fail; the runtime's
-    /// CNI GC removes them.
-    #[serde(default)]
-    pub fence_markers: Vec<String>,
-}
-
-/// An allocation as read.
-struct Held {
-    ip: Ipv4Addr,
-    key: String,
-    owner: Result<Owner, String>,
-    mod_revision: i64,
-}
-
-/// An IPv6 address key as read (a dual-stack allocation's twin).
-struct Held6 {
-    ip: Ipv6Addr,
-    key: String,
-    owner: Result<Owner, String>,
-    mod_revision: i64,
-}
-
-/// A handle holding an address, as read.
-struct HandleRead {
-    key: String,
-    ip: Ipv4Addr,
-    /// The key of the IPv6 twin it names, if any.
-    ip6_key: Option<String>,
-    mod_revision: i64,
-}
-
-/// Everything the check compares, read from etcd.
-pub struct Snapshot {
-    held: Vec<Held>,
-    held6: Vec<Held6>,
-    /// Handles that name an address, by (containerID, ifname).
-    handles: BTreeMap<(String, String), HandleRead>,
-    nodes: BTreeSet<String>,
-    reports: BTreeMap<String, Result<AttachmentReport, String>>,
-    fences: Vec<String>,
-}
-
-impl Snapshot {
-    pub async fn read(etcd: &Etcd) -> Result<Snapshot> {
-        let keys = &etcd.keys;
-        let (mut held, mut held6) = (Vec::new(), Vec::new());
-        for kv in etcd.list(&keys.ips()).await? {
-            let Some(ip) = kv.key_str().ok().and_then(|k| keys.address_of(k)) else {
-                continue;
-            };
-            let owner = Owner::parse(kv.value()).map_err(|e| e.to_string());
-            let (key, mod_revision) = (keys.ip(ip), kv.mod_revision());
-            match ip {
-                IpAddr::V4(ip) => held.push(Held {
-                    ip,
-                    key,
-                    owner,
-                    mod_revision,
-                }),
-                IpAddr::V6(ip) => held6.push(Held6 {
-                    ip,
-                    key,
-                    owner,
-                    mod_revision,
-                }),
-            }
-        }
-        let mut handles = BTreeMap::new();
-        let mut fences = Vec::new();
-        for kv in etcd.list(&keys.handles()).await? {
-            let Some(key) = kv.key_str().ok() else {
-                continue;
-            };
-            let Some(attachment) = keys.handle_of(key) else {
-                continue;
-            };
-            let Some(value) = HandleValue::parse(kv.value()) else {
-                continue;
-            };
-            // Fence markers hold no address: counted, never released.
-            let Some(ip) = value.ip() else {
-                fences.push(key.to_string());
-                continue;
-            };
-            handles.insert(
-                (attachment.container_id, attachment.ifname),
-                HandleRead {
-                    key: key.to_string(),
-                    ip,
-                    ip6_key: value.ip6().map(|v6| keys.ip(v6)),
-                    mod_revision: kv.mod_revision(),
-                },
-            );
-        }
-        let nodes = etcd
-            .list(&keys.nodes())
-            .await?
-            .iter()
-            .filter_map(|kv| keys.node_name_of(kv.key_str().ok()?).map(String::from))
-            .collect();
-        let reports = etcd
-            .list(&keys.attachment_reports())
-            .await?
-            .iter()
-            .filter_map(|kv| {
-                let node = keys.attachment_report_of(kv.key_str().ok()?)?;
-                let report = AttachmentReport::parse(kv.value()).map_err(|e| e.to_string());
-                Some((node.to_string(), report))
-            })
-            .collect();
-        Ok(Snapshot {
-            held,
-            held6,
-            handles,
-            nodes,
-            reports,
-            fences,
-        })
-    }
-}
+use std::net::Ipv4Addr;
 
 /// The findings: pure, from what was read. An allocation of a trellis
 /// attachment counts as leaked when its node's report lists it at the same
@@ -374,15 +196,6 @@ fn lone_ipv6(s: &Snapshot) -> Vec<Finding> {
     findings
 }
 
-impl Snapshot {
-    /// The handle of `owner`'s attachment, if it names `ip`.
-    fn handle_naming(&self, owner: &Owner, ip: Ipv4Addr) -> Option<&HandleRead> {
-        self.handles
-            .get(&(owner.container_id.clone(), owner.ifname.clone()))
-            .filter(|h| h.ip == ip)
-    }
-}
-
 fn finding(
     kind: Kind,
     h: &Held,
@@ -405,13 +218,6 @@ fn finding(
         releasable,
         detail,
     }
-}
-
-fn kind_name(k: Kind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 pub async fn run_check(etcd: &Etcd, format: Format, leak_after: u64) -> Result<Outcome> {
@@ -477,84 +283,6 @@ fn or_dash(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// Free what `file` (the output of `ipam check -o json`, or `-` for
-/// standard input) names as releasable, each only if unchanged since.
-pub async fn run_release(etcd: &Etcd, format: Format, file: &str) -> Result<Outcome> {
-    let text = if file == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the report from stdin")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
-    };
-    let report: Report = serde_json::from_str(&text)
-        .with_context(|| format!("{file}: not a report of `trellisctl -o json ipam check`"))?;
-    let (mut released, mut skipped) = (Vec::new(), Vec::new());
-    for f in report.findings.iter().filter(|f| f.releasable) {
-        if release(etcd, f).await? {
-            released.push(f);
-        } else {
-            skipped.push(f);
-        }
-    }
-    match format {
-        Format::Json => output::json(&json!({"released": released, "skipped": skipped})),
-        Format::Table => {
-            for f in &released {
-                println!("released {} ({})", f.key, kind_name(f.kind));
-            }
-            for f in &skipped {
-                println!(
-                    "skipped {} ({}): changed or gone since the report",
-                    f.key,
-                    kind_name(f.kind)
-                );
-            }
-            println!("{} released, {} skipped", released.len(), skipped.len());
-        }
-    }
-    Ok(if skipped.is_empty() {
-        Outcome::Done
-    } else {
-        Outcome::Findings
-    })
-}
-
-/// Delete the finding's key if its revision is still the report's, and
-/// with it the handle it names (if that too is unchanged) and its IPv6
-/// twin (if still of the same revision).
-async fn release(etcd: &Etcd, f: &Finding) -> Result<bool> {
-    let mut then = vec![TxnOp::delete(f.key.as_str(), None)];
-    if let Some(k6) = &f.ip6_key {
-        then.push(TxnOp::txn(
-            Txn::new()
-                .when([Compare::mod_revision(
-                    k6.as_str(),
-                    CompareOp::Equal,
-                    f.mod_revision,
-                )])
-                .and_then([TxnOp::delete(k6.as_str(), None)]),
-        ));
-    }
-    if let Some(hkey) = &f.handle_key {
-        then.push(TxnOp::txn(
-            Txn::new()
-                .when([Compare::mod_revision(
-                    hkey.as_str(),
-                    CompareOp::Equal,
-                    f.handle_mod_revision,
-                )])
-                .and_then([TxnOp::delete(hkey.as_str(), None)]),
-        ));
-    }
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            f.key.as_str(),
-            CompareOp::Equal,
-            f.mod_revision,
-        )])
-        .and_then(then);
-    etcd.txn(txn, &format!("releasing {}", f.key)).await
 }
 
 #[cfg(test)]

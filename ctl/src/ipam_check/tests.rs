@@ -1,5 +1,8 @@
+use super::snapshot::Held6;
 use super::*;
+use trellis_common::attachment_report::AttachmentReport;
 use trellis_common::attachment_report::CheckedAllocation;
+use trellis_ipam::allocation::Owner;
 
 fn owner(cid: &str, node: &str) -> Owner {
     Owner {
