@@ -2,8 +2,9 @@
 //! their agents: a clean cluster passes, and each planted fault is named
 //! with the pair of nodes, the port and the remedy (an nftables drop of the
 //! VXLAN port into one node, as a host firewall does; a lower MTU on one
-//! node's underlay link; a router that carries the tunnel to one node
-//! only in fragments; an agent that cannot be asked).
+//! node's underlay link, over IPv4 and over IPv6; a router that carries
+//! the tunnel to one node only in fragments; an agent that cannot be
+//! asked).
 
 use serde_json::Value;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
@@ -218,6 +219,53 @@ fn a_router_that_fragments_the_tunnel_is_named() {
     assert_eq!(report["matrix"][names[0]][names[2]], "frag", "{report}");
     assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
     assert!(of_kind(&report, "path-mtu").is_empty(), "{report}");
+}
+
+#[test]
+fn over_an_ipv6_underlay_the_probes_carry_its_overhead_and_a_low_mtu_is_named() {
+    let mut spec = ClusterSpec {
+        underlay6: true,
+        tunnel6: true,
+        agent_args: vec!["--metrics-addr".into(), "[::]:9464".into()],
+        ..ClusterSpec::default().nodes(3)
+    };
+    spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    let cluster = Cluster::start(spec).unwrap();
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let clean = ctl_json(&cluster, &["doctor"]);
+    assert_eq!(clean["findings"], serde_json::json!([]), "{clean}");
+    // The tunnel's packets: the pods' 1430 and IPv6 VXLAN's 70 bytes.
+    let probes = &clean["reports"][0]["peers"][0];
+    assert_eq!(probes["overlayFull"]["size"], 1430, "{probes}");
+    assert_eq!(probes["underlayFull"]["size"], 1500, "{probes}");
+    assert_eq!(probes["underlayFull"]["ok"], true, "{probes}");
+
+    cluster.nodes[1]
+        .netns
+        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1400"])
+        .unwrap();
+    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
+    cluster.nodes[1]
+        .netns
+        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1500"])
+        .unwrap();
+    assert_eq!(code, 1, "{report}");
+    let mtu = of_kind(&report, "path-mtu");
+    assert!(!mtu.is_empty(), "{report}");
+    for (from, to, remedy) in &mtu {
+        assert!(
+            from == &names[1] || to == &names[1],
+            "{from} -> {to}: {report}"
+        );
+        assert!(
+            remedy.contains(&format!(
+                "path of {} carries less than 1500 bytes",
+                names[1]
+            )),
+            "{remedy}"
+        );
+    }
+    assert_eq!(report["matrix"][&names[0]][&names[2]], "ok", "{report}");
 }
 
 #[test]
