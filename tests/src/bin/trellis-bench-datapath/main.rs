@@ -7,13 +7,16 @@
 //!    MTU (`"directRouting": true`, set in etcd between the rows: the
 //!    agents move the route at once), and in a second cluster with
 //!    `"mtu": 1500` (host-gw's MTU);
-//! 3. trellis VXLAN, pod to pod (and its IPv6 row);
+//! 3. trellis VXLAN, pod to pod (and its IPv6 row), and in a third cluster
+//!    with `ipMasq` off (no nftables chain that needs conntrack, as in the
+//!    bare hand-built rows);
 //! 4. flannel-style VXLAN built by hand (flannel's devices and entries, the
 //!    bridge plugin's bridge and veths), bare and with flannel's masquerade;
 //! 5. host-gw-style routing built by hand, bare and with masquerade.
 //!
 //! trellis runs with its nftables table (masquerade, so conntrack sees the
-//! pods' packets); the "+ masq" rows give the references the same. Every
+//! pods' packets); the "+ masq" rows give the references the same, and the
+//! `ipMasq` off row gives trellis what the bare references have. Every
 //! congestion control asked for runs in turn (default: CUBIC, then BBR when
 //! the kernel has it), each with its medians, ratios to the underlay and
 //! the two targets (trellis VXLAN / hand-built VXLAN, trellis direct /
@@ -67,18 +70,20 @@ enum Row {
     Direct,
     Vxlan,
     Vxlan6,
+    VxlanBare,
     Flannel,
     FlannelMasq,
     HostGw,
     HostGwMasq,
 }
 
-const ROWS: [Row; 9] = [
+const ROWS: [Row; 10] = [
     Row::Underlay,
     Row::DirectFull,
     Row::Direct,
     Row::Vxlan,
     Row::Vxlan6,
+    Row::VxlanBare,
     Row::Flannel,
     Row::FlannelMasq,
     Row::HostGw,
@@ -93,6 +98,7 @@ impl Row {
             Row::Direct => "2 trellis direct routing, mtu 1450",
             Row::Vxlan => "3 trellis VXLAN",
             Row::Vxlan6 => "3 trellis VXLAN, IPv6",
+            Row::VxlanBare => "3 trellis VXLAN, ipMasq off",
             Row::Flannel => "4 hand-built flannel VXLAN",
             Row::FlannelMasq => "4 hand-built flannel VXLAN + masq",
             Row::HostGw => "5 hand-built host-gw",
@@ -111,6 +117,8 @@ struct Bench<'a> {
     /// The pods of a second cluster, with `"directRouting": true, "mtu":
     /// 1500` (an MTU takes a restart and new pods).
     full: (&'a Netns, IpAddr),
+    /// The pods of a third cluster, with `ipMasq` off.
+    bare: (&'a Netns, IpAddr),
     flannel: HandBuilt,
     host_gw: HandBuilt,
 }
@@ -149,7 +157,7 @@ impl Bench<'_> {
             Row::Vxlan | Row::Vxlan6 => self.set_direct(false),
             Row::Flannel | Row::FlannelMasq => self.flannel.set_masquerade(row == Row::FlannelMasq),
             Row::HostGw | Row::HostGwMasq => self.host_gw.set_masquerade(row == Row::HostGwMasq),
-            Row::Underlay | Row::DirectFull => Ok(()),
+            Row::Underlay | Row::DirectFull | Row::VxlanBare => Ok(()),
         }
     }
 
@@ -159,6 +167,7 @@ impl Bench<'_> {
         match row {
             Row::Underlay => (&nodes[0].netns, IpAddr::V4(nodes[1].underlay_ip), 5201),
             Row::DirectFull => (self.full.0, self.full.1, 5201),
+            Row::VxlanBare => (self.bare.0, self.bare.1, 5201),
             Row::Direct | Row::Vxlan => (self.pod_a, self.pod_b, 5201),
             Row::Vxlan6 => (self.pod_a, self.pod_b6, 5202),
             Row::Flannel | Row::FlannelMasq => {
@@ -248,6 +257,12 @@ fn run() -> Result<()> {
         "mtu of the second cluster's pods: {}",
         link_mtu(&full_a.netns, "eth0")?
     );
+    eprintln!("starting a third cluster (ipMasq off)...");
+    let bare = Cluster::start(ClusterSpec::default().nodes(2).ip_masq(false))?;
+    let bare_a = bare.add_pod(0, "bare-a")?;
+    let bare_b = bare.add_pod(1, "bare-b")?;
+    let _server_bare = IperfServer::start(&bare_b.netns, bare_b.ip, 5201)?;
+    ping(&bare_a.netns, bare_b.ip)?;
     eprintln!("building the hand-built references...");
     let flannel = HandBuilt::build(cluster.underlay(), Kind::FlannelVxlan, 21, 98)?;
     let host_gw = HandBuilt::build(cluster.underlay(), Kind::HostGw, 31, 97)?;
@@ -265,6 +280,7 @@ fn run() -> Result<()> {
         pod_b: pod_b.ip,
         pod_b6,
         full: (&full_a.netns, full_b.ip),
+        bare: (&bare_a.netns, bare_b.ip),
         flannel,
         host_gw,
     };
@@ -350,9 +366,10 @@ fn compare(bench: &Bench, opts: &Options, iperf: &Iperf) -> Result<()> {
         );
     }
     println!(
-        "  targets ({algo}): trellis VXLAN / hand-built VXLAN {:.2} (+ masq {:.2}); trellis direct (mtu 1500) / host-gw {:.2} (+ masq {:.2}); want >= 1.0",
+        "  targets ({algo}): trellis VXLAN / hand-built VXLAN {:.2} (+ masq both {:.2}; ipMasq off / bare {:.2}); trellis direct (mtu 1500) / host-gw {:.2} (+ masq {:.2}); want >= 1.0",
         of(Row::Vxlan) / of(Row::Flannel),
         of(Row::Vxlan) / of(Row::FlannelMasq),
+        of(Row::VxlanBare) / of(Row::Flannel),
         of(Row::DirectFull) / of(Row::HostGw),
         of(Row::DirectFull) / of(Row::HostGwMasq),
     );
