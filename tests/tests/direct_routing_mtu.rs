@@ -2,8 +2,8 @@
 //! the IPv6 pod subnets are the ones routed directly; with the cluster
 //! config's `mtu` above the overlay's, the pods get it, the nodes of one
 //! subnet carry it unencapsulated, a node behind the router is reached over
-//! VXLAN (path MTU discovery), and without direct routing the agent refuses
-//! it, saying why.
+//! VXLAN (path MTU discovery), the doctor probes each path at its size,
+//! and without direct routing the agent refuses it, saying why.
 
 mod direct_common;
 
@@ -11,6 +11,7 @@ use direct_common::*;
 use serde_json::Value;
 use std::time::Duration;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec};
+use trellis_tests::ctl::ctl_json;
 use trellis_tests::wait::wait_until;
 
 /// Over an IPv6 underlay the IPv6 pod subnets are the ones routed directly
@@ -155,4 +156,19 @@ fn an_mtu_above_the_overlay_is_carried_by_direct_routing_only() {
         "{report}"
     );
     assert!(listening.wait().unwrap().success());
+
+    // The doctor probes the direct peer at the pods' 1500 bytes, the
+    // tunnel's peer at the tunnel's 1450 (and the underlay to it at 1500),
+    // all don't-fragment, and finds nothing.
+    let report = ctl_json(&cluster, &["doctor", "--node", &cluster.nodes[0].name]);
+    assert_eq!(report["findings"], serde_json::json!([]), "{report}");
+    let peers = report["reports"][0]["peers"].as_array().unwrap();
+    let peer = |name: &str| peers.iter().find(|p| p["node"] == name).unwrap();
+    let direct = peer(&cluster.nodes[1].name);
+    assert_eq!(direct["direct"], true, "{direct}");
+    assert_eq!(direct["overlayFull"]["size"], 1500, "{direct}");
+    assert!(direct.get("underlayFull").is_none(), "{direct}");
+    let tunnel = peer(&cluster.nodes[2].name);
+    assert_eq!(tunnel["overlayFull"]["size"], 1450, "{tunnel}");
+    assert_eq!(tunnel["underlayFull"]["size"], 1500, "{tunnel}");
 }
