@@ -50,6 +50,29 @@ fn into_and_out_of<'a>(names: &[&'a str], i: usize) -> Vec<(&'a str, &'a str)> {
     all
 }
 
+/// `report` (exit 1) names `kind` for exactly the pairs into and out of
+/// node `i`, each with a remedy starting with `remedy`, the matrix cell
+/// from the first node to node `i` is `cell`, and the first two nodes'
+/// pair is `ok`.
+fn named_on(
+    code: i32,
+    report: &Value,
+    names: &[&str],
+    i: usize,
+    kind: &str,
+    remedy: &str,
+    cell: &str,
+) {
+    assert_eq!(code, 1, "{report}");
+    let found = of_kind(report, kind);
+    assert_eq!(pairs(&found), into_and_out_of(names, i), "{report}");
+    for (_, _, r) in &found {
+        assert!(r.starts_with(remedy), "{r}");
+    }
+    assert_eq!(report["matrix"][names[0]][names[i]], cell, "{report}");
+    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+}
+
 #[test]
 fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
     let cluster = cluster();
@@ -70,17 +93,16 @@ fn a_clean_cluster_passes_and_a_firewalled_vxlan_port_is_named() {
     let c = &cluster.nodes[2];
     drop_into(c, "doctor-test", "udp dport 8472");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
-    assert_eq!(code, 1, "{report}");
-    let vxlan = of_kind(&report, "vxlan-port-unreachable");
-    assert_eq!(pairs(&vxlan), into_and_out_of(&names, 2), "{report}");
-    for (_, _, remedy) in &vxlan {
-        assert!(
-            remedy.starts_with(&format!("allow UDP 8472 on {} ", names[2])),
-            "{remedy}"
-        );
-    }
-    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
-    assert_eq!(report["matrix"][names[0]][names[2]], "vxlan", "{report}");
+    let remedy = format!("allow UDP 8472 on {} ", names[2]);
+    named_on(
+        code,
+        &report,
+        &names,
+        2,
+        "vxlan-port-unreachable",
+        &remedy,
+        "vxlan",
+    );
     let table = stdout(&ctl(&cluster, &["doctor"]));
     assert!(
         table.contains(&format!("remedy: allow UDP 8472 on {}", names[2])),
@@ -204,20 +226,19 @@ fn a_router_that_fragments_the_tunnel_is_named() {
     set_mtu("1400");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
     set_mtu("1500");
-    assert_eq!(code, 1, "{report}");
-    let fragments = of_kind(&report, "underlay-fragments");
-    assert_eq!(pairs(&fragments), into_and_out_of(&names, 2), "{report}");
-    for (_, _, remedy) in &fragments {
-        assert!(
-            remedy.starts_with(&format!(
-                "raise the MTU of the underlay path of {} to at least 1500 bytes",
-                names[2]
-            )),
-            "{remedy}"
-        );
-    }
-    assert_eq!(report["matrix"][names[0]][names[2]], "frag", "{report}");
-    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+    let remedy = format!(
+        "raise the MTU of the underlay path of {} to at least 1500 bytes",
+        names[2]
+    );
+    named_on(
+        code,
+        &report,
+        &names,
+        2,
+        "underlay-fragments",
+        &remedy,
+        "frag",
+    );
     assert!(of_kind(&report, "path-mtu").is_empty(), "{report}");
 }
 
@@ -384,20 +405,11 @@ fn udp_lost_in_the_tunnel_while_icmp_passes_is_the_checksum_pattern() {
     let c = &cluster.nodes[2];
     drop_into(c, "doctor-udp", "iifname \"trellis.1\" meta l4proto udp");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
-    assert_eq!(code, 1, "{report}");
-    let lost = of_kind(&report, "tunnel-udp-lost");
-    assert_eq!(pairs(&lost), into_and_out_of(&names, 2), "{report}");
-    for (_, _, remedy) in &lost {
-        assert!(
-            remedy.starts_with(&format!(
-                "run the agents of {} with --vxlan-tx-checksum-offload=false",
-                names[2]
-            )),
-            "{remedy}"
-        );
-    }
-    assert_eq!(report["matrix"][names[0]][names[2]], "udp", "{report}");
-    assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+    let remedy = format!(
+        "run the agents of {} with --vxlan-tx-checksum-offload=false",
+        names[2]
+    );
+    named_on(code, &report, &names, 2, "tunnel-udp-lost", &remedy, "udp");
     assert!(
         of_kind(&report, "vxlan-port-unreachable").is_empty(),
         "{report}"
