@@ -9,6 +9,7 @@
 use serde_json::Value;
 use trellis_tests::cluster::{Cluster, ClusterSpec};
 use trellis_tests::ctl::{ctl, ctl_json, ctl_json_any, findings, of_kind, stdout};
+use trellis_tests::netns::Netns;
 
 fn cluster() -> Cluster {
     Cluster::start(ClusterSpec {
@@ -71,6 +72,36 @@ fn named_on(
     }
     assert_eq!(report["matrix"][names[0]][names[i]], cell, "{report}");
     assert_eq!(report["matrix"][names[0]][names[1]], "ok", "{report}");
+}
+
+fn set_mtu(netns: &Netns, dev: &str, mtu: &str) {
+    netns
+        .ok(&["ip", "link", "set", "dev", dev, "mtu", mtu])
+        .unwrap();
+}
+
+/// `trellisctl doctor` while node `i`'s underlay link carries 1400 bytes
+/// (1500 again after).
+fn doctor_with_a_low_link(cluster: &Cluster, i: usize) -> (i32, Value) {
+    set_mtu(&cluster.nodes[i].netns, "eth0", "1400");
+    let found = ctl_json_any(cluster, &["doctor"]);
+    set_mtu(&cluster.nodes[i].netns, "eth0", "1500");
+    found
+}
+
+/// `report` (exit 1) names `path-mtu` for some pairs, each with `node`,
+/// and the remedy asks its path for 1500 bytes.
+fn path_mtu_on(code: i32, report: &Value, node: &str) {
+    assert_eq!(code, 1, "{report}");
+    let mtu = of_kind(report, "path-mtu");
+    assert!(!mtu.is_empty(), "{report}");
+    for (from, to, remedy) in &mtu {
+        assert!(from == node || to == node, "{from} -> {to}: {report}");
+        assert!(
+            remedy.contains(&format!("path of {node} carries less than 1500 bytes")),
+            "{remedy}"
+        );
+    }
 }
 
 #[test]
@@ -155,33 +186,13 @@ fn a_low_mtu_link_and_a_silent_agent_are_named() {
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     // The second node's underlay link carries 1400 bytes, the pods' MTU is
     // 1450 (VXLAN over 1500): small packets pass, full ones do not.
-    cluster.nodes[1]
-        .netns
-        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1400"])
-        .unwrap();
-    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
-    assert_eq!(code, 1, "{report}");
-    let mtu = of_kind(&report, "path-mtu");
-    assert!(!mtu.is_empty(), "{report}");
-    for (from, to, remedy) in &mtu {
-        assert!(
-            from == &names[1] || to == &names[1],
-            "{from} -> {to}: {report}"
-        );
-        assert!(
-            remedy.contains(&format!("path of {} carries less than 1500", names[1])),
-            "{remedy}"
-        );
-    }
+    let (code, report) = doctor_with_a_low_link(&cluster, 1);
+    path_mtu_on(code, &report, &names[1]);
     assert!(
         of_kind(&report, "vxlan-port-unreachable").is_empty(),
         "{report}"
     );
     assert_eq!(report["matrix"][&names[0]][&names[2]], "ok", "{report}");
-    cluster.nodes[1]
-        .netns
-        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1500"])
-        .unwrap();
 
     // The third node's agent stops: nobody can ask it, and the others'
     // probes of it go unanswered.
@@ -213,19 +224,13 @@ fn a_router_that_fragments_the_tunnel_is_named() {
         ctl_json(&cluster, &["doctor"])["findings"],
         serde_json::json!([])
     );
-    let set_mtu = |mtu: &str| {
-        cluster
-            .underlay()
-            .ok(&["ip", "link", "set", "dev", "n3", "mtu", mtu])
-            .unwrap();
-        cluster.nodes[2]
-            .netns
-            .ok(&["ip", "link", "set", "dev", "eth0", "mtu", mtu])
-            .unwrap();
+    let router_link = |mtu: &str| {
+        set_mtu(cluster.underlay(), "n3", mtu);
+        set_mtu(&cluster.nodes[2].netns, "eth0", mtu);
     };
-    set_mtu("1400");
+    router_link("1400");
     let (code, report) = ctl_json_any(&cluster, &["doctor"]);
-    set_mtu("1500");
+    router_link("1500");
     let remedy = format!(
         "raise the MTU of the underlay path of {} to at least 1500 bytes",
         names[2]
@@ -261,31 +266,8 @@ fn over_an_ipv6_underlay_the_probes_carry_its_overhead_and_a_low_mtu_is_named() 
     assert_eq!(probes["underlayFull"]["size"], 1500, "{probes}");
     assert_eq!(probes["underlayFull"]["ok"], true, "{probes}");
 
-    cluster.nodes[1]
-        .netns
-        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1400"])
-        .unwrap();
-    let (code, report) = ctl_json_any(&cluster, &["doctor"]);
-    cluster.nodes[1]
-        .netns
-        .ok(&["ip", "link", "set", "dev", "eth0", "mtu", "1500"])
-        .unwrap();
-    assert_eq!(code, 1, "{report}");
-    let mtu = of_kind(&report, "path-mtu");
-    assert!(!mtu.is_empty(), "{report}");
-    for (from, to, remedy) in &mtu {
-        assert!(
-            from == &names[1] || to == &names[1],
-            "{from} -> {to}: {report}"
-        );
-        assert!(
-            remedy.contains(&format!(
-                "path of {} carries less than 1500 bytes",
-                names[1]
-            )),
-            "{remedy}"
-        );
-    }
+    let (code, report) = doctor_with_a_low_link(&cluster, 1);
+    path_mtu_on(code, &report, &names[1]);
     assert_eq!(report["matrix"][&names[0]][&names[2]], "ok", "{report}");
 }
 
