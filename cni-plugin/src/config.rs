@@ -79,15 +79,13 @@ pub enum Mode {
 
 impl Mode {
     /// The gateway of an address: the node's (cluster) or the first address
-    /// of the single-host subnet, when the subnet holds the address.
+    /// of the single-host subnet, when one of the subnets holds the address.
     pub fn gateway_for(&self, address: IpNetwork) -> Option<IpAddr> {
-        let subnet = match self {
-            Mode::Cluster { record } => IpNetwork::V4(record.subnet),
-            Mode::SingleHost { subnet } => *subnet,
+        let subnets = match self {
+            Mode::Cluster { record } => record.subnets(),
+            Mode::SingleHost { subnet } => vec![*subnet],
         };
-        if !subnet.contains(address.ip()) {
-            return None;
-        }
+        let subnet = subnets.into_iter().find(|s| s.contains(address.ip()))?;
         match subnet {
             IpNetwork::V4(n) => Some(node::gateway_of(n).into()),
             IpNetwork::V6(n) => Some(Ipv6Addr::from(u128::from(n.network()) + 1).into()),

@@ -4,7 +4,7 @@
 //! every binary (INTERFACES.md).
 
 use crate::cni::Attachment;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::net::Ipv4Addr;
 
 /// The name a key holds directly under `prefix` (a node record's under
@@ -106,16 +106,18 @@ impl Keys {
         format!("{}/subnets/", self.prefix)
     }
 
-    /// `<prefix>/subnets/10.244.3.0-24`.
-    pub fn subnet(&self, subnet: Ipv4Network) -> String {
+    /// `<prefix>/subnets/10.244.3.0-24` (an IPv6-only cluster's:
+    /// `<prefix>/subnets/fd10:244:0:3::-64`).
+    pub fn subnet(&self, subnet: impl Into<IpNetwork>) -> String {
+        let subnet = subnet.into();
         format!("{}{}-{}", self.subnets(), subnet.network(), subnet.prefix())
     }
 
     /// The subnet of a key under [`Keys::subnets`].
-    pub fn subnet_of(&self, key: &str) -> Option<Ipv4Network> {
+    pub fn subnet_of(&self, key: &str) -> Option<IpNetwork> {
         let rest = key.strip_prefix(&self.subnets())?;
-        let (ip, len) = rest.split_once('-')?;
-        let net = Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+        let (ip, len) = rest.rsplit_once('-')?;
+        let net = IpNetwork::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
         (net.network() == net.ip()).then_some(net)
     }
 
@@ -129,7 +131,8 @@ impl Keys {
     }
 
     /// `<prefix>/subnet-grace/10.244.3.0-24`.
-    pub fn subnet_grace(&self, subnet: Ipv4Network) -> String {
+    pub fn subnet_grace(&self, subnet: impl Into<IpNetwork>) -> String {
+        let subnet = subnet.into();
         format!(
             "{}{}-{}",
             self.subnet_graces(),
@@ -139,7 +142,7 @@ impl Keys {
     }
 
     /// The subnet of a key under [`Keys::subnet_graces`].
-    pub fn subnet_grace_of(&self, key: &str) -> Option<Ipv4Network> {
+    pub fn subnet_grace_of(&self, key: &str) -> Option<IpNetwork> {
         let rest = key.strip_prefix(&self.subnet_graces())?;
         self.subnet_of(&format!("{}{rest}", self.subnets()))
     }
@@ -369,8 +372,13 @@ mod tests {
         );
         assert_eq!(name_under(&prefix, &k.node("n1")), None);
         assert_eq!(k.network_name_of("/trellis/networks/a/b"), None);
-        let net: Ipv4Network = "10.244.3.0/24".parse().unwrap();
+        let net: IpNetwork = "10.244.3.0/24".parse().unwrap();
         assert_eq!(k.subnet(net), "/trellis/subnets/10.244.3.0-24");
+        let net6: IpNetwork = "fd10:244:0:3::/64".parse().unwrap();
+        assert_eq!(k.subnet(net6), "/trellis/subnets/fd10:244:0:3::-64");
+        assert_eq!(k.subnet_of(&k.subnet(net6)), Some(net6));
+        assert_eq!(k.subnet_grace_of(&k.subnet_grace(net6)), Some(net6));
+        assert_eq!(k.subnet_of("/trellis/subnets/fd10:244:0:3::1-64"), None);
         assert_eq!(k.subnet_of(&k.subnet(net)), Some(net));
         assert_eq!(k.subnet_of("/trellis/subnets/10.244.3.1-24"), None);
         assert_eq!(k.subnet_of("/trellis/subnets/junk"), None);

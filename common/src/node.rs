@@ -33,8 +33,10 @@ pub const MAX_IPV6_SUBNET_LEN: u8 = 120;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
-    /// This node's pod subnet, e.g. 10.244.3.0/24.
-    pub subnet: Ipv4Network,
+    /// This node's IPv4 pod subnet, e.g. 10.244.3.0/24 (absent in an
+    /// IPv6-only cluster, whose records hold `ipv6Subnet` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Network>,
     /// The underlay address remote VTEPs send to.
     #[serde(rename = "publicIP")]
     pub public_ip: IpAddr,
@@ -91,20 +93,26 @@ pub struct NodeRecord {
 
 impl NodeRecord {
     /// Decode a record as the agent publishes it, in etcd and in
-    /// `node.json` (the one decoder of both). A subnet smaller than /30
-    /// (no gateway and pod address besides the network and broadcast
-    /// addresses; the agent never leases one) is refused.
+    /// `node.json` (the one decoder of both). A record holds a subnet of
+    /// at least one family; a subnet smaller than /30 (no gateway and pod
+    /// address besides the network and broadcast addresses; the agent
+    /// never leases one) is refused.
     pub fn parse(bytes: &[u8]) -> Result<NodeRecord, serde_json::Error> {
         let record: NodeRecord = serde_json::from_slice(bytes)?;
-        if record.subnet.prefix() > MAX_SUBNET_LEN {
-            return Err(<serde_json::Error as serde::de::Error>::custom(format!(
-                "subnet {} leaves no room for a gateway and pods (/{MAX_SUBNET_LEN} or larger)",
-                record.subnet
+        let invalid = |why: String| <serde_json::Error as serde::de::Error>::custom(why);
+        if record.subnet.is_none() && record.ipv6_subnet.is_none() {
+            return Err(invalid(
+                "a node record needs a \"subnet\", an \"ipv6Subnet\" or both".into(),
+            ));
+        }
+        if let Some(subnet) = record.subnet.filter(|s| s.prefix() > MAX_SUBNET_LEN) {
+            return Err(invalid(format!(
+                "subnet {subnet} leaves no room for a gateway and pods (/{MAX_SUBNET_LEN} or larger)"
             )));
         }
         if let Some(subnet6) = record.ipv6_subnet {
             if subnet6.prefix() > MAX_IPV6_SUBNET_LEN {
-                return Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                return Err(invalid(format!(
                     "ipv6Subnet {subnet6} leaves no room for a gateway and pods (/{} or larger)",
                     MAX_IPV6_SUBNET_LEN
                 )));
@@ -113,17 +121,29 @@ impl NodeRecord {
         Ok(record)
     }
 
-    /// The pods' gateway: the first address of the node's subnet, held by the
-    /// node bridge. (The VXLAN device holds the subnet's network address /32,
-    /// as flannel's does: remote nodes route the subnet through it.)
-    pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(self.subnet)
+    /// The pods' IPv4 gateway: the first address of the node's subnet,
+    /// held by the node bridge. (The VXLAN device holds the subnet's
+    /// network address /32, as flannel's does: remote nodes route the
+    /// subnet through it.)
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.subnet.map(gateway_of)
     }
 
-    pub fn gateway_network(&self) -> IpNetwork {
-        IpNetwork::V4(
-            Ipv4Network::new(self.gateway(), self.subnet.prefix()).expect("prefix is valid"),
-        )
+    /// The subnet naming this node's lease: the IPv4 one, else (IPv6-only)
+    /// the IPv6 one ([`crate::cluster_config::ClusterConfig::fits`]).
+    pub fn lease_subnet(&self) -> Option<IpNetwork> {
+        self.subnet
+            .map(IpNetwork::V4)
+            .or(self.ipv6_subnet.map(IpNetwork::V6))
+    }
+
+    /// The node's pod subnets, IPv4 first.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        self.subnet
+            .map(IpNetwork::V4)
+            .into_iter()
+            .chain(self.ipv6_subnet.map(IpNetwork::V6))
+            .collect()
     }
 
     /// The pods' IPv6 gateway in a dual-stack cluster: the first address of
@@ -138,12 +158,18 @@ impl NodeRecord {
     }
 }
 
-/// The gateways of a node holding `subnet` (and `subnet6`), with their
+/// The gateways of a node holding `subnet` and `subnet6`, with their
 /// subnets' prefixes: the bridge's addresses.
-pub fn gateway_networks_of(subnet: Ipv4Network, subnet6: Option<Ipv6Network>) -> Vec<IpNetwork> {
-    let mut all = vec![IpNetwork::V4(
-        Ipv4Network::new(gateway_of(subnet), subnet.prefix()).expect("prefix is valid"),
-    )];
+pub fn gateway_networks_of(
+    subnet: Option<Ipv4Network>,
+    subnet6: Option<Ipv6Network>,
+) -> Vec<IpNetwork> {
+    let mut all = Vec::new();
+    if let Some(subnet) = subnet {
+        all.push(IpNetwork::V4(
+            Ipv4Network::new(gateway_of(subnet), subnet.prefix()).expect("prefix is valid"),
+        ));
+    }
     if let Some(subnet6) = subnet6 {
         all.push(IpNetwork::V6(
             Ipv6Network::new(gateway6_of(subnet6), subnet6.prefix()).expect("prefix is valid"),
@@ -227,7 +253,7 @@ mod tests {
     #[test]
     fn node_record_uses_the_documented_keys() {
         let r = NodeRecord {
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
             public_ip: "192.0.2.3".parse().unwrap(),
             vtep_mac: "02:aa:bb:cc:dd:ee".into(),
             network: Some("10.244.0.0/16".parse().unwrap()),
@@ -266,8 +292,35 @@ mod tests {
         assert_eq!(v["subnet"], "10.244.3.0/24");
         assert_eq!(v["publicIP"], "192.0.2.3");
         assert_eq!(v["vtepMAC"], "02:aa:bb:cc:dd:ee");
-        assert_eq!(r.gateway().to_string(), "10.244.3.1");
-        assert_eq!(r.gateway_network().to_string(), "10.244.3.1/24");
+        assert_eq!(r.gateway().unwrap().to_string(), "10.244.3.1");
+        assert_eq!(r.lease_subnet(), Some("10.244.3.0/24".parse().unwrap()));
+        // IPv6-only: no "subnet", the IPv6 subnet names the lease.
+        let v6_only = NodeRecord {
+            subnet: None,
+            network: None,
+            ..dual.clone()
+        };
+        let o = serde_json::to_value(&v6_only).unwrap();
+        assert!(
+            o.get("subnet").is_none() && o.get("network").is_none(),
+            "{o}"
+        );
+        assert_eq!(
+            NodeRecord::parse(&serde_json::to_vec(&v6_only).unwrap()).unwrap(),
+            v6_only
+        );
+        assert_eq!(v6_only.gateway(), None);
+        assert_eq!(
+            v6_only.lease_subnet(),
+            Some("fd10:244:0:3::/64".parse().unwrap())
+        );
+        assert_eq!(
+            v6_only.gateway_networks()[..],
+            ["fd10:244:0:3::1/64".parse().unwrap()]
+        );
+        let e = NodeRecord::parse(br#"{"publicIP":"192.0.2.7","vtepMAC":"02:00:00:00:00:07"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a \"subnet\""), "{e}");
     }
 
     #[test]
@@ -314,7 +367,7 @@ mod tests {
             );
         }
         let top = record("255.255.255.252/30").unwrap();
-        assert_eq!(top.gateway().to_string(), "255.255.255.253");
+        assert_eq!(top.gateway().unwrap().to_string(), "255.255.255.253");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             record_path(dir.path()),

@@ -7,7 +7,6 @@
 //! to its IPv6 VTEP address. `trellisctl doctor` reads it.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
 
 /// The UDP payload of a probe starts with this; a responder echoes any
 /// datagram that does, and nothing else.
@@ -52,8 +51,10 @@ pub struct PeerProbes {
     pub node: String,
     #[serde(rename = "publicIP")]
     pub public_ip: std::net::IpAddr,
+    /// The VTEP address the probes through the tunnel go to: the IPv4 one,
+    /// else (IPv6-only) the IPv6 one.
     #[serde(rename = "vtepIP")]
-    pub vtep_ip: Ipv4Addr,
+    pub vtep_ip: std::net::IpAddr,
     /// To `publicIP:probePort` over the underlay.
     pub underlay: Probe,
     /// To `vtepIP:probePort` through the tunnel, a small datagram.

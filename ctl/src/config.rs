@@ -70,8 +70,9 @@ pub async fn set(etcd: &Etcd, format: Format, value: &str, force: bool) -> Resul
             .unwrap_or("?")
             .to_string();
         if let Ok(record) = NodeRecord::parse(kv.value()) {
-            if !config.fits(record.subnet) {
-                outside.push(format!("{name} ({})", record.subnet));
+            if record.lease_subnet().is_some_and(|s| !config.fits(s)) {
+                let subnets: Vec<String> = record.subnets().iter().map(|s| s.to_string()).collect();
+                outside.push(format!("{name} ({})", subnets.join(", ")));
             }
         }
     }
@@ -79,8 +80,8 @@ pub async fn set(etcd: &Etcd, format: Format, value: &str, force: bool) -> Resul
         bail!(
             "refused: the subnets of {} do not fit {} with subnetLen {} (--force writes it anyway)",
             outside.join(", "),
-            config.network,
-            config.subnet_len
+            config.lease_network(),
+            config.lease_subnet_len()
         );
     }
     // Stored as given (the agents read the same bytes), once checked.

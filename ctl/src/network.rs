@@ -186,7 +186,7 @@ fn record_of(
 /// allocated addresses in it, by node.
 #[derive(Default)]
 struct Usage {
-    subnets: Vec<(String, Ipv4Network)>,
+    subnets: Vec<(String, ipnetwork::IpNetwork)>,
     attachments: BTreeMap<String, usize>,
 }
 
@@ -258,7 +258,7 @@ pub async fn list(etcd: &Etcd, format: Format) -> Result<Outcome> {
                 .map(|((name, c, internal), u)| {
                     vec![
                         name.to_string(),
-                        c.network.to_string(),
+                        c.network.map_or("-".into(), |n| n.to_string()),
                         c.ipv6_network.map_or("-".into(), |n| n.to_string()),
                         c.vni.to_string(),
                         if *internal { "yes" } else { "no" }.into(),

@@ -38,10 +38,11 @@ pub async fn list(etcd: &Etcd, format: Format) -> Result<Outcome> {
                 rows.push(vec![
                     name.to_string(),
                     r.public_ip.to_string(),
-                    match r.ipv6_subnet {
-                        Some(six) => format!("{},{six}", r.subnet),
-                        None => r.subnet.to_string(),
-                    },
+                    r.subnets()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     r.vtep_mac.clone(),
                     left,
                     health.as_ref().map_or("-".into(), Health::cell),

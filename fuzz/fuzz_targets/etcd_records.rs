@@ -27,27 +27,31 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let _ = record.gateway();
-            let _ = record.gateway_network();
+            let _ = record.lease_subnet();
             let _ = record.gateway6();
             let _ = record.gateway_networks();
             let network: Ipv4Network = "10.244.0.0/16".parse().unwrap();
             let network6: Ipv6Network = "fd10:244::/56".parse().unwrap();
             let records = BTreeMap::from([("remote".to_string(), record)]);
-            // Seen from an IPv4-only node and from a dual-stack one.
-            for dual in [false, true] {
+            // Seen from an IPv4-only node, a dual-stack one and an
+            // IPv6-only one.
+            for (v4, v6) in [(true, false), (true, true), (false, true)] {
                 let view = LocalView {
                     node: "local".into(),
-                    subnet: "10.244.1.0/24".parse().unwrap(),
-                    network,
-                    subnet6: dual.then(|| "fd10:244:0:1::/64".parse().unwrap()),
-                    network6: dual.then_some(network6),
+                    subnet: v4.then(|| "10.244.1.0/24".parse().unwrap()),
+                    network: v4.then_some(network),
+                    subnet6: v6.then(|| "fd10:244:0:1::/64".parse().unwrap()),
+                    network6: v6.then_some(network6),
                     underlay_v6: false,
                 };
                 let (desired, _warnings) = DesiredOverlay::from_records(&view, &records);
                 for node in desired.nodes.values() {
-                    assert!(network.contains(node.subnet.network()));
-                    if let Some(v6) = node.ipv6 {
-                        assert!(dual && network6.contains(v6.subnet.network()));
+                    assert!(node.ipv4.is_some() || node.ipv6.is_some());
+                    if let Some(n4) = node.ipv4 {
+                        assert!(v4 && network.contains(n4.subnet.network()));
+                    }
+                    if let Some(n6) = node.ipv6 {
+                        assert!(v6 && network6.contains(n6.subnet.network()));
                     }
                 }
             }

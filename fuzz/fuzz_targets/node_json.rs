@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     match &direct {
         Ok(record) => {
             let record = record.as_ref().expect("the file is there");
-            let _ = record.gateway_network();
+            let _ = record.lease_subnet();
         }
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}"),
     }

@@ -53,8 +53,10 @@ pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, S
                 network: conf.named.clone(),
             })?,
     };
-    Ok((
-        conf.pool(record.subnet)?.with_ipv6(record.ipv6_subnet)?,
-        node,
-    ))
+    let Some(subnet) = record.subnet else {
+        return Err(IpamError::Config(format!(
+            "the record of node {node} has no IPv4 subnet (an IPv6-only cluster), which trellis-ipam does not allocate from"
+        )));
+    };
+    Ok((conf.pool(subnet)?.with_ipv6(record.ipv6_subnet)?, node))
 }

@@ -147,7 +147,7 @@ mod tests {
         ));
         assert!(!*rx.borrow_and_update() && resynced());
         assert_eq!(
-            f.pending.as_ref().map(|c| c.network.to_string()),
+            f.pending.as_ref().map(|c| c.lease_network().to_string()),
             Some("10.245.0.0/16".into())
         );
         // The same value again changes nothing.

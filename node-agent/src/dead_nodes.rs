@@ -16,7 +16,7 @@
 use crate::lease;
 use crate::metrics::Metrics;
 use etcd_client::GetOptions;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
@@ -31,13 +31,13 @@ pub fn orphaned<'a>(
     allocations: &'a [Allocation],
     alive: &HashSet<String>,
     me: &str,
-    network: Ipv4Network,
+    network: IpNetwork,
 ) -> Vec<&'a Allocation> {
     allocations
         .iter()
         .filter(|a| {
             let node = a.owner.node.as_str();
-            !node.is_empty() && node != me && !alive.contains(node) && network.contains(a.ip)
+            !node.is_empty() && node != me && !alive.contains(node) && network.contains(a.ip.into())
         })
         .collect()
 }
@@ -48,7 +48,7 @@ pub async fn run(
     keys: Keys,
     store: EtcdStore,
     me: String,
-    network: Ipv4Network,
+    network: IpNetwork,
     interval: Duration,
     metrics: Arc<Metrics>,
 ) {
@@ -75,7 +75,7 @@ pub async fn pass(
     keys: &Keys,
     store: &EtcdStore,
     me: &str,
-    network: Ipv4Network,
+    network: IpNetwork,
 ) -> Result<Vec<(String, Ipv4Addr)>, String> {
     let allocations = store.list_all().await.map_err(|e| e.to_string())?;
     if orphaned(&allocations, &HashSet::new(), me, network).is_empty() {
@@ -158,7 +158,7 @@ mod tests {
             alloc("192.168.0.2", "pinned"),
         ];
         let alive: HashSet<String> = ["alive".to_string()].into();
-        let net: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        let net: IpNetwork = "10.244.0.0/16".parse().unwrap();
         let got: Vec<_> = orphaned(&all, &alive, "me", net)
             .iter()
             .map(|a| a.ip.to_string())

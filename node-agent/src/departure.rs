@@ -7,7 +7,6 @@
 
 use crate::flags::REQUEST_TIMEOUT;
 use crate::lease::{self, LeaseError};
-use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
@@ -31,7 +30,7 @@ pub enum DepartureError {
 /// What was released.
 #[derive(Debug, Default)]
 pub struct Departed {
-    pub subnets: Vec<Ipv4Network>,
+    pub subnets: Vec<ipnetwork::IpNetwork>,
     pub addresses: Vec<Ipv4Addr>,
 }
 

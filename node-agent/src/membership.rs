@@ -166,7 +166,7 @@ impl Membership {
                 // agent): write it again, the subnet key being ours.
                 log::warn!(
                     "the grace key of subnet {} is gone; writing it again",
-                    self.record.subnet
+                    self.subnet_name()
                 );
                 let before = self.lease_id;
                 let leased = self.acquire(&mut client).await?;
@@ -181,14 +181,14 @@ impl Membership {
             log::warn!(
                 "the etcd lease of subnet {} is gone and node {} was deleted from Kubernetes: \
                  not leasing it again",
-                self.record.subnet,
+                self.subnet_name(),
                 self.node
             );
             return Ok(false);
         }
         log::warn!(
             "the etcd lease of subnet {} expired; leasing it again",
-            self.record.subnet
+            self.subnet_name()
         );
         let leased = self.acquire(&mut client).await?;
         self.take(leased);
@@ -205,11 +205,18 @@ impl Membership {
             &self.config,
             self.scope,
             &self.node,
-            Some(self.record.subnet),
+            self.record.lease_subnet(),
             true,
             self.times,
         )
         .await
+    }
+
+    /// This node's lease subnet, for the log.
+    fn subnet_name(&self) -> String {
+        self.record
+            .lease_subnet()
+            .map_or_else(|| "(none)".into(), |s| s.to_string())
     }
 
     fn take(&mut self, leased: Leased) {

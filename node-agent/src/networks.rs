@@ -150,11 +150,9 @@ impl Following {
 
 fn describe(r: &NetworkRecord) -> String {
     let c = &r.config;
-    let v6 = c
-        .ipv6_network
-        .map_or(String::new(), |n| format!(" and {n}"));
+    let nets: Vec<String> = c.pod_networks().iter().map(|n| n.to_string()).collect();
     let internal = if r.internal { ", internal" } else { "" };
-    format!("{}{v6}, VNI {}{internal}", c.network, c.vni)
+    format!("{}, VNI {}{internal}", nets.join(" and "), c.vni)
 }
 
 impl Follower for Following {

@@ -113,9 +113,12 @@ pub async fn resolve_underlay(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeNetwork {
     pub node_name: String,
-    pub network: Ipv4Network,
-    pub subnet: Ipv4Network,
-    /// The cluster's IPv6 network and this node's IPv6 subnet (dual-stack).
+    /// The cluster's IPv4 network and this node's IPv4 subnet (none:
+    /// IPv6-only).
+    pub network: Option<Ipv4Network>,
+    pub subnet: Option<Ipv4Network>,
+    /// The cluster's IPv6 network and this node's IPv6 subnet (dual-stack,
+    /// IPv6-only).
     pub network6: Option<Ipv6Network>,
     pub subnet6: Option<Ipv6Network>,
     pub public_ip: IpAddr,
@@ -135,7 +138,7 @@ impl NodeNetwork {
     pub fn new(
         node_name: &str,
         config: &ClusterConfig,
-        subnet: Ipv4Network,
+        lease: IpNetwork,
         underlay: &Link,
         public_ip: IpAddr,
         bridge: &str,
@@ -143,9 +146,9 @@ impl NodeNetwork {
         NodeNetwork {
             node_name: node_name.to_string(),
             network: config.network,
-            subnet,
+            subnet: config.ipv4_subnet_for(lease),
             network6: config.ipv6_network,
-            subnet6: config.ipv6_subnet_for(subnet),
+            subnet6: config.ipv6_subnet_for(lease),
             public_ip,
             vxlan: VxlanSpec {
                 name: vxlan_name(config.vni),
@@ -172,12 +175,12 @@ impl NodeNetwork {
         node_name: &str,
         name: &str,
         config: &ClusterConfig,
-        subnet: Ipv4Network,
+        lease: IpNetwork,
         underlay: &Link,
         public_ip: IpAddr,
     ) -> NodeNetwork {
         let bridge = named_bridge_name(config.vni);
-        let mut net = NodeNetwork::new(node_name, config, subnet, underlay, public_ip, &bridge);
+        let mut net = NodeNetwork::new(node_name, config, lease, underlay, public_ip, &bridge);
         net.vxlan.mac = MacAddr::derived_from(&format!("{node_name}/{name}"));
         net.named = Some(name.to_string());
         net
@@ -189,12 +192,24 @@ impl NodeNetwork {
         self.pod_mtu
     }
 
+    /// The subnet naming this node's lease: the IPv4 one, else the IPv6
+    /// one.
+    pub fn lease_subnet(&self) -> IpNetwork {
+        self.subnet
+            .map(IpNetwork::V4)
+            .or(self.subnet6.map(IpNetwork::V6))
+            .expect("a node network holds a subnet of at least one family")
+    }
+
     /// The VXLAN device's addresses: the subnet's network address /32, and
     /// the IPv6 subnet's network address /128.
     pub fn vtep_addresses(&self) -> Vec<IpNetwork> {
-        let mut all = vec![IpNetwork::V4(
-            Ipv4Network::new(self.subnet.network(), 32).expect("/32 is valid"),
-        )];
+        let mut all = Vec::new();
+        if let Some(subnet) = self.subnet {
+            all.push(IpNetwork::V4(
+                Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"),
+            ));
+        }
         if let Some(subnet6) = self.subnet6 {
             all.push(IpNetwork::V6(
                 Ipv6Network::new(subnet6.network(), 128).expect("/128 is valid"),
@@ -211,7 +226,9 @@ impl NodeNetwork {
 
     /// The cluster's pod networks.
     pub fn cluster_networks(&self) -> Vec<IpNetwork> {
-        std::iter::once(IpNetwork::V4(self.network))
+        self.network
+            .map(IpNetwork::V4)
+            .into_iter()
             .chain(self.network6.map(IpNetwork::V6))
             .collect()
     }
@@ -219,7 +236,7 @@ impl NodeNetwork {
     /// Whether `addr` lies in one of the cluster's pod networks.
     fn in_cluster_network(&self, addr: &IpNetwork) -> bool {
         match addr {
-            IpNetwork::V4(v4) => self.network.contains(v4.ip()),
+            IpNetwork::V4(v4) => self.network.is_some_and(|n| n.contains(v4.ip())),
             IpNetwork::V6(v6) => self.network6.is_some_and(|n| n.contains(v6.ip())),
         }
     }
@@ -230,7 +247,7 @@ impl NodeNetwork {
             subnet: self.subnet,
             public_ip: self.public_ip,
             vtep_mac: self.vxlan.mac.to_string(),
-            network: Some(self.network),
+            network: self.network,
             mtu: Some(self.mtu()),
             node_name: Some(self.node_name.clone()),
             kubernetes: false,
@@ -342,7 +359,7 @@ pub(crate) mod tests {
     #[test]
     fn devices_follow_flannel_layout() {
         let config = ClusterConfig {
-            network: "10.244.0.0/16".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
             subnet_len: 24,
             vni: 1,
             port: 8472,
@@ -369,8 +386,8 @@ pub(crate) mod tests {
         assert_eq!(r.ipv6_subnet, None);
         assert_eq!(r.vtep_mac, MacAddr::derived_from("node-a").to_string());
         assert_eq!(r.mtu, Some(1450));
-        assert_eq!(r.network, Some(config.network));
-        assert_eq!(r.gateway().to_string(), "10.244.3.1");
+        assert_eq!(r.network, config.network);
+        assert_eq!(r.gateway().unwrap().to_string(), "10.244.3.1");
     }
 
     #[test]
@@ -440,7 +457,7 @@ pub(crate) mod tests {
         let r = n.record();
         assert_eq!(r.bridge.as_deref(), Some("trbr.7"));
         assert_eq!(r.mtu, Some(1450));
-        assert_eq!(r.gateway().to_string(), "10.0.3.1");
+        assert_eq!(r.gateway().unwrap().to_string(), "10.0.3.1");
         assert!(named_bridge_name(16_777_215).len() <= 15);
         assert!(is_named_bridge_name("trbr.7"));
         for other in ["trbr.", "trbr.07", "trbr.0", "trbr.x", "trellis0", "trbr7"] {

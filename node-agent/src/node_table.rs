@@ -34,10 +34,12 @@ pub fn for_node(net: &NodeNetwork, ip_masq: bool, vxlan_notrack: bool) -> NodeTa
     let mut ip = NftTable::new(TABLE);
     let mut ip6 = NftTable::new_ip6(TABLE);
     if ip_masq {
-        ip = ip.with_masquerade(Masquerade::new(
-            IpNetwork::V4(net.subnet),
-            vec![IpNetwork::V4(net.network)],
-        ));
+        if let (Some(subnet), Some(network)) = (net.subnet, net.network) {
+            ip = ip.with_masquerade(Masquerade::new(
+                IpNetwork::V4(subnet),
+                vec![IpNetwork::V4(network)],
+            ));
+        }
         if let (Some(subnet6), Some(network6)) = (net.subnet6, net.network6) {
             ip6 = ip6.with_masquerade(Masquerade::new(
                 IpNetwork::V6(subnet6),
@@ -80,8 +82,8 @@ pub fn for_networks(
 ) -> NodeTables {
     let family = |v4: bool| {
         let nets = |c: &ClusterConfig| -> Vec<IpNetwork> {
-            std::iter::once(IpNetwork::V4(c.network))
-                .chain(c.ipv6_network.map(IpNetwork::V6))
+            c.pod_networks()
+                .into_iter()
                 .filter(|n| n.is_ipv4() == v4)
                 .collect()
         };
@@ -169,7 +171,7 @@ mod tests {
 
     fn node_config() -> ClusterConfig {
         ClusterConfig {
-            network: "10.244.0.0/16".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
             subnet_len: 24,
             vni: 1,
             port: 4789,

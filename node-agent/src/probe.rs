@@ -219,13 +219,23 @@ impl Doctor {
         // Through the tunnel (or the direct route) from this node's own VTEP
         // address, as pod traffic goes: between pod networks, so that an
         // underlay that drops pod addresses drops the probe either way.
-        let own = Some(IpAddr::V4(self.view.subnet.network()));
+        // The first family's VTEP (IPv4, else IPv6) takes the probes below;
+        // a dual-stack cluster's IPv6 VTEP a small one besides.
+        let own4 = self.view.subnet.map(|s| IpAddr::V4(s.network()));
         let own6 = self.view.subnet6.map(|s| IpAddr::V6(s.network()));
+        let own = own4.or(own6);
+        let own6 = own6.filter(|_| own4.is_some());
         let peers = desired.nodes.into_iter().map(|(name, n)| async move {
-            // The probes below go to the IPv4 VTEP: direct over an IPv4
-            // underlay only (an IPv6 one carries IPv4 over VXLAN).
-            let direct = n.public_ip.is_ipv4() && direct_to.iter().any(|s| s.contains(n.public_ip));
-            let vtep_ip6 = n.ipv6.as_ref().map(|v6| v6.vtep_ip);
+            let vtep_ip = n.first_vtep_ip();
+            // Direct where the VTEP's family is the underlay's (an IPv6
+            // underlay carries IPv4 over VXLAN, and an IPv4 one IPv6).
+            let direct = n.public_ip.is_ipv4() == vtep_ip.is_ipv4()
+                && direct_to.iter().any(|s| s.contains(n.public_ip));
+            let vtep_ip6 = n
+                .ipv6
+                .as_ref()
+                .map(|v6| v6.vtep_ip)
+                .filter(|_| n.ipv4.is_some());
             let overlay6 = async {
                 match vtep_ip6 {
                     Some(ip) => Some(probe(own6, SocketAddr::from((ip, port)), SMALL).await),
@@ -244,21 +254,22 @@ impl Doctor {
             let full = if direct { self.pod_mtu } else { self.mtu };
             let (underlay, overlay, overlay_full, underlay_full, overlay6) = tokio::join!(
                 probe(None, SocketAddr::from((n.public_ip, port)), SMALL),
-                probe(own, SocketAddr::from((n.vtep_ip, port)), SMALL),
-                probe(own, SocketAddr::from((n.vtep_ip, port)), full),
+                probe(own, SocketAddr::from((vtep_ip, port)), SMALL),
+                probe(own, SocketAddr::from((vtep_ip, port)), full),
                 underlay_full,
                 overlay6,
             );
             // The checksum pattern is a tunnel's: not asked of a direct path.
-            let overlay_icmp = if overlay.ok || !underlay.ok || direct {
-                None
-            } else {
-                Some(icmp_probe(n.vtep_ip).await)
+            let overlay_icmp = match vtep_ip {
+                IpAddr::V4(v4) if !(overlay.ok || !underlay.ok || direct) => {
+                    Some(icmp_probe(v4).await)
+                }
+                _ => None,
             };
             PeerProbes {
                 node: name,
                 public_ip: n.public_ip,
-                vtep_ip: n.vtep_ip,
+                vtep_ip,
                 underlay,
                 overlay,
                 overlay_full,

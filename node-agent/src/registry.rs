@@ -220,8 +220,8 @@ mod tests {
     fn view() -> LocalView {
         LocalView {
             node: "a".into(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            network: Some("10.244.0.0/16".parse().unwrap()),
             subnet6: None,
             network6: None,
             underlay_v6: false,

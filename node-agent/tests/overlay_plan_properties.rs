@@ -12,7 +12,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use trellis_agent::overlay::desired::vtep_ip_of;
+use trellis_agent::overlay::desired::Remote4;
 use trellis_agent::overlay::paths::{nexthop_id, overlay_nexthop, style_of};
 use trellis_agent::overlay::{
     plan, ActualOverlay, DesiredOverlay, Hop, Op, Paths, Plan, Remote6, RemoteNode, RouteStyle,
@@ -38,7 +38,8 @@ fn subnet6(i: u8) -> Ipv6Network {
 }
 
 /// A remote node per index, as `DesiredOverlay::from_records` admits them:
-/// subnets, MACs and public IPs all distinct; two in three dual-stack.
+/// subnets, MACs and public IPs all distinct; two in three dual-stack, and
+/// a quarter of those IPv6-only.
 fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
     prop::collection::btree_map(1u8..40, (any::<[u8; 4]>(), 2u8..5), 0..12).prop_map(|picks| {
         DesiredOverlay {
@@ -46,14 +47,10 @@ fn desired_strategy() -> impl Strategy<Value = DesiredOverlay> {
                 .into_iter()
                 .map(|(i, (mac, net))| {
                     let node = RemoteNode {
-                        subnet: subnet(i),
-                        vtep_ip: vtep_ip_of(subnet(i)),
+                        ipv4: (i % 3 == 0 || i % 4 != 1).then(|| Remote4::of(subnet(i))),
                         vtep_mac: MacAddr([2, mac[0], mac[1], mac[2], mac[3], i]),
                         public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, net, i)),
-                        ipv6: (i % 3 != 0).then(|| Remote6 {
-                            subnet: subnet6(i),
-                            vtep_ip: subnet6(i).network(),
-                        }),
+                        ipv6: (i % 3 != 0).then(|| Remote6::of(subnet6(i))),
                     };
                     (format!("node{i}"), node)
                 })
@@ -91,8 +88,10 @@ impl Palette {
             if let IpAddr::V4(public) = n.public_ip {
                 p.ips.push(public);
             }
-            p.ips.push(n.vtep_ip);
-            p.subnets.push(IpNetwork::V4(n.subnet));
+            if let Some(v4) = n.ipv4 {
+                p.ips.push(v4.vtep_ip);
+                p.subnets.push(IpNetwork::V4(v4.subnet));
+            }
             if let Some(v6) = n.ipv6 {
                 p.addrs.push(IpAddr::V6(v6.vtep_ip));
                 p.subnets.push(IpNetwork::V6(v6.subnet));
@@ -327,8 +326,12 @@ proptest! {
                 }
             }
             let fdb = after.fdb.iter().any(|e| e.mac == node.vtep_mac);
-            let direct_v4 = matches!(hops[0].1, Hop::Direct(_));
-            prop_assert_eq!(direct_v4, paths.underlay.as_ref().unwrap().direct.iter().any(|s| s.contains(node.public_ip)));
+            // The IPv4 subnet (of the underlay's family) is direct exactly
+            // when the public IP is on a direct prefix.
+            if let Some((_, hop)) = hops.iter().find(|(dst, _)| dst.is_ipv4()) {
+                let direct_v4 = matches!(hop, Hop::Direct(_));
+                prop_assert_eq!(direct_v4, paths.underlay.as_ref().unwrap().direct.iter().any(|s| s.contains(node.public_ip)));
+            }
             prop_assert_eq!(fdb, hops.iter().any(|(_, h)| matches!(h, Hop::Overlay(_))));
         }
     }

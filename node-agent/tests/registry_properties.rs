@@ -14,8 +14,8 @@ use trellis_common::node::NodeRecord;
 fn view() -> LocalView {
     LocalView {
         node: "local".into(),
-        subnet: "10.244.1.0/24".parse().unwrap(),
-        network: "10.244.0.0/16".parse().unwrap(),
+        subnet: Some("10.244.1.0/24".parse().unwrap()),
+        network: Some("10.244.0.0/16".parse().unwrap()),
         subnet6: None,
         network6: None,
         underlay_v6: false,

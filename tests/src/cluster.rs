@@ -110,7 +110,7 @@ impl Default for ClusterSpec {
         ClusterSpec {
             nodes: 3,
             config: ClusterConfig {
-                network: "10.244.0.0/16".parse().expect("valid network"),
+                network: Some("10.244.0.0/16".parse().expect("valid network")),
                 subnet_len: 24,
                 vni: 1,
                 port: 8472,
@@ -212,9 +212,11 @@ impl Node {
         NodeRecord::parse(text.as_bytes()).ok()
     }
 
-    /// This node's pod subnet (from its record).
+    /// This node's IPv4 pod subnet (from its record).
     pub fn subnet(&self) -> Result<Ipv4Network> {
-        Ok(self.record()?.subnet)
+        self.record()?
+            .subnet
+            .ok_or_else(|| anyhow::anyhow!("the node's record has no IPv4 subnet"))
     }
 
     /// The host ends of pod veths on this node (every veth but the

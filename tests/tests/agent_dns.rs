@@ -17,7 +17,7 @@ use trellis_tests::netns::Netns;
 use trellis_tests::wait::{wait_for, wait_until};
 
 fn gateway(cluster: &Cluster, node: usize) -> IpAddr {
-    IpAddr::V4(cluster.nodes[node].record().unwrap().gateway())
+    IpAddr::V4(cluster.nodes[node].record().unwrap().gateway().unwrap())
 }
 
 /// dnsmasq on the outside host, answering `upstream.test` and nothing else.

@@ -76,7 +76,7 @@ fn unheld_index(cluster: &Cluster) -> Result<u8> {
     let held: Vec<u8> = cluster
         .nodes
         .iter()
-        .map(|n| Ok(n.record()?.subnet.network().octets()[2]))
+        .map(|n| Ok(n.subnet()?.network().octets()[2]))
         .collect::<Result<_>>()?;
     (200..=255)
         .find(|i| !held.contains(i))
@@ -91,7 +91,7 @@ fn dual_stack_pods_reach_each_other_over_ipv6_and_del_frees_both() -> Result<()>
     // Each record holds the IPv6 twin of its IPv4 subnet.
     for node in &cluster.nodes {
         let rec = node.record()?;
-        let index = rec.subnet.network().octets()[2];
+        let index = node.subnet()?.network().octets()[2];
         let want: ipnetwork::Ipv6Network = format!("fd10:244:0:{index:x}::/64").parse()?;
         assert_eq!(rec.ipv6_subnet, Some(want), "{}", node.name);
         assert_eq!(rec.ipv6_network, cluster.spec().config.ipv6_network);

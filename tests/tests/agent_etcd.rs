@@ -158,7 +158,7 @@ fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
     let spec = ClusterSpec {
         nodes: 9,
         config: ClusterConfig {
-            network: "10.244.0.0/26".parse().unwrap(),
+            network: Some("10.244.0.0/26".parse().unwrap()),
             subnet_len: 29,
             vni: 1,
             port: 8472,
@@ -202,7 +202,7 @@ fn many_agents_starting_at_once_get_distinct_subnets_and_the_extra_one_waits() {
     .unwrap_or_else(|e| panic!("{e}\n{}", extra.agent_log()));
     // The leased nodes reach each other.
     let (a, b) = (with_record[0], with_record[7]);
-    ping(&a.netns, b.record().unwrap().subnet.network().into()).unwrap();
+    ping(&a.netns, b.subnet().unwrap().network().into()).unwrap();
     let name = extra.name.clone();
     let extra = cluster.nodes.iter_mut().find(|n| n.name == name).unwrap();
     assert!(

@@ -22,7 +22,7 @@ const TTL: &str = "5";
 fn spec(grace: &str) -> ClusterSpec {
     let mut spec = ClusterSpec {
         config: ClusterConfig {
-            network: "10.244.0.0/22".parse().unwrap(),
+            network: Some("10.244.0.0/22".parse().unwrap()),
             subnet_len: 24,
             vni: 1,
             port: 8472,

@@ -73,13 +73,14 @@ fn expected(cluster: &Cluster, node: usize) -> Result<OverlayEntries> {
             continue;
         }
         let rec = other.record()?;
-        let vtep = rec.subnet.network().to_string();
+        let subnet = other.subnet()?;
+        let vtep = subnet.network().to_string();
         e.fdb
             .insert((rec.vtep_mac.clone(), rec.public_ip.to_string()));
         e.neigh.insert((vtep.clone(), rec.vtep_mac.clone()));
         // Through a nexthop object whose id is the VTEP address as a number.
-        let id = u64::from(u32::from(rec.subnet.network()));
-        e.routes.insert((rec.subnet.to_string(), vtep.clone(), id));
+        let id = u64::from(u32::from(subnet.network()));
+        e.routes.insert((subnet.to_string(), vtep.clone(), id));
         e.nexthops.insert((id, vtep));
     }
     Ok(e)
@@ -315,9 +316,10 @@ fn sigterm_leaves_the_data_path_and_a_deleted_record_goes_within_a_second() {
 
     // The node leaves: its record goes, the others drop its entries.
     let gone = cluster.nodes[2].record().unwrap();
+    let gone_subnet = cluster.nodes[2].subnet().unwrap();
     cluster.etcdctl(&["del", "/trellis/nodes/node3"]).unwrap();
     let started = Instant::now();
-    let vtep = gone.subnet.network().to_string();
+    let vtep = gone_subnet.network().to_string();
     for node in &cluster.nodes[..2] {
         wait_for(Duration::from_secs(5), "entries of node3 removed", || {
             let e = entries(node)?;
@@ -325,7 +327,7 @@ fn sigterm_leaves_the_data_path_and_a_deleted_record_goes_within_a_second() {
                 || e.neigh.iter().any(|(ip, _)| *ip == vtep)
                 || e.routes
                     .iter()
-                    .any(|(dst, _, _)| *dst == gone.subnet.to_string());
+                    .any(|(dst, _, _)| *dst == gone_subnet.to_string());
             Ok((!left).then_some(()))
         })
         .unwrap();

@@ -340,7 +340,13 @@ fn stale_direct_routes_go_when_the_agent_starts_and_a_named_network_routes_direc
     let named: Vec<String> = cluster
         .nodes
         .iter()
-        .map(|n| n.network_record("multihost").unwrap().subnet.to_string())
+        .map(|n| {
+            n.network_record("multihost")
+                .unwrap()
+                .subnet
+                .unwrap()
+                .to_string()
+        })
         .collect();
     wait_until(TIMEOUT, "multihost routed", || {
         Ok(route(a, &named[1]) == ("eth0".into(), b_ip.clone())

@@ -47,11 +47,7 @@ fn a_node_moving_onto_the_subnet_is_routed_directly_without_touching_the_others(
             && route(c, &subnet(a)) == ("eth0".into(), a.underlay_ip.to_string()))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
-    assert_eq!(
-        c.record().unwrap().subnet.to_string(),
-        moved,
-        "the subnet is kept"
-    );
+    assert_eq!(c.subnet().unwrap().to_string(), moved, "the subnet is kept");
     assert_eq!(c.record().unwrap().public_ip.to_string(), "192.0.2.3");
     let fdb = a
         .netns

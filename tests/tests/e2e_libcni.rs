@@ -53,7 +53,7 @@ fn pods_on_every_node_reach_each_other_their_node_and_back() {
         3,
         "distinct node subnets: {subnets:?}"
     );
-    let network = cluster.spec().config.network;
+    let network = cluster.spec().config.network.unwrap();
     let mut pods = Vec::new();
     for (node, subnet) in subnets.iter().enumerate() {
         for i in 0..2 {
@@ -76,7 +76,7 @@ fn pods_on_every_node_reach_each_other_their_node_and_back() {
     // address), and the node to its pod.
     for pod in &pods {
         let node = &cluster.nodes[pod.node];
-        let gateway = node.record().unwrap().gateway();
+        let gateway = node.record().unwrap().gateway().unwrap();
         ping(&pod.netns, IpAddr::V4(gateway)).unwrap();
         ping(&pod.netns, IpAddr::V4(node.underlay_ip)).unwrap();
         ping(&node.netns, pod.ip).unwrap();
@@ -113,7 +113,7 @@ fn without_ip_masq_the_outside_sees_the_pod() {
     let cluster = Cluster::start(ClusterSpec::default().nodes(2).ip_masq(false)).unwrap();
     // Give the outside world routes to the pod subnets (as an operator's
     // routers would) so that replies can come back unmasqueraded.
-    let network = cluster.spec().config.network.to_string();
+    let network = cluster.spec().config.network.unwrap().to_string();
     cluster
         .outside()
         .ok(&[

@@ -105,7 +105,7 @@ fn podman_run_rm_attaches_and_releases() {
     let cluster = Cluster::start(ClusterSpec::default().nodes(1)).unwrap();
     let rootfs = Rootfs::busybox().unwrap();
     let podman = podman_on(&cluster, 0, &rootfs);
-    let gateway = cluster.nodes[0].record().unwrap().gateway();
+    let gateway = cluster.nodes[0].record().unwrap().gateway().unwrap();
     for i in 0..3 {
         let out = podman
             .run_once(&format!("pm-once-{i}"), &ping_script(IpAddr::V4(gateway)))
@@ -202,7 +202,7 @@ fn podman_containers_on_two_nodes_find_each_other_by_name() {
     let host1 = podmen[0].start("host1").unwrap();
     let host2 = podmen[1].start("host2").unwrap();
 
-    let gateway = cluster.nodes[0].record().unwrap().gateway();
+    let gateway = cluster.nodes[0].record().unwrap().gateway().unwrap();
     let resolv = podmen[0].exec("host1", "cat /etc/resolv.conf").unwrap();
     let resolv = String::from_utf8_lossy(&resolv.stdout).into_owned();
     assert!(

@@ -67,7 +67,7 @@ fn pods_attached_with_the_shipped_conflist_reach_each_other_across_nodes() {
 
     let a = cluster.add_pod(0, "mfa").unwrap();
     let b = cluster.add_pod(1, "mfb").unwrap();
-    let network = shipped.cluster_config().network;
+    let network = shipped.cluster_config().network.unwrap();
     for pod in [&a, &b] {
         match pod.ip {
             std::net::IpAddr::V4(ip) => assert!(network.contains(ip), "{ip} not in {network}"),

@@ -74,7 +74,7 @@ fn the_daemonset_installer_seeds_etcd_and_installs_the_shipped_conflist() {
     let c = shipped.cluster_config();
     assert_eq!(
         stored,
-        json!({"network": c.network.to_string(), "subnetLen": c.subnet_len,
+        json!({"network": c.network.unwrap().to_string(), "subnetLen": c.subnet_len,
                "vni": c.vni, "port": c.port})
     );
 

@@ -98,7 +98,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         .collect();
     for (node, record) in cluster.nodes.iter().zip(&records) {
         let net: ipnetwork::Ipv4Network = "10.0.0.0/16".parse().unwrap();
-        assert!(net.contains(record.subnet.network()), "{record:?}");
+        assert!(net.contains(record.subnet.unwrap().network()), "{record:?}");
         assert_eq!(record.bridge.as_deref(), Some(bridge.as_str()));
         assert_ne!(
             record.vtep_mac,
@@ -114,7 +114,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         .collect();
     wait_until(TIMEOUT, "routes between the network's subnets", || {
         Ok(pairs.iter().all(|&(i, j)| {
-            let other = records[j].subnet.to_string();
+            let other = records[j].subnet.unwrap().to_string();
             let routes = cluster.nodes[i]
                 .netns
                 .ok(&["ip", "route", "show", &other])
@@ -164,7 +164,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         .try_add_pod_with(1, "host2", &conflists[1])
         .unwrap()
         .unwrap_or_else(|f| panic!("ADD host2: {}", f.failure));
-    assert!(records[0].subnet.contains(match host1.ip {
+    assert!(records[0].subnet.unwrap().contains(match host1.ip {
         std::net::IpAddr::V4(v4) => v4,
         other => panic!("{other}"),
     }));
@@ -181,7 +181,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
     cluster.del_pod(host3).unwrap();
     cluster.check_pod(&host1).unwrap();
     let gateway = host1.result["ips"][0]["gateway"].as_str().unwrap();
-    assert_eq!(gateway, records[0].gateway().to_string());
+    assert_eq!(gateway, records[0].gateway().unwrap().to_string());
 
     // Names across hosts: each container's name answers on the network's
     // DNS (its gateway on each node), bare and in the network's domain;
@@ -191,7 +191,7 @@ fn a_named_network_appears_on_every_node_carries_traffic_and_goes() {
         (vec![gateway.to_string()], vec!["multihost".to_string()])
     );
     let plain = cluster.add_pod(1, "plain").unwrap();
-    let gw = |i: usize| IpAddr::V4(records[i].gateway());
+    let gw = |i: usize| IpAddr::V4(records[i].gateway().unwrap());
     wait_until(TIMEOUT, "host2 resolves from host1", || {
         Ok(dig(&host1.netns, gw(0), "host2", &[])? == vec![host2.ip])
     })
@@ -385,7 +385,13 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     let alpha = cluster.nodes[0].network_record("alpha").unwrap().subnet;
     let a = pods_on(&cluster, "alpha", "a");
     wait_until(TIMEOUT, "a1 resolves on node 1", || {
-        let gw = IpAddr::V4(cluster.nodes[0].network_record("alpha").unwrap().gateway());
+        let gw = IpAddr::V4(
+            cluster.nodes[0]
+                .network_record("alpha")
+                .unwrap()
+                .gateway()
+                .unwrap(),
+        );
         Ok(dig(&a[0].netns, gw, "a1.alpha", &[])? == vec![a[1].ip])
     })
     .unwrap();
@@ -404,7 +410,13 @@ fn a_restarted_agent_keeps_its_networks_and_takes_down_one_removed_meanwhile() {
     cluster.nodes[0].start_agent().unwrap();
     let started = std::time::Instant::now();
     // Its network's DNS answers again within a second of its start.
-    let gw = IpAddr::V4(cluster.nodes[0].network_record("alpha").unwrap().gateway());
+    let gw = IpAddr::V4(
+        cluster.nodes[0]
+            .network_record("alpha")
+            .unwrap()
+            .gateway()
+            .unwrap(),
+    );
     wait_until(Duration::from_secs(1), "alpha's DNS answers again", || {
         Ok(dig(&a[0].netns, gw, "a1.alpha", &[])? == vec![a[1].ip])
     })
@@ -475,7 +487,13 @@ fn a_dual_stack_named_network_carries_both_families_across_nodes() {
     ping(&pods[0].netns, ip6[1]).unwrap();
     ping(&pods[1].netns, ip6[0]).unwrap();
     ping(&pods[0].netns, pods[1].ip).unwrap();
-    let gw = IpAddr::V4(cluster.nodes[0].network_record("six").unwrap().gateway());
+    let gw = IpAddr::V4(
+        cluster.nodes[0]
+            .network_record("six")
+            .unwrap()
+            .gateway()
+            .unwrap(),
+    );
     wait_until(TIMEOUT, "s1 answers AAAA", || {
         Ok(dig(&pods[0].netns, gw, "s1.six", &["AAAA"])? == vec![ip6[1]])
     })

@@ -327,7 +327,7 @@ fn a_node_without_a_name_is_an_error_in_the_agent_and_the_ipam_plugin() {
     // The IPAM plugin: no nodeName, a node record that names no node.
     let etcd = Etcd::start().unwrap();
     let record = NodeRecord {
-        subnet: "10.244.7.0/24".parse().unwrap(),
+        subnet: Some("10.244.7.0/24".parse().unwrap()),
         public_ip: "192.0.2.7".parse().unwrap(),
         vtep_mac: "02:00:00:00:00:07".into(),
         network: Some("10.244.0.0/16".parse().unwrap()),

@@ -76,7 +76,7 @@ pub(super) async fn start(agent: &Agent) -> Result<Started, AgentError> {
         .ok()
         .flatten()
         .filter(|r| r.node_name.as_deref().is_none_or(|n| n == node))
-        .map(|r| r.subnet);
+        .and_then(|r| r.lease_subnet());
     let leased = retry("leasing a node subnet", metrics, client, |mut c| {
         let (keys, config, node) = (keys.clone(), config.clone(), node.clone());
         async move {

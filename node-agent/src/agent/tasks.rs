@@ -207,7 +207,7 @@ pub(super) fn spawn(
             keys.clone(),
             store,
             node.clone(),
-            config.network,
+            config.lease_network(),
             Duration::from_secs(args.dead_node_interval),
             metrics.clone(),
         )));
@@ -248,7 +248,12 @@ pub(super) fn spawn(
     }
     log::info!(
         "node {node} is up: subnet {}, overlay MTU {}",
-        net.subnet,
+        net.record()
+            .subnets()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
         net.mtu()
     );
     Ok(Running {

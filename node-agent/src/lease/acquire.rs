@@ -5,7 +5,7 @@ use super::choice::{choose_subnet, own_subnet, seed, taken_for, Scope};
 use super::claims::{list_graces, list_subnets, named_networks, LeaseTimes, Leased, SubnetClaim};
 use super::error::{LeaseError, MAX_ATTEMPTS};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::keys::Keys;
 
@@ -21,7 +21,7 @@ pub async fn acquire(
     config: &ClusterConfig,
     scope: Scope,
     node: &str,
-    preferred: Option<Ipv4Network>,
+    preferred: Option<IpNetwork>,
     require: bool,
     times: LeaseTimes,
 ) -> Result<Leased, LeaseError> {
@@ -65,7 +65,7 @@ struct Acquisition<'a> {
 impl Acquisition<'_> {
     async fn run(
         &mut self,
-        preferred: Option<Ipv4Network>,
+        preferred: Option<IpNetwork>,
         require: bool,
     ) -> Result<Leased, LeaseError> {
         let (keys, config, node, scope) = (self.keys, self.config, self.node, self.scope);
@@ -77,7 +77,7 @@ impl Acquisition<'_> {
             let listing = list_subnets(self.client, keys).await?;
             let graces = list_graces(self.client, keys).await?;
             // The revision of `subnet`'s grace key as listed (0: none).
-            let grace_seen = |subnet: Ipv4Network| {
+            let grace_seen = |subnet: IpNetwork| {
                 graces
                     .iter()
                     .find(|g| g.subnet == subnet)
@@ -150,8 +150,8 @@ impl Acquisition<'_> {
             }
             let candidate = choose_subnet(config, &taken, preferred, seed(node, attempt)).ok_or(
                 LeaseError::Exhausted {
-                    network: config.network,
-                    subnet_len: config.subnet_len,
+                    network: config.lease_network(),
+                    subnet_len: config.lease_subnet_len(),
                     count: config.subnet_count(),
                 },
             )?;
@@ -170,7 +170,7 @@ impl Acquisition<'_> {
     /// else this node's: see [`taken_for`]); what it leased when it did.
     async fn claim(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
         when: Compare,
         grace_seen: i64,
     ) -> Result<Option<Leased>, LeaseError> {

@@ -2,7 +2,7 @@
 //! subnet keys it keeps, which subnets are not free for it.
 
 use super::claims::LeasedSubnet;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use trellis_common::cluster_config::ClusterConfig;
@@ -13,10 +13,10 @@ use trellis_common::network::overlaps;
 /// rarely race for the same subnet).
 pub fn choose_subnet(
     config: &ClusterConfig,
-    taken: &HashSet<Ipv4Network>,
-    preferred: Option<Ipv4Network>,
+    taken: &HashSet<IpNetwork>,
+    preferred: Option<IpNetwork>,
     seed: u64,
-) -> Option<Ipv4Network> {
+) -> Option<IpNetwork> {
     if let Some(p) = preferred.filter(|p| config.fits(*p) && !taken.contains(p)) {
         return Some(p);
     }
@@ -37,15 +37,15 @@ pub enum Scope {
     /// subnet of an earlier default network included: it is released).
     Default,
     /// A named network: the subnets inside its network.
-    Named(Ipv4Network),
+    Named(IpNetwork),
 }
 
 impl Scope {
     /// Whether `subnet` is this scope's, the named networks being `named`.
-    pub fn holds(&self, subnet: Ipv4Network, named: &[Ipv4Network]) -> bool {
+    pub fn holds(&self, subnet: IpNetwork, named: &[IpNetwork]) -> bool {
         match self {
-            Scope::Default => !named.iter().any(|n| overlaps((*n).into(), subnet.into())),
-            Scope::Named(net) => overlaps((*net).into(), subnet.into()),
+            Scope::Default => !named.iter().any(|n| overlaps(*n, subnet)),
+            Scope::Named(net) => overlaps(*net, subnet),
         }
     }
 }
@@ -57,8 +57,8 @@ pub fn own_subnet<'a>(
     config: &ClusterConfig,
     listing: &'a [LeasedSubnet],
     node: &str,
-    preferred: Option<Ipv4Network>,
-    in_scope: impl Fn(Ipv4Network) -> bool,
+    preferred: Option<IpNetwork>,
+    in_scope: impl Fn(IpNetwork) -> bool,
 ) -> (Option<&'a LeasedSubnet>, Vec<&'a LeasedSubnet>) {
     let mut mine: Vec<&LeasedSubnet> = listing
         .iter()
@@ -94,7 +94,7 @@ pub fn taken_for(
     node: &str,
     subnets: &[LeasedSubnet],
     graces: &[LeasedSubnet],
-) -> HashSet<Ipv4Network> {
+) -> HashSet<IpNetwork> {
     subnets
         .iter()
         .map(|s| s.subnet)
@@ -111,20 +111,22 @@ pub fn taken_for(
 mod tests {
     use super::*;
 
+    /// An IPv4 cluster, or an IPv6-only one for an IPv6 `network`.
     fn config(network: &str, len: u8) -> ClusterConfig {
+        let v6 = network.contains(':');
         ClusterConfig {
-            network: network.parse().unwrap(),
-            subnet_len: len,
+            network: (!v6).then(|| network.parse().unwrap()),
+            subnet_len: if v6 { 24 } else { len },
             vni: 1,
             port: 8472,
-            ipv6_network: None,
-            ipv6_subnet_len: 64,
+            ipv6_network: v6.then(|| network.parse().unwrap()),
+            ipv6_subnet_len: if v6 { len } else { 64 },
             direct_routing: false,
             mtu: None,
         }
     }
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
 
@@ -154,6 +156,28 @@ mod tests {
             assert!(taken.insert(s), "{s} handed out twice");
         }
         assert_eq!(choose_subnet(&c, &taken, None, 5), None);
+    }
+
+    #[test]
+    fn an_ipv6_only_cluster_leases_ipv6_subnets() {
+        let c = config("fd10:244::/62", 64); // 4 subnets
+        let mut taken = HashSet::new();
+        for seed in [0u64, 1, 2, 3] {
+            let s = choose_subnet(&c, &taken, None, seed * 7919).unwrap();
+            assert!(s.is_ipv6() && c.fits(s), "{s}");
+            assert!(taken.insert(s), "{s} handed out twice");
+        }
+        assert_eq!(choose_subnet(&c, &taken, None, 5), None);
+        // The preferred one (a kept node.json) when it is free; an IPv4
+        // one never fits.
+        let c = config("fd10:244::/56", 64);
+        let want = net("fd10:244:0:9::/64");
+        assert_eq!(
+            choose_subnet(&c, &HashSet::new(), Some(want), 0),
+            Some(want)
+        );
+        let got = choose_subnet(&c, &HashSet::new(), Some(net("10.244.9.0/24")), 0).unwrap();
+        assert!(got.is_ipv6(), "{got}");
     }
 
     #[test]
@@ -258,7 +282,7 @@ mod tests {
         // The named network keeps its own and releases one of a length it
         // no longer has, never the default network's.
         let multihost = config("10.0.0.0/16", 24);
-        let scope = Scope::Named(multihost.network);
+        let scope = Scope::Named(multihost.lease_network());
         let (own, stale) = own_subnet(&multihost, &listing, "a", None, |s| scope.holds(s, &[]));
         assert_eq!(own.unwrap().subnet, net("10.0.3.0/24"));
         let stale: Vec<_> = stale.iter().map(|s| s.subnet).collect();

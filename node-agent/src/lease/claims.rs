@@ -3,7 +3,7 @@
 
 use super::error::LeaseError;
 use etcd_client::{Client, GetOptions};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use trellis_common::cluster_config::ClusterConfig;
 use trellis_common::keys::Keys;
@@ -19,7 +19,7 @@ pub struct SubnetClaim {
 /// A subnet key as found in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasedSubnet {
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
     /// The node named in the key's value; `None` when unreadable.
     pub owner: Option<String>,
     /// The etcd lease the key is bound to (0: none).
@@ -30,7 +30,7 @@ pub struct LeasedSubnet {
 /// The subnet this agent holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leased {
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
     pub lease_id: i64,
     /// The etcd lease of the subnet's grace key (0: no grace).
     pub grace_lease_id: i64,
@@ -58,7 +58,7 @@ pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<ClusterConf
 pub async fn named_networks(
     client: &mut Client,
     keys: &Keys,
-) -> Result<Vec<Ipv4Network>, LeaseError> {
+) -> Result<Vec<IpNetwork>, LeaseError> {
     let resp = client
         .get(keys.networks(), Some(GetOptions::new().with_prefix()))
         .await?;
@@ -68,7 +68,7 @@ pub async fn named_networks(
         .filter_map(|kv| {
             let name = keys.network_name_of(kv.key_str().ok()?)?;
             let record = NetworkRecord::parse(name, kv.value()).ok()?;
-            Some(record.config.network)
+            Some(record.config.lease_network())
         })
         .collect())
 }
@@ -93,7 +93,7 @@ pub async fn list_graces(
 async fn list_claims(
     client: &mut Client,
     prefix: String,
-    subnet_of: impl Fn(&str) -> Option<Ipv4Network>,
+    subnet_of: impl Fn(&str) -> Option<IpNetwork>,
 ) -> Result<Vec<LeasedSubnet>, LeaseError> {
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))

@@ -1,6 +1,6 @@
 //! Why a subnet lease failed, and which failures a retry cannot mend.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// Transactions lost to other agents before giving up (each loss means
 /// another node got a subnet, so this bounds only pathological contention).
@@ -17,7 +17,7 @@ pub enum LeaseError {
     InvalidConfig { key: String, reason: String },
     #[error("network {network} has no free /{subnet_len} subnet left: all {count} are leased")]
     Exhausted {
-        network: Ipv4Network,
+        network: IpNetwork,
         subnet_len: u8,
         count: u64,
     },
@@ -27,7 +27,7 @@ pub enum LeaseError {
         "this node's subnet {wanted} was leased by node {owner} while this agent was away; \
          pods on this node have addresses of {wanted}"
     )]
-    SubnetTaken { wanted: Ipv4Network, owner: String },
+    SubnetTaken { wanted: IpNetwork, owner: String },
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
 }

@@ -4,7 +4,7 @@ use super::choice::Scope;
 use super::claims::{list_graces, list_subnets};
 use super::error::LeaseError;
 use etcd_client::{Client, PutOptions};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use trellis_common::keys::Keys;
 use trellis_common::node::NodeRecord;
 
@@ -35,7 +35,7 @@ pub async fn release(
     client: &mut Client,
     keys: &Keys,
     node: &str,
-) -> Result<Vec<Ipv4Network>, LeaseError> {
+) -> Result<Vec<IpNetwork>, LeaseError> {
     release_where(client, keys, node, |_| true, &keys.node(node)).await
 }
 
@@ -45,9 +45,9 @@ pub async fn release_named(
     client: &mut Client,
     keys: &Keys,
     node: &str,
-    network: Ipv4Network,
+    network: IpNetwork,
     record_key: &str,
-) -> Result<Vec<Ipv4Network>, LeaseError> {
+) -> Result<Vec<IpNetwork>, LeaseError> {
     let scope = Scope::Named(network);
     release_where(client, keys, node, |s| scope.holds(s, &[]), record_key).await
 }
@@ -58,9 +58,9 @@ async fn release_where(
     client: &mut Client,
     keys: &Keys,
     node: &str,
-    in_scope: impl Fn(Ipv4Network) -> bool,
+    in_scope: impl Fn(IpNetwork) -> bool,
     record_key: &str,
-) -> Result<Vec<Ipv4Network>, LeaseError> {
+) -> Result<Vec<IpNetwork>, LeaseError> {
     let listing = list_subnets(client, keys).await?;
     let mut released = Vec::new();
     let mine = |owner: &Option<String>, subnet| owner.as_deref() == Some(node) && in_scope(subnet);

@@ -145,7 +145,7 @@ async fn stop(ctx: &NodeContext, name: &str, mut served: Served, keep: bool) {
     let vni = served.record.config.vni;
     remove_links(&ctx.nl, &[vxlan_name(vni), named_bridge_name(vni)]).await;
     remove_direct_routes(&ctx.nl, name, &served.record.config.pod_networks()).await;
-    release(ctx, name, served.record.config.network).await;
+    release(ctx, name, served.record.config.lease_network()).await;
     log::info!("network {name} is taken down on this node");
 }
 

@@ -64,12 +64,12 @@ async fn serve_once(
 ) -> Result<(), ServeError> {
     let config = &record.config;
     crate::pod_mtu::check(config, &ctx.underlay, ctx.public_ip)?;
-    let scope = lease::Scope::Named(config.network);
+    let scope = lease::Scope::Named(config.lease_network());
     let preferred = node::read_node_record_for(&ctx.state_dir, Some(name))
         .ok()
         .flatten()
         .filter(|r| r.node_name.as_deref().is_none_or(|n| n == ctx.node))
-        .map(|r| r.subnet);
+        .and_then(|r| r.lease_subnet());
     let what = format!("network {name}: leasing a subnet");
     let leased = retry(&what, metrics, &ctx.client, |mut c| async move {
         lease::acquire(
@@ -117,7 +117,7 @@ async fn serve_once(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     log::info!(
         "network {name}: subnet {} on {} and {} (MTU {})",
-        net.subnet,
+        net.lease_subnet(),
         net.bridge,
         net.vxlan.name,
         net.mtu()

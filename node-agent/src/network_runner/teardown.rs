@@ -13,7 +13,7 @@ use trellis_kernel::Netlink;
 /// Give the node's subnet in `name` back (its record there goes with its
 /// lease). When etcd cannot be reached the leases, no longer renewed,
 /// expire by themselves.
-pub(super) async fn release(ctx: &NodeContext, name: &str, network: ipnetwork::Ipv4Network) {
+pub(super) async fn release(ctx: &NodeContext, name: &str, network: ipnetwork::IpNetwork) {
     let key = ctx.keys.network_node(name, &ctx.node);
     let mut picked = ctx.client.pick().await;
     let released = tokio::time::timeout(
@@ -102,7 +102,8 @@ pub(super) async fn sweep_leftovers(ctx: &NodeContext, want: &BTreeMap<String, N
         remove_direct_routes(&ctx.nl, &name, &networks).await;
         if wanted.is_none() {
             remove_file(&path);
-            if let Some(network) = left.network {
+            let lease_network = left.network.map(IpNetwork::V4);
+            if let Some(network) = lease_network.or(left.ipv6_network.map(IpNetwork::V6)) {
                 release(ctx, &name, network).await;
             }
             log::info!("network {name} is gone: took down what was left of it");

@@ -4,19 +4,20 @@
 //! need, kept as records come and go so that one record is checked in
 //! O(log n) however large the cluster.
 
-use super::desired::{vtep_ip_of, DesiredOverlay, Remote6, RemoteNode};
+use super::desired::{DesiredOverlay, Remote4, Remote6, RemoteNode};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::{BTreeMap, HashMap};
 use trellis_common::node::NodeRecord;
 use trellis_kernel::MacAddr;
 
 /// Who is looking: this node, its subnets and the cluster networks (the
-/// IPv6 ones in a dual-stack cluster).
+/// IPv4 ones unless IPv6-only, the IPv6 ones in a dual-stack or IPv6-only
+/// cluster).
 #[derive(Debug, Clone)]
 pub struct LocalView {
     pub node: String,
-    pub subnet: Ipv4Network,
-    pub network: Ipv4Network,
+    pub subnet: Option<Ipv4Network>,
+    pub network: Option<Ipv4Network>,
     pub subnet6: Option<Ipv6Network>,
     pub network6: Option<Ipv6Network>,
     /// This node's underlay is IPv6 (VXLAN over IPv6): every node's must be.
@@ -94,22 +95,26 @@ impl Admission {
         if name == self.view.node {
             return Ok(None);
         }
-        let (subnet, network) = (rec.subnet, self.view.network);
-        if subnet.network() != subnet.ip() || !network.contains(subnet.network()) {
-            return Err(format!(
-                "node {name}: subnet {subnet} is not a subnet of the cluster network {network}; ignored"
-            ));
-        }
-        if let Some(own) = Some(self.view.subnet).filter(|own| overlaps(*own, subnet)) {
-            return Err(format!(
-                "node {name}: subnet {subnet} overlaps this node's {own}; ignored"
-            ));
-        }
-        if let Some((other, other_name)) = self.overlapping(subnet) {
-            return Err(format!(
-                "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
-            ));
-        }
+        // A node of an IPv4-only view (an agent not yet restarted with the
+        // cluster's new ipv6Network) keeps the IPv4 entries of dual-stack
+        // nodes; a dual-stack one needs the IPv6 subnet to fit. Each
+        // family the view has needs the record's subnet of it.
+        let ipv4 = match (rec.subnet, self.view.network) {
+            (Some(subnet), Some(network)) => Some(self.check_ipv4(name, subnet, network)?),
+            (None, Some(network)) => return Err(format!(
+                "node {name}: no IPv4 subnet, but the cluster network {network} is IPv4; ignored"
+            )),
+            (_, None) => None,
+        };
+        let ipv6 = match (rec.ipv6_subnet, self.view.network6) {
+            (Some(subnet6), Some(_)) => Some(self.check_ipv6(name, subnet6)?),
+            (None, Some(network6)) if ipv4.is_none() => {
+                return Err(format!(
+                    "node {name}: no ipv6Subnet, but the cluster network {network6} is IPv6-only; ignored"
+                ))
+            }
+            _ => None,
+        };
         let vtep_mac: MacAddr = rec
             .vtep_mac
             .parse()
@@ -131,22 +136,18 @@ impl Admission {
                 family(self.view.underlay_v6)
             ));
         }
-        // A node of an IPv4-only view (an agent not yet restarted with the
-        // cluster's new ipv6Network) keeps the IPv4 entries of dual-stack
-        // nodes; a dual-stack one needs the IPv6 subnet to fit.
-        let ipv6 = match (rec.ipv6_subnet, self.view.network6) {
-            (Some(subnet6), Some(_)) => Some(self.check_ipv6(name, subnet6)?),
-            _ => None,
-        };
         let node = RemoteNode {
-            subnet,
-            vtep_ip: vtep_ip_of(subnet),
+            ipv4,
             vtep_mac,
             public_ip,
             ipv6,
         };
-        self.subnets
-            .insert(u32::from(subnet.network()), (subnet, name.to_string()));
+        if let Some(v4) = ipv4 {
+            self.subnets.insert(
+                u32::from(v4.subnet.network()),
+                (v4.subnet, name.to_string()),
+            );
+        }
         if let Some(v6) = ipv6 {
             self.subnets6.insert(v6.subnet, name.to_string());
         }
@@ -158,12 +159,41 @@ impl Admission {
     /// Take node `name` out of the overlay; its entry, if it was admitted.
     pub fn remove(&mut self, name: &str) -> Option<RemoteNode> {
         let node = self.admitted.nodes.remove(name)?;
-        self.subnets.remove(&u32::from(node.subnet.network()));
+        if let Some(v4) = node.ipv4 {
+            self.subnets.remove(&u32::from(v4.subnet.network()));
+        }
         if let Some(v6) = node.ipv6 {
             self.subnets6.remove(&v6.subnet);
         }
         self.macs.remove(&node.vtep_mac);
         Some(node)
+    }
+
+    /// The IPv4 entries of a node publishing `subnet`: a subnet inside the
+    /// cluster's network, overlapping neither this node's nor an admitted
+    /// node's.
+    fn check_ipv4(
+        &self,
+        name: &str,
+        subnet: Ipv4Network,
+        network: Ipv4Network,
+    ) -> Result<Remote4, String> {
+        if subnet.network() != subnet.ip() || !network.contains(subnet.network()) {
+            return Err(format!(
+                "node {name}: subnet {subnet} is not a subnet of the cluster network {network}; ignored"
+            ));
+        }
+        if let Some(own) = self.view.subnet.filter(|own| overlaps(*own, subnet)) {
+            return Err(format!(
+                "node {name}: subnet {subnet} overlaps this node's {own}; ignored"
+            ));
+        }
+        if let Some((other, other_name)) = self.overlapping(subnet) {
+            return Err(format!(
+                "node {name}: subnet {subnet} overlaps {other} of node {other_name}; ignored"
+            ));
+        }
+        Ok(Remote4::of(subnet))
     }
 
     /// The IPv6 entries of a node publishing `subnet6`: a subnet of this
@@ -194,10 +224,7 @@ impl Admission {
                 "node {name}: ipv6Subnet {subnet6} is already node {other}'s; ignored"
             ));
         }
-        Ok(Remote6 {
-            subnet: subnet6,
-            vtep_ip: subnet6.network(),
-        })
+        Ok(Remote6::of(subnet6))
     }
 
     fn overlapping(&self, subnet: Ipv4Network) -> Option<(Ipv4Network, &str)> {
@@ -231,227 +258,4 @@ fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Node "a" holding 10.244.1.0/24 of 10.244.0.0/16, IPv4 only.
-    pub(crate) fn view_of_a() -> LocalView {
-        LocalView {
-            node: "a".into(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet6: None,
-            network6: None,
-            underlay_v6: false,
-        }
-    }
-
-    fn rec(subnet: &str, ip: &str, mac: &str) -> NodeRecord {
-        NodeRecord {
-            subnet: subnet.parse().unwrap(),
-            public_ip: ip.parse().unwrap(),
-            vtep_mac: mac.into(),
-            network: None,
-            mtu: None,
-            node_name: None,
-            kubernetes: false,
-            status_addr: None,
-            dns: false,
-            ipv6_subnet: None,
-            ipv6_network: None,
-            bridge: None,
-        }
-    }
-
-    #[test]
-    fn a_removed_node_frees_its_subnet_and_mac() {
-        let mut a = Admission::new(&view_of_a());
-        let b = rec("10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02");
-        assert!(a.admit("b", &b).unwrap().is_some());
-        let err = a.admit("c", &b).unwrap_err();
-        assert!(err.contains("overlaps 10.244.2.0/24 of node b"), "{err}");
-        assert_eq!(a.remove("b").unwrap().subnet, b.subnet);
-        assert!(a.remove("b").is_none());
-        assert!(a.admit("c", &b).unwrap().is_some());
-        assert_eq!(a.desired().nodes.keys().collect::<Vec<_>>(), ["c"]);
-        assert_eq!(a.admit("a", &b), Ok(None), "this node is never an entry");
-    }
-
-    /// Node records by name, from (name, subnet, public IP, VTEP MAC) rows.
-    fn records(rows: &[(&str, &str, &str, &str)]) -> BTreeMap<String, NodeRecord> {
-        rows.iter()
-            .map(|(name, subnet, ip, mac)| {
-                let record = NodeRecord {
-                    subnet: subnet.parse().unwrap(),
-                    public_ip: ip.parse().unwrap(),
-                    vtep_mac: (*mac).into(),
-                    network: None,
-                    mtu: None,
-                    node_name: None,
-                    kubernetes: false,
-                    status_addr: None,
-                    dns: false,
-                    ipv6_subnet: None,
-                    ipv6_network: None,
-                    bridge: None,
-                };
-                (name.to_string(), record)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn remote_nodes_become_entries_and_self_is_skipped() {
-        let records = records(&[
-            ("a", "10.244.1.0/24", "192.0.2.1", "02:00:00:00:00:01"),
-            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &records);
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(d.len(), 1);
-        let b = d.nodes["b"];
-        assert_eq!(b.vtep_ip.to_string(), "10.244.2.0");
-        assert_eq!(b.public_ip.to_string(), "192.0.2.2");
-        assert_eq!(b.vtep_mac.to_string(), "02:00:00:00:00:02");
-    }
-
-    #[test]
-    fn records_that_would_break_the_overlay_are_left_out() {
-        let records = records(&[
-            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            (
-                "c-outside",
-                "10.99.0.0/24",
-                "192.0.2.3",
-                "02:00:00:00:00:03",
-            ),
-            ("d-mine", "10.244.1.0/24", "192.0.2.4", "02:00:00:00:00:04"),
-            (
-                "e-dup-subnet",
-                "10.244.2.0/24",
-                "192.0.2.5",
-                "02:00:00:00:00:05",
-            ),
-            (
-                "f-dup-mac",
-                "10.244.6.0/24",
-                "192.0.2.6",
-                "02:00:00:00:00:02",
-            ),
-            ("g-bad-mac", "10.244.7.0/24", "192.0.2.7", "nope"),
-            ("h-v6", "10.244.8.0/24", "2001:db8::8", "02:00:00:00:00:08"),
-            ("i-ok", "10.244.9.0/24", "192.0.2.9", "02:00:00:00:00:09"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &records);
-        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), vec!["b", "i-ok"]);
-        assert_eq!(warnings.len(), 6, "{warnings:#?}");
-        assert!(warnings
-            .iter()
-            .any(|w| w.contains("overlaps this node's 10.244.1.0/24")));
-        assert!(warnings.iter().any(|w| w.contains("already node b's")));
-    }
-
-    #[test]
-    fn overlaps_of_other_sizes_are_caught() {
-        let records = records(&[
-            ("b", "10.244.4.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            ("c-wide", "10.244.4.0/22", "192.0.2.3", "02:00:00:00:00:03"),
-            (
-                "d-inside",
-                "10.244.4.128/25",
-                "192.0.2.4",
-                "02:00:00:00:00:04",
-            ),
-            ("e", "10.244.5.0/24", "192.0.2.5", "02:00:00:00:00:05"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &records);
-        assert_eq!(
-            d.nodes.keys().collect::<Vec<_>>(),
-            vec!["b", "e"],
-            "{warnings:?}"
-        );
-    }
-
-    #[test]
-    fn ipv6_subnets_are_admitted_when_they_fit_and_are_distinct() {
-        let view = LocalView {
-            subnet6: Some("fd10:244:0:1::/64".parse().unwrap()),
-            network6: Some("fd10:244::/56".parse().unwrap()),
-            ..view_of_a()
-        };
-        let mut rows = records(&[
-            ("b", "10.244.2.0/24", "192.0.2.2", "02:00:00:00:00:02"),
-            ("c-dup6", "10.244.3.0/24", "192.0.2.3", "02:00:00:00:00:03"),
-            ("d-mine6", "10.244.4.0/24", "192.0.2.4", "02:00:00:00:00:04"),
-            (
-                "e-outside6",
-                "10.244.5.0/24",
-                "192.0.2.5",
-                "02:00:00:00:00:05",
-            ),
-            ("f-len", "10.244.6.0/24", "192.0.2.6", "02:00:00:00:00:06"),
-            (
-                "g-v4only",
-                "10.244.7.0/24",
-                "192.0.2.7",
-                "02:00:00:00:00:07",
-            ),
-        ]);
-        for (name, subnet6) in [
-            ("b", "fd10:244:0:2::/64"),
-            ("c-dup6", "fd10:244:0:2::/64"),
-            ("d-mine6", "fd10:244:0:1::/64"),
-            ("e-outside6", "fd99::/64"),
-            ("f-len", "fd10:244:0:6::/80"),
-        ] {
-            rows.get_mut(name).unwrap().ipv6_subnet = Some(subnet6.parse().unwrap());
-        }
-        let (d, warnings) = DesiredOverlay::from_records(&view, &rows);
-        assert_eq!(
-            d.nodes.keys().collect::<Vec<_>>(),
-            ["b", "g-v4only"],
-            "{warnings:#?}"
-        );
-        let b6 = d.nodes["b"].ipv6.unwrap();
-        assert_eq!(b6.vtep_ip.to_string(), "fd10:244:0:2::");
-        assert_eq!(d.nodes["g-v4only"].ipv6, None);
-        for want in [
-            "ipv6Subnet fd10:244:0:2::/64 is already node b's",
-            "ipv6Subnet fd10:244:0:1::/64 is this node's",
-            "ipv6Subnet fd99::/64 is not a /64 subnet",
-            "ipv6Subnet fd10:244:0:6::/80 is not a /64 subnet",
-        ] {
-            assert!(
-                warnings.iter().any(|w| w.contains(want)),
-                "{want}: {warnings:#?}"
-            );
-        }
-        // An IPv4-only node (not yet restarted with the new ipv6Network)
-        // keeps every node's IPv4 entries.
-        let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &rows);
-        assert_eq!(d.len(), 6, "{warnings:#?}");
-        assert!(d.nodes.values().all(|n| n.ipv6.is_none()));
-    }
-
-    #[test]
-    fn an_ipv6_underlay_admits_ipv6_public_ips_only() {
-        let view = LocalView {
-            underlay_v6: true,
-            ..view_of_a()
-        };
-        let rows = records(&[
-            ("b", "10.244.2.0/24", "2001:db8:2::2", "02:00:00:00:00:02"),
-            ("c-v4", "10.244.3.0/24", "192.0.2.3", "02:00:00:00:00:03"),
-        ]);
-        let (d, warnings) = DesiredOverlay::from_records(&view, &rows);
-        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(d.nodes["b"].public_ip.to_string(), "2001:db8:2::2");
-        assert_eq!(warnings.len(), 1);
-        assert!(
-            warnings[0].contains(
-                "node c-v4: public IP 192.0.2.3 is IPv4, but this node a has an IPv6 underlay"
-            ),
-            "{warnings:?}"
-        );
-    }
-}
+mod tests;

@@ -9,16 +9,24 @@ use trellis_kernel::MacAddr;
 /// A remote node as the overlay sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteNode {
-    pub subnet: Ipv4Network,
-    /// The address of its VXLAN device (its subnet's network address, as in
-    /// flannel): the gateway our route to its subnet goes through.
-    pub vtep_ip: Ipv4Addr,
+    /// Its IPv4 subnet and VTEP address (none in an IPv6-only cluster).
+    pub ipv4: Option<Remote4>,
     pub vtep_mac: MacAddr,
     /// Its underlay address: where the VXLAN packets are sent (of this
     /// node's underlay family).
     pub public_ip: IpAddr,
-    /// Its IPv6 subnet and VTEP address in a dual-stack cluster.
+    /// Its IPv6 subnet and VTEP address in a dual-stack or IPv6-only
+    /// cluster.
     pub ipv6: Option<Remote6>,
+}
+
+/// The IPv4 side of a remote node: its subnet, and the address of its
+/// VXLAN device (the subnet's network address, as in flannel): the gateway
+/// our route to its subnet goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote4 {
+    pub subnet: Ipv4Network,
+    pub vtep_ip: Ipv4Addr,
 }
 
 /// The IPv6 side of a remote node: its subnet, and the address of its
@@ -50,9 +58,38 @@ pub enum OverlayUpdate {
     Remove(String),
 }
 
-/// The address a node's VXLAN device holds: its subnet's network address.
-pub fn vtep_ip_of(subnet: Ipv4Network) -> Ipv4Addr {
-    subnet.network()
+impl RemoteNode {
+    /// The VTEP address of its first family: the IPv4 one, else (IPv6-only)
+    /// the IPv6 one. Admission lets in no node without a subnet.
+    pub fn first_vtep_ip(&self) -> IpAddr {
+        match (self.ipv4, self.ipv6) {
+            (Some(v4), _) => IpAddr::V4(v4.vtep_ip),
+            (None, Some(v6)) => IpAddr::V6(v6.vtep_ip),
+            (None, None) => unreachable!("an admitted node has a subnet of some family"),
+        }
+    }
+}
+
+impl Remote4 {
+    /// The IPv4 side of the node holding `subnet`: its VXLAN device holds
+    /// the subnet's network address.
+    pub fn of(subnet: Ipv4Network) -> Remote4 {
+        Remote4 {
+            subnet,
+            vtep_ip: subnet.network(),
+        }
+    }
+}
+
+impl Remote6 {
+    /// The IPv6 side of the node holding `subnet`: its VXLAN device holds
+    /// the subnet's network address.
+    pub fn of(subnet: Ipv6Network) -> Remote6 {
+        Remote6 {
+            subnet,
+            vtep_ip: subnet.network(),
+        }
+    }
 }
 
 impl DesiredOverlay {
@@ -138,8 +175,7 @@ mod tests {
     #[test]
     fn the_delta_holds_the_changed_joined_and_departed_nodes() {
         let node = |i: u8, public: u8| RemoteNode {
-            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-            vtep_ip: Ipv4Addr::new(10, 244, i, 0),
+            ipv4: Some(Remote4::of(format!("10.244.{i}.0/24").parse().unwrap())),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
             public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, public)),
             ipv6: None,

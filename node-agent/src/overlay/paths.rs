@@ -130,13 +130,15 @@ impl Paths {
 }
 
 /// The routes a remote node needs, each with its VTEP address in that
-/// family: its IPv4 subnet, and in a dual-stack cluster its IPv6 one.
+/// family: its IPv4 subnet and its IPv6 one, each where it has one.
 pub fn node_routes(node: &RemoteNode) -> impl Iterator<Item = (IpNetwork, IpAddr)> {
-    let v4 = (IpNetwork::V4(node.subnet), IpAddr::V4(node.vtep_ip));
+    let v4 = node
+        .ipv4
+        .map(|v4| (IpNetwork::V4(v4.subnet), IpAddr::V4(v4.vtep_ip)));
     let v6 = node
         .ipv6
         .map(|v6| (IpNetwork::V6(v6.subnet), IpAddr::V6(v6.vtep_ip)));
-    std::iter::once(v4).chain(v6)
+    v4.into_iter().chain(v6)
 }
 
 /// The style a route through `via` is written in: IPv6 routes always name
@@ -188,19 +190,15 @@ pub fn direct_route(ifindex: u32, dst: IpNetwork, via: IpAddr) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::overlay::desired::Remote6;
+    use crate::overlay::desired::{Remote4, Remote6};
     use trellis_kernel::MacAddr;
 
     fn node(public: &str) -> RemoteNode {
         RemoteNode {
-            subnet: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: "10.244.2.0".parse().unwrap(),
+            ipv4: Some(Remote4::of("10.244.2.0/24".parse().unwrap())),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
             public_ip: public.parse().unwrap(),
-            ipv6: Some(Remote6 {
-                subnet: "fd10:244:0:2::/64".parse().unwrap(),
-                vtep_ip: "fd10:244:0:2::".parse().unwrap(),
-            }),
+            ipv6: Some(Remote6::of("fd10:244:0:2::/64".parse().unwrap())),
         }
     }
 

@@ -184,7 +184,7 @@ fn trellis_side(rate: u32, secs: u32) -> Result<Side> {
             let record = cluster.nodes[n]
                 .network_record(NETWORK)
                 .context("no record")?;
-            Ok(IpAddr::V4(record.gateway()))
+            Ok(IpAddr::V4(record.gateway().context("an IPv4 network")?))
         })
         .collect::<Result<_>>()?;
     // Both agents answer the name before the clock starts.

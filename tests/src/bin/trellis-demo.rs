@@ -143,7 +143,7 @@ fn print_nodes(cluster: &Cluster) -> Result<()> {
             "{:<8} {:<12} {:<16} {:<18} {}",
             node.name,
             node.underlay_ip.to_string(),
-            record.subnet.to_string(),
+            node.subnet()?.to_string(),
             record.vtep_mac,
             node.netns.name()
         );
@@ -219,7 +219,10 @@ fn print_names(cluster: &Cluster, pods: &[Pod]) -> Result<usize> {
     for (i, pod) in firsts.iter().enumerate() {
         let peer = firsts[(i + 1) % firsts.len()];
         let peer = pods.iter().rfind(|p| p.node == peer.node).unwrap_or(peer);
-        let gateway = cluster.nodes[pod.node].record()?.gateway();
+        let gateway = cluster.nodes[pod.node]
+            .record()?
+            .gateway()
+            .context("the demo's cluster is IPv4")?;
         let answer = pod
             .netns
             .ok(&[

@@ -181,7 +181,7 @@ pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
         .tempdir()
         .unwrap();
     let record = NodeRecord {
-        subnet: subnet.parse().unwrap(),
+        subnet: Some(subnet.parse().unwrap()),
         public_ip: "192.0.2.10".parse().unwrap(),
         vtep_mac: "02:00:00:00:00:01".into(),
         network: Some("10.244.0.0/16".parse().unwrap()),

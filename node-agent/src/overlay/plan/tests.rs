@@ -1,15 +1,14 @@
 //! The plan's cases, in both route styles.
 
 use super::*;
-use crate::overlay::desired::{vtep_ip_of, Remote6, RemoteNode};
+use crate::overlay::desired::{Remote4, Remote6, RemoteNode};
 use crate::overlay::paths::overlay_route;
 use ipnetwork::Ipv4Network;
 
 fn node(i: u8) -> RemoteNode {
     let subnet: Ipv4Network = format!("10.244.{i}.0/24").parse().unwrap();
     RemoteNode {
-        subnet,
-        vtep_ip: vtep_ip_of(subnet),
+        ipv4: Some(Remote4::of(subnet)),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
         public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)),
         ipv6: None,
@@ -92,8 +91,8 @@ fn empty_kernel_gets_three_writes_per_node() {
             mac: node(3).vtep_mac
         }));
         assert!(p.additions.contains(&Op::SetRoute {
-            dst: v4(node(3).subnet),
-            via: IpAddr::V4(node(3).vtep_ip)
+            dst: v4(node(3).ipv4.unwrap().subnet),
+            via: IpAddr::V4(node(3).ipv4.unwrap().vtep_ip)
         }));
     }
 }
@@ -106,7 +105,10 @@ fn a_route_goes_through_the_nexthop_of_its_vtep() {
         &plan(&d, &ActualOverlay::default(), &Paths::overlay(N, 1)),
         N,
     );
-    assert_eq!(after.nexthops, vec![overlay_nexthop(1, node(3).vtep_ip)]);
+    assert_eq!(
+        after.nexthops,
+        vec![overlay_nexthop(1, node(3).ipv4.unwrap().vtep_ip)]
+    );
     assert_eq!(after.nexthops[0].id, 0x0af4_0300); // 10.244.3.0
     assert_eq!(after.routes.len(), 1);
     assert_eq!(after.routes[0].nexthop, Some(0x0af4_0300));
@@ -142,13 +144,12 @@ fn departed_node_entries_are_removed() {
     let p = plan(&desired(&[2]), &full, &Paths::overlay(N, 1));
     assert!(p.additions.is_empty());
     assert_eq!(p.removals.len(), 3, "{p:#?}");
-    assert!(p
-        .removals
-        .iter()
-        .any(|op| matches!(op, Op::DelRoute(r) if r.dst == IpNetwork::V4(node(3).subnet))));
+    assert!(p.removals.iter().any(
+        |op| matches!(op, Op::DelRoute(r) if r.dst == IpNetwork::V4(node(3).ipv4.unwrap().subnet))
+    ));
     assert_eq!(
         p.nexthop_removals,
-        vec![Op::DelNexthop(nexthop_id(node(3).vtep_ip))]
+        vec![Op::DelNexthop(nexthop_id(node(3).ipv4.unwrap().vtep_ip))]
     );
     let after = apply(&full, &p, N);
     assert_eq!(
@@ -198,8 +199,8 @@ fn a_wrong_nexthop_of_a_wanted_node_is_replaced_with_its_route() {
         assert_eq!(
             p.additions,
             vec![Op::SetRoute {
-                dst: v4(node(2).subnet),
-                via: IpAddr::V4(node(2).vtep_ip)
+                dst: v4(node(2).ipv4.unwrap().subnet),
+                via: IpAddr::V4(node(2).ipv4.unwrap().vtep_ip)
             }]
         );
         assert_eq!(
@@ -226,14 +227,14 @@ fn stale_mac_and_moved_node_are_fixed() {
                 },
             ],
             neighbours: vec![NeighbourEntry {
-                ip: IpAddr::V4(n.vtep_ip),
+                ip: IpAddr::V4(n.ipv4.unwrap().vtep_ip),
                 mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
                 permanent: true,
             }],
             routes: vec![overlay_route(
                 G,
                 1,
-                v4(n.subnet),
+                v4(n.ipv4.unwrap().subnet),
                 "10.244.9.0".parse().unwrap(),
             )],
             nexthops: Vec::new(),
@@ -311,7 +312,7 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
     let n = node(2);
     let a = ActualOverlay {
         neighbours: vec![NeighbourEntry {
-            ip: IpAddr::V4(n.vtep_ip),
+            ip: IpAddr::V4(n.ipv4.unwrap().vtep_ip),
             mac: Some(n.vtep_mac),
             permanent: false,
         }],
@@ -320,7 +321,7 @@ fn non_permanent_neighbour_of_a_wanted_node_is_replaced() {
     let p = plan(&desired(&[2]), &a, &Paths::overlay(N, 1));
     assert!(p.removals.is_empty());
     assert!(p.additions.contains(&Op::SetNeighbour {
-        ip: IpAddr::V4(n.vtep_ip),
+        ip: IpAddr::V4(n.ipv4.unwrap().vtep_ip),
         mac: n.vtep_mac
     }));
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::overlay::dataplane::fake::FakeDataplane;
-use crate::overlay::desired::vtep_ip_of;
+use crate::overlay::desired::Remote4;
 use crate::overlay::paths::{Paths, RouteStyle};
 use crate::overlay::plan::Op;
 use std::net::Ipv4Addr;
@@ -15,8 +15,7 @@ fn desired(ids: &[u8]) -> DesiredOverlay {
                 (
                     format!("n{i}"),
                     RemoteNode {
-                        subnet,
-                        vtep_ip: vtep_ip_of(subnet),
+                        ipv4: Some(Remote4::of(subnet)),
                         vtep_mac: MacAddr([2, 0, 0, 0, 0, *i]),
                         public_ip: std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, *i)),
                         ipv6: None,
