@@ -6,7 +6,7 @@
 //! only if it is unchanged since (its etcd revision).
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -21,7 +21,7 @@ pub struct AttachmentReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckedAllocation {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The allocation key's modification revision when listed.
     pub revision: i64,
     #[serde(rename = "containerID")]

@@ -19,7 +19,7 @@ use crate::etcd::Etcd;
 use crate::output::{self, Format, Outcome};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The findings: pure, from what was read. An allocation of a trellis
 /// attachment counts as leaked when its node's report lists it at the same
@@ -99,7 +99,7 @@ pub fn check(s: &Snapshot, leak_after: u64) -> Report {
             findings.push(finding(Kind::Duplicate, h, None, named.is_some(), detail));
         }
     }
-    let by_ip: BTreeMap<Ipv4Addr, &Held> = s.held.iter().map(|h| (h.ip, h)).collect();
+    let by_ip: BTreeMap<IpAddr, &Held> = s.held.iter().map(|h| (h.ip, h)).collect();
     for ((cid, ifname), handle) in &s.handles {
         let held = by_ip.get(&handle.ip).copied();
         let ok = held.is_some_and(|h| {

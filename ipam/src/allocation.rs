@@ -1,7 +1,7 @@
 //! An allocated address and who holds it.
 
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The attachment an address belongs to: container ID + interface name, the
 /// CNI's own key for an attachment (and what GC's valid-attachments lists).
@@ -71,12 +71,13 @@ impl Owner {
     }
 }
 
-/// One allocated address, and in a dual-stack network its IPv6 twin
-/// (claimed and freed with it: both address keys are written and deleted
-/// in the same transactions, with the same owner and revision).
+/// One allocated address (IPv4, or IPv6 in an IPv6-only pool), and in a
+/// dual-stack network its IPv6 twin (claimed and freed with it: both
+/// address keys are written and deleted in the same transactions, with the
+/// same owner and revision).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ip6: Option<Ipv6Addr>,
     pub owner: Owner,
     /// The etcd revision that wrote this allocation (address key and handle

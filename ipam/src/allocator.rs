@@ -16,7 +16,7 @@ use crate::pool::Pool;
 use crate::request::Requested;
 use crate::store::Store;
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// How many times the used set is re-read when claims keep losing races
 /// (only possible with writers that do not share our cursor): at most
@@ -33,7 +33,8 @@ pub struct Outcome {
 
 /// Allocate an address of `pool` for `owner`: `requested` if given, else the
 /// next free one after the cursor; in a dual-stack pool with its IPv6 twin,
-/// or the IPv6 address requested.
+/// or the IPv6 address requested. In an IPv6-only pool the IPv6 address is
+/// the pool's own, requested or not.
 pub async fn allocate<S: Store, C: Cursor>(
     store: &mut S,
     cursor: &mut C,
@@ -41,6 +42,22 @@ pub async fn allocate<S: Store, C: Cursor>(
     owner: &Owner,
     requested: Requested,
 ) -> Result<Outcome, IpamError> {
+    let requested = match pool.subnet4() {
+        Some(_) => requested,
+        None => {
+            if let Some(ip) = requested.v4 {
+                return Err(IpamError::AddressUnavailable(format!(
+                    "requested address {ip} cannot be allocated: {}",
+                    pool.why_unusable(IpAddr::V4(ip)).unwrap_or_default()
+                )));
+            }
+            // The IPv6 address is the pool's own: no twin.
+            return match requested.v6 {
+                Some(ip6) => allocate_static(store, pool, owner, IpAddr::V6(ip6), None).await,
+                None => allocate_next(store, cursor, pool, owner, None).await,
+            };
+        }
+    };
     if let Some(ip6) = requested.v6 {
         if let Some(why) = pool.why_unusable6(ip6) {
             return Err(IpamError::AddressUnavailable(format!(
@@ -48,12 +65,24 @@ pub async fn allocate<S: Store, C: Cursor>(
             )));
         }
     }
-    if let Some(ip) = requested.v4 {
-        return allocate_static(store, pool, owner, ip, requested).await;
+    match requested.v4 {
+        Some(ip) => allocate_static(store, pool, owner, IpAddr::V4(ip), requested.v6).await,
+        None => allocate_next(store, cursor, pool, owner, requested.v6).await,
     }
+}
+
+/// The next free address after the cursor, with the twin `want6` (else
+/// the pool's twin of it).
+async fn allocate_next<S: Store, C: Cursor>(
+    store: &mut S,
+    cursor: &mut C,
+    pool: &Pool,
+    owner: &Owner,
+    want6: Option<Ipv6Addr>,
+) -> Result<Outcome, IpamError> {
     // The first candidate is the cursor's next; only after a lost race is
     // the used set read, and then re-read before every further candidate.
-    let mut used: Option<HashSet<Ipv4Addr>> = None;
+    let mut used: Option<HashSet<IpAddr>> = None;
     for round in 0..=ROUNDS {
         if round > 0 {
             used = Some(store.used_in(pool.subnet()).await?);
@@ -65,7 +94,7 @@ pub async fn allocate<S: Store, C: Cursor>(
         let Some(ip) = free else {
             return held_or_exhausted(store, pool, owner).await;
         };
-        let ip6 = requested.v6.or_else(|| pool.ipv6_of(ip));
+        let ip6 = want6.or_else(|| pool.ipv6_of(ip));
         match store.claim(ip, ip6, owner).await? {
             Claim::Claimed(a) => return Ok(fresh(a)),
             Claim::AlreadyHeld(a) => return Ok(held(a)),
@@ -74,7 +103,7 @@ pub async fn allocate<S: Store, C: Cursor>(
             Claim::Taken {
                 ip: IpAddr::V6(taken),
                 owner: other,
-            } if requested.v6 == Some(taken) => {
+            } if want6 == Some(taken) => {
                 return Err(taken_error(IpAddr::V6(taken), other));
             }
             Claim::Taken { .. } => {}
@@ -85,24 +114,24 @@ pub async fn allocate<S: Store, C: Cursor>(
     )))
 }
 
+/// The requested address `ip` of the pool's family, with the requested
+/// twin `want6` (else the pool's twin of it).
 async fn allocate_static<S: Store>(
     store: &mut S,
     pool: &Pool,
     owner: &Owner,
-    ip: Ipv4Addr,
-    requested: Requested,
+    ip: IpAddr,
+    want6: Option<Ipv6Addr>,
 ) -> Result<Outcome, IpamError> {
     if let Some(why) = pool.why_unusable(ip) {
         return Err(IpamError::AddressUnavailable(format!(
             "requested address {ip} cannot be allocated: {why}"
         )));
     }
-    let ip6 = requested.v6.or_else(|| pool.ipv6_of(ip));
+    let ip6 = want6.or_else(|| pool.ipv6_of(ip));
     match store.claim(ip, ip6, owner).await? {
         Claim::Claimed(a) => Ok(fresh(a)),
-        Claim::AlreadyHeld(a) if a.ip == ip && (requested.v6.is_none() || a.ip6 == ip6) => {
-            Ok(held(a))
-        }
+        Claim::AlreadyHeld(a) if a.ip == ip && (want6.is_none() || a.ip6 == ip6) => Ok(held(a)),
         Claim::AlreadyHeld(a) => Err(IpamError::AddressUnavailable(format!(
             "requested address {ip}{}, but container {} interface {} already holds {}{}",
             ip6.map(|v6| format!(" and {v6}")).unwrap_or_default(),
@@ -169,14 +198,14 @@ mod tests {
     use crate::allocation::Handle;
     use crate::cursor::FileCursor;
     use crate::store::local::LocalStore;
-    use ipnetwork::Ipv4Network;
+    use ipnetwork::IpNetwork;
     use std::time::{Duration, Instant};
 
     fn owner(id: &str) -> Owner {
         Owner::of_test_container(id)
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -272,6 +301,71 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_pool_hands_out_ipv6_addresses_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool("fd00:0:0:7::/126"); // ::1 the gateway, ::2 and ::3 free
+        let a = add(dir.path(), &p, "a").unwrap().allocation;
+        assert_eq!((a.ip, a.ip6), (ip("fd00:0:0:7::2"), None));
+        assert_eq!(add(dir.path(), &p, "a").unwrap().allocation, a);
+        let mut s = open(dir.path());
+        let mut cursor = FileCursor::new(s.cursor_path());
+        // A static IPv6 request is the pool's own address; an IPv4 one has
+        // no subnet to come from.
+        let want = |v6: &str| Requested {
+            v4: None,
+            v6: Some(v6.parse().unwrap()),
+        };
+        let e = run(allocate(
+            &mut s,
+            &mut cursor,
+            &p,
+            &owner("b"),
+            want("fd00:0:0:7::2"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), 103, "{e}");
+        assert!(
+            e.to_string().contains("already allocated to container a"),
+            "{e}"
+        );
+        let e = run(allocate(
+            &mut s,
+            &mut cursor,
+            &p,
+            &owner("b"),
+            want("fd00:0:0:7::1"),
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("is the gateway of fd00:0:0:7::/126"),
+            "{e}"
+        );
+        let e = run(allocate(
+            &mut s,
+            &mut cursor,
+            &p,
+            &owner("b"),
+            Requested::v4("10.0.0.2".parse().unwrap()),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("has no IPv4 subnet"), "{e}");
+        let b = run(allocate(
+            &mut s,
+            &mut cursor,
+            &p,
+            &owner("b"),
+            want("fd00:0:0:7::3"),
+        ))
+        .unwrap();
+        assert_eq!(b.allocation.ip, ip("fd00:0:0:7::3"));
+        drop(s);
+        // Full: the next one is told so (code 102 in the plugin).
+        let e = add(dir.path(), &p, "c").unwrap_err();
+        assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("fd00:0:0:7::/126"), "{e}");
+    }
+
+    #[test]
     fn a_dual_stack_pool_gives_each_address_its_ipv6_twin() {
         let dir = tempfile::tempdir().unwrap();
         let p = pool("10.0.0.0/29")
@@ -317,13 +411,13 @@ mod tests {
         }
         // Both of one request, static.
         let both = Requested {
-            v4: Some(ip("10.0.0.6")),
+            v4: Some("10.0.0.6".parse().unwrap()),
             v6: Some("fd00:0:0:7::6:6".parse().unwrap()),
         };
         let c = run(allocate(&mut s, &mut cursor, &p, &owner("c"), both)).unwrap();
         assert_eq!(
             (Some(c.allocation.ip), c.allocation.ip6),
-            (both.v4, both.v6)
+            (both.v4.map(IpAddr::V4), both.v6)
         );
         // An IPv4-only pool refuses an IPv6 request clearly.
         let e = run(allocate(
@@ -381,7 +475,7 @@ mod tests {
                 &mut cursor,
                 &p,
                 &owner(id),
-                Requested::v4(ip(addr)),
+                Requested::v4(addr.parse().unwrap()),
             ))
         };
         assert_eq!(
@@ -413,7 +507,7 @@ mod tests {
     /// A store whose every claim loses to a writer that shares no cursor.
     #[derive(Default)]
     struct AlwaysTaken {
-        claims: Vec<Ipv4Addr>,
+        claims: Vec<IpAddr>,
         used_reads: usize,
     }
 
@@ -423,17 +517,14 @@ mod tests {
         }
         async fn claim(
             &mut self,
-            ip: Ipv4Addr,
+            ip: IpAddr,
             _: Option<std::net::Ipv6Addr>,
             _: &Owner,
         ) -> Result<Claim, IpamError> {
             self.claims.push(ip);
-            Ok(Claim::Taken {
-                ip: IpAddr::V4(ip),
-                owner: None,
-            })
+            Ok(Claim::Taken { ip, owner: None })
         }
-        async fn used_in(&mut self, _: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        async fn used_in(&mut self, _: IpNetwork) -> Result<HashSet<IpAddr>, IpamError> {
             self.used_reads += 1;
             Ok(self.claims.iter().copied().collect())
         }
@@ -483,7 +574,7 @@ mod tests {
                 })
             })
             .collect();
-        let all: Vec<Ipv4Addr> = handles
+        let all: Vec<IpAddr> = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();

@@ -19,9 +19,9 @@
 
 use crate::error::IpamError;
 use crate::pool::Pool;
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use serde::Deserialize;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_common::cni::{Dns, Route};
@@ -90,8 +90,9 @@ enum Subnets {
 }
 
 impl Subnets {
-    /// The IPv4 subnet and the IPv6 one beside it.
-    fn split(self) -> Result<(Ipv4Network, Option<Ipv6Network>), IpamError> {
+    /// The pool's subnet (the IPv4 one, else the IPv6 one) and the IPv6
+    /// twin beside an IPv4 one.
+    fn split(self) -> Result<(IpNetwork, Option<Ipv6Network>), IpamError> {
         let all = match self {
             Subnets::One(one) => vec![one],
             Subnets::List(list) => list,
@@ -104,12 +105,12 @@ impl Subnets {
             }
         }
         match (v4.as_slice(), v6.as_slice()) {
-            ([one], []) => Ok((*one, None)),
-            ([one], [six]) => Ok((*one, Some(*six))),
-            ([], _) => Err(IpamError::Config(format!(
-                "subnet {}: trellis-ipam needs an IPv4 subnet (IPv6 comes beside one, as a list: [\"10.88.0.0/16\", \"fd00:88::/64\"])",
-                v6.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            ))),
+            ([one], []) => Ok((IpNetwork::V4(*one), None)),
+            ([one], [six]) => Ok((IpNetwork::V4(*one), Some(*six))),
+            ([], [six]) => Ok((IpNetwork::V6(*six), None)),
+            ([], []) => Err(IpamError::Config(
+                "subnet: an empty list (give one subnet, or one IPv4 and one IPv6 subnet)".into(),
+            )),
             _ => Err(IpamError::Config(
                 "subnet: at most one IPv4 and one IPv6 subnet".into(),
             )),
@@ -141,37 +142,21 @@ pub struct IpamConf {
     pub named: Option<String>,
     pub backend: Backend,
     /// A pinned subnet; in cluster mode `None` means the node's subnet.
-    pub subnet: Option<Ipv4Network>,
+    pub subnet: Option<IpNetwork>,
     /// The IPv6 subnet pinned beside it (dual-stack).
     pub subnet6: Option<Ipv6Network>,
-    pub range_start: Option<Ipv4Addr>,
-    pub range_end: Option<Ipv4Addr>,
-    pub exclude: Vec<Ipv4Network>,
-    pub gateway: Option<Ipv4Addr>,
+    /// Of the family of the pool's subnet (the IPv4 one of a dual-stack
+    /// pool), checked by [`Pool::new`].
+    pub range_start: Option<IpAddr>,
+    pub range_end: Option<IpAddr>,
+    pub exclude: Vec<IpNetwork>,
+    pub gateway: Option<IpAddr>,
     /// Routes for the result; `None` means a default route via the gateway.
     pub routes: Option<Vec<Route>>,
     pub dns: Dns,
     /// Where the agent publishes the node record (`stateDir`).
     pub state_dir: PathBuf,
     pub node_name: Option<String>,
-}
-
-fn v4(what: &str, ip: IpAddr) -> Result<Ipv4Addr, IpamError> {
-    match ip {
-        IpAddr::V4(ip) => Ok(ip),
-        IpAddr::V6(_) => Err(IpamError::Config(format!(
-            "{what} {ip}: trellis-ipam allocates IPv4 addresses only"
-        ))),
-    }
-}
-
-fn v4_net(what: &str, net: IpNetwork) -> Result<Ipv4Network, IpamError> {
-    match net {
-        IpNetwork::V4(n) => Ok(n),
-        IpNetwork::V6(_) => Err(IpamError::Config(format!(
-            "{what} {net}: trellis-ipam allocates IPv4 addresses only"
-        ))),
-    }
 }
 
 impl IpamConf {
@@ -254,14 +239,10 @@ impl IpamConf {
             backend,
             subnet,
             subnet6,
-            range_start: r.range_start.map(|ip| v4("rangeStart", ip)).transpose()?,
-            range_end: r.range_end.map(|ip| v4("rangeEnd", ip)).transpose()?,
-            exclude: r
-                .exclude
-                .into_iter()
-                .map(|n| v4_net("exclude", n))
-                .collect::<Result<_, _>>()?,
-            gateway: r.gateway.map(|ip| v4("gateway", ip)).transpose()?,
+            range_start: r.range_start,
+            range_end: r.range_end,
+            exclude: r.exclude,
+            gateway: r.gateway,
             routes: r.routes,
             dns: r.dns.unwrap_or_default(),
             state_dir: top.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
@@ -275,7 +256,7 @@ impl IpamConf {
     }
 
     /// The pool over `subnet` with this configuration's range and exclusions.
-    pub fn pool(&self, subnet: Ipv4Network) -> Result<Pool, IpamError> {
+    pub fn pool(&self, subnet: IpNetwork) -> Result<Pool, IpamError> {
         Pool::new(
             subnet,
             self.range_start,
@@ -365,17 +346,32 @@ mod tests {
         assert_eq!(c.subnet6.unwrap().to_string(), "fd00:88::/64");
         let one = conf(json!({"ipam": {"subnet": ["10.88.0.0/16"]}})).unwrap();
         assert_eq!(one.subnet6, None);
+        // IPv6 alone: an IPv6-only pool, with no twin.
+        for six in [json!("fd00:88::/64"), json!(["fd00:88::/64"])] {
+            let c = conf(json!({"ipam": {"subnet": six, "rangeStart": "fd00:88::10"}})).unwrap();
+            assert_eq!(c.subnet.unwrap().to_string(), "fd00:88::/64");
+            assert_eq!(c.subnet6, None);
+            let pool = c.pool(c.subnet.unwrap()).unwrap();
+            assert_eq!(pool.gateway().to_string(), "fd00:88::1");
+            assert_eq!(
+                pool.to_string(),
+                "fd00:88::/64 (range fd00:88::10-fd00:88::ffff:ffff:ffff:ffff)"
+            );
+        }
         for (bad, why) in [
             (
                 json!(["10.88.0.0/16", "10.89.0.0/16"]),
                 "at most one IPv4 and one IPv6",
             ),
-            (json!(["fd00:88::/64"]), "needs an IPv4 subnet"),
+            (
+                json!(["fd00:88::/64", "fd00:89::/64"]),
+                "at most one IPv4 and one IPv6",
+            ),
             (
                 json!(["10.0.0.0/8", "fd00::/120"]),
                 "smaller than the IPv4 subnet",
             ),
-            (json!([]), "needs an IPv4 subnet"),
+            (json!([]), "an empty list"),
         ] {
             let e = conf(json!({"ipam": {"subnet": bad}})).unwrap_err();
             assert_eq!(e.code(), 7, "{e}");
@@ -423,7 +419,15 @@ mod tests {
             (json!({}), "no \"ipam\""),
             (json!({"ipam": {}}), "etcdEndpoints"),
             (json!({"ipam": {"subnet": "nope"}}), "ipam:"),
-            (json!({"ipam": {"subnet": "fd00::/64"}}), "IPv4"),
+            (json!({"ipam": {"subnet": "fd00::/127"}}), "too small"),
+            (
+                json!({"ipam": {"subnet": "fd00::/64", "rangeStart": "10.0.0.1"}}),
+                "rangeStart 10.0.0.1 is not a usable address of subnet fd00::/64",
+            ),
+            (
+                json!({"ipam": {"subnet": "10.0.0.0/24", "exclude": ["fd00::/64"]}}),
+                "exclude fd00::/64 is not of the family of subnet 10.0.0.0/24",
+            ),
             (json!({"ipam": {"subnet": "10.0.0.0/31"}}), "too small"),
             (
                 json!({"ipam": {"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1"}}),

@@ -7,7 +7,7 @@
 use crate::error::IpamError;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 use trellis_common::fs::FileLock;
@@ -18,8 +18,8 @@ pub trait Cursor {
     /// cursor moves to it before anyone else can reserve.
     fn reserve(
         &mut self,
-        pick: &mut dyn FnMut(Option<Ipv4Addr>) -> Option<Ipv4Addr>,
-    ) -> Result<Option<Ipv4Addr>, IpamError>;
+        pick: &mut dyn FnMut(Option<IpAddr>) -> Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, IpamError>;
 }
 
 /// The cursor of a node in cluster mode, kept in the node's lock file
@@ -39,8 +39,8 @@ impl NodeCursor {
 impl Cursor for NodeCursor {
     fn reserve(
         &mut self,
-        pick: &mut dyn FnMut(Option<Ipv4Addr>) -> Option<Ipv4Addr>,
-    ) -> Result<Option<Ipv4Addr>, IpamError> {
+        pick: &mut dyn FnMut(Option<IpAddr>) -> Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, IpamError> {
         let mut lock = FileLock::acquire(&self.path, self.deadline)?;
         let picked = pick(read_cursor(lock.file()));
         if let Some(ip) = picked {
@@ -51,7 +51,7 @@ impl Cursor for NodeCursor {
 }
 
 /// The cursor kept in `file`, if it holds one.
-fn read_cursor(file: &mut File) -> Option<Ipv4Addr> {
+fn read_cursor(file: &mut File) -> Option<IpAddr> {
     let mut text = String::new();
     file.seek(SeekFrom::Start(0)).ok()?;
     file.read_to_string(&mut text).ok()?;
@@ -60,7 +60,7 @@ fn read_cursor(file: &mut File) -> Option<Ipv4Addr> {
 
 /// Keep `ip` in `file`, rewritten in place (the lock file must never be
 /// replaced: that would split the lock).
-fn write_cursor(file: &mut File, ip: Ipv4Addr) -> std::io::Result<()> {
+fn write_cursor(file: &mut File, ip: IpAddr) -> std::io::Result<()> {
     file.set_len(0)?;
     file.seek(SeekFrom::Start(0))?;
     file.write_all(format!("{ip}\n").as_bytes())
@@ -81,8 +81,8 @@ impl FileCursor {
 impl Cursor for FileCursor {
     fn reserve(
         &mut self,
-        pick: &mut dyn FnMut(Option<Ipv4Addr>) -> Option<Ipv4Addr>,
-    ) -> Result<Option<Ipv4Addr>, IpamError> {
+        pick: &mut dyn FnMut(Option<IpAddr>) -> Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, IpamError> {
         let current = std::fs::read_to_string(&self.path)
             .ok()
             .and_then(|t| t.trim().parse().ok());
@@ -98,18 +98,24 @@ impl Cursor for FileCursor {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::net::Ipv4Addr;
     use std::time::Duration;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
 
     #[test]
     fn concurrent_reservations_get_distinct_candidates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.lock");
-        let next = |c: Option<Ipv4Addr>| {
-            Some(c.map_or(Ipv4Addr::new(10, 0, 0, 2), |ip| {
-                Ipv4Addr::from(u32::from(ip) + 1)
+        let next = |c: Option<IpAddr>| {
+            Some(c.map_or(v4(10, 0, 0, 2), |ip| match ip {
+                IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(ip) + 1)),
+                IpAddr::V6(_) => unreachable!("an IPv4 walk"),
             }))
         };
-        let picked: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let picked: Vec<IpAddr> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
                 .map(|_| {
                     let path = path.clone();
@@ -135,11 +141,10 @@ mod tests {
         let mut c = NodeCursor::new(path.clone(), soon());
         c.reserve(&mut |cur| {
             assert_eq!(cur, None);
-            Some(Ipv4Addr::new(10, 0, 0, 9))
+            Some(v4(10, 0, 0, 9))
         })
         .unwrap();
-        c.reserve(&mut |_| Some(Ipv4Addr::new(10, 0, 0, 1)))
-            .unwrap();
+        c.reserve(&mut |_| Some(v4(10, 0, 0, 1))).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "10.0.0.1\n");
         // Held by someone else past the deadline: try again later (11).
         let held = FileLock::acquire(&path, Instant::now()).unwrap();
@@ -156,7 +161,7 @@ mod tests {
                 None
             })
             .unwrap();
-        assert_eq!(seen, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(seen, Some(v4(10, 0, 0, 1)));
     }
 
     #[test]
@@ -177,13 +182,22 @@ mod tests {
             "garbage",
             "no pick, no write"
         );
-        c.reserve(&mut |_| Some(Ipv4Addr::new(10, 0, 0, 7)))
-            .unwrap();
+        c.reserve(&mut |_| Some(v4(10, 0, 0, 7))).unwrap();
         c.reserve(&mut |cur| {
             seen = Some(cur);
             None
         })
         .unwrap();
-        assert_eq!(seen, Some(Some(Ipv4Addr::new(10, 0, 0, 7))));
+        assert_eq!(seen, Some(Some(v4(10, 0, 0, 7))));
+        // An IPv6-only pool's cursor is an IPv6 address.
+        let six: IpAddr = "fd10:244:0:3::9".parse().unwrap();
+        c.reserve(&mut |_| Some(six)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "fd10:244:0:3::9\n");
+        c.reserve(&mut |cur| {
+            seen = Some(cur);
+            None
+        })
+        .unwrap();
+        assert_eq!(seen, Some(Some(six)));
     }
 }

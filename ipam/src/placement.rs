@@ -7,6 +7,7 @@ use crate::config::IpamConf;
 use crate::error::IpamError;
 use crate::pool::Pool;
 use crate::store::etcd::EtcdStore;
+use ipnetwork::IpNetwork;
 use trellis_common::node::{read_node_record_for, record_path_for, NodeRecord};
 
 /// The agent's record for the network, if it wrote it:
@@ -53,10 +54,15 @@ pub async fn cluster_pool(conf: &IpamConf, store: &EtcdStore) -> Result<(Pool, S
                 network: conf.named.clone(),
             })?,
     };
-    let Some(subnet) = record.subnet else {
-        return Err(IpamError::Config(format!(
-            "the record of node {node} has no IPv4 subnet (an IPv6-only cluster), which trellis-ipam does not allocate from"
-        )));
+    // The IPv4 subnet with its IPv6 twin, or (IPv6-only) the IPv6 one.
+    let pool = match (record.subnet, record.ipv6_subnet) {
+        (Some(v4), twin) => conf.pool(IpNetwork::V4(v4))?.with_ipv6(twin)?,
+        (None, Some(v6)) => conf.pool(IpNetwork::V6(v6))?,
+        (None, None) => {
+            return Err(IpamError::Config(format!(
+                "the record of node {node} holds no subnet"
+            )))
+        }
     };
-    Ok((conf.pool(subnet)?.with_ipv6(record.ipv6_subnet)?, node))
+    Ok((pool, node))
 }

@@ -97,17 +97,19 @@ fn local_dir(conf: &IpamConf, data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// The ADD result: the address with the subnet's prefix, the gateway, and a
-/// default route via the gateway unless `routes` is configured; in a
-/// dual-stack pool the IPv6 address too, with its gateway and `::/0`.
+/// default route via the gateway unless `routes` is configured (`::/0` in
+/// an IPv6-only pool); in a dual-stack pool the IPv6 address too, with its
+/// gateway and `::/0`.
 fn result_for(conf: &IpamConf, pool: &Pool, a: &Allocation) -> CniResult {
-    let gw = IpAddr::V4(pool.gateway());
+    let gw = pool.gateway();
     let mut ips = vec![IpConfig {
-        address: IpNetwork::V4(pool.address_of(a.ip)),
+        address: pool.address_of(a.ip),
         gateway: Some(gw),
         interface: None,
     }];
+    let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
     let mut routes = vec![Route::new(
-        "0.0.0.0/0".parse().expect("valid network"),
+        default.parse().expect("valid network"),
         Some(gw),
     )];
     if let (Some(ip6), Some(gw6)) = (a.ip6, pool.gateway6()) {
@@ -236,7 +238,7 @@ fn verify(held: Option<Allocation>, req: &Request, store: &str) -> Result<(), Ip
         ))
     })?;
     if let Some(prev) = &req.conf.prev_result {
-        if !prev.ips.is_empty() && !prev.ips.iter().any(|c| c.address.ip() == IpAddr::V4(a.ip)) {
+        if !prev.ips.is_empty() && !prev.ips.iter().any(|c| c.address.ip() == a.ip) {
             return Err(IpamError::CheckFailed(format!(
                 "container {} interface {} holds {} in {store}, but prevResult shows {}",
                 handle.container_id,

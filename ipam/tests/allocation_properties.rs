@@ -12,7 +12,7 @@
 use ipnetwork::Ipv4Network;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use trellis_common::cni::code;
@@ -35,16 +35,16 @@ struct PoolCase {
 impl PoolCase {
     fn pool(&self) -> Result<Pool, trellis_ipam::IpamError> {
         Pool::new(
-            self.subnet,
-            self.range_start,
-            self.range_end,
-            self.exclude.clone(),
-            self.gateway,
+            self.subnet.into(),
+            self.range_start.map(IpAddr::V4),
+            self.range_end.map(IpAddr::V4),
+            self.exclude.iter().map(|&n| n.into()).collect(),
+            self.gateway.map(IpAddr::V4),
         )
     }
 
     /// Every usable address, by the definition, address by address.
-    fn usable(&self) -> BTreeSet<Ipv4Addr> {
+    fn usable(&self) -> BTreeSet<IpAddr> {
         let net = u32::from(self.subnet.network());
         let bcast = u32::from(self.subnet.broadcast());
         let gateway = self.gateway.map_or(net + 1, u32::from);
@@ -55,13 +55,18 @@ impl PoolCase {
             .filter(|n| (first..=last).contains(n))
             .map(Ipv4Addr::from)
             .filter(|ip| !self.exclude.iter().any(|ex| ex.contains(*ip)))
+            .map(IpAddr::V4)
             .collect()
     }
 }
 
 /// An address `offset` into `subnet` (wrapping), or just outside it.
-fn at(subnet: Ipv4Network, offset: i64) -> Ipv4Addr {
+fn at4(subnet: Ipv4Network, offset: i64) -> Ipv4Addr {
     Ipv4Addr::from((i64::from(u32::from(subnet.network())) + offset) as u32)
+}
+
+fn at(subnet: Ipv4Network, offset: i64) -> IpAddr {
+    IpAddr::V4(at4(subnet, offset))
 }
 
 fn pool_case(max_prefix_bits: u8) -> impl Strategy<Value = PoolCase> {
@@ -78,16 +83,16 @@ fn pool_case(max_prefix_bits: u8) -> impl Strategy<Value = PoolCase> {
         )
             .prop_map(move |(start, end, exclude, gateway)| PoolCase {
                 subnet,
-                range_start: start.map(|o| at(subnet, o)),
-                range_end: end.map(|o| at(subnet, o)),
+                range_start: start.map(|o| at4(subnet, o)),
+                range_end: end.map(|o| at4(subnet, o)),
                 exclude: exclude
                     .into_iter()
                     .map(|(o, len)| {
-                        let ip = at(subnet, o);
+                        let ip = at4(subnet, o);
                         Ipv4Network::new(ip, len).unwrap()
                     })
                     .collect(),
-                gateway: gateway.map(|o| at(subnet, o)),
+                gateway: gateway.map(|o| at4(subnet, o)),
             })
     })
 }
@@ -129,19 +134,19 @@ proptest! {
         for n in u32::from(case.subnet.network()).saturating_sub(1)
             ..=u32::from(case.subnet.broadcast()).saturating_add(1)
         {
-            let ip = Ipv4Addr::from(n);
+            let ip = IpAddr::V4(Ipv4Addr::from(n));
             prop_assert_eq!(pool.is_usable(ip), usable.contains(&ip), "{}", ip);
             prop_assert_eq!(pool.why_unusable(ip).is_none(), usable.contains(&ip));
         }
         let cursor = at(case.subnet, cursor_offset);
-        let walk: Vec<Ipv4Addr> = pool.candidates_after(Some(cursor)).collect();
+        let walk: Vec<IpAddr> = pool.candidates_after(Some(cursor)).collect();
         prop_assert_eq!(walk.len(), usable.len(), "each usable address once");
         prop_assert_eq!(walk.iter().copied().collect::<BTreeSet<_>>(), usable.clone());
         // In address order from just after the cursor (when the cursor is
         // inside the range), wrapping around once.
         let first = case.range_start.map_or(u32::from(case.subnet.network()) + 1, u32::from);
         let last = case.range_end.map_or(u32::from(case.subnet.broadcast()) - 1, u32::from);
-        let after = if (first..=last).contains(&u32::from(cursor)) {
+        let after = if (first..=last).contains(&u32::from(at4(case.subnet, cursor_offset))) {
             usable.iter().copied().filter(|ip| *ip > cursor).chain(
                 usable.iter().copied().filter(|ip| *ip <= cursor),
             ).collect::<Vec<_>>()
@@ -226,7 +231,7 @@ proptest! {
         let usable = case.usable();
         let dir = scratch();
         // The model: who holds what.
-        let mut held: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+        let mut held: BTreeMap<String, IpAddr> = BTreeMap::new();
         for step in steps {
             let mut store = open(dir.path());
             let mut cursor = FileCursor::new(store.cursor_path());
@@ -234,7 +239,7 @@ proptest! {
                 Step::Add(id) => {
                     let id = format!("c{id}");
                     let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Requested::NONE));
-                    let taken: BTreeSet<Ipv4Addr> = held.values().copied().collect();
+                    let taken: BTreeSet<IpAddr> = held.values().copied().collect();
                     match (held.get(&id), got) {
                         (Some(ip), Ok(out)) => {
                             prop_assert_eq!(out.allocation.ip, *ip, "a repeated ADD");
@@ -266,7 +271,7 @@ proptest! {
                 Step::Static(id, offset) => {
                     let id = format!("c{id}");
                     let ip = at(case.subnet, offset);
-                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Requested::v4(ip)));
+                    let got = run(allocate(&mut store, &mut cursor, &pool, &owner(&id), Requested::v4(at4(case.subnet, offset))));
                     let holder = held.iter().find(|(_, v)| **v == ip).map(|(k, _)| k.clone());
                     let ok = usable.contains(&ip)
                         && match (&holder, held.get(&id)) {
@@ -307,15 +312,15 @@ proptest! {
             // The store holds exactly the model: one owner per address
             // (it is keyed by address), one address per owner.
             drop(store);
-            let stored: BTreeSet<(String, Ipv4Addr)> = open(dir.path())
+            let stored: BTreeSet<(String, IpAddr)> = open(dir.path())
                 .list_all()
                 .into_iter()
                 .map(|a| (a.owner.container_id, a.ip))
                 .collect();
-            let model: BTreeSet<(String, Ipv4Addr)> =
+            let model: BTreeSet<(String, IpAddr)> =
                 held.iter().map(|(id, ip)| (id.clone(), *ip)).collect();
             prop_assert_eq!(&stored, &model);
-            let distinct: BTreeSet<Ipv4Addr> = held.values().copied().collect();
+            let distinct: BTreeSet<IpAddr> = held.values().copied().collect();
             prop_assert_eq!(distinct.len(), held.len(), "an address with two owners");
         }
     }

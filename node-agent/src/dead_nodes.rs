@@ -19,7 +19,7 @@ use etcd_client::GetOptions;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use trellis_common::etcd::EtcdClient;
@@ -37,7 +37,7 @@ pub fn orphaned<'a>(
         .iter()
         .filter(|a| {
             let node = a.owner.node.as_str();
-            !node.is_empty() && node != me && !alive.contains(node) && network.contains(a.ip.into())
+            !node.is_empty() && node != me && !alive.contains(node) && network.contains(a.ip)
         })
         .collect()
 }
@@ -76,7 +76,7 @@ pub async fn pass(
     store: &EtcdStore,
     me: &str,
     network: IpNetwork,
-) -> Result<Vec<(String, Ipv4Addr)>, String> {
+) -> Result<Vec<(String, IpAddr)>, String> {
     let allocations = store.list_all().await.map_err(|e| e.to_string())?;
     if orphaned(&allocations, &HashSet::new(), me, network).is_empty() {
         return Ok(Vec::new());

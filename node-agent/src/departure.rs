@@ -7,7 +7,7 @@
 
 use crate::flags::REQUEST_TIMEOUT;
 use crate::lease::{self, LeaseError};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use trellis_common::etcd::EtcdClient;
 use trellis_common::keys::Keys;
 
@@ -31,7 +31,7 @@ pub enum DepartureError {
 #[derive(Debug, Default)]
 pub struct Departed {
     pub subnets: Vec<ipnetwork::IpNetwork>,
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Releases everything of `node` in etcd. Each address goes only if it is

@@ -8,7 +8,7 @@
 use crate::metrics::Metrics;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,7 +29,7 @@ pub enum GcError {
 
 /// An allocation's identity across passes: a re-allocation of the same
 /// address (new owner, new revision) starts its own clock.
-type Key = (Ipv4Addr, String, String, i64);
+type Key = (IpAddr, String, String, i64);
 
 fn key_of(a: &Allocation) -> Key {
     (
@@ -128,7 +128,7 @@ pub async fn pass(
     tracker: &mut LeakTracker,
     settings: GcSettings,
     metrics: &Metrics,
-) -> Result<(Vec<Ipv4Addr>, AttachmentReport), GcError> {
+) -> Result<(Vec<IpAddr>, AttachmentReport), GcError> {
     let allocations = store.list_node(node).await?;
     metrics.allocations.set(allocations.len() as u64);
     // Listed after the allocations: an ADD between the two has its address
@@ -263,7 +263,7 @@ mod tests {
 
     fn alloc(last: u8, cid: &str, rev: i64) -> Allocation {
         Allocation {
-            ip: Ipv4Addr::new(10, 244, 1, last),
+            ip: std::net::Ipv4Addr::new(10, 244, 1, last).into(),
             ip6: None,
             owner: Owner {
                 container_id: cid.into(),
@@ -296,8 +296,8 @@ mod tests {
         let alive2 = |a: &Allocation| a.owner.container_id != "dead";
         let leaked = t.pass(t0 + grace, grace, &allocs, alive2);
         assert_eq!(
-            leaked.iter().map(|a| a.ip.octets()[3]).collect::<Vec<_>>(),
-            [3]
+            leaked.iter().map(|a| a.ip.to_string()).collect::<Vec<_>>(),
+            ["10.244.1.3"]
         );
         // And if it loses it again, it starts from zero.
         let leaked = t.pass(t0 + grace * 2, grace, &allocs, alive);
@@ -317,8 +317,8 @@ mod tests {
         t.pass(t0, grace, &allocs, |_| false);
         let leaked = t.pass(t0 + grace, grace, &allocs, |_| false);
         assert_eq!(
-            leaked.iter().map(|a| a.ip.octets()[3]).collect::<Vec<_>>(),
-            [7]
+            leaked.iter().map(|a| a.ip.to_string()).collect::<Vec<_>>(),
+            ["10.244.1.7"]
         );
     }
 

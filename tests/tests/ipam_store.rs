@@ -1,7 +1,7 @@
 //! The etcd allocation store (the library API the node agent uses) against
 //! a real etcd on 127.0.0.1.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use trellis_common::etcd::EtcdSettings;
 use trellis_ipam::{Claim, EtcdStore, Handle, Owner};
@@ -25,7 +25,7 @@ fn owner(id: &str, node: &str) -> Owner {
     }
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 

@@ -2,7 +2,7 @@
 //! --from-report` reads back.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -33,7 +33,7 @@ pub struct Finding {
     pub key: String,
     pub mod_revision: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     #[serde(default)]
     pub node: String,
     #[serde(default, rename = "containerID")]
@@ -60,7 +60,7 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub allocations: usize,
     /// Allocations newer than their node's last report (judged next time).
-    pub unchecked: Vec<Ipv4Addr>,
+    pub unchecked: Vec<IpAddr>,
     /// Nodes with allocations of trellis attachments but no report (agent
     /// down, or its report turned off).
     pub unreported_nodes: Vec<String>,

@@ -4,20 +4,22 @@
 use crate::etcd::Etcd;
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use trellis_common::attachment_report::AttachmentReport;
 use trellis_ipam::allocation::Owner;
 use trellis_ipam::store::records::HandleValue;
 
-/// An allocation as read.
+/// An allocation as read: an IPv4 address key, or the IPv6 one a handle
+/// names as its address (an IPv6-only pool's).
 pub(super) struct Held {
-    pub(super) ip: Ipv4Addr,
+    pub(super) ip: IpAddr,
     pub(super) key: String,
     pub(super) owner: Result<Owner, String>,
     pub(super) mod_revision: i64,
 }
 
-/// An IPv6 address key as read (a dual-stack allocation's twin).
+/// An IPv6 address key as read that no handle names as its address (a
+/// dual-stack allocation's twin).
 pub(super) struct Held6 {
     pub(super) ip: Ipv6Addr,
     pub(super) key: String,
@@ -28,7 +30,7 @@ pub(super) struct Held6 {
 /// A handle holding an address, as read.
 pub(super) struct HandleRead {
     pub(super) key: String,
-    pub(super) ip: Ipv4Addr,
+    pub(super) ip: IpAddr,
     /// The key of the IPv6 twin it names, if any.
     pub(super) ip6_key: Option<String>,
     pub(super) mod_revision: i64,
@@ -48,28 +50,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub async fn read(etcd: &Etcd) -> Result<Snapshot> {
         let keys = &etcd.keys;
-        let (mut held, mut held6) = (Vec::new(), Vec::new());
-        for kv in etcd.list(&keys.ips()).await? {
-            let Some(ip) = kv.key_str().ok().and_then(|k| keys.address_of(k)) else {
-                continue;
-            };
-            let owner = Owner::parse(kv.value()).map_err(|e| e.to_string());
-            let (key, mod_revision) = (keys.ip(ip), kv.mod_revision());
-            match ip {
-                IpAddr::V4(ip) => held.push(Held {
-                    ip,
-                    key,
-                    owner,
-                    mod_revision,
-                }),
-                IpAddr::V6(ip) => held6.push(Held6 {
-                    ip,
-                    key,
-                    owner,
-                    mod_revision,
-                }),
-            }
-        }
+        let addresses = etcd.list(&keys.ips()).await?;
         let mut handles = BTreeMap::new();
         let mut fences = Vec::new();
         for kv in etcd.list(&keys.handles()).await? {
@@ -96,6 +77,33 @@ impl Snapshot {
                     mod_revision: kv.mod_revision(),
                 },
             );
+        }
+        let primary6: BTreeSet<IpAddr> = handles
+            .values()
+            .map(|h: &HandleRead| h.ip)
+            .filter(IpAddr::is_ipv6)
+            .collect();
+        let (mut held, mut held6) = (Vec::new(), Vec::new());
+        for kv in &addresses {
+            let Some(ip) = kv.key_str().ok().and_then(|k| keys.address_of(k)) else {
+                continue;
+            };
+            let owner = Owner::parse(kv.value()).map_err(|e| e.to_string());
+            let (key, mod_revision) = (keys.ip(ip), kv.mod_revision());
+            match ip {
+                IpAddr::V6(ip6) if !primary6.contains(&ip) => held6.push(Held6 {
+                    ip: ip6,
+                    key,
+                    owner,
+                    mod_revision,
+                }),
+                _ => held.push(Held {
+                    ip,
+                    key,
+                    owner,
+                    mod_revision,
+                }),
+            }
         }
         let nodes = etcd
             .list(&keys.nodes())
@@ -126,7 +134,7 @@ impl Snapshot {
 
 impl Snapshot {
     /// The handle of `owner`'s attachment, if it names `ip`.
-    pub(super) fn handle_naming(&self, owner: &Owner, ip: Ipv4Addr) -> Option<&HandleRead> {
+    pub(super) fn handle_naming(&self, owner: &Owner, ip: IpAddr) -> Option<&HandleRead> {
         self.handles
             .get(&(owner.container_id.clone(), owner.ifname.clone()))
             .filter(|h| h.ip == ip)

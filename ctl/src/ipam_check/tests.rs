@@ -17,7 +17,7 @@ fn owner(cid: &str, node: &str) -> Owner {
 
 fn held(last: u8, owner: Owner, rev: i64) -> Held {
     Held {
-        ip: Ipv4Addr::new(10, 244, 1, last),
+        ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, last)),
         key: format!("/trellis/ipam/ips/10.244.1.{last}"),
         owner: Ok(owner),
         mod_revision: rev,
@@ -29,7 +29,7 @@ fn handle(cid: &str, last: u8, rev: i64) -> ((String, String), HandleRead) {
         (cid.into(), "eth0".into()),
         HandleRead {
             key: format!("/trellis/ipam/handles/{cid}/eth0"),
-            ip: Ipv4Addr::new(10, 244, 1, last),
+            ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, last)),
             ip6_key: None,
             mod_revision: rev,
         },
@@ -38,7 +38,7 @@ fn handle(cid: &str, last: u8, rev: i64) -> ((String, String), HandleRead) {
 
 fn checked(last: u8, cid: &str, rev: i64, missing: Option<u64>) -> CheckedAllocation {
     CheckedAllocation {
-        ip: Ipv4Addr::new(10, 244, 1, last),
+        ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, last)),
         revision: rev,
         container_id: cid.into(),
         ifname: "eth0".into(),
@@ -68,7 +68,7 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
             held(8, owner("twice", "n1"), 15),
             held(9, owner("twice", "n1"), 16),
             Held {
-                ip: Ipv4Addr::new(10, 244, 1, 10),
+                ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, 10)),
                 key: "/trellis/ipam/ips/10.244.1.10".into(),
                 owner: Err("expected value".into()),
                 mod_revision: 17,
@@ -130,7 +130,10 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
         (leak.handle_key.as_deref(), leak.handle_mod_revision),
         (Some("/trellis/ipam/handles/dead/eth0"), 11)
     );
-    assert_eq!(r.unchecked, [Ipv4Addr::new(10, 244, 1, 5)]);
+    assert_eq!(
+        r.unchecked,
+        [IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, 5))]
+    );
     assert_eq!(r.fence_markers, ["/trellis/ipam/handles/fenced/eth0"]);
     assert!(r.unreported_nodes.is_empty());
     // A shorter threshold takes the young one too; a report of another
@@ -147,7 +150,9 @@ fn each_kind_of_finding_is_named_and_live_ones_are_not() {
     s.held[1].mod_revision = 99;
     let r = check(&s, 30);
     assert!(!r.findings.iter().any(|f| f.kind == Kind::Leaked));
-    assert!(r.unchecked.contains(&Ipv4Addr::new(10, 244, 1, 3)));
+    assert!(r
+        .unchecked
+        .contains(&IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, 3))));
     // No report from n1: nothing of it is judged, and n1 is named.
     s.reports.clear();
     let r = check(&s, 30);

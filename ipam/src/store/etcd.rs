@@ -26,10 +26,10 @@ use crate::store::fence::{fence_for, Fence};
 use crate::store::records::{gets, held_by, owner_of, HandleValue};
 use crate::store::Store;
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnResponse};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use trellis_common::etcd::{Denial, EtcdClient, EtcdSettings};
@@ -440,7 +440,7 @@ impl EtcdStore {
     /// claim guard is written under this ADD's lease.
     pub async fn claim(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ip6: Option<Ipv6Addr>,
         owner: &Owner,
     ) -> Result<Claim, IpamError> {
@@ -521,7 +521,7 @@ impl EtcdStore {
             match (got.get(1).and_then(Option::as_ref), taken6) {
                 (Some(kv), _) => {
                     return Ok(Claim::Taken {
-                        ip: IpAddr::V4(ip),
+                        ip,
                         owner: owner_of(kv),
                     })
                 }
@@ -567,13 +567,13 @@ impl Store for EtcdStore {
     }
     async fn claim(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ip6: Option<Ipv6Addr>,
         owner: &Owner,
     ) -> Result<Claim, IpamError> {
         EtcdStore::claim(self, ip, ip6, owner).await
     }
-    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+    async fn used_in(&mut self, subnet: IpNetwork) -> Result<HashSet<IpAddr>, IpamError> {
         EtcdStore::used_in(self, subnet).await
     }
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError> {

@@ -8,15 +8,20 @@ use crate::error::IpamError;
 use crate::store::etcd::EtcdStore;
 use crate::store::records::{held_by, HandleValue};
 use etcd_client::{GetOptions, KeyValue};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use trellis_common::node::NodeRecord;
 
 impl EtcdStore {
     /// The narrowest key prefix covering every address of `subnet`: its
     /// whole leading octets (`10.244.3.` for a /24), then filtered exactly.
-    fn scan_prefix(&self, subnet: Ipv4Network) -> String {
+    /// (An IPv6 subnet's keys have no such prefix in their compressed
+    /// text: the whole directory is read.)
+    fn scan_prefix(&self, subnet: IpNetwork) -> String {
+        let IpNetwork::V4(subnet) = subnet else {
+            return self.keys.ips();
+        };
         let whole = (subnet.prefix() / 8) as usize;
         let octets = subnet.network().octets();
         let mut p = self.keys.ips();
@@ -72,38 +77,51 @@ impl EtcdStore {
     fn decode_allocations(
         &self,
         kvs: Vec<KeyValue>,
-        keep: impl Fn(Ipv4Addr) -> bool,
+        keep: impl Fn(IpAddr) -> bool,
     ) -> Vec<Allocation> {
         let dir = self.keys.ips();
-        // The IPv6 twins, by the attachment and revision that wrote them
-        // together with their IPv4 address.
-        let twins: std::collections::HashMap<(Handle, i64), Ipv6Addr> = kvs
+        let decoded: Vec<(IpAddr, &KeyValue)> = kvs
             .iter()
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
-                let ip6: Ipv6Addr = key.strip_prefix(&dir)?.parse().ok()?;
-                let owner = Owner::parse(kv.value()).ok()?;
-                Some(((owner.handle(), kv.mod_revision()), ip6))
+                Some((key.strip_prefix(&dir)?.parse().ok()?, kv))
             })
             .collect();
-        kvs.iter()
-            .filter_map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                let ip: Ipv4Addr = key.strip_prefix(&dir)?.parse().ok()?;
-                if !keep(ip) {
-                    return None;
+        let write =
+            |kv: &KeyValue| Some((Owner::parse(kv.value()).ok()?.handle(), kv.mod_revision()));
+        // An IPv6 address written by the attachment and revision of an IPv4
+        // one is its twin; any other is an allocation of its own (an
+        // IPv6-only pool).
+        let v4_writes: HashSet<(Handle, i64)> = decoded
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv4())
+            .filter_map(|(_, kv)| write(kv))
+            .collect();
+        let mut twins: std::collections::HashMap<(Handle, i64), Ipv6Addr> = Default::default();
+        for (ip, kv) in &decoded {
+            if let (IpAddr::V6(ip6), Some(w)) = (ip, write(kv)) {
+                if v4_writes.contains(&w) {
+                    twins.insert(w, *ip6);
                 }
-                match Owner::parse(kv.value()) {
-                    Ok(owner) => Some(Allocation {
-                        ip,
-                        ip6: twins.get(&(owner.handle(), kv.mod_revision())).copied(),
-                        owner,
-                        revision: kv.mod_revision(),
-                    }),
-                    Err(e) => {
-                        log::warn!("ignoring undecodable allocation {key}: {e}");
-                        None
-                    }
+            }
+        }
+        decoded
+            .into_iter()
+            .filter(|(ip, kv)| ip.is_ipv4() || write(kv).is_none_or(|w| !v4_writes.contains(&w)))
+            .filter(|(ip, _)| keep(*ip))
+            .filter_map(|(ip, kv)| match Owner::parse(kv.value()) {
+                Ok(owner) => Some(Allocation {
+                    ip,
+                    ip6: twins.get(&(owner.handle(), kv.mod_revision())).copied(),
+                    owner,
+                    revision: kv.mod_revision(),
+                }),
+                Err(e) => {
+                    log::warn!(
+                        "ignoring undecodable allocation {}: {e}",
+                        String::from_utf8_lossy(kv.key())
+                    );
+                    None
                 }
             })
             .collect()
@@ -154,7 +172,7 @@ impl EtcdStore {
     }
 
     /// The addresses held inside `subnet` (keys only: one cheap range read).
-    pub async fn used_in(&self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+    pub async fn used_in(&self, subnet: IpNetwork) -> Result<HashSet<IpAddr>, IpamError> {
         let dir = self.keys.ips();
         let kvs = self
             .get(
@@ -168,7 +186,7 @@ impl EtcdStore {
             .filter_map(|kv| {
                 String::from_utf8_lossy(kv.key())
                     .strip_prefix(&dir)?
-                    .parse::<Ipv4Addr>()
+                    .parse::<IpAddr>()
                     .ok()
             })
             .filter(|ip| subnet.contains(*ip))
@@ -176,7 +194,7 @@ impl EtcdStore {
     }
 
     /// Every decodable allocation inside `subnet`.
-    pub async fn list_in(&self, subnet: Ipv4Network) -> Result<Vec<Allocation>, IpamError> {
+    pub async fn list_in(&self, subnet: IpNetwork) -> Result<Vec<Allocation>, IpamError> {
         let kvs = self
             .get(
                 "listing allocations",

@@ -8,10 +8,10 @@
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
 use crate::store::Store;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use trellis_common::fs::{write_atomically, FileLock};
@@ -24,7 +24,7 @@ pub const CURSOR_FILE: &str = "cursor";
 #[serde(rename_all = "camelCase")]
 struct State {
     #[serde(default)]
-    allocations: BTreeMap<Ipv4Addr, Owner>,
+    allocations: BTreeMap<IpAddr, Owner>,
     /// The IPv6 twins of dual-stack allocations, by the same owners.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     allocations6: BTreeMap<Ipv6Addr, Owner>,
@@ -91,7 +91,7 @@ impl LocalStore {
     }
 
     /// The allocation of `ip` by `owner`, with the IPv6 twin it holds.
-    fn allocation(&self, ip: Ipv4Addr, owner: &Owner) -> Allocation {
+    fn allocation(&self, ip: IpAddr, owner: &Owner) -> Allocation {
         let handle = owner.handle();
         Allocation {
             ip,
@@ -108,7 +108,7 @@ impl LocalStore {
 
     pub fn claim(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ip6: Option<Ipv6Addr>,
         owner: &Owner,
     ) -> Result<Claim, IpamError> {
@@ -117,7 +117,7 @@ impl LocalStore {
         }
         if let Some(other) = self.state.allocations.get(&ip) {
             return Ok(Claim::Taken {
-                ip: IpAddr::V4(ip),
+                ip,
                 owner: Some(other.clone()),
             });
         }
@@ -191,13 +191,13 @@ impl Store for LocalStore {
     }
     async fn claim(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ip6: Option<Ipv6Addr>,
         owner: &Owner,
     ) -> Result<Claim, IpamError> {
         LocalStore::claim(self, ip, ip6, owner)
     }
-    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError> {
+    async fn used_in(&mut self, subnet: IpNetwork) -> Result<HashSet<IpAddr>, IpamError> {
         Ok(self
             .state
             .allocations
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn claims_persist_and_release_by_handle() {
         let dir = tempfile::tempdir().unwrap();
-        let ip: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        let ip: IpAddr = "10.88.0.2".parse().unwrap();
         {
             let mut s = LocalStore::open(dir.path(), soon()).unwrap();
             assert!(matches!(
@@ -238,7 +238,7 @@ mod tests {
                 s.claim(ip, None, &owner("b")).unwrap(),
                 Claim::Taken { owner: Some(o), .. } if o.container_id == "a"
             ));
-            let other: Ipv4Addr = "10.88.0.3".parse().unwrap();
+            let other: IpAddr = "10.88.0.3".parse().unwrap();
             assert!(matches!(
                 s.claim(other, None, &owner("a")).unwrap(),
                 Claim::AlreadyHeld(a) if a.ip == ip
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn release_exact_spares_a_new_owner() {
         let dir = tempfile::tempdir().unwrap();
-        let ip: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        let ip: IpAddr = "10.88.0.2".parse().unwrap();
         let mut s = LocalStore::open(dir.path(), soon()).unwrap();
         let Claim::Claimed(old) = s.claim(ip, None, &owner("a")).unwrap() else {
             panic!()

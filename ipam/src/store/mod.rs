@@ -12,9 +12,9 @@ pub mod records;
 
 use crate::allocation::{Allocation, Claim, Handle, Owner};
 use crate::error::IpamError;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The atomic operations an allocation store offers, as the allocator and
 /// the CNI GC call them on either store.
@@ -28,13 +28,13 @@ pub trait Store {
     /// to `owner` if neither address nor the owner's handle is taken.
     async fn claim(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ip6: Option<Ipv6Addr>,
         owner: &Owner,
     ) -> Result<Claim, IpamError>;
 
     /// The addresses held inside `subnet`, by anyone.
-    async fn used_in(&mut self, subnet: Ipv4Network) -> Result<HashSet<Ipv4Addr>, IpamError>;
+    async fn used_in(&mut self, subnet: IpNetwork) -> Result<HashSet<IpAddr>, IpamError>;
 
     /// Free `allocation` only if it is unchanged since it was read (GC).
     async fn release_exact(&mut self, allocation: &Allocation) -> Result<bool, IpamError>;

@@ -5,7 +5,7 @@
 use crate::allocation::{Allocation, Handle, Owner};
 use etcd_client::{KeyValue, TxnOpResponse, TxnResponse};
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The value of a handle key, `<prefix>/ipam/handles/<containerID>/<ifname>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,7 +14,7 @@ pub enum HandleValue {
     /// `{"ip","ip6","node","network"}`: the attachment holds `ip` (if the
     /// address key agrees), and `ip6` in a dual-stack network.
     Holds {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ip6: Option<Ipv6Addr>,
         #[serde(default)]
@@ -49,7 +49,7 @@ impl HandleValue {
     }
 
     /// The address it names, if any.
-    pub fn ip(&self) -> Option<Ipv4Addr> {
+    pub fn ip(&self) -> Option<IpAddr> {
         match self {
             HandleValue::Holds { ip, .. } => Some(*ip),
             HandleValue::Cancelled { .. } => None,
@@ -65,7 +65,7 @@ impl HandleValue {
     }
 
     /// The addresses, node and network of a handle that holds one.
-    pub(crate) fn held(self) -> Option<(Ipv4Addr, Option<Ipv6Addr>, String, String)> {
+    pub(crate) fn held(self) -> Option<(IpAddr, Option<Ipv6Addr>, String, String)> {
         match self {
             HandleValue::Holds {
                 ip,
@@ -91,7 +91,7 @@ impl HandleValue {
 /// `handle` (with `ip6`, the IPv6 twin its handle names).
 pub(crate) fn held_by(
     kv: &KeyValue,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     ip6: Option<Ipv6Addr>,
     handle: &Handle,
 ) -> Option<Allocation> {

@@ -101,9 +101,11 @@ impl Admission {
         // family the view has needs the record's subnet of it.
         let ipv4 = match (rec.subnet, self.view.network) {
             (Some(subnet), Some(network)) => Some(self.check_ipv4(name, subnet, network)?),
-            (None, Some(network)) => return Err(format!(
+            (None, Some(network)) => {
+                return Err(format!(
                 "node {name}: no IPv4 subnet, but the cluster network {network} is IPv4; ignored"
-            )),
+            ))
+            }
             (_, None) => None,
         };
         let ipv6 = match (rec.ipv6_subnet, self.view.network6) {
