@@ -4,15 +4,15 @@
 //! beside its IPv4 one, every pod one address of each family, and the
 //! overlay carries IPv6 between nodes as it carries IPv4.
 
+mod ipv6_common;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::IpNetwork;
+use ipv6_common::{ipv6_of, result_ips, tcp6_source, vxlan_routes6};
 use serde_json::Value;
-use trellis_tests::bins;
-use trellis_tests::cluster::{ping, result_ip6, Cluster, ClusterSpec, Pod};
-use trellis_tests::netns::Netns;
+use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Pod};
 use trellis_tests::wait::wait_for;
 
 fn dual_stack_spec() -> ClusterSpec {
@@ -22,51 +22,6 @@ fn dual_stack_spec() -> ClusterSpec {
     };
     spec.config.ipv6_network = Some("fd10:244::/56".parse().expect("valid network"));
     spec
-}
-
-/// The addresses of a CNI result, IPv4 first, with their gateways.
-fn result_ips(result: &Value) -> Vec<(IpNetwork, Option<IpAddr>)> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|ip| {
-            (
-                ip["address"]
-                    .as_str()
-                    .unwrap_or("")
-                    .parse()
-                    .expect("an address"),
-                ip["gateway"].as_str().and_then(|g| g.parse().ok()),
-            )
-        })
-        .collect()
-}
-
-fn ipv6_of(pod: &Pod) -> Result<IpAddr> {
-    result_ip6(&pod.result)
-        .with_context(|| format!("{} has no IPv6 address: {}", pod.name, pod.result))
-}
-
-/// The address the TCP server in `server` sees `client` connect from, over
-/// IPv6 (trl-peer-addr answers the peer's address).
-fn tcp6_source(server: &Pod, client: &Netns) -> Result<IpAddr> {
-    let bin = bins::bin("trl-peer-addr").display().to_string();
-    let addr = format!("[{}]:7777", ipv6_of(server)?);
-    let mut child = server.netns.spawn(&[&bin, "serve", &addr])?;
-    let answer = wait_for(Duration::from_secs(5), "a TCP answer over IPv6", || {
-        let out = client.exec(&[&bin, "ask", &addr]);
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let answer = answer.with_context(|| format!("no TCP answer from {addr}"))?;
-    answer
-        .parse()
-        .with_context(|| format!("trl-peer-addr answered {answer:?}"))
 }
 
 /// A subnet index (the third octet of 10.244.i.0/24) that no node of
@@ -179,21 +134,6 @@ fn dual_stack_pods_reach_each_other_over_ipv6_and_del_frees_both() -> Result<()>
     cluster.del_pod(p1b).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     assert!(cluster.allocations()?.is_empty());
     Ok(())
-}
-
-/// The IPv6 routes of a node's VXLAN device: (destination, gateway).
-fn vxlan_routes6(node: &Netns) -> Result<Vec<(String, String)>> {
-    let out = node.ok(&["ip", "-6", "-j", "route", "show", "dev", "trellis.1"])?;
-    let routes: Vec<Value> = serde_json::from_str(&out)?;
-    Ok(routes
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r["dst"].as_str()?.to_string(),
-                r["gateway"].as_str()?.to_string(),
-            ))
-        })
-        .collect())
 }
 
 #[test]
