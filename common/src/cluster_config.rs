@@ -106,26 +106,24 @@ impl ClusterConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        let Some(net) = self.network else {
-            return Err(if self.ipv6_network.is_some() {
-                "an IPv6-only cluster (\"ipv6Network\" without \"network\") is not supported: add an IPv4 \"network\" beside it for a dual-stack cluster".into()
-            } else {
-                "missing field `network`: the IPv4 pod network, e.g. \"10.244.0.0/16\"".into()
-            });
-        };
-        if net.network() != net.ip() {
-            return Err(format!(
-                "network {net} has host bits set (did you mean {}/{}?)",
-                net.network(),
-                net.prefix()
-            ));
+        if self.network.is_none() && self.ipv6_network.is_none() {
+            return Err("missing field `network`: the IPv4 pod network, e.g. \"10.244.0.0/16\" (or \"ipv6Network\" alone for an IPv6-only cluster)".into());
         }
-        if self.subnet_len <= net.prefix() || self.subnet_len > MAX_SUBNET_LEN {
-            return Err(format!(
-                "subnetLen {} must be longer than the network's /{} and at most {MAX_SUBNET_LEN}",
-                self.subnet_len,
-                net.prefix()
-            ));
+        if let Some(net) = self.network {
+            if net.network() != net.ip() {
+                return Err(format!(
+                    "network {net} has host bits set (did you mean {}/{}?)",
+                    net.network(),
+                    net.prefix()
+                ));
+            }
+            if self.subnet_len <= net.prefix() || self.subnet_len > MAX_SUBNET_LEN {
+                return Err(format!(
+                    "subnetLen {} must be longer than the network's /{} and at most {MAX_SUBNET_LEN}",
+                    self.subnet_len,
+                    net.prefix()
+                ));
+            }
         }
         if self.vni == 0 || self.vni > 0x00ff_ffff {
             return Err(format!("vni {} must be between 1 and 16777215", self.vni));
@@ -163,6 +161,9 @@ impl ClusterConfig {
             }
             // Every IPv4 subnet needs its IPv6 twin, and every pod address
             // its IPv6 one at the same offset.
+            let Some(net) = self.network else {
+                return Ok(());
+            };
             let v6_bits = len - net6.prefix();
             let v4_bits = self.subnet_len - net.prefix();
             if v6_bits < v4_bits {
@@ -412,8 +413,27 @@ mod tests {
         };
         assert_eq!(wide.subnet_count(), 1 << 63);
         assert!(wide.fits(wide.subnet_at((1 << 63) - 1).unwrap()));
-        // Still refused by the checks, until every binary serves it.
-        assert!(c.validate().unwrap_err().to_string().contains("IPv6-only"));
+        // As stored: no "network", and the checks of an IPv6 network.
+        let parsed = ClusterConfig::parse(br#"{"ipv6Network":"fd10:244::/56"}"#).unwrap();
+        assert_eq!(parsed, c);
+        assert!(serde_json::to_value(&parsed)
+            .unwrap()
+            .get("network")
+            .is_none());
+        for (bad, why) in [
+            (r#"{"ipv6Network":"fd10:244::1/56"}"#, "host bits set"),
+            (
+                r#"{"ipv6Network":"fd10:244::/56","ipv6SubnetLen":56}"#,
+                "ipv6SubnetLen 56 must be longer",
+            ),
+            (
+                r#"{"ipv6Network":"fd10:244::/56","mtu":1200}"#,
+                "(IPv6 needs 1280)",
+            ),
+        ] {
+            let e = ClusterConfig::parse(bad.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -433,10 +453,6 @@ mod tests {
                 "vni 16777216",
             ),
             (r#"{"network":"10.244.0.0/16","port":0}"#, "port"),
-            (
-                r#"{"ipv6Network":"fd10:244::/56"}"#,
-                "an IPv6-only cluster (\"ipv6Network\" without \"network\") is not supported",
-            ),
             (r#"{"subnetLen":24}"#, "missing field `network`"),
             (
                 r#"{"network":"10.244.0.0/16","mtu":67}"#,

@@ -669,17 +669,25 @@ impl Cluster {
     }
 
     fn converged(&self) -> Result<()> {
+        // The lease subnet: the IPv4 one, an IPv6-only cluster's IPv6 one.
         let subnets = self
             .nodes
             .iter()
             .map(|n| {
-                n.subnet()
+                n.record()
+                    .ok()
+                    .and_then(|r| r.lease_subnet())
                     .with_context(|| format!("{} has no record", n.name))
             })
             .collect::<Result<Vec<_>>>()?;
+        let family = if subnets.iter().all(IpNetwork::is_ipv4) {
+            "-4"
+        } else {
+            "-6"
+        };
         for (i, node) in self.nodes.iter().enumerate() {
             let routes: Vec<Value> =
-                serde_json::from_str(&node.netns.ok(&["ip", "-j", "route", "show"])?)?;
+                serde_json::from_str(&node.netns.ok(&["ip", family, "-j", "route", "show"])?)?;
             for (j, subnet) in subnets.iter().enumerate() {
                 if i == j {
                     continue;

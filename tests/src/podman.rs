@@ -119,14 +119,15 @@ volume_path = "{d}/root/volumes"
     }
 
     /// Starts a container `name` on the network (CNI ADD) sleeping in the
-    /// background; returns its address.
+    /// background; returns its address (its IPv6 one on an IPv6-only
+    /// network).
     pub fn start(&self, name: &str) -> Result<IpAddr> {
         let rootfs = self.rootfs.display().to_string();
         let mut args = vec!["run", "-d", "--name", name, "--network", &self.network];
         args.extend_from_slice(RUN_FLAGS);
         args.extend_from_slice(&["--rootfs", &rootfs, "/bin/sleep", "3600"]);
         self.ok(&args)?;
-        self.ip(name)
+        self.ip(name).or_else(|e| self.ip6(name).map_err(|_| e))
     }
 
     /// The container's address on the network, as podman recorded it from

@@ -86,11 +86,29 @@ fn cri_sandboxes_reach_across_nodes_their_node_and_the_outside() {
 
 #[test]
 fn cri_dual_stack_sandboxes_report_both_addresses_and_reach_over_ipv6() {
+    sandboxes_reach_each_other_over_ipv6(true);
+}
+
+/// An IPv6-only cluster (`ipv6Network`, no `network`): the pod IP is the
+/// IPv6 address, and there is no other.
+#[test]
+fn cri_ipv6_only_sandboxes_report_one_ipv6_address_and_reach_each_other() {
+    sandboxes_reach_each_other_over_ipv6(false);
+}
+
+/// Two CRI sandboxes on two nodes of a cluster with `ipv6Network` (and
+/// `network` when `ipv4`) report their addresses as the kubelet reads
+/// them for `status.podIPs`, ping each other over IPv6, and free every
+/// address when removed.
+fn sandboxes_reach_each_other_over_ipv6(ipv4: bool) {
     let mut spec = ClusterSpec {
         underlay6: true,
         ..ClusterSpec::default().nodes(2)
     };
     spec.config.ipv6_network = Some("fd10:244::/56".parse().unwrap());
+    if !ipv4 {
+        spec.config.network = None;
+    }
     let cluster = Cluster::start(spec).unwrap();
     let rootfs = Rootfs::busybox().unwrap();
     let runtimes = [
@@ -105,18 +123,20 @@ fn cri_dual_stack_sandboxes_report_both_addresses_and_reach_over_ipv6() {
             .run_pod_sandbox(&name, "default", &format!("uid-{name}"))
             .unwrap_or_else(|e| panic!("{e:#}\n{}", runtimes[node].log_tail()));
         let net = client.sandbox_network(&id).unwrap();
-        // The pod IP and, beside it, the IPv6 one: what the kubelet puts in
-        // status.podIPs.
+        // Dual-stack: the IPv4 pod IP and, beside it, the IPv6 one.
+        // IPv6-only: the IPv6 pod IP alone.
         let ip = net.ip.expect("a pod IP");
-        assert!(ip.is_ipv4(), "{ip}");
-        let [IpAddr::V6(v6)] = net.additional_ips[..] else {
-            panic!("additional IPs {:?}", net.additional_ips)
+        let v6 = match (ipv4, ip, &net.additional_ips[..]) {
+            (true, IpAddr::V4(_), [IpAddr::V6(v6)]) => *v6,
+            (false, IpAddr::V6(v6), []) => v6,
+            _ => panic!("pod IP {ip}, additional IPs {:?}", net.additional_ips),
         };
         let subnet6 = cluster.nodes[node].record().unwrap().ipv6_subnet.unwrap();
         assert!(subnet6.contains(v6), "{v6} not in {subnet6}");
         sandboxes.push((node, id, IpAddr::V6(v6), net.netns.expect("sandbox netns")));
     }
-    assert_eq!(cluster.allocations().unwrap().len(), 4);
+    let per_sandbox = if ipv4 { 2 } else { 1 };
+    assert_eq!(cluster.allocations().unwrap().len(), 2 * per_sandbox);
     let (a, b) = (&sandboxes[0], &sandboxes[1]);
     ping_from_path(&a.3, b.2).unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
     ping_from_path(&b.3, a.2).unwrap();

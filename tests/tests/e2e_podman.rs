@@ -128,7 +128,24 @@ fn dual_stack_spec() -> ClusterSpec {
 
 #[test]
 fn podman_dual_stack_containers_reach_each_other_and_the_outside_over_ipv6() {
-    let cluster = Cluster::start(dual_stack_spec()).unwrap();
+    containers_reach_each_other_and_the_outside_over_ipv6(dual_stack_spec());
+}
+
+/// An IPv6-only cluster: `ipv6Network` and no `network`; each container
+/// has one IPv6 address and no IPv4 one.
+#[test]
+fn podman_ipv6_only_containers_reach_each_other_and_the_outside() {
+    let mut spec = dual_stack_spec();
+    spec.config.network = None;
+    containers_reach_each_other_and_the_outside_over_ipv6(spec);
+}
+
+/// Two podman containers on two nodes of `spec` (an IPv6 pool, with or
+/// without its IPv4 one) ping each other over IPv6 and reach the outside
+/// masqueraded; removing them frees every address.
+fn containers_reach_each_other_and_the_outside_over_ipv6(spec: ClusterSpec) {
+    let ipv4 = spec.config.network.is_some();
+    let cluster = Cluster::start(spec).unwrap();
     let rootfs = Rootfs::busybox().unwrap();
     let podmen = [
         podman_on(&cluster, 0, &rootfs),
@@ -145,7 +162,14 @@ fn podman_dual_stack_containers_reach_each_other_and_the_outside_over_ipv6() {
         let subnet6 = cluster.nodes[node].record().unwrap().ipv6_subnet.unwrap();
         assert!(subnet6.contains(v6), "{v6} not in {subnet6}");
     }
-    assert_eq!(cluster.allocations().unwrap().len(), 4);
+    let per_container = if ipv4 { 2 } else { 1 };
+    assert_eq!(cluster.allocations().unwrap().len(), 2 * per_container);
+    let v4 = podmen[0].exec("pm6-a", "ip -4 addr show eth0").unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&v4.stdout).contains("inet "),
+        ipv4,
+        "{v4:?}"
+    );
     let out = podmen[0].exec("pm6-a", &ping_script(b6)).unwrap();
     assert!(
         out.status.success(),

@@ -186,6 +186,80 @@ fn static_requests_are_honoured_and_conflicts_refused() {
 }
 
 #[test]
+fn an_ipv6_only_node_hands_out_ipv6_addresses_alone() {
+    let p = Plugin::snapshot();
+    let etcd = Etcd::start().unwrap();
+    let state = node_state("fd10:244:0:3::/64", "node-a");
+    let conf = cluster_conf(&etcd.endpoint(), state.path());
+    // One address, its gateway and ::/0: no IPv4 at all.
+    let r = p.invoke(&Call::new("ADD", "d1"), &conf).ok();
+    assert_eq!(
+        r.stdout["ips"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        r.stdout
+    );
+    assert_eq!(r.stdout["ips"][0]["address"], "fd10:244:0:3::2/64");
+    assert_eq!(r.stdout["ips"][0]["gateway"], "fd10:244:0:3::1");
+    assert_eq!(
+        r.stdout["routes"],
+        json!([{"dst": "::/0", "gw": "fd10:244:0:3::1"}])
+    );
+    // Static requests are of the pool's family.
+    let s1 = p
+        .invoke(&Call::new("ADD", "s1").args("IP=fd10:244:0:3::77"), &conf)
+        .ok();
+    assert_eq!(s1.addr().to_string(), "fd10:244:0:3::77");
+    p.invoke(&Call::new("ADD", "s2").args("IP=fd10:244:0:3::77"), &conf)
+        .fails_with(
+            103,
+            "already allocated to container s1 interface eth0 on node node-a",
+        );
+    p.invoke(&Call::new("ADD", "s2").args("IP=10.244.3.7"), &conf)
+        .fails_with(103, "has no IPv4 subnet");
+    p.invoke(&Call::new("ADD", "s2").args("IP=fd10:244:0:4::7"), &conf)
+        .fails_with(103, "outside the subnet fd10:244:0:3::/64");
+    let mut keys = etcd_addresses(&etcd);
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("fd10:244:0:3::2".to_string(), "d1".to_string()),
+            ("fd10:244:0:3::77".to_string(), "s1".to_string())
+        ]
+    );
+    // A repeated ADD answers the same address; DEL frees it.
+    assert_eq!(
+        p.invoke(&Call::new("ADD", "d1"), &conf).ok().stdout,
+        r.stdout
+    );
+    p.invoke(&Call::new("DEL", "d1"), &conf).ok();
+    p.invoke(&Call::new("DEL", "s1"), &conf).ok();
+    assert!(etcd_addresses(&etcd).is_empty());
+    // A range of two: the third ADD is told the pool is full (102).
+    let conf = with_ipam(
+        with_ipam(conf, "rangeStart", json!("fd10:244:0:3::10")),
+        "rangeEnd",
+        json!("fd10:244:0:3::11"),
+    );
+    for id in ["a", "b"] {
+        p.invoke(&Call::new("ADD", id), &conf).ok();
+    }
+    p.invoke(&Call::new("ADD", "c"), &conf).fails_with(
+        102,
+        "no free address left in fd10:244:0:3::/64 (range fd10:244:0:3::10-fd10:244:0:3::11)",
+    );
+    p.invoke(&Call::new("DEL", "a"), &conf).ok();
+    assert_eq!(
+        p.invoke(&Call::new("ADD", "c"), &conf)
+            .ok()
+            .addr()
+            .to_string(),
+        "fd10:244:0:3::10"
+    );
+}
+
+#[test]
 fn exhaustion_names_the_subnet_and_freed_addresses_come_back() {
     let p = Plugin::snapshot();
     let etcd = Etcd::start().unwrap();

@@ -142,3 +142,52 @@ fn containers_leave_the_node_masqueraded_unless_ip_masq_is_off() {
     node.driver.del(&plain, &att_c).unwrap();
     assert_eq!(node.host_veths(), Vec::<String>::new());
 }
+
+#[test]
+fn an_ipv6_single_host_network_leaves_masqueraded_through_an_ip6_table() {
+    let node = Node::new("masq6-node");
+    let outside = Netns::new("masq6-out").unwrap();
+    veth_pair(
+        &node.ns,
+        "uplink",
+        Some("fd99::1/64".parse().unwrap()),
+        &outside,
+        "eth0",
+        Some("fd99::2/64".parse().unwrap()),
+    )
+    .unwrap();
+    node.ns
+        .ok(&["ip", "-6", "route", "add", "default", "via", "fd99::2"])
+        .unwrap();
+    let _outside_server = Server::start(&outside, "[fd99::2]:7000");
+    let masq = node.conflist(
+        "masq6",
+        "1.0.0",
+        vec![node.trellis("fd00:88::/64", json!({}))],
+    );
+    let a = node.pod("masq6-a");
+    let att = Attachment::new("masq6-a", a.path(), "eth0");
+    let r = node.driver.add(&masq, &att).unwrap();
+    assert_eq!(r["ips"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["ips"][0]["address"], "fd00:88::2/64");
+    assert_eq!(r["ips"][0]["gateway"], "fd00:88::1");
+    // The outside has no route back to fd00:88::/64: the answer comes
+    // only to the node's address.
+    assert_eq!(seen_source(&a, "[fd99::2]:7000"), "fd99::1");
+    let table = node
+        .ns
+        .ok(&["nft", "list", "table", "ip6", "trellis-trellis0"])
+        .unwrap();
+    assert!(
+        table.contains("ip6 saddr fd00:88::/64") && table.contains("masquerade"),
+        "{table}"
+    );
+    assert!(!node.has_masquerade("trellis0"), "no IPv4 table");
+    node.driver.del(&masq, &att).unwrap();
+    assert!(!node
+        .ns
+        .exec(&["nft", "list", "table", "ip6", "trellis-trellis0"])
+        .status
+        .success());
+    assert_eq!(node.host_veths(), Vec::<String>::new());
+}

@@ -34,6 +34,15 @@ impl Reply {
     }
 
     /// The allocated address of a successful ADD.
+    /// The first address of the result, of either family.
+    pub fn addr(&self) -> std::net::IpAddr {
+        assert!(self.success, "ADD failed: {self:?}");
+        let addr = self.stdout["ips"][0]["address"]
+            .as_str()
+            .expect("an address");
+        addr.split('/').next().unwrap().parse().unwrap()
+    }
+
     pub fn ip(&self) -> Ipv4Addr {
         assert!(self.success, "ADD failed: {self:?}");
         let addr = self.stdout["ips"][0]["address"]
@@ -174,24 +183,26 @@ fn invoke_bin(bin: &Path, call: &Call, conf: &Value, prepare: impl FnOnce(&mut C
     }
 }
 
-/// A node's state directory holding the record its agent would publish.
+/// A node's state directory holding the record its agent would publish
+/// (an IPv6-only cluster's for an IPv6 `subnet`).
 pub fn node_state(subnet: &str, node: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("trellis-ipam-state-")
         .tempdir()
         .unwrap();
+    let v6 = subnet.contains(':');
     let record = NodeRecord {
-        subnet: Some(subnet.parse().unwrap()),
+        subnet: (!v6).then(|| subnet.parse().unwrap()),
         public_ip: "192.0.2.10".parse().unwrap(),
         vtep_mac: "02:00:00:00:00:01".into(),
-        network: Some("10.244.0.0/16".parse().unwrap()),
+        network: (!v6).then(|| "10.244.0.0/16".parse().unwrap()),
         mtu: Some(1450),
         node_name: Some(node.into()),
         kubernetes: false,
         status_addr: None,
         dns: false,
-        ipv6_subnet: None,
-        ipv6_network: None,
+        ipv6_subnet: v6.then(|| subnet.parse().unwrap()),
+        ipv6_network: v6.then(|| "fd10:244::/56".parse().unwrap()),
         bridge: None,
     };
     write_node_record(dir.path(), &record).unwrap();
@@ -223,6 +234,19 @@ pub fn local_conf(subnet: &str, data_dir: &Path) -> Value {
 pub fn with_ipam(mut conf: Value, key: &str, value: Value) -> Value {
     conf["ipam"][key] = value;
     conf
+}
+
+/// The address keys in etcd, of either family: `(ip, containerID)`.
+pub fn etcd_addresses(etcd: &Etcd) -> Vec<(String, String)> {
+    etcd.get_prefix("/trellis/ipam/ips/")
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let v: Value = serde_json::from_str(v).unwrap();
+            let ip = k.rsplit('/').next().unwrap().to_string();
+            (ip, v["containerID"].as_str().unwrap().to_string())
+        })
+        .collect()
 }
 
 /// The addresses allocated in etcd: `(ip, containerID)`.
