@@ -219,3 +219,50 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay_survives_an_agent_sigkill() -> Res
     assert!(cluster.allocations()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn leak_reclaim_and_a_node_leaving_free_ipv6_only_addresses() -> Result<()> {
+    let mut spec = ipv6_only_spec().nodes(2);
+    spec.agent_args = vec!["--ipam-gc-interval".into(), "1".into()];
+    let mut cluster = Cluster::start(spec)?;
+    cluster.wait_converged(Duration::from_secs(60))?;
+    let kept = cluster.add_pod(0, "kept")?;
+    let leaked = cluster.add_pod(0, "leaked")?;
+    let gone = cluster.add_pod(1, "gone")?;
+    let leaked_ip = leaked.ip;
+    assert_eq!(cluster.allocations()?.len(), 3);
+
+    // The container dies without a CNI DEL: its address is reclaimed.
+    drop(leaked);
+    wait_for(
+        Duration::from_secs(15),
+        "the leaked address released",
+        || Ok((!cluster.allocations()?.contains(&leaked_ip)).then_some(())),
+    )
+    .with_context(|| cluster.agent_logs())?;
+
+    // node2 leaves (cleanup --release): its subnet key, its pod's address
+    // and node1's route to it go.
+    let gone_subnet6 = subnet6_of(&cluster, 1)?;
+    cluster.leave(1)?;
+    assert_eq!(cluster.allocations()?, vec![kept.ip]);
+    let key = format!("{}-64", gone_subnet6.network());
+    assert!(
+        !cluster
+            .etcd_entries("subnets/")?
+            .iter()
+            .any(|(k, _)| k.ends_with(&key)),
+        "{key} still leased"
+    );
+    wait_for(Duration::from_secs(5), "the route to node2 removed", || {
+        let routes = vxlan_routes6(&cluster.nodes[0].netns)?;
+        Ok((!routes
+            .iter()
+            .any(|(dst, _)| *dst == gone_subnet6.to_string()))
+        .then_some(()))
+    })?;
+    drop(gone);
+    cluster.del_pod(kept).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(cluster.allocations()?.is_empty());
+    Ok(())
+}
