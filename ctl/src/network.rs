@@ -7,7 +7,7 @@ use crate::etcd::Etcd;
 use crate::output::{self, Format, Outcome};
 use anyhow::{bail, Result};
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use trellis_common::cluster_config::ClusterConfig;
@@ -18,10 +18,12 @@ use trellis_ipam::allocation::Owner;
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     pub name: String,
-    /// The network's IPv4 pod network, e.g. 10.0.0.0/16.
+    /// The network's pod network: IPv4, e.g. 10.0.0.0/16, or IPv6 for an
+    /// IPv6-only network, e.g. fd20::/56.
     #[arg(long)]
-    pub subnet: Ipv4Network,
-    /// The length of each node's subnet (default 24).
+    pub subnet: IpNetwork,
+    /// The length of each node's subnet (default 24, 64 for an IPv6
+    /// `--subnet`).
     #[arg(long)]
     pub subnet_len: Option<u8>,
     /// The VXLAN id (default: the smallest free one from 2).
@@ -152,11 +154,25 @@ fn record_of(
     networks: &Networks,
 ) -> Result<(NetworkRecord, Vec<u8>)> {
     let mut value = json!({
-        "network": args.subnet,
         "vni": args.vni.unwrap_or_else(|| network::free_vni(default, &networks.usable)),
     });
-    if let Some(len) = args.subnet_len {
-        value["subnetLen"] = json!(len);
+    match args.subnet {
+        IpNetwork::V4(net) => {
+            value["network"] = json!(net);
+            if let Some(len) = args.subnet_len {
+                value["subnetLen"] = json!(len);
+            }
+        }
+        // IPv6-only: the one network is the IPv6 one.
+        IpNetwork::V6(net6) => {
+            if args.ipv6_subnet.is_some() || args.ipv6_subnet_len.is_some() {
+                bail!("--subnet {net6} is IPv6: the network is IPv6-only, and --ipv6-subnet(-len) is for an IPv6 network beside an IPv4 one");
+            }
+            value["ipv6Network"] = json!(net6);
+            if let Some(len) = args.subnet_len {
+                value["ipv6SubnetLen"] = json!(len);
+            }
+        }
     }
     if let Some(port) = default.map(|c| c.port) {
         value["port"] = json!(port);

@@ -502,3 +502,58 @@ fn a_dual_stack_named_network_carries_both_families_across_nodes() {
         cluster.del_pod(pod).unwrap();
     }
 }
+
+/// An IPv6-only named network (`--subnet` an IPv6 network) on an IPv4
+/// cluster: each container gets one IPv6 address, reaches the others over
+/// IPv6 and finds them by name from the IPv6 gateway.
+#[test]
+fn an_ipv6_only_named_network_carries_ipv6_and_names_across_nodes() {
+    let cluster = Cluster::start(ClusterSpec::default().nodes(2)).unwrap();
+    cluster.wait_converged(TIMEOUT).unwrap();
+    let refused = trellis_tests::ctl::ctl(
+        &cluster,
+        &[
+            "network",
+            "create",
+            "bad6",
+            "--subnet",
+            "fd30::/56",
+            "--ipv6-subnet",
+            "fd31::/56",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        trellis_tests::ctl::stderr(&refused).contains("the network is IPv6-only"),
+        "{refused:?}"
+    );
+    ctl_json(
+        &cluster,
+        &["network", "create", "six6", "--subnet", "fd30::/56"],
+    );
+    let pods = pods_on(&cluster, "six6", "o");
+    let net6: ipnetwork::Ipv6Network = "fd30::/56".parse().unwrap();
+    for pod in &pods {
+        let ips = pod.result["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 1, "{}", pod.result);
+        assert!(
+            matches!(pod.ip, IpAddr::V6(v6) if net6.contains(v6)),
+            "{}",
+            pod.result
+        );
+    }
+    let record = cluster.nodes[0].network_record("six6").unwrap();
+    assert_eq!(record.subnet, None, "{record:?}");
+    ping(&pods[0].netns, pods[1].ip).unwrap();
+    ping(&pods[1].netns, pods[0].ip).unwrap();
+    let gw6 = IpAddr::V6(record.gateway6().unwrap());
+    wait_until(TIMEOUT, "o1 answers AAAA", || {
+        Ok(dig(&pods[0].netns, gw6, "o1.six6", &["AAAA"])? == vec![pods[1].ip])
+    })
+    .unwrap();
+    for pod in pods {
+        cluster.del_pod(pod).unwrap();
+    }
+    let out = trellis_tests::ctl::ctl(&cluster, &["network", "rm", "six6"]);
+    assert!(out.status.success(), "{out:?}");
+}
