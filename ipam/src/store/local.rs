@@ -23,6 +23,7 @@ pub const CURSOR_FILE: &str = "cursor";
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct State {
+    /// Every allocation by its address: IPv4, or IPv6 in an IPv6-only pool.
     #[serde(default)]
     allocations: BTreeMap<IpAddr, Owner>,
     /// The IPv6 twins of dual-stack allocations, by the same owners.
