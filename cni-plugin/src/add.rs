@@ -108,16 +108,16 @@ impl Add<'_> {
             })
         };
         let masquerade: MasqueradeCheck = Rc::default();
-        if let Mode::SingleHost { subnet } = self.mode {
+        if let Mode::SingleHost { subnets } = self.mode {
             // Runs after the veth is gone (steps run newest first): the
-            // rule goes with the last container.
-            let (check, node, subnet) = (masquerade.clone(), &w.node, *subnet);
+            // rules go with the last container.
+            let (check, node) = (masquerade.clone(), &w.node);
             rollback.push("masquerade", move || async move {
                 if let Some(running) = check.borrow_mut().take() {
                     // It holds the lock: let it finish first.
                     let _ = running.join();
                 }
-                masq::reconcile(node, self.cfg, subnet).await
+                masq::reconcile(node, self.cfg, subnets).await
             });
         }
         match self
@@ -201,10 +201,10 @@ impl Add<'_> {
         // With the veth on the bridge, a concurrent DEL no longer takes
         // this node for empty: the rule can be checked (a read by `nft`,
         // a write only when missing) while the container is configured.
-        if let (Mode::SingleHost { subnet }, true) = (self.mode, self.cfg.ip_masq) {
-            let (cfg, subnet) = (self.cfg.clone(), *subnet);
+        if let (Mode::SingleHost { subnets }, true) = (self.mode, self.cfg.ip_masq) {
+            let (cfg, subnets) = (self.cfg.clone(), subnets.clone());
             *masquerade.borrow_mut() =
-                Some(std::thread::spawn(move || masq::install(&cfg, subnet)));
+                Some(std::thread::spawn(move || masq::install(&cfg, &subnets)));
         }
 
         let (host, container) = tokio::join!(

@@ -62,16 +62,17 @@ pub struct Config {
     pub hairpin_mode: bool,
     /// The IPAM plugin's `type`.
     pub ipam_type: String,
-    /// `ipam.subnet` when given: single-host mode.
-    pub ipam_subnet: Option<IpNetwork>,
+    /// `ipam.subnet` when given (one subnet, or a list of one IPv4 and one
+    /// IPv6 subnet): single-host mode. Empty: cluster mode.
+    pub ipam_subnets: Vec<IpNetwork>,
 }
 
 /// Where the node's addressing comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
-    /// No agent, no etcd: the IPAM config names the subnet, the plugin owns
-    /// the masquerade rule.
-    SingleHost { subnet: IpNetwork },
+    /// No agent, no etcd: the IPAM config names the subnets (one, or one
+    /// of each family), the plugin owns the masquerade rules.
+    SingleHost { subnets: Vec<IpNetwork> },
     /// The agent leased this node's subnet and published it in `stateDir`;
     /// it owns masquerade.
     Cluster { record: NodeRecord },
@@ -83,7 +84,7 @@ impl Mode {
     pub fn gateway_for(&self, address: IpNetwork) -> Option<IpAddr> {
         let subnets = match self {
             Mode::Cluster { record } => record.subnets(),
-            Mode::SingleHost { subnet } => vec![*subnet],
+            Mode::SingleHost { subnets } => subnets.clone(),
         };
         let subnet = subnets.into_iter().find(|s| s.contains(address.ip()))?;
         match subnet {
@@ -91,6 +92,34 @@ impl Mode {
             IpNetwork::V6(n) => Some(Ipv6Addr::from(u128::from(n.network()) + 1).into()),
         }
     }
+}
+
+/// `ipam.subnet`: absent, one subnet, or a list of one IPv4 and one IPv6
+/// subnet (as trellis-ipam reads it).
+fn single_host_subnets(value: Option<&Value>) -> Result<Vec<IpNetwork>, CniError> {
+    let parse = |v: &Value| {
+        match v {
+        Value::String(s) => s.parse::<IpNetwork>().map_err(|e| {
+            CniError::invalid_config(format!("ipam.subnet {s:?} is not a subnet: {e}"))
+        }),
+        other => Err(CniError::invalid_config(format!(
+            "ipam.subnet must be a subnet like \"10.88.0.0/16\" or a list of one IPv4 and one IPv6 subnet, not {other}"
+        ))),
+    }
+    };
+    let subnets = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list.iter().map(parse).collect::<Result<Vec<_>, _>>()?,
+        Some(one) => vec![parse(one)?],
+    };
+    let v4 = subnets.iter().filter(|s| s.is_ipv4()).count();
+    if subnets.is_empty() || v4 > 1 || subnets.len() - v4 > 1 {
+        return Err(CniError::invalid_config(format!(
+            "ipam.subnet: one subnet, or one IPv4 and one IPv6 subnet, not {}",
+            subnets.len()
+        )));
+    }
+    Ok(subnets)
 }
 
 impl Config {
@@ -148,18 +177,8 @@ impl Config {
             Some(Value::String(t)) if !t.is_empty() => t.clone(),
             _ => return Err(CniError::invalid_config("ipam.type is missing")),
         };
-        let ipam_subnet = match ipam.get("subnet") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.parse::<IpNetwork>().map_err(|e| {
-                CniError::invalid_config(format!("ipam.subnet {s:?} is not a subnet: {e}"))
-            })?),
-            Some(other) => {
-                return Err(CniError::invalid_config(format!(
-                    "ipam.subnet must be a string like \"10.88.0.0/16\", not {other}"
-                )))
-            }
-        };
-        if let (Some(name), Some(subnet)) = (&network, ipam_subnet) {
+        let ipam_subnets = single_host_subnets(ipam.get("subnet"))?;
+        if let (Some(name), Some(subnet)) = (&network, ipam_subnets.first()) {
             return Err(CniError::invalid_config(format!(
                 "ipam.subnet {subnet}: network {name} takes its subnet from the agent \
                  (ipam.subnet is for single-host mode)"
@@ -173,15 +192,17 @@ impl Config {
             ip_masq: raw.ip_masq.unwrap_or(true),
             hairpin_mode: raw.hairpin_mode.unwrap_or(true),
             ipam_type,
-            ipam_subnet,
+            ipam_subnets,
         })
     }
 
     /// Single host when the IPAM config names a subnet; otherwise the
     /// node record the agent publishes (missing: try again later, 11).
     pub fn mode(&self) -> Result<Mode, CniError> {
-        if let Some(subnet) = self.ipam_subnet {
-            return Ok(Mode::SingleHost { subnet });
+        if !self.ipam_subnets.is_empty() {
+            return Ok(Mode::SingleHost {
+                subnets: self.ipam_subnets.clone(),
+            });
         }
         let path = self.record_path();
         match (self.node_record()?, &self.network) {
@@ -326,7 +347,7 @@ mod tests {
         assert_eq!(c.mtu, None);
         assert!(c.ip_masq && c.hairpin_mode);
         assert_eq!(c.ipam_type, "trellis-ipam");
-        assert_eq!(c.ipam_subnet, None);
+        assert!(c.ipam_subnets.is_empty());
     }
 
     #[test]
@@ -339,13 +360,18 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.mtu, Some(1400));
         assert!(!c.ip_masq && !c.hairpin_mode);
-        assert_eq!(c.ipam_subnet, Some("10.88.0.0/16".parse().unwrap()));
+        assert_eq!(c.ipam_subnets, ["10.88.0.0/16".parse().unwrap()]);
         assert_eq!(
             c.mode().unwrap(),
             Mode::SingleHost {
-                subnet: "10.88.0.0/16".parse().unwrap()
+                subnets: vec!["10.88.0.0/16".parse().unwrap()]
             }
         );
+        // Dual-stack single host: one subnet of each family.
+        let dual = parse(json!({"ipam": {"type": "trellis-ipam",
+            "subnet": ["10.88.0.0/16", "fd00:88::/64"]}}))
+        .unwrap();
+        assert_eq!(dual.ipam_subnets.len(), 2);
         assert_eq!(c.masquerade_table(), "trellis-br-x");
     }
 
@@ -396,6 +422,11 @@ mod tests {
                 "ipam.subnet",
             ),
             (json!({"ipam": {"type": "x", "subnet": 5}}), "ipam.subnet"),
+            (
+                json!({"ipam": {"type": "x", "subnet": ["10.1.0.0/16", "10.2.0.0/16"]}}),
+                "one subnet, or one IPv4 and one IPv6 subnet",
+            ),
+            (json!({"ipam": {"type": "x", "subnet": []}}), "not 0"),
         ];
         for (conf, needle) in cases {
             let e = parse(conf.clone()).unwrap_err();
@@ -411,7 +442,7 @@ mod tests {
     #[test]
     fn gateways_are_the_first_address_of_the_subnet() {
         let single = Mode::SingleHost {
-            subnet: "10.88.0.0/16".parse().unwrap(),
+            subnets: vec!["10.88.0.0/16".parse().unwrap()],
         };
         assert_eq!(
             single.gateway_for("10.88.3.7/16".parse().unwrap()),
@@ -419,7 +450,10 @@ mod tests {
         );
         assert_eq!(single.gateway_for("10.99.0.7/16".parse().unwrap()), None);
         let v6 = Mode::SingleHost {
-            subnet: "fd00:88::/64".parse().unwrap(),
+            subnets: vec![
+                "10.88.0.0/16".parse().unwrap(),
+                "fd00:88::/64".parse().unwrap(),
+            ],
         };
         assert_eq!(
             v6.gateway_for("fd00:88::9/64".parse().unwrap()),

@@ -37,8 +37,8 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         }
         // Also when nothing was removed here: the veth vanished with its
         // namespace, and this may have been the last container.
-        if let (Some(subnet), true) = (cfg.ipam_subnet, cfg.ip_masq) {
-            masq::remove_if_unused(&node, &cfg, subnet).await?;
+        if !cfg.ipam_subnets.is_empty() && cfg.ip_masq {
+            masq::remove_if_unused(&node, &cfg, &cfg.ipam_subnets).await?;
         }
         Ok(())
     })

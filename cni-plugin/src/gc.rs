@@ -48,8 +48,8 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
                 log::info!("GC: removed veth {name} of a stale attachment");
             }
         }
-        if let Some(subnet) = cfg.ipam_subnet {
-            masq::reconcile(&node, &cfg, subnet).await?;
+        if !cfg.ipam_subnets.is_empty() {
+            masq::reconcile(&node, &cfg, &cfg.ipam_subnets).await?;
         }
         released.map(|_| ())
     })

@@ -1,4 +1,4 @@
-//! Single-host masquerade: one nftables rule set per bridge, present while
+//! Single-host masquerade: one nftables table per bridge and family, present while
 //! the bridge has containers (and `ipMasq` is on), changed under a node-local
 //! lock so that a DEL removing it never races an ADD installing it.
 
@@ -38,39 +38,49 @@ fn masquerade(cfg: &Config, subnet: IpNetwork) -> NftTable {
     NftTable::new(cfg.masquerade_table()).with_masquerade(Masquerade::new(subnet, vec![subnet]))
 }
 
-/// Make sure the rule is there after ADD attached a container: a read of
-/// the table (cheap), and a write only when it is missing or differs.
-pub fn install(cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
+/// Make sure the rules are there after ADD attached a container: a read
+/// of each table (cheap), and a write only when it is missing or differs.
+pub fn install(cfg: &Config, subnets: &[IpNetwork]) -> Result<(), CniError> {
     let _lock = node_lock(cfg)?;
-    converge(cfg, subnet, true, "a container is attached")
+    converge(cfg, subnets, true, "a container is attached")
 }
 
 /// Drop the rule once the bridge has no container left: after DEL.
 pub async fn remove_if_unused(
     node: &Netlink,
     cfg: &Config,
-    subnet: IpNetwork,
+    subnets: &[IpNetwork],
 ) -> Result<(), CniError> {
     let _lock = node_lock(cfg)?;
     if containers_on_bridge(node, cfg).await? > 0 {
         return Ok(());
     }
-    converge(cfg, subnet, false, "no container left")
+    converge(cfg, subnets, false, "no container left")
 }
 
 /// Make the rule match the node: present when `ipMasq` is on and the bridge
 /// has containers, absent otherwise. After GC and a failed ADD.
-pub async fn reconcile(node: &Netlink, cfg: &Config, subnet: IpNetwork) -> Result<(), CniError> {
+pub async fn reconcile(
+    node: &Netlink,
+    cfg: &Config,
+    subnets: &[IpNetwork],
+) -> Result<(), CniError> {
     let _lock = node_lock(cfg)?;
     let containers = containers_on_bridge(node, cfg).await?;
     let why = format!("{containers} containers on {}", cfg.bridge);
-    converge(cfg, subnet, cfg.ip_masq && containers > 0, &why)
+    converge(cfg, subnets, cfg.ip_masq && containers > 0, &why)
 }
 
-/// Install or remove the rule so that it is there exactly when `wanted`:
-/// one read of the table, a write only when it has to change. Under the
-/// node lock.
-fn converge(cfg: &Config, subnet: IpNetwork, wanted: bool, why: &str) -> Result<(), CniError> {
+/// Install or remove the rules (one table per subnet, of its family) so
+/// that they are there exactly when `wanted`. Under the node lock.
+fn converge(cfg: &Config, subnets: &[IpNetwork], wanted: bool, why: &str) -> Result<(), CniError> {
+    subnets
+        .iter()
+        .try_for_each(|subnet| converge_one(cfg, *subnet, wanted, why))
+}
+
+/// One subnet's table: one read, a write only when it has to change.
+fn converge_one(cfg: &Config, subnet: IpNetwork, wanted: bool, why: &str) -> Result<(), CniError> {
     let table = masquerade(cfg, subnet);
     let state = table.state().map_err(kernel_error)?;
     match (wanted, state) {

@@ -8,7 +8,7 @@ use trellis_plugin::config::Config;
 
 pub fn status(req: &Request) -> Result<(), CniError> {
     let cfg = Config::from_request(req)?;
-    if cfg.ipam_subnet.is_none() && cfg.node_record().ok().flatten().is_none() {
+    if cfg.ipam_subnets.is_empty() && cfg.node_record().ok().flatten().is_none() {
         return Err(CniError::not_ready(match &cfg.network {
             None => format!(
                 "no node record in {}: trellis-agent has not published this node yet",

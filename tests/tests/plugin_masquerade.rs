@@ -191,3 +191,63 @@ fn an_ipv6_single_host_network_leaves_masqueraded_through_an_ip6_table() {
         .success());
     assert_eq!(node.host_veths(), Vec::<String>::new());
 }
+
+/// `"subnet": [IPv4, IPv6]` in the trellis plugin's single-host mode: each
+/// container gets an address of each family, both families leave
+/// masqueraded, and both tables go with the last container.
+#[test]
+fn a_dual_stack_single_host_network_masquerades_both_families() {
+    let node = Node::new("masq46-node");
+    let outside = Netns::new("masq46-out").unwrap();
+    veth_pair(
+        &node.ns,
+        "uplink",
+        Some("192.0.2.1/24".parse().unwrap()),
+        &outside,
+        "eth0",
+        Some("192.0.2.2/24".parse().unwrap()),
+    )
+    .unwrap();
+    node.ns
+        .ok(&["ip", "addr", "add", "fd99::1/64", "dev", "uplink", "nodad"])
+        .unwrap();
+    outside
+        .ok(&["ip", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    for route in [["-4", "192.0.2.2"], ["-6", "fd99::2"]] {
+        node.ns
+            .ok(&["ip", route[0], "route", "add", "default", "via", route[1]])
+            .unwrap();
+    }
+    let _server4 = Server::start(&outside, "192.0.2.2:7000");
+    let _server6 = Server::start(&outside, "[fd99::2]:7000");
+    let conf = node.conflist(
+        "masq46",
+        "1.0.0",
+        vec![node.trellis(
+            "10.88.0.0/24",
+            json!({"ipam": {"subnet": ["10.88.0.0/24", "fd00:88::/64"]}}),
+        )],
+    );
+    let a = node.pod("masq46-a");
+    let att = Attachment::new("masq46-a", a.path(), "eth0");
+    let r = node.driver.add(&conf, &att).unwrap();
+    let addrs: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    assert_eq!(addrs, ["10.88.0.2/24", "fd00:88::2/64"], "{r}");
+    assert_eq!(seen_source(&a, "192.0.2.2:7000"), "192.0.2.1");
+    assert_eq!(seen_source(&a, "[fd99::2]:7000"), "fd99::1");
+    let ip6_table = |ns: &Netns| {
+        ns.exec(&["nft", "list", "table", "ip6", "trellis-trellis0"])
+            .status
+            .success()
+    };
+    assert!(node.has_masquerade("trellis0") && ip6_table(&node.ns));
+    node.driver.del(&conf, &att).unwrap();
+    assert!(!node.has_masquerade("trellis0") && !ip6_table(&node.ns));
+    assert_eq!(node.host_veths(), Vec::<String>::new());
+}
