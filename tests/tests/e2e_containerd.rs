@@ -98,8 +98,8 @@ fn cri_ipv6_only_sandboxes_report_one_ipv6_address_and_reach_each_other() {
 
 /// Two CRI sandboxes on two nodes of a cluster with `ipv6Network` (and
 /// `network` when `ipv4`) report their addresses as the kubelet reads
-/// them for `status.podIPs`, ping each other over IPv6, and free every
-/// address when removed.
+/// them for `status.podIPs` and ping each other over IPv6, as does a
+/// `ctr run --cni` container; every address is freed when they go.
 fn sandboxes_reach_each_other_over_ipv6(ipv4: bool) {
     let mut spec = ClusterSpec {
         underlay6: true,
@@ -140,6 +140,25 @@ fn sandboxes_reach_each_other_over_ipv6(ipv4: bool) {
     let (a, b) = (&sandboxes[0], &sandboxes[1]);
     ping_from_path(&a.3, b.2).unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.agent_logs()));
     ping_from_path(&b.3, a.2).unwrap();
+    // `ctr run --cni` on node 1 reaches the sandbox on node 2 over IPv6 and
+    // the outside masqueraded behind the node's IPv6 address; its DEL on
+    // exit releases its addresses.
+    let service = cluster.outside_peer_addr_service6().unwrap();
+    let script = format!(
+        "for i in 1 2 3 4 5; do ping -c 1 -W 1 {} >/dev/null && break; done && nc -w 3 {} {}",
+        b.2,
+        service.ip(),
+        service.port()
+    );
+    // (runc's state is the host's: one name per test.)
+    let name = if ipv4 { "ctr-e2e-dual" } else { "ctr-e2e-v6" };
+    let out = runtimes[0].ctr_run_cni(name, &script).unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", runtimes[0].log_tail());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        cluster.nodes[0].underlay_ip6.unwrap().to_string()
+    );
+    assert_eq!(cluster.allocations().unwrap().len(), 2 * per_sandbox);
     for (node, id, _, _) in &sandboxes {
         cri[*node].stop_pod_sandbox(id).unwrap();
         cri[*node].remove_pod_sandbox(id).unwrap();
