@@ -143,22 +143,43 @@ fn containers_leave_the_node_masqueraded_unless_ip_masq_is_off() {
     assert_eq!(node.host_veths(), Vec::<String>::new());
 }
 
+/// An outside host `name` behind `node`: fd99::2 (and 192.0.2.2 with
+/// `ipv4`) on a link to the node's fd99::1 (192.0.2.1), the node's default
+/// routes through it, and no route back to any pod network.
+fn outside_of(node: &Node, name: &str, ipv4: bool) -> Netns {
+    let outside = Netns::new(name).unwrap();
+    veth_pair(&node.ns, "uplink", None, &outside, "eth0", None).unwrap();
+    let mut addrs = vec![
+        (&node.ns, "uplink", "fd99::1/64"),
+        (&outside, "eth0", "fd99::2/64"),
+    ];
+    let mut routes = vec![["-6", "fd99::2"]];
+    if ipv4 {
+        addrs.extend([
+            (&node.ns, "uplink", "192.0.2.1/24"),
+            (&outside, "eth0", "192.0.2.2/24"),
+        ]);
+        routes.push(["-4", "192.0.2.2"]);
+    }
+    for (ns, dev, addr) in addrs {
+        let mut args = vec!["ip", "addr", "add", addr, "dev", dev];
+        if addr.contains(':') {
+            args.push("nodad"); // usable at once
+        }
+        ns.ok(&args).unwrap();
+    }
+    for [family, via] in routes {
+        node.ns
+            .ok(&["ip", family, "route", "add", "default", "via", via])
+            .unwrap();
+    }
+    outside
+}
+
 #[test]
 fn an_ipv6_single_host_network_leaves_masqueraded_through_an_ip6_table() {
     let node = Node::new("masq6-node");
-    let outside = Netns::new("masq6-out").unwrap();
-    veth_pair(
-        &node.ns,
-        "uplink",
-        Some("fd99::1/64".parse().unwrap()),
-        &outside,
-        "eth0",
-        Some("fd99::2/64".parse().unwrap()),
-    )
-    .unwrap();
-    node.ns
-        .ok(&["ip", "-6", "route", "add", "default", "via", "fd99::2"])
-        .unwrap();
+    let outside = outside_of(&node, "masq6-out", false);
     let _outside_server = Server::start(&outside, "[fd99::2]:7000");
     let masq = node.conflist(
         "masq6",
@@ -198,27 +219,7 @@ fn an_ipv6_single_host_network_leaves_masqueraded_through_an_ip6_table() {
 #[test]
 fn a_dual_stack_single_host_network_masquerades_both_families() {
     let node = Node::new("masq46-node");
-    let outside = Netns::new("masq46-out").unwrap();
-    veth_pair(
-        &node.ns,
-        "uplink",
-        Some("192.0.2.1/24".parse().unwrap()),
-        &outside,
-        "eth0",
-        Some("192.0.2.2/24".parse().unwrap()),
-    )
-    .unwrap();
-    node.ns
-        .ok(&["ip", "addr", "add", "fd99::1/64", "dev", "uplink", "nodad"])
-        .unwrap();
-    outside
-        .ok(&["ip", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
-    for route in [["-4", "192.0.2.2"], ["-6", "fd99::2"]] {
-        node.ns
-            .ok(&["ip", route[0], "route", "add", "default", "via", route[1]])
-            .unwrap();
-    }
+    let outside = outside_of(&node, "masq46-out", true);
     let _server4 = Server::start(&outside, "192.0.2.2:7000");
     let _server6 = Server::start(&outside, "[fd99::2]:7000");
     let conf = node.conflist(
