@@ -152,15 +152,6 @@ impl Pool {
         Ok(self)
     }
 
-    /// The pool's IPv6 subnet: the twin of a dual-stack pool, or the one
-    /// subnet of an IPv6-only pool.
-    pub fn subnet6(&self) -> Option<Ipv6Network> {
-        match self.subnet {
-            IpNetwork::V6(v6) => Some(v6),
-            IpNetwork::V4(_) => self.ipv6,
-        }
-    }
-
     /// The IPv4 subnet (none in an IPv6-only pool).
     pub fn subnet4(&self) -> Option<Ipv4Network> {
         match self.subnet {

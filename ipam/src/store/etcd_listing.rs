@@ -80,49 +80,47 @@ impl EtcdStore {
         keep: impl Fn(IpAddr) -> bool,
     ) -> Vec<Allocation> {
         let dir = self.keys.ips();
-        let decoded: Vec<(IpAddr, &KeyValue)> = kvs
+        // Each key's address and owner, each value decoded once.
+        let decoded: Vec<(IpAddr, &KeyValue, Result<Owner, serde_json::Error>)> = kvs
             .iter()
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
-                Some((key.strip_prefix(&dir)?.parse().ok()?, kv))
+                let ip = key.strip_prefix(&dir)?.parse().ok()?;
+                Some((ip, kv, Owner::parse(kv.value())))
             })
             .collect();
-        let write =
-            |kv: &KeyValue| Some((Owner::parse(kv.value()).ok()?.handle(), kv.mod_revision()));
+        let write = |kv: &KeyValue, owner: &Owner| (owner.handle(), kv.mod_revision());
         // An IPv6 address written by the attachment and revision of an IPv4
         // one is its twin; any other is an allocation of its own (an
         // IPv6-only pool).
         let v4_writes: HashSet<(Handle, i64)> = decoded
             .iter()
-            .filter(|(ip, _)| ip.is_ipv4())
-            .filter_map(|(_, kv)| write(kv))
+            .filter_map(|(ip, kv, owner)| {
+                Some(write(kv, owner.as_ref().ok().filter(|_| ip.is_ipv4())?))
+            })
             .collect();
         let mut twins: std::collections::HashMap<(Handle, i64), Ipv6Addr> = Default::default();
-        for (ip, kv) in &decoded {
-            if let (IpAddr::V6(ip6), Some(w)) = (ip, write(kv)) {
-                if v4_writes.contains(&w) {
-                    twins.insert(w, *ip6);
+        let mut allocations = Vec::new();
+        for (ip, kv, owner) in decoded {
+            match (ip, owner) {
+                (IpAddr::V6(ip6), Ok(owner)) if v4_writes.contains(&write(kv, &owner)) => {
+                    twins.insert(write(kv, &owner), ip6);
                 }
+                (ip, Ok(owner)) => allocations.push((ip, kv, owner)),
+                (_, Err(e)) => log::warn!(
+                    "ignoring undecodable allocation {}: {e}",
+                    String::from_utf8_lossy(kv.key())
+                ),
             }
         }
-        decoded
+        allocations
             .into_iter()
-            .filter(|(ip, kv)| ip.is_ipv4() || write(kv).is_none_or(|w| !v4_writes.contains(&w)))
-            .filter(|(ip, _)| keep(*ip))
-            .filter_map(|(ip, kv)| match Owner::parse(kv.value()) {
-                Ok(owner) => Some(Allocation {
-                    ip,
-                    ip6: twins.get(&(owner.handle(), kv.mod_revision())).copied(),
-                    owner,
-                    revision: kv.mod_revision(),
-                }),
-                Err(e) => {
-                    log::warn!(
-                        "ignoring undecodable allocation {}: {e}",
-                        String::from_utf8_lossy(kv.key())
-                    );
-                    None
-                }
+            .filter(|(ip, _, _)| keep(*ip))
+            .map(|(ip, kv, owner)| Allocation {
+                ip,
+                ip6: twins.get(&write(kv, &owner)).copied(),
+                owner,
+                revision: kv.mod_revision(),
             })
             .collect()
     }
