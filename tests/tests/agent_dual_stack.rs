@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipv6_common::{ipv6_of, result_ips, tcp6_source, vxlan_routes6};
+use ipv6_common::{ipv6_of, result_ips, tamper_vxlan_routes6, tcp6_source, vxlan_routes6};
 use serde_json::Value;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Pod};
 use trellis_tests::wait::wait_for;
@@ -173,19 +173,7 @@ fn a_restarted_agent_removes_stale_ipv6_entries_and_keeps_the_right_ones() -> Re
         "nud",
         "permanent",
     ])?;
-    ns.ok(&[
-        "ip",
-        "-6",
-        "route",
-        "replace",
-        &gone_net,
-        "via",
-        &gone,
-        "dev",
-        "trellis.1",
-        "onlink",
-    ])?;
-    ns.ok(&["ip", "-6", "route", "del", &want.0, "dev", "trellis.1"])?;
+    tamper_vxlan_routes6(ns, &gone_net, &gone, &want.0)?;
     cluster.nodes[0].start_agent()?;
 
     let converged = wait_for(Duration::from_secs(20), "stale IPv6 entries gone", || {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipv6_common::{result_ips, tcp6_source, vxlan_routes6};
+use ipv6_common::{result_ips, tamper_vxlan_routes6, tcp6_source, vxlan_routes6};
 use serde_json::Value;
 use trellis_tests::cluster::{ping, Cluster, ClusterSpec, Pod};
 use trellis_tests::ctl::ctl_json;
@@ -185,20 +185,7 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay_survives_an_agent_sigkill() -> Res
     let own6 = subnet6_of(&cluster, 0)?;
     cluster.nodes[0].kill_agent()?;
     let ns = &cluster.nodes[0].netns;
-    let gone = "fd10:244:0:ee::";
-    ns.ok(&[
-        "ip",
-        "-6",
-        "route",
-        "replace",
-        "fd10:244:0:ee::/64",
-        "via",
-        gone,
-        "dev",
-        "trellis.1",
-        "onlink",
-    ])?;
-    ns.ok(&["ip", "-6", "route", "del", &want.0, "dev", "trellis.1"])?;
+    tamper_vxlan_routes6(ns, "fd10:244:0:ee::/64", "fd10:244:0:ee::", &want.0)?;
     cluster.nodes[0].start_agent()?;
     let converged = wait_for(Duration::from_secs(20), "stale routes gone", || {
         let routes = vxlan_routes6(&cluster.nodes[0].netns)?;

@@ -117,52 +117,30 @@ fn an_ipv6_only_pool_hands_out_ipv6_addresses_alone() {
     let mut cursor = FileCursor::new(s.cursor_path());
     // A static IPv6 request is the pool's own address; an IPv4 one has
     // no subnet to come from.
-    let want = |v6: &str| Requested {
-        v4: None,
-        v6: Some(v6.parse().unwrap()),
+    let mut ask_for = |addr: &str| {
+        let requested = match addr.parse().unwrap() {
+            IpAddr::V4(v4) => Requested::v4(v4),
+            IpAddr::V6(v6) => Requested {
+                v4: None,
+                v6: Some(v6),
+            },
+        };
+        run(allocate(&mut s, &mut cursor, &p, &owner("b"), requested))
     };
-    let e = run(allocate(
-        &mut s,
-        &mut cursor,
-        &p,
-        &owner("b"),
-        want("fd00:0:0:7::2"),
-    ))
-    .unwrap_err();
+    let e = ask_for("fd00:0:0:7::2").unwrap_err();
     assert_eq!(e.code(), 103, "{e}");
     assert!(
         e.to_string().contains("already allocated to container a"),
         "{e}"
     );
-    let e = run(allocate(
-        &mut s,
-        &mut cursor,
-        &p,
-        &owner("b"),
-        want("fd00:0:0:7::1"),
-    ))
-    .unwrap_err();
+    let e = ask_for("fd00:0:0:7::1").unwrap_err();
     assert!(
         e.to_string().contains("is the gateway of fd00:0:0:7::/126"),
         "{e}"
     );
-    let e = run(allocate(
-        &mut s,
-        &mut cursor,
-        &p,
-        &owner("b"),
-        Requested::v4("10.0.0.2".parse().unwrap()),
-    ))
-    .unwrap_err();
+    let e = ask_for("10.0.0.2").unwrap_err();
     assert!(e.to_string().contains("has no IPv4 subnet"), "{e}");
-    let b = run(allocate(
-        &mut s,
-        &mut cursor,
-        &p,
-        &owner("b"),
-        want("fd00:0:0:7::3"),
-    ))
-    .unwrap();
+    let b = ask_for("fd00:0:0:7::3").unwrap();
     assert_eq!(b.allocation.ip, ip("fd00:0:0:7::3"));
     drop(s);
     // Full: the next one is told so (code 102 in the plugin).

@@ -59,6 +59,26 @@ pub fn tcp6_source(server: &Pod, client: &Netns) -> Result<IpAddr> {
         .with_context(|| format!("trl-peer-addr answered {answer:?}"))
 }
 
+/// Behind a stopped agent: a departed node's route `stale` via `via` on
+/// the VXLAN device planted, and the route to the live peer `live`
+/// deleted, for the restarted agent to mend.
+pub fn tamper_vxlan_routes6(ns: &Netns, stale: &str, via: &str, live: &str) -> Result<()> {
+    ns.ok(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        stale,
+        "via",
+        via,
+        "dev",
+        "trellis.1",
+        "onlink",
+    ])?;
+    ns.ok(&["ip", "-6", "route", "del", live, "dev", "trellis.1"])?;
+    Ok(())
+}
+
 /// The IPv6 routes of a node's VXLAN device: (destination, gateway).
 pub fn vxlan_routes6(node: &Netns) -> Result<Vec<(String, String)>> {
     let out = node.ok(&["ip", "-6", "-j", "route", "show", "dev", "trellis.1"])?;

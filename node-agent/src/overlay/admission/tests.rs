@@ -48,6 +48,17 @@ fn a_removed_node_frees_its_subnet_and_mac() {
     assert_eq!(a.admit("a", &b), Ok(None), "this node is never an entry");
 }
 
+/// Each of `wanted` is in one of the admission's `warnings`.
+#[track_caller]
+fn assert_warned(warnings: &[String], wanted: &[&str]) {
+    for want in wanted {
+        assert!(
+            warnings.iter().any(|w| w.contains(want)),
+            "{want}: {warnings:#?}"
+        );
+    }
+}
+
 /// Node records by name, from (name, subnet, public IP, VTEP MAC) rows.
 fn records(rows: &[(&str, &str, &str, &str)]) -> BTreeMap<String, NodeRecord> {
     rows.iter()
@@ -186,17 +197,15 @@ fn ipv6_subnets_are_admitted_when_they_fit_and_are_distinct() {
     let b6 = d.nodes["b"].ipv6.unwrap();
     assert_eq!(b6.vtep_ip.to_string(), "fd10:244:0:2::");
     assert_eq!(d.nodes["g-v4only"].ipv6, None);
-    for want in [
-        "ipv6Subnet fd10:244:0:2::/64 is already node b's",
-        "ipv6Subnet fd10:244:0:1::/64 is this node's",
-        "ipv6Subnet fd99::/64 is not a /64 subnet",
-        "ipv6Subnet fd10:244:0:6::/80 is not a /64 subnet",
-    ] {
-        assert!(
-            warnings.iter().any(|w| w.contains(want)),
-            "{want}: {warnings:#?}"
-        );
-    }
+    assert_warned(
+        &warnings,
+        &[
+            "ipv6Subnet fd10:244:0:2::/64 is already node b's",
+            "ipv6Subnet fd10:244:0:1::/64 is this node's",
+            "ipv6Subnet fd99::/64 is not a /64 subnet",
+            "ipv6Subnet fd10:244:0:6::/80 is not a /64 subnet",
+        ],
+    );
     // An IPv4-only node (not yet restarted with the new ipv6Network)
     // keeps every node's IPv4 entries.
     let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &rows);
@@ -250,15 +259,13 @@ fn an_ipv6_only_view_admits_ipv6_subnets_and_needs_them() {
     let b = d.nodes["b"];
     assert_eq!(b.ipv4, None);
     assert_eq!(b.first_vtep_ip().to_string(), "fd10:244:0:2::");
-    for want in [
-        "node c-none: no ipv6Subnet, but the cluster network fd10:244::/56 is IPv6-only",
-        "ipv6Subnet fd10:244:0:2::/64 is already node b's",
-    ] {
-        assert!(
-            warnings.iter().any(|w| w.contains(want)),
-            "{want}: {warnings:#?}"
-        );
-    }
+    assert_warned(
+        &warnings,
+        &[
+            "node c-none: no ipv6Subnet, but the cluster network fd10:244::/56 is IPv6-only",
+            "ipv6Subnet fd10:244:0:2::/64 is already node b's",
+        ],
+    );
     // A record of an IPv4 subnet alone cannot join a dual-stack view
     // without its IPv4 side, nor an IPv6-only record an IPv4 view.
     let (d, warnings) = DesiredOverlay::from_records(&view_of_a(), &rows);
